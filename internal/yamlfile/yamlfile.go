@@ -105,6 +105,9 @@ var (
 	lineRE         = regexp.MustCompile(`line (\d+)`)
 	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
 	typeErrRE      = regexp.MustCompile(`^line (\d+): (.*)$`)
+	// cannotUnmarshalRE takes apart yaml.v3's "cannot unmarshal !!seq into
+	// T" and "cannot unmarshal !!str `value` into T" (value truncated).
+	cannotUnmarshalRE = regexp.MustCompile("(?s)^line \\d+: cannot unmarshal (!!\\w+)(?: `(.*)`)? into ")
 )
 
 func yamlLine(msg string) int {
@@ -130,7 +133,13 @@ func typeError(file, msg string, idx *pathIndex) error {
 		return &Error{File: file, Line: line, Path: idx.keyAt(line, m[2]), Msg: "unknown field"}
 	}
 	line := yamlLine(msg)
-	return &Error{File: file, Line: line, Path: idx.valueAt(line), Msg: stripYAMLPrefix(msg)}
+	path := idx.valueAt(line)
+	if m := cannotUnmarshalRE.FindStringSubmatch(msg); m != nil {
+		if p, ok := idx.nodeAt(line, m[1], m[2]); ok {
+			path = p
+		}
+	}
+	return &Error{File: file, Line: line, Path: path, Msg: stripYAMLPrefix(msg)}
 }
 
 // locate turns validation errors into located Errors.
@@ -159,6 +168,17 @@ func locate(file string, err error, idx *pathIndex) error {
 type pathIndex struct {
 	lines map[string]int
 	paths []pathAt
+	// nodes holds every value node, so a type error, which yaml.v3 reports
+	// by the line of the offending value rather than of its key, is
+	// blamed on the right field.
+	nodes []nodeAt
+}
+
+type nodeAt struct {
+	path  string
+	line  int
+	tag   string // short tag: !!str, !!map, !!seq...
+	value string // scalar value
 }
 
 type pathAt struct {
@@ -171,6 +191,9 @@ func indexPaths(root *yaml.Node) *pathIndex {
 	idx := &pathIndex{lines: map[string]int{}}
 	var walk func(n *yaml.Node, path string)
 	walk = func(n *yaml.Node, path string) {
+		if n.Kind != yaml.DocumentNode {
+			idx.nodes = append(idx.nodes, nodeAt{path: path, line: n.Line, tag: n.ShortTag(), value: n.Value})
+		}
 		switch n.Kind {
 		case yaml.DocumentNode:
 			for _, c := range n.Content {
@@ -233,4 +256,29 @@ func (x *pathIndex) valueAt(line int) string {
 		}
 	}
 	return path
+}
+
+// nodeAt returns the path of the node on line whose tag and (for scalars, as
+// yaml.v3 truncates it in messages) value are those of a type error. Of
+// several candidates the last, the deepest, wins, as in valueAt.
+func (x *pathIndex) nodeAt(line int, tag, value string) (string, bool) {
+	path, found := "", false
+	for _, n := range x.nodes {
+		if n.line != line || n.tag != tag {
+			continue
+		}
+		if tag != "!!seq" && tag != "!!map" && truncated(n.value) != value {
+			continue
+		}
+		path, found = n.path, true
+	}
+	return path, found
+}
+
+// truncated shortens a scalar the way yaml.v3 does in its type errors.
+func truncated(v string) string {
+	if len(v) > 10 {
+		return v[:7] + "..."
+	}
+	return v
 }

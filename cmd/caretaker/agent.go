@@ -1,0 +1,59 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"caretaker/internal/agent"
+	"caretaker/internal/config"
+	"caretaker/internal/libvirtconn"
+)
+
+func newAgentCmd(logs *logFlags) *cobra.Command {
+	var (
+		cfg       agent.Config
+		tokenFile string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Serve this host's metrics and host-local actions",
+		Long: `The agent runs on every hypervisor host. It serves /metrics (the kvm
+collector: every defined libvirt domain with its state and the reason for
+it) and host-local actions for the server (start a domain), which need the
+server's bearer token.`,
+		Example: `  caretaker agent
+  caretaker agent --libvirt.uri qemu:///system --action.token-file /etc/caretaker/agent.token
+  caretaker agent --web.listen-address :9301 --web.config.file /etc/caretaker/web.yml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger := logs.logger(cmd.ErrOrStderr())
+			if tokenFile != "" {
+				t, err := config.ReadSecret(tokenFile)
+				if err != nil {
+					return err
+				}
+				cfg.Token = t
+			} else {
+				logger.Warn("no --action.token-file: every action request will be refused")
+			}
+			cfg.Logger = logger
+			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {
+				return err
+			}
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ListenAddress, "web.listen-address", ":9301", "address to serve /metrics and actions on")
+	f.StringVar(&cfg.WebConfigFile, "web.config.file", "", "exporter-toolkit web config file (TLS, basic auth)")
+	f.StringVar(&cfg.LibvirtURI, "libvirt.uri", "qemu:///system", "libvirt connection URI")
+	f.DurationVar(&cfg.ScrapeTimeout, "scrape.timeout", 10*time.Second, "longest a collector may take in one scrape")
+	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
+	return cmd
+}

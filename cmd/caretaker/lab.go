@@ -1,0 +1,54 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"caretaker/internal/lab"
+)
+
+func newLabCmd(logs *logFlags) *cobra.Command {
+	o := lab.DefaultOptions()
+	home, _ := os.UserHomeDir()
+	o.RunbookConfig = filepath.Join(home, ".config", "runbook", "config.yml")
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a server and two hosts' agents with small guests on this machine",
+		Long: `The lab is caretaker's embedded default: on one machine, with no
+configuration, it starts a server and the agents of two hosts, each with a
+few small guests named lab-<host>-<n>, and keeps running until Ctrl-C, which
+removes what it created.
+
+Where libvirtd with QEMU is installed (Debian: libvirt-daemon-system and
+qemu-system-x86) the guests are real QEMU guests (64 MiB, no disk); as root
+the lab starts libvirtd if it is not running. Otherwise every host uses
+libvirt's test driver, in memory, and the lab says so.
+
+Kill a guest's qemu process or virsh destroy it, and the lab restarts it
+with no human action; runbook (configured by the lab) shows what happened.`,
+		Example: `  caretaker lab
+  caretaker lab --guests-per-host 5
+  caretaker lab --driver test --web.listen-address 127.0.0.1:9400
+  caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Out = cmd.OutOrStdout()
+			o.Logger = logs.logger(cmd.ErrOrStderr())
+			return lab.Run(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.ListenAddress, "web.listen-address", o.ListenAddress, "address of the lab's server (API and /metrics)")
+	f.StringVar(&o.DataDir, "data.dir", "", "keep the TSDB, journal and tokens here (default: a temporary directory removed at exit)")
+	f.StringVar(&o.Driver, "driver", o.Driver, "guests: auto (QEMU if libvirtd has it, else test), qemu or test")
+	f.StringVar(&o.LibvirtURI, "libvirt.uri", o.LibvirtURI, "libvirtd for real QEMU guests")
+	f.IntVar(&o.Hosts, "hosts", o.Hosts, "number of simulated hosts")
+	f.IntVar(&o.GuestsPerHost, "guests-per-host", o.GuestsPerHost, "guests on each host")
+	f.StringVar(&o.GuestPrefix, "guest-prefix", o.GuestPrefix, "prefix of every guest's name (must start with lab-)")
+	f.StringVar(&o.RunbookConfig, "runbook.config", o.RunbookConfig, "runbook config file to point at the lab (empty: leave runbook alone)")
+	f.DurationVar(&o.ScrapeInterval, "scrape.interval", o.ScrapeInterval, "how often the server scrapes the agents")
+	f.DurationVar(&o.EvaluationInterval, "evaluation.interval", o.EvaluationInterval, "how often the server evaluates alert rules")
+	return cmd
+}

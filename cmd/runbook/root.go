@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"caretaker/internal/api"
+	"caretaker/remediation/journal"
+)
+
+type options struct {
+	url       string
+	tokenFile string
+	output    string
+	timeout   time.Duration
+}
+
+func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:   "runbook",
+		Short: "The on-call CLI of caretaker",
+		Long: `runbook asks a caretaker server what the fleet looks like and what its
+remediation engine did.
+
+It finds the server and its API token in this order: the --url and
+--token-file flags, the RUNBOOK_URL and RUNBOOK_TOKEN variables, the config
+file ~/.config/runbook/config.yml (url, token or token_file; RUNBOOK_CONFIG
+names another file). A running ` + "`caretaker lab`" + ` writes that file, so
+against a lab runbook needs no flags.`,
+		Example: `  runbook status
+  runbook history --limit 20
+  runbook status -o json | jq '.guests[] | select(.state != "running")'
+  RUNBOOK_URL=http://caretaker:9300 RUNBOOK_TOKEN=$(cat token) runbook status`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&o.url, "url", "", "server URL (default from RUNBOOK_URL, the config file, or "+defaultURL+")")
+	pf.StringVar(&o.tokenFile, "token-file", "", "file holding the API bearer token")
+	pf.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long to wait for the server")
+
+	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv))
+	return root
+}
+
+func (o *options) client(getenv func(string) string) (*api.Client, error) {
+	if o.output != "table" && o.output != "json" {
+		return nil, fmt.Errorf("--output: want table or json, got %q", o.output)
+	}
+	c, err := resolve(getenv, o.url, o.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(c.URL, c.Token, nil), nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Hosts, guests with their state, and firing alerts",
+		Example: `  runbook status
+  runbook status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.client(getenv)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+			defer cancel()
+			s, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if o.output == "json" {
+				return writeJSON(cmd.OutOrStdout(), s)
+			}
+			return printStatus(cmd.OutOrStdout(), s)
+		},
+	}
+}
+
+func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "history",
+		Short: "The remediation journal, newest first",
+		Example: `  runbook history
+  runbook history --limit 5 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if limit < 1 {
+				return fmt.Errorf("--limit: want at least 1, got %d", limit)
+			}
+			c, err := o.client(getenv)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+			defer cancel()
+			h, err := c.History(ctx, limit)
+			if err != nil {
+				return err
+			}
+			if o.output == "json" {
+				return writeJSON(cmd.OutOrStdout(), h)
+			}
+			return printHistory(cmd.OutOrStdout(), h.Records)
+		},
+	}
+	cmd.Flags().IntVar(&limit, "limit", api.DefaultHistoryLimit, "how many records to show")
+	return cmd
+}
+
+func yesNo(b bool, yes, no string) string {
+	if b {
+		return yes
+	}
+	return no
+}
+
+func printStatus(w io.Writer, s api.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tAGENT\tAGENT UP\tLIBVIRT\tGUESTS")
+	for _, h := range s.Hosts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", h.Name, h.Agent, yesNo(h.AgentUp, "up", "DOWN"),
+			yesNo(h.LibvirtUp, "up", "DOWN"), h.Guests)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "HOST\tGUEST\tSTATE\tREASON\tMEANT TO\tUUID")
+	for _, g := range s.Guests {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.Host, g.Domain, g.State, g.Reason,
+			yesNo(g.IntendedRunning, "run", "stop"), g.UUID)
+	}
+	if len(s.Guests) == 0 {
+		fmt.Fprintln(tw, "(no guests)")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "ALERT\tSTATE\tHOST\tGUEST\tSINCE\tSUMMARY")
+	for _, a := range s.Alerts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, a.State, a.Labels["host"], a.Labels["domain"],
+			since(s.Time, a.ActiveAt), a.Annotations["summary"])
+	}
+	if len(s.Alerts) == 0 {
+		fmt.Fprintln(tw, "(no alerts firing)")
+	}
+	return tw.Flush()
+}
+
+func printHistory(w io.Writer, recs []journal.Record) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tALERT\tACTION\tHOST\tGUEST\tRESULT\tHEALED IN\tDETAIL")
+	for _, r := range recs {
+		heal := "-"
+		if r.HealSeconds > 0 {
+			heal = fmt.Sprintf("%.1fs", r.HealSeconds)
+		}
+		detail := r.Error
+		if detail == "" {
+			detail = r.Reason
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Created.Local().Format("2006-01-02 15:04:05"),
+			r.Alert, r.Action, r.Host, firstNonEmpty(r.Domain, r.UUID), r.State, heal, oneLine(detail))
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(tw, "(the journal is empty: no remediation has been decided yet)")
+	}
+	return tw.Flush()
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func since(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return now.Sub(t).Round(time.Second).String()
+}

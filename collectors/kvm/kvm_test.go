@@ -1,0 +1,351 @@
+package kvm
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"libvirt.org/go/libvirt"
+
+	"caretaker/collectors"
+	"caretaker/internal/libvirtconn"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+const daemonSocket = "/var/run/libvirt/libvirt-sock"
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestCollectorGolden scrapes the domains of testdata/node.xml, through the
+// in-process test driver and, when libvirtd runs, through the daemon, and
+// compares the whole output with testdata/node.metrics.
+func TestCollectorGolden(t *testing.T) {
+	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		uri    string
+		daemon bool
+	}{
+		{name: "in-process", uri: "test://" + node},
+		{name: "libvirtd", uri: "test+unix://" + node, daemon: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.daemon {
+				if _, err := os.Stat(daemonSocket); err != nil {
+					t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
+				}
+			}
+			logger := testLogger(t)
+			conn := libvirtconn.New(tt.uri, logger)
+			t.Cleanup(func() { conn.Close() })
+			prepareNode(t, conn)
+
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{
+				"kvm": New(conn, logger),
+			}))
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatalf("gather: %v", err)
+			}
+
+			t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, encode(t, mfs)) })
+
+			// The duration varies from run to run; its presence is
+			// checked here, the rest against the golden file.
+			var stable []*dto.MetricFamily
+			for _, mf := range mfs {
+				if mf.GetName() == "caretaker_scrape_collector_duration_seconds" {
+					continue
+				}
+				stable = append(stable, mf)
+			}
+			if len(stable) == len(mfs) {
+				t.Errorf("no caretaker_scrape_collector_duration_seconds in the output")
+			}
+			compareGolden(t, filepath.Join("testdata", "node.metrics"), encode(t, stable))
+		})
+	}
+}
+
+// prepareNode does what the test driver cannot read from node.xml: it sets
+// autostart on "spare" and destroys "web-3" (shutoff, reason destroyed).
+func prepareNode(t *testing.T, conn *libvirtconn.Conn) {
+	t.Helper()
+	lv, err := conn.Get()
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	for name, act := range map[string]func(*libvirt.Domain) error{
+		"spare": func(d *libvirt.Domain) error { return d.SetAutostart(true) },
+		"web-3": (*libvirt.Domain).Destroy,
+	} {
+		dom, err := lv.LookupDomainByName(name)
+		if err != nil {
+			t.Fatalf("look up %s: %v", name, err)
+		}
+		if err := act(dom); err != nil {
+			t.Fatalf("prepare %s: %v", name, err)
+		}
+		dom.Free()
+	}
+}
+
+func TestCollectorDomainFilter(t *testing.T) {
+	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := testLogger(t)
+	conn := libvirtconn.New("test://"+node, logger)
+	t.Cleanup(func() { conn.Close() })
+	c := New(conn, logger, WithDomainFilter(regexp.MustCompile(`^web-[12]$`)))
+
+	const want = `
+# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
+# TYPE caretaker_kvm_domain_info gauge
+caretaker_kvm_domain_info{cluster="lab",domain="web-1",role="worker",uuid="0a000000-0000-4000-8000-000000000001"} 1
+caretaker_kvm_domain_info{cluster="lab",domain="web-2",role="worker",uuid="0a000000-0000-4000-8000-000000000002"} 1
+# HELP caretaker_kvm_domains Number of domains defined in libvirt, running or not.
+# TYPE caretaker_kvm_domains gauge
+caretaker_kvm_domains 2
+`
+	set := collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{"kvm": c})
+	if err := testutil.CollectAndCompare(set, strings.NewReader(want), "caretaker_kvm_domain_info", "caretaker_kvm_domains"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(set, "caretaker_kvm_domain_state"); n != 2 {
+		t.Errorf("got %d caretaker_kvm_domain_state series, want 2", n)
+	}
+}
+
+func TestCollectorLibvirtUnreachable(t *testing.T) {
+	uri := "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "no-libvirtd.sock")
+	logger := testLogger(t)
+	conn := libvirtconn.New(uri, logger)
+	t.Cleanup(func() { conn.Close() })
+	c := New(conn, logger)
+
+	t.Run("Update", func(t *testing.T) {
+		ch := make(chan prometheus.Metric, 16)
+		err := c.Update(t.Context(), ch)
+		close(ch)
+		if err == nil {
+			t.Fatalf("Update succeeded without libvirt")
+		}
+		if !strings.Contains(err.Error(), uri) {
+			t.Errorf("error %q does not name the URI", err)
+		}
+		var got []prometheus.Metric
+		for m := range ch {
+			got = append(got, m)
+		}
+		if len(got) != 1 || !strings.Contains(got[0].Desc().String(), `"caretaker_kvm_up"`) {
+			t.Fatalf("got %v, want caretaker_kvm_up alone", got)
+		}
+	})
+
+	t.Run("in a Set", func(t *testing.T) {
+		set := collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{"kvm": c})
+		const want = `
+# HELP caretaker_kvm_up Whether libvirt answered the last scrape (1) or not (0).
+# TYPE caretaker_kvm_up gauge
+caretaker_kvm_up 0
+# HELP caretaker_scrape_collector_success Whether a collector succeeded (1) or failed or timed out (0) in this scrape.
+# TYPE caretaker_scrape_collector_success gauge
+caretaker_scrape_collector_success{collector="kvm"} 0
+`
+		err := testutil.CollectAndCompare(set, strings.NewReader(want), "caretaker_kvm_up", "caretaker_scrape_collector_success")
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestEmit covers what the test driver does not report (CPU time, vCPUs,
+// balloon): the stats below are what libvirt's QEMU driver returned for a
+// guest with 64 MiB and one of two vCPUs online, running and then destroyed.
+func TestEmit(t *testing.T) {
+	const uuid = "0a000000-0000-4000-8000-0000000000ff"
+	running := []libvirt.DomainStatsVcpu{
+		{StateSet: true, State: libvirt.VCPU_RUNNING},
+		{StateSet: true, State: libvirt.VCPU_OFFLINE},
+	}
+	offline := []libvirt.DomainStatsVcpu{
+		{StateSet: true, State: libvirt.VCPU_OFFLINE},
+		{StateSet: true, State: libvirt.VCPU_OFFLINE},
+	}
+	tests := []struct {
+		name string
+		d    domain
+		want string
+	}{
+		{
+			name: "running",
+			d: domain{
+				uuid: uuid, name: "probe", intendedKnown: true, intended: true,
+				meta: Metadata{Intent: IntentRunning, Cluster: "lab", Role: "worker"},
+				stats: &libvirt.DomainStats{
+					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_RUNNING, ReasonSet: true, Reason: 1},
+					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 228759000},
+					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 65536},
+					Vcpu:    running,
+				},
+			},
+			want: `
+# HELP caretaker_kvm_domain_cpu_seconds_total CPU time used by the domain, in seconds.
+# TYPE caretaker_kvm_domain_cpu_seconds_total counter
+caretaker_kvm_domain_cpu_seconds_total{uuid="0a000000-0000-4000-8000-0000000000ff"} 0.228759
+# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
+# TYPE caretaker_kvm_domain_info gauge
+caretaker_kvm_domain_info{cluster="lab",domain="probe",role="worker",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_intended_running Whether the domain is meant to run (1) or not (0): the intent in caretaker's domain metadata, or the domain's autostart flag without it.
+# TYPE caretaker_kvm_domain_intended_running gauge
+caretaker_kvm_domain_intended_running{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_memory_current_bytes Memory currently assigned to the domain (its balloon size), in bytes.
+# TYPE caretaker_kvm_domain_memory_current_bytes gauge
+caretaker_kvm_domain_memory_current_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
+# HELP caretaker_kvm_domain_memory_maximum_bytes Maximum memory the domain may be given, in bytes.
+# TYPE caretaker_kvm_domain_memory_maximum_bytes gauge
+caretaker_kvm_domain_memory_maximum_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
+# HELP caretaker_kvm_domain_state State of the domain, libvirt's virDomainState: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown (shutting down), 5 shutoff, 6 crashed, 7 pmsuspended.
+# TYPE caretaker_kvm_domain_state gauge
+caretaker_kvm_domain_state{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_state_reason Reason for the domain's state, libvirt's numeric reason code, whose meaning depends on the state (virDomain<State>Reason). For shutoff (state 5): 0 unknown, 1 shutdown, 2 destroyed, 3 crashed, 4 migrated, 5 saved, 6 failed, 7 from snapshot, 8 daemon.
+# TYPE caretaker_kvm_domain_state_reason gauge
+caretaker_kvm_domain_state_reason{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_vcpus Number of online virtual CPUs of an active domain.
+# TYPE caretaker_kvm_domain_vcpus gauge
+caretaker_kvm_domain_vcpus{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+`,
+		},
+		{
+			name: "crashed, intent unreadable",
+			d: domain{
+				uuid: uuid, name: "probe",
+				stats: &libvirt.DomainStats{
+					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_SHUTOFF, ReasonSet: true, Reason: 3},
+					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 560000000},
+					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
+					Vcpu:    offline,
+				},
+			},
+			want: `
+# HELP caretaker_kvm_domain_cpu_seconds_total CPU time used by the domain, in seconds.
+# TYPE caretaker_kvm_domain_cpu_seconds_total counter
+caretaker_kvm_domain_cpu_seconds_total{uuid="0a000000-0000-4000-8000-0000000000ff"} 0.56
+# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
+# TYPE caretaker_kvm_domain_info gauge
+caretaker_kvm_domain_info{cluster="",domain="probe",role="",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_memory_current_bytes Memory currently assigned to the domain (its balloon size), in bytes.
+# TYPE caretaker_kvm_domain_memory_current_bytes gauge
+caretaker_kvm_domain_memory_current_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
+# HELP caretaker_kvm_domain_memory_maximum_bytes Maximum memory the domain may be given, in bytes.
+# TYPE caretaker_kvm_domain_memory_maximum_bytes gauge
+caretaker_kvm_domain_memory_maximum_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 1.34217728e+08
+# HELP caretaker_kvm_domain_state State of the domain, libvirt's virDomainState: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown (shutting down), 5 shutoff, 6 crashed, 7 pmsuspended.
+# TYPE caretaker_kvm_domain_state gauge
+caretaker_kvm_domain_state{uuid="0a000000-0000-4000-8000-0000000000ff"} 5
+# HELP caretaker_kvm_domain_state_reason Reason for the domain's state, libvirt's numeric reason code, whose meaning depends on the state (virDomain<State>Reason). For shutoff (state 5): 0 unknown, 1 shutdown, 2 destroyed, 3 crashed, 4 migrated, 5 saved, 6 failed, 7 from snapshot, 8 daemon.
+# TYPE caretaker_kvm_domain_state_reason gauge
+caretaker_kvm_domain_state_reason{uuid="0a000000-0000-4000-8000-0000000000ff"} 3
+`,
+		},
+		{
+			name: "nothing reported",
+			d:    domain{uuid: uuid, name: "probe", intendedKnown: true, stats: &libvirt.DomainStats{}},
+			want: `
+# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
+# TYPE caretaker_kvm_domain_info gauge
+caretaker_kvm_domain_info{cluster="",domain="probe",role="",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
+# HELP caretaker_kvm_domain_intended_running Whether the domain is meant to run (1) or not (0): the intent in caretaker's domain metadata, or the domain's autostart flag without it.
+# TYPE caretaker_kvm_domain_intended_running gauge
+caretaker_kvm_domain_intended_running{uuid="0a000000-0000-4000-8000-0000000000ff"} 0
+`,
+		},
+	}
+	c := New(nil, testLogger(t))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := testutil.CollectAndCompare(emitOnly{c, tt.d}, strings.NewReader(tt.want)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// emitOnly is an unchecked prometheus.Collector that emits one domain.
+type emitOnly struct {
+	c *Collector
+	d domain
+}
+
+func (e emitOnly) Describe(chan<- *prometheus.Desc)    {}
+func (e emitOnly) Collect(ch chan<- prometheus.Metric) { e.c.emit(ch, e.d) }
+
+func encode(t *testing.T, mfs []*dto.MetricFamily) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatalf("encode %s: %v", mf.GetName(), err)
+		}
+	}
+	return buf.Bytes()
+}
+
+func compareGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatalf("update golden file: %v", err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden file (run with -update to create it): %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (run with -update to accept it):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func promtoolCheckMetrics(t *testing.T, exposition []byte) {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(exposition)
+	out, err := cmd.CombinedOutput()
+	if len(out) > 64<<10 {
+		out = out[:64<<10]
+	}
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s\non:\n%s", err, out, exposition)
+	}
+}

@@ -1,0 +1,204 @@
+// Package agent is the HTTP surface of the caretaker agent that runs on every
+// KVM host: /metrics for the server's Prometheus, and under /api/v1/ the
+// host-local actions the server's remediation asks for (today: look at and
+// start a libvirt domain).
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	promcollectors "github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"caretaker/collectors"
+	"caretaker/collectors/kvm"
+	"caretaker/internal/libvirtconn"
+)
+
+// Defaults applied by New to the zero fields of Config.
+const (
+	DefaultListenAddress = ":9301"
+	DefaultLibvirtURI    = "qemu:///system"
+	DefaultScrapeTimeout = 10 * time.Second
+)
+
+// shutdownTimeout bounds the graceful part of Serve's shutdown: requests
+// still running after it (a domain start stuck in libvirt) are cut off.
+const shutdownTimeout = 30 * time.Second
+
+// Config configures an Agent.
+type Config struct {
+	// ListenAddress is where Run listens, host:port.
+	ListenAddress string
+	// WebConfigFile is an exporter-toolkit web configuration file (TLS,
+	// basic auth); empty serves plain HTTP.
+	WebConfigFile string
+	// LibvirtURI is the libvirt connection the collectors and actions use.
+	LibvirtURI string
+	// ScrapeTimeout bounds each collector on every scrape.
+	ScrapeTimeout time.Duration
+	// Token is the server's bearer token for the actions API. Empty
+	// disables the actions: every request under /api/v1/ gets 401.
+	Token string
+	// DomainFilter, if set, limits the agent to the domains whose name
+	// matches it: the others are neither reported nor acted on (404), as
+	// if they were on another host. It lets several simulated hosts share
+	// one libvirtd (caretaker lab); nil means every domain.
+	DomainFilter *regexp.Regexp
+	Logger       *slog.Logger
+}
+
+// Agent serves a host's metrics and actions.
+type Agent struct {
+	cfg    Config
+	logger *slog.Logger
+	// conn is shared by the kvm collector and the actions, so that the
+	// host has one libvirt connection per agent.
+	conn *libvirtconn.Conn
+	// tokenHash is the SHA-256 of Config.Token, or nil when actions are
+	// disabled. Comparing hashes keeps the comparison's time independent
+	// of the presented token's length as well as of its content.
+	tokenHash []byte
+	handler   http.Handler
+}
+
+// New returns an Agent for cfg, with defaults applied to its zero fields. It
+// does not connect to libvirt: the first scrape or action does.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ListenAddress == "" {
+		cfg.ListenAddress = DefaultListenAddress
+	}
+	if cfg.LibvirtURI == "" {
+		cfg.LibvirtURI = DefaultLibvirtURI
+	}
+	if cfg.ScrapeTimeout == 0 {
+		cfg.ScrapeTimeout = DefaultScrapeTimeout
+	}
+	if cfg.ScrapeTimeout < 0 {
+		return nil, fmt.Errorf("configure agent: scrape timeout %s is negative", cfg.ScrapeTimeout)
+	}
+	if cfg.WebConfigFile != "" {
+		if err := web.Validate(cfg.WebConfigFile); err != nil {
+			return nil, fmt.Errorf("configure agent: web config file %s: %w", cfg.WebConfigFile, err)
+		}
+	}
+
+	a := &Agent{
+		cfg:    cfg,
+		logger: cfg.Logger,
+		conn:   libvirtconn.New(cfg.LibvirtURI, cfg.Logger),
+	}
+	if cfg.Token != "" {
+		sum := sha256.Sum256([]byte(cfg.Token))
+		a.tokenHash = sum[:]
+	} else {
+		a.logger.Warn("no API token configured: host actions are disabled")
+	}
+
+	reg := prometheus.NewRegistry()
+	set := collectors.NewSet(a.logger, cfg.ScrapeTimeout, map[string]collectors.Collector{
+		"kvm": kvm.New(a.conn, a.logger.With("collector", "kvm"), kvm.WithDomainFilter(cfg.DomainFilter)),
+	})
+	for _, c := range []prometheus.Collector{
+		set,
+		promcollectors.NewGoCollector(),
+		promcollectors.NewProcessCollector(promcollectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			a.conn.Close()
+			return nil, fmt.Errorf("configure agent: register metrics collector: %w", err)
+		}
+	}
+
+	landing, err := web.NewLandingPage(web.LandingConfig{
+		Name:        "caretaker agent",
+		Description: "Metrics and host-local actions of a caretaker KVM host",
+		Links:       []web.LandingLinks{{Address: "/metrics", Text: "Metrics"}},
+		Profiling:   "false",
+	})
+	if err != nil {
+		a.conn.Close()
+		return nil, fmt.Errorf("configure agent: landing page: %w", err)
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", landing)
+	mux.Handle("GET /metrics", promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(a.logger.Handler(), slog.LevelError),
+		ErrorHandling: promhttp.ContinueOnError,
+	})))
+	mux.Handle("/api/v1/", a.requireToken(a.apiHandler()))
+	a.handler = mux
+	return a, nil
+}
+
+// Handler returns the agent's HTTP handler: /, /metrics and /api/v1/.
+func (a *Agent) Handler() http.Handler { return a.handler }
+
+// Run listens on Config.ListenAddress and serves until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", a.cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.ListenAddress, err)
+	}
+	return a.Serve(ctx, l)
+}
+
+// Serve serves on l until ctx is done, then shuts down gracefully: it stops
+// accepting, lets running requests finish (for up to 30s), and returns nil.
+// TLS and basic auth come from Config.WebConfigFile.
+func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
+	addr := l.Addr().String()
+	srv := &http.Server{
+		Handler:           a.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
+	}
+	noSystemd := false
+	flags := &web.FlagConfig{
+		WebListenAddresses: &[]string{addr},
+		WebSystemdSocket:   &noSystemd,
+		WebConfigFile:      &a.cfg.WebConfigFile,
+	}
+	served := make(chan error, 1)
+	go func() { served <- web.Serve(l, srv, flags, a.logger) }()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve agent on %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	a.logger.Info("shutting down agent HTTP server", "address", addr)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(shutdownCtx)
+	if err != nil {
+		// Requests outlived the grace period: cut them off.
+		srv.Close()
+	}
+	if serveErr := <-served; serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("serve agent on %s: %w", addr, serveErr)
+	}
+	if err != nil {
+		return fmt.Errorf("shut down agent on %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Close closes the agent's libvirt connection. Call it after Serve returns.
+func (a *Agent) Close() error {
+	return a.conn.Close()
+}

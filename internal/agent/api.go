@@ -1,0 +1,282 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"libvirt.org/go/libvirt"
+)
+
+// Domain is a libvirt domain as the API reports it.
+type Domain struct {
+	UUID string `json:"uuid"`
+	Name string `json:"name"`
+	// State is virsh's word for StateCode: "running", "shut off",
+	// "paused", …
+	State string `json:"state"`
+	// StateCode is libvirt's virDomainState, ReasonCode its reason, whose
+	// meaning depends on the state (as in caretaker_kvm_domain_state and
+	// caretaker_kvm_domain_state_reason).
+	StateCode  int `json:"state_code"`
+	ReasonCode int `json:"reason_code"`
+}
+
+// The results of a start.
+const (
+	ResultStarted        = "started"
+	ResultAlreadyRunning = "already-running"
+)
+
+// StartResult is the answer to a start: what was done, and the domain's
+// state afterwards.
+type StartResult struct {
+	Result string `json:"result"`
+	Domain
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (a *Agent) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/domains/{uuid}", a.handleDomain)
+	mux.HandleFunc("/api/v1/domains/{uuid}/start", a.handleStart)
+	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
+	})
+	return mux
+}
+
+// requireToken lets through only requests with the server's bearer token,
+// before anything is looked up or routed, so that a request without it
+// learns nothing and changes nothing.
+func (a *Agent) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if reason := a.unauthorized(r); reason != "" {
+			a.logger.Warn("rejected API request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker-agent"`)
+			writeError(w, http.StatusUnauthorized, reason)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// unauthorized returns why r may not use the API, or "" if it may.
+func (a *Agent) unauthorized(r *http.Request) string {
+	if a.tokenHash == nil {
+		return "host actions are disabled: the agent has no API token configured"
+	}
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "missing bearer token"
+	}
+	sum := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(sum[:], a.tokenHash) != 1 {
+		return "invalid bearer token"
+	}
+	return ""
+}
+
+// handleDomain answers GET /api/v1/domains/{uuid}.
+func (a *Agent) handleDomain(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, r, http.MethodGet)
+		return
+	}
+	dom, ok := a.lookup(w, r.PathValue("uuid"))
+	if !ok {
+		return
+	}
+	defer dom.Free()
+	d, err := describe(dom)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// handleStart answers POST /api/v1/domains/{uuid}/start. Starting a running
+// domain is not an error, so the server may retry a start whose answer it
+// did not get.
+func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		methodNotAllowed(w, r, http.MethodPost)
+		return
+	}
+	dom, ok := a.lookup(w, r.PathValue("uuid"))
+	if !ok {
+		return
+	}
+	defer dom.Free()
+	before, err := describe(dom)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		return
+	}
+	logger := a.logger.With("action", "start", "uuid", before.UUID, "domain", before.Name)
+
+	if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
+		logger.Info("domain already running")
+		writeJSON(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: before})
+		return
+	}
+
+	logger.Info("starting domain", "state", before.State, "reason_code", before.ReasonCode)
+	createErr := dom.Create()
+	after, err := describe(dom)
+	switch {
+	case createErr != nil && err == nil && after.StateCode == int(libvirt.DOMAIN_RUNNING):
+		// Someone else (a concurrent request, an operator with virsh)
+		// started it between our look and our start.
+		logger.Info("domain already running", "err", createErr)
+		writeJSON(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: after})
+	case createErr != nil:
+		logger.Warn("start domain failed", "err", createErr)
+		writeError(w, http.StatusBadGateway, libvirtMessage(createErr))
+	case err != nil:
+		logger.Warn("read domain state after start", "err", err)
+		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+	case after.StateCode != int(libvirt.DOMAIN_RUNNING):
+		logger.Warn("domain not running after start", "state", after.State, "reason_code", after.ReasonCode)
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
+	default:
+		logger.Info("domain started", "reason_code", after.ReasonCode)
+		writeJSON(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
+	}
+}
+
+// lookup finds the domain named by a request's uuid, or answers the request
+// (400, 404, 502) and returns false. The caller frees the domain.
+func (a *Agent) lookup(w http.ResponseWriter, uuid string) (*libvirt.Domain, bool) {
+	if !validUUID(uuid) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed domain uuid %q, want the form 8-4-4-4-12 hex digits", uuid))
+		return nil, false
+	}
+	conn, err := a.conn.Get()
+	if err != nil {
+		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		return nil, false
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	var lverr libvirt.Error
+	switch {
+	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN:
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
+		return nil, false
+	case err != nil:
+		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		return nil, false
+	}
+	if f := a.cfg.DomainFilter; f != nil {
+		name, err := dom.GetName()
+		if err != nil || !f.MatchString(name) {
+			dom.Free()
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
+			return nil, false
+		}
+	}
+	return dom, true
+}
+
+func describe(dom *libvirt.Domain) (Domain, error) {
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return Domain{}, fmt.Errorf("read domain uuid: %w", err)
+	}
+	name, err := dom.GetName()
+	if err != nil {
+		return Domain{}, fmt.Errorf("read name of domain %s: %w", uuid, err)
+	}
+	state, reason, err := dom.GetState()
+	if err != nil {
+		return Domain{}, fmt.Errorf("read state of domain %s: %w", uuid, err)
+	}
+	return Domain{
+		UUID:       uuid,
+		Name:       name,
+		State:      stateName(state),
+		StateCode:  int(state),
+		ReasonCode: reason,
+	}, nil
+}
+
+// stateName returns virsh's word for a domain state, the one operators know.
+func stateName(s libvirt.DomainState) string {
+	switch s {
+	case libvirt.DOMAIN_NOSTATE:
+		return "no state"
+	case libvirt.DOMAIN_RUNNING:
+		return "running"
+	case libvirt.DOMAIN_BLOCKED:
+		return "idle"
+	case libvirt.DOMAIN_PAUSED:
+		return "paused"
+	case libvirt.DOMAIN_SHUTDOWN:
+		return "in shutdown"
+	case libvirt.DOMAIN_SHUTOFF:
+		return "shut off"
+	case libvirt.DOMAIN_CRASHED:
+		return "crashed"
+	case libvirt.DOMAIN_PMSUSPENDED:
+		return "pmsuspended"
+	default:
+		return fmt.Sprintf("unknown (%d)", int(s))
+	}
+}
+
+// validUUID reports whether s is a UUID in its canonical text form,
+// 8-4-4-4-12 hex digits.
+func validUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// libvirtMessage returns libvirt's own message for err, without the
+// binding's "virError(Code=…)" wrapping, for the API's error field.
+func libvirtMessage(err error) string {
+	var lverr libvirt.Error
+	if errors.As(err, &lverr) {
+		return lverr.Message
+	}
+	return err.Error()
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s, use %s", r.Method, r.URL.Path, allow))
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, apiError{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	// The status is sent: an encoding error (a client gone) has no one
+	// left to tell.
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,109 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"caretaker/remediation/journal"
+)
+
+// Backend answers the API's questions; the server implements it.
+type Backend interface {
+	Status(ctx context.Context) (Status, error)
+	History(ctx context.Context, limit int) ([]journal.Record, error)
+}
+
+// DefaultHistoryLimit is how many records /history returns without ?limit.
+const DefaultHistoryLimit = 50
+
+// maxHistoryLimit caps ?limit so one request cannot read the whole journal.
+const maxHistoryLimit = 10000
+
+// NewHandler serves /api/v1/ for b. Every request must carry token as a
+// bearer token; an empty token refuses every request.
+func NewHandler(b Backend, token string, logger *slog.Logger) http.Handler {
+	h := &handler{backend: b, token: []byte(token), logger: logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/status", h.status)
+	mux.HandleFunc("GET /api/v1/history", h.history)
+	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return h.authenticate(mux)
+}
+
+type handler struct {
+	backend Backend
+	token   []byte
+	logger  *slog.Logger
+}
+
+func (h *handler) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !validBearer(r.Header.Get("Authorization"), h.token) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
+			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// validBearer compares in constant time so the token cannot be guessed
+// byte by byte from response times.
+func validBearer(header string, token []byte) bool {
+	got, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok || len(token) == 0 {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), token) == 1
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) {
+	s, err := h.backend.Status(r.Context())
+	if err != nil {
+		h.logger.Error("status", "err", err)
+		writeError(w, http.StatusInternalServerError, "status: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+func (h *handler) history(w http.ResponseWriter, r *http.Request) {
+	limit := DefaultHistoryLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxHistoryLimit {
+			writeError(w, http.StatusBadRequest, "limit: want an integer from 1 to "+strconv.Itoa(maxHistoryLimit)+", got "+strconv.Quote(v))
+			return
+		}
+		limit = n
+	}
+	recs, err := h.backend.History(r.Context(), limit)
+	if err != nil {
+		h.logger.Error("history", "err", err)
+		writeError(w, http.StatusInternalServerError, "history: "+err.Error())
+		return
+	}
+	if recs == nil {
+		recs = []journal.Record{}
+	}
+	writeJSON(w, http.StatusOK, History{Records: recs})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}

@@ -1,0 +1,98 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the .err golden files")
+
+func TestLoadGood(t *testing.T) {
+	files, _ := filepath.Glob("testdata/good/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no good test files")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, err := Load(f); err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoadFull(t *testing.T) {
+	c, err := Load("testdata/good/full.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(c.Hosts), 2; got != want {
+		t.Fatalf("hosts = %d, want %d", got, want)
+	}
+	if c.Prometheus.Retention != 360*time.Hour {
+		t.Errorf("retention = %s", c.Prometheus.Retention)
+	}
+	if got, want := c.Path(c.Remediation.PolicyFile), "testdata/good/policy.yml"; got != want {
+		t.Errorf("policy path = %q, want %q", got, want)
+	}
+}
+
+func TestDefaultsApplied(t *testing.T) {
+	c, err := Load("testdata/good/minimal.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Defaults()
+	if c.Prometheus != d.Prometheus || c.DataDir != d.DataDir || c.Remediation != d.Remediation {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+// Each bad file's exact error is kept beside it in a .err golden file.
+func TestLoadBad(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no bad test files")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			_, err := Load(f)
+			if err == nil {
+				t.Fatal("Load succeeded, want an error")
+			}
+			golden := strings.TrimSuffix(f, ".yml") + ".err"
+			if *update {
+				if err := os.WriteFile(golden, []byte(err.Error()+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, rerr := os.ReadFile(golden)
+			if rerr != nil {
+				t.Fatalf("read golden (run with -update): %v", rerr)
+			}
+			if got := err.Error() + "\n"; got != string(want) {
+				t.Errorf("error:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func TestReadSecret(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tok")
+	if err := os.WriteFile(p, []byte("  s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ReadSecret(p); err != nil || s != "s3cret" {
+		t.Fatalf("ReadSecret = %q, %v", s, err)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o600)
+	if _, err := ReadSecret(empty); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("empty secret: %v", err)
+	}
+}

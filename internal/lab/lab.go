@@ -1,0 +1,306 @@
+// Package lab runs the whole appliance on one machine: a server and the
+// agents of two hosts, each with a few small guests to break. It is what
+// `caretaker lab` and `make run` start.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"caretaker/internal/agent"
+	"caretaker/internal/config"
+	"caretaker/internal/libvirtconn"
+	"caretaker/internal/server"
+)
+
+// Options configure a lab.
+type Options struct {
+	ListenAddress string // the server's address
+	DataDir       string // "" = a temporary directory, removed at exit
+	Driver        string // "auto", "qemu" or "test"
+	LibvirtURI    string // the libvirtd to use in qemu mode
+	Hosts         int
+	GuestsPerHost int
+	GuestPrefix   string // every guest's name starts with it
+	RunbookConfig string // where to write runbook's config; "" = don't
+	// ScrapeInterval and EvaluationInterval are the embedded Prometheus's;
+	// short, so a crash is seen and healed within seconds.
+	ScrapeInterval     time.Duration
+	EvaluationInterval time.Duration
+	Out                io.Writer // the summary for the operator
+	Logger             *slog.Logger
+}
+
+// DefaultOptions are `caretaker lab`'s defaults.
+func DefaultOptions() Options {
+	return Options{
+		ListenAddress:      "127.0.0.1:9300",
+		Driver:             "auto",
+		LibvirtURI:         "qemu:///system",
+		Hosts:              2,
+		GuestsPerHost:      3,
+		GuestPrefix:        "lab-",
+		ScrapeInterval:     time.Second,
+		EvaluationInterval: time.Second,
+	}
+}
+
+// host is one simulated hypervisor host of the lab.
+type host struct {
+	name   string
+	uri    string
+	filter *regexp.Regexp
+	guests []guest
+	addr   string // the agent's listen address
+}
+
+// Run starts the lab and blocks until ctx is done, then removes everything
+// it created: guests, the runbook config and, unless DataDir was given, the
+// data directory.
+func Run(ctx context.Context, o Options) (err error) {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	var undo cleanups
+	defer func() {
+		if cerr := undo.run(o.Logger); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+
+	dataDir := o.DataDir
+	if dataDir == "" {
+		if dataDir, err = os.MkdirTemp("", "caretaker-lab-"); err != nil {
+			return fmt.Errorf("create lab directory: %w", err)
+		}
+		undo.add("remove "+dataDir, func() error { return os.RemoveAll(dataDir) })
+	} else if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return fmt.Errorf("create lab directory: %w", err)
+	}
+
+	if err := libvirtconn.StartEventLoop(ctx, o.Logger); err != nil {
+		return err
+	}
+	driver, why := chooseDriver(ctx, o)
+	if o.Driver == "qemu" && driver != "qemu" {
+		return fmt.Errorf("--driver qemu: %s", why)
+	}
+	o.Logger.Info("lab driver", "driver", driver, "why", why)
+
+	hosts := make([]*host, o.Hosts)
+	for i := range hosts {
+		name := "host-" + string(rune('a'+i))
+		hosts[i] = &host{
+			name:   name,
+			filter: regexp.MustCompile("^" + regexp.QuoteMeta(o.GuestPrefix+name+"-") + `\d+$`),
+		}
+	}
+	switch driver {
+	case "qemu":
+		g := &qemuGuests{uri: o.LibvirtURI, prefix: o.GuestPrefix, logger: o.Logger, out: o.Out}
+		if err := g.create(hosts, o.GuestsPerHost); err != nil {
+			g.remove(hosts)
+			return err
+		}
+		undo.add("remove lab guests", func() error { return g.remove(hosts) })
+	default:
+		if err := writeTestNodes(dataDir, o.GuestPrefix, hosts, o.GuestsPerHost); err != nil {
+			return err
+		}
+	}
+
+	apiToken, agentToken := newToken(), newToken()
+	if err := writeSecret(filepath.Join(dataDir, "api.token"), apiToken); err != nil {
+		return err
+	}
+	if err := writeSecret(filepath.Join(dataDir, "agent.token"), agentToken); err != nil {
+		return err
+	}
+
+	for _, h := range hosts {
+		a, err := agent.New(agent.Config{
+			LibvirtURI:    h.uri,
+			DomainFilter:  h.filter,
+			Token:         agentToken,
+			ScrapeTimeout: 5 * time.Second,
+			Logger:        o.Logger.With("host", h.name),
+		})
+		if err != nil {
+			return fmt.Errorf("agent of %s: %w", h.name, err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			a.Close()
+			return fmt.Errorf("agent of %s: listen: %w", h.name, err)
+		}
+		h.addr = l.Addr().String()
+		actx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := a.Serve(actx, l); err != nil {
+				o.Logger.Error("agent stopped", "host", h.name, "err", err)
+			}
+		}()
+		undo.add("stop agent of "+h.name, func() error { stop(); <-done; return a.Close() })
+	}
+
+	cfgPath, err := writeServerConfig(dataDir, hosts, o)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", o.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", o.ListenAddress, err)
+	}
+	srv, err := server.New(ctx, server.Options{Config: cfg, Logger: o.Logger.With("component", "server")})
+	if err != nil {
+		l.Close()
+		return err
+	}
+	sctx, stopServer := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, l) }()
+	undo.add("stop server", func() error { stopServer(); return errors.Join(<-served, srv.Close()) })
+	apiURL := "http://" + l.Addr().String()
+
+	if o.RunbookConfig != "" {
+		restore, err := writeRunbookConfig(o.RunbookConfig, apiURL, apiToken)
+		if err != nil {
+			return err
+		}
+		undo.add("restore "+o.RunbookConfig, restore)
+	}
+
+	printSummary(o, driver, why, apiURL, dataDir, hosts)
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
+		return nil
+	case err := <-served:
+		served <- err // for the cleanup, which waits on it
+		return err
+	}
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Hosts < 1 || o.Hosts > 26:
+		return fmt.Errorf("hosts: want 1 to 26, got %d", o.Hosts)
+	case o.GuestsPerHost < 1 || o.GuestsPerHost > 50:
+		return fmt.Errorf("guests per host: want 1 to 50, got %d", o.GuestsPerHost)
+	case !strings.HasPrefix(o.GuestPrefix, "lab-"):
+		return fmt.Errorf("guest prefix %q must start with lab-", o.GuestPrefix)
+	case o.Driver != "auto" && o.Driver != "qemu" && o.Driver != "test":
+		return fmt.Errorf("driver: want auto, qemu or test, got %q", o.Driver)
+	case o.ScrapeInterval <= 0 || o.EvaluationInterval <= 0:
+		return errors.New("scrape and evaluation intervals must be positive")
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	return nil
+}
+
+func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host) {
+	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "\ncaretaker lab is running — %s\n", why)
+	fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
+	fmt.Fprintf(w, "  server metrics\t%s/metrics\n", apiURL)
+	for _, h := range hosts {
+		fmt.Fprintf(w, "  agent %s\thttp://%s/metrics\n", h.name, h.addr)
+	}
+	fmt.Fprintf(w, "  journal\t%s\n", filepath.Join(dataDir, "journal.db"))
+	fmt.Fprintf(w, "  server config\t%s\n", filepath.Join(dataDir, "server.yml"))
+	if o.RunbookConfig != "" {
+		fmt.Fprintf(w, "  runbook\tconfigured in %s: try `runbook status`, `runbook history`\n", o.RunbookConfig)
+	}
+	var names []string
+	for _, h := range hosts {
+		for _, g := range h.guests {
+			names = append(names, g.name)
+		}
+	}
+	fmt.Fprintf(w, "  guests\t%s\n", strings.Join(names, " "))
+	w.Flush()
+	if driver == "qemu" && len(names) > 0 {
+		fmt.Fprintf(o.Out, "\nBreak a guest and watch it heal:\n  kill -9 $(cat /run/libvirt/qemu/%s.pid)\n  virsh destroy %s\n  runbook history\n", names[0], names[0])
+	}
+	fmt.Fprintln(o.Out, "\nCtrl-C stops the lab and removes what it created.")
+}
+
+func newToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails on Linux (crypto/rand docs)
+	return hex.EncodeToString(b)
+}
+
+func writeSecret(path, secret string) error {
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write token: %w", err)
+	}
+	return nil
+}
+
+// writeServerConfig writes the lab's server.yml, a real configuration file
+// an operator can read and reuse, and loads it the way `caretaker server`
+// would.
+func writeServerConfig(dataDir string, hosts []*host, o Options) (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", dataDir)
+	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
+	fmt.Fprintf(&b, "prometheus:\n  scrape_interval: %s\n  scrape_timeout: %s\n  evaluation_interval: %s\n  retention: 24h\n",
+		o.ScrapeInterval, o.ScrapeInterval, o.EvaluationInterval)
+	fmt.Fprintf(&b, "remediation:\n  action_timeout: 1m\nhosts:\n")
+	for _, h := range hosts {
+		fmt.Fprintf(&b, "  - name: %s\n    agent: %s\n", h.name, h.addr)
+	}
+	path := filepath.Join(dataDir, "server.yml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("write server config: %w", err)
+	}
+	return path, nil
+}
+
+// cleanups undoes, in reverse order, what the lab did.
+type cleanups struct {
+	steps []cleanup
+}
+
+type cleanup struct {
+	what string
+	fn   func() error
+}
+
+func (c *cleanups) add(what string, fn func() error) {
+	c.steps = append(c.steps, cleanup{what, fn})
+}
+
+func (c *cleanups) run(logger *slog.Logger) error {
+	var errs []error
+	for i := len(c.steps) - 1; i >= 0; i-- {
+		s := c.steps[i]
+		if err := s.fn(); err != nil {
+			logger.Error("lab cleanup", "step", s.what, "err", err)
+			errs = append(errs, fmt.Errorf("%s: %w", s.what, err))
+		}
+	}
+	c.steps = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,267 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"caretaker/internal/api"
+)
+
+var kills = flag.Int("kills", 2, "how many guests TestLabHeals breaks, alternating SIGKILL and virsh destroy")
+
+// TestLabHeals runs the real lab with real QEMU guests, breaks guests, and
+// checks that each runs again with no human action and that the journal
+// holds a succeeded restart-vm for it. It logs the seconds from each kill
+// to the guest running again (make bench reports the median).
+func TestLabHeals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the lab starts real QEMU guests through qemu:///system")
+	}
+	if _, err := os.Stat(libvirtSocket); err != nil {
+		t.Skip("needs libvirtd running (.ci/run and deploy/lab/setup.sh start it)")
+	}
+	if err := checkQEMU("qemu:///system"); err != nil {
+		t.Skipf("needs QEMU: %v", err)
+	}
+	bin := buildBinaries(t)
+	dir := t.TempDir()
+	rbConfig := filepath.Join(dir, "runbook.yml")
+	prefix := "lab-e2e-"
+
+	var out syncBuffer
+	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
+		"--web.listen-address", "127.0.0.1:0", "--runbook.config", rbConfig,
+		"--guest-prefix", prefix, "--guests-per-host", "2", "--data.dir", filepath.Join(dir, "data"))
+	lab.Stdout, lab.Stderr = &out, &out
+	if err := lab.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- lab.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case err := <-exited:
+			exited <- err
+		default:
+			_ = lab.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("lab output:\n%s", out.String())
+		}
+	})
+
+	runbook := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(filepath.Join(bin, "runbook"), append(args, "-o", "json")...)
+		cmd.Env = append(os.Environ(), "RUNBOOK_CONFIG="+rbConfig, "RUNBOOK_URL=", "RUNBOOK_TOKEN=")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		b, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("runbook %v: %w: %s", args, err, stderr.String())
+		}
+		return b, nil
+	}
+
+	// The lab is ready when runbook sees all four guests running.
+	var guests []api.Guest
+	await(t, exited, 3*time.Minute, "the lab to report 4 running guests", func() bool {
+		if _, err := os.Stat(rbConfig); err != nil {
+			return false
+		}
+		b, err := runbook("status")
+		if err != nil {
+			return false
+		}
+		var s api.Status
+		if json.Unmarshal(b, &s) != nil {
+			return false
+		}
+		guests = nil
+		for _, g := range s.Guests {
+			if strings.HasPrefix(g.Domain, prefix) && g.State == "running" {
+				guests = append(guests, g)
+			}
+		}
+		return len(guests) == 4
+	})
+
+	conn, err := libvirt.NewConnect("qemu:///system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	var heals []float64
+	for i := 0; i < *kills; i++ {
+		g := guests[i%len(guests)]
+		dom, err := conn.LookupDomainByUUIDString(g.UUID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldID, err := dom.GetID()
+		if err != nil {
+			t.Fatalf("%s is not running: %v", g.Domain, err)
+		}
+		how := "SIGKILL"
+		start := time.Now()
+		if i%2 == 0 {
+			pid := qemuPID(t, g.Domain)
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			how = "virsh destroy"
+			if err := dom.Destroy(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A restarted domain gets a new ID, so a heal faster than one poll
+		// is still seen. The ID is cached in a domain object: look it up
+		// anew each time.
+		await(t, exited, 2*time.Minute, g.Domain+" to run again", func() bool {
+			d, err := conn.LookupDomainByUUIDString(g.UUID)
+			if err != nil {
+				return false
+			}
+			defer d.Free()
+			id, err := d.GetID()
+			if err != nil || id == oldID {
+				return false
+			}
+			state, _, err := d.GetState()
+			return err == nil && state == libvirt.DOMAIN_RUNNING
+		})
+		heal := time.Since(start).Seconds()
+		heals = append(heals, heal)
+		t.Logf("heal %d: %s of %s on %s: running again after %.2fs", i+1, how, g.Domain, g.Host, heal)
+		dom.Free()
+
+		await(t, exited, time.Minute, "a succeeded restart-vm for "+g.Domain+" in the journal", func() bool {
+			b, err := runbook("history")
+			if err != nil {
+				return false
+			}
+			var h api.History
+			if json.Unmarshal(b, &h) != nil {
+				return false
+			}
+			for _, r := range h.Records {
+				if r.UUID == g.UUID && r.Host == g.Host && r.Action == "restart-vm" &&
+					r.State == "succeeded" && !r.Created.Before(start.Add(-time.Second)) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	slices.Sort(heals)
+	t.Logf("median kill-to-running over %d kills: %.2fs (min %.2fs, max %.2fs)",
+		len(heals), heals[len(heals)/2], heals[0], heals[len(heals)-1])
+
+	// Ctrl-C removes what the lab created.
+	if err := lab.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("lab exited with %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("lab did not stop within 2 minutes of SIGINT")
+	}
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range doms {
+		if name, _ := d.GetName(); strings.HasPrefix(name, prefix) {
+			t.Errorf("guest %s is left after the lab stopped", name)
+		}
+		d.Free()
+	}
+	if _, err := os.Stat(rbConfig); !os.IsNotExist(err) {
+		t.Errorf("runbook config %s is left after the lab stopped (stat: %v)", rbConfig, err)
+	}
+}
+
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	for _, c := range []string{"caretaker", "runbook"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "caretaker/cmd/"+c)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", c, err, out)
+		}
+	}
+	return bin
+}
+
+func qemuPID(t *testing.T, domain string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/run/libvirt/qemu", domain+".pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// await polls cond until it holds, failing if the lab exits or the
+// deadline passes. Polling is the only way to learn these states from
+// outside the lab.
+func await(t *testing.T, exited chan error, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("lab exited (%v) while waiting for %s", err, what)
+		case <-ctx.Done():
+			t.Fatalf("gave up after %s waiting for %s", within, what)
+		case <-tick.C:
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the lab's two output streams.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

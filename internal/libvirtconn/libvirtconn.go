@@ -1,0 +1,198 @@
+// Package libvirtconn keeps one long-lived libvirt connection per URI and
+// replaces it when libvirtd goes away, so that the collectors and the agent's
+// actions survive a restart of the daemon without restarting the agent.
+package libvirtconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"libvirt.org/go/libvirt"
+)
+
+// eventLoopOnce is the package's only global. libvirt's default event loop
+// is process-wide by libvirt's design: virEventRegisterDefaultImpl may be
+// called once per process and must precede the first connection, whoever in
+// the process asks for it. A value owned by a caller could not enforce that.
+var eventLoopOnce struct {
+	once sync.Once
+	err  error
+}
+
+// StartEventLoop registers libvirt's default event loop and runs it in a
+// goroutine until ctx is done. The loop is what delivers close callbacks and
+// keepalives on remote connections, so that a libvirtd restart is noticed
+// without waiting for the next failing call.
+//
+// Call it once, early in main, before the first connection is opened. Later
+// calls do nothing and return the first call's result: the loop they would
+// start already runs (or ran) under the first call's context.
+func StartEventLoop(ctx context.Context, logger *slog.Logger) error {
+	eventLoopOnce.once.Do(func() {
+		if err := libvirt.EventRegisterDefaultImpl(); err != nil {
+			eventLoopOnce.err = fmt.Errorf("register libvirt default event loop: %w", err)
+			return
+		}
+		go runEventLoop(ctx, logger)
+		go wakeEventLoopWhenDone(ctx, logger)
+	})
+	return eventLoopOnce.err
+}
+
+func runEventLoop(ctx context.Context, logger *slog.Logger) {
+	logger.Debug("libvirt event loop started")
+	defer logger.Debug("libvirt event loop stopped")
+	for ctx.Err() == nil {
+		// One iteration blocks until a handle or timer fires; errors are
+		// transient (as in virsh's own loop), so log and go on.
+		if err := libvirt.EventRunDefaultImpl(); err != nil {
+			logger.Error("run libvirt event loop iteration", "err", err)
+		}
+	}
+}
+
+// wakeEventLoopWhenDone adds a timer that fires at once when ctx is done:
+// without it the loop would sit in poll() until some unrelated event, and
+// never see that it should stop.
+func wakeEventLoopWhenDone(ctx context.Context, logger *slog.Logger) {
+	<-ctx.Done()
+	_, err := libvirt.EventAddTimeout(0, func(timer int) {
+		// A zero-interval timer fires on every iteration until removed.
+		_ = libvirt.EventRemoveTimeout(timer)
+	})
+	if err != nil {
+		logger.Error("wake libvirt event loop to stop it", "err", err)
+	}
+}
+
+// ErrClosed is returned by Get after Close.
+var ErrClosed = errors.New("connection closed")
+
+// Conn is a libvirt connection to one URI that is opened on first use and
+// re-opened when it has died (libvirtd restarted, socket closed, keepalive
+// timed out). It is safe for concurrent use.
+type Conn struct {
+	uri    string
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	conn   *libvirt.Connect // nil until the first Get and after Close
+	dead   chan struct{}    // closed by conn's close callback
+	closed bool
+}
+
+// New returns a Conn for uri (for example "qemu:///system"). It does not
+// connect: the first Get does, so that an agent starts even while libvirtd is
+// down.
+func New(uri string, logger *slog.Logger) *Conn {
+	return &Conn{uri: uri, logger: logger.With("libvirt_uri", uri)}
+}
+
+// URI returns the libvirt URI the Conn connects to.
+func (c *Conn) URI() string { return c.uri }
+
+// Get returns the live connection, opening it if there is none or if the
+// previous one died.
+//
+// The returned connection is shared: callers must not Close it. A connection
+// that Get has given out may be closed by a later Get once it is found dead;
+// calls on it then fail with a libvirt error, as they would have anyway.
+func (c *Conn) Get() (*libvirt.Connect, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("get libvirt connection %s: %w", c.uri, ErrClosed)
+	}
+	if c.conn != nil {
+		if c.aliveLocked() {
+			return c.conn, nil
+		}
+		c.logger.Warn("libvirt connection lost, reconnecting")
+		c.dropLocked()
+	}
+
+	conn, err := libvirt.NewConnect(c.uri)
+	if err != nil {
+		return nil, fmt.Errorf("open libvirt connection %s: %w", c.uri, err)
+	}
+	dead := make(chan struct{})
+	var once sync.Once
+	err = conn.RegisterCloseCallback(func(_ *libvirt.Connect, reason libvirt.ConnectCloseReason) {
+		// Runs on the event loop's thread, where calling back into this
+		// connection could deadlock libvirt: only mark it dead here and
+		// let the next Get replace it.
+		once.Do(func() { close(dead) })
+		c.logger.Warn("libvirt connection closed", "reason", closeReason(reason))
+	})
+	if err != nil {
+		// Not fatal: IsAlive still tells a dead connection apart.
+		c.logger.Debug("register libvirt close callback", "err", err)
+	}
+	c.conn, c.dead = conn, dead
+	c.logger.Info("libvirt connection opened")
+	return conn, nil
+}
+
+// aliveLocked reports whether c.conn may still be used.
+func (c *Conn) aliveLocked() bool {
+	select {
+	case <-c.dead:
+		return false
+	default:
+	}
+	// For remote drivers IsAlive is a local check of the client's socket
+	// state, not a round trip, so it is cheap enough for every Get. It
+	// errors when the connection was closed behind our back.
+	alive, err := c.conn.IsAlive()
+	return err == nil && alive
+}
+
+// dropLocked releases c.conn. Errors are only logged: the connection is
+// being thrown away, usually because it is already broken.
+func (c *Conn) dropLocked() {
+	if err := c.conn.UnregisterCloseCallback(); err != nil {
+		c.logger.Debug("unregister libvirt close callback", "err", err)
+	}
+	if _, err := c.conn.Close(); err != nil {
+		c.logger.Debug("close dead libvirt connection", "err", err)
+	}
+	c.conn, c.dead = nil, nil
+}
+
+// Close closes the connection, if open. Get fails after Close.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.conn == nil {
+		return nil
+	}
+	_ = c.conn.UnregisterCloseCallback()
+	_, err := c.conn.Close()
+	c.conn, c.dead = nil, nil
+	if err != nil {
+		return fmt.Errorf("close libvirt connection %s: %w", c.uri, err)
+	}
+	return nil
+}
+
+func closeReason(r libvirt.ConnectCloseReason) string {
+	switch r {
+	case libvirt.CONNECT_CLOSE_REASON_ERROR:
+		return "error"
+	case libvirt.CONNECT_CLOSE_REASON_EOF:
+		return "eof"
+	case libvirt.CONNECT_CLOSE_REASON_KEEPALIVE:
+		return "keepalive"
+	case libvirt.CONNECT_CLOSE_REASON_CLIENT:
+		return "client"
+	default:
+		return fmt.Sprintf("unknown (%d)", int(r))
+	}
+}

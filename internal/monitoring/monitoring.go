@@ -1,0 +1,501 @@
+// Package monitoring is the server's embedded Prometheus: a scrape manager
+// that pulls every agent's /metrics into an on-disk TSDB, a PromQL engine
+// over it, and a rules manager whose alerts are handed in-process to a
+// callback (the remediation engine) instead of going through Alertmanager.
+package monitoring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/rules"
+	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/tsdb"
+)
+
+// Defaults for zero Options fields. Prometheus defaults to one minute; an
+// appliance that heals guests wants to notice within seconds.
+const (
+	DefaultScrapeInterval     = 15 * time.Second
+	DefaultEvaluationInterval = 15 * time.Second
+	defaultScrapeTimeout      = 10 * time.Second
+)
+
+// Prometheus' own defaults for the engine and the rules manager
+// (--query.timeout, --query.max-samples, --rules.alert.for-outage-tolerance,
+// --rules.alert.for-grace-period): nothing here calls for different ones.
+const (
+	queryTimeout    = 2 * time.Minute
+	queryMaxSamples = 50_000_000
+	outageTolerance = time.Hour
+	forGracePeriod  = 10 * time.Minute
+)
+
+// ErrStopped is returned by methods called after Stop.
+var ErrStopped = errors.New("monitoring stopped")
+
+// Target is one agent to scrape.
+type Target struct {
+	Host    string // value of the `host` label attached to every series scraped from it
+	Address string // host:port of the agent's /metrics
+}
+
+// Alert is one instance of an alerting rule, as the rules manager sees it.
+type Alert struct {
+	Name        string            // alertname
+	Labels      map[string]string // full label set incl. alertname
+	Annotations map[string]string
+	State       string // "pending", "firing" or "inactive" (resolved)
+	Value       float64
+	ActiveAt    time.Time
+	FiredAt     time.Time
+	ResolvedAt  time.Time
+	// Fingerprint is computed exactly as Alertmanager computes it
+	// (model.LabelSet.Fingerprint), so an alert that arrives both in-process
+	// and through an Alertmanager webhook dedupes to one.
+	Fingerprint string
+}
+
+// Options configure Start.
+type Options struct {
+	DataDir            string        // the TSDB lives in DataDir/tsdb
+	ScrapeInterval     time.Duration // default DefaultScrapeInterval
+	ScrapeTimeout      time.Duration // default min(10s, ScrapeInterval)
+	EvaluationInterval time.Duration // default DefaultEvaluationInterval; for rule groups without their own interval
+	Targets            []Target
+	// Rules holds *.rules.yml files at its root (an embed.FS or os.DirFS).
+	// Nil means no rules; a non-nil FS without rule files is an error,
+	// because an appliance that silently evaluates nothing heals nothing.
+	Rules fs.FS
+	// Notify receives the alerts the rules manager sends: firing ones when
+	// they start firing and then every ResendDelay, and resolved ones for 15
+	// minutes after they resolve. It runs on the rule group's evaluation
+	// goroutine, so it must hand off and return quickly, and it must dedupe.
+	// It must not call Alerts or RuleGroups: Stop holds the rules manager's
+	// lock while it waits for the evaluation that is calling Notify.
+	Notify func(ctx context.Context, alerts []Alert)
+	// ResendDelay is how often a still-firing (or recently resolved) alert is
+	// sent again. Default EvaluationInterval. A new alert is always sent at
+	// the evaluation where it starts firing, whatever this is.
+	ResendDelay time.Duration
+	Retention   time.Duration // optional; default the TSDB's (15 days)
+	Logger      *slog.Logger
+	// Registerer receives the TSDB, scrape, engine and rules metrics. Those
+	// are registered once: Start a Monitor at most once per Registerer.
+	Registerer prometheus.Registerer
+}
+
+// Monitor is a running embedded Prometheus.
+type Monitor struct {
+	logger  *slog.Logger
+	db      *tsdb.DB
+	engine  *promql.Engine
+	scraper *scrape.Manager
+	rules   *rules.Manager
+	notify  func(context.Context, []Alert)
+
+	// ctx lives until Stop; it bounds rule evaluation and ad-hoc queries.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the managers' Run goroutines
+
+	// targetsMu serialises target updates with stopping the scrape manager:
+	// a target update must be fully applied before Stop, or the scrape
+	// manager's reloader could start scrape loops after it stopped.
+	targetsMu     sync.Mutex
+	targetSets    chan map[string][]*targetgroup.Group
+	scrapeStopped bool
+
+	// mu guards stopped; queries hold it shared so the TSDB is not closed
+	// under them.
+	mu      sync.RWMutex
+	stopped bool
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start validates the rule files, opens the TSDB, starts scraping the
+// targets and evaluating the rules, and returns once every target has a
+// scrape loop. The Monitor runs until Stop, whatever becomes of ctx; rule
+// evaluations and Notify see ctx's values.
+func Start(ctx context.Context, opts Options) (*Monitor, error) {
+	if err := opts.withDefaults(); err != nil {
+		return nil, err
+	}
+	logger := opts.Logger
+	promqlParser := parser.NewParser(parser.Options{})
+
+	// Rules first: a bad rule file must stop the server before it touches
+	// the disk or the network, with the file's name in the error.
+	ruleFiles, err := listRuleFiles(opts.Rules)
+	if err != nil {
+		return nil, err
+	}
+	loader := &fsLoader{fsys: opts.Rules, parser: promqlParser, logger: logger}
+	if err := loader.validate(ruleFiles); err != nil {
+		return nil, err
+	}
+	scrapeCfg, err := scrapeConfig(opts.ScrapeInterval, opts.ScrapeTimeout, opts.EvaluationInterval, logger)
+	if err != nil {
+		return nil, err
+	}
+	targetSet, err := targetGroups(opts.Targets)
+	if err != nil {
+		return nil, err
+	}
+
+	tsdbOpts := tsdb.DefaultOptions()
+	if opts.Retention > 0 {
+		tsdbOpts.RetentionDuration = opts.Retention.Milliseconds()
+	}
+	tsdbDir := filepath.Join(opts.DataDir, "tsdb")
+	db, err := tsdb.Open(tsdbDir, logger.With("component", "tsdb"), opts.Registerer, tsdbOpts, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open tsdb %s: %w", tsdbDir, err)
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m := &Monitor{
+		logger:     logger,
+		db:         db,
+		notify:     opts.Notify,
+		ctx:        runCtx,
+		cancel:     cancel,
+		targetSets: make(chan map[string][]*targetgroup.Group),
+	}
+
+	evalInterval := opts.EvaluationInterval
+	m.engine = promql.NewEngine(promql.EngineOpts{
+		Logger:     logger.With("component", "query engine"),
+		Reg:        opts.Registerer,
+		MaxSamples: queryMaxSamples,
+		Timeout:    queryTimeout,
+		// The engine calls this for subqueries without a step (`x[5m:]`)
+		// and has no default: a nil function would panic.
+		NoStepSubqueryIntervalFn: func(int64) int64 { return evalInterval.Milliseconds() },
+		// Always on in Prometheus since v2.33; Grafana relies on them.
+		EnableAtModifier:     true,
+		EnableNegativeOffset: true,
+		Parser:               promqlParser,
+	})
+
+	m.scraper, err = scrape.NewManager(&scrape.Options{
+		// The manager applies target updates at most this often (default
+		// 5s); the first update is applied at once with
+		// DiscoveryReloadOnStartup, later ones within this interval.
+		DiscoveryReloadInterval:  model.Duration(100 * time.Millisecond),
+		DiscoveryReloadOnStartup: true,
+	}, logger.With("component", "scrape manager"), nil, nil, db, opts.Registerer)
+	if err != nil {
+		return nil, m.abort(fmt.Errorf("create scrape manager: %w", err))
+	}
+	if err := m.scraper.ApplyConfig(scrapeCfg); err != nil {
+		return nil, m.abort(fmt.Errorf("apply scrape config: %w", err))
+	}
+
+	resendDelay := opts.ResendDelay
+	if resendDelay == 0 {
+		resendDelay = evalInterval
+	}
+	m.rules = rules.NewManager(&rules.ManagerOptions{
+		NameValidationScheme: model.UTF8Validation,
+		// Templates may use $externalURL and pathPrefix, which dereference it.
+		ExternalURL:     &url.URL{},
+		QueryFunc:       rules.EngineQueryFunc(m.engine, db),
+		NotifyFunc:      m.sendAlerts,
+		Context:         runCtx,
+		AppendableV2:    db,
+		Queryable:       db,
+		Logger:          logger.With("component", "rule manager"),
+		Registerer:      opts.Registerer,
+		OutageTolerance: outageTolerance,
+		ForGracePeriod:  forGracePeriod,
+		ResendDelay:     resendDelay,
+		GroupLoader:     loader,
+		Parser:          promqlParser,
+	})
+	if err := m.rules.Update(evalInterval, ruleFiles, labels.EmptyLabels(), "", nil); err != nil {
+		return nil, m.abort(fmt.Errorf("load rules: %w", err))
+	}
+
+	m.wg.Add(2)
+	go func() {
+		defer m.wg.Done()
+		if err := m.scraper.Run(m.targetSets); err != nil {
+			logger.Error("scrape manager stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer m.wg.Done()
+		m.rules.Run()
+	}()
+
+	if len(opts.Targets) > 0 {
+		if err := m.applyTargets(targetSet, opts.Targets); err != nil {
+			return nil, errors.Join(err, m.Stop())
+		}
+	}
+	logger.Info("monitoring started", "tsdb", tsdbDir, "targets", len(opts.Targets), "rule_files", len(ruleFiles),
+		"scrape_interval", opts.ScrapeInterval, "evaluation_interval", evalInterval)
+	return m, nil
+}
+
+// abort releases what Start opened before the managers ran.
+func (m *Monitor) abort(err error) error {
+	m.cancel()
+	if cerr := m.db.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("close tsdb: %w", cerr))
+	}
+	return err
+}
+
+func (o *Options) withDefaults() error {
+	if o.DataDir == "" {
+		return errors.New("monitoring options: data dir is empty")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		// The scrape manager registers its metrics unconditionally.
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.ScrapeInterval == 0 {
+		o.ScrapeInterval = DefaultScrapeInterval
+	}
+	if o.ScrapeTimeout == 0 {
+		o.ScrapeTimeout = min(defaultScrapeTimeout, o.ScrapeInterval)
+	}
+	if o.EvaluationInterval == 0 {
+		o.EvaluationInterval = DefaultEvaluationInterval
+	}
+	// Prometheus durations have millisecond resolution.
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"scrape interval", o.ScrapeInterval},
+		{"scrape timeout", o.ScrapeTimeout},
+		{"evaluation interval", o.EvaluationInterval},
+	} {
+		if d.v < time.Millisecond {
+			return fmt.Errorf("monitoring options: %s %s is below 1ms", d.name, d.v)
+		}
+	}
+	if o.ScrapeTimeout > o.ScrapeInterval {
+		return fmt.Errorf("monitoring options: scrape timeout %s is longer than the scrape interval %s", o.ScrapeTimeout, o.ScrapeInterval)
+	}
+	if o.ResendDelay < 0 || o.Retention < 0 {
+		return errors.New("monitoring options: resend delay and retention must not be negative")
+	}
+	return nil
+}
+
+// SetTargets replaces the scraped targets. It returns once the scrape
+// manager runs a scrape loop for every target and none for removed ones.
+func (m *Monitor) SetTargets(targets []Target) error {
+	groups, err := targetGroups(targets)
+	if err != nil {
+		return err
+	}
+	return m.applyTargets(groups, targets)
+}
+
+func (m *Monitor) applyTargets(groups map[string][]*targetgroup.Group, targets []Target) error {
+	m.targetsMu.Lock()
+	defer m.targetsMu.Unlock()
+	if m.scrapeStopped {
+		return ErrStopped
+	}
+	select {
+	case m.targetSets <- groups:
+	case <-m.ctx.Done():
+		return ErrStopped
+	}
+	if err := m.awaitTargets(targets); err != nil {
+		return fmt.Errorf("apply scrape targets: %w", err)
+	}
+	return nil
+}
+
+// Query evaluates an instant PromQL query at the given time. Scalar results
+// come back as a one-sample vector without labels, as rule queries do.
+func (m *Monitor) Query(ctx context.Context, expr string, at time.Time) (promql.Vector, error) {
+	ctx, release, err := m.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	q, err := m.engine.NewInstantQuery(ctx, m.db, nil, expr, at)
+	if err != nil {
+		return nil, fmt.Errorf("query %q: %w", expr, err)
+	}
+	defer q.Close()
+	res := q.Exec(ctx)
+	if res.Err != nil {
+		return nil, fmt.Errorf("query %q: %w", expr, res.Err)
+	}
+	switch v := res.Value.(type) {
+	case promql.Vector:
+		return v, nil
+	case promql.Scalar:
+		return promql.Vector{{T: v.T, F: v.V, Metric: labels.EmptyLabels()}}, nil
+	default:
+		return nil, fmt.Errorf("query %q: result is a %s, not a vector", expr, res.Value.Type())
+	}
+}
+
+// QueryRange evaluates a PromQL range query, as Grafana's panels do.
+func (m *Monitor) QueryRange(ctx context.Context, expr string, start, end time.Time, step time.Duration) (promql.Matrix, error) {
+	ctx, release, err := m.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	q, err := m.engine.NewRangeQuery(ctx, m.db, nil, expr, start, end, step)
+	if err != nil {
+		return nil, fmt.Errorf("range query %q: %w", expr, err)
+	}
+	defer q.Close()
+	res := q.Exec(ctx)
+	if res.Err != nil {
+		return nil, fmt.Errorf("range query %q: %w", expr, res.Err)
+	}
+	mat, err := res.Matrix()
+	if err != nil {
+		return nil, fmt.Errorf("range query %q: %w", expr, err)
+	}
+	// Close hands the result's point slices back to the engine's pools, so
+	// the caller must get copies.
+	out := make(promql.Matrix, len(mat))
+	for i, s := range mat {
+		out[i] = promql.Series{Metric: s.Metric, Floats: slices.Clone(s.Floats)}
+		for _, h := range s.Histograms {
+			out[i].Histograms = append(out[i].Histograms, promql.HPoint{T: h.T, H: h.H.Copy()})
+		}
+	}
+	return out, nil
+}
+
+// acquire guards a query against Stop: the returned context is cancelled
+// when Stop begins, and Stop waits for release before closing the TSDB.
+func (m *Monitor) acquire(ctx context.Context) (context.Context, func(), error) {
+	m.mu.RLock()
+	if m.stopped {
+		m.mu.RUnlock()
+		return nil, nil, ErrStopped
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stopAfter := context.AfterFunc(m.ctx, cancel)
+	return ctx, func() {
+		stopAfter()
+		cancel()
+		m.mu.RUnlock()
+	}, nil
+}
+
+// Alerts returns the current pending and firing alerts of all rule groups,
+// sorted by name and then label set.
+func (m *Monitor) Alerts() []Alert {
+	type entry struct {
+		labels labels.Labels
+		alert  Alert
+	}
+	var all []entry
+	for _, r := range m.rules.AlertingRules() {
+		for _, a := range r.ActiveAlerts() {
+			all = append(all, entry{a.Labels, convertAlert(a)})
+		}
+	}
+	slices.SortFunc(all, func(a, b entry) int {
+		if c := strings.Compare(a.alert.Name, b.alert.Name); c != 0 {
+			return c
+		}
+		return labels.Compare(a.labels, b.labels)
+	})
+	out := make([]Alert, len(all))
+	for i, e := range all {
+		out[i] = e.alert
+	}
+	return out
+}
+
+// sendAlerts is the rules manager's NotifyFunc. The manager calls it after
+// every evaluation of every alerting rule, mostly with nothing to send.
+func (m *Monitor) sendAlerts(ctx context.Context, _ string, alerts ...*rules.Alert) {
+	if len(alerts) == 0 || m.notify == nil {
+		return
+	}
+	out := make([]Alert, len(alerts))
+	for i, a := range alerts {
+		out[i] = convertAlert(a)
+	}
+	m.notify(ctx, out)
+}
+
+func convertAlert(a *rules.Alert) Alert {
+	ls := make(model.LabelSet, a.Labels.Len())
+	a.Labels.Range(func(l labels.Label) { ls[model.LabelName(l.Name)] = model.LabelValue(l.Value) })
+	return Alert{
+		Name:        a.Labels.Get(labels.AlertName),
+		Labels:      a.Labels.Map(),
+		Annotations: a.Annotations.Map(),
+		State:       a.State.String(),
+		Value:       a.Value,
+		ActiveAt:    a.ActiveAt,
+		FiredAt:     a.FiredAt,
+		ResolvedAt:  a.ResolvedAt,
+		Fingerprint: ls.Fingerprint().String(),
+	}
+}
+
+// Stop stops rule evaluation and scraping, waits for them, and closes the
+// TSDB. It is idempotent: later calls return the first call's result.
+func (m *Monitor) Stop() error {
+	m.stopOnce.Do(func() { m.stopErr = m.stop() })
+	return m.stopErr
+}
+
+func (m *Monitor) stop() error {
+	// Rules first: they read what scraping writes, and their last
+	// evaluation must finish before the TSDB closes.
+	m.rules.Stop()
+
+	m.targetsMu.Lock()
+	m.scrapeStopped = true
+	m.scraper.Stop()
+	m.targetsMu.Unlock()
+
+	m.cancel()
+	m.wg.Wait()
+
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
+
+	var errs []error
+	if err := m.engine.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close query engine: %w", err))
+	}
+	if err := m.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close tsdb: %w", err))
+	}
+	m.logger.Info("monitoring stopped")
+	return errors.Join(errs...)
+}

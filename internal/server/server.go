@@ -1,0 +1,229 @@
+// Package server wires the caretaker server: the embedded Prometheus, the
+// remediation engine and its journal, the agents' clients and the HTTP API.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"caretaker/alerts"
+	"caretaker/internal/api"
+	"caretaker/internal/config"
+	"caretaker/internal/monitoring"
+	"caretaker/remediation"
+	"caretaker/remediation/journal"
+	"caretaker/remediation/policy"
+)
+
+// Options are what the server needs beyond its configuration file.
+type Options struct {
+	Config        *config.Server
+	ListenAddress string
+	WebConfigFile string // exporter-toolkit web config: TLS and basic auth
+	RulesDir      string // overrides the embedded alert rules when set
+	Logger        *slog.Logger
+}
+
+// Server is a running caretaker server.
+type Server struct {
+	opts    Options
+	logger  *slog.Logger
+	reg     *prometheus.Registry
+	journal *journal.Journal
+	engine  *remediation.Engine
+	monitor *monitoring.Monitor
+	handler http.Handler
+}
+
+// New starts the server's parts (everything but the HTTP listener). A
+// broken policy, rule file or token file stops it with an error naming
+// the file.
+func New(ctx context.Context, o Options) (s *Server, err error) {
+	cfg := o.Config
+	logger := o.Logger
+	apiToken, err := config.ReadSecret(cfg.Path(cfg.API.TokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("api.token_file: %w", err)
+	}
+	var agentToken string
+	if cfg.Agents.TokenFile != "" {
+		if agentToken, err = config.ReadSecret(cfg.Path(cfg.Agents.TokenFile)); err != nil {
+			return nil, fmt.Errorf("agents.token_file: %w", err)
+		}
+	}
+	pol := policy.Default()
+	if cfg.Remediation.PolicyFile != "" {
+		if pol, err = policy.Load(cfg.Path(cfg.Remediation.PolicyFile)); err != nil {
+			return nil, err
+		}
+	}
+	rules := alerts.Rules()
+	if o.RulesDir != "" {
+		if _, err := os.Stat(o.RulesDir); err != nil {
+			return nil, fmt.Errorf("rules directory: %w", err)
+		}
+		rules = os.DirFS(o.RulesDir)
+	}
+	dataDir := cfg.Path(cfg.DataDir)
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+
+	s = &Server{opts: o, logger: logger, reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	jpath := filepath.Join(dataDir, "journal.db")
+	if s.journal, err = journal.Open(jpath); err != nil {
+		return nil, err
+	}
+	hosts := newAgentHosts(cfg.Hosts, agentToken)
+	s.engine, err = remediation.New(remediation.Options{
+		Policy:        pol,
+		Journal:       s.journal,
+		Hosts:         hosts,
+		Logger:        logger.With("component", "remediation"),
+		Registerer:    s.reg,
+		Now:           time.Now,
+		ActionTimeout: cfg.Remediation.ActionTimeout,
+		DryRun:        cfg.Remediation.DryRun,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	targets := make([]monitoring.Target, 0, len(cfg.Hosts))
+	for _, h := range cfg.Hosts {
+		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
+	}
+	s.monitor, err = monitoring.Start(ctx, monitoring.Options{
+		DataDir:            dataDir,
+		ScrapeInterval:     cfg.Prometheus.ScrapeInterval,
+		ScrapeTimeout:      cfg.Prometheus.ScrapeTimeout,
+		EvaluationInterval: cfg.Prometheus.EvaluationInterval,
+		Retention:          cfg.Prometheus.Retention,
+		Targets:            targets,
+		Rules:              rules,
+		Notify:             s.notify,
+		Logger:             logger.With("component", "prometheus"),
+		Registerer:         s.reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", dataDir,
+		"journal", jpath, "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
+
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", api.NewHandler(&status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts}, apiToken, logger))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "caretaker server: API under /api/v1/ (bearer token), metrics at /metrics")
+	})
+	s.handler = mux
+	return s, nil
+}
+
+func policySource(cfg *config.Server) string {
+	if cfg.Remediation.PolicyFile == "" {
+		return "embedded default"
+	}
+	return cfg.Path(cfg.Remediation.PolicyFile)
+}
+
+// notify hands alerts from the embedded rules to the remediation engine.
+func (s *Server) notify(ctx context.Context, alerts []monitoring.Alert) {
+	in := make([]remediation.Alert, 0, len(alerts))
+	for _, a := range alerts {
+		status := "firing"
+		switch a.State {
+		case "firing":
+		case "inactive":
+			status = "resolved"
+		default:
+			continue // pending alerts are not acted on
+		}
+		in = append(in, remediation.Alert{
+			Name:        a.Name,
+			Labels:      a.Labels,
+			Annotations: a.Annotations,
+			Status:      status,
+			StartsAt:    a.ActiveAt,
+			EndsAt:      a.ResolvedAt,
+			Fingerprint: a.Fingerprint,
+		})
+	}
+	if len(in) > 0 {
+		s.engine.Handle(ctx, in)
+	}
+}
+
+// Handler is the server's HTTP surface.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve serves HTTP on l until ctx is done.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() {
+		cfgFile := s.opts.WebConfigFile
+		errc <- web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &cfgFile}, s.logger)
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return fmt.Errorf("shut down HTTP server: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Run listens on the configured address and serves until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", s.opts.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.logger.Info("listening", "address", l.Addr().String())
+	return s.Serve(ctx, l)
+}
+
+// Close stops the parts in the order data flows: no new alerts, then no new
+// actions, then the journal.
+func (s *Server) Close() error {
+	var errs []error
+	if s.monitor != nil {
+		errs = append(errs, s.monitor.Stop())
+	}
+	if s.engine != nil {
+		s.engine.Close()
+	}
+	if s.journal != nil {
+		errs = append(errs, s.journal.Close())
+	}
+	return errors.Join(errs...)
+}

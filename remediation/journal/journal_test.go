@@ -1,0 +1,240 @@
+package journal
+
+import (
+	"errors"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func openTemp(t *testing.T) (*Journal, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "journal.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j, path
+}
+
+func sample(state State) Record {
+	return Record{
+		Created:       t0,
+		Alert:         "GuestCrashed",
+		Fingerprint:   "0123456789abcdef",
+		AlertStartsAt: t0.Add(-time.Minute),
+		Rule:          "restart-crashed-guests",
+		Action:        "restart-vm",
+		Host:          "hv-a1",
+		UUID:          "6695eb01-f6a4-8304-79aa-97f2502e193f",
+		Domain:        "test",
+		State:         state,
+	}
+}
+
+func TestAppendAssignsIncreasingIDs(t *testing.T) {
+	j, _ := openTemp(t)
+	for want := uint64(1); want <= 3; want++ {
+		rec, err := j.Append(sample(StateRunning))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.ID != want {
+			t.Fatalf("ID = %d, want %d", rec.ID, want)
+		}
+	}
+	// An ID the caller sets is not trusted: IDs come from the journal.
+	r := sample(StateSkipped)
+	r.ID = 99
+	if rec, err := j.Append(r); err != nil || rec.ID != 4 {
+		t.Fatalf("Append with a preset ID = %d, %v; want 4", rec.ID, err)
+	}
+}
+
+func TestUpdateAndGet(t *testing.T) {
+	j, _ := openTemp(t)
+	rec, err := j.Append(sample(StateRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	updated, err := j.Update(rec.ID, func(r *Record) {
+		r.State = StateSucceeded
+		r.Finished = t0.Add(5 * time.Second)
+		r.HealSeconds = 65
+		r.ID = 1000 // must be ignored
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.Get(rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, updated) {
+		t.Errorf("Get = %+v\nwant %+v", got, updated)
+	}
+	if got.ID != rec.ID || got.State != StateSucceeded || got.HealSeconds != 65 || !got.Finished.Equal(t0.Add(5*time.Second)) {
+		t.Errorf("record after Update = %+v", got)
+	}
+	if _, err := j.Get(1000); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(1000) = %v, want ErrNotFound", err)
+	}
+}
+
+func TestUpdateMissing(t *testing.T) {
+	j, _ := openTemp(t)
+	called := false
+	_, err := j.Update(7, func(*Record) { called = true })
+	if !errors.Is(err, ErrNotFound) || called {
+		t.Fatalf("Update(7) = %v (fn called: %v), want ErrNotFound without calling fn", err, called)
+	}
+}
+
+func TestList(t *testing.T) {
+	j, _ := openTemp(t)
+	for range 5 {
+		if _, err := j.Append(sample(StateSucceeded)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		limit int
+		want  []uint64
+	}{
+		{limit: 0, want: []uint64{5, 4, 3, 2, 1}},
+		{limit: -1, want: []uint64{5, 4, 3, 2, 1}},
+		{limit: 2, want: []uint64{5, 4}},
+		{limit: 10, want: []uint64{5, 4, 3, 2, 1}},
+	}
+	for _, tt := range tests {
+		recs, err := j.List(tt.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []uint64
+		for _, r := range recs {
+			ids = append(ids, r.ID)
+		}
+		if !reflect.DeepEqual(ids, tt.want) {
+			t.Errorf("List(%d) IDs = %v, want %v", tt.limit, ids, tt.want)
+		}
+	}
+}
+
+func TestListEmpty(t *testing.T) {
+	j, _ := openTemp(t)
+	recs, err := j.List(0)
+	if err != nil || len(recs) != 0 {
+		t.Fatalf("List on an empty journal = %v, %v", recs, err)
+	}
+}
+
+// What was appended and updated survives closing and reopening the file,
+// and IDs continue from where they stopped.
+func TestDurableAcrossReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := j.Append(sample(StateRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err = j.Update(first.ID, func(r *Record) { r.State = StateFailed; r.Error = "boom" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	j, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	got, err := j.Get(first.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, first) {
+		t.Errorf("after reopen: %+v\nwant %+v", got, first)
+	}
+	second, err := j.Append(sample(StateRunning))
+	if err != nil || second.ID != first.ID+1 {
+		t.Fatalf("Append after reopen: ID %d, %v; want %d", second.ID, err, first.ID+1)
+	}
+}
+
+func TestRecover(t *testing.T) {
+	j, _ := openTemp(t)
+	states := []State{StatePending, StateRunning, StateSucceeded, StateFailed, StateSkipped, StateInterrupted, StateRunning}
+	for _, s := range states {
+		if _, err := j.Append(sample(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0.Add(time.Hour)
+	recovered, err := j.Recover(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint64
+	for _, r := range recovered {
+		ids = append(ids, r.ID)
+		if r.State != StateInterrupted || r.Reason != ReasonInterrupted || !r.Finished.Equal(now) {
+			t.Errorf("recovered record %+v", r)
+		}
+	}
+	if want := []uint64{1, 2, 7}; !reflect.DeepEqual(ids, want) {
+		t.Errorf("recovered IDs = %v, want %v", ids, want)
+	}
+	for i, s := range states {
+		id := uint64(i + 1)
+		got, err := j.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := s
+		if s.Open() {
+			want = StateInterrupted
+		}
+		if got.State != want {
+			t.Errorf("record %d: state %s, want %s", id, got.State, want)
+		}
+	}
+	// Nothing is open any more, so a second recovery finds nothing.
+	if again, err := j.Recover(now); err != nil || len(again) != 0 {
+		t.Errorf("second Recover = %v, %v; want none", again, err)
+	}
+}
+
+// A second server on the same file gets an error naming the cause instead
+// of waiting for the lock forever. flock locks conflict between two opens
+// of one file even within a process, so one process can test it.
+func TestOpenLocked(t *testing.T) {
+	_, path := openTemp(t)
+	j, err := open(path, 10*time.Millisecond)
+	if err == nil {
+		j.Close()
+		t.Fatal("second Open of a locked journal succeeded")
+	}
+	if !errors.Is(err, bolterrors.ErrTimeout) || !strings.Contains(err.Error(), "another caretaker server") {
+		t.Errorf("error = %v", err)
+	}
+}
+
+func TestOpenBadPath(t *testing.T) {
+	_, err := Open(filepath.Join(t.TempDir(), "missing-dir", "journal.db"))
+	if err == nil || !strings.Contains(err.Error(), "open journal") {
+		t.Fatalf("Open in a missing directory = %v", err)
+	}
+}

@@ -1,0 +1,210 @@
+// Package policy holds the remediation policy: which alert, identified by its
+// labels, is healed by which action. The policy is an operator's file, so it
+// is loaded strictly and every mistake is reported with its file, line and
+// field before the engine ever acts on it.
+package policy
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"regexp"
+	"regexp/syntax"
+	"slices"
+	"strconv"
+	"strings"
+
+	"caretaker/internal/yamlfile"
+)
+
+// ActionRestartVM starts a guest that is defined on its host but not running.
+const ActionRestartVM = "restart-vm"
+
+// KnownActions returns the actions a rule may name. It returns a fresh slice
+// so no caller can change what another one sees.
+func KnownActions() []string {
+	return []string{ActionRestartVM}
+}
+
+// Policy is an ordered list of rules; the first rule that matches an alert
+// decides its action.
+type Policy struct {
+	Rules []Rule `yaml:"rules"`
+}
+
+// Rule maps alerts whose labels match to one action.
+type Rule struct {
+	Name string `yaml:"name"`
+	// Match holds label equalities. As in Prometheus and Alertmanager, a
+	// label that is absent has the value "".
+	Match map[string]string `yaml:"match"`
+	// MatchRE holds label regular expressions, anchored at both ends like
+	// Prometheus' =~ so "lab-.*" cannot match "prod-lab-1".
+	MatchRE map[string]string `yaml:"match_re"`
+	Action  string            `yaml:"action"`
+
+	// re holds the compiled, anchored MatchRE; nil on a Rule that was
+	// built in code rather than parsed, in which case Match compiles.
+	re map[string]*regexp.Regexp
+}
+
+//go:embed default.yml
+var defaultPolicy []byte
+
+// Default returns the embedded default policy. It panics if that policy is
+// invalid: that is a build defect, and the package's tests catch it.
+func Default() *Policy {
+	p, err := Parse("default.yml", defaultPolicy)
+	if err != nil {
+		panic(fmt.Sprintf("embedded default policy: %v", err))
+	}
+	return p
+}
+
+// Load reads and parses the policy file at path.
+func Load(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses a policy named name (the file name used in errors).
+func Parse(name string, data []byte) (*Policy, error) {
+	var p Policy
+	if err := yamlfile.Decode(name, data, &p); err != nil {
+		return nil, err
+	}
+	for i := range p.Rules {
+		r := &p.Rules[i]
+		r.re = make(map[string]*regexp.Regexp, len(r.MatchRE))
+		for label, expr := range r.MatchRE {
+			re, err := compileAnchored(expr)
+			if err != nil {
+				// Validate has already compiled every expression.
+				return nil, fmt.Errorf("%s: rules[%d].match_re.%s: %w", name, i, label, err)
+			}
+			r.re[label] = re
+		}
+	}
+	return &p, nil
+}
+
+// Validate checks the policy after decoding; yamlfile attaches the lines.
+func (p *Policy) Validate() error {
+	if len(p.Rules) == 0 {
+		return yamlfile.Errorf("rules", "at least one rule is required")
+	}
+	var errs []error
+	names := map[string]int{}
+	known := KnownActions()
+	for i, r := range p.Rules {
+		path := fmt.Sprintf("rules[%d]", i)
+		switch prev, dup := names[r.Name]; {
+		case r.Name == "":
+			errs = append(errs, yamlfile.Errorf(path+".name", "is required"))
+		case dup:
+			errs = append(errs, yamlfile.Errorf(path+".name", "%q is already used by rules[%d]", r.Name, prev))
+		default:
+			names[r.Name] = i
+		}
+		if len(r.Match) == 0 && len(r.MatchRE) == 0 {
+			errs = append(errs, yamlfile.Errorf(path, "needs at least one matcher in match or match_re"))
+		}
+		for _, label := range sortedKeys(r.Match) {
+			if !validLabelName(label) {
+				errs = append(errs, yamlfile.Errorf(path+".match."+label, "invalid label name"))
+			}
+		}
+		for _, label := range sortedKeys(r.MatchRE) {
+			if !validLabelName(label) {
+				errs = append(errs, yamlfile.Errorf(path+".match_re."+label, "invalid label name"))
+				continue
+			}
+			if _, err := compileAnchored(r.MatchRE[label]); err != nil {
+				errs = append(errs, yamlfile.Errorf(path+".match_re."+label, "%v", err))
+			}
+		}
+		switch {
+		case r.Action == "":
+			errs = append(errs, yamlfile.Errorf(path+".action", "is required"))
+		case !slices.Contains(known, r.Action):
+			errs = append(errs, yamlfile.Errorf(path+".action", "unknown action %q (known: %s)", r.Action, strings.Join(known, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Match returns the first rule whose matchers all hold for labels.
+func (p *Policy) Match(labels map[string]string) (Rule, bool) {
+	if p == nil {
+		return Rule{}, false
+	}
+	for _, r := range p.Rules {
+		if r.matches(labels) {
+			return r, true
+		}
+	}
+	return Rule{}, false
+}
+
+func (r *Rule) matches(labels map[string]string) bool {
+	for label, want := range r.Match {
+		if labels[label] != want {
+			return false
+		}
+	}
+	for label, expr := range r.MatchRE {
+		re := r.re[label]
+		if re == nil {
+			var err error
+			if re, err = compileAnchored(expr); err != nil {
+				return false // an invalid matcher matches nothing
+			}
+		}
+		if !re.MatchString(labels[label]) {
+			return false
+		}
+	}
+	return true
+}
+
+// compileAnchored compiles expr as Prometheus does for =~. The expression is
+// checked on its own first so the error quotes what the operator wrote, not
+// the anchored wrapper.
+func compileAnchored(expr string) (*regexp.Regexp, error) {
+	if _, err := regexp.Compile(expr); err != nil {
+		// Quote the expression: it may hold newlines, and an error that
+		// spans lines would be mistaken for two.
+		if se, ok := errors.AsType[*syntax.Error](err); ok {
+			return nil, fmt.Errorf("invalid regexp: %s: %s", se.Code, strconv.Quote(se.Expr))
+		}
+		return nil, fmt.Errorf("invalid regexp: %w", err)
+	}
+	return regexp.Compile("^(?:" + expr + ")$")
+}
+
+// validLabelName reports whether name is a classic Prometheus label name. A
+// name outside it can never occur on our alerts, so it is a typo.
+func validLabelName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i, c := range name {
+		switch {
+		case c == '_', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case '0' <= c && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// sortedKeys keeps the order of errors stable from one run to the next.
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}
