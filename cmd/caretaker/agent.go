@@ -34,8 +34,6 @@ server's bearer token.`,
 					return err
 				}
 				cfg.Token = t
-			} else {
-				logger.Warn("no --action.token-file: every action request will be refused")
 			}
 			cfg.Logger = logger
 			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {

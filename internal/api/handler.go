@@ -29,8 +29,8 @@ const maxHistoryLimit = 10000
 func NewHandler(b Backend, token string, logger *slog.Logger) http.Handler {
 	h := &handler{backend: b, token: []byte(token), logger: logger}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/status", h.status)
-	mux.HandleFunc("GET /api/v1/history", h.history)
+	mux.HandleFunc("/api/v1/status", onlyGET(h.status))
+	mux.HandleFunc("/api/v1/history", onlyGET(h.history))
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -41,6 +41,19 @@ type handler struct {
 	backend Backend
 	token   []byte
 	logger  *slog.Logger
+}
+
+// onlyGET answers other methods with 405; a method pattern in the mux
+// would let the catch-all answer 404 instead.
+func onlyGET(fn http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+			return
+		}
+		fn(w, r)
+	}
 }
 
 func (h *handler) authenticate(next http.Handler) http.Handler {

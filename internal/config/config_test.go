@@ -96,3 +96,10 @@ func TestReadSecret(t *testing.T) {
 		t.Fatalf("empty secret: %v", err)
 	}
 }
+
+// The example shipped in deploy/ must stay a valid configuration.
+func TestDeployExample(t *testing.T) {
+	if _, err := Load("../../deploy/server.example.yml"); err != nil {
+		t.Fatal(err)
+	}
+}

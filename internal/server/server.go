@@ -50,7 +50,7 @@ type Server struct {
 // New starts the server's parts (everything but the HTTP listener). A
 // broken policy, rule file or token file stops it with an error naming
 // the file.
-func New(ctx context.Context, o Options) (s *Server, err error) {
+func New(ctx context.Context, o Options) (_ *Server, err error) {
 	cfg := o.Config
 	logger := o.Logger
 	apiToken, err := config.ReadSecret(cfg.Path(cfg.API.TokenFile))
@@ -76,12 +76,15 @@ func New(ctx context.Context, o Options) (s *Server, err error) {
 		}
 		rules = os.DirFS(o.RulesDir)
 	}
+	if err := monitoring.ValidateRules(rules); err != nil {
+		return nil, err
+	}
 	dataDir := cfg.Path(cfg.DataDir)
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 
-	s = &Server{opts: o, logger: logger, reg: prometheus.NewRegistry()}
+	s := &Server{opts: o, logger: logger, reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()

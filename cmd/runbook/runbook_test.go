@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"caretaker/internal/api"
+	"caretaker/remediation/journal"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestResolve(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	if err := writeFileConfig(cfg, fileConfig{URL: "http://file:9300", Token: "file-token"}); err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "tok")
+	os.WriteFile(tokFile, []byte("flag-token\n"), 0o600)
+	for _, tc := range []struct {
+		name              string
+		env               map[string]string
+		flagURL, flagTok  string
+		wantURL, wantTok  string
+		wantErrContaining string
+	}{
+		{name: "config file", env: map[string]string{"RUNBOOK_CONFIG": cfg},
+			wantURL: "http://file:9300", wantTok: "file-token"},
+		{name: "env overrides file", env: map[string]string{"RUNBOOK_CONFIG": cfg, "RUNBOOK_URL": "http://env:1", "RUNBOOK_TOKEN": "env-token"},
+			wantURL: "http://env:1", wantTok: "env-token"},
+		{name: "flags override env", env: map[string]string{"RUNBOOK_CONFIG": cfg, "RUNBOOK_URL": "http://env:1", "RUNBOOK_TOKEN": "env-token"},
+			flagURL: "http://flag:2", flagTok: tokFile, wantURL: "http://flag:2", wantTok: "flag-token"},
+		{name: "XDG_CONFIG_HOME", env: map[string]string{"XDG_CONFIG_HOME": dir, "RUNBOOK_TOKEN": "t"},
+			wantURL: defaultURL, wantTok: "t"},
+		{name: "no token anywhere", env: map[string]string{"HOME": dir},
+			wantErrContaining: "no API token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := resolve(env(tc.env), tc.flagURL, tc.flagTok)
+			if tc.wantErrContaining != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErrContaining) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErrContaining)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.URL != tc.wantURL || c.Token != tc.wantTok {
+				t.Errorf("got %+v, want url %s token %s", c, tc.wantURL, tc.wantTok)
+			}
+		})
+	}
+}
+
+func TestResolveBadConfig(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yml")
+	os.WriteFile(cfg, []byte("url: http://x\ntokn: abc\n"), 0o600)
+	_, err := resolve(env(map[string]string{"RUNBOOK_CONFIG": cfg}), "", "")
+	if err == nil || !strings.Contains(err.Error(), cfg+":2: tokn: unknown field") {
+		t.Fatalf("err = %v, want file, line and field", err)
+	}
+}
+
+type fixedBackend struct {
+	status api.Status
+	recs   []journal.Record
+}
+
+func (b fixedBackend) Status(context.Context) (api.Status, error) { return b.status, nil }
+func (b fixedBackend) History(_ context.Context, limit int) ([]journal.Record, error) {
+	return b.recs[:min(limit, len(b.recs))], nil
+}
+
+func run(t *testing.T, url string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := newRootCmd(&out, &errOut, env(map[string]string{"RUNBOOK_URL": url, "RUNBOOK_TOKEN": "tok", "HOME": t.TempDir()}))
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestCommands(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	b := fixedBackend{
+		status: api.Status{
+			Time:  now,
+			Hosts: []api.Host{{Name: "host-a", Agent: "127.0.0.1:9301", AgentUp: true, LibvirtUp: true, Guests: 1}},
+			Guests: []api.Guest{{Host: "host-a", UUID: "u1", Domain: "lab-host-a-1", State: "shut off", Reason: "crashed",
+				StateCode: 5, ReasonCode: 3, IntendedRunning: true}},
+			Alerts: []api.Alert{{Name: "GuestCrashed", State: "firing", ActiveAt: now.Add(-3 * time.Second),
+				Labels:      map[string]string{"host": "host-a", "domain": "lab-host-a-1"},
+				Annotations: map[string]string{"summary": "Guest lab-host-a-1 on host-a crashed"}}},
+		},
+		recs: []journal.Record{{ID: 2, Created: now, Alert: "GuestCrashed", Action: "restart-vm", Host: "host-a",
+			Domain: "lab-host-a-1", State: journal.StateSucceeded, HealSeconds: 2.25}},
+	}
+	srv := httptest.NewServer(api.NewHandler(b, "tok", slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+
+	out, err := run(t, srv.URL, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"host-a", "lab-host-a-1", "shut off", "crashed", "GuestCrashed", "3s", "Guest lab-host-a-1 on host-a crashed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = run(t, srv.URL, "history", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h api.History
+	if err := json.Unmarshal([]byte(out), &h); err != nil || len(h.Records) != 1 || h.Records[0].HealSeconds != 2.25 {
+		t.Fatalf("history -o json = %s (%v)", out, err)
+	}
+
+	out, err = run(t, srv.URL, "history")
+	if err != nil || !strings.Contains(out, "2.2s") || !strings.Contains(out, "succeeded") {
+		t.Fatalf("history table:\n%s\n%v", out, err)
+	}
+
+	if _, err := run(t, srv.URL, "status", "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "--output") {
+		t.Errorf("-o yaml: %v, want an --output error", err)
+	}
+	if _, err := run(t, "http://127.0.0.1:1", "status"); err == nil || !strings.Contains(err.Error(), "cannot reach") {
+		t.Errorf("unreachable server: %v", err)
+	}
+}
