@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"caretaker/collectors/kvm"
 	"caretaker/internal/agent"
 	"caretaker/internal/config"
 	"caretaker/internal/libvirtconn"
@@ -12,8 +13,9 @@ import (
 
 func newAgentCmd(logs *logFlags) *cobra.Command {
 	var (
-		cfg       agent.Config
-		tokenFile string
+		cfg        agent.Config
+		tokenFile  string
+		configFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -35,6 +37,13 @@ server's bearer token.`,
 				}
 				cfg.Token = t
 			}
+			if configFile != "" {
+				f, err := agent.LoadFile(configFile)
+				if err != nil {
+					return err
+				}
+				cfg.Overlays, cfg.NeighborStaleAfter = f.OverlayList(), f.NeighborStaleAfter
+			}
 			cfg.Logger = logger
 			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {
 				return err
@@ -51,7 +60,12 @@ server's bearer token.`,
 	f.StringVar(&cfg.ListenAddress, "web.listen-address", ":9301", "address to serve /metrics and actions on")
 	f.StringVar(&cfg.WebConfigFile, "web.config.file", "", "exporter-toolkit web config file (TLS, basic auth)")
 	f.StringVar(&cfg.LibvirtURI, "libvirt.uri", "qemu:///system", "libvirt connection URI")
+	f.DurationVar(&cfg.LibvirtTimeout, "libvirt.timeout", kvm.DefaultLibvirtTimeout, "longest a scrape waits on libvirt (a frozen libvirtd gives caretaker_kvm_up 0)")
 	f.DurationVar(&cfg.ScrapeTimeout, "scrape.timeout", 10*time.Second, "longest a collector may take in one scrape")
+	f.StringVar(&configFile, "config.file", "", "agent configuration file: the overlays this host should have (see deploy/agent.example.yml)")
+	f.StringVar(&cfg.ProcFS, "path.procfs", "/proc", "procfs mount point")
+	f.StringVar(&cfg.SysFS, "path.sysfs", "/sys", "sysfs mount point")
+	f.StringVar(&cfg.RootFS, "path.rootfs", "/", "the host's root filesystem (when the agent runs in a container)")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

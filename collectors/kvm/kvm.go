@@ -1,6 +1,14 @@
 // Package kvm collects the state of the host's libvirt domains (KVM
 // guests): every defined domain, running or not, so that a guest that crashed
-// or was shut off stays visible, together with whether it is meant to run.
+// or was shut off stays visible, together with whether it is meant to run,
+// what it uses (CPU, memory, disks, network) and the lifecycle events libvirt
+// reported for it between scrapes.
+//
+// In steady state a scrape makes one bulk stats call to libvirt, plus one
+// listing of the autostart domains if a domain has no intent in its
+// metadata: what only the domain's XML holds (caretaker's metadata, the
+// bridges of its interfaces) is cached, and read again only when libvirt's
+// events say it changed or the domain's ID did.
 package kvm
 
 import (
@@ -9,7 +17,9 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"libvirt.org/go/libvirt"
@@ -19,11 +29,24 @@ import (
 
 const namespace = "caretaker_kvm"
 
+// DefaultLibvirtTimeout is how long a scrape waits for libvirt unless
+// WithLibvirtTimeout says otherwise.
+const DefaultLibvirtTimeout = 5 * time.Second
+
 // statsTypes are the groups asked of virConnectGetAllDomainStats.
 const statsTypes = libvirt.DOMAIN_STATS_STATE |
 	libvirt.DOMAIN_STATS_CPU_TOTAL |
 	libvirt.DOMAIN_STATS_VCPU |
-	libvirt.DOMAIN_STATS_BALLOON
+	libvirt.DOMAIN_STATS_BALLOON |
+	libvirt.DOMAIN_STATS_BLOCK |
+	libvirt.DOMAIN_STATS_INTERFACE
+
+// inactiveID is the ID libvirt gives a domain that is not running.
+const inactiveID = ^uint(0)
+
+// ErrBusy is returned (wrapped) by Update while a call to libvirt that an
+// earlier scrape gave up waiting for has not returned yet.
+var ErrBusy = errors.New("an earlier call to libvirt has not returned yet")
 
 // Collector is the kvm collector. It implements collectors.Collector.
 type Collector struct {
@@ -32,21 +55,55 @@ type Collector struct {
 	// filter, if set, limits the collector to the domains whose name
 	// matches it.
 	filter *regexp.Regexp
+	// timeout bounds how long Update waits for libvirt.
+	timeout time.Duration
 
 	// noWaitRejected is set once the driver has refused the NOWAIT flag,
 	// so that later scrapes do not pay for the refusal again.
 	noWaitRejected atomic.Bool
+	// mu guards inflight.
+	mu sync.Mutex
+	// inflight is the call to libvirt under way, if any. A libvirt call
+	// cannot be cancelled: one that hangs (libvirtd stopped) outlives its
+	// scrape. Scrapes share the call under way rather than start another,
+	// so there is never more than one; once a scrape has given up on it,
+	// later scrapes fail at once instead of waiting for it too.
+	inflight *call
+	memory   *memory
+	// calls counts the calls to libvirt, and xmlReads the identities read
+	// (cache misses), for the tests.
+	calls, xmlReads atomic.Uint64
 
 	up              *prometheus.Desc
 	domains         *prometheus.Desc
+	lifecycleEvents *prometheus.Desc
 	info            *prometheus.Desc
+	interfaceInfo   *prometheus.Desc
 	state           *prometheus.Desc
 	stateReason     *prometheus.Desc
 	intendedRunning *prometheus.Desc
+	crashes         *prometheus.Desc
 	vcpus           *prometheus.Desc
 	cpuSeconds      *prometheus.Desc
+	vcpuDelay       *prometheus.Desc
 	memoryCurrent   *prometheus.Desc
 	memoryMaximum   *prometheus.Desc
+	memoryRSS       *prometheus.Desc
+	blockReadBytes  *prometheus.Desc
+	blockWriteBytes *prometheus.Desc
+	blockReadReqs   *prometheus.Desc
+	blockWriteReqs  *prometheus.Desc
+	blockReadTime   *prometheus.Desc
+	blockWriteTime  *prometheus.Desc
+	blockErrors     *prometheus.Desc
+	netRxBytes      *prometheus.Desc
+	netRxPackets    *prometheus.Desc
+	netRxErrors     *prometheus.Desc
+	netRxDrops      *prometheus.Desc
+	netTxBytes      *prometheus.Desc
+	netTxPackets    *prometheus.Desc
+	netTxErrors     *prometheus.Desc
+	netTxDrops      *prometheus.Desc
 }
 
 // Option configures a Collector.
@@ -59,23 +116,43 @@ func WithDomainFilter(re *regexp.Regexp) Option {
 	return func(c *Collector) { c.filter = re }
 }
 
+// WithLibvirtTimeout bounds how long one scrape waits for libvirt
+// (--libvirt.timeout); the scrape's own deadline still applies when it is
+// shorter. After d the scrape reports caretaker_kvm_up 0 and fails. d <= 0
+// leaves only the scrape's deadline. The default is DefaultLibvirtTimeout.
+func WithLibvirtTimeout(d time.Duration) Option {
+	return func(c *Collector) { c.timeout = d }
+}
+
 // New returns a kvm collector reading through conn, which it shares with
-// the agent's actions and does not close.
+// the agent's actions and does not close. It registers its libvirt event
+// callbacks on every connection conn opens, which needs the event loop
+// (libvirtconn.StartEventLoop); without it the collector still works, but
+// counts no events and reads every domain's XML on every scrape.
 func New(conn *libvirtconn.Conn, logger *slog.Logger, opts ...Option) *Collector {
 	uuid := []string{"uuid"}
+	device := []string{"uuid", "device"}
 	desc := func(name, help string, labels []string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
 	}
 	c := &Collector{
-		conn:   conn,
-		logger: logger,
+		conn:    conn,
+		logger:  logger,
+		timeout: DefaultLibvirtTimeout,
+		memory:  newMemory(),
 		up: desc("up",
 			"Whether libvirt answered the last scrape (1) or not (0).", nil),
 		domains: desc("domains",
 			"Number of domains defined in libvirt, running or not.", nil),
+		lifecycleEvents: desc("lifecycle_events_total",
+			"Domain events libvirt reported since the agent started, by kind: libvirt's lifecycle events (defined, undefined, started, suspended, resumed, stopped, shutdown, pmsuspended, crashed) and reboots (rebooted).",
+			[]string{"event"}),
 		info: desc("domain_info",
-			"Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.",
+			"Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata, or else from a name of the form <cluster>-<role>-<n>, and are empty without either.",
 			[]string{"uuid", "domain", "cluster", "role"}),
+		interfaceInfo: desc("domain_interface_info",
+			"A network interface of a domain; always 1. device is its host-side device (empty while the domain is shut off), bridge the host bridge it is plugged into (empty when none or not known), mac its MAC address.",
+			[]string{"uuid", "device", "bridge", "mac"}),
 		state: desc("domain_state",
 			"State of the domain, libvirt's virDomainState: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown (shutting down), 5 shutoff, 6 crashed, 7 pmsuspended.",
 			uuid),
@@ -85,28 +162,165 @@ func New(conn *libvirtconn.Conn, logger *slog.Logger, opts ...Option) *Collector
 		intendedRunning: desc("domain_intended_running",
 			"Whether the domain is meant to run (1) or not (0): the intent in caretaker's domain metadata, or the domain's autostart flag without it.",
 			uuid),
+		crashes: desc("domain_crashes_total",
+			"Crashes of the domain libvirt reported since the agent started (its process died, or the guest panicked), even when the domain was restarted before the scrape saw it down.",
+			uuid),
 		vcpus: desc("domain_vcpus",
 			"Number of online virtual CPUs of an active domain.", uuid),
 		cpuSeconds: desc("domain_cpu_seconds_total",
 			"CPU time used by the domain, in seconds.", uuid),
+		vcpuDelay: desc("domain_vcpu_delay_seconds_total",
+			"Time the domain's vCPUs were ready to run but waited for a host CPU, summed over its vCPUs, in seconds: what the guest sees as steal time. Reported by QEMU domains on hosts with scheduler statistics.",
+			uuid),
 		memoryCurrent: desc("domain_memory_current_bytes",
 			"Memory currently assigned to the domain (its balloon size), in bytes.", uuid),
 		memoryMaximum: desc("domain_memory_maximum_bytes",
 			"Maximum memory the domain may be given, in bytes.", uuid),
+		memoryRSS: desc("domain_memory_rss_bytes",
+			"Resident memory of the domain's process on the host, in bytes.", uuid),
+		blockReadBytes: desc("domain_block_read_bytes_total",
+			"Bytes read from a block device of the domain.", device),
+		blockWriteBytes: desc("domain_block_write_bytes_total",
+			"Bytes written to a block device of the domain.", device),
+		blockReadReqs: desc("domain_block_read_requests_total",
+			"Read requests completed on a block device of the domain.", device),
+		blockWriteReqs: desc("domain_block_write_requests_total",
+			"Write requests completed on a block device of the domain.", device),
+		blockReadTime: desc("domain_block_read_time_seconds_total",
+			"Time spent on read requests on a block device of the domain, in seconds.", device),
+		blockWriteTime: desc("domain_block_write_time_seconds_total",
+			"Time spent on write requests on a block device of the domain, in seconds.", device),
+		blockErrors: desc("domain_block_errors_total",
+			"Errors on a block device of the domain, where the hypervisor reports them.", device),
+		netRxBytes: desc("domain_interface_receive_bytes_total",
+			"Bytes received by a network interface of the domain.", device),
+		netRxPackets: desc("domain_interface_receive_packets_total",
+			"Packets received by a network interface of the domain.", device),
+		netRxErrors: desc("domain_interface_receive_errors_total",
+			"Receive errors on a network interface of the domain.", device),
+		netRxDrops: desc("domain_interface_receive_drops_total",
+			"Received packets dropped on a network interface of the domain.", device),
+		netTxBytes: desc("domain_interface_transmit_bytes_total",
+			"Bytes sent by a network interface of the domain.", device),
+		netTxPackets: desc("domain_interface_transmit_packets_total",
+			"Packets sent by a network interface of the domain.", device),
+		netTxErrors: desc("domain_interface_transmit_errors_total",
+			"Transmit errors on a network interface of the domain.", device),
+		netTxDrops: desc("domain_interface_transmit_drops_total",
+			"Packets to send dropped on a network interface of the domain.", device),
 	}
 	for _, o := range opts {
 		o(c)
 	}
+	if conn != nil {
+		conn.OnConnect(c.registerEvents)
+	}
 	return c
 }
 
-// Update implements collectors.Collector. When libvirt cannot be reached it
-// sends caretaker_kvm_up 0 and returns the error.
+// Update implements collectors.Collector. When libvirt cannot be reached, or
+// does not answer within the timeout, it sends caretaker_kvm_up 0 and returns
+// the error.
 func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	stats, err := c.domainStats()
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	cl, err := c.join(ctx)
+	if err == nil {
+		select {
+		case <-cl.done:
+			err = cl.err
+		case <-ctx.Done():
+			c.mu.Lock()
+			cl.abandoned = true
+			c.mu.Unlock()
+			err = fmt.Errorf("collect kvm domains: libvirt %s did not answer in time: %w", c.conn.URI(), ctx.Err())
+		}
+	}
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
 		return err
+	}
+
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
+	ch <- prometheus.MustNewConstMetric(c.domains, prometheus.GaugeValue, float64(len(cl.doms)))
+	if cl.eventsOK {
+		for k, n := range c.memory.eventCounts() {
+			ch <- prometheus.MustNewConstMetric(c.lifecycleEvents, prometheus.CounterValue, float64(n), eventKind(k).String())
+		}
+	}
+	for i := range cl.doms {
+		c.emit(ch, cl.doms[i])
+	}
+	return nil
+}
+
+// call is one round of calls to libvirt, shared by the scrapes that come
+// while it runs. Its results are set before done is closed, and read-only
+// after.
+type call struct {
+	done chan struct{}
+	doms []domain
+	// eventsOK says the event callbacks were registered: without them,
+	// the event and crash counters are left out rather than reported as
+	// zero.
+	eventsOK bool
+	err      error
+	// abandoned is set, under Collector.mu, once a scrape has stopped
+	// waiting for the call: it is presumed hung.
+	abandoned bool
+}
+
+// join returns the call to libvirt under way, or starts one. It fails at
+// once if a scrape has already given up on the call under way.
+func (c *Collector) join(ctx context.Context) (*call, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cl := c.inflight; cl != nil {
+		if cl.abandoned {
+			return nil, fmt.Errorf("collect kvm domains from libvirt %s: %w", c.conn.URI(), ErrBusy)
+		}
+		return cl, nil
+	}
+	cl := &call{done: make(chan struct{})}
+	c.inflight = cl
+	c.calls.Add(1)
+	// The call may serve scrapes other than the one starting it: it keeps
+	// this scrape's deadline but not its cancellation.
+	rctx, cancel := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+	if deadline, ok := ctx.Deadline(); ok {
+		rctx, cancel = context.WithDeadline(rctx, deadline)
+	}
+	go func() {
+		defer cancel()
+		doms, eventsOK, err := c.read(rctx)
+		// Clear inflight before waking the waiters, so that a scrape
+		// after them starts a fresh call.
+		c.mu.Lock()
+		c.inflight = nil
+		c.mu.Unlock()
+		cl.doms, cl.eventsOK, cl.err = doms, eventsOK, err
+		close(cl.done)
+	}()
+	return cl, nil
+}
+
+// read gets everything a scrape reports from libvirt: the stats of every
+// domain in one call, the identities missing from the cache, and the
+// autostart flags if a domain needs them. It gives up reading identities
+// once ctx is done; the ones read so far stay cached for the next scrape.
+// eventsOK tells whether the domains' crash counts are set (see call).
+func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err error) {
+	conn, err := c.conn.Get()
+	if err != nil {
+		return nil, false, fmt.Errorf("collect kvm domains: %w", err)
+	}
+	since := c.memory.now()
+	stats, err := c.domainStats(conn)
+	if err != nil {
+		return nil, false, err
 	}
 	defer func() {
 		for i := range stats {
@@ -116,36 +330,134 @@ func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) err
 		}
 	}()
 
-	ours := stats
-	if c.filter != nil {
-		ours = nil
-		for i := range stats {
-			// GetName reads the client-side object: no round trip.
-			if name, err := stats[i].Domain.GetName(); err == nil && c.filter.MatchString(name) {
-				ours = append(ours, stats[i])
-			}
+	type miss struct {
+		stat, dom int
+		id        uint
+		ticket    ticket
+	}
+	var misses []miss
+	seen := make(map[string]struct{}, len(stats))
+	doms = make([]domain, 0, len(stats))
+	for i := range stats {
+		// UUID, name and ID are read from the client-side object: no
+		// round trip.
+		dom := stats[i].Domain
+		uuid, err := dom.GetUUIDString()
+		if err != nil {
+			c.logger.Warn("read domain uuid, skipping the domain", "err", err)
+			continue
 		}
+		seen[uuid] = struct{}{}
+		name, err := dom.GetName()
+		if err != nil {
+			c.logger.Warn("read domain name", "uuid", uuid, "err", err)
+		}
+		if c.filter != nil && (err != nil || !c.filter.MatchString(name)) {
+			continue
+		}
+		// The error is that of an inactive domain, whose ID is
+		// inactiveID all the same.
+		id, _ := dom.GetID()
+		d := domain{uuid: uuid, name: name, stats: statsOnly(&stats[i])}
+		ident, ok, t := c.memory.identity(uuid, id)
+		if ok {
+			d.ident = ident
+		} else {
+			misses = append(misses, miss{stat: i, dom: len(doms), id: id, ticket: t})
+		}
+		doms = append(doms, d)
+	}
+	c.memory.prune(seen, since)
+
+	for _, m := range misses {
+		if err := ctx.Err(); err != nil {
+			return nil, false, fmt.Errorf("collect kvm domains: read domain XML: %w", err)
+		}
+		d := &doms[m.dom]
+		c.xmlReads.Add(1)
+		ident, err := readIdentity(stats[m.stat].Domain, m.id != inactiveID)
+		if err != nil {
+			// The domain is reported without metadata and
+			// interfaces; the next scrape tries again.
+			level := slog.LevelWarn
+			if isLibvirtError(err, libvirt.ERR_NO_DOMAIN) {
+				level = slog.LevelDebug // gone since the stats call
+			}
+			c.logger.Log(ctx, level, "read domain XML", "uuid", d.uuid, "domain", d.name, "err", err)
+			continue
+		}
+		c.memory.storeIdentity(d.uuid, m.id, ident, m.ticket)
+		d.ident = &ident
 	}
 
-	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
-	ch <- prometheus.MustNewConstMetric(c.domains, prometheus.GaugeValue, float64(len(ours)))
-	for i := range ours {
-		// Each domain costs a round trip or two to libvirt: stop once
-		// the scrape has given up on us.
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("collect kvm domains: %w", err)
+	c.intents(conn, doms)
+	eventsOK = c.memory.crashes(doms)
+	return doms, eventsOK, nil
+}
+
+// statsOnly returns a copy of st without its domain, which read frees.
+func statsOnly(st *libvirt.DomainStats) *libvirt.DomainStats {
+	cp := *st
+	cp.Domain = nil
+	return &cp
+}
+
+// intents sets whether each domain is meant to run: the intent in its
+// metadata, or its autostart flag. The autostart flags of all domains come
+// in one call, made only if a domain has no intent: libvirt reports no
+// event when the flag changes, so it cannot be cached.
+func (c *Collector) intents(conn *libvirt.Connect, doms []domain) {
+	needAutostart := false
+	for i := range doms {
+		d := &doms[i]
+		if d.ident == nil || !d.ident.hasMeta || d.ident.meta.Intent == "" {
+			needAutostart = true
+			continue
 		}
-		c.collectDomain(ch, &ours[i])
+		d.intendedKnown = true
+		d.intended = d.ident.meta.Intent == IntentRunning
+		if !d.intended && d.ident.meta.Intent != IntentStopped {
+			c.logger.Debug("unknown intent in caretaker metadata, counting the domain as not meant to run", "uuid", d.uuid, "domain", d.name, "intent", d.ident.meta.Intent)
+		}
 	}
-	return nil
+	if !needAutostart {
+		return
+	}
+	autostart, err := autostartUUIDs(conn)
+	if err != nil {
+		c.logger.Warn("read domain autostart flags, leaving out intended_running of domains without an intent", "err", err)
+		return
+	}
+	for i := range doms {
+		d := &doms[i]
+		if !d.intendedKnown {
+			_, d.intended = autostart[d.uuid]
+			d.intendedKnown = true
+		}
+	}
+}
+
+// autostartUUIDs returns the UUIDs of the domains set to autostart.
+func autostartUUIDs(conn *libvirt.Connect) (map[string]struct{}, error) {
+	doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_AUTOSTART)
+	if err != nil {
+		return nil, fmt.Errorf("list autostart domains: %w", err)
+	}
+	uuids := make(map[string]struct{}, len(doms))
+	for i := range doms {
+		if uuid, err := doms[i].GetUUIDString(); err == nil {
+			uuids[uuid] = struct{}{}
+		}
+		_ = doms[i].Free()
+	}
+	return uuids, nil
 }
 
 // domainStats asks libvirt for the stats of every defined domain in one call.
-func (c *Collector) domainStats() ([]libvirt.DomainStats, error) {
-	conn, err := c.conn.Get()
-	if err != nil {
-		return nil, fmt.Errorf("collect kvm domains: %w", err)
-	}
+// The binding (libvirt.org/go/libvirt v1.11010.0) makes one more round trip
+// per domain while unpacking the result (virDomainGetVcpusFlags, for the
+// dirty-rate stats), which is most of the call's time through libvirtd.
+func (c *Collector) domainStats(conn *libvirt.Connect) ([]libvirt.DomainStats, error) {
 	// NOWAIT: a domain busy with a long job (migration, snapshot) reports
 	// what libvirt knows without waiting for the job, instead of stalling
 	// the whole scrape. No filter flags: every domain, active or not.
@@ -168,73 +480,16 @@ func (c *Collector) domainStats() ([]libvirt.DomainStats, error) {
 // domain is what the collector reports about one domain.
 type domain struct {
 	uuid, name string
-	meta       Metadata
+	// ident is nil when the domain's XML could not be read.
+	ident *identity
 	// intendedKnown is false when neither the metadata nor the autostart
 	// flag could be read; intended_running is then left out rather than
 	// guessed.
 	intendedKnown bool
 	intended      bool
-	stats         *libvirt.DomainStats
-}
-
-func (c *Collector) collectDomain(ch chan<- prometheus.Metric, st *libvirt.DomainStats) {
-	dom := st.Domain
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		c.logger.Warn("read domain uuid, skipping the domain", "err", err)
-		return
-	}
-	name, err := dom.GetName()
-	if err != nil {
-		c.logger.Warn("read domain name", "uuid", uuid, "err", err)
-	}
-	logger := c.logger.With("uuid", uuid, "domain", name)
-
-	d := domain{uuid: uuid, name: name, stats: st}
-	meta, hasMeta, err := readMetadata(dom)
-	if err != nil {
-		logger.Warn("read caretaker metadata, falling back to autostart", "err", err)
-	}
-	d.meta = meta
-	if hasMeta && meta.Intent != "" {
-		d.intendedKnown = true
-		d.intended = meta.Intent == IntentRunning
-		if meta.Intent != IntentRunning && meta.Intent != IntentStopped {
-			logger.Debug("unknown intent in caretaker metadata, counting the domain as not meant to run", "intent", meta.Intent)
-		}
-	} else {
-		autostart, err := dom.GetAutostart()
-		if err != nil {
-			logger.Warn("read domain autostart flag, leaving out intended_running", "err", err)
-		} else {
-			d.intendedKnown, d.intended = true, autostart
-		}
-	}
-	c.emit(ch, d)
-}
-
-// readMetadata reads caretaker's element from the domain's persistent
-// definition. It reports false, and no error, when the domain has none.
-func readMetadata(dom *libvirt.Domain) (Metadata, bool, error) {
-	// AFFECT_CONFIG reads the persistent definition, which exists for
-	// running and shut-off domains alike and is where an intent set with
-	// --config lands (a running domain's live definition would miss it).
-	// Transient domains have no persistent definition: read theirs live.
-	s, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG)
-	if isLibvirtError(err, libvirt.ERR_OPERATION_INVALID) {
-		s, err = dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, MetadataNamespace, libvirt.DOMAIN_AFFECT_CURRENT)
-	}
-	if isLibvirtError(err, libvirt.ERR_NO_DOMAIN_METADATA) {
-		return Metadata{}, false, nil
-	}
-	if err != nil {
-		return Metadata{}, false, fmt.Errorf("get domain metadata %s: %w", MetadataNamespace, err)
-	}
-	m, err := ParseMetadata(s)
-	if err != nil {
-		return Metadata{}, false, err
-	}
-	return m, true, nil
+	// crashes is nil when libvirt's events are not available.
+	crashes *uint64
+	stats   *libvirt.DomainStats
 }
 
 // emit sends the metrics of one domain. Values libvirt did not report are
@@ -243,9 +498,28 @@ func (c *Collector) emit(ch chan<- prometheus.Metric, d domain) {
 	gauge := func(desc *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, d.uuid)
 	}
-	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, d.uuid, d.name, d.meta.Cluster, d.meta.Role)
+	counter := func(desc *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, d.uuid)
+	}
+	cluster, role := clusterRole(d.name, d.ident)
+	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, d.uuid, d.name, cluster, role)
+	if d.ident != nil {
+		type key struct{ device, bridge, mac string }
+		seen := make(map[key]bool, len(d.ident.ifaces))
+		for _, f := range d.ident.ifaces {
+			k := key{f.device, f.bridge, f.mac}
+			if seen[k] {
+				continue // would be a duplicate series
+			}
+			seen[k] = true
+			ch <- prometheus.MustNewConstMetric(c.interfaceInfo, prometheus.GaugeValue, 1, d.uuid, f.device, f.bridge, f.mac)
+		}
+	}
 	if d.intendedKnown {
 		gauge(c.intendedRunning, boolFloat(d.intended))
+	}
+	if d.crashes != nil {
+		counter(c.crashes, float64(*d.crashes))
 	}
 	st := d.stats
 	if st == nil {
@@ -262,18 +536,93 @@ func (c *Collector) emit(ch chan<- prometheus.Metric, d domain) {
 	if online := onlineVcpus(st.Vcpu); online > 0 {
 		gauge(c.vcpus, float64(online))
 	}
+	if delay, ok := vcpuDelay(st.Vcpu); ok {
+		counter(c.vcpuDelay, float64(delay)/1e9)
+	}
 	if st.Cpu != nil && st.Cpu.TimeSet {
-		ch <- prometheus.MustNewConstMetric(c.cpuSeconds, prometheus.CounterValue, float64(st.Cpu.Time)/1e9, d.uuid)
+		counter(c.cpuSeconds, float64(st.Cpu.Time)/1e9)
 	}
-	if st.Balloon != nil {
+	if b := st.Balloon; b != nil {
 		// libvirt reports balloon sizes in KiB.
-		if st.Balloon.CurrentSet {
-			gauge(c.memoryCurrent, float64(st.Balloon.Current)*1024)
+		if b.CurrentSet {
+			gauge(c.memoryCurrent, float64(b.Current)*1024)
 		}
-		if st.Balloon.MaximumSet {
-			gauge(c.memoryMaximum, float64(st.Balloon.Maximum)*1024)
+		if b.MaximumSet {
+			gauge(c.memoryMaximum, float64(b.Maximum)*1024)
+		}
+		if b.RssSet {
+			gauge(c.memoryRSS, float64(b.Rss)*1024)
 		}
 	}
+	c.emitBlock(ch, d.uuid, st.Block)
+	c.emitNet(ch, d.uuid, st.Net)
+}
+
+// emitBlock sends the stats of each block device, named by its target
+// (vda). Without the BACKING flag libvirt reports each disk once; a name
+// seen twice is skipped rather than sent as a duplicate series.
+func (c *Collector) emitBlock(ch chan<- prometheus.Metric, uuid string, blocks []libvirt.DomainStatsBlock) {
+	seen := make(map[string]bool, len(blocks))
+	for _, b := range blocks {
+		if !b.NameSet || b.Name == "" || seen[b.Name] {
+			continue
+		}
+		seen[b.Name] = true
+		counter := func(desc *prometheus.Desc, set bool, v float64) {
+			if set {
+				ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, uuid, b.Name)
+			}
+		}
+		counter(c.blockReadBytes, b.RdBytesSet, float64(b.RdBytes))
+		counter(c.blockWriteBytes, b.WrBytesSet, float64(b.WrBytes))
+		counter(c.blockReadReqs, b.RdReqsSet, float64(b.RdReqs))
+		counter(c.blockWriteReqs, b.WrReqsSet, float64(b.WrReqs))
+		// libvirt reports times in nanoseconds.
+		counter(c.blockReadTime, b.RdTimesSet, float64(b.RdTimes)/1e9)
+		counter(c.blockWriteTime, b.WrTimesSet, float64(b.WrTimes)/1e9)
+		counter(c.blockErrors, b.ErrorsSet, float64(b.Errors))
+	}
+}
+
+// emitNet sends the stats of each network interface, named by its
+// host-side device (vnet0), as in domain_interface_info.
+func (c *Collector) emitNet(ch chan<- prometheus.Metric, uuid string, nets []libvirt.DomainStatsNet) {
+	seen := make(map[string]bool, len(nets))
+	for _, n := range nets {
+		if !n.NameSet || n.Name == "" || seen[n.Name] {
+			continue
+		}
+		seen[n.Name] = true
+		counter := func(desc *prometheus.Desc, set bool, v uint64) {
+			if set {
+				ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), uuid, n.Name)
+			}
+		}
+		counter(c.netRxBytes, n.RxBytesSet, n.RxBytes)
+		counter(c.netRxPackets, n.RxPktsSet, n.RxPkts)
+		counter(c.netRxErrors, n.RxErrsSet, n.RxErrs)
+		counter(c.netRxDrops, n.RxDropSet, n.RxDrop)
+		counter(c.netTxBytes, n.TxBytesSet, n.TxBytes)
+		counter(c.netTxPackets, n.TxPktsSet, n.TxPkts)
+		counter(c.netTxErrors, n.TxErrsSet, n.TxErrs)
+		counter(c.netTxDrops, n.TxDropSet, n.TxDrop)
+	}
+}
+
+// vcpuDelay sums the vCPUs' delay (vcpu.<n>.delay, nanoseconds) and reports
+// whether libvirt gave any. One sum per domain rather than one series per
+// vCPU: steal is judged per guest, and per-vCPU series would multiply the
+// collector's output by the guests' vCPU counts.
+func vcpuDelay(vcpus []libvirt.DomainStatsVcpu) (uint64, bool) {
+	var sum uint64
+	set := false
+	for _, v := range vcpus {
+		if v.DelaySet {
+			sum += v.Delay
+			set = true
+		}
+	}
+	return sum, set
 }
 
 // onlineVcpus counts the online vCPUs. The binding sizes the list by

@@ -121,7 +121,7 @@ func TestCollectorDomainFilter(t *testing.T) {
 	c := New(conn, logger, WithDomainFilter(regexp.MustCompile(`^web-[12]$`)))
 
 	const want = `
-# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
+# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata, or else from a name of the form <cluster>-<role>-<n>, and are empty without either.
 # TYPE caretaker_kvm_domain_info gauge
 caretaker_kvm_domain_info{cluster="lab",domain="web-1",role="worker",uuid="0a000000-0000-4000-8000-000000000001"} 1
 caretaker_kvm_domain_info{cluster="lab",domain="web-2",role="worker",uuid="0a000000-0000-4000-8000-000000000002"} 1
@@ -181,14 +181,15 @@ caretaker_scrape_collector_success{collector="kvm"} 0
 	})
 }
 
-// TestEmit covers what the test driver does not report (CPU time, vCPUs,
-// balloon): the stats below are what libvirt's QEMU driver returned for a
-// guest with 64 MiB and one of two vCPUs online, running and then destroyed.
+// TestEmit covers what the test driver does not report (CPU time, vCPUs and
+// their delay, balloon and RSS, block and interface stats), each case against
+// testdata/emit/<case>.metrics. The stats are shaped like what libvirt's QEMU
+// driver returns for a guest with one of two vCPUs online.
 func TestEmit(t *testing.T) {
 	const uuid = "0a000000-0000-4000-8000-0000000000ff"
 	running := []libvirt.DomainStatsVcpu{
-		{StateSet: true, State: libvirt.VCPU_RUNNING},
-		{StateSet: true, State: libvirt.VCPU_OFFLINE},
+		{StateSet: true, State: libvirt.VCPU_RUNNING, TimeSet: true, Time: 200000000, DelaySet: true, Delay: 1500000000},
+		{StateSet: true, State: libvirt.VCPU_OFFLINE, DelaySet: true, Delay: 500000000},
 	}
 	offline := []libvirt.DomainStatsVcpu{
 		{StateSet: true, State: libvirt.VCPU_OFFLINE},
@@ -197,51 +198,47 @@ func TestEmit(t *testing.T) {
 	tests := []struct {
 		name string
 		d    domain
-		want string
 	}{
 		{
 			name: "running",
 			d: domain{
-				uuid: uuid, name: "probe", intendedKnown: true, intended: true,
-				meta: Metadata{Intent: IntentRunning, Cluster: "lab", Role: "worker"},
+				uuid: uuid, name: "probe", intendedKnown: true, intended: true, crashes: count(1),
+				ident: &identity{
+					meta: Metadata{Intent: IntentRunning, Cluster: "lab", Role: "worker"}, hasMeta: true,
+					ifaces: []iface{
+						{device: "vnet0", bridge: "br-lab", mac: "52:54:00:00:00:01"},
+						{device: "vnet1", mac: "52:54:00:00:00:02"},
+					},
+				},
 				stats: &libvirt.DomainStats{
-					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_RUNNING, ReasonSet: true, Reason: 1},
-					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 228759000},
-					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 65536},
-					Vcpu:    running,
+					State: &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_RUNNING, ReasonSet: true, Reason: 1},
+					Cpu:   &libvirt.DomainStatsCPU{TimeSet: true, Time: 228759000},
+					Balloon: &libvirt.DomainStatsBalloon{
+						CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072, RssSet: true, Rss: 50212,
+					},
+					Vcpu: running,
+					Block: []libvirt.DomainStatsBlock{
+						{
+							NameSet: true, Name: "vda", RdReqsSet: true, RdReqs: 120, RdBytesSet: true, RdBytes: 4915200,
+							RdTimesSet: true, RdTimes: 25000000, WrReqsSet: true, WrReqs: 7, WrBytesSet: true, WrBytes: 28672,
+							WrTimesSet: true, WrTimes: 3000000,
+						},
+						// A drive without a medium reports its name only.
+						{NameSet: true, Name: "sda"},
+					},
+					Net: []libvirt.DomainStatsNet{{
+						NameSet: true, Name: "vnet0", RxBytesSet: true, RxBytes: 1024, RxPktsSet: true, RxPkts: 10,
+						RxErrsSet: true, RxDropSet: true, RxDrop: 2, TxBytesSet: true, TxBytes: 2048, TxPktsSet: true,
+						TxPkts: 20, TxErrsSet: true, TxErrs: 1, TxDropSet: true,
+					}},
 				},
 			},
-			want: `
-# HELP caretaker_kvm_domain_cpu_seconds_total CPU time used by the domain, in seconds.
-# TYPE caretaker_kvm_domain_cpu_seconds_total counter
-caretaker_kvm_domain_cpu_seconds_total{uuid="0a000000-0000-4000-8000-0000000000ff"} 0.228759
-# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
-# TYPE caretaker_kvm_domain_info gauge
-caretaker_kvm_domain_info{cluster="lab",domain="probe",role="worker",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_intended_running Whether the domain is meant to run (1) or not (0): the intent in caretaker's domain metadata, or the domain's autostart flag without it.
-# TYPE caretaker_kvm_domain_intended_running gauge
-caretaker_kvm_domain_intended_running{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_memory_current_bytes Memory currently assigned to the domain (its balloon size), in bytes.
-# TYPE caretaker_kvm_domain_memory_current_bytes gauge
-caretaker_kvm_domain_memory_current_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
-# HELP caretaker_kvm_domain_memory_maximum_bytes Maximum memory the domain may be given, in bytes.
-# TYPE caretaker_kvm_domain_memory_maximum_bytes gauge
-caretaker_kvm_domain_memory_maximum_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
-# HELP caretaker_kvm_domain_state State of the domain, libvirt's virDomainState: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown (shutting down), 5 shutoff, 6 crashed, 7 pmsuspended.
-# TYPE caretaker_kvm_domain_state gauge
-caretaker_kvm_domain_state{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_state_reason Reason for the domain's state, libvirt's numeric reason code, whose meaning depends on the state (virDomain<State>Reason). For shutoff (state 5): 0 unknown, 1 shutdown, 2 destroyed, 3 crashed, 4 migrated, 5 saved, 6 failed, 7 from snapshot, 8 daemon.
-# TYPE caretaker_kvm_domain_state_reason gauge
-caretaker_kvm_domain_state_reason{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_vcpus Number of online virtual CPUs of an active domain.
-# TYPE caretaker_kvm_domain_vcpus gauge
-caretaker_kvm_domain_vcpus{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-`,
 		},
 		{
-			name: "crashed, intent unreadable",
+			// No XML read: cluster and role come from the name.
+			name: "crashed-unread",
 			d: domain{
-				uuid: uuid, name: "probe",
+				uuid: uuid, name: "prod-worker-3", crashes: count(2),
 				stats: &libvirt.DomainStats{
 					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_SHUTOFF, ReasonSet: true, Reason: 3},
 					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 560000000},
@@ -249,49 +246,51 @@ caretaker_kvm_domain_vcpus{uuid="0a000000-0000-4000-8000-0000000000ff"} 1
 					Vcpu:    offline,
 				},
 			},
-			want: `
-# HELP caretaker_kvm_domain_cpu_seconds_total CPU time used by the domain, in seconds.
-# TYPE caretaker_kvm_domain_cpu_seconds_total counter
-caretaker_kvm_domain_cpu_seconds_total{uuid="0a000000-0000-4000-8000-0000000000ff"} 0.56
-# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
-# TYPE caretaker_kvm_domain_info gauge
-caretaker_kvm_domain_info{cluster="",domain="probe",role="",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_memory_current_bytes Memory currently assigned to the domain (its balloon size), in bytes.
-# TYPE caretaker_kvm_domain_memory_current_bytes gauge
-caretaker_kvm_domain_memory_current_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 6.7108864e+07
-# HELP caretaker_kvm_domain_memory_maximum_bytes Maximum memory the domain may be given, in bytes.
-# TYPE caretaker_kvm_domain_memory_maximum_bytes gauge
-caretaker_kvm_domain_memory_maximum_bytes{uuid="0a000000-0000-4000-8000-0000000000ff"} 1.34217728e+08
-# HELP caretaker_kvm_domain_state State of the domain, libvirt's virDomainState: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown (shutting down), 5 shutoff, 6 crashed, 7 pmsuspended.
-# TYPE caretaker_kvm_domain_state gauge
-caretaker_kvm_domain_state{uuid="0a000000-0000-4000-8000-0000000000ff"} 5
-# HELP caretaker_kvm_domain_state_reason Reason for the domain's state, libvirt's numeric reason code, whose meaning depends on the state (virDomain<State>Reason). For shutoff (state 5): 0 unknown, 1 shutdown, 2 destroyed, 3 crashed, 4 migrated, 5 saved, 6 failed, 7 from snapshot, 8 daemon.
-# TYPE caretaker_kvm_domain_state_reason gauge
-caretaker_kvm_domain_state_reason{uuid="0a000000-0000-4000-8000-0000000000ff"} 3
-`,
 		},
 		{
-			name: "nothing reported",
+			// Not even crashes: libvirt's events are not available.
+			name: "nothing-reported",
 			d:    domain{uuid: uuid, name: "probe", intendedKnown: true, stats: &libvirt.DomainStats{}},
-			want: `
-# HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata and are empty without it.
-# TYPE caretaker_kvm_domain_info gauge
-caretaker_kvm_domain_info{cluster="",domain="probe",role="",uuid="0a000000-0000-4000-8000-0000000000ff"} 1
-# HELP caretaker_kvm_domain_intended_running Whether the domain is meant to run (1) or not (0): the intent in caretaker's domain metadata, or the domain's autostart flag without it.
-# TYPE caretaker_kvm_domain_intended_running gauge
-caretaker_kvm_domain_intended_running{uuid="0a000000-0000-4000-8000-0000000000ff"} 0
-`,
+		},
+		{
+			// Two interfaces of a shut-off domain on one bridge (no
+			// device yet), one of them listed twice, and a block
+			// device reported twice: no duplicate series.
+			name: "duplicates",
+			d: domain{
+				uuid: uuid, name: "prod-cp-1",
+				ident: &identity{ifaces: []iface{
+					{bridge: "br-prod", mac: "52:54:00:00:00:01"},
+					{bridge: "br-prod", mac: "52:54:00:00:00:02"},
+					{bridge: "br-prod", mac: "52:54:00:00:00:02"},
+				}},
+				stats: &libvirt.DomainStats{
+					Block: []libvirt.DomainStatsBlock{
+						{NameSet: true, Name: "vda", RdBytesSet: true, RdBytes: 1},
+						{NameSet: true, Name: "vda", RdBytesSet: true, RdBytes: 2},
+						{RdBytesSet: true, RdBytes: 3},
+					},
+				},
+			},
 		},
 	}
 	c := New(nil, testLogger(t))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := testutil.CollectAndCompare(emitOnly{c, tt.d}, strings.NewReader(tt.want)); err != nil {
-				t.Fatal(err)
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(emitOnly{c, tt.d})
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatalf("gather: %v", err)
 			}
+			out := encode(t, mfs)
+			t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, out) })
+			compareGolden(t, filepath.Join("testdata", "emit", tt.name+".metrics"), out)
 		})
 	}
 }
+
+func count(n uint64) *uint64 { return &n }
 
 // emitOnly is an unchecked prometheus.Collector that emits one domain.
 type emitOnly struct {

@@ -149,8 +149,7 @@ func TestMetadataXML(t *testing.T) {
 
 // TestMetadataThroughLibvirt checks that the element Metadata.XML writes is
 // accepted by virDomainSetMetadata and in a domain definition, and reads back
-// through virDomainGetMetadata and ParseMetadata, for running and shut-off
-// domains.
+// from the domain's XML (readIdentity), for running and shut-off domains.
 func TestMetadataThroughLibvirt(t *testing.T) {
 	conn, err := libvirt.NewConnect("test:///default")
 	if err != nil {
@@ -195,9 +194,13 @@ func TestMetadataThroughLibvirt(t *testing.T) {
 
 	for _, dom := range []*libvirt.Domain{embedded, set} {
 		name, _ := dom.GetName()
-		got, ok, err := readMetadata(dom)
-		if err != nil || !ok || got != want {
-			t.Errorf("%s: readMetadata = %+v, %v, %v; want %+v", name, got, ok, err, want)
+		active, err := dom.IsActive()
+		if err != nil {
+			t.Fatalf("%s: IsActive: %v", name, err)
+		}
+		got, err := readIdentity(dom, active)
+		if err != nil || !got.hasMeta || got.meta != want {
+			t.Errorf("%s: readIdentity = %+v, %v; want metadata %+v", name, got, err, want)
 		}
 	}
 }

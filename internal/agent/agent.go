@@ -17,11 +17,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	promcollectors "github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"caretaker/collectors"
+	"caretaker/collectors/host"
 	"caretaker/collectors/kvm"
+	"caretaker/collectors/overlay"
 	"caretaker/internal/libvirtconn"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	LibvirtURI string
 	// ScrapeTimeout bounds each collector on every scrape.
 	ScrapeTimeout time.Duration
+	// LibvirtTimeout bounds the kvm collector's wait on libvirt; a frozen
+	// libvirtd then gives caretaker_kvm_up 0 instead of a hung scrape.
+	LibvirtTimeout time.Duration
 	// Token is the server's bearer token for the actions API. Empty
 	// disables the actions: every request under /api/v1/ gets 401.
 	Token string
@@ -55,7 +59,14 @@ type Config struct {
 	// if they were on another host. It lets several simulated hosts share
 	// one libvirtd (caretaker lab); nil means every domain.
 	DomainFilter *regexp.Regexp
-	Logger       *slog.Logger
+	// ProcFS, SysFS and RootFS are where the host collector finds /proc,
+	// /sys and the host's root filesystem (defaults /proc, /sys, /).
+	ProcFS, SysFS, RootFS string
+	// Overlays are the VXLAN overlays this host should have (the agent's
+	// configuration file); NeighborStaleAfter is the overlay collector's.
+	Overlays           []overlay.Overlay
+	NeighborStaleAfter time.Duration
+	Logger             *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.
@@ -69,7 +80,9 @@ type Agent struct {
 	// disabled. Comparing hashes keeps the comparison's time independent
 	// of the presented token's length as well as of its content.
 	tokenHash []byte
-	handler   http.Handler
+	// collectors are the agent's collectors by name, as collect[] names them.
+	collectors map[string]collectors.Collector
+	handler    http.Handler
 }
 
 // New returns an Agent for cfg, with defaults applied to its zero fields. It
@@ -86,6 +99,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ScrapeTimeout == 0 {
 		cfg.ScrapeTimeout = DefaultScrapeTimeout
+	}
+	if cfg.LibvirtTimeout == 0 {
+		cfg.LibvirtTimeout = kvm.DefaultLibvirtTimeout
 	}
 	if cfg.ScrapeTimeout < 0 {
 		return nil, fmt.Errorf("configure agent: scrape timeout %s is negative", cfg.ScrapeTimeout)
@@ -108,12 +124,33 @@ func New(cfg Config) (*Agent, error) {
 		a.logger.Warn("no API token configured: host actions are disabled")
 	}
 
+	hostCollector, err := host.New(host.Config{
+		ProcFS:       cfg.ProcFS,
+		SysFS:        cfg.SysFS,
+		RootFS:       cfg.RootFS,
+		LibvirtCheck: a.libvirtCheck,
+		Guests:       a.guestCommitment,
+	}, a.logger.With("collector", "host"))
+	if err != nil {
+		a.conn.Close()
+		return nil, fmt.Errorf("configure agent: %w", err)
+	}
+	overlayCollector, err := overlay.New(overlay.Config{
+		Overlays:   cfg.Overlays,
+		StaleAfter: cfg.NeighborStaleAfter,
+	}, a.logger.With("collector", "overlay"))
+	if err != nil {
+		a.conn.Close()
+		return nil, fmt.Errorf("configure agent: %w", err)
+	}
+	a.collectors = map[string]collectors.Collector{
+		"host":    hostCollector,
+		"overlay": overlayCollector,
+		"kvm":     kvm.New(a.conn, a.logger.With("collector", "kvm"), kvm.WithDomainFilter(cfg.DomainFilter), kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)),
+	}
 	reg := prometheus.NewRegistry()
-	set := collectors.NewSet(a.logger, cfg.ScrapeTimeout, map[string]collectors.Collector{
-		"kvm": kvm.New(a.conn, a.logger.With("collector", "kvm"), kvm.WithDomainFilter(cfg.DomainFilter)),
-	})
 	for _, c := range []prometheus.Collector{
-		set,
+		collectors.NewSet(a.logger, cfg.ScrapeTimeout, a.collectors),
 		promcollectors.NewGoCollector(),
 		promcollectors.NewProcessCollector(promcollectors.ProcessCollectorOpts{}),
 	} {
@@ -136,10 +173,7 @@ func New(cfg Config) (*Agent, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", landing)
-	mux.Handle("GET /metrics", promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(a.logger.Handler(), slog.LevelError),
-		ErrorHandling: promhttp.ContinueOnError,
-	})))
+	mux.Handle("GET /metrics", a.metricsHandler(reg))
 	mux.Handle("/api/v1/", a.requireToken(a.apiHandler()))
 	a.handler = mux
 	return a, nil

@@ -82,7 +82,15 @@ type Conn struct {
 	conn   *libvirt.Connect // nil until the first Get and after Close
 	dead   chan struct{}    // closed by conn's close callback
 	closed bool
+	hooks  []Hook
+	// undo holds what the hooks returned for conn, to run before it is
+	// closed.
+	undo []func()
 }
+
+// Hook is run on each new connection (see OnConnect). It returns what to
+// run before that connection is closed, or nil.
+type Hook func(*libvirt.Connect) (undo func())
 
 // New returns a Conn for uri (for example "qemu:///system"). It does not
 // connect: the first Get does, so that an agent starts even while libvirtd is
@@ -93,6 +101,43 @@ func New(uri string, logger *slog.Logger) *Conn {
 
 // URI returns the libvirt URI the Conn connects to.
 func (c *Conn) URI() string { return c.uri }
+
+// OnConnect has f run on every connection c opens from now on, before Get
+// hands it out, and at once on the connection c has open, if any. It is how a
+// user registers libvirt event callbacks, which live and die with one
+// connection: f runs again after every reconnect, and events that happened
+// while there was no connection are lost, so f should also forget what the
+// events would have kept up to date.
+//
+// What f returns runs before the connection is closed, dead or not. It must
+// deregister the callbacks f registered: each holds a reference to the
+// connection, which libvirt would otherwise keep open.
+//
+// f and what it returns run with c's lock held, on the goroutine that called
+// Get, OnConnect or Close: they may make calls on the connection they are
+// given but must not call c's methods.
+func (c *Conn) OnConnect(f Hook) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hooks = append(c.hooks, f)
+	if c.conn != nil && c.aliveLocked() {
+		c.runHookLocked(f)
+	}
+}
+
+func (c *Conn) runHookLocked(f Hook) {
+	if undo := f(c.conn); undo != nil {
+		c.undo = append(c.undo, undo)
+	}
+}
+
+// undoHooksLocked runs what the hooks returned for c.conn, last first.
+func (c *Conn) undoHooksLocked() {
+	for i := len(c.undo) - 1; i >= 0; i-- {
+		c.undo[i]()
+	}
+	c.undo = nil
+}
 
 // Get returns the live connection, opening it if there is none or if the
 // previous one died.
@@ -133,6 +178,9 @@ func (c *Conn) Get() (*libvirt.Connect, error) {
 	}
 	c.conn, c.dead = conn, dead
 	c.logger.Info("libvirt connection opened")
+	for _, f := range c.hooks {
+		c.runHookLocked(f)
+	}
 	return conn, nil
 }
 
@@ -153,11 +201,14 @@ func (c *Conn) aliveLocked() bool {
 // dropLocked releases c.conn. Errors are only logged: the connection is
 // being thrown away, usually because it is already broken.
 func (c *Conn) dropLocked() {
+	c.undoHooksLocked()
 	if err := c.conn.UnregisterCloseCallback(); err != nil {
 		c.logger.Debug("unregister libvirt close callback", "err", err)
 	}
-	if _, err := c.conn.Close(); err != nil {
+	if refs, err := c.conn.Close(); err != nil {
 		c.logger.Debug("close dead libvirt connection", "err", err)
+	} else if refs > 0 {
+		c.logger.Debug("dead libvirt connection still referenced after close", "references", refs)
 	}
 	c.conn, c.dead = nil, nil
 }
@@ -173,9 +224,15 @@ func (c *Conn) Close() error {
 	if c.conn == nil {
 		return nil
 	}
+	c.undoHooksLocked()
 	_ = c.conn.UnregisterCloseCallback()
-	_, err := c.conn.Close()
+	refs, err := c.conn.Close()
 	c.conn, c.dead = nil, nil
+	if refs > 0 {
+		// Something (an event callback whose hook did not undo it)
+		// keeps libvirt from closing the connection.
+		c.logger.Warn("libvirt connection still referenced after close", "references", refs)
+	}
 	if err != nil {
 		return fmt.Errorf("close libvirt connection %s: %w", c.uri, err)
 	}

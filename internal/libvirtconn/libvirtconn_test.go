@@ -3,9 +3,11 @@ package libvirtconn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,6 +104,78 @@ func TestGetReopensAfterCloseCallback(t *testing.T) {
 		t.Fatalf("Get returned the connection its close callback reported dead")
 	}
 	mustListDomains(t, fresh)
+}
+
+func TestOnConnect(t *testing.T) {
+	c := New("test:///default", testLogger(t))
+	t.Cleanup(func() { c.Close() })
+
+	// log records what the hooks did, in order. early runs on every
+	// connection opened after it is registered; late is registered on an
+	// open connection.
+	var log []string
+	conns := map[*libvirt.Connect]int{}
+	name := func(conn *libvirt.Connect) string {
+		if _, ok := conns[conn]; !ok {
+			conns[conn] = len(conns) + 1
+		}
+		return fmt.Sprintf("conn%d", conns[conn])
+	}
+	c.OnConnect(func(conn *libvirt.Connect) func() {
+		// A hook may make calls on the connection it is given.
+		mustListDomains(t, conn)
+		log = append(log, "early on "+name(conn))
+		return func() {
+			mustListDomains(t, conn) // still open
+			log = append(log, "early undone on "+name(conn))
+		}
+	})
+	if len(log) != 0 {
+		t.Fatalf("hook ran before any connection was opened: %q", log)
+	}
+
+	first, err := c.Get()
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if _, err := c.Get(); err != nil {
+		t.Fatalf("second Get: %v", err)
+	}
+	c.OnConnect(func(conn *libvirt.Connect) func() {
+		log = append(log, "late on "+name(conn))
+		return nil
+	})
+
+	// Mark the connection dead, as its close callback would.
+	c.mu.Lock()
+	close(c.dead)
+	c.mu.Unlock()
+	second, err := c.Get()
+	if err != nil {
+		t.Fatalf("Get after the connection died: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	c.OnConnect(func(*libvirt.Connect) func() {
+		t.Errorf("hook registered after Close ran")
+		return nil
+	})
+
+	if name(first) != "conn1" || name(second) != "conn2" {
+		t.Fatalf("hooks did not run on the connections Get returned")
+	}
+	want := []string{
+		"early on conn1",
+		"late on conn1", // at once, on the open connection
+		"early undone on conn1",
+		"early on conn2",
+		"late on conn2",
+		"early undone on conn2",
+	}
+	if !slices.Equal(log, want) {
+		t.Errorf("hooks ran:\n%s\nwant:\n%s", strings.Join(log, "\n"), strings.Join(want, "\n"))
+	}
 }
 
 func TestGetAfterClose(t *testing.T) {
