@@ -42,7 +42,7 @@ if ! pgrep -x virtlogd >/dev/null; then
 	log "starting virtlogd"
 	virtlogd -d
 fi
-if [[ ! -S /var/run/libvirt/libvirt-sock ]]; then
+if ! pgrep -x libvirtd >/dev/null; then
 	log "starting libvirtd"
 	libvirtd -d
 	for _ in $(seq 100); do [[ -S /var/run/libvirt/libvirt-sock ]] && break; sleep 0.1; done
