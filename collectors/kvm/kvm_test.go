@@ -1,12 +1,10 @@
 package kvm
 
 import (
-	"bytes"
-	"context"
+	"caretaker/internal/golden"
 	"flag"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
@@ -68,7 +65,7 @@ func TestCollectorGolden(t *testing.T) {
 				t.Fatalf("gather: %v", err)
 			}
 
-			t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, encode(t, mfs)) })
+			t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, golden.Encode(t, mfs)) })
 
 			// The duration varies from run to run; its presence is
 			// checked here, the rest against the golden file.
@@ -82,7 +79,7 @@ func TestCollectorGolden(t *testing.T) {
 			if len(stable) == len(mfs) {
 				t.Errorf("no caretaker_scrape_collector_duration_seconds in the output")
 			}
-			compareGolden(t, filepath.Join("testdata", "node.metrics"), encode(t, stable))
+			golden.Compare(t, filepath.Join("testdata", "node.metrics"), golden.Encode(t, stable), *update)
 		})
 	}
 }
@@ -283,9 +280,9 @@ func TestEmit(t *testing.T) {
 			if err != nil {
 				t.Fatalf("gather: %v", err)
 			}
-			out := encode(t, mfs)
-			t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, out) })
-			compareGolden(t, filepath.Join("testdata", "emit", tt.name+".metrics"), out)
+			out := golden.Encode(t, mfs)
+			t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, out) })
+			golden.Compare(t, filepath.Join("testdata", "emit", tt.name+".metrics"), out, *update)
 		})
 	}
 }
@@ -300,51 +297,3 @@ type emitOnly struct {
 
 func (e emitOnly) Describe(chan<- *prometheus.Desc)    {}
 func (e emitOnly) Collect(ch chan<- prometheus.Metric) { e.c.emit(ch, e.d) }
-
-func encode(t *testing.T, mfs []*dto.MetricFamily) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			t.Fatalf("encode %s: %v", mf.GetName(), err)
-		}
-	}
-	return buf.Bytes()
-}
-
-func compareGolden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatalf("update golden file: %v", err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (run with -update to create it): %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (run with -update to accept it):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
-
-func promtoolCheckMetrics(t *testing.T, exposition []byte) {
-	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
-	cmd.Stdin = bytes.NewReader(exposition)
-	out, err := cmd.CombinedOutput()
-	if len(out) > 64<<10 {
-		out = out[:64<<10]
-	}
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v\n%s\non:\n%s", err, out, exposition)
-	}
-}

@@ -1,14 +1,12 @@
 package overlay
 
 import (
-	"bytes"
+	"caretaker/internal/golden"
 	"context"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -143,8 +140,8 @@ func TestCollectorGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, encode(t, mfs)) })
-	compareGolden(t, filepath.Join("testdata", "lab.golden.prom"), encode(t, stable(t, mfs)))
+	t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, golden.Encode(t, mfs)) })
+	golden.Compare(t, filepath.Join("testdata", "lab.golden.prom"), golden.Encode(t, stable(t, mfs)), *update)
 }
 
 // stable drops the scrape duration and zeroes the traffic counters, which
@@ -663,53 +660,5 @@ func assertMetrics(t *testing.T, c *Collector, want string, names ...string) {
 	t.Helper()
 	if err := testutil.CollectAndCompare(set(t, c), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func encode(t *testing.T, mfs []*dto.MetricFamily) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			t.Fatalf("encode %s: %v", mf.GetName(), err)
-		}
-	}
-	return buf.Bytes()
-}
-
-func compareGolden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatalf("update golden file: %v", err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (run with -update to create it): %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (run with -update to accept it):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
-
-func promtoolCheckMetrics(t *testing.T, exposition []byte) {
-	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
-	cmd.Stdin = bytes.NewReader(exposition)
-	out, err := cmd.CombinedOutput()
-	if len(out) > 64<<10 {
-		out = out[:64<<10]
-	}
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v\n%s\non:\n%s", err, out, exposition)
 	}
 }

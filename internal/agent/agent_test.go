@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"caretaker/internal/golden"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,7 +20,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -338,7 +338,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
 		}
 	}
-	t.Run("promtool", func(t *testing.T) { promtoolCheckMetrics(t, rec.Body.Bytes()) })
+	t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, rec.Body.Bytes()) })
 }
 
 func TestLandingPage(t *testing.T) {
@@ -559,24 +559,5 @@ func TestValidUUID(t *testing.T) {
 		if got := validUUID(tt.in); got != tt.want {
 			t.Errorf("validUUID(%q) = %v, want %v", tt.in, got, tt.want)
 		}
-	}
-}
-
-func promtoolCheckMetrics(t *testing.T, exposition []byte) {
-	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
-	cmd.Stdin = bytes.NewReader(exposition)
-	out, err := cmd.CombinedOutput()
-	if len(out) > 64<<10 {
-		out = out[:64<<10]
-	}
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }

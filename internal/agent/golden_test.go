@@ -1,14 +1,12 @@
 package agent
 
 import (
-	"bytes"
+	"caretaker/internal/golden"
 	"flag"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -52,30 +50,8 @@ func TestMetricsGolden(t *testing.T) {
 	raw, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 
-	if promtool, err := exec.LookPath("promtool"); err == nil {
-		cmd := exec.Command(promtool, "check", "metrics")
-		cmd.Stdin = bytes.NewReader(raw)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("promtool check metrics: %v\n%s", err, out)
-		}
-	} else {
-		t.Log("promtool not on PATH: skipping promtool check metrics")
-	}
-
-	got := normalize(raw)
-	golden := "testdata/metrics.golden.prom"
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("read golden (run with -update): %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("/metrics differs from %s (run with -update after checking):\n%s", golden, diff(string(want), string(got)))
-	}
+	t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, raw) })
+	golden.Compare(t, "testdata/metrics.golden.prom", normalize(raw), *update)
 }
 
 // normalize keeps the caretaker_ families (Go and process metrics vary by
@@ -94,28 +70,4 @@ func normalize(raw []byte) []byte {
 		out = append(out, line)
 	}
 	return []byte(strings.Join(out, "\n") + "\n")
-}
-
-func diff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	wm := map[string]bool{}
-	for _, l := range w {
-		wm[l] = true
-	}
-	gm := map[string]bool{}
-	for _, l := range g {
-		gm[l] = true
-	}
-	var b strings.Builder
-	for _, l := range w {
-		if !gm[l] {
-			b.WriteString("- " + l + "\n")
-		}
-	}
-	for _, l := range g {
-		if !wm[l] {
-			b.WriteString("+ " + l + "\n")
-		}
-	}
-	return b.String()
 }

@@ -1,0 +1,71 @@
+// Package golden holds the test helpers the collectors share: golden-file
+// comparison and promtool's check of a metrics exposition.
+package golden
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"sort"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+)
+
+// Compare fails t when got differs from the golden file at path; with
+// update it rewrites the file instead.
+func Compare(t testing.TB, path string, got []byte, update bool) {
+	t.Helper()
+	if update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatalf("update golden file: %v", err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden file (run with -update to create it): %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (run with -update to accept it):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// Encode writes metric families in the text exposition format, sorted by
+// name so the output is stable.
+func Encode(t testing.TB, mfs []*dto.MetricFamily) []byte {
+	t.Helper()
+	sort.Slice(mfs, func(i, j int) bool { return mfs[i].GetName() < mfs[j].GetName() })
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatalf("encode %s: %v", mf.GetName(), err)
+		}
+	}
+	return buf.Bytes()
+}
+
+// CheckMetrics runs `promtool check metrics` on an exposition and fails t
+// on any complaint. Without promtool it skips t (CI always has it).
+func CheckMetrics(t testing.TB, exposition []byte) {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(exposition)
+	out, err := cmd.CombinedOutput()
+	if len(out) > 64<<10 {
+		out = out[:64<<10]
+	}
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
