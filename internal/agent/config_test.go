@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
+	"caretaker/internal/golden"
 	"testing"
 )
 
@@ -23,25 +21,8 @@ func TestLoadFile(t *testing.T) {
 
 // Each bad file's exact error is in a .err golden file beside it.
 func TestLoadFileBad(t *testing.T) {
-	files, _ := filepath.Glob("testdata/config/bad-*.yml")
-	files = append(files, "testdata/config/unknown-field.yml")
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) {
-			_, err := LoadFile(file)
-			if err == nil {
-				t.Fatal("LoadFile succeeded")
-			}
-			golden := strings.TrimSuffix(file, ".yml") + ".err"
-			if *update {
-				os.WriteFile(golden, []byte(err.Error()+"\n"), 0o644)
-			}
-			want, rerr := os.ReadFile(golden)
-			if rerr != nil {
-				t.Fatalf("read golden (run with -update): %v", rerr)
-			}
-			if err.Error()+"\n" != string(want) {
-				t.Errorf("error:\n%s\nwant:\n%s", err, want)
-			}
-		})
-	}
+	golden.BadFiles(t, "testdata/config/bad-*.yml", func(path string) error {
+		_, err := LoadFile(path)
+		return err
+	}, *update)
 }

@@ -7,7 +7,9 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +69,25 @@ func CheckMetrics(t testing.TB, exposition []byte) {
 	}
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// BadFiles loads every file matching pattern with load, which must fail,
+// and compares each error's text with the .err golden file beside the
+// input: the exact message an operator gets is part of the contract.
+func BadFiles(t *testing.T, pattern string, load func(path string) error, update bool) {
+	t.Helper()
+	files, err := filepath.Glob(pattern)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no files match %s", pattern)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			err := load(f)
+			if err == nil {
+				t.Fatal("loading succeeded, want an error")
+			}
+			Compare(t, strings.TrimSuffix(f, filepath.Ext(f))+".err", []byte(err.Error()+"\n"), update)
+		})
 	}
 }

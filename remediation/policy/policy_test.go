@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"caretaker/internal/golden"
 	"errors"
 	"flag"
 	"io/fs"
@@ -28,31 +29,10 @@ func TestLoadGood(t *testing.T) {
 
 // Each bad file's exact error is kept beside it in a .err golden file.
 func TestLoadBad(t *testing.T) {
-	files, _ := filepath.Glob("testdata/bad/*.yml")
-	if len(files) == 0 {
-		t.Fatal("no bad test files")
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			_, err := Load(f)
-			if err == nil {
-				t.Fatal("Load succeeded, want an error")
-			}
-			golden := strings.TrimSuffix(f, ".yml") + ".err"
-			if *update {
-				if err := os.WriteFile(golden, []byte(err.Error()+"\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, rerr := os.ReadFile(golden)
-			if rerr != nil {
-				t.Fatalf("read golden (run with -update): %v", rerr)
-			}
-			if got := err.Error() + "\n"; got != string(want) {
-				t.Errorf("error:\n%s\nwant:\n%s", got, want)
-			}
-		})
-	}
+	golden.BadFiles(t, "testdata/bad/*.yml", func(path string) error {
+		_, err := Load(path)
+		return err
+	}, *update)
 }
 
 func TestLoadMissingFile(t *testing.T) {
