@@ -66,6 +66,7 @@ server's bearer token.`,
 	f.StringVar(&cfg.ProcFS, "path.procfs", "/proc", "procfs mount point")
 	f.StringVar(&cfg.SysFS, "path.sysfs", "/sys", "sysfs mount point")
 	f.StringVar(&cfg.RootFS, "path.rootfs", "/", "the host's root filesystem (when the agent runs in a container)")
+	f.StringVar(&cfg.NetNS, "path.netns", "", "network namespace the overlay collector reads, e.g. /var/run/netns/host (default: the agent's own)")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

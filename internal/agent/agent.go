@@ -66,6 +66,9 @@ type Config struct {
 	// configuration file); NeighborStaleAfter is the overlay collector's.
 	Overlays           []overlay.Overlay
 	NeighborStaleAfter time.Duration
+	// NetNS is the network namespace the overlay collector reads, as a
+	// path like /var/run/netns/x; empty means the agent's own.
+	NetNS string
 	Logger             *slog.Logger
 }
 
@@ -138,6 +141,7 @@ func New(cfg Config) (*Agent, error) {
 	overlayCollector, err := overlay.New(overlay.Config{
 		Overlays:   cfg.Overlays,
 		StaleAfter: cfg.NeighborStaleAfter,
+		NetNS:      cfg.NetNS,
 	}, a.logger.With("collector", "overlay"))
 	if err != nil {
 		a.conn.Close()
