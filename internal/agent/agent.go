@@ -68,8 +68,8 @@ type Config struct {
 	NeighborStaleAfter time.Duration
 	// NetNS is the network namespace the overlay collector reads, as a
 	// path like /var/run/netns/x; empty means the agent's own.
-	NetNS string
-	Logger             *slog.Logger
+	NetNS  string
+	Logger *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.
