@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,8 +60,21 @@ func TestLabHeals(t *testing.T) {
 		case err := <-exited:
 			exited <- err
 		default:
-			_ = lab.Process.Kill()
-			<-exited
+			// Ask the lab to clean up as an operator would; kill it only if
+			// it does not stop.
+			_ = lab.Process.Signal(os.Interrupt)
+			select {
+			case <-exited:
+			case <-time.After(time.Minute):
+				_ = lab.Process.Kill()
+				<-exited
+			}
+		}
+		// Whatever happened, leave no guests behind.
+		hosts := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix))}}
+		q := &qemuGuests{uri: "qemu:///system", logger: slog.New(slog.DiscardHandler)}
+		if err := q.remove(hosts); err != nil {
+			t.Errorf("remove leftover guests: %v", err)
 		}
 		if t.Failed() {
 			t.Logf("lab output:\n%s", out.String())
