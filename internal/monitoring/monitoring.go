@@ -2,6 +2,9 @@
 // that pulls every agent's /metrics into an on-disk TSDB, a PromQL engine
 // over it, and a rules manager whose alerts are handed in-process to a
 // callback (the remediation engine) instead of going through Alertmanager.
+// Optionally it also discovers agents from file_sd files, scrapes the
+// server's own metrics, forwards the alerts to external Alertmanagers and
+// remote-writes what it stores.
 package monitoring
 
 import (
@@ -10,6 +13,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -21,10 +26,12 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/notifier"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/rules"
 	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 )
 
@@ -94,6 +101,32 @@ type Options struct {
 	// the evaluation where it starts firing, whatever this is.
 	ResendDelay time.Duration
 	Retention   time.Duration // optional; default the TSDB's (15 days)
+	// RetentionSize caps the bytes the TSDB keeps (its blocks, WAL and
+	// chunks): the oldest blocks go first, whichever of Retention and
+	// RetentionSize is reached first. Zero means no size limit.
+	RetentionSize int64
+	// FileSD holds glob patterns of Prometheus file_sd files (JSON or YAML,
+	// `[{"targets": ["host:port"], "labels": {"host": "kvm-1"}}]`; the glob
+	// only in the last path element, the name ending in .json, .yml or
+	// .yaml). Their targets are scraped in the agent job beside Targets
+	// (Start reads them before it returns) and follow the files, which are
+	// reread every ScrapeInterval. A target without a `host` label (its own
+	// or its group's) gets the hostname part of its address; one whose
+	// address is not host:port is dropped with a warning. A file that cannot
+	// be read or parsed keeps its previous targets.
+	FileSD []string
+	// SelfAddress is the host:port of the server's own /metrics. When set, a
+	// second job, ServerJobName, scrapes it, so the server's remediation,
+	// TSDB and rule metrics are queryable beside the agents'.
+	SelfAddress string
+	// Alertmanagers are URLs (http://host:port, optionally with a path
+	// prefix) of external Alertmanagers that receive the alerts Notify
+	// receives, firing and resolved, through Alertmanager's v2 API, as
+	// Prometheus sends them. Alerts still queued at Stop are dropped.
+	Alertmanagers []string
+	// RemoteWrite endpoints receive every sample scraped or recorded by a
+	// rule, through an in-memory queue (see remotewrite.go for its limits).
+	RemoteWrite []RemoteWriteConfig
 	Logger      *slog.Logger
 	// Registerer receives the TSDB, scrape, engine and rules metrics. Those
 	// are registered once: Start a Monitor at most once per Registerer.
@@ -109,6 +142,16 @@ type Monitor struct {
 	rules   *rules.Manager
 	notify  func(context.Context, []Alert)
 
+	// notifier and sendToAlertmanagers are nil without Options.Alertmanagers.
+	notifier            *notifier.Manager
+	notifierTransport   *http.Transport
+	sendToAlertmanagers rules.NotifyFunc
+	// writers send to Options.RemoteWrite; they run until the appends end,
+	// so they have their own goroutines and context.
+	writers      []*remoteWriter
+	writersWG    sync.WaitGroup
+	writerCancel context.CancelFunc
+
 	// ctx lives until Stop; it bounds rule evaluation and ad-hoc queries.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -120,6 +163,12 @@ type Monitor struct {
 	targetsMu     sync.Mutex
 	targetSets    chan map[string][]*targetgroup.Group
 	scrapeStopped bool
+	// What the agent job scrapes: the static targets (Options.Targets, then
+	// SetTargets) and the file_sd groups by source; and the server job.
+	staticGroups  []*targetgroup.Group
+	staticTargets []Target
+	fileGroups    map[string]*targetgroup.Group
+	selfGroup     *targetgroup.Group
 
 	// mu guards stopped; queries hold it shared so the TSDB is not closed
 	// under them.
@@ -151,7 +200,7 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 	if err := loader.validate(ruleFiles); err != nil {
 		return nil, err
 	}
-	scrapeCfg, err := scrapeConfig(opts.ScrapeInterval, opts.ScrapeTimeout, opts.EvaluationInterval, logger)
+	promCfg, err := promConfig(&opts, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +213,7 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 	if opts.Retention > 0 {
 		tsdbOpts.RetentionDuration = opts.Retention.Milliseconds()
 	}
+	tsdbOpts.MaxBytes = opts.RetentionSize
 	tsdbDir := filepath.Join(opts.DataDir, "tsdb")
 	db, err := tsdb.Open(tsdbDir, logger.With("component", "tsdb"), opts.Registerer, tsdbOpts, nil)
 	if err != nil {
@@ -178,6 +228,27 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		ctx:        runCtx,
 		cancel:     cancel,
 		targetSets: make(chan map[string][]*targetgroup.Group),
+		fileGroups: make(map[string]*targetgroup.Group),
+	}
+	if opts.SelfAddress != "" {
+		m.selfGroup = &targetgroup.Group{
+			Source:  "self",
+			Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(opts.SelfAddress)}},
+		}
+	}
+
+	// Scraping and rules append to the TSDB and, with remote write, queue
+	// what they committed to the endpoints too.
+	var appendable storage.AppendableV2 = db
+	if len(opts.RemoteWrite) > 0 {
+		metrics, err := newRemoteWriteMetrics(opts.Registerer)
+		if err != nil {
+			return nil, m.abort(err)
+		}
+		for _, rw := range opts.RemoteWrite {
+			m.writers = append(m.writers, newRemoteWriter(rw, metrics, logger.With("component", "remote write")))
+		}
+		appendable = &teeAppendable{primary: db, writers: m.writers}
 	}
 
 	evalInterval := opts.EvaluationInterval
@@ -201,12 +272,31 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		// DiscoveryReloadOnStartup, later ones within this interval.
 		DiscoveryReloadInterval:  model.Duration(100 * time.Millisecond),
 		DiscoveryReloadOnStartup: true,
-	}, logger.With("component", "scrape manager"), nil, nil, db, opts.Registerer)
+	}, logger.With("component", "scrape manager"), nil, nil, appendable, opts.Registerer)
 	if err != nil {
 		return nil, m.abort(fmt.Errorf("create scrape manager: %w", err))
 	}
-	if err := m.scraper.ApplyConfig(scrapeCfg); err != nil {
+	if err := m.scraper.ApplyConfig(promCfg); err != nil {
 		return nil, m.abort(fmt.Errorf("apply scrape config: %w", err))
+	}
+
+	// The files are read once here, so that Start returns with their
+	// targets scraped like the static ones.
+	var fsd *fileSD
+	if len(opts.FileSD) > 0 {
+		fsd = newFileSD(opts.FileSD, logger.With("component", "file_sd"))
+		m.fileGroups, _ = fsd.read()
+	}
+	var amTargets chan map[string][]*targetgroup.Group
+	if len(opts.Alertmanagers) > 0 {
+		m.notifierTransport = http.DefaultTransport.(*http.Transport).Clone()
+		m.notifier, amTargets, err = startNotifier(promCfg, opts.Alertmanagers, m.notifierTransport, logger.With("component", "notifier"), opts.Registerer)
+		if err != nil {
+			return nil, m.abort(err)
+		}
+		// Links in Alertmanager lead to the expression, relative to no UI:
+		// the server has none.
+		m.sendToAlertmanagers = rules.SendAlerts(m.notifier, "")
 	}
 
 	resendDelay := opts.ResendDelay
@@ -220,7 +310,7 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		QueryFunc:       rules.EngineQueryFunc(m.engine, db),
 		NotifyFunc:      m.sendAlerts,
 		Context:         runCtx,
-		AppendableV2:    db,
+		AppendableV2:    appendable,
 		Queryable:       db,
 		Logger:          logger.With("component", "rule manager"),
 		Registerer:      opts.Registerer,
@@ -234,6 +324,23 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		return nil, m.abort(fmt.Errorf("load rules: %w", err))
 	}
 
+	writerCtx, writerCancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.writerCancel = writerCancel
+	for _, w := range m.writers {
+		m.writersWG.Add(1)
+		go func() {
+			defer m.writersWG.Done()
+			w.run(writerCtx)
+		}()
+	}
+
+	if m.notifier != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.notifier.Run(amTargets)
+		}()
+	}
 	m.wg.Add(2)
 	go func() {
 		defer m.wg.Done()
@@ -246,13 +353,27 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		m.rules.Run()
 	}()
 
-	if len(opts.Targets) > 0 {
+	if fsd != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.runFileSD(fsd, opts.ScrapeInterval)
+		}()
+	}
+
+	if len(opts.Targets) > 0 || len(m.fileGroups) > 0 || m.selfGroup != nil {
 		if err := m.applyTargets(targetSet, opts.Targets); err != nil {
 			return nil, errors.Join(err, m.Stop())
 		}
 	}
-	logger.Info("monitoring started", "tsdb", tsdbDir, "targets", len(opts.Targets), "rule_files", len(ruleFiles),
-		"scrape_interval", opts.ScrapeInterval, "evaluation_interval", evalInterval)
+	if m.notifier != nil {
+		if err := m.awaitAlertmanagers(len(opts.Alertmanagers)); err != nil {
+			return nil, errors.Join(err, m.Stop())
+		}
+	}
+	logger.Info("monitoring started", "tsdb", tsdbDir, "targets", len(opts.Targets), "file_sd", opts.FileSD,
+		"self", opts.SelfAddress, "alertmanagers", opts.Alertmanagers, "remote_write", len(opts.RemoteWrite),
+		"rule_files", len(ruleFiles), "scrape_interval", opts.ScrapeInterval, "evaluation_interval", evalInterval)
 	return m, nil
 }
 
@@ -304,11 +425,20 @@ func (o *Options) withDefaults() error {
 	if o.ResendDelay < 0 || o.Retention < 0 {
 		return errors.New("monitoring options: resend delay and retention must not be negative")
 	}
-	return nil
+	if o.RetentionSize < 0 {
+		return fmt.Errorf("monitoring options: RetentionSize %d must not be negative", o.RetentionSize)
+	}
+	if o.SelfAddress != "" {
+		if _, port, err := net.SplitHostPort(o.SelfAddress); err != nil || port == "" {
+			return fmt.Errorf("monitoring options: SelfAddress %q is not host:port", o.SelfAddress)
+		}
+	}
+	return errors.Join(validateFileSD(o.FileSD), validateAlertmanagers(o.Alertmanagers), validateRemoteWrite(o.RemoteWrite))
 }
 
-// SetTargets replaces the scraped targets. It returns once the scrape
-// manager runs a scrape loop for every target and none for removed ones.
+// SetTargets replaces the static targets (Options.Targets); those of
+// Options.FileSD stay. It returns once the scrape manager runs a scrape loop
+// for every target and none for removed ones.
 func (m *Monitor) SetTargets(targets []Target) error {
 	groups, err := targetGroups(targets)
 	if err != nil {
@@ -317,18 +447,18 @@ func (m *Monitor) SetTargets(targets []Target) error {
 	return m.applyTargets(groups, targets)
 }
 
-func (m *Monitor) applyTargets(groups map[string][]*targetgroup.Group, targets []Target) error {
+func (m *Monitor) applyTargets(groups []*targetgroup.Group, targets []Target) error {
 	m.targetsMu.Lock()
 	defer m.targetsMu.Unlock()
 	if m.scrapeStopped {
 		return ErrStopped
 	}
-	select {
-	case m.targetSets <- groups:
-	case <-m.ctx.Done():
+	m.staticGroups, m.staticTargets = groups, targets
+	want := m.sendTargetsLocked()
+	if m.ctx.Err() != nil {
 		return ErrStopped
 	}
-	if err := m.awaitTargets(targets); err != nil {
+	if err := m.awaitTargets(want); err != nil {
 		return fmt.Errorf("apply scrape targets: %w", err)
 	}
 	return nil
@@ -438,8 +568,15 @@ func (m *Monitor) Alerts() []Alert {
 
 // sendAlerts is the rules manager's NotifyFunc. The manager calls it after
 // every evaluation of every alerting rule, mostly with nothing to send.
-func (m *Monitor) sendAlerts(ctx context.Context, _ string, alerts ...*rules.Alert) {
-	if len(alerts) == 0 || m.notify == nil {
+func (m *Monitor) sendAlerts(ctx context.Context, expr string, alerts ...*rules.Alert) {
+	if len(alerts) == 0 {
+		return
+	}
+	if m.sendToAlertmanagers != nil {
+		// Only queues them: the notifier sends from its own goroutines.
+		m.sendToAlertmanagers(ctx, expr, alerts...)
+	}
+	if m.notify == nil {
 		return
 	}
 	out := make([]Alert, len(alerts))
@@ -465,8 +602,36 @@ func convertAlert(a *rules.Alert) Alert {
 	}
 }
 
-// Stop stops rule evaluation and scraping, waits for them, and closes the
-// TSDB. It is idempotent: later calls return the first call's result.
+// flushRemoteWrite closes the remote-write queues and waits for them to be
+// sent, at most remoteFlushDeadline; then it abandons the rest.
+func (m *Monitor) flushRemoteWrite() {
+	if m.writerCancel == nil {
+		return
+	}
+	for _, w := range m.writers {
+		w.close()
+	}
+	done := make(chan struct{})
+	go func() {
+		m.writersWG.Wait()
+		close(done)
+	}()
+	deadline := time.NewTimer(remoteFlushDeadline)
+	defer deadline.Stop()
+	select {
+	case <-done:
+	case <-deadline.C:
+		m.logger.Warn("remote write: flush deadline reached, abandoning unsent samples", "deadline", remoteFlushDeadline)
+		m.writerCancel()
+		<-done
+	}
+	m.writerCancel()
+}
+
+// Stop stops rule evaluation, alert forwarding, file discovery and
+// scraping, waits for them, sends what the remote-write queues hold (at most
+// remoteFlushDeadline), and closes the TSDB. It is idempotent: later calls
+// return the first call's result.
 func (m *Monitor) Stop() error {
 	m.stopOnce.Do(func() { m.stopErr = m.stop() })
 	return m.stopErr
@@ -476,6 +641,9 @@ func (m *Monitor) stop() error {
 	// Rules first: they read what scraping writes, and their last
 	// evaluation must finish before the TSDB closes.
 	m.rules.Stop()
+	if m.notifier != nil {
+		m.notifier.Stop()
+	}
 
 	m.targetsMu.Lock()
 	m.scrapeStopped = true
@@ -488,6 +656,12 @@ func (m *Monitor) stop() error {
 	m.mu.Lock()
 	m.stopped = true
 	m.mu.Unlock()
+
+	if m.notifierTransport != nil {
+		m.notifierTransport.CloseIdleConnections()
+	}
+	// No appends are left: send what the queues hold, within a deadline.
+	m.flushRemoteWrite()
 
 	var errs []error
 	if err := m.engine.Close(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // waitLimit bounds every wait in these tests. It is a deadline for a
@@ -402,5 +403,130 @@ func TestStop(t *testing.T) {
 	}
 	if err := again.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
+	}
+}
+
+func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// counterValue returns the value of the metric name of reg whose labels
+// include remoteName as remote_name (any, if remoteName is empty).
+func counterValue(t *testing.T, reg *prometheus.Registry, name, remoteName string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			match := remoteName == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "remote_name" && l.GetValue() == remoteName {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("metric %s{remote_name=%q} is not registered", name, remoteName)
+	return 0
+}
+
+func TestSelfScrape(t *testing.T) {
+	// The server's own registry, as server.go serves it at /metrics.
+	serverReg := prometheus.NewRegistry()
+	actions := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "caretaker_remediation_actions_total", Help: "Remediation actions executed.",
+	})
+	serverReg.MustRegister(actions)
+	actions.Add(3)
+	served := make(chan struct{}, 1)
+	handler := promhttp.HandlerFor(serverReg, promhttp.HandlerOpts{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handler.ServeHTTP(w, r)
+		select {
+		case served <- struct{}{}:
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+
+	ag := newAgent(t, 1)
+	m := startMonitor(t, Options{
+		Targets:     []Target{{Host: "kvm-1", Address: ag.address()}},
+		SelfAddress: strings.TrimPrefix(srv.URL, "http://"),
+	})
+	// Two scrapes: the first one's samples are committed by the second.
+	for range 2 {
+		select {
+		case <-served:
+		case <-time.After(waitLimit):
+			t.Fatalf("the server's /metrics was not scraped within %s", waitLimit)
+		}
+	}
+	vec, err := m.Query(t.Context(), `caretaker_remediation_actions_total{job="caretaker-server"}`, time.Now())
+	if err != nil || len(vec) != 1 || vec[0].F != 3 {
+		t.Fatalf("query of the self-scraped counter = %v, %v; want one sample 3", vec, err)
+	}
+	if inst := vec[0].Metric.Get("instance"); inst != strings.TrimPrefix(srv.URL, "http://") {
+		t.Errorf("self-scraped instance = %q, want the SelfAddress", inst)
+	}
+	// Targets lists the agents only.
+	if ts := m.Targets(); len(ts) != 1 || ts[0].Host != "kvm-1" {
+		t.Errorf("Targets() = %+v, want the agent kvm-1 only", ts)
+	}
+}
+
+func TestRetentionSize(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	startMonitor(t, Options{RetentionSize: 64 << 20, Registerer: reg})
+	if got := counterValue(t, reg, "prometheus_tsdb_retention_limit_bytes", ""); got != 64<<20 {
+		t.Errorf("prometheus_tsdb_retention_limit_bytes = %v, want %d", got, 64<<20)
+	}
+}
+
+func TestNewOptionsRejected(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string // in the error: the option's name
+	}{
+		{"negative retention size", Options{RetentionSize: -1}, "RetentionSize"},
+		{"file_sd without extension", Options{FileSD: []string{"/etc/caretaker/targets/*"}}, "FileSD[0]"},
+		{"file_sd glob in a directory", Options{FileSD: []string{"/etc/*/targets.json"}}, "FileSD[0]"},
+		{"file_sd bad glob", Options{FileSD: []string{"/etc/caretaker/[.json"}}, "FileSD[0]"},
+		{"self address without port", Options{SelfAddress: "127.0.0.1"}, "SelfAddress"},
+		{"alertmanager without scheme", Options{Alertmanagers: []string{"127.0.0.1:9093"}}, "Alertmanagers[0]"},
+		{"alertmanager with credentials", Options{Alertmanagers: []string{"http://u:p@127.0.0.1:9093"}}, "Alertmanagers[0]"},
+		{"alertmanager twice", Options{Alertmanagers: []string{"http://a:9093", "http://a:9093"}}, "Alertmanagers[1]"},
+		{"remote write ftp", Options{RemoteWrite: []RemoteWriteConfig{{URL: "ftp://x/"}}}, "RemoteWrite[0].URL"},
+		{"remote write no host", Options{RemoteWrite: []RemoteWriteConfig{{URL: "http:///api/v1/write"}}}, "RemoteWrite[0].URL"},
+		{"remote write same name", Options{RemoteWrite: []RemoteWriteConfig{{URL: "http://a/w", Name: "x"}, {URL: "http://b/w", Name: "x"}}}, "RemoteWrite[1].Name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.DataDir = t.TempDir()
+			tc.opts.Logger = testLogger(t)
+			m, err := Start(t.Context(), tc.opts)
+			if err == nil {
+				_ = m.Stop()
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Start error %q does not name %s", err, tc.want)
+			}
+			if _, serr := os.Stat(filepath.Join(tc.opts.DataDir, "tsdb")); !errors.Is(serr, os.ErrNotExist) {
+				t.Errorf("Start created the TSDB before validating options (stat: %v)", serr)
+			}
+		})
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -12,12 +11,15 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
 // JobName is the `job` label of every series scraped from an agent.
 const JobName = "caretaker-agent"
+
+// ServerJobName is the `job` label of the series the server scrapes from
+// its own /metrics (Options.SelfAddress).
+const ServerJobName = "caretaker-server"
 
 // HostLabel is the label naming the host a series was scraped from.
 const HostLabel = "host"
@@ -26,35 +28,10 @@ const HostLabel = "host"
 // targets. It only guards against a bug: applying takes a reload interval.
 const targetApplyTimeout = time.Minute
 
-// scrapeConfig builds the configuration of the one scrape job. It goes
-// through config.Load because only a loaded Config hands out scrape configs
-// (GetScrapeConfigs refuses others), and loading is what fills in the
-// defaults v0.316.0 insists on: name validation and escaping schemes,
-// scrape protocols, histogram and compression settings. Prometheus 3 fails
-// a scrape whose Content-Type it does not know unless a fallback protocol is
-// set; the agents use promhttp, but a proxy in between may not keep it.
-func scrapeConfig(interval, timeout, evalInterval time.Duration, logger *slog.Logger) (*config.Config, error) {
-	yml := fmt.Sprintf(`global:
-  scrape_interval: %s
-  scrape_timeout: %s
-  evaluation_interval: %s
-scrape_configs:
-  - job_name: %s
-    metrics_path: /metrics
-    scheme: http
-    fallback_scrape_protocol: PrometheusText0.0.4
-`, model.Duration(interval), model.Duration(timeout), model.Duration(evalInterval), JobName)
-	cfg, err := config.Load(yml, logger)
-	if err != nil {
-		return nil, fmt.Errorf("build scrape config: %w", err)
-	}
-	return cfg, nil
-}
-
 // targetGroups turns targets into the scrape manager's input: one group per
 // target so each carries its own host label; `instance` defaults to the
 // address.
-func targetGroups(targets []Target) (map[string][]*targetgroup.Group, error) {
+func targetGroups(targets []Target) ([]*targetgroup.Group, error) {
 	groups := make([]*targetgroup.Group, 0, len(targets))
 	seen := make(map[string]string, len(targets))
 	var errs []error
@@ -81,7 +58,32 @@ func targetGroups(targets []Target) (map[string][]*targetgroup.Group, error) {
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("scrape targets: %w", errors.Join(errs...))
 	}
-	return map[string][]*targetgroup.Group{JobName: groups}, nil
+	return groups, nil
+}
+
+// sendTargetsLocked hands the scrape manager the merged target sets of both
+// jobs, the agent job being the static targets plus the file_sd ones, and
+// returns the agent targets it sent. targetsMu must be held. The manager
+// replaces all target sets at each update, so each update carries all.
+func (m *Monitor) sendTargetsLocked() []Target {
+	agentGroups := slices.Clone(m.staticGroups)
+	want := slices.Clone(m.staticTargets)
+	for _, src := range slices.Sorted(maps.Keys(m.fileGroups)) {
+		g := m.fileGroups[src]
+		agentGroups = append(agentGroups, g)
+		for _, t := range g.Targets {
+			want = append(want, Target{Host: string(t[HostLabel]), Address: string(t[model.AddressLabel])})
+		}
+	}
+	sets := map[string][]*targetgroup.Group{JobName: agentGroups}
+	if m.selfGroup != nil {
+		sets[ServerJobName] = []*targetgroup.Group{m.selfGroup}
+	}
+	select {
+	case m.targetSets <- sets:
+	case <-m.ctx.Done():
+	}
+	return want
 }
 
 // awaitTargets waits until the scrape manager has a scrape loop for exactly
@@ -97,8 +99,9 @@ func (m *Monitor) awaitTargets(targets []Target) error {
 	deadline := time.NewTimer(targetApplyTimeout)
 	defer deadline.Stop()
 	for {
+		// A job without targets may have no entry at all.
 		active, ok := m.scraper.TargetsActive()[JobName]
-		if ok {
+		if ok || len(want) == 0 {
 			got := make(map[[2]string]bool, len(active))
 			for _, t := range active {
 				got[[2]string{t.GetValue(HostLabel), t.GetValue(model.AddressLabel)}] = true
@@ -117,7 +120,8 @@ func (m *Monitor) awaitTargets(targets []Target) error {
 	}
 }
 
-// Targets returns the scraped targets with their health, sorted by host.
+// Targets returns the scraped agents, static and from file_sd, with their
+// health, sorted by host. The server's own target (SelfAddress) is not one.
 func (m *Monitor) Targets() []TargetStatus {
 	var out []TargetStatus
 	for _, t := range m.scraper.TargetsActive()[JobName] {

@@ -1,0 +1,75 @@
+package monitoring
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/url"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/config"
+)
+
+// promConfig builds the one Prometheus configuration the scrape manager and
+// the notifier apply. It goes through
+// config.Load because only a loaded Config hands out scrape configs
+// (GetScrapeConfigs refuses others), and loading is what fills in the
+// defaults v0.316.0 insists on: name validation and escaping schemes,
+// scrape protocols, histogram and compression settings. The document is
+// built as JSON (which is YAML) so that no URL or name from the options can
+// inject configuration.
+//
+// Prometheus 3 fails a scrape whose Content-Type it does not know unless a
+// fallback protocol is set; the agents use promhttp, but a proxy in between
+// may not keep it.
+func promConfig(opts *Options, logger *slog.Logger) (*config.Config, error) {
+	job := func(name string) map[string]any {
+		return map[string]any{
+			"job_name":                 name,
+			"metrics_path":             "/metrics",
+			"scheme":                   "http",
+			"fallback_scrape_protocol": "PrometheusText0.0.4",
+		}
+	}
+	scrapeConfigs := []any{job(JobName)}
+	if opts.SelfAddress != "" {
+		scrapeConfigs = append(scrapeConfigs, job(ServerJobName))
+	}
+	doc := map[string]any{
+		"global": map[string]any{
+			"scrape_interval":     model.Duration(opts.ScrapeInterval).String(),
+			"scrape_timeout":      model.Duration(opts.ScrapeTimeout).String(),
+			"evaluation_interval": model.Duration(opts.EvaluationInterval).String(),
+		},
+		"scrape_configs": scrapeConfigs,
+	}
+
+	// One Alertmanager config per URL, because scheme and path prefix are
+	// per config. Their targets are fed to the notifier by alertmanagerGroups,
+	// under the keys AlertmanagerConfigs.ToMap gives them ("config-<i>").
+	var ams []any
+	for _, raw := range opts.Alertmanagers {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("build alerting config: %w", err)
+		}
+		ams = append(ams, map[string]any{
+			"api_version": "v2",
+			"scheme":      u.Scheme,
+			"path_prefix": u.Path,
+		})
+	}
+	if len(ams) > 0 {
+		doc["alerting"] = map[string]any{"alertmanagers": ams}
+	}
+
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("build prometheus config: %w", err)
+	}
+	cfg, err := config.Load(string(b), logger)
+	if err != nil {
+		return nil, fmt.Errorf("build prometheus config: %w", err)
+	}
+	return cfg, nil
+}
