@@ -27,19 +27,18 @@ const maxHistoryLimit = 10000
 // NewHandler serves /api/v1/ for b. Every request must carry token as a
 // bearer token; an empty token refuses every request.
 func NewHandler(b Backend, token string, logger *slog.Logger) http.Handler {
-	h := &handler{backend: b, token: []byte(token), logger: logger}
+	h := &handler{backend: b, logger: logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/status", onlyGET(h.status))
 	mux.HandleFunc("/api/v1/history", onlyGET(h.history))
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return h.authenticate(mux)
+	return RequireToken(token, mux)
 }
 
 type handler struct {
 	backend Backend
-	token   []byte
 	logger  *slog.Logger
 }
 
@@ -56,9 +55,12 @@ func onlyGET(fn http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func (h *handler) authenticate(next http.Handler) http.Handler {
+// RequireToken serves next only to requests that carry token as a bearer
+// token; the others get 401 and reach nothing. An empty token refuses all.
+func RequireToken(token string, next http.Handler) http.Handler {
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !validBearer(r.Header.Get("Authorization"), h.token) {
+		if !validBearer(r.Header.Get("Authorization"), want) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
 			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
 			return

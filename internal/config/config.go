@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,12 +18,14 @@ import (
 // Server is the caretaker server's configuration file.
 type Server struct {
 	// DataDir holds the TSDB and the remediation journal.
-	DataDir     string      `yaml:"data_dir"`
-	API         API         `yaml:"api"`
-	Prometheus  Prometheus  `yaml:"prometheus"`
-	Remediation Remediation `yaml:"remediation"`
-	Agents      Agents      `yaml:"agents"`
-	Hosts       []Host      `yaml:"hosts"`
+	DataDir     string        `yaml:"data_dir"`
+	API         API           `yaml:"api"`
+	Prometheus  Prometheus    `yaml:"prometheus"`
+	Remediation Remediation   `yaml:"remediation"`
+	Alerting    Alerting      `yaml:"alerting"`
+	RemoteWrite []RemoteWrite `yaml:"remote_write"`
+	Agents      Agents        `yaml:"agents"`
+	Hosts       []Host        `yaml:"hosts"`
 
 	// dir is the directory of the file; relative paths resolve against it.
 	dir string
@@ -40,6 +43,25 @@ type Prometheus struct {
 	ScrapeTimeout      time.Duration `yaml:"scrape_timeout"`
 	EvaluationInterval time.Duration `yaml:"evaluation_interval"`
 	Retention          time.Duration `yaml:"retention"`
+	// RetentionSizeBytes also caps the TSDB's size; 0 means no cap.
+	RetentionSizeBytes int64 `yaml:"retention_size_bytes"`
+	// FileSD are globs of Prometheus file_sd files (JSON or YAML) listing
+	// more agents; the provisioner writes them. A target's `host` label
+	// names its host (default: the target's hostname).
+	FileSD []string `yaml:"file_sd"`
+}
+
+// Alerting forwards the firing alerts to external Alertmanagers, beside
+// the in-process remediation engine.
+type Alerting struct {
+	Alertmanagers []string `yaml:"alertmanagers"` // URLs, e.g. http://alertmanager:9093
+}
+
+// RemoteWrite sends every scraped sample to a remote-write receiver
+// (Prometheus, Thanos, Mimir).
+type RemoteWrite struct {
+	URL  string `yaml:"url"`
+	Name string `yaml:"name"`
 }
 
 // Remediation configures the remediation engine.
@@ -122,6 +144,24 @@ func (c *Server) Validate() error {
 	if p.Retention < 0 {
 		add("prometheus.retention", "must not be negative, got %s", p.Retention)
 	}
+	if p.RetentionSizeBytes < 0 {
+		add("prometheus.retention_size_bytes", "must not be negative, got %d", p.RetentionSizeBytes)
+	}
+	for i, g := range p.FileSD {
+		if _, err := filepath.Match(g, ""); err != nil || g == "" {
+			add(fmt.Sprintf("prometheus.file_sd[%d]", i), "%q is not a file glob", g)
+		}
+	}
+	for i, u := range c.Alerting.Alertmanagers {
+		if err := checkURL(u); err != nil {
+			add(fmt.Sprintf("alerting.alertmanagers[%d]", i), "%v", err)
+		}
+	}
+	for i, rw := range c.RemoteWrite {
+		if err := checkURL(rw.URL); err != nil {
+			add(fmt.Sprintf("remote_write[%d].url", i), "%v", err)
+		}
+	}
 	if c.API.TokenFile == "" {
 		add("api.token_file", "is required: the API refuses every request without a token")
 	}
@@ -152,6 +192,17 @@ func (c *Server) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func checkURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http(s) URL", s)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%q carries credentials; they do not belong in a URL", u.Redacted())
+	}
+	return nil
 }
 
 // Path resolves p against the configuration file's directory.

@@ -169,7 +169,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", o.ListenAddress, err)
 	}
-	srv, err := server.New(ctx, server.Options{Config: cfg, Logger: o.Logger.With("component", "server")})
+	srv, err := server.New(ctx, server.Options{Config: cfg, ListenAddress: l.Addr().String(), Logger: o.Logger.With("component", "server")})
 	if err != nil {
 		l.Close()
 		return err

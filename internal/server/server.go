@@ -22,6 +22,7 @@ import (
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
+	"caretaker/internal/promapi"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -111,6 +112,14 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		return nil, err
 	}
 
+	var remote []monitoring.RemoteWriteConfig
+	for _, rw := range cfg.RemoteWrite {
+		remote = append(remote, monitoring.RemoteWriteConfig{URL: rw.URL, Name: rw.Name})
+	}
+	fileSD := make([]string, 0, len(cfg.Prometheus.FileSD))
+	for _, g := range cfg.Prometheus.FileSD {
+		fileSD = append(fileSD, cfg.Path(g))
+	}
 	targets := make([]monitoring.Target, 0, len(cfg.Hosts))
 	for _, h := range cfg.Hosts {
 		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
@@ -121,6 +130,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		ScrapeTimeout:      cfg.Prometheus.ScrapeTimeout,
 		EvaluationInterval: cfg.Prometheus.EvaluationInterval,
 		Retention:          cfg.Prometheus.Retention,
+		RetentionSize:      cfg.Prometheus.RetentionSizeBytes,
+		FileSD:             fileSD,
+		SelfAddress:        selfAddress(o),
+		Alertmanagers:      cfg.Alerting.Alertmanagers,
+		RemoteWrite:        remote,
 		Targets:            targets,
 		Rules:              rules,
 		Notify:             s.notify,
@@ -135,6 +149,20 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", api.NewHandler(&status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts}, apiToken, logger))
+	// Prometheus' own query API beside caretaker's, for Grafana and runbook.
+	prom, err := promapi.New(promapi.Options{
+		Queryable: s.monitor.Queryable(),
+		Engine:    s.monitor.Engine(),
+		Rules:     s.monitor.RulesManager(),
+		Logger:    logger.With("component", "query API"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	promHandler := api.RequireToken(apiToken, s.monitor.Guard(prom.Handler()))
+	for _, p := range prom.Paths() {
+		mux.Handle(p, promHandler)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
@@ -142,6 +170,23 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	})
 	s.handler = mux
 	return s, nil
+}
+
+// selfAddress is where the embedded Prometheus scrapes the server's own
+// /metrics: the listen address, on loopback when it listens on all
+// addresses. Over TLS (a web config) the self-scrape is left out.
+func selfAddress(o Options) string {
+	if o.ListenAddress == "" || o.WebConfigFile != "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(o.ListenAddress)
+	if err != nil || port == "0" {
+		return ""
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func policySource(cfg *config.Server) string {
