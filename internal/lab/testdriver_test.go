@@ -2,9 +2,13 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +44,7 @@ func TestLabTestDriver(t *testing.T) {
 	go func() { done <- Run(ctx, o) }()
 
 	var status api.Status
+	var lastURL, lastToken string
 	await(t, done, time.Minute, "6 running guests on 2 hosts", func() bool {
 		b, err := os.ReadFile(rbConfig)
 		if err != nil || !strings.HasPrefix(string(b), runbookMarker) {
@@ -54,6 +59,7 @@ func TestLabTestDriver(t *testing.T) {
 				token = v
 			}
 		}
+		lastURL, lastToken = url, token
 		s, err := api.NewClient(url, token, nil).Status(context.Background())
 		if err != nil {
 			return false
@@ -72,6 +78,37 @@ func TestLabTestDriver(t *testing.T) {
 			t.Errorf("host %+v: want libvirt up and 3 guests", h)
 		}
 	}
+	// The server also answers Prometheus' query API (Grafana, runbook
+	// alerts and explain), behind the same token, and scrapes itself.
+	c := api.NewClient(lastURL, lastToken, nil)
+	groups, err := c.Rules(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, g := range groups {
+		for _, r := range g.Rules {
+			rules = append(rules, r.Name)
+		}
+	}
+	if !slices.Contains(rules, "GuestCrashed") || !slices.Contains(rules, "HostAgentDown") {
+		t.Errorf("rules = %v, want the embedded alert rules", rules)
+	}
+	if _, err := c.Alerts(context.Background()); err != nil {
+		t.Errorf("alerts: %v", err)
+	}
+	await(t, done, time.Minute, "the server's self-scrape", func() bool {
+		return queryValue(t, lastURL, lastToken, `up{job="caretaker-server"}`) == "1"
+	})
+	resp, err := http.Get(lastURL + "/api/v1/query?query=up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("query without token: %d, want 401", resp.StatusCode)
+	}
+
 	if !strings.Contains(out.String(), "test driver") {
 		t.Errorf("the lab did not say it uses the test driver:\n%s", out.String())
 	}
@@ -83,4 +120,29 @@ func TestLabTestDriver(t *testing.T) {
 	if b, err := os.ReadFile(rbConfig); err != nil || string(b) != before {
 		t.Errorf("runbook config after the lab: %q, %v; want the original back", b, err)
 	}
+}
+
+// queryValue runs an instant query through the server's Prometheus API and
+// returns the first sample's value, or "" when there is none.
+func queryValue(t *testing.T, base, token, expr string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/query?query="+url.QueryEscape(expr), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Data struct {
+			Result []struct {
+				Value [2]any `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&r) != nil || len(r.Data.Result) == 0 {
+		return ""
+	}
+	v, _ := r.Data.Result[0].Value[1].(string)
+	return v
 }
