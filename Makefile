@@ -30,7 +30,9 @@ rules-test:
 	$(PROMTOOL) test rules alerts/tests/*.test.yml
 
 test: lint rules-test
-	$(GO) test -count=1 -timeout 15m ./...
+	# -p 1: the tests that start real QEMU guests (kvm, dashboards, lab) share one
+	# libvirtd and two cores; run one package at a time so none starves.
+	$(GO) test -count=1 -p 1 -timeout 15m ./...
 
 # Speed figures reported in README.md. HEAL_KILLS guests are killed one
 # after another in a real lab; the test logs each kill-to-running time and

@@ -2,7 +2,6 @@ package kvm
 
 import (
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -325,7 +324,7 @@ func (w *eventWatcher) await(t *testing.T, prefix string) {
 func scrape(t *testing.T, c *Collector) map[string]float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(collectors.NewSet(slog.New(slog.DiscardHandler), time.Minute, map[string]collectors.Collector{"kvm": c}))
+	reg.MustRegister(collectors.NewSet(testLogger(t), time.Minute, map[string]collectors.Collector{"kvm": c}))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)

@@ -108,7 +108,9 @@ func TestQEMUGuest(t *testing.T) {
 	conn := libvirtconn.New(qemuURI, logger)
 	t.Cleanup(func() { conn.Close() })
 	// Other guests (another engineer's lab-*) may run beside this one.
-	c := New(conn, logger, WithDomainFilter(regexp.MustCompile("^"+regexp.QuoteMeta(name)+"$")))
+	// A long libvirt timeout: on a loaded CI machine a scrape of a guest
+	// that just started may take seconds, and this test is not about speed.
+	c := New(conn, logger, WithDomainFilter(regexp.MustCompile("^"+regexp.QuoteMeta(name)+"$")), WithLibvirtTimeout(time.Minute))
 	w := watchEvents(t, conn, name)
 
 	if err := dom.Create(); err != nil {
