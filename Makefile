@@ -39,7 +39,7 @@ test: lint rules-test
 # the median.
 HEAL_KILLS ?= 7
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem ./...
 	$(GO) test -count=1 -run 'TestLabHeals' -v ./internal/lab -kills $(HEAL_KILLS) | grep -E 'heal|median|PASS|FAIL|ok'
 
 clean:
