@@ -61,16 +61,16 @@ anchored); a bare word matches the alert's name.`,
 	}
 }
 
-// matcherRE splits label<op>value; the value may be double-quoted.
-var matcherRE = regexp.MustCompile(`^([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(.*)$`)
-
 // parseMatchers reads amtool-style matchers.
 func parseMatchers(args []string) ([]*labels.Matcher, error) {
+	// label<op>value; the value may be double-quoted.
+	matcherRE := regexp.MustCompile(`^([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(.*)$`)
+	alertName := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
 	var ms []*labels.Matcher
 	for _, arg := range args {
 		m := matcherRE.FindStringSubmatch(arg)
 		if m == nil {
-			if !regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`).MatchString(arg) {
+			if !alertName.MatchString(arg) {
 				return nil, fmt.Errorf("matcher %q: want label=value, label!=value, label=~regex, label!~regex or an alert name", arg)
 			}
 			m = []string{arg, "alertname", "=", arg}

@@ -119,28 +119,30 @@ func (s *status) Status(ctx context.Context) (api.Status, error) {
 	return out, nil
 }
 
-// stateNames are libvirt's virDomainState values.
-var stateNames = []string{"no state", "running", "blocked", "paused", "shutting down", "shut off", "crashed", "suspended"}
-
-// StateName names a libvirt domain state code.
+// StateName names a libvirt domain state code (virDomainState).
 func StateName(code int) string {
+	stateNames := [...]string{"no state", "running", "blocked", "paused", "shutting down", "shut off", "crashed", "suspended"}
 	if code >= 0 && code < len(stateNames) {
 		return stateNames[code]
 	}
 	return fmt.Sprintf("state %d", code)
 }
 
-// reasonNames are libvirt's reason codes for the states operators meet most.
-var reasonNames = map[int][]string{
-	1: {"unknown", "booted", "migrated", "restored", "from snapshot", "unpaused", "migration canceled", "save canceled", "wakeup", "crashed", "post-copy"},
-	3: {"unknown", "user", "migration", "save", "dump", "I/O error", "watchdog", "from snapshot", "shutting down", "snapshot", "crashed", "starting up", "post-copy", "post-copy failed"},
-	5: {"unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot", "daemon"},
-	6: {"unknown", "panicked"},
-}
-
-// ReasonName names the reason code of a libvirt domain state.
+// ReasonName names the reason code of a libvirt domain state, for the
+// states operators meet most (running, paused, shut off, crashed).
 func ReasonName(state, reason int) string {
-	if names, ok := reasonNames[state]; ok && reason >= 0 && reason < len(names) {
+	var names []string
+	switch state {
+	case 1:
+		names = []string{"unknown", "booted", "migrated", "restored", "from snapshot", "unpaused", "migration canceled", "save canceled", "wakeup", "crashed", "post-copy"}
+	case 3:
+		names = []string{"unknown", "user", "migration", "save", "dump", "I/O error", "watchdog", "from snapshot", "shutting down", "snapshot", "crashed", "starting up", "post-copy", "post-copy failed"}
+	case 5:
+		names = []string{"unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot", "daemon"}
+	case 6:
+		names = []string{"unknown", "panicked"}
+	}
+	if reason >= 0 && reason < len(names) {
 		return names[reason]
 	}
 	return fmt.Sprintf("reason %d", reason)
