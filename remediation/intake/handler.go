@@ -1,0 +1,171 @@
+package intake
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+
+	"caretaker/remediation"
+)
+
+// Path is where the server serves the webhook.
+const Path = "/api/v1/alertmanager"
+
+// Options configure Handler. Inbox is required.
+type Options struct {
+	Inbox *Inbox
+	// Token is the bearer token Alertmanager sends (http_config
+	// authorization credentials). Empty accepts no token.
+	Token string
+	// ClientCerts accepts requests with a client certificate verified by
+	// the TLS server in place of the token.
+	ClientCerts bool
+	// AllowedCommonNames, when not empty, limits accepted client
+	// certificates to these subject common names.
+	AllowedCommonNames []string
+	// BodyLimit caps a body; 0 is DefaultBodyLimit.
+	BodyLimit int64
+	// OnAlerts hands recorded alerts to the engine (Engine.Handle); the
+	// entries are acked when it returns. Nil leaves them pending for
+	// Inbox.Replay.
+	OnAlerts func(context.Context, []remediation.Alert)
+	Logger   *slog.Logger // nil discards
+	Metrics  *Metrics     // nil counts nothing
+}
+
+// Response is the body of a successful delivery.
+type Response struct {
+	Status string `json:"status"`
+	// Recorded counts the alerts new to the inbox; re-deliveries count 0.
+	Recorded int `json:"recorded"`
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+type handler struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// Handler serves Alertmanager webhook deliveries (POST Path). It answers
+// 2xx only once the alerts are on disk, 5xx when they could not be
+// recorded (Alertmanager retries) and 4xx for deliveries a retry cannot
+// fix. A request that fails authentication gets 401 and records nothing.
+func Handler(opts Options) http.Handler {
+	if opts.Inbox == nil {
+		panic("intake.Handler: no inbox") // wiring error, like http.Handle(nil)
+	}
+	h := &handler{opts: opts, log: opts.Logger}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.opts.BodyLimit <= 0 {
+		h.opts.BodyLimit = DefaultBodyLimit
+	}
+	return h
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.authenticated(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
+		h.opts.Metrics.delivered(http.StatusUnauthorized)
+		writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or invalid bearer token or client certificate"})
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		h.opts.Metrics.delivered(http.StatusMethodNotAllowed)
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: r.Method + " is not allowed on " + r.URL.Path})
+		return
+	}
+	if r.ContentLength > h.opts.BodyLimit {
+		// Refused before reading a byte of it.
+		h.opts.Metrics.delivered(http.StatusRequestEntityTooLarge)
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: tooLarge(h.opts.BodyLimit).Error()})
+		return
+	}
+	msg, err := Decode(r.Body, h.opts.BodyLimit)
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		h.opts.Metrics.delivered(http.StatusRequestEntityTooLarge)
+		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: err.Error()})
+		return
+	case err != nil:
+		h.log.Warn("alertmanager webhook refused", "remote", r.RemoteAddr, "err", err)
+		h.opts.Metrics.delivered(http.StatusBadRequest)
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+		return
+	}
+	if msg.TruncatedAlerts > 0 {
+		// Alertmanager's max_alerts dropped some; they are not recoverable
+		// from here, so say so where an operator looks.
+		h.log.Warn("alertmanager webhook truncated alerts; raise the receiver's max_alerts",
+			"receiver", msg.Receiver, "group_key", msg.GroupKey, "truncated", msg.TruncatedAlerts)
+	}
+	rc, err := h.opts.Inbox.Record(msg.RemediationAlerts())
+	if err != nil {
+		h.log.Error("alertmanager webhook not recorded; Alertmanager will retry", "err", err)
+		h.opts.Metrics.delivered(http.StatusInternalServerError)
+		writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+		return
+	}
+	h.opts.Metrics.recorded(rc, msg.TruncatedAlerts)
+	h.log.Debug("alertmanager webhook recorded", "receiver", msg.Receiver, "group_key", msg.GroupKey,
+		"alerts", len(msg.Alerts), "recorded", len(rc.Recorded), "duplicates", rc.Duplicates, "cancelled", rc.Cancelled)
+	if h.opts.OnAlerts != nil {
+		if len(rc.Current) > 0 {
+			h.opts.OnAlerts(r.Context(), rc.Current)
+		}
+		if err := h.opts.Inbox.Ack(rc.IDs()...); err != nil {
+			// Recorded and handled; the entries are handled again at the
+			// next start, which the engine makes harmless. Not worth a retry.
+			h.log.Error("alertmanager webhook: cannot ack handled alerts", "err", err)
+		}
+	}
+	h.opts.Metrics.delivered(http.StatusOK)
+	writeJSON(w, http.StatusOK, Response{Status: "success", Recorded: len(rc.Recorded)})
+}
+
+func (h *handler) authenticated(r *http.Request) bool {
+	if validBearer(r.Header.Get("Authorization"), h.opts.Token) {
+		return true
+	}
+	if !h.opts.ClientCerts || r.TLS == nil {
+		return false
+	}
+	for _, chain := range r.TLS.VerifiedChains {
+		if len(chain) > 0 && h.allowed(chain[0]) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *handler) allowed(cert *x509.Certificate) bool {
+	return len(h.opts.AllowedCommonNames) == 0 || slices.Contains(h.opts.AllowedCommonNames, cert.Subject.CommonName)
+}
+
+// validBearer compares in constant time so the token cannot be guessed
+// byte by byte from response times. The scheme is case-insensitive
+// (RFC 9110).
+func validBearer(header, token string) bool {
+	scheme, got, ok := strings.Cut(header, " ")
+	if !ok || token == "" || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}

@@ -1,0 +1,366 @@
+package intake
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"caretaker/remediation"
+)
+
+// lockTimeout bounds the wait for the file lock, so a second server on the
+// same data directory fails at once instead of hanging.
+const lockTimeout = 2 * time.Second
+
+var (
+	// pendingBucket holds the entries the engine has not consumed, by ID.
+	pendingBucket = []byte("intake_pending")
+	// seenBucket holds one key per alert instance and status ever
+	// recorded, so re-deliveries are recognised after their entry is acked.
+	seenBucket = []byte("intake_seen")
+)
+
+// Entry is one recorded alert awaiting the engine.
+type Entry struct {
+	ID       uint64
+	Received time.Time
+	Alert    remediation.Alert
+}
+
+// storedEntry is an Entry on disk, with names of its own so the file does
+// not change when remediation.Alert does.
+type storedEntry struct {
+	ID          uint64            `json:"id"`
+	Received    time.Time         `json:"received"`
+	Name        string            `json:"name"`
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Status      string            `json:"status"`
+	StartsAt    time.Time         `json:"starts_at"`
+	EndsAt      time.Time         `json:"ends_at,omitzero"`
+	Fingerprint string            `json:"fingerprint"`
+}
+
+func encodeEntry(e Entry) ([]byte, error) {
+	a := e.Alert
+	v, err := json.Marshal(storedEntry{
+		ID: e.ID, Received: e.Received, Name: a.Name, Labels: a.Labels, Annotations: a.Annotations,
+		Status: a.Status, StartsAt: a.StartsAt, EndsAt: a.EndsAt, Fingerprint: a.Fingerprint,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode entry %d: %w", e.ID, err)
+	}
+	return v, nil
+}
+
+func decodeEntry(k, v []byte) (Entry, error) {
+	var s storedEntry
+	if err := json.Unmarshal(v, &s); err != nil {
+		return Entry{}, fmt.Errorf("decode entry %x: %w", k, err)
+	}
+	return Entry{ID: s.ID, Received: s.Received, Alert: remediation.Alert{
+		Name: s.Name, Labels: s.Labels, Annotations: s.Annotations, Status: s.Status,
+		StartsAt: s.StartsAt, EndsAt: s.EndsAt, Fingerprint: s.Fingerprint,
+	}}, nil
+}
+
+// Receipt says what Record did with a batch of alerts.
+type Receipt struct {
+	// Recorded are the new entries, pending until acked.
+	Recorded []Entry
+	// Duplicates counts alerts already recorded (by fingerprint, start time
+	// and status), from an earlier delivery or another Alertmanager.
+	Duplicates int
+	// Cancelled counts pending firing entries withdrawn because their
+	// resolution arrived before the engine consumed them.
+	Cancelled int
+	// Current is what the engine should see of the batch: every distinct
+	// alert, except firing ones already known to be resolved. Re-sent
+	// firing alerts are included because the engine retries failed
+	// actions when an alert is re-sent; it acts once per alert instance.
+	Current []remediation.Alert
+}
+
+// IDs returns the IDs of the recorded entries, for Ack.
+func (r Receipt) IDs() []uint64 {
+	ids := make([]uint64, len(r.Recorded))
+	for i, e := range r.Recorded {
+		ids[i] = e.ID
+	}
+	return ids
+}
+
+// Inbox is the durable record of the alerts delivered to the server. It is
+// safe for concurrent use.
+type Inbox struct {
+	db    *bolt.DB
+	owned bool // Close closes db
+	now   func() time.Time
+}
+
+// Open opens (creating if needed) an inbox in its own bbolt file at path.
+func Open(path string) (*Inbox, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open intake inbox %s: %w: the file is locked, is another caretaker server using it?", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open intake inbox %s: %w", path, err)
+	}
+	in, err := New(db)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	in.owned = true
+	return in, nil
+}
+
+// New keeps an inbox in buckets of db, which the caller opened and closes.
+func New(db *bolt.DB) (*Inbox, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{pendingBucket, seenBucket} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("initialise intake inbox %s: %w", db.Path(), err)
+	}
+	return &Inbox{db: db, now: time.Now}, nil
+}
+
+// Close closes the file if Open opened it.
+func (in *Inbox) Close() error {
+	if !in.owned {
+		return nil
+	}
+	if err := in.db.Close(); err != nil {
+		return fmt.Errorf("close intake inbox %s: %w", in.db.Path(), err)
+	}
+	return nil
+}
+
+// Record stores the alerts that are new, in one transaction, and returns
+// only once they are on disk. A resolved alert withdraws the pending entry
+// of the same firing instance.
+func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
+	var rc Receipt
+	now := in.now().UTC()
+	err := in.db.Update(func(tx *bolt.Tx) error {
+		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
+		for _, a := range alerts {
+			a = normalize(a)
+			key := seenKey(a.Fingerprint, a.StartsAt, a.Status)
+			if v := seen.Get(key); v != nil {
+				rc.Duplicates++
+				// Refreshed so Prune keeps what is still being delivered.
+				if err := seen.Put(key, seenValue(seenID(v), now)); err != nil {
+					return err
+				}
+				if a.Status == remediation.StatusResolved || !resolved(seen, a) {
+					rc.Current = appendOnce(rc.Current, a)
+				}
+				continue
+			}
+			if a.Status == remediation.StatusFiring && resolved(seen, a) {
+				// A late copy from another Alertmanager: the incident is over.
+				rc.Duplicates++
+				continue
+			}
+			if a.Status == remediation.StatusResolved {
+				if v := seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusFiring)); v != nil {
+					id := idKey(seenID(v))
+					if pending.Get(id) != nil {
+						if err := pending.Delete(id); err != nil {
+							return err
+						}
+						rc.Cancelled++
+					}
+				}
+			}
+			id, err := pending.NextSequence()
+			if err != nil {
+				return err
+			}
+			e := Entry{ID: id, Received: now, Alert: a}
+			v, err := encodeEntry(e)
+			if err != nil {
+				return err
+			}
+			if err := pending.Put(idKey(id), v); err != nil {
+				return err
+			}
+			if err := seen.Put(key, seenValue(id, now)); err != nil {
+				return err
+			}
+			rc.Recorded = append(rc.Recorded, e)
+			rc.Current = append(rc.Current, a)
+		}
+		return nil
+	})
+	if err != nil {
+		return Receipt{}, fmt.Errorf("record %d alerts in the intake inbox: %w", len(alerts), err)
+	}
+	return rc, nil
+}
+
+// appendOnce drops a second copy of an alert within one batch.
+func appendOnce(as []remediation.Alert, a remediation.Alert) []remediation.Alert {
+	for _, b := range as {
+		if b.Fingerprint == a.Fingerprint && b.StartsAt.Equal(a.StartsAt) && b.Status == a.Status {
+			return as
+		}
+	}
+	return append(as, a)
+}
+
+func resolved(seen *bolt.Bucket, a remediation.Alert) bool {
+	return seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusResolved)) != nil
+}
+
+// Pending returns the entries not yet acked, oldest first.
+func (in *Inbox) Pending() ([]Entry, error) {
+	var es []Entry
+	err := in.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(pendingBucket).ForEach(func(k, v []byte) error {
+			e, err := decodeEntry(k, v)
+			if err != nil {
+				return err
+			}
+			es = append(es, e)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the intake inbox: %w", err)
+	}
+	return es, nil
+}
+
+// Ack removes the entries the engine has consumed. Unknown IDs (already
+// acked, or cancelled by a resolution) are ignored.
+func (in *Inbox) Ack(ids ...uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := in.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(pendingBucket)
+		for _, id := range ids {
+			if err := b.Delete(idKey(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ack %d intake inbox entries: %w", len(ids), err)
+	}
+	return nil
+}
+
+// Replay hands the pending entries to handle (Engine.Handle) and acks them
+// once it returns. The server calls it at start, before serving the
+// webhook, for what a crash left between recording and handling.
+func (in *Inbox) Replay(ctx context.Context, handle func(context.Context, []remediation.Alert)) (int, error) {
+	es, err := in.Pending()
+	if err != nil {
+		return 0, fmt.Errorf("replay: %w", err)
+	}
+	if len(es) == 0 {
+		return 0, nil
+	}
+	alerts := make([]remediation.Alert, len(es))
+	ids := make([]uint64, len(es))
+	for i, e := range es {
+		alerts[i], ids[i] = e.Alert, e.ID
+	}
+	handle(ctx, alerts)
+	if err := in.Ack(ids...); err != nil {
+		return 0, fmt.Errorf("replay: %w", err)
+	}
+	return len(es), nil
+}
+
+// Prune forgets the alert instances not delivered since before, so the
+// record of what was seen does not grow forever. Pending entries are kept.
+// A firing alert re-sent after its key was pruned is recorded again; the
+// engine, which remembers instances in its journal, still acts only once.
+func (in *Inbox) Prune(before time.Time) (int, error) {
+	n := 0
+	err := in.db.Update(func(tx *bolt.Tx) error {
+		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
+		var stale [][]byte
+		err := seen.ForEach(func(k, v []byte) error {
+			if seenAt(v).Before(before) && pending.Get(idKey(seenID(v))) == nil {
+				stale = append(stale, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Deleted after the walk: bbolt forbids changing a bucket while
+		// iterating over it.
+		for _, k := range stale {
+			if err := seen.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(stale)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune the intake inbox: %w", err)
+	}
+	return n, nil
+}
+
+// normalize gives an alert its name and fingerprint as the engine would,
+// so the inbox keys on what the engine keys on.
+func normalize(a remediation.Alert) remediation.Alert {
+	if a.Name == "" {
+		a.Name = a.Labels["alertname"]
+	}
+	if a.Fingerprint == "" {
+		a.Fingerprint = fingerprint(a.Labels)
+	}
+	return a
+}
+
+func idKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64(nil, id) // big-endian sorts by ID
+}
+
+// seenKey names an alert instance and status. Start times are kept in UTC
+// so deliveries from Alertmanagers in different zones compare equal.
+func seenKey(fp string, startsAt time.Time, status string) []byte {
+	return []byte(fp + " " + startsAt.UTC().Format(time.RFC3339Nano) + " " + status)
+}
+
+func seenValue(id uint64, at time.Time) []byte {
+	v := binary.BigEndian.AppendUint64(nil, id)
+	return binary.BigEndian.AppendUint64(v, uint64(at.UnixNano()))
+}
+
+func seenID(v []byte) uint64 {
+	if len(v) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func seenAt(v []byte) time.Time {
+	if len(v) < 16 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v[8:])))
+}

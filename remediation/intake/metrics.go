@@ -1,0 +1,85 @@
+package intake
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics count the webhook's deliveries and what became of their alerts.
+// One value serves every Handler of a server.
+type Metrics struct {
+	deliveries *prometheus.CounterVec
+	alerts     *prometheus.CounterVec
+	cancelled  prometheus.Counter
+	truncated  prometheus.Counter
+}
+
+// Results of an alert, as the result label of the alerts counter.
+const (
+	resultRecorded  = "recorded"
+	resultDuplicate = "duplicate"
+)
+
+// NewMetrics registers the intake metrics with reg (nil registers nothing).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caretaker_remediation_intake_deliveries_total",
+			Help: "Alertmanager webhook deliveries by HTTP status code answered.",
+		}, []string{"code"}),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caretaker_remediation_intake_alerts_total",
+			Help: "Alerts in accepted deliveries by result: recorded (new) or duplicate (delivered before).",
+		}, []string{"result"}),
+		cancelled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_remediation_intake_cancelled_total",
+			Help: "Firing alerts withdrawn from the inbox because their resolution arrived before the engine consumed them.",
+		}),
+		truncated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_remediation_intake_truncated_alerts_total",
+			Help: "Alerts Alertmanager left out of deliveries because of the receiver's max_alerts.",
+		}),
+	}
+	// Every series exists from the start, so rate() works before the first
+	// refusal and a dashboard shows 0, not "no data".
+	for _, code := range []int{http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized,
+		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusInternalServerError} {
+		m.deliveries.WithLabelValues(strconv.Itoa(code))
+	}
+	m.alerts.WithLabelValues(resultRecorded)
+	m.alerts.WithLabelValues(resultDuplicate)
+	if reg == nil {
+		return m, nil
+	}
+	cs := []prometheus.Collector{m.deliveries, m.alerts, m.cancelled, m.truncated}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			// All or nothing, so a retry does not trip over half of an
+			// earlier attempt.
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("register intake metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) delivered(code int) {
+	if m != nil {
+		m.deliveries.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
+}
+
+func (m *Metrics) recorded(rc Receipt, truncated uint64) {
+	if m == nil {
+		return
+	}
+	m.alerts.WithLabelValues(resultRecorded).Add(float64(len(rc.Recorded)))
+	m.alerts.WithLabelValues(resultDuplicate).Add(float64(rc.Duplicates))
+	m.cancelled.Add(float64(rc.Cancelled))
+	m.truncated.Add(float64(truncated))
+}
