@@ -70,6 +70,17 @@ type Remediation struct {
 	PolicyFile    string        `yaml:"policy_file"`
 	DryRun        bool          `yaml:"dry_run"`
 	ActionTimeout time.Duration `yaml:"action_timeout"`
+	// Webhook is the Alertmanager webhook intake, POST /api/v1/alertmanager.
+	Webhook Webhook `yaml:"webhook"`
+}
+
+// Webhook configures the Alertmanager webhook intake.
+type Webhook struct {
+	// TokenFile holds the bearer token Alertmanager sends (its
+	// http_config.authorization.credentials_file); empty uses the API token.
+	TokenFile string `yaml:"token_file"`
+	// BodyLimitBytes caps a delivery (413 beyond it); default 4 MiB.
+	BodyLimitBytes int64 `yaml:"body_limit_bytes"`
 }
 
 // Agents configures how the server talks to the agents.
@@ -161,6 +172,9 @@ func (c *Server) Validate() error {
 		if err := checkURL(rw.URL); err != nil {
 			add(fmt.Sprintf("remote_write[%d].url", i), "%v", err)
 		}
+	}
+	if c.Remediation.Webhook.BodyLimitBytes < 0 {
+		add("remediation.webhook.body_limit_bytes", "must not be negative, got %d", c.Remediation.Webhook.BodyLimitBytes)
 	}
 	if c.API.TokenFile == "" {
 		add("api.token_file", "is required: the API refuses every request without a token")

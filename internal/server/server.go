@@ -24,6 +24,7 @@ import (
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
 	"caretaker/remediation"
+	"caretaker/remediation/intake"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
 )
@@ -43,6 +44,7 @@ type Server struct {
 	logger  *slog.Logger
 	reg     *prometheus.Registry
 	journal *journal.Journal
+	inbox   *intake.Inbox
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
 	handler http.Handler
@@ -62,6 +64,12 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if cfg.Agents.TokenFile != "" {
 		if agentToken, err = config.ReadSecret(cfg.Path(cfg.Agents.TokenFile)); err != nil {
 			return nil, fmt.Errorf("agents.token_file: %w", err)
+		}
+	}
+	webhookToken := apiToken
+	if f := cfg.Remediation.Webhook.TokenFile; f != "" {
+		if webhookToken, err = config.ReadSecret(cfg.Path(f)); err != nil {
+			return nil, fmt.Errorf("remediation.webhook.token_file: %w", err)
 		}
 	}
 	pol := policy.Default()
@@ -120,6 +128,21 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	for _, g := range cfg.Prometheus.FileSD {
 		fileSD = append(fileSD, cfg.Path(g))
 	}
+	// Alertmanager deliveries are on disk before they are answered; what a
+	// crash left unhandled is handed to the engine again now.
+	if s.inbox, err = intake.Open(filepath.Join(dataDir, "inbox.db")); err != nil {
+		return nil, err
+	}
+	if n, err := s.inbox.Replay(ctx, s.engine.Handle); err != nil {
+		return nil, fmt.Errorf("replay the webhook inbox: %w", err)
+	} else if n > 0 {
+		logger.Info("replayed webhook deliveries recorded before a restart", "alerts", n)
+	}
+	intakeMetrics, err := intake.NewMetrics(s.reg)
+	if err != nil {
+		return nil, err
+	}
+
 	targets := make([]monitoring.Target, 0, len(cfg.Hosts))
 	for _, h := range cfg.Hosts {
 		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
@@ -159,6 +182,16 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The webhook authenticates itself: a bearer token or a client certificate.
+	mux.Handle(intake.Path, intake.Handler(intake.Options{
+		Inbox:       s.inbox,
+		Token:       webhookToken,
+		ClientCerts: o.WebConfigFile != "",
+		BodyLimit:   cfg.Remediation.Webhook.BodyLimitBytes,
+		OnAlerts:    s.engine.Handle,
+		Logger:      logger.With("component", "webhook"),
+		Metrics:     intakeMetrics,
+	}))
 	promHandler := api.RequireToken(apiToken, s.monitor.Guard(prom.Handler()))
 	for _, p := range prom.Paths() {
 		mux.Handle(p, promHandler)
@@ -269,6 +302,9 @@ func (s *Server) Close() error {
 	}
 	if s.engine != nil {
 		s.engine.Close()
+	}
+	if s.inbox != nil {
+		errs = append(errs, s.inbox.Close())
 	}
 	if s.journal != nil {
 		errs = append(errs, s.journal.Close())

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,4 +59,61 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The Alertmanager webhook is served beside the API: 401 without the token
+// and nothing recorded, 200 with it, and one alert delivered three times
+// leads to one decision in the journal (a failed one: the host is not
+// configured).
+func TestWebhook(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "api.token"), []byte("tok\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\n"), 0o600)
+	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	body := `{"version":"4","status":"firing","receiver":"caretaker","groupKey":"{}:{}","alerts":[{"status":"firing",
+		"labels":{"alertname":"GuestCrashed","host":"host-x","uuid":"6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0001","domain":"g1"},
+		"annotations":{},"startsAt":"2026-11-25T12:00:00Z","endsAt":"0001-01-01T00:00:00Z"}]}`
+	post := func(token string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/alertmanager", strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(""); code != http.StatusUnauthorized {
+		t.Fatalf("without token: %d, want 401", code)
+	}
+	if recs, _ := s.journal.List(0); len(recs) != 0 {
+		t.Fatalf("a refused delivery reached the engine: %+v", recs)
+	}
+	for i := 0; i < 3; i++ {
+		if code := post("tok"); code != http.StatusOK {
+			t.Fatalf("with token: %d, want 200", code)
+		}
+	}
+	s.engine.Close() // wait for the engine to finish with the alert
+	recs, err := s.journal.List(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Alert != "GuestCrashed" || recs[0].Host != "host-x" {
+		t.Fatalf("journal after 3 deliveries of one alert: %+v, want one record", recs)
+	}
+	t.Logf("record: %s %s", recs[0].State, recs[0].Error)
 }
