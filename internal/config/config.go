@@ -72,6 +72,18 @@ type Remediation struct {
 	ActionTimeout time.Duration `yaml:"action_timeout"`
 	// Webhook is the Alertmanager webhook intake, POST /api/v1/alertmanager.
 	Webhook Webhook `yaml:"webhook"`
+	// Loki, when its URL is set, gets every journal record as a log line.
+	Loki Loki `yaml:"loki"`
+}
+
+// Loki configures the audit stream of remediation decisions to Loki.
+type Loki struct {
+	URL             string            `yaml:"url"` // e.g. http://loki:3100/loki/api/v1/push
+	TenantID        string            `yaml:"tenant_id"`
+	BearerTokenFile string            `yaml:"bearer_token_file"`
+	BatchSize       int               `yaml:"batch_size"` // default 100
+	BatchWait       time.Duration     `yaml:"batch_wait"` // default 1s
+	ExternalLabels  map[string]string `yaml:"external_labels"`
 }
 
 // Webhook configures the Alertmanager webhook intake.
@@ -175,6 +187,17 @@ func (c *Server) Validate() error {
 	}
 	if c.Remediation.Webhook.BodyLimitBytes < 0 {
 		add("remediation.webhook.body_limit_bytes", "must not be negative, got %d", c.Remediation.Webhook.BodyLimitBytes)
+	}
+	if l := c.Remediation.Loki; l.URL != "" {
+		if err := checkURL(l.URL); err != nil {
+			add("remediation.loki.url", "%v", err)
+		}
+		if l.BatchSize < 0 {
+			add("remediation.loki.batch_size", "must not be negative, got %d", l.BatchSize)
+		}
+		if l.BatchWait < 0 {
+			add("remediation.loki.batch_wait", "must not be negative, got %s", l.BatchWait)
+		}
 	}
 	if c.API.TokenFile == "" {
 		add("api.token_file", "is required: the API refuses every request without a token")

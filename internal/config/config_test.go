@@ -49,7 +49,7 @@ func TestDefaultsApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Defaults()
-	if !reflect.DeepEqual(c.Prometheus, d.Prometheus) || c.DataDir != d.DataDir || c.Remediation != d.Remediation {
+	if !reflect.DeepEqual(c.Prometheus, d.Prometheus) || c.DataDir != d.DataDir || !reflect.DeepEqual(c.Remediation, d.Remediation) {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
 	"caretaker/remediation"
+	"caretaker/remediation/audit"
 	"caretaker/remediation/intake"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -45,6 +46,7 @@ type Server struct {
 	reg     *prometheus.Registry
 	journal *journal.Journal
 	inbox   *intake.Inbox
+	audit   *audit.Client // nil without Loki
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
 	handler http.Handler
@@ -105,6 +107,23 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.journal, err = journal.Open(jpath); err != nil {
 		return nil, err
 	}
+	if l := cfg.Remediation.Loki; l.URL != "" {
+		var token string
+		if l.BearerTokenFile != "" {
+			if token, err = config.ReadSecret(cfg.Path(l.BearerTokenFile)); err != nil {
+				return nil, fmt.Errorf("remediation.loki.bearer_token_file: %w", err)
+			}
+		}
+		s.audit, err = audit.New(audit.Config{
+			URL: l.URL, TenantID: l.TenantID, BearerToken: token,
+			BatchSize: l.BatchSize, BatchWait: l.BatchWait, ExternalLabels: l.ExternalLabels,
+		}, logger.With("component", "audit"), s.reg)
+		if err != nil {
+			return nil, err
+		}
+		s.journal.OnRecord(s.audit.Log)
+	}
+
 	hosts := newAgentHosts(cfg.Hosts, agentToken)
 	s.engine, err = remediation.New(remediation.Options{
 		Policy:        pol,
@@ -305,6 +324,12 @@ func (s *Server) Close() error {
 	}
 	if s.inbox != nil {
 		errs = append(errs, s.inbox.Close())
+	}
+	if s.audit != nil {
+		// What Loki has not taken within a few seconds is still in the journal.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, s.audit.Close(ctx))
+		cancel()
 	}
 	if s.journal != nil {
 		errs = append(errs, s.journal.Close())

@@ -68,7 +68,15 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 func TestWebhook(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "api.token"), []byte("tok\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\n"), 0o600)
+	// A Loki stand-in that counts pushes in Loki's wire format.
+	pushes := make(chan string, 16)
+	loki := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pushes <- r.Header.Get("Content-Type")
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer loki.Close()
+	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\n"+
+		"remediation: {loki: {url: "+loki.URL+"/loki/api/v1/push, batch_wait: 10ms}}\n"), 0o600)
 	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
 	if err != nil {
 		t.Fatal(err)
@@ -116,4 +124,17 @@ func TestWebhook(t *testing.T) {
 		t.Fatalf("journal after 3 deliveries of one alert: %+v, want one record", recs)
 	}
 	t.Logf("record: %s %s", recs[0].State, recs[0].Error)
+
+	// Closing the server flushes the audit stream: the decision reached Loki.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ct := <-pushes:
+		if ct != "application/x-protobuf" {
+			t.Errorf("Loki push Content-Type %q", ct)
+		}
+	default:
+		t.Error("no push reached Loki")
+	}
 }

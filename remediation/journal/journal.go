@@ -83,6 +83,23 @@ var recordsBucket = []byte("records")
 type Journal struct {
 	db   *bolt.DB
 	path string
+	// observe, if set, sees every record once it is on disk (the audit
+	// stream to Loki).
+	observe func(Record)
+}
+
+// OnRecord makes fn see every record as it is stored — appended, updated or
+// recovered — after its transaction commits. fn must not block. Call it
+// before the journal is used.
+func (j *Journal) OnRecord(fn func(Record)) { j.observe = fn }
+
+func (j *Journal) notify(recs ...Record) {
+	if j.observe == nil {
+		return
+	}
+	for _, r := range recs {
+		j.observe(r)
+	}
 }
 
 // Open opens (creating if needed) the journal file at path.
@@ -132,6 +149,7 @@ func (j *Journal) Append(rec Record) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("append journal record: %w", err)
 	}
+	j.notify(rec)
 	return rec, nil
 }
 
@@ -152,6 +170,7 @@ func (j *Journal) Update(id uint64, fn func(*Record)) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
+	j.notify(rec)
 	return rec, nil
 }
 
@@ -229,6 +248,7 @@ func (j *Journal) Recover(now time.Time) ([]Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recover journal: %w", err)
 	}
+	j.notify(recovered...)
 	return recovered, nil
 }
 

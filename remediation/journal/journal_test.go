@@ -4,6 +4,7 @@ import (
 	"errors"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +237,38 @@ func TestOpenBadPath(t *testing.T) {
 	_, err := Open(filepath.Join(t.TempDir(), "missing-dir", "journal.db"))
 	if err == nil || !strings.Contains(err.Error(), "open journal") {
 		t.Fatalf("Open in a missing directory = %v", err)
+	}
+}
+
+// OnRecord sees every stored record, after it is on disk.
+func TestOnRecord(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "journal.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var seen []State
+	j.OnRecord(func(r Record) {
+		if _, err := j.Get(r.ID); err != nil {
+			t.Errorf("observed record %d is not on disk: %v", r.ID, err)
+		}
+		seen = append(seen, r.State)
+	})
+	rec, err := j.Append(Record{State: StateRunning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(Record{State: StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Update(rec.ID, func(r *Record) { r.State = StateSucceeded }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Recover(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	want := []State{StateRunning, StateRunning, StateSucceeded, StateInterrupted}
+	if !slices.Equal(seen, want) {
+		t.Errorf("observed %v, want %v", seen, want)
 	}
 }
