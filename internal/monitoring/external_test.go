@@ -2,14 +2,13 @@ package monitoring
 
 import (
 	"bytes"
+	"caretaker/internal/testdaemon"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,77 +18,6 @@ import (
 // These tests run the server's outputs against the real programs: a real
 // Alertmanager receives the forwarded alerts, a real Prometheus receives the
 // remote write. They skip when the program is not installed; CI installs it.
-
-// freePort returns a port nothing listens on just now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).AddrPort().String()
-}
-
-// startDaemon starts program with args built for a free address and waits
-// until its /-/ready answers 200. The process is killed at cleanup.
-func startDaemon(t *testing.T, program string, args func(addr string) []string) string {
-	t.Helper()
-	path, err := exec.LookPath(program)
-	if err != nil {
-		t.Skipf("%s is not installed (CI installs it): %v", program, err)
-	}
-	addr := freePort(t)
-	logPath := filepath.Join(t.TempDir(), program+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(path, args(addr)...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", program, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		logFile.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 4096 {
-				b = b[len(b)-4096:]
-			}
-			t.Logf("%s log (tail):\n%s", program, b)
-		}
-	})
-
-	base := "http://" + addr
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: time.Second}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(waitLimit)
-	for {
-		if resp, err := client.Get(base + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-		select {
-		case err := <-exited:
-			exited <- err // for the cleanup
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("%s exited before it was ready: %v\n%s", program, err, b)
-		case <-deadline:
-			t.Fatalf("%s not ready at %s within %s", program, base, waitLimit)
-		case <-tick.C:
-		}
-	}
-}
 
 // pollJSON GETs url into v until done(v) holds. External programs offer no
 // signal for "received", so the test polls their API with a deadline.
@@ -139,7 +67,7 @@ func TestForwardToAlertmanager(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	am := startDaemon(t, "prometheus-alertmanager", func(addr string) []string {
+	am := testdaemon.Start(t, "prometheus-alertmanager", func(addr string) []string {
 		return []string{"--config.file=" + cfg, "--storage.path=" + filepath.Join(dir, "data"),
 			"--web.listen-address=" + addr, "--cluster.listen-address="}
 	})
@@ -205,7 +133,7 @@ func TestRemoteWrite(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("global: {}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	receiver := startDaemon(t, "prometheus", func(addr string) []string {
+	receiver := testdaemon.Start(t, "prometheus", func(addr string) []string {
 		return []string{"--web.enable-remote-write-receiver", "--config.file=" + cfg,
 			"--storage.tsdb.path=" + filepath.Join(dir, "data"), "--web.listen-address=" + addr}
 	})

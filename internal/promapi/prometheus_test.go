@@ -1,30 +1,22 @@
 package promapi
 
 import (
-	"context"
+	"caretaker/internal/testdaemon"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"testing"
-	"time"
 )
-
-const prometheusBinary = "/usr/bin/prometheus"
 
 // startPrometheus runs the real Prometheus server without scrape targets
 // on a free loopback port and returns its base URL once it is ready.
 func startPrometheus(t *testing.T) string {
 	t.Helper()
-	if _, err := os.Stat(prometheusBinary); err != nil {
-		t.Skipf("the real Prometheus is not installed (%v): apt-get install prometheus", err)
-	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
 	// Rules give /api/v1/rules something to list; at a 1h interval they
@@ -47,51 +39,10 @@ func startPrometheus(t *testing.T) string {
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, prometheusBinary,
-		"--config.file="+cfg,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr,
-		"--log.level=warn")
-	cmd.Stdout = t.Output()
-	cmd.Stderr = t.Output()
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("start prometheus: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cancel()
-		<-exited
+	return testdaemon.Start(t, "prometheus", func(addr string) []string {
+		return []string{"--config.file=" + cfg, "--storage.tsdb.path=" + filepath.Join(dir, "data"),
+			"--web.listen-address=" + addr, "--log.level=warn"}
 	})
-
-	base := "http://" + addr
-	ready := time.NewTicker(50 * time.Millisecond)
-	defer ready.Stop()
-	deadline := time.After(60 * time.Second)
-	for {
-		if resp, err := http.Get(base + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("prometheus exited before it was ready: %v", err)
-		case <-deadline:
-			t.Fatal("prometheus not ready within a minute")
-		case <-ready.C:
-		}
-	}
 }
 
 // shape reduces a JSON document to its keys and value types; arrays take

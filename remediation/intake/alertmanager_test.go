@@ -2,10 +2,10 @@ package intake
 
 import (
 	"bytes"
+	"caretaker/internal/testdaemon"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,77 +24,19 @@ import (
 // waitLimit bounds every wait on Alertmanager, which offers no signal.
 const waitLimit = 60 * time.Second
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startAlertmanager runs Alertmanager with config and waits until it is
 // ready. The process is killed at cleanup.
 func startAlertmanager(t *testing.T, config string) string {
 	t.Helper()
-	path, err := exec.LookPath("prometheus-alertmanager")
-	if err != nil {
-		t.Skipf("prometheus-alertmanager is not installed (CI installs it): %v", err)
-	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "alertmanager.yml")
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "alertmanager.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := freePort(t)
-	cmd := exec.Command(path, "--config.file="+cfg, "--storage.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr, "--cluster.listen-address=", "--log.level=debug")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start alertmanager: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		logFile.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 4096 {
-				b = b[len(b)-4096:]
-			}
-			t.Logf("alertmanager %s log (tail):\n%s", addr, b)
-		}
+	return testdaemon.Start(t, "prometheus-alertmanager", func(addr string) []string {
+		return []string{"--config.file=" + cfg, "--storage.path=" + filepath.Join(dir, "data"),
+			"--web.listen-address=" + addr, "--cluster.listen-address=", "--log.level=debug"}
 	})
-	base := "http://" + addr
-	client := &http.Client{Timeout: time.Second}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(waitLimit)
-	for {
-		if resp, err := client.Get(base + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-		select {
-		case err := <-exited:
-			exited <- err
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("alertmanager exited before it was ready: %v\n%s", err, b)
-		case <-deadline:
-			t.Fatalf("alertmanager not ready at %s within %s", base, waitLimit)
-		case <-tick.C:
-		}
-	}
 }
 
 // deliveries counts what the webhook answered 200, by alert status, and
