@@ -20,13 +20,17 @@ func newAgentCmd(logs *logFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Serve this host's metrics and host-local actions",
-		Long: `The agent runs on every hypervisor host. It serves /metrics (the kvm
-collector: every defined libvirt domain with its state and the reason for
-it) and host-local actions for the server (start a domain), which need the
-server's bearer token.`,
+		Long: `The agent runs on every hypervisor host. It serves /metrics from three
+collectors — host (procfs: CPU, memory, pressure, disks, filesystems,
+network, KVM commitment), kvm (every defined libvirt domain with its state,
+the reason for it, and its resources) and overlay (VXLAN devices, bridges,
+FDB and neighbour entries, checked against --config.file) — and host-local
+actions for the server (start a domain), which need the server's bearer
+token. /metrics?collect[]=kvm selects collectors.`,
 		Example: `  caretaker agent
   caretaker agent --libvirt.uri qemu:///system --action.token-file /etc/caretaker/agent.token
-  caretaker agent --web.listen-address :9301 --web.config.file /etc/caretaker/web.yml`,
+  caretaker agent --config.file /etc/caretaker/agent.yml --web.config.file /etc/caretaker/web.yml
+  curl -s 'localhost:9301/metrics?collect[]=kvm'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger := logs.logger(cmd.ErrOrStderr())
