@@ -2,16 +2,11 @@ package remediation
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"caretaker/remediation/journal"
-)
-
-// Retries of a failed action for one alert instance. A later issue replaces
-// these constants with configurable guards.
-const (
-	maxAttempts  = 3
-	retryBackoff = 10 * time.Second // doubled after every failure
+	"caretaker/remediation/policy"
 )
 
 // instanceKey names one alert instance: the same label set firing since the
@@ -31,10 +26,26 @@ type history struct {
 	state    journal.State // of the latest record; "" when none
 	attempts int           // actions tried; skips do not count
 	finished time.Time     // when the latest try ended
+	// refused is set once a guard's refusal (breaker, pause, escalation)
+	// is in the journal for this instance: such a refusal is not final,
+	// the instance is acted on once the guard allows, but it is recorded
+	// only once however often the alert is re-sent.
+	refused bool
+}
+
+// guardRefusal reports whether a skipped record's reason is a guard's
+// refusal rather than a final skip (dry run, missing labels): the guards
+// write their sentences as "skipped: …" or "escalate: …".
+func guardRefusal(reason string) bool {
+	return strings.HasPrefix(reason, "skipped: ") || strings.HasPrefix(reason, "escalate: ")
 }
 
 // apply folds a journal record, oldest first, into the history.
 func (h *history) apply(rec journal.Record) {
+	if rec.State == journal.StateSkipped && guardRefusal(rec.Reason) {
+		h.refused = true
+		return
+	}
 	h.state = rec.State
 	if rec.State == journal.StateSkipped {
 		return
@@ -66,9 +77,19 @@ func (v verdict) String() string {
 	return fmt.Sprintf("verdict(%d)", int(v))
 }
 
-// decide says what to do about an alert instance with history h at now, and
-// why.
+// decide is decideWith under the default guards.
 func decide(h history, now time.Time) (verdict, string) {
+	return decideWith(policy.DefaultGuards(), h, now)
+}
+
+// decideWith says what to do about an alert instance with history h at now
+// under the guards g, and why. It keeps the per-instance rules: one action
+// at a time, none after a success or an interruption, at most
+// g.MaxAttempts tries, and no retry before the earliest time the target
+// guard's backoff (with its jitter) could allow; that guard then holds the
+// retry until its own time.
+func decideWith(g policy.Guards, h history, now time.Time) (verdict, string) {
+	maxAttempts := g.MaxAttempts
 	switch h.state {
 	case "":
 		return verdictAct, "first action for this alert instance"
@@ -83,10 +104,10 @@ func decide(h history, now time.Time) (verdict, string) {
 		// again unseen could do harm, so a human looks first.
 		return verdictDone, "an earlier action was interrupted; not retried automatically"
 	case journal.StateFailed:
-		if h.attempts >= maxAttempts {
+		if maxAttempts > 0 && h.attempts >= maxAttempts {
 			return verdictDone, fmt.Sprintf("gave up after %d attempts", h.attempts)
 		}
-		if due := h.finished.Add(backoff(h.attempts)); now.Before(due) {
+		if due := h.finished.Add(g.Target().Backoff(h.attempts, 0)); now.Before(due) {
 			return verdictWait, fmt.Sprintf("retry %d of %d is due at %s", h.attempts+1, maxAttempts, due.Format(time.RFC3339))
 		}
 		return verdictAct, fmt.Sprintf("retry %d of %d", h.attempts+1, maxAttempts)
@@ -94,12 +115,4 @@ func decide(h history, now time.Time) (verdict, string) {
 	// A state this engine does not know was written by a newer one; leave
 	// it alone rather than guess.
 	return verdictDone, fmt.Sprintf("unknown journal state %q", h.state)
-}
-
-// backoff is the wait after the given number of failed attempts.
-func backoff(attempts int) time.Duration {
-	if attempts < 1 {
-		return 0
-	}
-	return retryBackoff << (attempts - 1)
 }

@@ -222,6 +222,8 @@ func (f *fixture) start(t *testing.T, opts ...fixtureOption) {
 		Logger:     testLogger(t),
 		Registerer: f.reg,
 		Now:        f.clock.Now,
+		// Ten guests: one crashed guest is well under the breaker's 40%.
+		FleetSize: func() int { return 10 },
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -507,7 +509,7 @@ func TestAlertsNotActedOn(t *testing.T) {
 }
 
 // A failing start is recorded, counted, and retried for the same alert
-// instance only after a backoff, at most maxAttempts times.
+// instance only after a backoff, at most policy.DefaultGuards().MaxAttempts times.
 func TestFailedStartRetriesWithBackoff(t *testing.T) {
 	f := newFixture(t)
 	a := crashedAlert()
@@ -556,8 +558,8 @@ func TestFailedStartRetriesWithBackoff(t *testing.T) {
 			t.Errorf("record %d: attempt %d state %s, want failed attempt %d", r.ID, r.Attempt, r.State, want)
 		}
 	}
-	if got := f.count(policy.ActionRestartVM, resultFailed); got != maxAttempts {
-		t.Errorf("failed counter = %v, want %d", got, maxAttempts)
+	if got := f.count(policy.ActionRestartVM, resultFailed); got != float64(policy.DefaultGuards().MaxAttempts) {
+		t.Errorf("failed counter = %v, want %d", got, policy.DefaultGuards().MaxAttempts)
 	}
 
 	// The attempts survive a restart: no fresh set of three.
@@ -565,8 +567,8 @@ func TestFailedStartRetriesWithBackoff(t *testing.T) {
 	f.start(t)
 	f.clock.Advance(24 * time.Hour)
 	f.handle(a)
-	if n := f.hosts.startCalls(); n != maxAttempts {
-		t.Errorf("StartGuest called %d times after a restart, want %d", n, maxAttempts)
+	if n := f.hosts.startCalls(); n != policy.DefaultGuards().MaxAttempts {
+		t.Errorf("StartGuest called %d times after a restart, want %d", n, policy.DefaultGuards().MaxAttempts)
 	}
 }
 

@@ -19,9 +19,11 @@ type metrics struct {
 	actions  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inflight prometheus.Gauge
+	// The guards' state, read from the engine at each scrape.
+	breakerOpen, unhealthy, paused, pauseAge prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, error) {
 	m := &metrics{
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "caretaker_remediation_actions_total",
@@ -38,6 +40,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "caretaker_remediation_inflight_actions",
 			Help: "Remediation actions started and not yet finished.",
 		}),
+		breakerOpen: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_circuit_breaker_open",
+			Help: "1 while the circuit breaker is open and remediation acts on nothing, else 0.",
+		}, func() float64 {
+			if state().breakerOpen {
+				return 1
+			}
+			return 0
+		}),
+		unhealthy: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_unhealthy_targets",
+			Help: "Distinct targets with a firing alert that a remediation rule matches.",
+		}, func() float64 { return float64(state().unhealthy) }),
+		paused: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_paused",
+			Help: "Remediation pauses in force.",
+		}, func() float64 { return float64(state().paused) }),
+		pauseAge: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_pause_age_seconds",
+			Help: "Age of the oldest remediation pause in force; 0 when none.",
+		}, func() float64 { return state().pauseAge.Seconds() }),
 	}
 	// Every series exists from the start, so a rate() over them works
 	// before the first action and a dashboard shows 0, not "no data".
@@ -50,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	cs := []prometheus.Collector{m.actions, m.duration, m.inflight}
+	cs := []prometheus.Collector{m.actions, m.duration, m.inflight, m.breakerOpen, m.unhealthy, m.paused, m.pauseAge}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// All or nothing, so a retried New does not trip over

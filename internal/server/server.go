@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,6 +126,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 
 	hosts := newAgentHosts(cfg.Hosts, agentToken)
+	// The engine starts before the monitor whose data sizes the fleet, and
+	// the monitor's first rule evaluation may reach the engine before
+	// monitoring.Start returns: until the monitor is stored here, the fleet
+	// size is unknown (0).
+	var monitor atomic.Pointer[monitoring.Monitor]
 	s.engine, err = remediation.New(remediation.Options{
 		Policy:        pol,
 		Journal:       s.journal,
@@ -134,6 +140,19 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		Now:           time.Now,
 		ActionTimeout: cfg.Remediation.ActionTimeout,
 		DryRun:        cfg.Remediation.DryRun,
+		FleetSize: func() int {
+			m := monitor.Load()
+			if m == nil {
+				return 0
+			}
+			qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			v, err := m.Query(qctx, "count(caretaker_kvm_domain_info)", time.Now())
+			if err != nil || len(v) == 0 {
+				return 0
+			}
+			return int(v[0].F)
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -186,6 +205,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	monitor.Store(s.monitor)
 	logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", dataDir,
 		"journal", jpath, "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
 

@@ -32,6 +32,18 @@ func KnownActions() []string {
 // decides its action.
 type Policy struct {
 	Rules []Rule `yaml:"rules"`
+	// Guards is optional; Parse fills what the file leaves out from
+	// DefaultGuards.
+	Guards Guards `yaml:"guards"`
+}
+
+// GuardSettings returns the policy's guards, or DefaultGuards for a nil
+// policy or one built in code without them.
+func (p *Policy) GuardSettings() Guards {
+	if p == nil || p.Guards == (Guards{}) {
+		return DefaultGuards()
+	}
+	return p.Guards
 }
 
 // Rule maps alerts whose labels match to one action.
@@ -74,7 +86,7 @@ func Load(path string) (*Policy, error) {
 
 // Parse parses a policy named name (the file name used in errors).
 func Parse(name string, data []byte) (*Policy, error) {
-	var p Policy
+	p := Policy{Guards: DefaultGuards()}
 	if err := yamlfile.Decode(name, data, &p); err != nil {
 		return nil, err
 	}
@@ -135,6 +147,7 @@ func (p *Policy) Validate() error {
 			errs = append(errs, yamlfile.Errorf(path+".action", "unknown action %q (known: %s)", r.Action, strings.Join(known, ", ")))
 		}
 	}
+	errs = append(errs, p.Guards.validate()...)
 	return errors.Join(errs...)
 }
 

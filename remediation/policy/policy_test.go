@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the .err golden files")
@@ -170,4 +171,33 @@ func FuzzParse(f *testing.F) {
 			p.Match(r.Match)
 		}
 	})
+}
+
+func TestGuards(t *testing.T) {
+	tests := []struct {
+		name string
+		yml  string
+		want Guards
+	}{
+		{"no guards section", "rules: [{name: r, match: {a: b}, action: restart-vm}]\n", DefaultGuards()},
+		{"partial section keeps the other defaults", "rules: [{name: r, match: {a: b}, action: restart-vm}]\nguards: {max_unhealthy: \"3\", cooldown: 1m}\n",
+			func() Guards { g := DefaultGuards(); g.MaxUnhealthy, g.Cooldown = "3", time.Minute; return g }()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("p.yml", []byte(tt.yml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.GuardSettings() != tt.want {
+				t.Errorf("guards = %+v, want %+v", p.GuardSettings(), tt.want)
+			}
+		})
+	}
+	if got := (&Policy{}).GuardSettings(); got != DefaultGuards() {
+		t.Errorf("guards of a policy built in code = %+v, want the defaults", got)
+	}
+	if got := DefaultGuards().Target(); got.BackoffBase != 10*time.Second || got.MaxAttempts != 3 {
+		t.Errorf("default target policy = %+v", got)
+	}
 }
