@@ -50,7 +50,8 @@ against a lab runbook needs no flags.`,
 	pf.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long to wait for the server")
 
-	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv))
+	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
+		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv))
 	return root
 }
 

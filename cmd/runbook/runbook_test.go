@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"caretaker/internal/api"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
 
@@ -139,5 +140,50 @@ func TestCommands(t *testing.T) {
 	}
 	if _, err := run(t, "http://127.0.0.1:1", "status"); err == nil || !strings.Contains(err.Error(), "cannot reach") {
 		t.Errorf("unreachable server: %v", err)
+	}
+}
+
+// pausesOnly keeps pauses as the engine does, for the pause commands.
+type pausesOnly struct{ ps []guards.Pause }
+
+func (p *pausesOnly) Pause(x guards.Pause) error {
+	if err := x.Validate(); err != nil {
+		return err
+	}
+	p.ps = append(p.ps, x)
+	return nil
+}
+func (p *pausesOnly) Resume(target string) {
+	var kept []guards.Pause
+	for _, x := range p.ps {
+		if x.Target != target {
+			kept = append(kept, x)
+		}
+	}
+	p.ps = kept
+}
+func (p *pausesOnly) Pauses() []guards.Pause { return p.ps }
+
+func TestPauseCommands(t *testing.T) {
+	p := &pausesOnly{}
+	srv := httptest.NewServer(api.RequireToken("tok", api.PauseHandler(p, time.Now)))
+	defer srv.Close()
+
+	if _, err := run(t, srv.URL, "pause", "--for", "2h", "--author", "bob"); err == nil || !strings.Contains(err.Error(), "--comment") {
+		t.Errorf("pause without a comment: %v", err)
+	}
+	out, err := run(t, srv.URL, "pause", "--for", "2h", "--author", "bob", "-m", "storage maintenance")
+	if err != nil || !strings.Contains(out, "paused all remediation until") {
+		t.Fatalf("pause: %q, %v", out, err)
+	}
+	out, err = run(t, srv.URL, "pauses")
+	if err != nil || !strings.Contains(out, "bob") || !strings.Contains(out, "storage maintenance") {
+		t.Fatalf("pauses: %q, %v", out, err)
+	}
+	if _, err := run(t, srv.URL, "resume"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := run(t, srv.URL, "pauses"); !strings.Contains(out, "no pauses") {
+		t.Errorf("pauses after resume:\n%s", out)
 	}
 }

@@ -61,6 +61,13 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
 	}
+	return c.send(req, v)
+}
+
+// send adds the token, sends req and decodes a 2xx JSON answer into v (nil:
+// ignore it); other answers become a *StatusError.
+func (c *Client) send(req *http.Request, v any) error {
+	path := req.URL.Path
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
@@ -75,7 +82,7 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("GET %s: read body: %w", path, err)
+		return fmt.Errorf("%s %s: read body: %w", req.Method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb errorBody
@@ -84,8 +91,11 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 		}
 		return &StatusError{Code: resp.StatusCode, Msg: eb.Error}
 	}
+	if v == nil {
+		return nil
+	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("GET %s: decode answer: %w", path, err)
+		return fmt.Errorf("%s %s: decode answer: %w", req.Method, path, err)
 	}
 	return nil
 }

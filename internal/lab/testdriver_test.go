@@ -109,6 +109,25 @@ func TestLabTestDriver(t *testing.T) {
 		t.Errorf("query without token: %d, want 401", resp.StatusCode)
 	}
 
+	// Pauses reach the real engine: author and comment required, listed,
+	// resumed.
+	if _, err := c.Pause(context.Background(), api.PauseRequest{Target: "*", Author: "alice", Duration: "1h"}); err == nil ||
+		!strings.Contains(err.Error(), "comment") {
+		t.Errorf("pause without a comment: %v, want a 400 naming the comment", err)
+	}
+	if _, err := c.Pause(context.Background(), api.PauseRequest{Target: "*", Author: "alice", Comment: "rack 3 maintenance", Duration: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := c.Pauses(context.Background()); err != nil || len(ps) != 1 || ps[0].Author != "alice" {
+		t.Errorf("pauses = %+v, %v; want alice's", ps, err)
+	}
+	if err := c.Resume(context.Background(), "*"); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := c.Pauses(context.Background()); err != nil || len(ps) != 0 {
+		t.Errorf("pauses after resume = %+v, %v; want none", ps, err)
+	}
+
 	if !strings.Contains(out.String(), "test driver") {
 		t.Errorf("the lab did not say it uses the test driver:\n%s", out.String())
 	}

@@ -231,6 +231,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		Logger:      logger.With("component", "webhook"),
 		Metrics:     intakeMetrics,
 	}))
+	mux.Handle("/api/v1/pauses", api.RequireToken(apiToken, api.PauseHandler(s.engine, time.Now)))
 	promHandler := api.RequireToken(apiToken, s.monitor.Guard(prom.Handler()))
 	for _, p := range prom.Paths() {
 		mux.Handle(p, promHandler)
