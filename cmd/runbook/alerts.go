@@ -33,30 +33,26 @@ anchored); a bare word matches the alert's name.`,
 			if err != nil {
 				return err
 			}
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			all, err := c.Alerts(ctx)
-			if err != nil {
-				return err
-			}
-			var out []api.PromAlert
-			for _, a := range all {
-				if matchAll(matchers, a.Labels) {
-					out = append(out, a)
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				all, err := c.Alerts(ctx)
+				if err != nil {
+					return err
 				}
-			}
-			sortAlerts(out)
-			if o.output == "json" {
-				if out == nil {
-					out = []api.PromAlert{}
+				var out []api.PromAlert
+				for _, a := range all {
+					if matchAll(matchers, a.Labels) {
+						out = append(out, a)
+					}
 				}
-				return writeJSON(cmd.OutOrStdout(), out)
-			}
-			return printAlerts(cmd.OutOrStdout(), out, time.Now())
+				sortAlerts(out)
+				if o.output == "json" {
+					if out == nil {
+						out = []api.PromAlert{}
+					}
+					return writeJSON(cmd.OutOrStdout(), out)
+				}
+				return printAlerts(cmd.OutOrStdout(), out, time.Now())
+			})
 		},
 	}
 }
@@ -147,40 +143,36 @@ func newExplainCmd(o *options, getenv func(string) string) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			groups, err := c.Rules(ctx)
-			if err != nil {
-				return err
-			}
-			var e *explanation
-			var names []string
-			for _, g := range groups {
-				for _, r := range g.Rules {
-					names = append(names, r.Name)
-					if r.Name == name && r.Type == "alerting" && e == nil {
-						e = &explanation{Alert: name, Group: g.Name, Rule: r, Instances: r.Alerts}
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				groups, err := c.Rules(ctx)
+				if err != nil {
+					return err
+				}
+				var e *explanation
+				var names []string
+				for _, g := range groups {
+					for _, r := range g.Rules {
+						names = append(names, r.Name)
+						if r.Name == name && r.Type == "alerting" && e == nil {
+							e = &explanation{Alert: name, Group: g.Name, Rule: r, Instances: r.Alerts}
+						}
 					}
 				}
-			}
-			if e == nil {
-				sort.Strings(names)
-				return fmt.Errorf("the server has no alerting rule %q (it has: %s)", name, strings.Join(names, ", "))
-			}
-			if e.Instances == nil {
-				e.Instances = []api.PromAlert{}
-			}
-			if page, err := alerts.Runbook(name); err == nil {
-				e.Runbook = string(page)
-			}
-			if o.output == "json" {
-				return writeJSON(cmd.OutOrStdout(), e)
-			}
-			return printExplanation(cmd.OutOrStdout(), e, time.Now())
+				if e == nil {
+					sort.Strings(names)
+					return fmt.Errorf("the server has no alerting rule %q (it has: %s)", name, strings.Join(names, ", "))
+				}
+				if e.Instances == nil {
+					e.Instances = []api.PromAlert{}
+				}
+				if page, err := alerts.Runbook(name); err == nil {
+					e.Runbook = string(page)
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), e)
+				}
+				return printExplanation(cmd.OutOrStdout(), e, time.Now())
+			})
 		},
 	}
 }

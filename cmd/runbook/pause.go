@@ -51,21 +51,17 @@ memory for now: a server restart ends them.`,
 			if f.comment == "" || f.author == "" {
 				return errors.New("--comment and --author: required, so the next on-call knows who paused and why")
 			}
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			p, err := c.Pause(ctx, api.PauseRequest{Target: f.target, Author: f.author, Comment: f.comment, Duration: f.dur.String()})
-			if err != nil {
-				return err
-			}
-			if o.output == "json" {
-				return writeJSON(cmd.OutOrStdout(), p)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "paused %s until %s\n", describeTarget(p.Target), p.Until.Local().Format(time.DateTime))
-			return nil
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				p, err := c.Pause(ctx, api.PauseRequest{Target: f.target, Author: f.author, Comment: f.comment, Duration: f.dur.String()})
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), p)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "paused %s until %s\n", describeTarget(p.Target), p.Until.Local().Format(time.DateTime))
+				return nil
+			})
 		},
 	}
 	f.add(cmd, getenv, true)
@@ -80,17 +76,13 @@ func newResumeCmd(o *options, getenv func(string) string) *cobra.Command {
 		Example: "  runbook resume\n  runbook resume --target host-a/6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0001",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			if err := c.Resume(ctx, target); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "resumed %s\n", describeTarget(target))
-			return nil
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				if err := c.Resume(ctx, target); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "resumed %s\n", describeTarget(target))
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&target, "target", guards.Everything, `"*" for the global pause, or host/uuid`)
@@ -103,20 +95,16 @@ func newPausesCmd(o *options, getenv func(string) string) *cobra.Command {
 		Short: "The remediation pauses in force",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			ps, err := c.Pauses(ctx)
-			if err != nil {
-				return err
-			}
-			if o.output == "json" {
-				return writeJSON(cmd.OutOrStdout(), ps)
-			}
-			return printPauses(cmd.OutOrStdout(), ps)
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				ps, err := c.Pauses(ctx)
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), ps)
+				}
+				return printPauses(cmd.OutOrStdout(), ps)
+			})
 		},
 	}
 }

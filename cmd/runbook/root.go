@@ -66,6 +66,18 @@ func (o *options) client(getenv func(string) string) (*api.Client, error) {
 	return api.NewClient(c.URL, c.Token, nil), nil
 }
 
+// withClient runs fn with a client of the server and a context bounded by
+// --timeout.
+func (o *options) withClient(cmd *cobra.Command, getenv func(string) string, fn func(context.Context, *api.Client) error) error {
+	c, err := o.client(getenv)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+	defer cancel()
+	return fn(ctx, c)
+}
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -80,20 +92,16 @@ func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
   runbook status -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			s, err := c.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if o.output == "json" {
-				return writeJSON(cmd.OutOrStdout(), s)
-			}
-			return printStatus(cmd.OutOrStdout(), s)
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				s, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), s)
+				}
+				return printStatus(cmd.OutOrStdout(), s)
+			})
 		},
 	}
 }
@@ -110,20 +118,16 @@ func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
 			if limit < 1 {
 				return fmt.Errorf("--limit: want at least 1, got %d", limit)
 			}
-			c, err := o.client(getenv)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			h, err := c.History(ctx, limit)
-			if err != nil {
-				return err
-			}
-			if o.output == "json" {
-				return writeJSON(cmd.OutOrStdout(), h)
-			}
-			return printHistory(cmd.OutOrStdout(), h.Records)
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				h, err := c.History(ctx, limit)
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), h)
+				}
+				return printHistory(cmd.OutOrStdout(), h.Records)
+			})
 		},
 	}
 	cmd.Flags().IntVar(&limit, "limit", api.DefaultHistoryLimit, "how many records to show")
