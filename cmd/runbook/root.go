@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -50,7 +51,7 @@ against a lab runbook needs no flags.`,
 	pf.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long to wait for the server")
 
-	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
+	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newShowCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
 		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv))
 	return root
 }
@@ -107,19 +108,24 @@ func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
 }
 
 func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
-	var limit int
+	var f api.HistoryFilter
+	var since time.Duration
 	cmd := &cobra.Command{
 		Use:   "history",
 		Short: "The remediation journal, newest first",
 		Example: `  runbook history
-  runbook history --limit 5 -o json`,
+  runbook history --target lab-host-a-1 --since 24h
+  runbook history --result failed --limit 5 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if limit < 1 {
-				return fmt.Errorf("--limit: want at least 1, got %d", limit)
+			if f.Limit < 1 {
+				return fmt.Errorf("--limit: want at least 1, got %d", f.Limit)
+			}
+			if since > 0 {
+				f.Since = time.Now().Add(-since)
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
-				h, err := c.History(ctx, limit)
+				h, err := c.History(ctx, f)
 				if err != nil {
 					return err
 				}
@@ -130,8 +136,73 @@ func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().IntVar(&limit, "limit", api.DefaultHistoryLimit, "how many records to show")
+	fl := cmd.Flags()
+	fl.IntVar(&f.Limit, "limit", api.DefaultHistoryLimit, "how many records to show")
+	fl.StringVar(&f.Target, "target", "", "only this host, guest (domain or uuid) or host/uuid")
+	fl.StringVar(&f.Action, "action", "", "only this action, e.g. restart-vm")
+	fl.StringVar(&f.Result, "result", "", "only this result: succeeded, failed, skipped, running, interrupted")
+	fl.DurationVar(&since, "since", 0, "only records from the last such duration, e.g. 24h")
 	return cmd
+}
+
+func newShowCmd(o *options, getenv func(string) string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ACTION-ID",
+		Short: "One journal record in full: the alert, the decision in words, the result",
+		Example: `  runbook show 42
+  runbook show 42 -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil || id == 0 {
+				return fmt.Errorf("action id: want a positive integer (see runbook history), got %q", args[0])
+			}
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				r, err := c.Record(ctx, id)
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), r)
+				}
+				return printRecord(cmd.OutOrStdout(), r)
+			})
+		},
+	}
+}
+
+func printRecord(w io.Writer, r journal.Record) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	at := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.Local().Format(time.DateTime)
+	}
+	rows := [][2]string{
+		{"id", strconv.FormatUint(r.ID, 10)},
+		{"recorded", at(r.Created)},
+		{"alert", r.Alert},
+		{"alert started", at(r.AlertStartsAt)},
+		{"fingerprint", r.Fingerprint},
+		{"rule", r.Rule},
+		{"action", r.Action},
+		{"host", r.Host},
+		{"guest", firstNonEmpty(r.Domain, "-") + " (" + firstNonEmpty(r.UUID, "-") + ")"},
+		{"result", string(r.State)},
+		{"attempt", strconv.Itoa(r.Attempt)},
+		{"decision", firstNonEmpty(r.Reason, "-")},
+		{"error", firstNonEmpty(r.Error, "-")},
+		{"started", at(r.Started)},
+		{"finished", at(r.Finished)},
+	}
+	if r.HealSeconds > 0 {
+		rows = append(rows, [2]string{"healed in", fmt.Sprintf("%.1fs after the alert started", r.HealSeconds)})
+	}
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
 }
 
 func yesNo(b bool, yes, no string) string {

@@ -80,8 +80,23 @@ type fixedBackend struct {
 }
 
 func (b fixedBackend) Status(context.Context) (api.Status, error) { return b.status, nil }
-func (b fixedBackend) History(_ context.Context, limit int) ([]journal.Record, error) {
-	return b.recs[:min(limit, len(b.recs))], nil
+func (b fixedBackend) History(_ context.Context, f api.HistoryFilter) ([]journal.Record, error) {
+	var out []journal.Record
+	for _, r := range b.recs {
+		if f.Match(r) && len(out) < f.Limit {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (b fixedBackend) Record(_ context.Context, id uint64) (journal.Record, error) {
+	for _, r := range b.recs {
+		if r.ID == id {
+			return r, nil
+		}
+	}
+	return journal.Record{}, journal.ErrNotFound
 }
 
 func run(t *testing.T, url string, args ...string) (string, error) {
@@ -133,6 +148,18 @@ func TestCommands(t *testing.T) {
 	out, err = run(t, srv.URL, "history")
 	if err != nil || !strings.Contains(out, "2.2s") || !strings.Contains(out, "succeeded") {
 		t.Fatalf("history table:\n%s\n%v", out, err)
+	}
+
+	out, err = run(t, srv.URL, "history", "--result", "failed")
+	if err != nil || strings.Contains(out, "lab-host-a-1") {
+		t.Errorf("history --result failed shows the succeeded action:\n%s\n%v", out, err)
+	}
+	out, err = run(t, srv.URL, "show", "2")
+	if err != nil || !strings.Contains(out, "restart-vm") || !strings.Contains(out, "succeeded") {
+		t.Errorf("show 2:\n%s\n%v", out, err)
+	}
+	if _, err := run(t, srv.URL, "show", "7"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("show 7: %v, want a 404", err)
 	}
 
 	if _, err := run(t, srv.URL, "status", "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "--output") {

@@ -27,9 +27,14 @@ func (b *backend) Status(context.Context) (Status, error) {
 	return Status{Hosts: []Host{{Name: "host-a", AgentUp: true}}}, nil
 }
 
-func (b *backend) History(_ context.Context, limit int) ([]journal.Record, error) {
+func (b *backend) History(_ context.Context, f HistoryFilter) ([]journal.Record, error) {
 	b.calls++
-	return b.j.List(limit)
+	return b.j.List(f.Limit)
+}
+
+func (b *backend) Record(_ context.Context, id uint64) (journal.Record, error) {
+	b.calls++
+	return b.j.Get(id)
 }
 
 func newTestServer(t *testing.T) (*httptest.Server, *backend) {
@@ -95,7 +100,7 @@ func TestClient(t *testing.T) {
 	if err != nil || len(s.Hosts) != 1 || s.Hosts[0].Name != "host-a" {
 		t.Fatalf("Status = %+v, %v", s, err)
 	}
-	h, err := c.History(context.Background(), 2)
+	h, err := c.History(context.Background(), HistoryFilter{Limit: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +126,9 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/api/v1/history?limit=0", 400, "limit"},
 		{"GET", "/api/v1/history?limit=99999999", 400, "limit"},
 		{"GET", "/api/v1/nope", 404, "no such endpoint"},
+		{"GET", "/api/v1/history?since=yesterday", 400, "since"},
+		{"GET", "/api/v1/history/abc", 400, "action id"},
+		{"GET", "/api/v1/history/99", 404, "no action 99"},
 		{"POST", "/api/v1/status", 405, ""},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
@@ -140,5 +148,28 @@ func TestBadRequests(t *testing.T) {
 				t.Errorf("body %q does not mention %q", body.String(), tc.msg)
 			}
 		})
+	}
+}
+
+func TestHistoryFilter(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	rec := journal.Record{Created: now.Add(-time.Hour), Action: "restart-vm", Host: "host-a", UUID: "u1", Domain: "g1", State: journal.StateSucceeded}
+	for _, tc := range []struct {
+		f    HistoryFilter
+		want bool
+	}{
+		{HistoryFilter{}, true},
+		{HistoryFilter{Target: "host-a"}, true},
+		{HistoryFilter{Target: "g1"}, true},
+		{HistoryFilter{Target: "host-a/u1"}, true},
+		{HistoryFilter{Target: "host-b"}, false},
+		{HistoryFilter{Action: "restart-vm", Result: "succeeded"}, true},
+		{HistoryFilter{Result: "failed"}, false},
+		{HistoryFilter{Since: now.Add(-2 * time.Hour)}, true},
+		{HistoryFilter{Since: now.Add(-30 * time.Minute)}, false},
+	} {
+		if got := tc.f.Match(rec); got != tc.want {
+			t.Errorf("%+v: Match = %v, want %v", tc.f, got, tc.want)
+		}
 	}
 }

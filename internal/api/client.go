@@ -1,6 +1,7 @@
 package api
 
 import (
+	"caretaker/remediation/journal"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,11 +50,18 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return s, err
 }
 
-// History fetches up to limit journal records, newest first.
-func (c *Client) History(ctx context.Context, limit int) (History, error) {
+// History fetches the journal records f selects, newest first.
+func (c *Client) History(ctx context.Context, f HistoryFilter) (History, error) {
 	var h History
-	err := c.get(ctx, "/api/v1/history?limit="+strconv.Itoa(limit), &h)
+	err := c.get(ctx, "/api/v1/history?"+f.query(), &h)
 	return h, err
+}
+
+// Record fetches one journal record.
+func (c *Client) Record(ctx context.Context, id uint64) (journal.Record, error) {
+	var r journal.Record
+	err := c.get(ctx, "/api/v1/history/"+strconv.FormatUint(id, 10), &r)
+	return r, err
 }
 
 func (c *Client) get(ctx context.Context, path string, v any) error {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"caretaker/remediation/journal"
 )
@@ -15,7 +18,10 @@ import (
 // Backend answers the API's questions; the server implements it.
 type Backend interface {
 	Status(ctx context.Context) (Status, error)
-	History(ctx context.Context, limit int) ([]journal.Record, error)
+	// History returns the records f selects, newest first, at most f.Limit.
+	History(ctx context.Context, f HistoryFilter) ([]journal.Record, error)
+	// Record returns one record, or an error wrapping journal.ErrNotFound.
+	Record(ctx context.Context, id uint64) (journal.Record, error)
 }
 
 // DefaultHistoryLimit is how many records /history returns without ?limit.
@@ -31,6 +37,7 @@ func NewHandler(b Backend, token string, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/status", onlyGET(h.status))
 	mux.HandleFunc("/api/v1/history", onlyGET(h.history))
+	mux.HandleFunc("/api/v1/history/{id}", onlyGET(h.record))
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -90,16 +97,12 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) history(w http.ResponseWriter, r *http.Request) {
-	limit := DefaultHistoryLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxHistoryLimit {
-			writeError(w, http.StatusBadRequest, "limit: want an integer from 1 to "+strconv.Itoa(maxHistoryLimit)+", got "+strconv.Quote(v))
-			return
-		}
-		limit = n
+	f, err := parseHistoryFilter(r.URL.Query(), time.Now())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
-	recs, err := h.backend.History(r.Context(), limit)
+	recs, err := h.backend.History(r.Context(), f)
 	if err != nil {
 		h.logger.Error("history", "err", err)
 		writeError(w, http.StatusInternalServerError, "history: "+err.Error())
@@ -109,6 +112,25 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) {
 		recs = []journal.Record{}
 	}
 	writeJSON(w, http.StatusOK, History{Records: recs})
+}
+
+func (h *handler) record(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil || id == 0 {
+		writeError(w, http.StatusBadRequest, "action id: want a positive integer, got "+strconv.Quote(r.PathValue("id")))
+		return
+	}
+	rec, err := h.backend.Record(r.Context(), id)
+	if errors.Is(err, journal.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no action %d in the journal", id))
+		return
+	}
+	if err != nil {
+		h.logger.Error("record", "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "record: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

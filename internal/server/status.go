@@ -21,8 +21,25 @@ type status struct {
 	hosts   []config.Host
 }
 
-func (s *status) History(_ context.Context, limit int) ([]journal.Record, error) {
-	return s.journal.List(limit)
+func (s *status) History(_ context.Context, f api.HistoryFilter) ([]journal.Record, error) {
+	all, err := s.journal.List(0)
+	if err != nil {
+		return nil, err
+	}
+	var out []journal.Record
+	for _, r := range all {
+		if len(out) == f.Limit {
+			break
+		}
+		if f.Match(r) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (s *status) Record(_ context.Context, id uint64) (journal.Record, error) {
+	return s.journal.Get(id)
 }
 
 func (s *status) Status(ctx context.Context) (api.Status, error) {
