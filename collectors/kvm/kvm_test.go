@@ -36,52 +36,34 @@ func TestCollectorGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name   string
-		uri    string
-		daemon bool
-	}{
-		{name: "in-process", uri: "test://" + node},
-		{name: "libvirtd", uri: "test+unix://" + node, daemon: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.daemon {
-				if _, err := os.Stat(daemonSocket); err != nil {
-					t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-				}
-			}
-			logger := testLogger(t)
-			conn := libvirtconn.New(tt.uri, logger)
-			t.Cleanup(func() { conn.Close() })
-			prepareNode(t, conn)
+	forEachNodeURI(t, node, func(t *testing.T, conn *libvirtconn.Conn, logger *slog.Logger) {
+		prepareNode(t, conn)
 
-			reg := prometheus.NewPedanticRegistry()
-			reg.MustRegister(collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{
-				"kvm": New(conn, logger),
-			}))
-			mfs, err := reg.Gather()
-			if err != nil {
-				t.Fatalf("gather: %v", err)
-			}
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{
+			"kvm": New(conn, logger),
+		}))
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("gather: %v", err)
+		}
 
-			t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, golden.Encode(t, mfs)) })
+		t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, golden.Encode(t, mfs)) })
 
-			// The duration varies from run to run; its presence is
-			// checked here, the rest against the golden file.
-			var stable []*dto.MetricFamily
-			for _, mf := range mfs {
-				if mf.GetName() == "caretaker_scrape_collector_duration_seconds" {
-					continue
-				}
-				stable = append(stable, mf)
+		// The duration varies from run to run; its presence is
+		// checked here, the rest against the golden file.
+		var stable []*dto.MetricFamily
+		for _, mf := range mfs {
+			if mf.GetName() == "caretaker_scrape_collector_duration_seconds" {
+				continue
 			}
-			if len(stable) == len(mfs) {
-				t.Errorf("no caretaker_scrape_collector_duration_seconds in the output")
-			}
-			golden.Compare(t, filepath.Join("testdata", "node.metrics"), golden.Encode(t, stable), *update)
-		})
-	}
+			stable = append(stable, mf)
+		}
+		if len(stable) == len(mfs) {
+			t.Errorf("no caretaker_scrape_collector_duration_seconds in the output")
+		}
+		golden.Compare(t, filepath.Join("testdata", "node.metrics"), golden.Encode(t, stable), *update)
+	})
 }
 
 // prepareNode does what the test driver cannot read from node.xml: it sets
@@ -297,3 +279,28 @@ type emitOnly struct {
 
 func (e emitOnly) Describe(chan<- *prometheus.Desc)    {}
 func (e emitOnly) Collect(ch chan<- prometheus.Metric) { e.c.emit(ch, e.d) }
+
+// forEachNodeURI runs fn against the node file through the test driver in
+// this process and through libvirtd (skipped when libvirtd is not running).
+func forEachNodeURI(t *testing.T, node string, fn func(t *testing.T, conn *libvirtconn.Conn, logger *slog.Logger)) {
+	for _, tt := range []struct {
+		name   string
+		uri    string
+		daemon bool
+	}{
+		{name: "in-process", uri: "test://" + node},
+		{name: "libvirtd", uri: "test+unix://" + node, daemon: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.daemon {
+				if _, err := os.Stat(daemonSocket); err != nil {
+					t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
+				}
+			}
+			logger := testLogger(t)
+			conn := libvirtconn.New(tt.uri, logger)
+			t.Cleanup(func() { conn.Close() })
+			fn(t, conn, logger)
+		})
+	}
+}

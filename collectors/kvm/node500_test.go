@@ -2,7 +2,7 @@ package kvm
 
 import (
 	"fmt"
-	"os"
+	"log/slog"
 	"testing"
 
 	"caretaker/internal/libvirtconn"
@@ -16,46 +16,28 @@ import (
 func TestNode500(t *testing.T) {
 	doms := genNode(500)
 	path := writeNode(t, t.TempDir(), doms)
-	tests := []struct {
-		name   string
-		uri    string
-		daemon bool
-	}{
-		{name: "in-process", uri: "test://" + path},
-		{name: "libvirtd", uri: "test+unix://" + path, daemon: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.daemon {
-				if _, err := os.Stat(daemonSocket); err != nil {
-					t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-				}
-			}
-			logger := testLogger(t)
-			conn := libvirtconn.New(tt.uri, logger)
-			t.Cleanup(func() { conn.Close() })
-			c := New(conn, logger)
+	forEachNodeURI(t, path, func(t *testing.T, conn *libvirtconn.Conn, logger *slog.Logger) {
+		c := New(conn, logger)
 
-			samples := scrape(t, c)
-			wantSample(t, samples, "caretaker_kvm_up{}", 1)
-			wantSample(t, samples, "caretaker_kvm_domains{}", float64(len(doms)))
-			for _, d := range doms {
-				checkGenerated(t, samples, d)
-			}
-			if t.Failed() {
-				return
-			}
+		samples := scrape(t, c)
+		wantSample(t, samples, "caretaker_kvm_up{}", 1)
+		wantSample(t, samples, "caretaker_kvm_domains{}", float64(len(doms)))
+		for _, d := range doms {
+			checkGenerated(t, samples, d)
+		}
+		if t.Failed() {
+			return
+		}
 
-			reads := c.xmlReads.Load()
-			again := scrape(t, c)
-			if n := c.xmlReads.Load() - reads; n != 0 {
-				t.Errorf("second scrape read %d domain XMLs, want none", n)
-			}
-			if len(again) != len(samples) {
-				t.Errorf("second scrape: %d samples, first %d", len(again), len(samples))
-			}
-		})
-	}
+		reads := c.xmlReads.Load()
+		again := scrape(t, c)
+		if n := c.xmlReads.Load() - reads; n != 0 {
+			t.Errorf("second scrape read %d domain XMLs, want none", n)
+		}
+		if len(again) != len(samples) {
+			t.Errorf("second scrape: %d samples, first %d", len(again), len(samples))
+		}
+	})
 }
 
 // checkGenerated checks the samples of one generated domain.

@@ -91,3 +91,19 @@ func BadFiles(t *testing.T, pattern string, load func(path string) error, update
 		})
 	}
 }
+
+// GoodFiles loads every file matching pattern with load, which must succeed.
+func GoodFiles(t *testing.T, pattern string, load func(path string) error) {
+	t.Helper()
+	files, err := filepath.Glob(pattern)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no files match %s", pattern)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if err := load(f); err != nil {
+				t.Fatalf("load: %v", err)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -18,18 +19,25 @@ import (
 // request's context.
 const checkContextEveryNIterations = 128
 
+// parseLimitAndRange reads the limit, start and end parameters the series
+// and label endpoints share; param names the one that is wrong.
+func parseLimitAndRange(r *http.Request) (limit int, start, end time.Time, param string, err error) {
+	if limit, err = parseLimitParam(r.FormValue("limit")); err != nil {
+		return 0, start, end, "limit", err
+	}
+	if start, err = parseTimeParam(r, "start", minTime()); err != nil {
+		return 0, start, end, "start", err
+	}
+	if end, err = parseTimeParam(r, "end", maxTime()); err != nil {
+		return 0, start, end, "end", err
+	}
+	return limit, start, end, "", nil
+}
+
 func (a *API) labelNames(r *http.Request) apiFuncResult {
-	limit, err := parseLimitParam(r.FormValue("limit"))
+	limit, start, end, param, err := parseLimitAndRange(r)
 	if err != nil {
-		return invalidParamError(err, "limit")
-	}
-	start, err := parseTimeParam(r, "start", minTime())
-	if err != nil {
-		return invalidParamError(err, "start")
-	}
-	end, err := parseTimeParam(r, "end", maxTime())
-	if err != nil {
-		return invalidParamError(err, "end")
+		return invalidParamError(err, param)
 	}
 	matcherSets, err := a.parseMatchersParam(r.Form["match[]"])
 	if err != nil {
@@ -92,17 +100,9 @@ func (a *API) labelValues(r *http.Request) (result apiFuncResult) {
 	if !model.UTF8Validation.IsValidLabelName(name) {
 		return apiFuncResult{err: &apiError{errorBadData, fmt.Errorf("invalid label name: %q", name)}}
 	}
-	limit, err := parseLimitParam(r.FormValue("limit"))
+	limit, start, end, param, err := parseLimitAndRange(r)
 	if err != nil {
-		return invalidParamError(err, "limit")
-	}
-	start, err := parseTimeParam(r, "start", minTime())
-	if err != nil {
-		return invalidParamError(err, "start")
-	}
-	end, err := parseTimeParam(r, "end", maxTime())
-	if err != nil {
-		return invalidParamError(err, "end")
+		return invalidParamError(err, param)
 	}
 	matcherSets, err := a.parseMatchersParam(r.Form["match[]"])
 	if err != nil {
@@ -166,17 +166,9 @@ func (a *API) series(r *http.Request) (result apiFuncResult) {
 	if len(r.Form["match[]"]) == 0 {
 		return apiFuncResult{err: &apiError{errorBadData, errors.New("no match[] parameter provided")}}
 	}
-	limit, err := parseLimitParam(r.FormValue("limit"))
+	limit, start, end, param, err := parseLimitAndRange(r)
 	if err != nil {
-		return invalidParamError(err, "limit")
-	}
-	start, err := parseTimeParam(r, "start", minTime())
-	if err != nil {
-		return invalidParamError(err, "start")
-	}
-	end, err := parseTimeParam(r, "end", maxTime())
-	if err != nil {
-		return invalidParamError(err, "end")
+		return invalidParamError(err, param)
 	}
 	matcherSets, err := a.parseMatchersParam(r.Form["match[]"])
 	if err != nil {

@@ -15,17 +15,10 @@ import (
 var update = flag.Bool("update", false, "rewrite the .err golden files")
 
 func TestLoadGood(t *testing.T) {
-	files, _ := filepath.Glob("testdata/good/*.yml")
-	if len(files) == 0 {
-		t.Fatal("no good test files")
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			if _, err := Load(f); err != nil {
-				t.Fatalf("Load: %v", err)
-			}
-		})
-	}
+	golden.GoodFiles(t, "testdata/good/*.yml", func(path string) error {
+		_, err := Load(path)
+		return err
+	})
 }
 
 // Each bad file's exact error is kept beside it in a .err golden file.
