@@ -47,6 +47,7 @@ token. /metrics?collect[]=kvm selects collectors.`,
 					return err
 				}
 				cfg.Overlays, cfg.NeighborStaleAfter = f.OverlayList(), f.NeighborStaleAfter
+				cfg.OverlayRepairs = f.DesiredOverlays()
 			}
 			cfg.Logger = logger
 			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {

@@ -1,7 +1,7 @@
 // Package agent is the HTTP surface of the caretaker agent that runs on every
 // KVM host: /metrics for the server's Prometheus, and under /api/v1/ the
 // host-local actions the server's remediation asks for (today: look at and
-// start a libvirt domain).
+// start a libvirt domain, repair a VXLAN overlay).
 package agent
 
 import (
@@ -24,6 +24,7 @@ import (
 	"caretaker/collectors/kvm"
 	"caretaker/collectors/overlay"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/overlaynet"
 )
 
 // Defaults applied by New to the zero fields of Config.
@@ -66,10 +67,14 @@ type Config struct {
 	// configuration file); NeighborStaleAfter is the overlay collector's.
 	Overlays           []overlay.Overlay
 	NeighborStaleAfter time.Duration
-	// NetNS is the network namespace the overlay collector reads, as a
-	// path like /var/run/netns/x; empty means the agent's own.
-	NetNS  string
-	Logger *slog.Logger
+	// NetNS is the network namespace the overlay collector reads, and
+	// overlay repairs change, as a path like /var/run/netns/x; empty
+	// means the agent's own.
+	NetNS string
+	// OverlayRepairs are the overlays POST /api/v1/overlays/{cluster}/repair
+	// can repair (File.DesiredOverlays); other clusters get 404.
+	OverlayRepairs []overlaynet.Desired
+	Logger         *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.

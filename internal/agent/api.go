@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -8,8 +9,12 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"caretaker/internal/overlaynet"
 )
 
 // Domain is a libvirt domain as the API reports it.
@@ -39,6 +44,13 @@ type StartResult struct {
 	Domain
 }
 
+// OverlayRepair is the answer to an overlay repair: what was changed on the
+// host, in words; empty when the overlay was already as configured.
+type OverlayRepair struct {
+	Cluster string   `json:"cluster"`
+	Changes []string `json:"changes"`
+}
+
 type apiError struct {
 	Error string `json:"error"`
 }
@@ -47,6 +59,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/domains/{uuid}", a.handleDomain)
 	mux.HandleFunc("/api/v1/domains/{uuid}/start", a.handleStart)
+	mux.Handle("/api/v1/overlays/{cluster}/repair", a.newOverlayRepairs())
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
 	})
@@ -151,6 +164,73 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		logger.Info("domain started", "reason_code", after.ReasonCode)
 		writeJSON(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
 	}
+}
+
+// repairTimeout bounds one overlay repair's netlink calls.
+const repairTimeout = 30 * time.Second
+
+// overlayRepairs answers POST /api/v1/overlays/{cluster}/repair.
+type overlayRepairs struct {
+	a         *Agent
+	byCluster map[string]overlaynet.Desired
+	// mu runs one repair at a time: two at once would both find a
+	// device missing and the second would fail to create it.
+	mu sync.Mutex
+}
+
+func (a *Agent) newOverlayRepairs() *overlayRepairs {
+	r := &overlayRepairs{a: a, byCluster: make(map[string]overlaynet.Desired, len(a.cfg.OverlayRepairs))}
+	for _, d := range a.cfg.OverlayRepairs {
+		r.byCluster[d.Cluster] = d
+	}
+	return r
+}
+
+func (o *overlayRepairs) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		methodNotAllowed(w, r, http.MethodPost)
+		return
+	}
+	cluster := r.PathValue("cluster")
+	d, ok := o.byCluster[cluster]
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no overlay for cluster %q in the agent's configuration", cluster))
+		return
+	}
+	logger := o.a.logger.With("action", "repair-overlay", "cluster", cluster, "device", d.Device)
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ctx, cancel := context.WithTimeout(r.Context(), repairTimeout)
+	defer cancel()
+	h, err := overlaynet.Open(ctx, o.a.cfg.NetNS)
+	if err != nil {
+		logger.Warn("repair overlay failed", "err", err)
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("repair overlay of cluster %s: %v", cluster, err))
+		return
+	}
+	defer h.Close()
+	changes, err := overlaynet.Ensure(h, d)
+	if err != nil {
+		// The changes made before the failure stay on the host: say so.
+		logger.Warn("repair overlay failed", "err", err, "changes", changes)
+		code := http.StatusInternalServerError
+		if errors.Is(err, overlaynet.ErrConflict) {
+			code = http.StatusConflict
+		}
+		msg := fmt.Sprintf("repair overlay of cluster %s: %v", cluster, err)
+		if len(changes) > 0 {
+			msg += fmt.Sprintf(" (changed before the failure: %s)", strings.Join(changes, "; "))
+		}
+		writeError(w, code, msg)
+		return
+	}
+	if len(changes) > 0 {
+		logger.Info("repaired overlay", "changes", changes)
+	} else {
+		logger.Info("overlay already as configured")
+	}
+	writeJSON(w, http.StatusOK, OverlayRepair{Cluster: cluster, Changes: changes})
 }
 
 // lookup finds the domain named by a request's uuid, or answers the request

@@ -63,6 +63,17 @@ func (c *Client) StartDomain(ctx context.Context, uuid string) (StartResult, err
 	return res, nil
 }
 
+// RepairOverlay makes the agent's host match its configuration for the
+// cluster's overlay and returns what it changed, in words; none when the
+// overlay was already as configured.
+func (c *Client) RepairOverlay(ctx context.Context, cluster string) ([]string, error) {
+	var res OverlayRepair
+	if err := c.do(ctx, http.MethodPost, "/api/v1/overlays/"+url.PathEscape(cluster)+"/repair", &res); err != nil {
+		return nil, fmt.Errorf("repair overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+	}
+	return res.Changes, nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, nil)
 	if err != nil {

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"caretaker/collectors/overlay"
+	"caretaker/internal/overlaynet"
 	"caretaker/internal/yamlfile"
 )
 
@@ -30,6 +32,13 @@ type OverlayConfig struct {
 	Bridge  string       `yaml:"bridge"`
 	VNI     int          `yaml:"vni"`
 	Peers   []PeerConfig `yaml:"peers"`
+	// Underlay, Local, Port and MTU are needed only to repair the
+	// overlay (see overlaynet.Desired for their defaults); the
+	// collector does without them, and a repair without Underlay fails.
+	Underlay string `yaml:"underlay"`
+	Local    string `yaml:"local"`
+	Port     int    `yaml:"port"`
+	MTU      int    `yaml:"mtu"`
 }
 
 // PeerConfig is a remote host's VTEP.
@@ -59,6 +68,7 @@ func (f *File) Validate() error {
 		errs = append(errs, yamlfile.Errorf("neighbor_stale_after", "must not be negative"))
 	}
 	for i, o := range f.Overlays {
+		errs = append(errs, o.validateRepairFields(fmt.Sprintf("overlays[%d]", i))...)
 		for j, p := range o.Peers {
 			if net.ParseIP(p.Address) == nil {
 				errs = append(errs, yamlfile.Errorf(fmt.Sprintf("overlays[%d].peers[%d].address", i, j), "%q is not an IP address", p.Address))
@@ -103,6 +113,69 @@ func (f *File) OverlayList() []overlay.Overlay {
 			ov.Peers = append(ov.Peers, overlay.Peer{Host: p.Host, Address: net.ParseIP(p.Address)})
 		}
 		out = append(out, ov)
+	}
+	return out
+}
+
+// validateRepairFields checks the fields only a repair uses, with the same
+// rules as overlaynet.Desired.Validate, so that a file that loads can be
+// repaired. path is the overlay's, "overlays[i]".
+func (o OverlayConfig) validateRepairFields(path string) []error {
+	var errs []error
+	if o.Bridge != "" && o.Bridge == o.Device {
+		errs = append(errs, yamlfile.Errorf(path+".bridge", "%q is also the overlay's device", o.Bridge))
+	}
+	if o.Underlay != "" {
+		switch {
+		case len(o.Underlay) > 15: // IFNAMSIZ - 1
+			errs = append(errs, yamlfile.Errorf(path+".underlay", "%q: longer than 15 bytes", o.Underlay))
+		case o.Underlay == "." || o.Underlay == "..", strings.ContainsAny(o.Underlay, "/: \t\n"):
+			errs = append(errs, yamlfile.Errorf(path+".underlay", "%q: not a valid interface name", o.Underlay))
+		case o.Underlay == o.Device || o.Underlay == o.Bridge:
+			errs = append(errs, yamlfile.Errorf(path+".underlay", "%q is also the overlay's device or bridge", o.Underlay))
+		}
+	}
+	if o.Local != "" {
+		if ip := net.ParseIP(o.Local); ip == nil || ip.IsUnspecified() || ip.IsMulticast() {
+			errs = append(errs, yamlfile.Errorf(path+".local", "%q is not a unicast IP address", o.Local))
+		}
+	}
+	if o.Port < 0 || o.Port > 65535 {
+		errs = append(errs, yamlfile.Errorf(path+".port", "%d: out of range 1-65535", o.Port))
+	}
+	if o.MTU != 0 && (o.MTU < 68 || o.MTU > 65535) {
+		errs = append(errs, yamlfile.Errorf(path+".mtu", "%d: out of range 68-65535", o.MTU))
+	}
+	return errs
+}
+
+// Desired is the overlay as overlaynet.Ensure makes the host have it. The
+// file must have been validated (LoadFile does).
+func (o OverlayConfig) Desired() overlaynet.Desired {
+	d := overlaynet.Desired{
+		Cluster:  o.Cluster,
+		Device:   o.Device,
+		Bridge:   o.Bridge,
+		VNI:      o.VNI,
+		Underlay: o.Underlay,
+		Port:     o.Port,
+		MTU:      o.MTU,
+	}
+	if o.Local != "" {
+		d.Local = net.ParseIP(o.Local)
+	}
+	for _, p := range o.Peers {
+		d.Peers = append(d.Peers, net.ParseIP(p.Address))
+	}
+	return d
+}
+
+// DesiredOverlays is every overlay of the file as Config.OverlayRepairs
+// takes them.
+func (f *File) DesiredOverlays() []overlaynet.Desired {
+	out := make([]overlaynet.Desired, 0, len(f.Overlays))
+	for _, o := range f.Overlays {
+		out = append(out, o.Desired())
 	}
 	return out
 }
