@@ -2,9 +2,9 @@ package remediation
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
 )
@@ -21,46 +21,69 @@ func keyOf(fingerprint string, startsAt time.Time) instanceKey {
 	return instanceKey{fingerprint: fingerprint, startsAt: startsAt.UTC().Format(time.RFC3339Nano)}
 }
 
-// history is what the engine knows about one alert instance.
-type history struct {
+// instance is what the engine knows about one alert instance.
+type instance struct {
+	alert Alert     // as last received; Labels nil when only the journal knew it
+	seen  time.Time // when last received firing; zero when only the journal knew it
+
+	step     int           // place in the rule's escalation chain
+	attempts int           // tries of the current step
 	state    journal.State // of the latest record; "" when none
-	attempts int           // actions tried; skips do not count
 	finished time.Time     // when the latest try ended
-	// refused is set once a guard's refusal (breaker, pause, escalation)
-	// is in the journal for this instance: such a refusal is not final,
-	// the instance is acted on once the guard allows, but it is recorded
-	// only once however often the alert is re-sent.
-	refused bool
+
+	// last is the latest record of the instance; 0 when none.
+	last uint64
+	// manual: run by hand (runbook run); never retried or escalated.
+	manual bool
+	// open is the record still waiting for its outcome (pending,
+	// awaiting approval, running, verifying); 0 when none.
+	open     uint64
+	reason   string           // the open pending record's reason, written only when it changes
+	approval *guards.Approval // the open record's, when one was requested
+	verifyBy time.Time        // verifying by resolution: the deadline
+
+	// done: the engine has nothing more to do for this instance. gaveUp:
+	// done because every action of the chain failed.
+	done, gaveUp bool
 }
 
-// guardRefusal reports whether a skipped record's reason is a guard's
-// refusal rather than a final skip (dry run, missing labels): the guards
-// write their sentences as "skipped: …" or "escalate: …".
-func guardRefusal(reason string) bool {
-	return strings.HasPrefix(reason, "skipped: ") || strings.HasPrefix(reason, "escalate: ")
-}
-
-// apply folds a journal record, oldest first, into the history.
-func (h *history) apply(rec journal.Record) {
-	if rec.State == journal.StateSkipped && guardRefusal(rec.Reason) {
-		h.refused = true
-		return
+// apply folds a journal record, oldest first, into the instance.
+func (in *instance) apply(rec journal.Record) {
+	if rec.Step > in.step {
+		in.step, in.attempts = rec.Step, 0
 	}
-	h.state = rec.State
-	if rec.State == journal.StateSkipped {
-		return
+	in.state, in.last = rec.State, rec.ID
+	in.open = 0
+	switch rec.State {
+	case journal.StatePending:
+		in.open, in.reason = rec.ID, rec.Reason
+	case journal.StateAwaitingApproval:
+		in.open, in.approval = rec.ID, rec.Approval
+	case journal.StateRunning, journal.StateVerifying:
+		in.open = rec.ID
+		in.attempts = max(in.attempts, rec.Attempt)
+	case journal.StateFailed:
+		in.attempts = max(in.attempts, rec.Attempt)
+		in.finished = rec.Finished
+		in.gaveUp = rec.GaveUp
+		in.done = rec.GaveUp
+	case journal.StateSucceeded, journal.StateSkipped, journal.StateInterrupted,
+		journal.StateCancelled, journal.StateExpired:
+		in.done = true
+		in.finished = rec.Finished
 	}
-	h.attempts = max(h.attempts, rec.Attempt)
-	h.finished = rec.Finished
 }
 
 type verdict int
 
 const (
-	// verdictAct: try the action (again).
+	// verdictAct: try the current step's action (again).
 	verdictAct verdict = iota
 	// verdictWait: not now — an action runs or a retry is not yet due.
 	verdictWait
+	// verdictEscalate: the current step spent its attempts; the next
+	// action of the chain takes over, or a human when there is none.
+	verdictEscalate
 	// verdictDone: this instance needs nothing more from the engine.
 	verdictDone
 )
@@ -71,48 +94,40 @@ func (v verdict) String() string {
 		return "act"
 	case verdictWait:
 		return "wait"
+	case verdictEscalate:
+		return "escalate"
 	case verdictDone:
 		return "done"
 	}
 	return fmt.Sprintf("verdict(%d)", int(v))
 }
 
-// decide is decideWith under the default guards.
-func decide(h history, now time.Time) (verdict, string) {
-	return decideWith(policy.DefaultGuards(), h, now)
-}
-
-// decideWith says what to do about an alert instance with history h at now
-// under the guards g, and why. It keeps the per-instance rules: one action
-// at a time, none after a success or an interruption, at most
-// g.MaxAttempts tries, and no retry before the earliest time the target
+// decide says what to do about an alert instance at now under the guards
+// g, and why. It keeps the per-instance rules: one action at a time, none
+// after a success or an interruption, at most g.MaxAttempts tries of each
+// action of the chain, and no retry before the earliest time the target
 // guard's backoff (with its jitter) could allow; that guard then holds the
 // retry until its own time.
-func decideWith(g policy.Guards, h history, now time.Time) (verdict, string) {
-	maxAttempts := g.MaxAttempts
-	switch h.state {
-	case "":
-		return verdictAct, "first action for this alert instance"
-	case journal.StatePending, journal.StateRunning:
-		return verdictWait, "an action for this alert instance is in flight"
-	case journal.StateSucceeded:
-		return verdictDone, "already healed"
-	case journal.StateSkipped:
-		return verdictDone, "already skipped"
-	case journal.StateInterrupted:
-		// The agent may have acted before the server stopped; doing it
-		// again unseen could do harm, so a human looks first.
-		return verdictDone, "an earlier action was interrupted; not retried automatically"
-	case journal.StateFailed:
-		if maxAttempts > 0 && h.attempts >= maxAttempts {
-			return verdictDone, fmt.Sprintf("gave up after %d attempts", h.attempts)
-		}
-		if due := h.finished.Add(g.Target().Backoff(h.attempts, 0)); now.Before(due) {
-			return verdictWait, fmt.Sprintf("retry %d of %d is due at %s", h.attempts+1, maxAttempts, due.Format(time.RFC3339))
-		}
-		return verdictAct, fmt.Sprintf("retry %d of %d", h.attempts+1, maxAttempts)
+func decide(g policy.Guards, in instance, now time.Time) (verdict, string) {
+	if in.done {
+		return verdictDone, "already handled"
 	}
-	// A state this engine does not know was written by a newer one; leave
-	// it alone rather than guess.
-	return verdictDone, fmt.Sprintf("unknown journal state %q", h.state)
+	switch in.state {
+	case "", journal.StatePending, journal.StateAwaitingApproval:
+		if in.attempts == 0 {
+			return verdictAct, "first action for this alert instance"
+		}
+		return verdictAct, fmt.Sprintf("retry %d of %d", in.attempts+1, g.MaxAttempts)
+	case journal.StateRunning, journal.StateVerifying:
+		return verdictWait, "an action for this alert instance is in flight"
+	case journal.StateFailed:
+		if g.MaxAttempts > 0 && in.attempts >= g.MaxAttempts {
+			return verdictEscalate, fmt.Sprintf("gave up after %d attempts", in.attempts)
+		}
+		if due := in.finished.Add(g.Target().Backoff(in.attempts, 0)); now.Before(due) {
+			return verdictWait, fmt.Sprintf("retry %d of %d is due at %s", in.attempts+1, g.MaxAttempts, due.Format(time.RFC3339))
+		}
+		return verdictAct, fmt.Sprintf("retry %d of %d", in.attempts+1, g.MaxAttempts)
+	}
+	return verdictDone, fmt.Sprintf("journal state %q", in.state)
 }

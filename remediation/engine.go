@@ -1,7 +1,8 @@
 // Package remediation is the engine that heals what the alerts report: it
-// matches each firing alert to the policy, records its decision in the
-// journal before acting, has the agent on the guest's host act, verifies the
-// result and records the outcome.
+// matches each firing alert to the policy, asks the guards, records its
+// decision in the journal before acting, has the agent on the target's host
+// (or the provisioner, or a command) act, verifies the result, escalates
+// along the rule's chain when it fails, and records every step.
 //
 // Alerts are re-sent on every rule evaluation, so the engine acts once per
 // alert instance (its label set and the moment it started firing), and it
@@ -32,12 +33,26 @@ const (
 	StatusResolved = "resolved"
 )
 
-// ReasonDryRun is the Reason of records skipped because of Options.DryRun.
-const ReasonDryRun = "dry-run"
+// Defaults of Options.
+const (
+	// DefaultActionTimeout bounds one action, start and direct
+	// verification together.
+	DefaultActionTimeout = 2 * time.Minute
+	// DefaultStaleAfter: a pending action whose alert has not been
+	// received for this long is cancelled. Alertmanager's repeat_interval
+	// must be shorter for alerts that come only through it.
+	DefaultStaleAfter = time.Hour
+	// checkEvery spaces the direct checks of a target while verifying.
+	checkEvery = time.Second
+	// batchSize bounds the decisions written in one journal transaction.
+	batchSize = 2000
+	// maxStarts bounds the start times remembered per action for the
+	// rate limit.
+	maxStarts = 1024
+)
 
-// DefaultActionTimeout bounds one action, start and verification together,
-// when Options.ActionTimeout is zero.
-const DefaultActionTimeout = 2 * time.Minute
+// ReasonDryRun starts the Reason of records of a dry run.
+const ReasonDryRun = "dry-run"
 
 // Alert is one alert as the engine receives it, from the embedded rule
 // manager or from an Alertmanager webhook.
@@ -51,71 +66,76 @@ type Alert struct {
 	Fingerprint string // stable id of the label set; computed from Labels if empty
 }
 
-// Hosts runs guest actions through the agent on the guest's host (the
-// server wires agent HTTP clients behind it).
-type Hosts interface {
-	// StartGuest returns nil when the agent started the guest or it was
-	// already running.
-	StartGuest(ctx context.Context, host, uuid string) error
-	// GuestRunning reports whether the guest runs, to verify an action.
-	GuestRunning(ctx context.Context, host, uuid string) (bool, error)
-}
-
 // Options configure an Engine. Policy, Journal and Hosts are required.
 type Options struct {
-	Policy     *policy.Policy
-	Journal    *journal.Journal
-	Hosts      Hosts
-	Logger     *slog.Logger          // nil discards
-	Registerer prometheus.Registerer // nil registers nothing
-	Now        func() time.Time      // nil is time.Now
+	Policy  *policy.Policy
+	Journal *journal.Journal
+	Hosts   Hosts
+	// Provisioner re-creates guests and reinstalls hosts; nil makes those
+	// actions fail as not available.
+	Provisioner Provisioner
+	Logger      *slog.Logger          // nil discards
+	Registerer  prometheus.Registerer // nil registers nothing
+	Now         func() time.Time      // nil is time.Now
 	// ActionTimeout bounds one action; 0 is DefaultActionTimeout.
 	ActionTimeout time.Duration
-	// DryRun records what would be done, as skipped, and does nothing.
+	// DryRun decides and records everything, as skipped, and executes
+	// nothing.
 	DryRun bool
 	// FleetSize returns the number of guests known, the total the circuit
 	// breaker's percentage is taken of; 0 means unknown. When it is nil or
 	// returns 0, the largest count seen stands in for it.
 	FleetSize func() int
+	// StaleAfter: 0 is DefaultStaleAfter.
+	StaleAfter time.Duration
+	// Retention: Tick deletes finished records older than this; 0 keeps
+	// every record.
+	Retention time.Duration
 }
 
 // Engine decides and runs remediation actions. It is safe for concurrent
 // use.
 type Engine struct {
-	log     *slog.Logger
-	journal *journal.Journal
-	hosts   Hosts
-	now     func() time.Time
-	timeout time.Duration
-	dryRun  bool
-	actions map[string]action
-	metrics *metrics
-	fleet   func() int
-	rnd     func() float64 // jitter samples
+	log         *slog.Logger
+	journal     *journal.Journal
+	hosts       Hosts
+	provisioner Provisioner
+	now         func() time.Time
+	timeout     time.Duration
+	dryRun      bool
+	staleAfter  time.Duration
+	retention   time.Duration
+	actions     map[string]action
+	metrics     *metrics
+	fleet       func() int
+	rnd         func() float64 // jitter samples
 
 	mu        sync.Mutex
 	policy    *policy.Policy
-	instances map[instanceKey]*history
-	busy      map[string]bool // target keys with an action in flight
-	// The guards' state. targets holds the attempts on each target (by
-	// target key); unhealthy the fingerprints of the firing alerts that
-	// match a rule, by target key; largest the largest fleet count seen.
+	windows   guards.Windows // the policy's, compiled
+	instances map[instanceKey]*instance
+	byRecord  map[uint64]instanceKey // open records
+	busy      map[string]uint64      // target key → record in flight
 	targets   map[string]*guards.TargetHistory
-	unhealthy map[string]map[string]bool
-	largest   int
-	breaker   *guards.Breaker
-	// pauses live in memory only for now: a restart forgets them.
-	// Persisting them, and the API and runbook commands that set them,
-	// come later.
-	pauses   guards.Pauses
-	closed   bool
-	inflight sync.WaitGroup // Add under mu, so Close cannot miss one
+	starts    map[string][]time.Time // by action, for the rate limit
+	// unhealthy holds the fingerprints of the firing alerts that match a
+	// rule, by target key: the circuit breaker's count. hostAlerts holds
+	// the firing host alerts (policy guards.host_alerts) by host and
+	// fingerprint: the dependency guard's input.
+	unhealthy  map[string]map[string]bool
+	hostAlerts map[string]map[string]string
+	largest    int
+	breaker    *guards.Breaker
+	pauses     guards.Pauses
+	pruned     time.Time
+	closed     bool
+	inflight   sync.WaitGroup // Add under mu, so Close cannot miss one
 }
 
-// New returns an engine. It marks the journal's unfinished records
-// interrupted (the previous server stopped before their outcome was known)
-// and learns from the journal which alert instances were already handled,
-// so a restart never repeats an action.
+// New returns an engine. It learns from the journal which alert instances
+// were already handled, so a restart never repeats an action, and
+// reconciles the actions a previous server left running by checking their
+// targets' real state.
 func New(opts Options) (*Engine, error) {
 	switch {
 	case opts.Policy == nil:
@@ -126,23 +146,20 @@ func New(opts Options) (*Engine, error) {
 		return nil, errors.New("new remediation engine: no hosts")
 	}
 	e := &Engine{
-		log:       opts.Logger,
-		journal:   opts.Journal,
-		hosts:     opts.Hosts,
-		now:       opts.Now,
-		timeout:   opts.ActionTimeout,
-		dryRun:    opts.DryRun,
-		actions:   actions(),
-		policy:    opts.Policy,
-		instances: map[instanceKey]*history{},
-		busy:      map[string]bool{},
-		fleet:     opts.FleetSize,
-		rnd:       rand.Float64,
-		targets:   map[string]*guards.TargetHistory{},
-		unhealthy: map[string]map[string]bool{},
+		log:         opts.Logger,
+		journal:     opts.Journal,
+		hosts:       opts.Hosts,
+		provisioner: opts.Provisioner,
+		now:         opts.Now,
+		timeout:     opts.ActionTimeout,
+		dryRun:      opts.DryRun,
+		staleAfter:  opts.StaleAfter,
+		retention:   opts.Retention,
+		actions:     actions(),
+		fleet:       opts.FleetSize,
+		rnd:         rand.Float64,
+		breaker:     &guards.Breaker{},
 	}
-	g := opts.Policy.GuardSettings()
-	e.breaker = &guards.Breaker{Threshold: g.Threshold(), CloseAfter: g.BreakerCloseAfter}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -152,55 +169,88 @@ func New(opts Options) (*Engine, error) {
 	if e.timeout <= 0 {
 		e.timeout = DefaultActionTimeout
 	}
+	if e.staleAfter <= 0 {
+		e.staleAfter = DefaultStaleAfter
+	}
+	e.SetPolicy(opts.Policy)
 	var err error
 	if e.metrics, err = newMetrics(opts.Registerer, e.guardState); err != nil {
 		return nil, fmt.Errorf("new remediation engine: %w", err)
 	}
-	if err := e.seed(); err != nil {
+	if _, err := e.journal.LoadState(pausesState, &e.pauses); err != nil {
+		return nil, fmt.Errorf("new remediation engine: %w", err)
+	}
+	if err := e.load(); err != nil {
+		return nil, fmt.Errorf("new remediation engine: %w", err)
+	}
+	if err := e.reconcile(); err != nil {
 		return nil, fmt.Errorf("new remediation engine: %w", err)
 	}
 	return e, nil
 }
 
-// seed recovers the journal and loads the history of every alert instance.
-func (e *Engine) seed() error {
-	interrupted, err := e.journal.Recover(e.now())
-	if err != nil {
-		return err
-	}
-	for _, rec := range interrupted {
-		e.log.Warn("remediation action interrupted by a restart; check the target by hand",
-			recordAttrs(rec)...)
-	}
+// load rebuilds the engine's memory from the journal: every alert
+// instance's history, the attempts on each target, the recent starts.
+// It keeps the alerts already received.
+func (e *Engine) load() error {
 	recs, err := e.journal.List(0)
 	if err != nil {
 		return err
 	}
+	old := e.instances
+	e.instances = map[instanceKey]*instance{}
+	e.byRecord = map[uint64]instanceKey{}
+	e.busy = map[string]uint64{}
+	e.targets = map[string]*guards.TargetHistory{}
+	e.starts = map[string][]time.Time{}
+	e.unhealthy = map[string]map[string]bool{}
+	e.hostAlerts = map[string]map[string]string{}
 	for i := len(recs) - 1; i >= 0; i-- { // oldest first: the newest state wins
 		rec := recs[i]
 		if rec.Fingerprint == "" {
 			continue
 		}
-		e.historyOf(keyOf(rec.Fingerprint, rec.AlertStartsAt)).apply(rec)
+		k := keyOf(rec.Fingerprint, rec.AlertStartsAt)
+		in := e.instanceOf(k)
+		if in.alert.Labels == nil {
+			in.alert = Alert{Name: rec.Alert, Labels: rec.Labels, Status: StatusFiring,
+				StartsAt: rec.AlertStartsAt, Fingerprint: rec.Fingerprint}
+		}
+		in.manual = rec.Author != ""
+		in.apply(rec)
+		if in.open != 0 {
+			e.byRecord[in.open] = k
+		}
+		if rec.State.Started() {
+			e.busy[rec.Target] = rec.ID
+		}
+		if !rec.Started.IsZero() {
+			e.noteStart(rec.Action, rec.Started)
+		}
 		e.applyTarget(rec)
+	}
+	for k, in := range old {
+		if now := e.instances[k]; now != nil && in.alert.Labels != nil {
+			now.alert, now.seen = in.alert, in.seen
+		}
 	}
 	e.log.Debug("remediation history loaded", "records", len(recs), "alert_instances", len(e.instances))
 	return nil
 }
 
-func (e *Engine) historyOf(k instanceKey) *history {
-	h := e.instances[k]
-	if h == nil {
-		h = &history{}
-		e.instances[k] = h
+func (e *Engine) instanceOf(k instanceKey) *instance {
+	in := e.instances[k]
+	if in == nil {
+		in = &instance{}
+		e.instances[k] = in
 	}
-	return h
+	return in
 }
 
 // applyTarget folds a journal record, oldest first, into the attempts on its
 // target. An interrupted attempt counts as failed: it was tried.
 func (e *Engine) applyTarget(rec journal.Record) {
-	if rec.Host == "" || rec.UUID == "" {
+	if rec.Target == "" {
 		return
 	}
 	var out guards.Outcome
@@ -215,7 +265,7 @@ func (e *Engine) applyTarget(rec journal.Record) {
 	default:
 		return
 	}
-	e.targetOf(target{Host: rec.Host, UUID: rec.UUID}.key()).Record(at, out, nil)
+	e.targetOf(rec.Target).Record(at, out, nil)
 }
 
 // maxTargetAttempts bounds the attempts remembered per target; the
@@ -234,150 +284,26 @@ func (e *Engine) targetOf(key string) *guards.TargetHistory {
 	return th
 }
 
+func (e *Engine) noteStart(action string, at time.Time) {
+	s := append(e.starts[action], at)
+	if len(s) > maxStarts {
+		s = s[len(s)-maxStarts:]
+	}
+	e.starts[action] = s
+}
+
 // SetPolicy replaces the policy for alerts handled from now on; actions in
 // flight finish under the old one. A nil policy matches nothing.
 func (e *Engine) SetPolicy(p *policy.Policy) {
 	if p == nil {
 		e.log.Warn("remediation policy cleared: no alert will be acted on")
 	}
+	g := p.GuardSettings()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.policy = p
-	g := p.GuardSettings()
+	e.windows = g.CompiledWindows()
 	e.breaker.Threshold, e.breaker.CloseAfter = g.Threshold(), g.BreakerCloseAfter
-}
-
-// Pause stops remediation of p.Target (a target key "host/uuid", or
-// guards.Everything) until p.Until. Pauses are kept in memory only for
-// now: a restart forgets them.
-func (e *Engine) Pause(p guards.Pause) error {
-	now := e.now()
-	if p.Since.IsZero() {
-		p.Since = now
-	}
-	if err := p.Validate(); err != nil {
-		return fmt.Errorf("pause remediation: %w", err)
-	}
-	if !now.Before(p.Until) {
-		return fmt.Errorf("pause remediation of %s: until %s is not in the future", p.Target, p.Until.UTC().Format(time.RFC3339))
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.pauses = append(e.activePauses(now), p)
-	e.log.Info("remediation paused", "target", p.Target, "author", p.Author, "until", p.Until, "comment", p.Comment)
-	return nil
-}
-
-// Resume ends every pause of target (a target key, or guards.Everything).
-// Alerts refused during the pause are acted on when they are next re-sent.
-func (e *Engine) Resume(target string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var kept guards.Pauses
-	for _, p := range e.pauses {
-		if p.Target != target {
-			kept = append(kept, p)
-		}
-	}
-	if len(kept) != len(e.pauses) {
-		e.log.Info("remediation resumed", "target", target)
-	}
-	e.pauses = kept
-}
-
-// Pauses returns the pauses in force, oldest first.
-func (e *Engine) Pauses() []guards.Pause {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]guards.Pause(nil), e.activePauses(e.now())...)
-}
-
-// activePauses drops the expired pauses and returns the rest. Called with
-// e.mu held.
-func (e *Engine) activePauses(now time.Time) guards.Pauses {
-	var active guards.Pauses
-	for _, p := range e.pauses {
-		if now.Before(p.Until) {
-			active = append(active, p)
-		}
-	}
-	e.pauses = active
-	return active
-}
-
-// guardState is what the guard metrics report.
-type guardState struct {
-	breakerOpen bool
-	unhealthy   int
-	paused      int
-	pauseAge    time.Duration // of the oldest active pause
-}
-
-func (e *Engine) guardState() guardState {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	now := e.now()
-	s := guardState{breakerOpen: e.breaker.State.Open, unhealthy: len(e.unhealthy)}
-	for _, p := range e.activePauses(now) {
-		s.paused++
-		s.pauseAge = max(s.pauseAge, now.Sub(p.Since))
-	}
-	return s
-}
-
-// observe counts the distinct targets with a firing alert that matches a
-// rule, forgetting those whose alerts resolved, and feeds the count to the
-// circuit breaker. fleet is the number of guests known, 0 if unknown.
-func (e *Engine) observe(alerts []Alert, fleet int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return
-	}
-	for _, a := range alerts {
-		rule, ok := e.policy.Match(a.Labels)
-		if !ok {
-			continue
-		}
-		act, known := e.actions[rule.Action]
-		if !known {
-			continue
-		}
-		t, err := act.target(a.Labels)
-		if err != nil {
-			continue
-		}
-		k := t.key()
-		switch a.Status {
-		case StatusFiring:
-			if e.unhealthy[k] == nil {
-				e.unhealthy[k] = map[string]bool{}
-			}
-			e.unhealthy[k][a.Fingerprint] = true
-		case StatusResolved:
-			delete(e.unhealthy[k], a.Fingerprint)
-			if len(e.unhealthy[k]) == 0 {
-				delete(e.unhealthy, k)
-			}
-		}
-	}
-	n := len(e.unhealthy)
-	e.largest = max(e.largest, fleet, n)
-	if fleet <= 0 {
-		fleet = e.largest
-	}
-	counted := n
-	if e.breaker.Threshold.Percent && n < 2 {
-		// One failing guest is no sign of a shared cause, yet in a small
-		// fleet it is over any percentage below 100%: a percentage
-		// trips on two targets or more.
-		counted = 0
-	}
-	was := e.breaker.State.Open
-	s := e.breaker.Observe(counted, fleet, e.now())
-	if s.Open != was {
-		e.log.Warn("remediation circuit breaker "+map[bool]string{true: "opened", false: "closed"}[s.Open], "why", s.Why)
-	}
 }
 
 // Close stops taking alerts and waits for the actions in flight, each of
@@ -392,8 +318,7 @@ func (e *Engine) Close() {
 // Handle decides about each alert. It records every decision before
 // returning and runs the actions in the background: the caller is a rule
 // evaluation or a webhook, which must not wait for a guest to boot.
-// Cancelling ctx does not cancel actions already started.
-func (e *Engine) Handle(ctx context.Context, alerts []Alert) {
+func (e *Engine) Handle(_ context.Context, alerts []Alert) {
 	fleet := 0
 	if e.fleet != nil {
 		fleet = e.fleet() // outside e.mu: it may query the monitor
@@ -402,233 +327,422 @@ func (e *Engine) Handle(ctx context.Context, alerts []Alert) {
 	for i, a := range alerts {
 		norm[i] = normalize(a)
 	}
-	// The whole batch counts before any of it is acted on, so a burst
-	// of alerts opens the breaker before its first action.
-	e.observe(norm, fleet)
-	for _, a := range norm {
-		e.handle(ctx, a)
-	}
-}
-
-func (e *Engine) handle(ctx context.Context, a Alert) {
-	log := e.log.With("alert", a.Name, "fingerprint", a.Fingerprint, "alert_starts_at", a.StartsAt)
-	switch a.Status {
-	case StatusFiring:
-	case StatusResolved:
-		return // nothing to undo yet
-	default:
-		log.Warn("remediation ignores alert with unknown status", "status", a.Status)
-		return
-	}
-
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		log.Warn("remediation engine closed; alert ignored")
+		e.log.Warn("remediation engine closed; alerts ignored", "alerts", len(alerts))
 		return
 	}
-	rule, ok := e.policy.Match(a.Labels)
-	if !ok {
-		log.Debug("no remediation rule matches alert")
-		return
+	// The whole batch counts before any of it is acted on, so a burst
+	// of alerts opens the breaker before its first action.
+	e.observe(norm, fleet)
+	for len(norm) > 0 {
+		chunk := norm[:min(len(norm), batchSize)]
+		norm = norm[len(chunk):]
+		e.write(func(w *writer) {
+			for _, a := range chunk {
+				switch a.Status {
+				case StatusFiring:
+					e.firing(w, a)
+				case StatusResolved:
+					e.resolved(w, a)
+				default:
+					e.log.Warn("remediation ignores alert with unknown status", "alert", a.Name, "status", a.Status)
+				}
+			}
+		})
 	}
-	log = log.With("rule", rule.Name, "action", rule.Action)
-	key := keyOf(a.Fingerprint, a.StartsAt)
-	h := e.historyOf(key)
-	now := e.now()
-	g := e.policy.GuardSettings()
-	v, why := decideWith(g, *h, now)
-	if v != verdictAct {
-		// The common path: the same alert re-sent every evaluation.
-		log.Debug("remediation: nothing to do", "verdict", v, "reason", why)
-		return
-	}
+}
 
-	rec := journal.Record{
-		Created:       now,
-		Alert:         a.Name,
-		Fingerprint:   a.Fingerprint,
-		AlertStartsAt: a.StartsAt,
-		Rule:          rule.Name,
-		Action:        rule.Action,
+// writer collects one transaction's records and the actions to start once
+// they are on disk.
+type writer struct {
+	b    *journal.Batch
+	jobs []job
+	err  error
+}
+
+func (w *writer) append(rec journal.Record) journal.Record {
+	if w.err != nil {
+		return rec
 	}
-	act, known := e.actions[rule.Action]
-	if !known {
-		// Only a policy built in code, bypassing validation, gets here.
-		e.skip(log, h, rec, fmt.Sprintf("action %q is not implemented", rule.Action))
-		return
+	rec, w.err = w.b.Append(rec)
+	return rec
+}
+
+func (w *writer) update(id uint64, fn func(*journal.Record)) journal.Record {
+	if w.err != nil {
+		return journal.Record{}
 	}
-	t, err := act.target(a.Labels)
-	rec.Host, rec.UUID, rec.Domain = a.Labels["host"], a.Labels["uuid"], a.Labels["domain"]
+	rec, err := w.b.Update(id, fn)
+	w.err = err
+	return rec
+}
+
+// write runs fn in one journal transaction and starts the actions it
+// decided once their intent is on disk. When the transaction fails,
+// nothing starts and the engine's memory is rebuilt from the journal,
+// which is the truth. Called with e.mu held.
+func (e *Engine) write(fn func(*writer)) {
+	var w writer
+	err := e.journal.Batch(func(b *journal.Batch) error {
+		w.b = b
+		fn(&w)
+		return w.err
+	})
 	if err != nil {
-		e.skip(log, h, rec, err.Error())
-		return
-	}
-	log = log.With("target", t.String())
-	if e.dryRun {
-		e.skip(log, h, rec, ReasonDryRun)
-		return
-	}
-	if e.busy[t.key()] {
-		// Another alert about the same guest is being acted on; this one
-		// is looked at again when it is re-sent.
-		log.Debug("remediation: target busy with another action")
-		return
-	}
-	if d, ok := e.guard(g, rule.Action, t, now); !ok {
-		switch {
-		case d.Verdict == guards.Wait && d.Guard != guards.GuardPause:
-			// Cooldown, backoff, concurrency: looked at again when
-			// the alert is re-sent, and not worth a record each time.
-			log.Debug("remediation: guard says wait", "guard", d.Guard, "reason", d.Reason, "retry_at", d.RetryAt)
-		case h.refused:
-			log.Debug("remediation: guard refusal already recorded", "guard", d.Guard, "reason", d.Reason)
-		default:
-			e.refuse(log, h, rec, refusalReason(d))
+		e.log.Error("remediation: cannot record decisions, so not acting on them", "err", err)
+		if lerr := e.load(); lerr != nil {
+			e.log.Error("remediation: cannot reload the journal", "err", lerr)
 		}
 		return
 	}
-
-	rec.State = journal.StateRunning
-	rec.Reason = why
-	rec.Started = now
-	rec.Attempt = h.attempts + 1
-	rec, err = e.journal.Append(rec) // the intent is on disk before the agent hears of it
-	if err != nil {
-		log.Error("remediation: cannot record the decision, so not acting", "err", err)
-		return
+	for _, j := range w.jobs {
+		e.metrics.inflight.Inc()
+		e.inflight.Add(1)
+		go e.execute(j)
 	}
-	h.state = journal.StateRunning
-	h.attempts = rec.Attempt
-	e.busy[t.key()] = true
-	e.metrics.inflight.Inc()
-	e.inflight.Add(1)
-	log = log.With("record", rec.ID, "attempt", rec.Attempt)
-	log.Info("remediation action started", "reason", why)
-	go e.run(context.WithoutCancel(ctx), log, h, rec, act, t, a, g)
 }
 
-// guard runs the guards for action on t at now and returns the first
-// refusal, or ok. Called with e.mu held.
-func (e *Engine) guard(g policy.Guards, action string, t target, now time.Time) (guards.Decision, bool) {
+// firing decides about one firing alert. Called with e.mu held.
+func (e *Engine) firing(w *writer, a Alert) {
+	rule, ok := e.policy.Match(a.Labels)
+	if !ok {
+		return
+	}
+	in := e.instanceOf(keyOf(a.Fingerprint, a.StartsAt))
+	if in.manual {
+		return
+	}
+	in.alert, in.seen = a, e.now()
+	e.advance(w, in, rule, e.now())
+}
+
+// resolved ends what waits for an alert that stopped firing: a pending
+// action that has not started is cancelled, one verifying by resolution
+// has healed. Called with e.mu held.
+func (e *Engine) resolved(w *writer, a Alert) {
+	k := keyOf(a.Fingerprint, a.StartsAt)
+	in := e.instances[k]
+	if in == nil {
+		return
+	}
+	now := e.now()
+	switch in.state {
+	case journal.StatePending, journal.StateAwaitingApproval:
+		e.close(w, in, journal.StateCancelled, now, "the alert resolved before the action started", nil)
+	case journal.StateVerifying:
+		if !in.verifyBy.IsZero() {
+			e.verified(w, in, now, nil)
+		}
+	}
+	if in.open == 0 {
+		delete(e.instances, k) // nothing more can happen to it
+	}
+}
+
+// advance takes an alert instance as far as the guards allow now: it
+// starts an action, asks for an approval, records what holds the action
+// back, escalates or gives up. Called with e.mu held.
+func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Time) {
+	g := e.policy.GuardSettings()
+	chain := rule.Chain()
+	why := ""
+	for {
+		v, reason := decide(g, *in, now)
+		switch v {
+		case verdictDone, verdictWait:
+			return
+		case verdictAct:
+			if why == "" {
+				why = reason
+			}
+		case verdictEscalate:
+			if !e.escalate(w, in, chain, reason, now) {
+				return
+			}
+			why = fmt.Sprintf("escalated from %s, which %s", chain[in.step-1], reason)
+			continue
+		}
+		name := chain[in.step]
+		act := e.actions[name]
+		base := e.newRecord(in, rule, name, now)
+		t, err := targetOf(name, act, in.alert.Labels)
+		if err != nil {
+			e.close(w, in, journal.StateSkipped, now, err.Error(), &base)
+			return
+		}
+		base.Target, base.Host, base.UUID, base.Cluster = t.key(), t.Host, t.UUID, t.Cluster
+		if id, busy := e.busy[t.key()]; busy && id != in.open {
+			return // another alert's action works on it; looked at again later
+		}
+		res := guards.Check(e.candidate(name, t, in), e.inputs(g, rule, name, t, in, now), now)
+		if e.dryRun {
+			base.DryRun, base.Decisions = true, res.Decisions
+			e.close(w, in, journal.StateSkipped, now, fmt.Sprintf("%s: would run %s on %s; %s", ReasonDryRun, name, t, res.Reason), &base)
+			return
+		}
+		refusal := firstRefusal(res)
+		switch {
+		case refusal == nil:
+			e.start(w, in, rule, name, act, t, base, res, why, now)
+		case refusal.Guard == guards.GuardTarget && refusal.Verdict == guards.Escalate:
+			// The target's attempt budget in its window is spent.
+			if !e.escalate(w, in, chain, refusal.Reason, now) {
+				return
+			}
+			why = fmt.Sprintf("escalated from %s: %s", chain[in.step-1], refusal.Reason)
+			continue
+		case refusal.Guard == guards.GuardApproval:
+			e.approval(w, in, rule, name, t, base, res, *refusal, now)
+		case quietWait(*refusal):
+			// Cooldown, backoff, concurrency, rate: looked at again
+			// when the alert is re-sent, and not worth a record each
+			// time.
+			e.log.Debug("remediation: guard says wait", "alert", in.alert.Name, "guard", refusal.Guard, "reason", refusal.Reason)
+		default:
+			e.hold(w, in, base, res, *refusal, now)
+		}
+		return
+	}
+}
+
+// escalate moves the instance to the next action of its chain and reports
+// whether there is one; at the end of the chain it gives up, which pages a
+// human through CaretakerRemediationFailed. Called with e.mu held.
+func (e *Engine) escalate(w *writer, in *instance, chain []string, reason string, now time.Time) bool {
+	if in.step+1 < len(chain) {
+		e.metrics.escalations.WithLabelValues(chain[in.step+1]).Inc()
+		e.log.Warn("remediation escalates", "alert", in.alert.Name, "from", chain[in.step], "to", chain[in.step+1], "reason", reason)
+		in.step, in.attempts, in.state = in.step+1, 0, ""
+		return true
+	}
+	in.done, in.gaveUp = true, true
+	e.metrics.escalations.WithLabelValues(escalateHuman).Inc()
+	e.log.Error("remediation gave up: a human must take over", "alert", in.alert.Name, "labels", in.alert.Labels, "reason", reason)
+	if in.last != 0 {
+		w.update(in.last, func(r *journal.Record) {
+			r.GaveUp = true
+			r.Transitions = append(r.Transitions, journal.Transition{State: r.State, At: now,
+				Note: fmt.Sprintf("gave up: %s; every action of the chain (%v) was tried; escalated to a human", reason, chain)})
+		})
+	}
+	return false
+}
+
+// escalateHuman is the escalations counter's "to" when the chain is spent.
+const escalateHuman = "human"
+
+func firstRefusal(res guards.Result) *guards.Decision {
+	for i, d := range res.Decisions {
+		if !d.Allowed() {
+			return &res.Decisions[i]
+		}
+	}
+	return nil
+}
+
+// quietWait tells the refusals that pass by themselves and are looked at
+// again on the next evaluation from those an operator must see.
+func quietWait(d guards.Decision) bool {
+	if d.Verdict != guards.Wait {
+		return false
+	}
+	switch d.Guard {
+	case guards.GuardTarget, guards.GuardConcurrency, guards.GuardRate:
+		return true
+	}
+	return false
+}
+
+// newRecord is the record of an action of rule for the instance, before
+// any state.
+func (e *Engine) newRecord(in *instance, rule policy.Rule, name string, now time.Time) journal.Record {
+	a := in.alert
+	return journal.Record{
+		Created: now, Alert: a.Name, Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt,
+		Labels: a.Labels, Rule: rule.Name, Action: name, Step: in.step,
+		Domain: a.Labels["domain"],
+	}
+}
+
+func (e *Engine) candidate(name string, t target, in *instance) guards.Candidate {
+	c := guards.Candidate{Action: name, Target: t.key(), HostLabels: in.alert.Labels}
+	if t.Kind == kindGuest || t.Kind == kindOverlay {
+		c.Host = t.Host // the dependency guard: its host comes first
+	}
+	return c
+}
+
+// inputs gathers what the guards look at. Called with e.mu held.
+func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target, in *instance, now time.Time) guards.Inputs {
 	tp := g.Target()
 	if tp.Window == 0 {
 		// With no window the attempt limit is per alert instance, as
 		// decide keeps it; the target guard keeps cooldown and backoff.
 		tp.MaxAttempts = 0
 	}
-	in := guards.Inputs{
-		Pauses:      e.activePauses(now),
-		Breaker:     e.breaker.State,
-		Target:      tp,
-		History:     *e.targetOf(t.key()),
-		MaxInFlight: g.MaxConcurrent,
-		InFlight:    len(e.busy),
-	}
-	res := guards.Check(guards.Candidate{Action: action, Target: t.key(), Host: t.Host}, in, now)
-	if res.Verdict == guards.Allow {
-		return guards.Decision{}, true
-	}
-	for _, d := range res.Decisions {
-		if !d.Allowed() {
-			return d, false
+	pauses := e.activePauses(now)
+	if t.Host != "" && t.Host != t.key() {
+		// A pause of a host holds every guest and overlay on it.
+		for _, p := range pauses {
+			if p.Target == t.Host {
+				p.Target = t.key()
+				pauses = append(pauses[:len(pauses):len(pauses)], p)
+			}
 		}
 	}
-	return guards.Decision{Verdict: res.Verdict, Reason: res.Reason, RetryAt: res.RetryAt}, false
+	sick := make(map[string]string, len(e.hostAlerts))
+	for host, firing := range e.hostAlerts {
+		for _, name := range firing {
+			sick[host] = "unhealthy (" + name + " firing)"
+			break
+		}
+	}
+	return guards.Inputs{
+		Pauses:         pauses,
+		Windows:        e.windows,
+		Breaker:        e.breaker.State,
+		UnhealthyHosts: sick,
+		Target:         tp,
+		History:        *e.targetOf(t.key()),
+		MaxInFlight:    g.MaxConcurrent,
+		InFlight:       len(e.busy),
+		Rate:           g.Rate(name),
+		Starts:         e.starts[name],
+		NeedsApproval:  rule.Approval.Required,
+		Approval:       in.approval,
+	}
 }
 
-// refusalReason is the journal's sentence for a guard's refusal. A pause
-// is a Wait to the guards (it ends by itself) but a skip to the journal;
-// the breaker counts guests, which the guards call hosts.
+// start records the intent and queues the action to run once it is on
+// disk. Called with e.mu held.
+func (e *Engine) start(w *writer, in *instance, rule policy.Rule, name string, act action, t target, base journal.Record, res guards.Result, why string, now time.Time) {
+	note := why
+	fill := func(r *journal.Record) {
+		r.Reason, r.Decisions = why, res.Decisions
+		r.Started, r.Attempt = now, in.attempts+1
+		r.Target, r.Host, r.UUID, r.Cluster = base.Target, base.Host, base.UUID, base.Cluster
+		r.Move(journal.StateRunning, now, note)
+	}
+	var rec journal.Record
+	if in.open != 0 {
+		rec = w.update(in.open, fill)
+	} else {
+		fill(&base)
+		rec = w.append(base)
+	}
+	if w.err != nil {
+		return
+	}
+	e.opened(in, rec)
+	in.attempts = rec.Attempt
+	e.busy[t.key()] = rec.ID
+	e.noteStart(name, now)
+	w.jobs = append(w.jobs, job{rec: rec, rule: rule, act: act, t: t, labels: in.alert.Labels, key: keyOf(rec.Fingerprint, rec.AlertStartsAt)})
+	e.log.Info("remediation action started", "record", rec.ID, "action", name, "target", t.String(), "attempt", rec.Attempt, "reason", why)
+}
+
+// approval asks for a human's yes, or notes an expired request. Called
+// with e.mu held.
+func (e *Engine) approval(w *writer, in *instance, rule policy.Rule, name string, t target, base journal.Record, res guards.Result, d guards.Decision, now time.Time) {
+	if in.approval != nil {
+		if d.Verdict == guards.Escalate { // expired unanswered
+			e.close(w, in, journal.StateExpired, now, d.Reason, nil)
+			e.metrics.approvalsExpired.Inc()
+		}
+		return
+	}
+	a, err := guards.NewApproval(t.key(), name, rule.ApprovalTTL(), now)
+	if err != nil {
+		e.log.Error("remediation: cannot request an approval", "err", err)
+		return
+	}
+	note := fmt.Sprintf("approval of %s on %s requested; expires at %s", name, t, a.Expires.UTC().Format(time.RFC3339))
+	fill := func(r *journal.Record) {
+		r.Reason, r.Decisions, r.Approval = note, res.Decisions, &a
+		r.Move(journal.StateAwaitingApproval, now, note)
+	}
+	var rec journal.Record
+	if in.open != 0 {
+		rec = w.update(in.open, fill)
+	} else {
+		fill(&base)
+		rec = w.append(base)
+	}
+	if w.err == nil {
+		e.opened(in, rec)
+		in.approval = &a
+		e.log.Info("remediation action awaits approval", "record", rec.ID, "action", name, "target", t.String(), "expires", a.Expires)
+	}
+}
+
+// hold records what keeps the action from running — a pause, a window,
+// the breaker, the host — as a pending record, rewritten only when another
+// guard holds it. Called with e.mu held.
+func (e *Engine) hold(w *writer, in *instance, base journal.Record, res guards.Result, d guards.Decision, now time.Time) {
+	reason := refusalReason(d)
+	if in.open != 0 && in.reason == d.Guard {
+		return
+	}
+	fill := func(r *journal.Record) {
+		r.Reason, r.Decisions = reason, res.Decisions
+		r.Move(journal.StatePending, now, reason)
+	}
+	var rec journal.Record
+	if in.open != 0 {
+		rec = w.update(in.open, fill)
+	} else {
+		fill(&base)
+		rec = w.append(base)
+	}
+	if w.err == nil {
+		e.opened(in, rec)
+		in.reason = d.Guard
+		e.metrics.actions.WithLabelValues(rec.Action, resultHeld).Inc()
+		e.log.Info("remediation action held by a guard", "record", rec.ID, "guard", d.Guard, "reason", reason)
+	}
+}
+
+// opened notes that rec is the instance's open record.
+func (e *Engine) opened(in *instance, rec journal.Record) {
+	in.open, in.last, in.state = rec.ID, rec.ID, rec.State
+	e.byRecord[rec.ID] = keyOf(rec.Fingerprint, rec.AlertStartsAt)
+}
+
+// close ends the instance's open record (or base, when none is open) in a
+// final state without running anything. Called with e.mu held.
+func (e *Engine) close(w *writer, in *instance, state journal.State, now time.Time, reason string, base *journal.Record) {
+	fill := func(r *journal.Record) {
+		r.Reason, r.Finished = reason, now
+		r.Move(state, now, reason)
+	}
+	var rec journal.Record
+	switch {
+	case in.open != 0:
+		rec = w.update(in.open, fill)
+	case base != nil:
+		fill(base)
+		rec = w.append(*base)
+	default:
+		return
+	}
+	if w.err != nil {
+		return
+	}
+	delete(e.byRecord, in.open)
+	in.open, in.last, in.state, in.done, in.finished = 0, rec.ID, state, true, now
+	e.metrics.actions.WithLabelValues(rec.Action, string(state)).Inc()
+	e.log.Info("remediation action "+string(state), "record", rec.ID, "action", rec.Action, "reason", reason)
+}
+
+// refusalReason is the journal's sentence for a guard's refusal: the
+// breaker counts guests, which the guards call hosts.
 func refusalReason(d guards.Decision) string {
-	switch d.Guard {
-	case guards.GuardPause:
-		return "skipped: " + strings.TrimPrefix(d.Reason, "waiting: ")
-	case guards.GuardBreaker:
-		return strings.Replace(d.Reason, " hosts unhealthy", " guests unhealthy", 1)
+	if d.Guard == guards.GuardBreaker {
+		return strings.Replace(d.Reason, " hosts unhealthy", " targets unhealthy", 1)
 	}
 	return d.Reason
-}
-
-// refuse records a guard's refusal, once per alert instance; unlike skip,
-// the instance is acted on once the guards allow. Called with e.mu held.
-func (e *Engine) refuse(log *slog.Logger, h *history, rec journal.Record, reason string) {
-	rec.State = journal.StateSkipped
-	rec.Reason = reason
-	rec, err := e.journal.Append(rec)
-	if err != nil {
-		log.Error("remediation: cannot record a guard's refusal", "reason", reason, "err", err)
-		return
-	}
-	h.refused = true
-	e.metrics.actions.WithLabelValues(rec.Action, resultSkipped).Inc()
-	log.Info("remediation action refused by a guard", "record", rec.ID, "reason", reason)
-}
-
-// skip records a decision not to act. Called with e.mu held.
-func (e *Engine) skip(log *slog.Logger, h *history, rec journal.Record, reason string) {
-	rec.State = journal.StateSkipped
-	rec.Reason = reason
-	rec, err := e.journal.Append(rec)
-	if err != nil {
-		log.Error("remediation: cannot record a skipped action", "reason", reason, "err", err)
-		return
-	}
-	h.state = journal.StateSkipped
-	e.metrics.actions.WithLabelValues(rec.Action, resultSkipped).Inc()
-	log.Info("remediation action skipped", "record", rec.ID, "reason", reason)
-}
-
-// run performs one action and records its outcome.
-func (e *Engine) run(ctx context.Context, log *slog.Logger, h *history, rec journal.Record, act action, t target, a Alert, g policy.Guards) {
-	defer e.inflight.Done()
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	err := act.run(ctx, e.hosts, t)
-	cancel()
-	finished := e.now()
-
-	state, result := journal.StateSucceeded, resultSucceeded
-	if err != nil {
-		state, result = journal.StateFailed, resultFailed
-	}
-	updated, uerr := e.journal.Update(rec.ID, func(r *journal.Record) {
-		r.State = state
-		r.Finished = finished
-		if err != nil {
-			r.Error = err.Error()
-		} else if !a.StartsAt.IsZero() {
-			r.HealSeconds = finished.Sub(a.StartsAt).Seconds()
-		}
-	})
-	if uerr != nil {
-		// The record stays "running"; the next start marks it
-		// interrupted, which is the truth as far as the journal knows.
-		log.Error("remediation: cannot record the outcome", "state", state, "err", uerr)
-	}
-
-	outcome := guards.Succeeded
-	if err != nil {
-		outcome = guards.Failed
-	}
-	e.mu.Lock()
-	h.state = state
-	h.finished = finished
-	e.targetOf(t.key()).Record(finished, outcome, e.rnd)
-	delete(e.busy, t.key())
-	e.mu.Unlock()
-
-	e.metrics.inflight.Dec()
-	e.metrics.actions.WithLabelValues(rec.Action, result).Inc()
-	e.metrics.duration.WithLabelValues(rec.Action).Observe(finished.Sub(rec.Started).Seconds())
-	if err != nil {
-		attrs := []any{"err", err}
-		if v, why := decideWith(g, history{state: state, attempts: rec.Attempt, finished: finished}, finished); v == verdictDone {
-			attrs = append(attrs, "giving_up", why)
-		}
-		log.Warn("remediation action failed", attrs...)
-		return
-	}
-	log.Info("remediation action succeeded", "heal_seconds", updated.HealSeconds)
 }
 
 // normalize fills what a sender may leave out, so that alerts from the rule
@@ -659,12 +773,4 @@ func fingerprint(labels map[string]string) string {
 		ls[model.LabelName(k)] = model.LabelValue(v)
 	}
 	return ls.Fingerprint().String()
-}
-
-func recordAttrs(rec journal.Record) []any {
-	return []any{
-		"record", rec.ID, "alert", rec.Alert, "fingerprint", rec.Fingerprint,
-		"rule", rec.Rule, "action", rec.Action, "host", rec.Host, "uuid", rec.UUID,
-		"domain", rec.Domain, "attempt", rec.Attempt, "started", rec.Started,
-	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"libvirt.org/go/libvirt"
 
 	"caretaker/remediation/journal"
@@ -41,6 +42,8 @@ type libvirtHosts struct {
 	gate chan struct{}
 	// noop makes StartGuest claim success without starting anything.
 	noop bool
+	// repairs are the answers of the next RepairOverlay calls.
+	repairs [][]string
 }
 
 func (h *libvirtHosts) domain(host, uuid string) (*libvirt.Domain, error) {
@@ -99,6 +102,23 @@ func (h *libvirtHosts) GuestRunning(ctx context.Context, host, uuid string) (boo
 		return false, fmt.Errorf("guest %s state: %w", uuid, err)
 	}
 	return state == libvirt.DOMAIN_RUNNING, nil
+}
+
+// RepairOverlay reports the changes a test queued in repairs, one call
+// after another; no overlay is touched (internal/overlaynet has its own
+// tests on real devices).
+func (h *libvirtHosts) RepairOverlay(ctx context.Context, host, cluster string) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.conns[host]; !ok {
+		return nil, fmt.Errorf("unknown host %q", host)
+	}
+	if len(h.repairs) == 0 {
+		return nil, nil
+	}
+	next := h.repairs[0]
+	h.repairs = h.repairs[1:]
+	return next, nil
 }
 
 func (h *libvirtHosts) startCalls() int {
@@ -301,8 +321,15 @@ func TestRestartCrashedGuest(t *testing.T) {
 	if got := testutil.ToFloat64(f.engine.metrics.inflight); got != 0 {
 		t.Errorf("in-flight gauge = %v, want 0", got)
 	}
-	if n := testutil.CollectAndCount(f.engine.metrics.duration); n != 1 {
-		t.Errorf("duration histogram series = %d, want 1", n)
+	if n := testutil.CollectAndCount(f.engine.metrics.heal); n != len(policy.KnownActions()) {
+		t.Errorf("time-to-heal histogram series = %d, want one per action", n)
+	}
+	var m dto.Metric
+	if err := f.engine.metrics.heal.WithLabelValues(policy.ActionRestartVM).(prometheus.Histogram).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if h := m.GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != 30 {
+		t.Errorf("time to heal: %d samples summing %vs, want one of 30s (alert start to verified)", h.GetSampleCount(), h.GetSampleSum())
 	}
 }
 
@@ -384,37 +411,61 @@ func TestRestartDoesNotRepeat(t *testing.T) {
 	}
 }
 
-// An action whose outcome a crash left unknown is reported, never repeated.
-func TestInterruptedActionNotRetried(t *testing.T) {
-	f := newFixture(t)
-	crash(t, f.hosts)
-	f.stop()
-
-	// What a server that died mid-action leaves behind.
-	j, err := journal.Open(f.path)
-	if err != nil {
-		t.Fatal(err)
+// An action a crash left running is reconciled with the target's real
+// state, never repeated blindly: a guest that runs was healed, one that
+// does not was not; an action that cannot be checked is reported.
+func TestReconcileAfterRestart(t *testing.T) {
+	tests := []struct {
+		name      string
+		action    string
+		guestUp   bool
+		wantState journal.State
+		wantErr   string
+	}{
+		{"guest runs", policy.ActionRestartVM, true, journal.StateSucceeded, ""},
+		{"guest down", policy.ActionRestartVM, false, journal.StateFailed,
+			"after a restart of the server, guest test (" + testUUID + ") on hv-a1 was found not healthy"},
+		{"cannot be checked", policy.ActionReprovisionHost, true, journal.StateInterrupted, ""},
 	}
-	a := normalize(crashedAlert())
-	_, err = j.Append(journal.Record{
-		Created: alertStart, Alert: a.Name, Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt,
-		Rule: "restart-crashed-guests", Action: policy.ActionRestartVM, Host: testHost, UUID: testUUID,
-		State: journal.StateRunning, Started: alertStart, Attempt: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	j.Close()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			crash(t, f.hosts)
+			if tt.guestUp {
+				if err := f.hosts.StartGuest(context.Background(), testHost, testUUID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.stop()
 
-	f.start(t)
-	f.handle(crashedAlert())
+			// What a server that died mid-action leaves behind.
+			j, err := journal.Open(f.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := normalize(crashedAlert())
+			_, err = j.Append(journal.Record{
+				Created: alertStart, Alert: a.Name, Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt,
+				Labels: a.Labels, Rule: "restart-crashed-guests", Action: tt.action, Host: testHost, UUID: testUUID,
+				Target: testHost + "/" + testUUID, State: journal.StateRunning, Started: alertStart, Attempt: 1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j.Close()
+			before := f.hosts.startCalls()
 
-	if n := f.hosts.startCalls(); n != 0 {
-		t.Errorf("StartGuest called %d times, want 0", n)
-	}
-	recs := f.records(t)
-	if len(recs) != 1 || recs[0].State != journal.StateInterrupted || recs[0].Reason != journal.ReasonInterrupted {
-		t.Errorf("journal = %+v, want the one record interrupted", recs)
+			f.start(t)
+			f.handle(crashedAlert())
+
+			if n := f.hosts.startCalls() - before; n != 0 {
+				t.Errorf("StartGuest called %d times after the restart, want 0", n)
+			}
+			recs := f.records(t)
+			if len(recs) != 1 || recs[0].State != tt.wantState || recs[0].Error != tt.wantErr {
+				t.Errorf("journal = %+v, want the one record %s with error %q", recs, tt.wantState, tt.wantErr)
+			}
+		})
 	}
 }
 
@@ -575,14 +626,20 @@ func TestFailedStartRetriesWithBackoff(t *testing.T) {
 // The agent's word is not enough: a guest that is not running after the
 // start is a failure.
 func TestVerificationFails(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, withPolicy(t, `
+rules:
+  - name: restart-crashed-guests
+    match: {alertname: GuestCrashed}
+    action: restart-vm
+    verify_timeout: 10ms
+`))
 	crash(t, f.hosts)
 	f.hosts.noop = true
 	f.handle(crashedAlert())
 
 	recs := f.records(t)
 	if len(recs) != 1 || recs[0].State != journal.StateFailed ||
-		recs[0].Error != "verify guest test ("+testUUID+") on hv-a1: not running after start" {
+		recs[0].Error != "verify guest test ("+testUUID+") on hv-a1: not healthy after the action" {
 		t.Errorf("journal = %+v, want one failed record", recs)
 	}
 }
@@ -602,7 +659,7 @@ func TestDryRun(t *testing.T) {
 	if len(recs) != 1 {
 		t.Fatalf("journal holds %d records, want 1: %+v", len(recs), recs)
 	}
-	if r := recs[0]; r.State != journal.StateSkipped || r.Reason != ReasonDryRun ||
+	if r := recs[0]; r.State != journal.StateSkipped || !strings.HasPrefix(r.Reason, ReasonDryRun+": would run restart-vm on guest test") ||
 		r.Host != testHost || r.UUID != testUUID || r.Rule != "restart-crashed-guests" {
 		t.Errorf("record = %+v, want a skipped dry-run record naming the target", r)
 	}
@@ -685,23 +742,36 @@ func TestNewRequiresItsParts(t *testing.T) {
 
 func TestMetricsRegistered(t *testing.T) {
 	f := newFixture(t)
+	// Every series exists from the start: each action with each result.
+	for _, name := range []string{"caretaker_remediation_actions_total", "caretaker_remediation_action_duration_seconds",
+		"caretaker_remediation_time_to_heal_seconds", "caretaker_remediation_escalations_total"} {
+		n, err := testutil.GatherAndCount(f.reg, name)
+		want := len(policy.KnownActions())
+		switch name {
+		case "caretaker_remediation_actions_total":
+			want *= 3
+		case "caretaker_remediation_escalations_total":
+			want++ // "human"
+		}
+		if err != nil || n != want {
+			t.Errorf("%s: %d series, %v; want %d", name, n, err, want)
+		}
+	}
 	const want = `
-# HELP caretaker_remediation_actions_total Remediation actions by action and result (succeeded, failed, skipped).
-# TYPE caretaker_remediation_actions_total counter
-caretaker_remediation_actions_total{action="restart-vm",result="failed"} 0
-caretaker_remediation_actions_total{action="restart-vm",result="skipped"} 0
-caretaker_remediation_actions_total{action="restart-vm",result="succeeded"} 0
 # HELP caretaker_remediation_inflight_actions Remediation actions started and not yet finished.
 # TYPE caretaker_remediation_inflight_actions gauge
 caretaker_remediation_inflight_actions 0
+# HELP caretaker_remediation_awaiting_approval Remediation actions waiting for a human's approval.
+# TYPE caretaker_remediation_awaiting_approval gauge
+caretaker_remediation_awaiting_approval 0
+# HELP caretaker_remediation_given_up Alerts still firing whose every remediation action failed: a human must act.
+# TYPE caretaker_remediation_given_up gauge
+caretaker_remediation_given_up 0
 `
-	err := testutil.GatherAndCompare(f.reg, strings.NewReader(want),
-		"caretaker_remediation_actions_total", "caretaker_remediation_inflight_actions")
+	err := testutil.GatherAndCompare(f.reg, strings.NewReader(want), "caretaker_remediation_inflight_actions",
+		"caretaker_remediation_awaiting_approval", "caretaker_remediation_given_up")
 	if err != nil {
 		t.Error(err)
-	}
-	if n, err := testutil.GatherAndCount(f.reg, "caretaker_remediation_action_duration_seconds"); err != nil || n != 1 {
-		t.Errorf("duration histogram series = %d, %v; want 1", n, err)
 	}
 }
 
@@ -716,31 +786,31 @@ func TestEveryKnownActionIsImplemented(t *testing.T) {
 
 func TestDecide(t *testing.T) {
 	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-	failedAt := func(attempts int, ago time.Duration) history {
-		return history{state: journal.StateFailed, attempts: attempts, finished: now.Add(-ago)}
+	failedAt := func(attempts int, ago time.Duration) instance {
+		return instance{state: journal.StateFailed, attempts: attempts, finished: now.Add(-ago)}
 	}
 	tests := []struct {
 		name string
-		h    history
+		in   instance
 		want verdict
 	}{
-		{"never seen", history{}, verdictAct},
-		{"pending", history{state: journal.StatePending, attempts: 1}, verdictWait},
-		{"running", history{state: journal.StateRunning, attempts: 1}, verdictWait},
-		{"succeeded", history{state: journal.StateSucceeded, attempts: 1, finished: now.Add(-time.Hour)}, verdictDone},
-		{"skipped", history{state: journal.StateSkipped}, verdictDone},
-		{"interrupted", history{state: journal.StateInterrupted, attempts: 1}, verdictDone},
+		{"never seen", instance{}, verdictAct},
+		{"held by a guard", instance{state: journal.StatePending}, verdictAct},
+		{"awaiting approval", instance{state: journal.StateAwaitingApproval}, verdictAct},
+		{"running", instance{state: journal.StateRunning, attempts: 1}, verdictWait},
+		{"verifying", instance{state: journal.StateVerifying, attempts: 1}, verdictWait},
+		{"succeeded", instance{state: journal.StateSucceeded, attempts: 1, done: true}, verdictDone},
 		{"failed once, just now", failedAt(1, 0), verdictWait},
 		{"failed once, 9.999s ago", failedAt(1, 10*time.Second-time.Millisecond), verdictWait},
 		{"failed once, 10s ago", failedAt(1, 10*time.Second), verdictAct},
 		{"failed twice, 19s ago", failedAt(2, 19*time.Second), verdictWait},
 		{"failed twice, 20s ago", failedAt(2, 20*time.Second), verdictAct},
-		{"failed three times", failedAt(3, 24*time.Hour), verdictDone},
-		{"state from a newer engine", history{state: "paused"}, verdictDone},
+		{"failed three times", failedAt(3, 24*time.Hour), verdictEscalate},
+		{"state from a newer engine", instance{state: "paused"}, verdictDone},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, why := decide(tt.h, now)
+			got, why := decide(policy.DefaultGuards(), tt.in, now)
 			if got != tt.want {
 				t.Errorf("decide = %s (%s), want %s", got, why, tt.want)
 			}

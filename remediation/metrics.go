@@ -13,21 +13,27 @@ const (
 	resultSucceeded = "succeeded"
 	resultFailed    = "failed"
 	resultSkipped   = "skipped"
+	// resultHeld counts each time a guard holds an action back (pending).
+	resultHeld = "held"
 )
 
 type metrics struct {
 	actions  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inflight prometheus.Gauge
+	// heal runs from an alert's start to its verified healing.
+	heal             *prometheus.HistogramVec
+	escalations      *prometheus.CounterVec
+	approvalsExpired prometheus.Counter
 	// The guards' state, read from the engine at each scrape.
-	breakerOpen, unhealthy, paused, pauseAge prometheus.GaugeFunc
+	breakerOpen, unhealthy, paused, pauseAge, awaiting, givenUp prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, error) {
 	m := &metrics{
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "caretaker_remediation_actions_total",
-			Help: "Remediation actions by action and result (succeeded, failed, skipped).",
+			Help: "Remediation actions by action and result (succeeded, failed, skipped, held, cancelled, expired).",
 		}, []string{"action", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "caretaker_remediation_action_duration_seconds",
@@ -40,6 +46,29 @@ func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, e
 			Name: "caretaker_remediation_inflight_actions",
 			Help: "Remediation actions started and not yet finished.",
 		}),
+		heal: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "caretaker_remediation_time_to_heal_seconds",
+			Help: "Time from an alert's start to its target verified healthy, by the action that healed it.",
+			// The lab heals a crashed guest in a few seconds; alerts
+			// with a for: clause start minutes before any action.
+			Buckets: []float64{1, 2, 3, 5, 8, 13, 30, 60, 120, 300, 600, 1800},
+		}, []string{"action"}),
+		escalations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "caretaker_remediation_escalations_total",
+			Help: "Escalations along a rule's chain, by the action escalated to; \"human\" when the chain was spent.",
+		}, []string{"to"}),
+		approvalsExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_remediation_approvals_expired_total",
+			Help: "Actions whose approval was not given within its TTL.",
+		}),
+		awaiting: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_awaiting_approval",
+			Help: "Remediation actions waiting for a human's approval.",
+		}, func() float64 { return float64(state().awaiting) }),
+		givenUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_given_up",
+			Help: "Alerts still firing whose every remediation action failed: a human must act.",
+		}, func() float64 { return float64(state().givenUp) }),
 		breakerOpen: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "caretaker_remediation_circuit_breaker_open",
 			Help: "1 while the circuit breaker is open and remediation acts on nothing, else 0.",
@@ -69,11 +98,15 @@ func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, e
 			m.actions.WithLabelValues(a, r)
 		}
 		m.duration.WithLabelValues(a)
+		m.heal.WithLabelValues(a)
+		m.escalations.WithLabelValues(a)
 	}
+	m.escalations.WithLabelValues(escalateHuman)
 	if reg == nil {
 		return m, nil
 	}
-	cs := []prometheus.Collector{m.actions, m.duration, m.inflight, m.breakerOpen, m.unhealthy, m.paused, m.pauseAge}
+	cs := []prometheus.Collector{m.actions, m.duration, m.inflight, m.heal, m.escalations, m.approvalsExpired,
+		m.breakerOpen, m.unhealthy, m.paused, m.pauseAge, m.awaiting, m.givenUp}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// All or nothing, so a retried New does not trip over

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"os"
+	"os/signal"
+	"syscall"
+
 	"github.com/spf13/cobra"
 
 	"caretaker/internal/config"
@@ -33,6 +37,15 @@ runbook uses.`,
 				return err
 			}
 			defer s.Close()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					// ReloadPolicy logs the outcome; a broken file keeps the old policy.
+					_ = s.ReloadPolicy()
+				}
+			}()
 			return s.Run(cmd.Context())
 		},
 	}

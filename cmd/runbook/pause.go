@@ -22,10 +22,10 @@ type pauseFlags struct {
 	dur     time.Duration
 }
 
-func (f *pauseFlags) add(cmd *cobra.Command, getenv func(string) string, withDuration bool) {
+func (f *pauseFlags) add(cmd *cobra.Command, withDuration bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.target, "target", guards.Everything, `what to pause: "*" for all remediation, or one guest as host/uuid`)
-	fl.StringVar(&f.author, "author", getenv("USER"), "who pauses (default: $USER)")
+	fl.StringVar(&f.author, "author", "", "who pauses (default: the name of your API token)")
 	fl.StringVarP(&f.comment, "comment", "m", "", "why (required)")
 	if withDuration {
 		fl.DurationVar(&f.dur, "for", 0, "how long, e.g. 2h (required)")
@@ -40,7 +40,7 @@ func newPauseCmd(o *options, getenv func(string) string) *cobra.Command {
 		Long: `Pauses automatic remediation until the pause expires or is resumed. Alerts
 that arrive meanwhile are recorded in the journal as skipped, once each, and
 acted on when they are re-sent after the pause. Pauses live in the server's
-memory for now: a server restart ends them.`,
+memory for now: a server restart ends them. Needs an operator token.`,
 		Example: `  runbook pause --for 2h -m "storage maintenance on rack 3"
   runbook pause --target host-a/6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0001 --for 30m -m "debugging"`,
 		Args: cobra.NoArgs,
@@ -48,8 +48,8 @@ memory for now: a server restart ends them.`,
 			if f.dur <= 0 {
 				return errors.New("--for: required, e.g. --for 2h")
 			}
-			if f.comment == "" || f.author == "" {
-				return errors.New("--comment and --author: required, so the next on-call knows who paused and why")
+			if f.comment == "" {
+				return errors.New("--comment (-m): required, so the next on-call knows why remediation is paused")
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
 				p, err := c.Pause(ctx, api.PauseRequest{Target: f.target, Author: f.author, Comment: f.comment, Duration: f.dur.String()})
@@ -64,7 +64,7 @@ memory for now: a server restart ends them.`,
 			})
 		},
 	}
-	f.add(cmd, getenv, true)
+	f.add(cmd, true)
 	return cmd
 }
 
@@ -91,9 +91,10 @@ func newResumeCmd(o *options, getenv func(string) string) *cobra.Command {
 
 func newPausesCmd(o *options, getenv func(string) string) *cobra.Command {
 	return &cobra.Command{
-		Use:   "pauses",
-		Short: "The remediation pauses in force",
-		Args:  cobra.NoArgs,
+		Use:     "pauses",
+		Short:   "The remediation pauses in force",
+		Example: "  runbook pauses\n  runbook pauses -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
 				ps, err := c.Pauses(ctx)

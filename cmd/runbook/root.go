@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -29,7 +31,13 @@ func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Com
 		Use:   "runbook",
 		Short: "The on-call CLI of caretaker",
 		Long: `runbook asks a caretaker server what the fleet looks like and what its
-remediation engine did.
+remediation engine did, and acts through it: approve, deny or run actions,
+pause remediation, reload the policy.
+
+What a token may do depends on its role on the server: a viewer reads; an
+operator also approves, denies, runs and pauses; an admin also reloads the
+policy. Changes are recorded under the token's name unless --author says
+otherwise, and need a comment (-m).
 
 It finds the server and its API token in this order: the --url and
 --token-file flags, the RUNBOOK_URL and RUNBOOK_TOKEN variables, the config
@@ -37,6 +45,8 @@ file ~/.config/runbook/config.yml (url, token or token_file; RUNBOOK_CONFIG
 names another file). A running ` + "`caretaker lab`" + ` writes that file, so
 against a lab runbook needs no flags.`,
 		Example: `  runbook status
+  runbook pending
+  runbook approve 42 -m "checked, go ahead"
   runbook history --limit 20
   runbook status -o json | jq '.guests[] | select(.state != "running")'
   RUNBOOK_URL=http://caretaker:9300 RUNBOOK_TOKEN=$(cat token) runbook status`,
@@ -52,7 +62,9 @@ against a lab runbook needs no flags.`,
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long to wait for the server")
 
 	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newShowCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
-		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv))
+		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv),
+		newPendingCmd(o, getenv), newDecideCmd(o, getenv, true), newDecideCmd(o, getenv, false), newRunCmd(o, getenv),
+		newPolicyCmd(o, getenv))
 	return root
 }
 
@@ -148,14 +160,14 @@ func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
 func newShowCmd(o *options, getenv func(string) string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "show ACTION-ID",
-		Short: "One journal record in full: the alert, the decision in words, the result",
+		Short: "One journal record in full: the alert, every guard's decision, the approval, the transitions",
 		Example: `  runbook show 42
   runbook show 42 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || id == 0 {
-				return fmt.Errorf("action id: want a positive integer (see runbook history), got %q", args[0])
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
 				r, err := c.Record(ctx, id)
@@ -173,22 +185,23 @@ func newShowCmd(o *options, getenv func(string) string) *cobra.Command {
 
 func printRecord(w io.Writer, r journal.Record) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	at := func(t time.Time) string {
-		if t.IsZero() {
-			return "-"
-		}
-		return t.Local().Format(time.DateTime)
-	}
 	rows := [][2]string{
 		{"id", strconv.FormatUint(r.ID, 10)},
 		{"recorded", at(r.Created)},
-		{"alert", r.Alert},
+		{"alert", firstNonEmpty(r.Alert, "-")},
 		{"alert started", at(r.AlertStartsAt)},
-		{"fingerprint", r.Fingerprint},
-		{"rule", r.Rule},
+		{"fingerprint", firstNonEmpty(r.Fingerprint, "-")},
+		{"rule", firstNonEmpty(r.Rule, "-")},
 		{"action", r.Action},
-		{"host", r.Host},
+		{"step", strconv.Itoa(r.Step)},
+		{"target", targetOf(r)},
+		{"host", firstNonEmpty(r.Host, "-")},
 		{"guest", firstNonEmpty(r.Domain, "-") + " (" + firstNonEmpty(r.UUID, "-") + ")"},
+		{"cluster", firstNonEmpty(r.Cluster, "-")},
+		{"labels", formatLabels(r.Labels)},
+		{"author", firstNonEmpty(r.Author, "-")}, // set for an action run by hand
+		{"comment", firstNonEmpty(r.Comment, "-")},
+		{"dry run", yesNo(r.DryRun, "yes: nothing was executed", "no")},
 		{"result", string(r.State)},
 		{"attempt", strconv.Itoa(r.Attempt)},
 		{"decision", firstNonEmpty(r.Reason, "-")},
@@ -202,7 +215,63 @@ func printRecord(w io.Writer, r journal.Record) error {
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
 	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "GUARD\tVERDICT\tRETRY AT\tREASON")
+	for _, d := range r.Decisions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Guard, d.Verdict, at(d.RetryAt), oneLine(d.Reason))
+	}
+	if len(r.Decisions) == 0 {
+		fmt.Fprintln(tw, "(no guard decisions recorded)")
+	}
+	fmt.Fprintln(tw)
+	if a := r.Approval; a != nil {
+		fmt.Fprintln(tw, "APPROVAL\tREQUESTED\tEXPIRES\tDECIDED\tBY\tCOMMENT")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.State, at(a.Requested), at(a.Expires), at(a.Decided),
+			firstNonEmpty(a.Author, "-"), firstNonEmpty(oneLine(a.Comment), "-"))
+	} else {
+		fmt.Fprintln(tw, "(no approval needed)")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "AT\tSTATE\tNOTE")
+	for _, t := range r.Transitions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", atPrecise(t.At), t.State, oneLine(t.Note))
+	}
+	if len(r.Transitions) == 0 {
+		fmt.Fprintln(tw, "(no transitions recorded)")
+	}
+	if r.Output != "" {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "OUTPUT")
+		fmt.Fprintln(tw, strings.TrimRight(r.Output, "\n"))
+	}
 	return tw.Flush()
+}
+
+func at(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
+}
+
+// atPrecise keeps milliseconds: transitions often come within a second.
+func atPrecise(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05.000")
+}
+
+func formatLabels(l map[string]string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	keys := slices.Sorted(maps.Keys(l))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+strconv.Quote(l[k]))
+	}
+	return strings.Join(parts, " ")
 }
 
 func yesNo(b bool, yes, no string) string {

@@ -101,8 +101,14 @@ func (b fixedBackend) Record(_ context.Context, id uint64) (journal.Record, erro
 
 func run(t *testing.T, url string, args ...string) (string, error) {
 	t.Helper()
+	return runAs(t, url, "tok", args...)
+}
+
+// runAs runs runbook with token against the server at url.
+func runAs(t *testing.T, url, token string, args ...string) (string, error) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	cmd := newRootCmd(&out, &errOut, env(map[string]string{"RUNBOOK_URL": url, "RUNBOOK_TOKEN": "tok", "HOME": t.TempDir()}))
+	cmd := newRootCmd(&out, &errOut, env(map[string]string{"RUNBOOK_URL": url, "RUNBOOK_TOKEN": token, "HOME": t.TempDir()}))
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(context.Background())
 	return out.String(), err
@@ -123,7 +129,7 @@ func TestCommands(t *testing.T) {
 		recs: []journal.Record{{ID: 2, Created: now, Alert: "GuestCrashed", Action: "restart-vm", Host: "host-a",
 			Domain: "lab-host-a-1", State: journal.StateSucceeded, HealSeconds: 2.25}},
 	}
-	srv := httptest.NewServer(api.NewHandler(b, "tok", slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(api.NewHandler(api.Options{Backend: b, Auth: testAuth(t), Logger: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 
 	out, err := run(t, srv.URL, "status")
@@ -193,15 +199,26 @@ func (p *pausesOnly) Pauses() []guards.Pause { return p.ps }
 
 func TestPauseCommands(t *testing.T) {
 	p := &pausesOnly{}
-	srv := httptest.NewServer(api.RequireToken("tok", api.PauseHandler(p, time.Now)))
+	srv := httptest.NewServer(api.NewHandler(api.Options{Backend: fixedBackend{}, Pauser: p, Auth: testAuth(t)}))
 	defer srv.Close()
 
 	if _, err := run(t, srv.URL, "pause", "--for", "2h", "--author", "bob"); err == nil || !strings.Contains(err.Error(), "--comment") {
 		t.Errorf("pause without a comment: %v", err)
 	}
+	if _, err := runAs(t, srv.URL, "view-tok", "pause", "--for", "2h", "-m", "x"); err == nil ||
+		!strings.Contains(err.Error(), `not allowed (403): token "vera" has role viewer; pausing remediation needs operator`) {
+		t.Errorf("viewer pauses: %v", err)
+	}
 	out, err := run(t, srv.URL, "pause", "--for", "2h", "--author", "bob", "-m", "storage maintenance")
 	if err != nil || !strings.Contains(out, "paused all remediation until") {
 		t.Fatalf("pause: %q, %v", out, err)
+	}
+	// Without --author the server records the token's name.
+	if _, err := runAs(t, srv.URL, "op-tok", "pause", "--target", "host-a/u1", "--for", "1h", "-m", "debugging"); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.ps) != 2 || p.ps[1].Author != "olga" {
+		t.Fatalf("pauses = %+v, want olga's second", p.ps)
 	}
 	out, err = run(t, srv.URL, "pauses")
 	if err != nil || !strings.Contains(out, "bob") || !strings.Contains(out, "storage maintenance") {
@@ -210,7 +227,13 @@ func TestPauseCommands(t *testing.T) {
 	if _, err := run(t, srv.URL, "resume"); err != nil {
 		t.Fatal(err)
 	}
+	if out, _ := run(t, srv.URL, "pauses"); strings.Contains(out, "storage maintenance") || !strings.Contains(out, "host-a/u1") {
+		t.Errorf("pauses after resume of all remediation, want only the guest's pause left:\n%s", out)
+	}
+	if _, err := run(t, srv.URL, "resume", "--target", "host-a/u1"); err != nil {
+		t.Fatal(err)
+	}
 	if out, _ := run(t, srv.URL, "pauses"); !strings.Contains(out, "no pauses") {
-		t.Errorf("pauses after resume:\n%s", out)
+		t.Errorf("pauses after both resumes:\n%s", out)
 	}
 }

@@ -1,6 +1,7 @@
 // Package api is the server's HTTP API under /api/v1/ — what runbook and
-// other clients see — and its Go client. Every endpoint needs the bearer
-// token; a request without it gets 401 and changes nothing.
+// other clients see — and its Go client. Every endpoint needs a bearer
+// token: a request without a known one gets 401, one whose token's role is
+// too low gets 403, and neither changes anything.
 package api
 
 import (
@@ -54,7 +55,10 @@ type History struct {
 	Records []journal.Record `json:"records"`
 }
 
-// errorBody is every error response's body.
+// errorBody is every error response's body. Errors lists the problems one
+// per line where there are several (a policy that does not load).
 type errorBody struct {
-	Error string `json:"error"`
+	Error  string        `json:"error"`
+	Errors []string      `json:"errors,omitempty"`
+	Policy *PolicyStatus `json:"policy,omitempty"`
 }

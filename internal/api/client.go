@@ -1,7 +1,7 @@
 package api
 
 import (
-	"caretaker/remediation/journal"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"caretaker/remediation/journal"
 )
 
 // Client calls the server's API.
@@ -32,15 +34,29 @@ func NewClient(baseURL, token string, hc *http.Client) *Client {
 
 // StatusError is a non-2xx answer from the server.
 type StatusError struct {
-	Code int
-	Msg  string
+	Code    int
+	Msg     string
+	Details []string // the problems, one per line, where the server lists them
 }
 
 func (e *StatusError) Error() string {
-	if e.Code == http.StatusUnauthorized {
-		return "the server refused the token (401): " + e.Msg
+	var msg string
+	switch e.Code {
+	case http.StatusUnauthorized:
+		msg = "the server refused the token (401): " + e.Msg
+	case http.StatusForbidden:
+		msg = "not allowed (403): " + e.Msg
+	case http.StatusNotFound:
+		msg = "not found (404): " + e.Msg
+	case http.StatusConflict:
+		msg = "conflict (409): " + e.Msg
+	default:
+		msg = fmt.Sprintf("server answered %d: %s", e.Code, e.Msg)
 	}
-	return fmt.Sprintf("server answered %d: %s", e.Code, e.Msg)
+	for _, d := range e.Details {
+		msg += "\n  " + d
+	}
+	return msg
 }
 
 // Status fetches the fleet's status.
@@ -97,7 +113,7 @@ func (c *Client) send(req *http.Request, v any) error {
 		if json.Unmarshal(body, &eb) != nil || eb.Error == "" {
 			eb.Error = strings.TrimSpace(string(body))
 		}
-		return &StatusError{Code: resp.StatusCode, Msg: eb.Error}
+		return &StatusError{Code: resp.StatusCode, Msg: eb.Error, Details: eb.Errors}
 	}
 	if v == nil {
 		return nil
@@ -106,4 +122,15 @@ func (c *Client) send(req *http.Request, v any) error {
 		return fmt.Errorf("%s %s: decode answer: %w", req.Method, path, err)
 	}
 	return nil
+}
+
+// do sends a request with a JSON body and decodes a JSON answer into v
+// (nil: ignore the body).
+func (c *Client) do(ctx context.Context, method, path string, body []byte, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.send(req, v)
 }

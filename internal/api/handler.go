@@ -2,16 +2,18 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"caretaker/remediation"
 	"caretaker/remediation/journal"
 )
 
@@ -30,82 +32,132 @@ const DefaultHistoryLimit = 50
 // maxHistoryLimit caps ?limit so one request cannot read the whole journal.
 const maxHistoryLimit = 10000
 
-// NewHandler serves /api/v1/ for b. Every request must carry token as a
-// bearer token; an empty token refuses every request.
-func NewHandler(b Backend, token string, logger *slog.Logger) http.Handler {
-	h := &handler{backend: b, logger: logger}
+// maxBody caps a request body; every request the API takes is a few
+// hundred bytes.
+const maxBody = 64 << 10
+
+// Options are what the API serves. Backend and Auth are required; an
+// endpoint whose part is nil answers 404.
+type Options struct {
+	Backend Backend
+	Pauser  Pauser         // /pauses
+	Actor   Actor          // run, approve, deny
+	Policy  PolicyReloader // /policy, /policy/reload
+	Auth    *Authenticator
+	Logger  *slog.Logger
+	Now     func() time.Time // default time.Now
+}
+
+// NewHandler serves /api/v1/. A request without a known bearer token gets
+// 401 before anything else; one whose token's role is below the endpoint's
+// gets 403 and changes nothing.
+func NewHandler(o Options) http.Handler {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{Options: o}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/api/v1/status", onlyGET(h.status))
-	mux.HandleFunc("/api/v1/history", onlyGET(h.history))
-	mux.HandleFunc("/api/v1/history/{id}", onlyGET(h.record))
+	for _, rt := range h.routes() {
+		mux.Handle(rt.pattern, rt.methods)
+	}
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return RequireToken(token, mux)
+	return o.Auth.Authenticate(mux)
 }
 
 type handler struct {
-	backend Backend
-	logger  *slog.Logger
+	Options
 }
 
-// onlyGET answers other methods with 405; a method pattern in the mux
-// would let the catch-all answer 404 instead.
-func onlyGET(fn http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
-			return
-		}
-		fn(w, r)
+// endpoint is one method of a route: the least role it needs, the deed in
+// words for a 403, and the handler.
+type endpoint struct {
+	role Role
+	what string
+	fn   http.HandlerFunc
+}
+
+// methods dispatches by method itself: with method patterns in the mux,
+// the catch-all would answer 404 instead of 405.
+type methods map[string]endpoint
+
+func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	method := r.Method
+	if method == http.MethodHead {
+		method = http.MethodGet
 	}
-}
-
-// RequireToken serves next only to requests that carry token as a bearer
-// token; the others get 401 and reach nothing. An empty token refuses all.
-func RequireToken(token string, next http.Handler) http.Handler {
-	want := []byte(token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !validBearer(r.Header.Get("Authorization"), want) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
-			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
-			return
+	e, ok := m[method]
+	if !ok {
+		allow := make([]string, 0, len(m))
+		for k := range m {
+			allow = append(allow, k)
 		}
-		next.ServeHTTP(w, r)
-	})
+		slices.Sort(allow)
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+		return
+	}
+	requireRole(e.role, e.what, e.fn).ServeHTTP(w, r)
 }
 
-// validBearer compares in constant time so the token cannot be guessed
-// byte by byte from response times.
-func validBearer(header string, token []byte) bool {
-	got, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || len(token) == 0 {
-		return false
+type route struct {
+	pattern string
+	methods methods
+}
+
+// routes is the API's table: every endpoint and the role it needs.
+func (h *handler) routes() []route {
+	rs := []route{
+		{"/api/v1/status", methods{"GET": {RoleViewer, "reading the status", h.status}}},
+		{"/api/v1/history", methods{"GET": {RoleViewer, "reading the journal", h.history}}},
+		{"/api/v1/history/{id}", methods{"GET": {RoleViewer, "reading the journal", h.record}}},
+		{"/api/v1/actions/{id}", methods{"GET": {RoleViewer, "reading the journal", h.record}}},
 	}
-	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), token) == 1
+	actions := methods{"GET": {RoleViewer, "reading the journal", h.history}}
+	if h.Actor != nil {
+		actions["POST"] = endpoint{RoleOperator, "running an action", h.run}
+		rs = append(rs,
+			route{"/api/v1/actions/{id}/approve", methods{"POST": {RoleOperator, "approving an action", h.decide(true)}}},
+			route{"/api/v1/actions/{id}/deny", methods{"POST": {RoleOperator, "denying an action", h.decide(false)}}})
+	}
+	rs = append(rs, route{"/api/v1/actions", actions})
+	if h.Pauser != nil {
+		rs = append(rs, route{"/api/v1/pauses", methods{
+			"GET":    {RoleViewer, "reading the pauses", h.pauses},
+			"POST":   {RoleOperator, "pausing remediation", h.pause},
+			"DELETE": {RoleOperator, "resuming remediation", h.resume},
+		}})
+	}
+	if h.Policy != nil {
+		rs = append(rs,
+			route{"/api/v1/policy", methods{"GET": {RoleViewer, "reading the policy", h.policy}}},
+			route{"/api/v1/policy/reload", methods{"POST": {RoleAdmin, "reloading the policy", h.reload}}})
+	}
+	return rs
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
-	s, err := h.backend.Status(r.Context())
+	s, err := h.Backend.Status(r.Context())
 	if err != nil {
-		h.logger.Error("status", "err", err)
-		writeError(w, http.StatusInternalServerError, "status: "+err.Error())
+		h.fail(w, "status", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s)
 }
 
 func (h *handler) history(w http.ResponseWriter, r *http.Request) {
-	f, err := parseHistoryFilter(r.URL.Query(), time.Now())
+	f, err := parseHistoryFilter(r.URL.Query(), h.Now())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	recs, err := h.backend.History(r.Context(), f)
+	recs, err := h.Backend.History(r.Context(), f)
 	if err != nil {
-		h.logger.Error("history", "err", err)
-		writeError(w, http.StatusInternalServerError, "history: "+err.Error())
+		h.fail(w, "history", err)
 		return
 	}
 	if recs == nil {
@@ -115,22 +167,79 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) record(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil || id == 0 {
-		writeError(w, http.StatusBadRequest, "action id: want a positive integer, got "+strconv.Quote(r.PathValue("id")))
+	id, ok := pathID(w, r)
+	if !ok {
 		return
 	}
-	rec, err := h.backend.Record(r.Context(), id)
-	if errors.Is(err, journal.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no action %d in the journal", id))
-		return
-	}
+	rec, err := h.Backend.Record(r.Context(), id)
 	if err != nil {
-		h.logger.Error("record", "id", id, "err", err)
-		writeError(w, http.StatusInternalServerError, "record: "+err.Error())
+		h.fail(w, fmt.Sprintf("action %d", id), err)
 		return
 	}
 	writeJSON(w, http.StatusOK, rec)
+}
+
+// pathID reads the {id} of the path, answering 400 for a bad one.
+func pathID(w http.ResponseWriter, r *http.Request) (uint64, bool) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil || id == 0 {
+		writeError(w, http.StatusBadRequest, "action id: want a positive integer, got "+strconv.Quote(r.PathValue("id")))
+		return 0, false
+	}
+	return id, true
+}
+
+// fail answers err with the status its cause calls for: 404 for an
+// unknown record, 409 for a request the record's state does not allow,
+// 400 for a bad request, 500 (logged) for the rest.
+func (h *handler) fail(w http.ResponseWriter, op string, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, journal.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, remediation.ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, remediation.ErrInvalid):
+		code = http.StatusBadRequest
+	default:
+		h.Logger.Error("api request failed", "op", op, "err", err)
+	}
+	writeError(w, code, op+": "+err.Error())
+}
+
+// decodeBody reads r's JSON body into v strictly: unknown fields, trailing
+// data and bodies over maxBody are refused. On failure it has answered.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errors.New("unexpected data after the JSON object")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", maxBody))
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "request body: empty; want a JSON object")
+	default:
+		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return false
+}
+
+// author is who a change is recorded under: the one the request names, or
+// else the token's name.
+func author(r *http.Request, named string) string {
+	if a := strings.TrimSpace(named); a != "" {
+		return a
+	}
+	id, _ := IdentityFrom(r.Context())
+	return id.Name
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

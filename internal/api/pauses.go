@@ -1,12 +1,9 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -16,10 +13,10 @@ import (
 )
 
 // PauseRequest asks to pause remediation of Target ("*" for everything, or
-// a guest as "host/uuid") for Duration.
+// a guest as "host/uuid") for Duration. Author defaults to the token's name.
 type PauseRequest struct {
 	Target   string `json:"target"`
-	Author   string `json:"author"`
+	Author   string `json:"author,omitempty"`
 	Comment  string `json:"comment"`
 	Duration string `json:"duration"` // a Go duration, e.g. "2h"
 }
@@ -31,61 +28,45 @@ type Pauser interface {
 	Pauses() []guards.Pause
 }
 
-// maxPauseBody caps a pause request; they are a few hundred bytes.
-const maxPauseBody = 64 << 10
-
-// PauseHandler serves /api/v1/pauses: GET lists the pauses in force, POST
-// adds one (author and comment required), DELETE ?target=… ends them.
-func PauseHandler(p Pauser, now func() time.Time) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.Method {
-		case http.MethodGet:
-			pauses := p.Pauses()
-			if pauses == nil {
-				pauses = []guards.Pause{}
-			}
-			writeJSON(w, http.StatusOK, pauses)
-		case http.MethodPost:
-			pause, err := decodePause(r, now())
-			if err != nil {
-				writeError(w, http.StatusBadRequest, err.Error())
-				return
-			}
-			if err := p.Pause(pause); err != nil {
-				writeError(w, http.StatusBadRequest, err.Error())
-				return
-			}
-			writeJSON(w, http.StatusCreated, pause)
-		case http.MethodDelete:
-			target := r.URL.Query().Get("target")
-			if target == "" {
-				writeError(w, http.StatusBadRequest, `target: required ("*" for the global pause, or host/uuid)`)
-				return
-			}
-			p.Resume(target)
-			w.WriteHeader(http.StatusNoContent)
-		default:
-			w.Header().Set("Allow", "GET, POST, DELETE")
-			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
-		}
-	})
+func (h *handler) pauses(w http.ResponseWriter, _ *http.Request) {
+	ps := h.Pauser.Pauses()
+	if ps == nil {
+		ps = []guards.Pause{}
+	}
+	writeJSON(w, http.StatusOK, ps)
 }
 
-func decodePause(r *http.Request, now time.Time) (guards.Pause, error) {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxPauseBody))
-	dec.DisallowUnknownFields()
+func (h *handler) pause(w http.ResponseWriter, r *http.Request) {
 	var req PauseRequest
-	if err := dec.Decode(&req); err != nil {
-		return guards.Pause{}, fmt.Errorf("pause request: %w", err)
+	if !decodeBody(w, r, &req) {
+		return
 	}
+	now := h.Now()
 	d, err := time.ParseDuration(req.Duration)
 	if err != nil || d <= 0 {
-		return guards.Pause{}, fmt.Errorf("duration: want a positive duration such as 2h, got %q", req.Duration)
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("duration: want a positive duration such as 2h, got %q", req.Duration))
+		return
 	}
-	if strings.TrimSpace(req.Author) == "" || strings.TrimSpace(req.Comment) == "" {
-		return guards.Pause{}, errors.New("author and comment: both required, so the next on-call knows who paused and why")
+	if strings.TrimSpace(req.Comment) == "" {
+		writeError(w, http.StatusBadRequest, "comment: required, so the next on-call knows why remediation is paused")
+		return
 	}
-	return guards.Pause{Target: req.Target, Author: req.Author, Comment: req.Comment, Since: now, Until: now.Add(d)}, nil
+	p := guards.Pause{Target: req.Target, Author: author(r, req.Author), Comment: req.Comment, Since: now, Until: now.Add(d)}
+	if err := h.Pauser.Pause(p); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusCreated, p)
+}
+
+func (h *handler) resume(w http.ResponseWriter, r *http.Request) {
+	target := r.URL.Query().Get("target")
+	if target == "" {
+		writeError(w, http.StatusBadRequest, `target: required ("*" for the global pause, or host/uuid)`)
+		return
+	}
+	h.Pauser.Resume(target)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // Pauses lists the pauses in force.
@@ -106,15 +87,4 @@ func (c *Client) Pause(ctx context.Context, req PauseRequest) (guards.Pause, err
 // Resume ends the pauses of target.
 func (c *Client) Resume(ctx context.Context, target string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/pauses?target="+url.QueryEscape(target), nil, nil)
-}
-
-// do sends a request with a JSON body and decodes a JSON answer into v
-// (nil: ignore the body).
-func (c *Client) do(ctx context.Context, method, path string, body []byte, v any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return c.send(req, v)
 }

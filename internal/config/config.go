@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,11 +32,33 @@ type Server struct {
 	dir string
 }
 
-// API configures the server's own HTTP API.
+// API configures the server's own HTTP API and who may use it. Every
+// token carries a role: a viewer reads; an operator also approves, denies
+// and runs actions and pauses remediation; an admin also reloads the policy.
 type API struct {
-	// TokenFile holds the bearer token that runbook and other clients send.
+	// TokenFile holds the admin token, named "admin" (the author recorded
+	// for what it changes). Optional when Tokens lists an admin.
+	TokenFile string `yaml:"token_file"`
+	// Tokens are further bearer tokens, one per person or tool.
+	Tokens []APIToken `yaml:"tokens"`
+}
+
+// APIToken is one named bearer token of the API and its role.
+type APIToken struct {
+	// Name identifies the token in logs, in 403 answers and as the default
+	// author of what it changes.
+	Name string `yaml:"name"`
+	// Role is viewer, operator or admin.
+	Role string `yaml:"role"`
+	// TokenFile holds the token; it is read at start and never logged.
 	TokenFile string `yaml:"token_file"`
 }
+
+// Roles are the API roles, least to most powerful.
+func Roles() []string { return []string{"viewer", "operator", "admin"} }
+
+// AdminTokenName is the name of the token in api.token_file.
+const AdminTokenName = "admin"
 
 // Prometheus configures the embedded Prometheus.
 type Prometheus struct {
@@ -70,6 +93,13 @@ type Remediation struct {
 	PolicyFile    string        `yaml:"policy_file"`
 	DryRun        bool          `yaml:"dry_run"`
 	ActionTimeout time.Duration `yaml:"action_timeout"`
+	// Retention is how long finished journal records are kept; 0 keeps
+	// them forever.
+	Retention time.Duration `yaml:"retention"`
+	// StaleAfter cancels an action held by a guard or awaiting approval
+	// whose alert has not been received for this long; Alertmanager's
+	// repeat_interval must be shorter for alerts that come only from it.
+	StaleAfter time.Duration `yaml:"stale_after"`
 	// Webhook is the Alertmanager webhook intake, POST /api/v1/alertmanager.
 	Webhook Webhook `yaml:"webhook"`
 	// Loki, when its URL is set, gets every journal record as a log line.
@@ -118,7 +148,7 @@ func Defaults() Server {
 			EvaluationInterval: 5 * time.Second,
 			Retention:          15 * 24 * time.Hour,
 		},
-		Remediation: Remediation{ActionTimeout: 2 * time.Minute},
+		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
 	}
 }
 
@@ -199,11 +229,44 @@ func (c *Server) Validate() error {
 			add("remediation.loki.batch_wait", "must not be negative, got %s", l.BatchWait)
 		}
 	}
-	if c.API.TokenFile == "" {
-		add("api.token_file", "is required: the API refuses every request without a token")
+	if c.API.TokenFile == "" && len(c.API.Tokens) == 0 {
+		add("api.token_file", "is required unless api.tokens lists tokens: the API refuses every request without a token")
+	}
+	if c.API.TokenFile == "" && len(c.API.Tokens) > 0 && c.Remediation.Webhook.TokenFile == "" {
+		add("remediation.webhook.token_file", "is required when api.token_file is not set: it defaults to that token")
+	}
+	tokenNames := map[string]string{}
+	if c.API.TokenFile != "" {
+		tokenNames[AdminTokenName] = "api.token_file"
+	}
+	for i, tok := range c.API.Tokens {
+		path := fmt.Sprintf("api.tokens[%d]", i)
+		switch {
+		case tok.Name == "":
+			add(path+".name", "is required")
+		case strings.ContainsAny(tok.Name, " \t\n\"/"):
+			add(path+".name", "%q must not contain spaces, quotes or slashes", tok.Name)
+		default:
+			if other, dup := tokenNames[tok.Name]; dup {
+				add(path+".name", "%q is already used by %s", tok.Name, other)
+			}
+			tokenNames[tok.Name] = path
+		}
+		if !slices.Contains(Roles(), tok.Role) {
+			add(path+".role", "%q is not a role; want one of %s", tok.Role, strings.Join(Roles(), ", "))
+		}
+		if tok.TokenFile == "" {
+			add(path+".token_file", "is required")
+		}
 	}
 	if len(c.Hosts) > 0 && c.Agents.TokenFile == "" {
 		add("agents.token_file", "is required when hosts are listed: agents refuse actions without it")
+	}
+	if c.Remediation.Retention < 0 {
+		add("remediation.retention", "must not be negative, got %s", c.Remediation.Retention)
+	}
+	if c.Remediation.StaleAfter <= 0 {
+		add("remediation.stale_after", "must be positive, got %s", c.Remediation.StaleAfter)
 	}
 	if c.Remediation.ActionTimeout <= 0 {
 		add("remediation.action_timeout", "must be positive, got %s", c.Remediation.ActionTimeout)
@@ -248,6 +311,42 @@ func (c *Server) Path(p string) string {
 		return p
 	}
 	return filepath.Join(c.dir, p)
+}
+
+// Credential is one API token as read from its file.
+type Credential struct {
+	Name   string
+	Role   string
+	Secret string
+}
+
+// APICredentials reads the API's token files: api.token_file as the admin
+// token named "admin", then api.tokens in order. Two entries holding the
+// same token are an error, since the server could not tell who calls. No
+// error includes a secret.
+func (c *Server) APICredentials() ([]Credential, error) {
+	type source struct{ field, name, role, file string }
+	var srcs []source
+	if c.API.TokenFile != "" {
+		srcs = append(srcs, source{"api.token_file", AdminTokenName, "admin", c.API.TokenFile})
+	}
+	for i, t := range c.API.Tokens {
+		srcs = append(srcs, source{fmt.Sprintf("api.tokens[%d].token_file", i), t.Name, t.Role, t.TokenFile})
+	}
+	creds := make([]Credential, 0, len(srcs))
+	seen := map[string]string{}
+	for _, src := range srcs {
+		secret, err := ReadSecret(c.Path(src.file))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", src.field, err)
+		}
+		if other, dup := seen[secret]; dup {
+			return nil, fmt.Errorf("%s: holds the same token as %s; give every token its own value", src.field, other)
+		}
+		seen[secret] = src.field
+		creds = append(creds, Credential{Name: src.name, Role: src.role, Secret: secret})
+	}
+	return creds, nil
 }
 
 // ReadSecret reads a token file, trimming surrounding whitespace. It never

@@ -77,3 +77,51 @@ func TestDeployExample(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAPICredentials(t *testing.T) {
+	dir := t.TempDir()
+	for name, secret := range map[string]string{"admin.token": "a-secret\n", "alice.token": "b-secret", "copy.token": " a-secret "} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(secret), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		yml     string
+		want    []Credential
+		wantErr string
+	}{
+		{name: "admin file and named tokens",
+			yml:  "api:\n  token_file: admin.token\n  tokens:\n    - {name: alice, role: operator, token_file: alice.token}\n",
+			want: []Credential{{"admin", "admin", "a-secret"}, {"alice", "operator", "b-secret"}}},
+		{name: "named tokens only",
+			yml:  "api:\n  tokens:\n    - {name: alice, role: viewer, token_file: alice.token}\nremediation: {webhook: {token_file: w.token}}\n",
+			want: []Credential{{"alice", "viewer", "b-secret"}}},
+		{name: "same token twice",
+			yml:     "api:\n  token_file: admin.token\n  tokens:\n    - {name: alice, role: viewer, token_file: copy.token}\n",
+			wantErr: "api.tokens[0].token_file: holds the same token as api.token_file; give every token its own value"},
+		{name: "missing file",
+			yml:     "api:\n  tokens:\n    - {name: alice, role: viewer, token_file: nope.token}\nremediation: {webhook: {token_file: w.token}}\n",
+			wantErr: "api.tokens[0].token_file: read secret: open " + filepath.Join(dir, "nope.token")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(filepath.Join(dir, "server.yml"), []byte(tc.yml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.APICredentials()
+			if tc.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "a-secret") {
+					t.Errorf("error reveals the secret: %v", err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("APICredentials = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}

@@ -56,3 +56,15 @@ func (a *agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool,
 	}
 	return d.State == "running", nil
 }
+
+func (a *agentHosts) RepairOverlay(ctx context.Context, host, cluster string) ([]string, error) {
+	c, err := a.client(host)
+	if err != nil {
+		return nil, err
+	}
+	changes, err := c.RepairOverlay(ctx, cluster)
+	if err != nil {
+		return changes, fmt.Errorf("repair overlay %s on %s: %w", cluster, host, err)
+	}
+	return changes, nil
+}

@@ -50,6 +50,7 @@ type Server struct {
 	audit   *audit.Client // nil without Loki
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
+	policy  *policyHolder
 	handler http.Handler
 }
 
@@ -59,9 +60,12 @@ type Server struct {
 func New(ctx context.Context, o Options) (_ *Server, err error) {
 	cfg := o.Config
 	logger := o.Logger
-	apiToken, err := config.ReadSecret(cfg.Path(cfg.API.TokenFile))
-	if err != nil {
-		return nil, fmt.Errorf("api.token_file: %w", err)
+	// The admin token is also the webhook's default token.
+	var apiToken string
+	if cfg.API.TokenFile != "" {
+		if apiToken, err = config.ReadSecret(cfg.Path(cfg.API.TokenFile)); err != nil {
+			return nil, fmt.Errorf("api.token_file: %w", err)
+		}
 	}
 	var agentToken string
 	if cfg.Agents.TokenFile != "" {
@@ -140,6 +144,8 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		Now:           time.Now,
 		ActionTimeout: cfg.Remediation.ActionTimeout,
 		DryRun:        cfg.Remediation.DryRun,
+		Retention:     cfg.Remediation.Retention,
+		StaleAfter:    cfg.Remediation.StaleAfter,
 		FleetSize: func() int {
 			m := monitor.Load()
 			if m == nil {
@@ -209,8 +215,32 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", dataDir,
 		"journal", jpath, "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
 
+	creds, err := cfg.APICredentials()
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := apiTokens(creds)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := api.NewAuthenticator(tokens)
+	if err != nil {
+		return nil, err
+	}
+	var policyFile string
+	if cfg.Remediation.PolicyFile != "" {
+		policyFile = cfg.Path(cfg.Remediation.PolicyFile)
+	}
+	s.policy = newPolicyHolder(policyFile, pol, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
 	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", api.NewHandler(&status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts}, apiToken, logger))
+	mux.Handle("/api/v1/", api.NewHandler(api.Options{
+		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts},
+		Pauser:  s.engine,
+		Actor:   s.engine,
+		Policy:  s.policy,
+		Auth:    auth,
+		Logger:  logger.With("component", "api"),
+	}))
 	// Prometheus' own query API beside caretaker's, for Grafana and runbook.
 	prom, err := promapi.New(promapi.Options{
 		Queryable: s.monitor.Queryable(),
@@ -231,8 +261,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		Logger:      logger.With("component", "webhook"),
 		Metrics:     intakeMetrics,
 	}))
-	mux.Handle("/api/v1/pauses", api.RequireToken(apiToken, api.PauseHandler(s.engine, time.Now)))
-	promHandler := api.RequireToken(apiToken, s.monitor.Guard(prom.Handler()))
+	promHandler := auth.Require(api.RoleViewer, "querying Prometheus", s.monitor.Guard(prom.Handler()))
 	for _, p := range prom.Paths() {
 		mux.Handle(p, promHandler)
 	}
@@ -303,6 +332,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
+	go s.tick(ctx)
 	go func() {
 		cfgFile := s.opts.WebConfigFile
 		errc <- web.Serve(l, srv, &web.FlagConfig{WebConfigFile: &cfgFile}, s.logger)
@@ -321,6 +351,23 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// tickEvery spaces the engine's timed work: approvals expiring,
+// verifications timing out, retries of alerts that are not re-sent.
+const tickEvery = 5 * time.Second
+
+func (s *Server) tick(ctx context.Context) {
+	t := time.NewTicker(tickEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.engine.Tick(now)
+		}
+	}
 }
 
 // Run listens on the configured address and serves until ctx is done.

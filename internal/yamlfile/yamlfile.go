@@ -282,3 +282,26 @@ func truncated(v string) string {
 	}
 	return v
 }
+
+// Within places the errors of a nested value's validation under prefix:
+// each FieldError's path gets the prefix, and other errors become
+// FieldErrors at the prefix, one per error of a join, so every problem
+// gets its own line.
+func Within(prefix string, err error) []error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		if fe, ok := e.(*FieldError); ok {
+			out = append(out, &FieldError{Path: prefix + "." + fe.Path, Msg: fe.Msg})
+			continue
+		}
+		out = append(out, Errorf(prefix, "%v", e))
+	}
+	return out
+}

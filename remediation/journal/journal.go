@@ -14,31 +14,64 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"caretaker/remediation/guards"
 )
 
 // State is where a record is in its life.
 type State string
 
+//	pending → (awaiting_approval) → running → verifying → succeeded | failed
+//	pending | awaiting_approval → cancelled | expired
+//
+// and skipped for a decision not to act at all, interrupted for an action
+// whose outcome a restart lost and no check could recover.
 const (
-	// StatePending is decided but not started.
+	// StatePending is decided but held by a guard (a window, a pause,
+	// the breaker…); Reason says which.
 	StatePending State = "pending"
+	// StateAwaitingApproval waits for a human's yes or no (Approval).
+	StateAwaitingApproval State = "awaiting_approval"
 	// StateRunning has been handed to the agent; the outcome is unknown.
 	StateRunning State = "running"
+	// StateVerifying was done; the engine checks that the target is
+	// healthy again.
+	StateVerifying State = "verifying"
 	// StateSucceeded was done and verified.
 	StateSucceeded State = "succeeded"
 	// StateFailed was tried and did not work; Error says why.
 	StateFailed State = "failed"
+	// StateCancelled never started: its alert resolved or a human
+	// denied it.
+	StateCancelled State = "cancelled"
+	// StateExpired waited for an approval that did not come in time.
+	StateExpired State = "expired"
 	// StateSkipped was decided against; Reason says why.
 	StateSkipped State = "skipped"
-	// StateInterrupted was pending or running when the server stopped.
+	// StateInterrupted was running when the server stopped, and its
+	// outcome could not be checked.
 	StateInterrupted State = "interrupted"
 )
 
 // Open reports whether a record in state s still awaits its outcome.
-func (s State) Open() bool { return s == StatePending || s == StateRunning }
+func (s State) Open() bool {
+	switch s {
+	case StatePending, StateAwaitingApproval, StateRunning, StateVerifying:
+		return true
+	}
+	return false
+}
 
-// ReasonInterrupted is the Reason Recover gives interrupted records.
-const ReasonInterrupted = "the server stopped before the outcome was known; not retried automatically"
+// Started reports whether the action of a record in state s may have
+// reached the target.
+func (s State) Started() bool { return s == StateRunning || s == StateVerifying }
+
+// Transition is one change of a record's state.
+type Transition struct {
+	State State     `json:"state"`
+	At    time.Time `json:"at"`
+	Note  string    `json:"note,omitempty"`
+}
 
 // Record is one remediation decision and its outcome.
 type Record struct {
@@ -50,16 +83,36 @@ type Record struct {
 	Fingerprint   string    `json:"fingerprint"`
 	AlertStartsAt time.Time `json:"alert_starts_at"`
 
+	// Labels are the alert's labels, which the action's parameters and
+	// a later retry (after an approval, or a restart) are taken from.
+	Labels map[string]string `json:"labels,omitempty"`
+
 	// The decision: which rule chose which action on which target.
 	Rule   string `json:"rule,omitempty"`
 	Action string `json:"action"`
-	Host   string `json:"host,omitempty"`
-	UUID   string `json:"uuid,omitempty"`
-	Domain string `json:"domain,omitempty"`
+	// Step is the action's place in the rule's escalation chain: 0 for
+	// the rule's own action, 1 for the first escalation…
+	Step    int    `json:"step,omitempty"`
+	Target  string `json:"target,omitempty"` // the key guards and pauses use
+	Host    string `json:"host,omitempty"`
+	UUID    string `json:"uuid,omitempty"`
+	Domain  string `json:"domain,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+	// Author and Comment are set for an action a human ran by hand.
+	Author  string `json:"author,omitempty"`
+	Comment string `json:"comment,omitempty"`
+	DryRun  bool   `json:"dry_run,omitempty"`
 
 	State  State  `json:"state"`
 	Reason string `json:"reason,omitempty"` // why it was decided, skipped or interrupted
 	Error  string `json:"error,omitempty"`
+	// Decisions are every guard's word at the latest check, in order.
+	Decisions []guards.Decision `json:"decisions,omitempty"`
+	Approval  *guards.Approval  `json:"approval,omitempty"`
+	// Output is what a command printed, capped.
+	Output string `json:"output,omitempty"`
+	// Transitions are the states the record went through, oldest first.
+	Transitions []Transition `json:"transitions,omitempty"`
 
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
@@ -67,6 +120,9 @@ type Record struct {
 	Attempt int `json:"attempt,omitempty"`
 	// HealSeconds runs from the alert's start to the verified success.
 	HealSeconds float64 `json:"heal_seconds,omitempty"`
+	// GaveUp is set on the failure after which the engine tried nothing
+	// more: the escalation chain is spent and a human takes over.
+	GaveUp bool `json:"gave_up,omitempty"`
 }
 
 // ErrNotFound is returned for an ID the journal does not hold.
@@ -76,7 +132,10 @@ var ErrNotFound = errors.New("no such record")
 // data directory should fail at once with a clear error, not hang.
 const lockTimeout = 2 * time.Second
 
-var recordsBucket = []byte("records")
+var (
+	recordsBucket = []byte("records")
+	stateBucket   = []byte("state")
+)
 
 // Journal is a bbolt file of records keyed by ID. It is safe for concurrent
 // use.
@@ -116,8 +175,12 @@ func open(path string, timeout time.Duration) (*Journal, error) {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(recordsBucket)
-		return err
+		for _, b := range [][]byte{recordsBucket, stateBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		db.Close()
@@ -137,41 +200,77 @@ func (j *Journal) Close() error {
 // Append stores rec under a new ID and returns it as stored. It returns
 // only after the record is on disk.
 func (j *Journal) Append(rec Record) (Record, error) {
-	err := j.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(recordsBucket)
-		id, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		rec.ID = id
-		return put(b, rec)
+	err := j.Batch(func(b *Batch) error {
+		var err error
+		rec, err = b.Append(rec)
+		return err
 	})
-	if err != nil {
-		return Record{}, fmt.Errorf("append journal record: %w", err)
-	}
-	j.notify(rec)
-	return rec, nil
+	return rec, err
 }
 
 // Update applies fn to the record with id and stores the result durably.
 // fn cannot change the ID.
 func (j *Journal) Update(id uint64, fn func(*Record)) (Record, error) {
 	var rec Record
-	err := j.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(recordsBucket)
+	err := j.Batch(func(b *Batch) error {
 		var err error
-		if rec, err = get(b, id); err != nil {
-			return err
-		}
-		fn(&rec)
-		rec.ID = id
-		return put(b, rec)
+		rec, err = b.Update(id, fn)
+		return err
 	})
+	return rec, err
+}
+
+// Batch is a set of changes written in one transaction.
+type Batch struct {
+	b       *bolt.Bucket
+	written []Record
+}
+
+// Append adds rec under a new ID and returns it as it will be stored.
+func (b *Batch) Append(rec Record) (Record, error) {
+	id, err := b.b.NextSequence()
+	if err != nil {
+		return Record{}, fmt.Errorf("append journal record: %w", err)
+	}
+	rec.ID = id
+	if err := put(b.b, rec); err != nil {
+		return Record{}, fmt.Errorf("append journal record: %w", err)
+	}
+	b.written = append(b.written, rec)
+	return rec, nil
+}
+
+// Update applies fn to the record with id; fn cannot change the ID.
+func (b *Batch) Update(id uint64, fn func(*Record)) (Record, error) {
+	rec, err := get(b.b, id)
 	if err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
-	j.notify(rec)
+	fn(&rec)
+	rec.ID = id
+	if err := put(b.b, rec); err != nil {
+		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
+	}
+	b.written = append(b.written, rec)
 	return rec, nil
+}
+
+// Batch runs fn in one transaction: everything fn wrote is on disk when
+// Batch returns nil, and nothing is when it returns an error. One fsync for
+// many records is what lets an alert storm be recorded quickly.
+func (j *Journal) Batch(fn func(*Batch) error) error {
+	var written []Record
+	err := j.db.Update(func(tx *bolt.Tx) error {
+		b := &Batch{b: tx.Bucket(recordsBucket)}
+		err := fn(b)
+		written = b.written
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	j.notify(written...)
+	return nil
 }
 
 // Get returns the record with id, or an error wrapping ErrNotFound.
@@ -211,45 +310,96 @@ func (j *Journal) List(limit int) ([]Record, error) {
 	return recs, nil
 }
 
-// Recover marks every pending or running record interrupted, finished at
-// now, and returns them. Their outcome is unknown — the agent may or may not
-// have acted — so they are reported to the operator, never repeated.
-func (j *Journal) Recover(now time.Time) ([]Record, error) {
-	var recovered []Record
+// Unfinished returns the records whose outcome is still open, oldest
+// first: after a restart the engine reconciles each with the target's real
+// state rather than repeating it blindly.
+func (j *Journal) Unfinished() ([]Record, error) {
+	var open []Record
+	err := j.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(recordsBucket).ForEach(func(k, v []byte) error {
+			rec, err := decode(k, v)
+			if err == nil && rec.State.Open() {
+				open = append(open, rec)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list unfinished journal records: %w", err)
+	}
+	return open, nil
+}
+
+// Prune deletes the finished records created before cutoff and returns how
+// many it deleted. Open records are kept whatever their age.
+func (j *Journal) Prune(cutoff time.Time) (int, error) {
+	n := 0
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(recordsBucket)
-		var open []Record
-		err := b.ForEach(func(k, v []byte) error {
+		var old [][]byte
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
 			rec, err := decode(k, v)
 			if err != nil {
 				return err
 			}
-			if rec.State.Open() {
-				open = append(open, rec)
+			if rec.Created.Before(cutoff) && !rec.State.Open() {
+				old = append(old, k)
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		// Written after the walk: bbolt forbids changing a bucket while
+		// Deleted after the walk: bbolt forbids changing a bucket while
 		// iterating over it.
-		for _, rec := range open {
-			rec.State = StateInterrupted
-			rec.Reason = ReasonInterrupted
-			rec.Finished = now
-			if err := put(b, rec); err != nil {
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
 				return err
 			}
-			recovered = append(recovered, rec)
 		}
+		n = len(old)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("recover journal: %w", err)
+		return 0, fmt.Errorf("prune journal: %w", err)
 	}
-	j.notify(recovered...)
-	return recovered, nil
+	return n, nil
+}
+
+// SaveState stores v, as JSON, under name: small documents that must
+// survive a restart beside the records, such as the pauses in force.
+func (j *Journal) SaveState(name string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	err = j.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(stateBucket).Put([]byte(name), data)
+	})
+	if err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	return nil
+}
+
+// LoadState decodes the document saved under name into v and reports
+// whether there was one.
+func (j *Journal) LoadState(name string, v any) (bool, error) {
+	var data []byte
+	_ = j.db.View(func(tx *bolt.Tx) error {
+		data = append(data, tx.Bucket(stateBucket).Get([]byte(name))...)
+		return nil
+	})
+	if data == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("load %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// Move sets the record's state and remembers the transition.
+func (r *Record) Move(to State, at time.Time, note string) {
+	r.State = to
+	r.Transitions = append(r.Transitions, Transition{State: to, At: at, Note: note})
 }
 
 func key(id uint64) []byte {

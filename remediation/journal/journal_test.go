@@ -175,46 +175,62 @@ func TestDurableAcrossReopen(t *testing.T) {
 	}
 }
 
-func TestRecover(t *testing.T) {
+func TestUnfinishedAndPrune(t *testing.T) {
 	j, _ := openTemp(t)
-	states := []State{StatePending, StateRunning, StateSucceeded, StateFailed, StateSkipped, StateInterrupted, StateRunning}
-	for _, s := range states {
-		if _, err := j.Append(sample(s)); err != nil {
+	states := []State{StatePending, StateRunning, StateSucceeded, StateFailed, StateSkipped,
+		StateInterrupted, StateAwaitingApproval, StateVerifying, StateCancelled, StateExpired}
+	for i, s := range states {
+		rec := sample(s)
+		rec.Created = t0.Add(time.Duration(i) * time.Hour)
+		if _, err := j.Append(rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	now := t0.Add(time.Hour)
-	recovered, err := j.Recover(now)
+	open, err := j.Unfinished()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ids []uint64
-	for _, r := range recovered {
+	for _, r := range open {
 		ids = append(ids, r.ID)
-		if r.State != StateInterrupted || r.Reason != ReasonInterrupted || !r.Finished.Equal(now) {
-			t.Errorf("recovered record %+v", r)
-		}
 	}
-	if want := []uint64{1, 2, 7}; !reflect.DeepEqual(ids, want) {
-		t.Errorf("recovered IDs = %v, want %v", ids, want)
+	if want := []uint64{1, 2, 7, 8}; !reflect.DeepEqual(ids, want) {
+		t.Errorf("unfinished IDs = %v, want %v", ids, want)
 	}
-	for i, s := range states {
-		id := uint64(i + 1)
-		got, err := j.Get(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := s
-		if s.Open() {
-			want = StateInterrupted
-		}
-		if got.State != want {
-			t.Errorf("record %d: state %s, want %s", id, got.State, want)
-		}
+
+	// Records created before hour 9: the finished ones go, open ones stay
+	// however old, record 10 is too young.
+	n, err := j.Prune(t0.Add(9 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Nothing is open any more, so a second recovery finds nothing.
-	if again, err := j.Recover(now); err != nil || len(again) != 0 {
-		t.Errorf("second Recover = %v, %v; want none", again, err)
+	left, _ := j.List(0)
+	ids = ids[:0]
+	for _, r := range left {
+		ids = append(ids, r.ID)
+	}
+	if want := []uint64{10, 8, 7, 2, 1}; n != 5 || !reflect.DeepEqual(ids, want) {
+		t.Errorf("Prune deleted %d, left %v; want 5 and %v", n, ids, want)
+	}
+}
+
+func TestState(t *testing.T) {
+	j, path := openTemp(t)
+	var got []string
+	if ok, err := j.LoadState("pauses", &got); ok || err != nil {
+		t.Fatalf("LoadState before any save = %v, %v", ok, err)
+	}
+	if err := j.SaveState("pauses", []string{"a", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if ok, err := j.LoadState("pauses", &got); !ok || err != nil || !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("LoadState after reopen = %v, %v, %v", got, ok, err)
 	}
 }
 
@@ -264,10 +280,7 @@ func TestOnRecord(t *testing.T) {
 	if _, err := j.Update(rec.ID, func(r *Record) { r.State = StateSucceeded }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := j.Recover(time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	want := []State{StateRunning, StateRunning, StateSucceeded, StateInterrupted}
+	want := []State{StateRunning, StateRunning, StateSucceeded}
 	if !slices.Equal(seen, want) {
 		t.Errorf("observed %v, want %v", seen, want)
 	}

@@ -1,6 +1,11 @@
 package policy
 
 import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"caretaker/internal/yamlfile"
@@ -31,6 +36,31 @@ type Guards struct {
 	// MaxConcurrent bounds the actions in flight across the fleet; 0 is
 	// no limit.
 	MaxConcurrent int `yaml:"max_concurrent"`
+	// RateLimits bound the starts of each action over time, by action.
+	RateLimits map[string]RateLimit `yaml:"rate_limits"`
+	// Windows are maintenance windows and change freezes: no automatic
+	// action on the hosts they select while one is active.
+	Windows []Window `yaml:"windows"`
+	// HostAlerts name the alerts that mark their host unhealthy: while
+	// one fires, no guest or overlay action runs on that host.
+	HostAlerts []string `yaml:"host_alerts"`
+}
+
+// RateLimit allows at most Max starts of an action within any Per.
+type RateLimit struct {
+	Max int           `yaml:"max"`
+	Per time.Duration `yaml:"per"`
+}
+
+// Window is a maintenance window or change freeze: from each activation
+// of a cron schedule (UTC), for Duration, over the hosts whose labels
+// match Selector ("rack=r1,zone=a"; empty: the whole fleet).
+type Window struct {
+	Name     string            `yaml:"name"`
+	Kind     guards.WindowKind `yaml:"kind"`
+	Schedule string            `yaml:"schedule"`
+	Duration time.Duration     `yaml:"duration"`
+	Selector string            `yaml:"selector"`
 }
 
 // DefaultGuards returns the guards used when the policy has no guards
@@ -44,7 +74,27 @@ func DefaultGuards() Guards {
 		MaxUnhealthy:      "40%",
 		BreakerCloseAfter: 5 * time.Minute,
 		MaxConcurrent:     10,
+		HostAlerts:        []string{"HostAgentDown", "HostLibvirtdDown", "HostKVMDeviceMissing"},
 	}
+}
+
+// CompiledWindows returns the windows as the guards take them; a window
+// that does not compile (only possible in Guards built in code) is left
+// out.
+func (g Guards) CompiledWindows() guards.Windows {
+	var ws guards.Windows
+	for _, w := range g.Windows {
+		if cw, err := guards.NewWindow(w.Name, w.Kind, w.Schedule, w.Duration, w.Selector); err == nil {
+			ws = append(ws, cw)
+		}
+	}
+	return ws
+}
+
+// Rate returns the rate limit of action (zero: none).
+func (g Guards) Rate(action string) guards.RateLimit {
+	r := g.RateLimits[action]
+	return guards.RateLimit{Max: r.Max, Per: r.Per}
 }
 
 // Target returns the per-target policy of the guards.
@@ -97,6 +147,39 @@ func (g Guards) validate() []error {
 	}
 	if g.MaxConcurrent < 0 {
 		errs = append(errs, yamlfile.Errorf("guards.max_concurrent", "%d is negative", g.MaxConcurrent))
+	}
+	known := KnownActions()
+	for _, a := range slices.Sorted(maps.Keys(g.RateLimits)) {
+		r, field := g.RateLimits[a], "guards.rate_limits."+a
+		switch {
+		case !slices.Contains(known, a):
+			errs = append(errs, yamlfile.Errorf(field, "unknown action %q (known: %s)", a, strings.Join(known, ", ")))
+		case r.Max <= 0:
+			errs = append(errs, yamlfile.Errorf(field+".max", "%d is not positive", r.Max))
+		case r.Per <= 0:
+			errs = append(errs, yamlfile.Errorf(field+".per", "%s is not positive", r.Per))
+		}
+	}
+	names := map[string]int{}
+	for i, w := range g.Windows {
+		field := fmt.Sprintf("guards.windows[%d]", i)
+		if prev, dup := names[w.Name]; dup && w.Name != "" {
+			errs = append(errs, yamlfile.Errorf(field+".name", "%q is already used by guards.windows[%d]", w.Name, prev))
+		}
+		names[w.Name] = i
+		if _, err := guards.NewWindow(w.Name, w.Kind, w.Schedule, w.Duration, w.Selector); err != nil {
+			// NewWindow wraps its joined problems in the window's name;
+			// the path names the window here, one problem a line.
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner
+			}
+			errs = append(errs, yamlfile.Within(field, err)...)
+		}
+	}
+	for i, a := range g.HostAlerts {
+		if !validLabelName(a) {
+			errs = append(errs, yamlfile.Errorf(fmt.Sprintf("guards.host_alerts[%d]", i), "%q is not an alert name", a))
+		}
 	}
 	return errs
 }

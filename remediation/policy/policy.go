@@ -10,22 +10,44 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"reflect"
 	"regexp"
 	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"caretaker/internal/yamlfile"
+	"caretaker/remediation/command"
 )
 
-// ActionRestartVM starts a guest that is defined on its host but not running.
-const ActionRestartVM = "restart-vm"
+// The actions a rule may name.
+const (
+	// ActionRestartVM starts a guest that is defined on its host but not
+	// running.
+	ActionRestartVM = "restart-vm"
+	// ActionRecreateVM re-creates a guest from its desired state, through
+	// the provisioner.
+	ActionRecreateVM = "recreate-vm"
+	// ActionReprovisionHost reinstalls a host over PXE, through the
+	// provisioner.
+	ActionReprovisionHost = "reprovision-host"
+	// ActionRepairOverlay has the host's agent re-create a cluster's VXLAN
+	// device, bridge membership and FDB entries.
+	ActionRepairOverlay = "repair-overlay"
+	// ActionRunCommand runs the rule's command on the server.
+	ActionRunCommand = "run-command"
+	// ActionNotifyOnly records the alert and does nothing: the journal and
+	// the audit stream tell people.
+	ActionNotifyOnly = "notify-only"
+)
 
 // KnownActions returns the actions a rule may name. It returns a fresh slice
 // so no caller can change what another one sees.
 func KnownActions() []string {
-	return []string{ActionRestartVM}
+	return []string{ActionRestartVM, ActionRecreateVM, ActionReprovisionHost,
+		ActionRepairOverlay, ActionRunCommand, ActionNotifyOnly}
 }
 
 // Policy is an ordered list of rules; the first rule that matches an alert
@@ -40,7 +62,7 @@ type Policy struct {
 // GuardSettings returns the policy's guards, or DefaultGuards for a nil
 // policy or one built in code without them.
 func (p *Policy) GuardSettings() Guards {
-	if p == nil || p.Guards == (Guards{}) {
+	if p == nil || reflect.ValueOf(p.Guards).IsZero() {
 		return DefaultGuards()
 	}
 	return p.Guards
@@ -56,6 +78,18 @@ type Rule struct {
 	// Prometheus' =~ so "lab-.*" cannot match "prod-lab-1".
 	MatchRE map[string]string `yaml:"match_re"`
 	Action  string            `yaml:"action"`
+	// Escalate lists the actions tried, in order, once the action before
+	// gave up (its attempts are spent); after the last, a human is paged
+	// through the CaretakerRemediationFailed alert.
+	Escalate []string `yaml:"escalate"`
+	// Approval, when required, holds each action of the rule until a
+	// human approves it through the API, for at most its TTL.
+	Approval Approval `yaml:"approval"`
+	// VerifyTimeout bounds the wait for proof that the target is healthy
+	// again after an action; 0 is DefaultVerifyTimeout.
+	VerifyTimeout time.Duration `yaml:"verify_timeout"`
+	// Command is what run-command runs.
+	Command *command.Spec `yaml:"command"`
 
 	// re holds the compiled, anchored MatchRE; nil on a Rule that was
 	// built in code rather than parsed, in which case Match compiles.
@@ -146,9 +180,68 @@ func (p *Policy) Validate() error {
 		case !slices.Contains(known, r.Action):
 			errs = append(errs, yamlfile.Errorf(path+".action", "unknown action %q (known: %s)", r.Action, strings.Join(known, ", ")))
 		}
+		for j, a := range r.Escalate {
+			field := fmt.Sprintf("%s.escalate[%d]", path, j)
+			switch {
+			case !slices.Contains(known, a):
+				errs = append(errs, yamlfile.Errorf(field, "unknown action %q (known: %s)", a, strings.Join(known, ", ")))
+			case slices.Contains(r.Chain()[:j+1], a):
+				errs = append(errs, yamlfile.Errorf(field, "%q is already earlier in the chain", a))
+			}
+		}
+		if slices.Contains(r.Chain(), ActionRunCommand) {
+			if r.Command == nil {
+				errs = append(errs, yamlfile.Errorf(path+".command", "is required by run-command"))
+			} else {
+				errs = append(errs, yamlfile.Within(path+".command", r.Command.Validate())...)
+			}
+		} else if r.Command != nil {
+			errs = append(errs, yamlfile.Errorf(path+".command", "is only used by run-command, which the rule does not run"))
+		}
+		if r.Approval.TTL < 0 {
+			errs = append(errs, yamlfile.Errorf(path+".approval.ttl", "%s is negative", r.Approval.TTL))
+		}
+		if r.VerifyTimeout < 0 {
+			errs = append(errs, yamlfile.Errorf(path+".verify_timeout", "%s is negative", r.VerifyTimeout))
+		}
 	}
 	errs = append(errs, p.Guards.validate()...)
 	return errors.Join(errs...)
+}
+
+// Approval is a rule's demand for a human's yes.
+type Approval struct {
+	Required bool          `yaml:"required"`
+	TTL      time.Duration `yaml:"ttl"` // 0 is DefaultApprovalTTL
+}
+
+// DefaultApprovalTTL is how long an approval is waited for when the rule
+// does not say.
+const DefaultApprovalTTL = time.Hour
+
+// DefaultVerifyTimeout is how long the engine waits for proof that an
+// action healed its target when the rule does not say.
+const DefaultVerifyTimeout = 2 * time.Minute
+
+// ApprovalTTL returns the rule's approval TTL or the default.
+func (r Rule) ApprovalTTL() time.Duration {
+	if r.Approval.TTL > 0 {
+		return r.Approval.TTL
+	}
+	return DefaultApprovalTTL
+}
+
+// VerifyWithin returns the rule's verification timeout or the default.
+func (r Rule) VerifyWithin() time.Duration {
+	if r.VerifyTimeout > 0 {
+		return r.VerifyTimeout
+	}
+	return DefaultVerifyTimeout
+}
+
+// Chain returns the rule's action followed by its escalations.
+func (r Rule) Chain() []string {
+	return append([]string{r.Action}, r.Escalate...)
 }
 
 // Match returns the first rule whose matchers all hold for labels.

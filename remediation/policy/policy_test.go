@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -182,12 +183,12 @@ func TestGuards(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.GuardSettings() != tt.want {
+			if !reflect.DeepEqual(p.GuardSettings(), tt.want) {
 				t.Errorf("guards = %+v, want %+v", p.GuardSettings(), tt.want)
 			}
 		})
 	}
-	if got := (&Policy{}).GuardSettings(); got != DefaultGuards() {
+	if got := (&Policy{}).GuardSettings(); !reflect.DeepEqual(got, DefaultGuards()) {
 		t.Errorf("guards of a policy built in code = %+v, want the defaults", got)
 	}
 	if got := DefaultGuards().Target(); got.BackoffBase != 10*time.Second || got.MaxAttempts != 3 {
