@@ -422,8 +422,7 @@ func (e *Engine) firing(w *writer, a Alert) {
 // action that has not started is cancelled, one verifying by resolution
 // has healed. Called with e.mu held.
 func (e *Engine) resolved(w *writer, a Alert) {
-	k := keyOf(a.Fingerprint, a.StartsAt)
-	in := e.instances[k]
+	in := e.instances[keyOf(a.Fingerprint, a.StartsAt)]
 	if in == nil {
 		return
 	}
@@ -437,7 +436,9 @@ func (e *Engine) resolved(w *writer, a Alert) {
 		}
 	}
 	if in.open == 0 {
-		delete(e.instances, k) // nothing more can happen to it
+		// Healthy again: no retry, and a late copy of the firing alert
+		// (a lagging Alertmanager of an HA pair) changes nothing.
+		in.done = true
 	}
 }
 
