@@ -216,7 +216,7 @@ func TestGuardsHoldThenRun(t *testing.T) {
 				f.clock.Advance(time.Hour)
 				f.handle(rackAlert()) // re-sent by every evaluation
 			},
-			reason:  `waiting: maintenance "rack-work" (0 12 * * * for 1h) over hosts with rack=r1 until 2025-03-01T13:00:00Z`,
+			reason: `waiting: maintenance "rack-work" (0 12 * * * for 1h) over hosts with rack=r1 until 2025-03-01T13:00:00Z`,
 		},
 		{
 			name:   "the guest's host is down",
@@ -227,8 +227,10 @@ func TestGuardsHoldThenRun(t *testing.T) {
 			reason: "skipped: host hv-a1 is unhealthy (HostAgentDown firing): the host is handled first",
 		},
 		{
-			name:   "pause of the host",
-			before: func(f *fixture) { _ = f.engine.Pause(guards.Pause{Target: testHost, Author: "a", Comment: "c", Until: start.Add(time.Hour)}) },
+			name: "pause of the host",
+			before: func(f *fixture) {
+				_ = f.engine.Pause(guards.Pause{Target: testHost, Author: "a", Comment: "c", Until: start.Add(time.Hour)})
+			},
 			release: func(f *fixture) {
 				f.engine.Resume(testHost)
 			},
