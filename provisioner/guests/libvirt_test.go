@@ -1,0 +1,359 @@
+package guests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"caretaker/collectors/kvm"
+)
+
+const qemuURI = "qemu:///system"
+
+// lab is a storage pool with a base image and a bridge of one test's own.
+type lab struct {
+	conn   *libvirt.Connect
+	pool   *libvirt.StoragePool
+	name   string // pool name, also the bridge's
+	base   string // the base image's path
+	bridge string
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run QEMU guests and create a bridge")
+	}
+	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
+		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
+	}
+	for _, tool := range []string{"ip", "qemu-img", "genisoimage", "isoinfo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
+		}
+	}
+	conn, err := libvirt.NewConnect(qemuURI)
+	if err != nil {
+		t.Skipf("connect to %s: %v", qemuURI, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	l := &lab{conn: conn, name: "ctg" + strconv.Itoa(os.Getpid()%1000000) + strings.ToLower(t.Name()[4:min(len(t.Name()), 9)])}
+	l.bridge = l.name
+	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
+	dir, err := os.MkdirTemp("", "ctk-guests-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	poolXML, err := (&libvirtxml.StoragePool{Type: "dir", Name: l.name, Target: &libvirtxml.StoragePoolTarget{Path: dir}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.pool, err = conn.StoragePoolDefineXML(poolXML, 0)
+	if err != nil {
+		t.Fatalf("define pool: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = l.pool.Destroy()
+		if err := l.pool.Undefine(); err != nil {
+			t.Errorf("undefine pool %s: %v", l.name, err)
+		}
+		l.pool.Free()
+	})
+	if err := l.pool.Create(0); err != nil {
+		t.Fatalf("start pool: %v", err)
+	}
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "64M")
+	if err := l.pool.Refresh(0); err != nil {
+		t.Fatal(err)
+	}
+	l.base = filepath.Join(dir, "base.qcow2")
+
+	run(t, "ip", "link", "add", l.bridge, "type", "bridge")
+	t.Cleanup(func() { run(t, "ip", "link", "del", l.bridge) })
+	run(t, "ip", "link", "set", l.bridge, "up")
+	return l
+}
+
+func (l *lab) node(name string) Node {
+	return Node{
+		Cluster: "cttest", Name: name, Role: RoleWorker, VCPUs: 1,
+		MemoryBytes: 64 << 20, DiskBytes: 128 << 20,
+		Bridge: l.bridge, BaseImage: "base.qcow2", Pool: l.name,
+		UserData: "#cloud-config\nhostname: " + name + "\n",
+	}
+}
+
+// create creates n and deletes it when the test ends, whatever happened.
+func (l *lab) create(t *testing.T, n Node) string {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := Delete(l.conn, n); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	uuid, err := Create(l.conn, n, DomainType(TypeQEMU))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uuid
+}
+
+func (l *lab) volume(t *testing.T, name string) libvirtxml.StorageVolume {
+	t.Helper()
+	vol, err := l.pool.LookupStorageVolByName(name)
+	if err != nil {
+		t.Fatalf("volume %s: %v", name, err)
+	}
+	defer vol.Free()
+	s, err := vol.GetXMLDesc(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v libvirtxml.StorageVolume
+	if err := v.Unmarshal(s); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (l *lab) volumeNames(t *testing.T) []string {
+	t.Helper()
+	if err := l.pool.Refresh(0); err != nil {
+		t.Fatal(err)
+	}
+	names, err := l.pool.ListStorageVolumes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func TestCreateRecreateDelete(t *testing.T) {
+	l := newLab(t)
+	n := l.node(l.name + "-w0")
+	uuid := l.create(t, n)
+
+	dom, err := l.conn.LookupDomainByName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom.Free()
+	assertRunning(t, dom)
+	id, _ := dom.GetID()
+
+	// Idempotent: same UUID, not restarted, no volume replaced.
+	again, err := Create(l.conn, n, DomainType(TypeQEMU))
+	if err != nil || again != uuid {
+		t.Fatalf("second Create: %q, %v; want %q", again, err, uuid)
+	}
+	if id2, _ := dom.GetID(); id2 != id {
+		t.Errorf("second Create restarted the domain: id %d, then %d", id, id2)
+	}
+	// ... and the definition libvirt keeps reads as equal to the node's,
+	// so Create does not redefine it each time.
+	have, err := definedShape(dom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.UUID = uuid
+	want, err := domain(n, []Option{DomainType(TypeQEMU)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.UUID = ""
+	if w := shape(want, kvm.Metadata{Intent: "running", Cluster: n.Cluster, Role: n.Role}); have != w {
+		t.Errorf("defined domain differs from the node's:\n%s\nwant\n%s", have, w)
+	}
+
+	// The live definition: metadata, NIC, disks.
+	meta, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, kvm.MetadataNamespace, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := kvm.ParseMetadata(meta); err != nil || m != (kvm.Metadata{Intent: "running", Cluster: "cttest", Role: "worker"}) {
+		t.Errorf("metadata %+v, %v", m, err)
+	}
+	s, err := dom.GetXMLDesc(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(s); err != nil {
+		t.Fatal(err)
+	}
+	nic := d.Devices.Interfaces[0]
+	if nic.Source.Bridge.Bridge != l.bridge || nic.MAC.Address != MAC(n) || nic.Model.Type != "virtio" {
+		t.Errorf("NIC %+v %+v %+v; want bridge %s, mac %s, virtio", nic.Source.Bridge, nic.MAC, nic.Model, l.bridge, MAC(n))
+	}
+	var disks []string
+	for _, dk := range d.Devices.Disks {
+		disks = append(disks, dk.Device+":"+dk.Target.Dev+":"+dk.Source.Volume.Volume)
+	}
+	if want := []string{"disk:vda:" + n.Name + ".qcow2", "cdrom:sda:" + n.Name + "-cidata.iso"}; fmt.Sprint(disks) != fmt.Sprint(want) {
+		t.Errorf("disks %v, want %v", disks, want)
+	}
+
+	// The overlay sits on the base image; the seed has both files.
+	ov := l.volume(t, n.Name+".qcow2")
+	if ov.BackingStore == nil || ov.BackingStore.Path != l.base || ov.Capacity.Value != n.DiskBytes {
+		t.Errorf("overlay backing store %+v capacity %+v; want %s, %d bytes", ov.BackingStore, ov.Capacity, l.base, n.DiskBytes)
+	}
+	seed := l.volume(t, n.Name+"-cidata.iso").Target.Path
+	assertSeed(t, seed, n.UserData, "instance-id: "+n.Name+"\nlocal-hostname: "+n.Name+"\n")
+
+	// Break the node: stop it and change its overlay. Recreate must bring
+	// it back running, same UUID, with a fresh overlay and the new seed.
+	if err := dom.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	ovVol, err := l.pool.LookupStorageVolByName(n.Name + ".qcow2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ovVol.Resize(2*n.DiskBytes, 0); err != nil {
+		t.Fatal(err)
+	}
+	ovVol.Free()
+	n.UserData = "#cloud-config\nhostname: changed\n"
+	got, err := Recreate(l.conn, n, DomainType(TypeQEMU))
+	if err != nil || got != uuid {
+		t.Fatalf("Recreate: %q, %v; want UUID %q", got, err, uuid)
+	}
+	dom2, err := l.conn.LookupDomainByName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom2.Free()
+	assertRunning(t, dom2)
+	if ov := l.volume(t, n.Name+".qcow2"); ov.Capacity.Value != n.DiskBytes || ov.BackingStore == nil || ov.BackingStore.Path != l.base {
+		t.Errorf("overlay after Recreate: capacity %d, backing %+v; want a fresh %d-byte overlay on %s", ov.Capacity.Value, ov.BackingStore, n.DiskBytes, l.base)
+	}
+	assertSeed(t, seed, n.UserData, "instance-id: "+n.Name+"\nlocal-hostname: "+n.Name+"\n")
+
+	if err := Delete(l.conn, n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.conn.LookupDomainByName(n.Name); !isCode(err, libvirt.ERR_NO_DOMAIN) {
+		t.Errorf("domain after Delete: %v, want no domain", err)
+	}
+	if names := l.volumeNames(t); fmt.Sprint(names) != "[base.qcow2]" {
+		t.Errorf("volumes after Delete: %v, want only base.qcow2", names)
+	}
+	if err := Delete(l.conn, n); err != nil {
+		t.Errorf("second Delete: %v", err)
+	}
+}
+
+// TestCreateUpdatesDefinition changes the node's memory: Create must
+// redefine the domain, keeping its UUID.
+func TestCreateUpdatesDefinition(t *testing.T) {
+	l := newLab(t)
+	n := l.node(l.name + "-w1")
+	uuid := l.create(t, n)
+	n.MemoryBytes = 96 << 20
+	got, err := Create(l.conn, n, DomainType(TypeQEMU))
+	if err != nil || got != uuid {
+		t.Fatalf("Create: %q, %v; want %q", got, err, uuid)
+	}
+	dom, err := l.conn.LookupDomainByName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom.Free()
+	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(s); err != nil {
+		t.Fatal(err)
+	}
+	if d.Memory.Value != 96<<10 {
+		t.Errorf("defined memory %d %s, want %d KiB", d.Memory.Value, d.Memory.Unit, 96<<10)
+	}
+	n.UUID = "00000000-0000-0000-0000-000000000001"
+	if _, err := Create(l.conn, n, DomainType(TypeQEMU)); err == nil || !strings.Contains(err.Error(), "domain exists with UUID "+uuid) {
+		t.Errorf("Create with another UUID: %v", err)
+	}
+}
+
+// TestIgnition starts a node whose Ignition config QEMU reads from fw_cfg:
+// the start fails if QEMU cannot read the file.
+func TestIgnition(t *testing.T) {
+	l := newLab(t)
+	n := l.node(l.name + "-m0")
+	n.Role, n.UserData, n.Ignition = RoleMaster, "", `{"ignition":{"version":"3.4.0"}}`
+	l.create(t, n)
+	dom, err := l.conn.LookupDomainByName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom.Free()
+	assertRunning(t, dom)
+	path := l.volume(t, n.Name+".ign").Target.Path
+	if b, err := os.ReadFile(path); err != nil || string(b) != n.Ignition {
+		t.Errorf("ignition volume: %q, %v", b, err)
+	}
+	if names := l.volumeNames(t); fmt.Sprint(names) != fmt.Sprintf("[base.qcow2 %s.ign %s.qcow2]", n.Name, n.Name) {
+		t.Errorf("volumes: %v", names)
+	}
+}
+
+func TestEnsureVolumesNoBase(t *testing.T) {
+	l := newLab(t)
+	n := l.node(l.name + "-w2")
+	n.BaseImage = "missing.qcow2"
+	err := EnsureVolumes(l.conn, n)
+	if err == nil || !strings.Contains(err.Error(), `base image: no volume "missing.qcow2" in pool "`+l.name+`"`) {
+		t.Errorf("got %v", err)
+	}
+}
+
+func assertRunning(t *testing.T, dom *libvirt.Domain) {
+	t.Helper()
+	state, reason, err := dom.GetState()
+	if err != nil || state != libvirt.DOMAIN_RUNNING {
+		t.Fatalf("domain state %d (reason %d), %v; want running", state, reason, err)
+	}
+}
+
+func assertSeed(t *testing.T, iso, userData, metaData string) {
+	t.Helper()
+	if info := run(t, "isoinfo", "-d", "-i", iso); !strings.Contains(info, "Volume id: cidata") {
+		t.Errorf("seed volume id: %s", info)
+	}
+	for name, want := range map[string]string{"user-data": userData, "meta-data": metaData} {
+		// Read through Rock Ridge, as Linux mounts it for cloud-init.
+		if got := run(t, "isoinfo", "-R", "-i", iso, "-x", "/"+name); got != want {
+			t.Errorf("seed %s: %q, want %q", name, got, want)
+		}
+	}
+}
+
+// run runs a command (no shell) with a timeout and returns its output.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return string(out)
+}
