@@ -66,6 +66,14 @@ func (h agentHosts) StartGuest(ctx context.Context, host, uuid string) error {
 	return err
 }
 
+func (h agentHosts) RepairOverlay(ctx context.Context, host, cluster string) ([]string, error) {
+	c, err := h.client(host)
+	if err != nil {
+		return nil, err
+	}
+	return c.RepairOverlay(ctx, cluster)
+}
+
 func (h agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool, error) {
 	c, err := h.client(host)
 	if err != nil {
