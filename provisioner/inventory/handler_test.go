@@ -1,0 +1,232 @@
+package inventory
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+const newHostBody = `{"name": "kvm-c1", "macs": ["52:54:00:CC:00:01"], "role": "worker", "labels": {"rack": "c"},
+	"bmc": {"type": "redfish", "address": "https://192.0.2.9", "username": "admin", "password_file": "/etc/caretaker/bmc/kvm-c1", "timeout": "3s"}}`
+
+// withField returns newHostBody with one more top-level field.
+func withField(field string) string {
+	return strings.Replace(newHostBody, `"name"`, field+`, "name"`, 1)
+}
+
+func TestHandler(t *testing.T) {
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		err                      string   // the exact error, for 4xx and 5xx
+		hosts                    []string // the names GET /api/v1/hosts answers afterwards
+	}{
+		{name: "list", method: "GET", path: "/api/v1/hosts", status: 200},
+		{name: "get a file host", method: "GET", path: "/api/v1/hosts/kvm-a1", status: 200},
+		{name: "get an API host", method: "GET", path: "/api/v1/hosts/api-1", status: 200},
+		{name: "get an unknown host", method: "GET", path: "/api/v1/hosts/nope", status: 404,
+			err: "host nope is not in the inventory"},
+		{name: "add", method: "POST", path: "/api/v1/hosts", body: newHostBody, status: 201,
+			hosts: []string{"api-1", "kvm-a1", "kvm-b1", "kvm-c1", "mon-1"}},
+		{name: "add an invalid host", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: strings.Replace(newHostBody, `"52:54:00:CC:00:01"`, `"zz"`, 1),
+			err:  `macs[0]: "zz" is not a MAC address`},
+		{name: "add with an unknown field", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: withField(`"rack": "c"`), err: `request body: unknown field "rack"`},
+		{name: "add with a password", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: strings.Replace(newHostBody, `"username"`, `"password": "hunter2", "username"`, 1),
+			err:  `request body: unknown field "password": put the password in a file on the server and give its path as bmc.password_file`},
+		{name: "add with a wrong type", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: withField(`"cpus": "64"`), err: `request body: cpus: cannot take a JSON string, want an integer`},
+		{name: "add with a bad timeout", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: strings.Replace(newHostBody, `"3s"`, `"soon"`, 1), err: `request body: bmc.timeout: "soon" is not a duration such as "10s"`},
+		{name: "add malformed JSON", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: `{"name": `, err: "request body: unexpected EOF"},
+		{name: "add an array", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: `[]`, err: "request body: want a host as a JSON object"},
+		{name: "add with data after the host", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: newHostBody + `{}`, err: "request body: unexpected data after the JSON object"},
+		{name: "add nothing", method: "POST", path: "/api/v1/hosts", status: 400,
+			err: "request body: empty; want a host as a JSON object"},
+		{name: "add too much", method: "POST", path: "/api/v1/hosts", status: 413,
+			body: withField(`"serial": "` + strings.Repeat("x", maxBody) + `"`), err: "request body: larger than 65536 bytes"},
+		{name: "add a file host's MAC", method: "POST", path: "/api/v1/hosts", status: 409,
+			body: strings.Replace(newHostBody, `52:54:00:CC:00:01`, `52:54:00:aa:bb:11`, 1),
+			err:  "macs[0]: 52:54:00:aa:bb:11 is a MAC of host kvm-b1 (in the inventory file)"},
+		{name: "add an API host's name", method: "POST", path: "/api/v1/hosts", status: 409,
+			body: strings.Replace(newHostBody, `kvm-c1"`, `api-1"`, 1),
+			err:  "name: host api-1 already exists (added through the API)"},
+		{name: "remove an API host", method: "DELETE", path: "/api/v1/hosts/api-1", status: 204,
+			hosts: []string{"kvm-a1", "kvm-b1", "mon-1"}},
+		{name: "remove a file host", method: "DELETE", path: "/api/v1/hosts/kvm-a1", status: 409,
+			err: "host kvm-a1 is defined in the inventory file; remove it there"},
+		{name: "remove an unknown host", method: "DELETE", path: "/api/v1/hosts/nope", status: 404,
+			err: "host nope is not in the inventory"},
+		{name: "wrong method", method: "PUT", path: "/api/v1/hosts/api-1", status: 405},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, fileInventory(t))
+			if err := s.Add(validHost("api-1", "52:54:00:cc:00:99")); err != nil {
+				t.Fatal(err)
+			}
+			h := Handler(s)
+			rec := serve(h, tt.method, tt.path, tt.body)
+			if rec.Code != tt.status {
+				t.Fatalf("%s %s = %d %s, want %d", tt.method, tt.path, rec.Code, rec.Body, tt.status)
+			}
+			if tt.err != "" {
+				var e struct{ Error string }
+				if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error != tt.err {
+					t.Errorf("error = %q (%v), want %q", e.Error, err, tt.err)
+				}
+			}
+			if tt.hosts != nil {
+				if got := listNames(t, h); !reflect.DeepEqual(got, tt.hosts) {
+					t.Errorf("hosts afterwards = %v, want %v", got, tt.hosts)
+				}
+			}
+		})
+	}
+}
+
+func serve(h http.Handler, method, path, body string) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	return rec
+}
+
+func listNames(t *testing.T, h http.Handler) []string {
+	t.Helper()
+	rec := serve(h, "GET", "/api/v1/hosts", "")
+	var list struct{ Hosts []Host }
+	if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil {
+		t.Fatalf("list hosts: %d %v: %s", rec.Code, err, rec.Body)
+	}
+	var names []string
+	for _, h := range list.Hosts {
+		names = append(names, h.Name)
+	}
+	return names
+}
+
+// The answers carry the host as stored and the file's field names.
+func TestHandlerBodies(t *testing.T) {
+	h := Handler(newStore(t, fileInventory(t)))
+	rec := serve(h, "POST", "/api/v1/hosts", newHostBody)
+	if rec.Code != 201 || rec.Header().Get("Location") != "/api/v1/hosts/kvm-c1" {
+		t.Fatalf("POST = %d, Location %q: %s", rec.Code, rec.Header().Get("Location"), rec.Body)
+	}
+	want := `{
+  "name": "kvm-c1",
+  "macs": [
+    "52:54:00:cc:00:01"
+  ],
+  "bmc": {
+    "type": "redfish",
+    "address": "https://192.0.2.9",
+    "username": "admin",
+    "password_file": "/etc/caretaker/bmc/kvm-c1",
+    "timeout": "3s"
+  },
+  "role": "worker",
+  "labels": {
+    "rack": "c"
+  },
+  "agent": "kvm-c1:9301"
+}
+`
+	if got := rec.Body.String(); got != want {
+		t.Errorf("POST answered\n%s\nwant\n%s", got, want)
+	}
+	if got := serve(h, "GET", "/api/v1/hosts/kvm-c1", "").Body.String(); got != want {
+		t.Errorf("GET answered\n%s\nwant\n%s", got, want)
+	}
+	if got := serve(h, "GET", "/api/v1/hosts/kvm-b1", "").Body.String(); !strings.Contains(got, `"insecure": true`) {
+		t.Errorf("GET of a file host lacks its fields:\n%s", got)
+	}
+}
+
+// The API shows the password file's path, never its content.
+func TestHandlerNoPassword(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "kvm-c1.bmc")
+	if err := os.WriteFile(pw, []byte("s3cret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := Handler(newStore(t, nil))
+	body := strings.Replace(newHostBody, "/etc/caretaker/bmc/kvm-c1", pw, 1)
+	for _, rec := range []*httptest.ResponseRecorder{
+		serve(h, "POST", "/api/v1/hosts", body),
+		serve(h, "GET", "/api/v1/hosts/kvm-c1", ""),
+		serve(h, "GET", "/api/v1/hosts", ""),
+	} {
+		if got := rec.Body.String(); strings.Contains(got, "s3cret") || !strings.Contains(got, pw) {
+			t.Errorf("answer %d holds the password or lacks the path:\n%s", rec.Code, got)
+		}
+	}
+}
+
+// A store that cannot be read answers 500 and says why.
+func TestHandlerStorageFailure(t *testing.T) {
+	db := openDB(t)
+	s, err := NewStore(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	h := Handler(s)
+	for _, r := range []struct{ method, path, body string }{
+		{"GET", "/api/v1/hosts", ""},
+		{"GET", "/api/v1/hosts/x", ""},
+		{"POST", "/api/v1/hosts", newHostBody},
+		{"DELETE", "/api/v1/hosts/x", ""},
+	} {
+		rec := serve(h, r.method, r.path, r.body)
+		if rec.Code != 500 || !strings.Contains(rec.Body.String(), "database not open") {
+			t.Errorf("%s %s on a closed database = %d %s, want 500 naming the cause", r.method, r.path, rec.Code, rec.Body)
+		}
+	}
+}
+
+// FuzzPostHost wants every body answered with 201, 400, 409 or 413 and a
+// JSON body, never a 500; and a host that was added to be readable and
+// removable.
+func FuzzPostHost(f *testing.F) {
+	f.Add(newHostBody)
+	f.Add(withField(`"cpus": -1`))
+	f.Add(`{"name": "x", "macs": ["52:54:00:aa:bb:11"]}`)
+	f.Add(`{"bmc": {"timeout": "1h"}, "labels": {"__a": ""}}`)
+	f.Add(`null`)
+	s := newStore(f, fileInventory(f))
+	h := Handler(s)
+	f.Fuzz(func(t *testing.T, body string) {
+		rec := serve(h, "POST", "/api/v1/hosts", body)
+		switch rec.Code {
+		case 201, 400, 409, 413:
+		default:
+			t.Fatalf("POST %q = %d %s", body, rec.Code, rec.Body)
+		}
+		if !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("POST %q answered non-JSON %q", body, rec.Body)
+		}
+		if rec.Code != 201 {
+			return
+		}
+		var added Host
+		if err := json.Unmarshal(rec.Body.Bytes(), &added); err != nil {
+			t.Fatalf("201 body: %v", err)
+		}
+		path := rec.Header().Get("Location")
+		if get := serve(h, "GET", path, ""); get.Code != 200 {
+			t.Fatalf("GET %s after adding = %d %s", path, get.Code, get.Body)
+		}
+		if del := serve(h, "DELETE", path, ""); del.Code != 204 {
+			t.Fatalf("DELETE %s = %d %s", path, del.Code, del.Body)
+		}
+	})
+}

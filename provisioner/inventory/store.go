@@ -1,0 +1,243 @@
+package inventory
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"caretaker/internal/yamlfile"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	// ErrConflict is wrapped by the errors of a host whose name, MAC or
+	// serial another host already has.
+	ErrConflict = errors.New("conflicts with another host")
+	// ErrNotFound is wrapped by the errors about a host the store does
+	// not hold.
+	ErrNotFound = errors.New("no such host")
+)
+
+// bucket holds the hosts added through the API, JSON by name.
+var bucket = []byte("inventory_hosts")
+
+const (
+	fromFile = "in the inventory file"
+	fromAPI  = "added through the API"
+)
+
+// Store keeps the hosts added through the API in a bucket of a bbolt file
+// that it may share with others. It is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+	// file returns the current inventory file, whose hosts the store's
+	// must not clash with.
+	file func() *Inventory
+}
+
+// NewStore creates the store's bucket in db if needed. file returns the
+// inventory file as currently loaded (nil: none).
+func NewStore(db *bolt.DB, file func() *Inventory) (*Store, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucket)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create inventory bucket: %w", err)
+	}
+	return &Store{db: db, file: file}, nil
+}
+
+func (s *Store) fileHosts() []Host {
+	if s.file == nil {
+		return nil
+	}
+	if inv := s.file(); inv != nil {
+		return inv.Hosts
+	}
+	return nil
+}
+
+// Add validates h and stores it. Invalid fields are FieldErrors by their
+// path in the host ("macs[0]"); a name, MAC or serial already in the
+// inventory (file or store) is an error wrapping ErrConflict.
+func (s *Store) Add(h Host) error {
+	h = h.clone()
+	errs := normalize(&h)
+	if h.BMC.PasswordFile != "" && !filepath.IsAbs(h.BMC.PasswordFile) {
+		errs = append(errs, yamlfile.Errorf("bmc.password_file", "%q: must be an absolute path on the server", h.BMC.PasswordFile))
+	}
+	for i, m := range h.MACs {
+		if j := slices.Index(h.MACs, m); j < i {
+			errs = append(errs, yamlfile.Errorf(fmt.Sprintf("macs[%d]", i), "%s is also macs[%d]", m, j))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	file := s.fileHosts()
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		stored, err := list(b)
+		if err != nil {
+			return err
+		}
+		errs := conflicts(h, file, fromFile)
+		errs = append(errs, conflicts(h, stored, fromAPI)...)
+		if len(errs) > 0 {
+			return errors.Join(errs...)
+		}
+		data, err := json.Marshal(h)
+		if err != nil {
+			return fmt.Errorf("store host %s: %w", h.Name, err)
+		}
+		if err := b.Put([]byte(h.Name), data); err != nil {
+			return fmt.Errorf("store host %s: %w", h.Name, err)
+		}
+		return nil
+	})
+}
+
+// conflict is a field of a new host that another host already has.
+type conflict struct{ path, msg string }
+
+func (c *conflict) Error() string { return c.path + ": " + c.msg }
+func (c *conflict) Unwrap() error { return ErrConflict }
+
+// conflicts returns one error per field of h that a host of others (from
+// where) has.
+func conflicts(h Host, others []Host, where string) []error {
+	var errs []error
+	for _, o := range others {
+		if o.Name == h.Name {
+			errs = append(errs, &conflict{"name", fmt.Sprintf("host %s already exists (%s)", h.Name, where)})
+		}
+		if h.Serial != "" && o.Serial == h.Serial {
+			errs = append(errs, &conflict{"serial", fmt.Sprintf("%q is the serial of host %s (%s)", h.Serial, o.Name, where)})
+		}
+		for i, m := range h.MACs {
+			if slices.Contains(o.MACs, m) {
+				errs = append(errs, &conflict{fmt.Sprintf("macs[%d]", i), fmt.Sprintf("%s is a MAC of host %s (%s)", m, o.Name, where)})
+			}
+		}
+	}
+	return errs
+}
+
+// located is a conflict error located in the inventory file.
+type located struct{ error }
+
+func (l located) Unwrap() []error { return []error{l.error, ErrConflict} }
+
+// CheckFile reports every host of file whose name, MAC or serial a host
+// added through the API has, located in the file. Call it on each load of
+// the inventory file, before using the file.
+func (s *Store) CheckFile(file *Inventory) error {
+	stored, err := s.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	var lines map[string]int
+	for i, h := range file.Hosts {
+		for _, e := range conflicts(h, stored, fromAPI) {
+			if lines == nil {
+				lines = lineIndex(file.data)
+			}
+			c := e.(*conflict)
+			errs = append(errs, located{file.fieldError(lines, fmt.Sprintf("hosts[%d].%s", i, c.path), c.msg)})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove deletes the host added through the API under name.
+func (s *Store) Remove(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b.Get([]byte(name)) == nil {
+			return fmt.Errorf("remove host %s: %w added through the API", name, ErrNotFound)
+		}
+		if err := b.Delete([]byte(name)); err != nil {
+			return fmt.Errorf("remove host %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// Get returns the host added through the API under name.
+func (s *Store) Get(name string) (Host, error) {
+	var h Host
+	err := s.db.View(func(tx *bolt.Tx) error {
+		data := tx.Bucket(bucket).Get([]byte(name))
+		if data == nil {
+			return fmt.Errorf("get host %s: %w added through the API", name, ErrNotFound)
+		}
+		if err := json.Unmarshal(data, &h); err != nil {
+			return fmt.Errorf("get host %s: decode: %w", name, err)
+		}
+		return nil
+	})
+	return h, err
+}
+
+// List returns the hosts added through the API, by name.
+func (s *Store) List() ([]Host, error) {
+	var hosts []Host
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		hosts, err = list(tx.Bucket(bucket))
+		return err
+	})
+	return hosts, err
+}
+
+// list decodes the bucket's hosts, in key (name) order.
+func list(b *bolt.Bucket) ([]Host, error) {
+	var hosts []Host
+	err := b.ForEach(func(k, v []byte) error {
+		var h Host
+		if err := json.Unmarshal(v, &h); err != nil {
+			return fmt.Errorf("list hosts: decode host %s: %w", k, err)
+		}
+		hosts = append(hosts, h)
+		return nil
+	})
+	return hosts, err
+}
+
+// All returns the inventory: the file's hosts and the store's, by name.
+// Should a name be in both (CheckFile was not called), the file's wins.
+func (s *Store) All() ([]Host, error) {
+	stored, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	file := s.fileHosts()
+	all := make([]Host, 0, len(file)+len(stored))
+	for _, h := range file {
+		all = append(all, h.clone())
+	}
+	for _, h := range stored {
+		if !slices.ContainsFunc(file, func(f Host) bool { return f.Name == h.Name }) {
+			all = append(all, h)
+		}
+	}
+	slices.SortFunc(all, func(a, b Host) int { return strings.Compare(a.Name, b.Name) })
+	return all, nil
+}
+
+// inFile reports whether name is a host of the inventory file, and returns
+// it.
+func (s *Store) inFile(name string) (Host, bool) {
+	for _, h := range s.fileHosts() {
+		if h.Name == name {
+			return h.clone(), true
+		}
+	}
+	return Host{}, false
+}
