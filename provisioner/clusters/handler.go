@@ -1,0 +1,167 @@
+package clusters
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// maxBody caps a request body: a spec with a few pools is a few hundred
+// bytes.
+const maxBody = 64 << 10
+
+// List is the body of GET /api/v1/clusters.
+type List struct {
+	Clusters []Cluster `json:"clusters"`
+}
+
+// ScaleRequest is the body of PATCH /api/v1/clusters/{name}/pools/{pool}.
+type ScaleRequest struct {
+	Count *int `json:"count"`
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Handler serves the cluster API; authentication is the caller's wrapper's.
+//
+//	POST   /api/v1/clusters                      create (Spec) → 202 Cluster
+//	GET    /api/v1/clusters                      → 200 List
+//	GET    /api/v1/clusters/{name}               → 200 Cluster, progress per node
+//	DELETE /api/v1/clusters/{name}               → 202 Cluster, deleting
+//	PATCH  /api/v1/clusters/{name}/pools/{pool}  {"count": n} → 202 Cluster
+//
+// Changes are asynchronous: notify (may be nil) tells the reconciler.
+// Errors are {"error": "..."} with 400, 404, 409 or 413.
+func Handler(store *Store, notify func()) http.Handler {
+	if notify == nil {
+		notify = func() {}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
+		var spec Spec
+		if !decodeBody(w, r, &spec) {
+			return
+		}
+		c, err := store.Create(spec)
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		notify()
+		w.Header().Set("Location", "/api/v1/clusters/"+c.Name)
+		writeJSON(w, http.StatusAccepted, c)
+	})
+	mux.HandleFunc("GET /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
+		cs, err := store.List()
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		if cs == nil {
+			cs = []Cluster{}
+		}
+		writeJSON(w, http.StatusOK, List{Clusters: cs})
+	})
+	mux.HandleFunc("GET /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
+		c, err := store.Get(r.PathValue("name"))
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, c)
+	})
+	mux.HandleFunc("DELETE /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
+		c, err := store.Delete(r.PathValue("name"))
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		notify()
+		writeJSON(w, http.StatusAccepted, c)
+	})
+	mux.HandleFunc("PATCH /api/v1/clusters/{name}/pools/{pool}", func(w http.ResponseWriter, r *http.Request) {
+		var req ScaleRequest
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		if req.Count == nil {
+			writeError(w, http.StatusBadRequest, `request body: "count" missing`)
+			return
+		}
+		c, err := store.Scale(r.PathValue("name"), r.PathValue("pool"), *req.Count)
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		notify()
+		writeJSON(w, http.StatusAccepted, c)
+	})
+	return mux
+}
+
+// decodeSpec parses a create request's body strictly: unknown fields and
+// trailing data are errors. It does not validate the spec.
+func decodeSpec(body io.Reader) (Spec, error) {
+	var s Spec
+	return s, decodeStrict(body, &s)
+}
+
+func decodeStrict(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// decodeBody reads r's JSON body into v; on failure it has answered.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	err := decodeStrict(http.MaxBytesReader(w, r.Body, maxBody), v)
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", maxBody))
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "request body: empty; want a JSON object")
+	default:
+		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return false
+}
+
+func writeStoreError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrInvalid):
+		code = http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrExists), errors.Is(err, ErrConflict):
+		code = http.StatusConflict
+	}
+	// a joined validation error lists one problem per line
+	writeError(w, code, strings.ReplaceAll(err.Error(), "\n", "; "))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}

@@ -1,0 +1,306 @@
+package clusters
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"caretaker/provisioner/placement"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors the store's callers tell apart (the handler maps them to 400,
+// 404 and 409).
+var (
+	ErrInvalid  = errors.New("invalid")
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrConflict = errors.New("conflict")
+)
+
+// invalid keeps a validation error's own message while matching ErrInvalid.
+type invalid struct{ err error }
+
+func (e invalid) Error() string   { return e.err.Error() }
+func (e invalid) Unwrap() []error { return []error{ErrInvalid, e.err} }
+
+var bucket = []byte("clusters")
+
+// VNIRange is the inclusive range VNIs are allocated from.
+type VNIRange struct{ First, Last int }
+
+// DefaultVNIs leaves the low VNIs to whatever else the fabric carries.
+func DefaultVNIs() VNIRange { return VNIRange{First: 10000, Last: 1<<24 - 1} }
+
+// Validate says what is wrong with the range.
+func (r VNIRange) Validate() error {
+	if r.First < 1 || r.Last > 1<<24-1 || r.First > r.Last {
+		return fmt.Errorf("vni range %d-%d: must lie within 1-%d, first not above last", r.First, r.Last, 1<<24-1)
+	}
+	return nil
+}
+
+// StoreOptions configure a Store; the zero value takes the defaults.
+type StoreOptions struct {
+	VNIs VNIRange         // zero: DefaultVNIs
+	Now  func() time.Time // default time.Now
+	// Random supplies node UUIDs and MACs; default crypto/rand. Tests pass
+	// a seeded source for stable output.
+	Random io.Reader
+}
+
+// Store keeps clusters in a bucket of a bbolt database as JSON, one key per
+// cluster name. It is safe for concurrent use: every change is a
+// read-modify-write in one transaction.
+type Store struct {
+	db   *bolt.DB
+	vnis VNIRange
+	now  func() time.Time
+	ids  *idSource
+}
+
+// NewStore creates the bucket if needed.
+func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
+	if o.VNIs == (VNIRange{}) {
+		o.VNIs = DefaultVNIs()
+	}
+	if err := o.VNIs.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Random == nil {
+		o.Random = rand.Reader
+	}
+	err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucket)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create clusters bucket: %w", err)
+	}
+	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}}, nil
+}
+
+// Create stores a new cluster with the lowest free VNI and its nodes
+// pending.
+func (s *Store) Create(spec Spec) (Cluster, error) {
+	if err := spec.Validate(); err != nil {
+		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{err})
+	}
+	var c Cluster
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b.Get([]byte(spec.Name)) != nil {
+			return fmt.Errorf("cluster %s: %w", spec.Name, ErrExists)
+		}
+		used := map[int]bool{}
+		err := b.ForEach(func(_, v []byte) error {
+			var o Cluster
+			if err := json.Unmarshal(v, &o); err != nil {
+				return err
+			}
+			used[o.VNI] = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		vni := 0
+		for v := s.vnis.First; v <= s.vnis.Last; v++ {
+			if !used[v] {
+				vni = v
+				break
+			}
+		}
+		if vni == 0 {
+			return fmt.Errorf("no free VNI in %d-%d: %w", s.vnis.First, s.vnis.Last, ErrConflict)
+		}
+		now := s.now().UTC()
+		c = Cluster{Spec: spec, VNI: vni, Created: now}
+		return s.put(b, &c)
+	})
+	if err != nil {
+		return Cluster{}, fmt.Errorf("create cluster %s: %w", spec.Name, err)
+	}
+	return c, nil
+}
+
+// put syncs c's nodes with its spec, derives its phase and writes it.
+func (s *Store) put(b *bolt.Bucket, c *Cluster) error {
+	if err := c.sync(s.ids); err != nil {
+		return err
+	}
+	c.Phase = c.phase()
+	c.Updated = s.now().UTC()
+	data, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(c.Name), data)
+}
+
+// Get returns the named cluster.
+func (s *Store) Get(name string) (Cluster, error) {
+	var c Cluster
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucket).Get([]byte(name))
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &c)
+	})
+	if err != nil {
+		return Cluster{}, fmt.Errorf("cluster %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// List returns every cluster, by name.
+func (s *Store) List() ([]Cluster, error) {
+	var cs []Cluster
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			var c Cluster
+			if err := json.Unmarshal(v, &c); err != nil {
+				return fmt.Errorf("cluster %s: %w", k, err)
+			}
+			cs = append(cs, c)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list clusters: %w", err)
+	}
+	return cs, nil
+}
+
+// Delete marks the cluster and its nodes deleting; the reconciler deletes
+// the nodes, then the overlays, then the record. Deleting a cluster twice
+// is not an error.
+func (s *Store) Delete(name string) (Cluster, error) {
+	c, err := s.update(name, func(c *Cluster) error {
+		c.Phase = PhaseDeleting
+		return nil
+	})
+	if err != nil {
+		return Cluster{}, fmt.Errorf("delete cluster %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Scale sets a pool's node count. Nodes added get the lowest free indexes;
+// the reconciler deletes the surplus, highest index first.
+func (s *Store) Scale(name, pool string, count int) (Cluster, error) {
+	c, err := s.update(name, func(c *Cluster) error {
+		if c.Phase == PhaseDeleting {
+			return fmt.Errorf("the cluster is being deleted: %w", ErrConflict)
+		}
+		i := slices.IndexFunc(c.Pools, func(p Pool) bool { return p.Name == pool })
+		if i < 0 {
+			return fmt.Errorf("pool %s: %w", pool, ErrNotFound)
+		}
+		c.Pools = slices.Clone(c.Pools)
+		c.Pools[i].Count = count
+		if err := c.Spec.Validate(); err != nil {
+			return invalid{err}
+		}
+		return nil
+	})
+	if err != nil {
+		return Cluster{}, fmt.Errorf("scale cluster %s pool %s to %d: %w", name, pool, count, err)
+	}
+	return c, nil
+}
+
+// update applies f to the stored cluster in one transaction; f's error
+// aborts it.
+func (s *Store) update(name string, f func(*Cluster) error) (Cluster, error) {
+	var c Cluster
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		v := b.Get([]byte(name))
+		if v == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(v, &c); err != nil {
+			return err
+		}
+		if err := f(&c); err != nil {
+			return err
+		}
+		return s.put(b, &c)
+	})
+	return c, err
+}
+
+// remove deletes the record of a deleting cluster, freeing its VNI.
+func (s *Store) remove(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).Delete([]byte(name))
+	})
+}
+
+// Placed sums, per host, the vCPUs and memory of the nodes placed there,
+// whatever their state: what a Hosts implementation adds to a host's Used
+// so that nodes placed but not yet running are counted.
+func (s *Store) Placed() (map[string]placement.Usage, error) {
+	cs, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]placement.Usage{}
+	for _, c := range cs {
+		for _, n := range c.Nodes {
+			p, ok := c.pool(n.Pool)
+			if n.Host == "" || !ok {
+				continue
+			}
+			u := used[n.Host]
+			u.VCPUs += p.VCPUs
+			u.MemoryBytes += p.MemoryBytes
+			used[n.Host] = u
+		}
+	}
+	return used, nil
+}
+
+// idSource makes node UUIDs and MACs.
+type idSource struct {
+	mu sync.Mutex
+	r  io.Reader
+}
+
+// newNode returns a random version 4 UUID and a MAC under QEMU's prefix
+// 52:54:00 that is not in macs (the cluster's own MACs: each cluster is its
+// own layer-2 domain), and adds the MAC to macs.
+func (g *idSource) newNode(macs map[string]bool) (uuid, mac string, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var b [16]byte
+	if _, err := io.ReadFull(g.r, b[:]); err != nil {
+		return "", "", fmt.Errorf("make node UUID: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	uuid = fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	for range 100 {
+		var m [3]byte
+		if _, err := io.ReadFull(g.r, m[:]); err != nil {
+			return "", "", fmt.Errorf("make node MAC: %w", err)
+		}
+		mac = fmt.Sprintf("52:54:00:%02x:%02x:%02x", m[0], m[1], m[2])
+		if !macs[mac] {
+			macs[mac] = true
+			return uuid, mac, nil
+		}
+	}
+	return "", "", errors.New("make node MAC: no unused address after 100 tries")
+}

@@ -1,0 +1,216 @@
+package clusters
+
+import (
+	"errors"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func openDB(t testing.TB, path string) *bolt.DB {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func newStore(t testing.TB, vnis VNIRange) *Store {
+	t.Helper()
+	return storeAt(t, openDB(t, filepath.Join(t.TempDir(), "clusters.db")), vnis)
+}
+
+func storeAt(t testing.TB, db *bolt.DB, vnis VNIRange) *Store {
+	t.Helper()
+	s, err := NewStore(db, StoreOptions{VNIs: vnis, Now: func() time.Time { return t0 }, Random: mrand.NewChaCha8([32]byte{1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func names(ns []NodeState) []string {
+	var out []string
+	for _, n := range ns {
+		out = append(out, n.Name+"="+n.State)
+	}
+	return out
+}
+
+func TestStoreCreate(t *testing.T) {
+	s := newStore(t, VNIRange{})
+	c, err := s.Create(Spec{Name: "lab", Pools: pools(masters(1), workers(2))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"lab-masters-0=pending", "lab-workers-0=pending", "lab-workers-1=pending"}
+	if got := names(c.Nodes); !slices.Equal(got, want) {
+		t.Errorf("nodes %v, want %v", got, want)
+	}
+	if c.VNI != 10000 || c.Phase != PhaseCreating || !c.Created.Equal(t0) {
+		t.Errorf("vni %d, phase %s, created %v", c.VNI, c.Phase, c.Created)
+	}
+	uuidRE := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	macRE := regexp.MustCompile(`^52:54:00(:[0-9a-f]{2}){3}$`)
+	seen := map[string]bool{}
+	for _, n := range c.Nodes {
+		if !uuidRE.MatchString(n.UUID) || !macRE.MatchString(n.MAC) || seen[n.UUID] || seen[n.MAC] {
+			t.Errorf("node %s: uuid %q mac %q: malformed or repeated", n.Name, n.UUID, n.MAC)
+		}
+		seen[n.UUID], seen[n.MAC] = true, true
+	}
+	got, err := s.Get("lab")
+	if err != nil || !slices.Equal(names(got.Nodes), want) || got.VNI != c.VNI {
+		t.Errorf("Get = %+v, %v", got, err)
+	}
+
+	_, err = s.Create(Spec{Name: "lab", Pools: pools(workers(1))})
+	if !errors.Is(err, ErrExists) {
+		t.Errorf("second create: %v, want ErrExists", err)
+	}
+	_, err = s.Create(Spec{Name: "Lab", Pools: pools(workers(1))})
+	if !errors.Is(err, ErrInvalid) {
+		t.Errorf("invalid create: %v, want ErrInvalid", err)
+	}
+	if _, err := s.Get("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(nope): %v, want ErrNotFound", err)
+	}
+}
+
+func TestStoreVNIs(t *testing.T) {
+	s := newStore(t, VNIRange{First: 100, Last: 102})
+	create := func(name string) (int, error) {
+		c, err := s.Create(Spec{Name: name, Pools: pools(workers(1))})
+		return c.VNI, err
+	}
+	for i, name := range []string{"a", "b", "c"} {
+		if v, err := create(name); err != nil || v != 100+i {
+			t.Fatalf("create %s: vni %d, %v; want %d", name, v, err, 100+i)
+		}
+	}
+	if _, err := create("d"); !errors.Is(err, ErrConflict) || err.Error() != "create cluster d: no free VNI in 100-102: conflict" {
+		t.Errorf("create in a full range: %v", err)
+	}
+	// A deleting cluster keeps its VNI until its record is gone.
+	if _, err := s.Delete("b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := create("d"); !errors.Is(err, ErrConflict) {
+		t.Errorf("create while b is deleting: %v, want ErrConflict", err)
+	}
+	if err := s.remove("b"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := create("d"); err != nil || v != 101 {
+		t.Errorf("create after b is gone: vni %d, %v; want 101", v, err)
+	}
+	if _, err := NewStore(openDB(t, filepath.Join(t.TempDir(), "x.db")), StoreOptions{VNIs: VNIRange{First: 5, Last: 1 << 24}}); err == nil {
+		t.Error("NewStore took a range beyond 24 bits")
+	}
+}
+
+func TestStoreScaleAndDelete(t *testing.T) {
+	s := newStore(t, VNIRange{})
+	if _, err := s.Create(Spec{Name: "lab", Pools: pools(masters(1), workers(3))}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Scale("lab", "workers", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"lab-masters-0=pending", "lab-workers-0=pending", "lab-workers-1=deleting", "lab-workers-2=deleting"}
+	if got := names(c.Nodes); !slices.Equal(got, want) {
+		t.Errorf("after scale down: %v, want %v", got, want)
+	}
+	before := c.node("lab-workers-0").UUID
+	c, err = s.Scale("lab", "workers", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nodes still being deleted stay so; the reconciler drops them and the
+	// next sync brings them back under the same names.
+	want = []string{"lab-masters-0=pending", "lab-workers-0=pending", "lab-workers-1=deleting", "lab-workers-2=deleting", "lab-workers-3=pending"}
+	if got := names(c.Nodes); !slices.Equal(got, want) {
+		t.Errorf("after scale up: %v, want %v", got, want)
+	}
+	if c.node("lab-workers-0").UUID != before {
+		t.Error("scaling changed an existing node's UUID")
+	}
+
+	for _, tt := range []struct {
+		cluster, pool string
+		count         int
+		want          error
+		msg           string
+	}{
+		{"nope", "workers", 1, ErrNotFound, "scale cluster nope pool workers to 1: not found"},
+		{"lab", "gpus", 1, ErrNotFound, "scale cluster lab pool gpus to 1: pool gpus: not found"},
+		{"lab", "workers", -1, ErrInvalid, "scale cluster lab pool workers to -1: pools[1].count: -1, must not be negative"},
+		{"lab", "workers", 1001, ErrInvalid, "pools[1].count: 1001, must be at most 1000"},
+	} {
+		_, err := s.Scale(tt.cluster, tt.pool, tt.count)
+		if !errors.Is(err, tt.want) || !regexp.MustCompile(regexp.QuoteMeta(tt.msg)).MatchString(err.Error()) {
+			t.Errorf("Scale(%s, %s, %d): %v, want %v with %q", tt.cluster, tt.pool, tt.count, err, tt.want, tt.msg)
+		}
+	}
+	if _, err := s.Scale("lab", "masters", 0); err != nil {
+		t.Errorf("scale masters to 0 with workers left: %v", err)
+	}
+	if _, err := s.Scale("lab", "workers", 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("scale the last nodes away: %v, want ErrInvalid", err)
+	}
+
+	c, err = s.Delete("lab")
+	if err != nil || c.Phase != PhaseDeleting {
+		t.Fatalf("Delete: phase %s, %v", c.Phase, err)
+	}
+	for _, n := range c.Nodes {
+		if n.State != NodeDeleting {
+			t.Errorf("node %s: %s after delete, want deleting", n.Name, n.State)
+		}
+	}
+	if _, err := s.Delete("lab"); err != nil {
+		t.Errorf("second Delete: %v", err)
+	}
+	if _, err := s.Scale("lab", "workers", 2); !errors.Is(err, ErrConflict) {
+		t.Errorf("scale a deleting cluster: %v, want ErrConflict", err)
+	}
+	if _, err := s.Delete("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Delete(nope): %v, want ErrNotFound", err)
+	}
+}
+
+func TestStoreDurable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "clusters.db")
+	db := openDB(t, path)
+	s := storeAt(t, db, VNIRange{})
+	a, err := s.Create(Spec{Name: "a", Pools: pools(workers(2))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(Spec{Name: "b", Pools: pools(workers(1))}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s = storeAt(t, openDB(t, path), VNIRange{})
+	cs, err := s.List()
+	if err != nil || len(cs) != 2 || cs[0].Name != "a" || cs[1].Name != "b" {
+		t.Fatalf("List after reopen: %+v, %v", cs, err)
+	}
+	if cs[0].Nodes[1].UUID != a.Nodes[1].UUID || cs[1].VNI != 10001 {
+		t.Errorf("reopened store lost state: %+v", cs)
+	}
+	placed, err := s.Placed()
+	if err != nil || len(placed) != 0 {
+		t.Errorf("Placed with nothing placed: %v, %v", placed, err)
+	}
+}
