@@ -600,13 +600,17 @@ func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target
 			break
 		}
 	}
+	history := guards.TargetHistory{Target: t.key()}
+	if th := e.targets[t.key()]; th != nil { // read only: most targets have none
+		history = *th
+	}
 	return guards.Inputs{
 		Pauses:         pauses,
 		Windows:        e.windows,
 		Breaker:        e.breaker.State,
 		UnhealthyHosts: sick,
 		Target:         tp,
-		History:        *e.targetOf(t.key()),
+		History:        history,
 		MaxInFlight:    g.MaxConcurrent,
 		InFlight:       len(e.busy),
 		Rate:           g.Rate(name),
