@@ -14,11 +14,14 @@ import (
 // makes the engine act once per incident rather than once per evaluation.
 type instanceKey struct {
 	fingerprint string
-	startsAt    string // RFC 3339 in UTC, so a journal round trip keeps it equal
+	startsAt    int64 // Unix seconds
 }
 
+// keyOf keeps the start to the second: Prometheus restores an alert's
+// start after a restart in whole seconds, and that restored alert is the
+// same instance as the one acted on before.
 func keyOf(fingerprint string, startsAt time.Time) instanceKey {
-	return instanceKey{fingerprint: fingerprint, startsAt: startsAt.UTC().Format(time.RFC3339Nano)}
+	return instanceKey{fingerprint: fingerprint, startsAt: startsAt.Unix()}
 }
 
 // instance is what the engine knows about one alert instance.

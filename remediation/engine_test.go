@@ -424,12 +424,12 @@ func TestReconcileAfterRestart(t *testing.T) {
 	}{
 		{"guest runs", policy.ActionRestartVM, true, journal.StateSucceeded, ""},
 		{"guest down", policy.ActionRestartVM, false, journal.StateFailed,
-			"after a restart of the server, guest test (" + testUUID + ") on hv-a1 was found not healthy"},
+			"verify guest test (" + testUUID + ") on hv-a1: not healthy after the action"},
 		{"cannot be checked", policy.ActionReprovisionHost, true, journal.StateInterrupted, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t)
+			f := newFixture(t, withPolicy(t, guardsPolicy)) // verify_timeout: 10ms
 			crash(t, f.hosts)
 			if tt.guestUp {
 				if err := f.hosts.StartGuest(context.Background(), testHost, testUUID); err != nil {
@@ -455,7 +455,8 @@ func TestReconcileAfterRestart(t *testing.T) {
 			j.Close()
 			before := f.hosts.startCalls()
 
-			f.start(t)
+			f.start(t, withPolicy(t, guardsPolicy))
+			f.engine.inflight.Wait() // the verification of what was running
 			f.handle(crashedAlert())
 
 			if n := f.hosts.startCalls() - before; n != 0 {

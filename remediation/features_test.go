@@ -443,3 +443,29 @@ func TestRetentionPrunes(t *testing.T) {
 		t.Errorf("journal = %+v after its retention, want empty", recs)
 	}
 }
+
+// An alert about a guest that already runs — evaluated on data from before
+// a restart, or a late copy from an Alertmanager — starts nothing.
+func TestAlreadyHealthy(t *testing.T) {
+	f := newFixture(t)
+	if !running(t, f.hosts) {
+		if err := f.hosts.StartGuest(context.Background(), testHost, testUUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := f.hosts.startCalls()
+	f.handle(crashedAlert())
+	r := f.only(t)
+	wantStates(t, r, journal.StateRunning, journal.StateSkipped)
+	if n := f.hosts.startCalls() - before; n != 0 || r.Reason != testHost+"/"+testUUID+" was already healthy: nothing done" {
+		t.Errorf("%d starts, reason %q", n, r.Reason)
+	}
+	// The engine is free for the guest's next failure.
+	crash(t, f.hosts)
+	next := crashedAlert()
+	next.StartsAt = alertStart.Add(time.Minute)
+	f.handle(next)
+	if !running(t, f.hosts) {
+		t.Error("the next failure was not healed")
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"caretaker/remediation/guards"
@@ -20,7 +19,15 @@ type job struct {
 	t      target
 	labels map[string]string
 	key    instanceKey
+	// resume: the action was started before a restart of the server; it
+	// is only verified, never run again.
+	resume bool
 }
+
+// errAlreadyHealthy ends an action whose target turned out healthy before
+// anything was done: an alert evaluated on data from before a restart, or a
+// late copy from an Alertmanager.
+var errAlreadyHealthy = errors.New("already healthy")
 
 // execute runs the action, then verifies it: by a direct check of the
 // target, or by waiting for the alert to resolve, or not at all.
@@ -28,6 +35,17 @@ func (e *Engine) execute(j job) {
 	defer e.inflight.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
 	defer cancel()
+	if j.resume {
+		e.finish(j, e.checkUntilHealthy(ctx, j), j.rec.Output)
+		return
+	}
+	if j.act.kind == kindGuest && j.act.check != nil {
+		// Look before acting: a guest that runs needs nothing.
+		if healthy, err := j.act.check(ctx, e, j.t); err == nil && healthy {
+			e.finish(j, errAlreadyHealthy, "")
+			return
+		}
+	}
 	out, err := j.act.run(ctx, e, j.t, j.rule, j.labels)
 	if err != nil {
 		e.finish(j, err, out)
@@ -113,6 +131,11 @@ func (e *Engine) verified(w *writer, in *instance, now time.Time, err error) {
 // settle writes the final state of a started record and updates the
 // engine's memory. Called with e.mu held.
 func (e *Engine) settle(w *writer, in *instance, rec journal.Record, err error, out string, now time.Time) {
+	if errors.Is(err, errAlreadyHealthy) {
+		e.close(w, in, journal.StateSkipped, now, fmt.Sprintf("%s was already healthy: nothing done", rec.Target), nil)
+		delete(e.busy, rec.Target)
+		return
+	}
 	state, result := journal.StateSucceeded, resultSucceeded
 	if err != nil {
 		state, result = journal.StateFailed, resultFailed
@@ -211,90 +234,61 @@ func (e *Engine) tick(w *writer, in *instance, now time.Time) {
 }
 
 // reconcile settles the records a previous server left open. Actions that
-// were running or verifying are checked against their target's real state
-// where the action can be checked — a guest runs or not, an overlay is
-// whole or not — and marked interrupted, never repeated, where it cannot.
-// Pending and awaiting records stay open: they never started.
+// were running or verifying are verified again, in the background, against
+// their target's real state where the action can be checked — a guest
+// runs or not, an overlay is whole or not — within the rule's verification
+// timeout, since the agent may still be carrying out the request of the
+// server that died; they are marked interrupted, never repeated, where
+// they cannot be checked. Pending and awaiting records stay open: they
+// never started. Called by New, before the engine is shared.
 func (e *Engine) reconcile() error {
 	open, err := e.journal.Unfinished()
 	if err != nil {
 		return err
 	}
-	type verdict struct {
-		rec journal.Record
-		err error // nil: healthy
-		ok  bool  // the check answered
-	}
-	var (
-		wg  sync.WaitGroup
-		mu  sync.Mutex
-		out []verdict
-	)
-	for _, rec := range open {
-		if !rec.State.Started() {
-			continue
-		}
-		act, known := e.actions[rec.Action]
-		if !known {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v := verdict{rec: rec}
-			if act.verify == verifyNone {
-				v.ok = true
-			} else if act.check != nil {
-				labels := rec.Labels
-				if labels == nil { // written before records kept the labels
-					labels = map[string]string{"host": rec.Host, "uuid": rec.UUID, "cluster": rec.Cluster}
-				}
-				t, terr := targetOf(rec.Action, act, labels)
-				if terr == nil {
-					ctx, cancel := context.WithTimeout(context.Background(), reconcileTimeout)
-					healthy, cerr := act.check(ctx, e, t)
-					cancel()
-					v.ok = cerr == nil
-					if !healthy {
-						v.err = fmt.Errorf("after a restart of the server, %s was found not healthy", t)
-					}
-				}
-			}
-			mu.Lock()
-			out = append(out, v)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if len(out) == 0 {
-		return nil
-	}
 	now := e.now()
+	var resume []job
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.write(func(w *writer) {
-		for _, v := range out {
-			k := keyOf(v.rec.Fingerprint, v.rec.AlertStartsAt)
-			in := e.instanceOf(k)
-			if v.ok {
-				e.log.Warn("remediation action reconciled after a restart", "record", v.rec.ID, "action", v.rec.Action, "healthy", v.err == nil)
-				e.settle(w, in, v.rec, v.err, v.rec.Output, now)
+		for _, rec := range open {
+			act, known := e.actions[rec.Action]
+			if !rec.State.Started() || !known {
 				continue
 			}
-			reason := "the server stopped before the outcome was known, and the target could not be checked; not retried automatically"
-			w.update(v.rec.ID, func(r *journal.Record) {
-				r.Reason, r.Finished = reason, now
-				r.Move(journal.StateInterrupted, now, reason)
-			})
-			delete(e.byRecord, v.rec.ID)
-			delete(e.busy, v.rec.Target)
-			in.open, in.state, in.done = 0, journal.StateInterrupted, true
-			e.log.Warn("remediation action interrupted by a restart; check the target by hand", "record", v.rec.ID,
-				"action", v.rec.Action, "target", v.rec.Target)
+			in := e.instanceOf(keyOf(rec.Fingerprint, rec.AlertStartsAt))
+			labels := rec.Labels
+			if labels == nil { // written before records kept the labels
+				labels = map[string]string{"host": rec.Host, "uuid": rec.UUID, "cluster": rec.Cluster}
+			}
+			t, terr := targetOf(rec.Action, act, labels)
+			switch {
+			case act.verify == verifyNone:
+				e.settle(w, in, rec, nil, rec.Output, now)
+			case act.check != nil && terr == nil:
+				rule, ok := e.policy.Rule(rec.Rule)
+				if !ok {
+					rule = policy.Rule{Name: rec.Rule, Action: rec.Action}
+				}
+				resume = append(resume, job{rec: rec, rule: rule, act: act, t: t, labels: labels,
+					key: keyOf(rec.Fingerprint, rec.AlertStartsAt), resume: true})
+				e.log.Warn("remediation action left running by a restart; verifying it", "record", rec.ID,
+					"action", rec.Action, "target", rec.Target)
+			default:
+				reason := "the server stopped before the outcome was known, and the action cannot be checked; not retried automatically"
+				w.update(rec.ID, func(r *journal.Record) {
+					r.Reason, r.Finished = reason, now
+					r.Move(journal.StateInterrupted, now, reason)
+				})
+				delete(e.byRecord, rec.ID)
+				delete(e.busy, rec.Target)
+				in.open, in.state, in.done = 0, journal.StateInterrupted, true
+				e.log.Warn("remediation action interrupted by a restart; check the target by hand", "record", rec.ID,
+					"action", rec.Action, "target", rec.Target)
+			}
 		}
+		w.jobs = append(w.jobs, resume...)
 	})
 	return nil
 }
 
-// reconcileTimeout bounds one check of a target at start.
-const reconcileTimeout = 10 * time.Second

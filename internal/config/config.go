@@ -27,10 +27,59 @@ type Server struct {
 	RemoteWrite []RemoteWrite `yaml:"remote_write"`
 	Agents      Agents        `yaml:"agents"`
 	Hosts       []Host        `yaml:"hosts"`
+	Provisioner Provisioner   `yaml:"provisioner"`
 
 	// dir is the directory of the file; relative paths resolve against it.
 	dir string
 }
+
+// Provisioner configures host provisioning and guest clusters. It is off
+// while InventoryFile is empty.
+type Provisioner struct {
+	// InventoryFile lists the hosts (provisioner/inventory); more can be
+	// added through the API.
+	InventoryFile string `yaml:"inventory_file"`
+	// Underlay is the hosts' production interface the guest clusters'
+	// VXLAN devices send on.
+	Underlay string `yaml:"underlay"`
+	// BaseImage is the volume new clusters' nodes are overlays of, in
+	// every worker's storage pool, unless a cluster names its own.
+	BaseImage string `yaml:"base_image"`
+	// Overcommit ratios for placement.
+	Overcommit Overcommit `yaml:"overcommit"`
+	// PXE serves iPXE scripts under /pxe/ when ConfigFile is set.
+	PXE PXE `yaml:"pxe"`
+	// Timeouts per provisioning phase; MaxAttempts before a host fails.
+	Timeouts    ProvisionTimeouts `yaml:"timeouts"`
+	MaxAttempts int               `yaml:"max_attempts"`
+}
+
+// Overcommit ratios: vCPUs per CPU, guest memory per byte of host memory.
+type Overcommit struct {
+	CPU    float64 `yaml:"cpu"`
+	Memory float64 `yaml:"memory"`
+}
+
+// PXE configures the iPXE endpoints.
+type PXE struct {
+	// ConfigFile holds profiles and groups (provisioner/pxe).
+	ConfigFile string `yaml:"config_file"`
+	// BaseURL is how booting hosts reach this server, e.g.
+	// http://10.0.0.1:9300.
+	BaseURL string `yaml:"base_url"`
+	// SecretFile keys the per-host boot-completion callback tokens.
+	SecretFile string `yaml:"secret_file"`
+}
+
+// ProvisionTimeouts bound each phase of provisioning a host.
+type ProvisionTimeouts struct {
+	PoweringOn time.Duration `yaml:"powering_on"`
+	PXEBooting time.Duration `yaml:"pxe_booting"`
+	Installing time.Duration `yaml:"installing"`
+}
+
+// Enabled reports whether the provisioner runs.
+func (p Provisioner) Enabled() bool { return p.InventoryFile != "" }
 
 // API configures the server's own HTTP API and who may use it. Every
 // token carries a role: a viewer reads; an operator also approves, denies
@@ -149,6 +198,7 @@ func Defaults() Server {
 			Retention:          15 * 24 * time.Hour,
 		},
 		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
+		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}},
 	}
 }
 
@@ -261,6 +311,36 @@ func (c *Server) Validate() error {
 	}
 	if len(c.Hosts) > 0 && c.Agents.TokenFile == "" {
 		add("agents.token_file", "is required when hosts are listed: agents refuse actions without it")
+	}
+	if pr := c.Provisioner; pr.Enabled() || pr.PXE.ConfigFile != "" {
+		if !pr.Enabled() {
+			add("provisioner.inventory_file", "is required when provisioner.pxe is set")
+		}
+		if pr.Underlay == "" {
+			add("provisioner.underlay", "is required: the hosts' interface the clusters' VXLAN devices send on")
+		}
+		if pr.Overcommit.CPU <= 0 || pr.Overcommit.Memory <= 0 {
+			add("provisioner.overcommit", "cpu and memory must be positive, got %v and %v", pr.Overcommit.CPU, pr.Overcommit.Memory)
+		}
+		if pr.PXE.ConfigFile != "" {
+			if err := checkURL(pr.PXE.BaseURL); err != nil {
+				add("provisioner.pxe.base_url", "%v", err)
+			}
+			if pr.PXE.SecretFile == "" {
+				add("provisioner.pxe.secret_file", "is required: it keys the hosts' boot-completion callbacks")
+			}
+		}
+		for _, d := range []struct {
+			field string
+			v     time.Duration
+		}{{"powering_on", pr.Timeouts.PoweringOn}, {"pxe_booting", pr.Timeouts.PXEBooting}, {"installing", pr.Timeouts.Installing}} {
+			if d.v < 0 {
+				add("provisioner.timeouts."+d.field, "must not be negative, got %s", d.v)
+			}
+		}
+		if pr.MaxAttempts < 0 {
+			add("provisioner.max_attempts", "must not be negative, got %d", pr.MaxAttempts)
+		}
 	}
 	if c.Remediation.Retention < 0 {
 		add("remediation.retention", "must not be negative, got %s", c.Remediation.Retention)

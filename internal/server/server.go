@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,7 +52,11 @@ type Server struct {
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
 	policy  *policyHolder
+	prov    *provisioner // nil without provisioner.inventory_file
 	handler http.Handler
+	// stop ends the background work New started; bg waits for it.
+	stop context.CancelFunc
+	bg   sync.WaitGroup
 }
 
 // New starts the server's parts (everything but the HTTP listener). A
@@ -130,15 +135,25 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 
 	hosts := newAgentHosts(cfg.Hosts, agentToken)
+	var monitor atomic.Pointer[monitoring.Monitor]
+	// The provisioner, when configured, re-creates guests and reinstalls
+	// hosts for the engine; without it those actions are not available.
+	var prov remediation.Provisioner
+	if cfg.Provisioner.Enabled() {
+		if s.prov, err = newProvisioner(cfg, dataDir, hosts, &monitor, s.reg, logger.With("component", "provisioner")); err != nil {
+			return nil, err
+		}
+		prov = s.prov
+	}
 	// The engine starts before the monitor whose data sizes the fleet, and
 	// the monitor's first rule evaluation may reach the engine before
 	// monitoring.Start returns: until the monitor is stored here, the fleet
 	// size is unknown (0).
-	var monitor atomic.Pointer[monitoring.Monitor]
 	s.engine, err = remediation.New(remediation.Options{
 		Policy:        pol,
 		Journal:       s.journal,
 		Hosts:         hosts,
+		Provisioner:   prov,
 		Logger:        logger.With("component", "remediation"),
 		Registerer:    s.reg,
 		Now:           time.Now,
@@ -171,6 +186,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	fileSD := make([]string, 0, len(cfg.Prometheus.FileSD))
 	for _, g := range cfg.Prometheus.FileSD {
 		fileSD = append(fileSD, cfg.Path(g))
+	}
+	if s.prov != nil {
+		fileSD = append(fileSD, s.prov.fileSD)
 	}
 	// Alertmanager deliveries are on disk before they are answered; what a
 	// crash left unhandled is handed to the engine again now.
@@ -212,6 +230,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		return nil, err
 	}
 	monitor.Store(s.monitor)
+	var bgCtx context.Context
+	bgCtx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	if s.prov != nil {
+		s.bg.Go(func() { s.prov.run(bgCtx) })
+	}
 	logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", dataDir,
 		"journal", jpath, "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
 
@@ -264,6 +287,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	promHandler := auth.Require(api.RoleViewer, "querying Prometheus", s.monitor.Guard(prom.Handler()))
 	for _, p := range prom.Paths() {
 		mux.Handle(p, promHandler)
+	}
+	if s.prov != nil {
+		s.prov.handlers(mux, auth)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
@@ -384,11 +410,18 @@ func (s *Server) Run(ctx context.Context) error {
 // actions, then the journal.
 func (s *Server) Close() error {
 	var errs []error
+	if s.stop != nil {
+		s.stop()
+		s.bg.Wait()
+	}
 	if s.monitor != nil {
 		errs = append(errs, s.monitor.Stop())
 	}
 	if s.engine != nil {
 		s.engine.Close()
+	}
+	if s.prov != nil {
+		s.prov.close()
 	}
 	if s.inbox != nil {
 		errs = append(errs, s.inbox.Close())

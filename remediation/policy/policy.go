@@ -244,6 +244,18 @@ func (r Rule) Chain() []string {
 	return append([]string{r.Action}, r.Escalate...)
 }
 
+// Rule returns the rule named name.
+func (p *Policy) Rule(name string) (Rule, bool) {
+	if p != nil {
+		for _, r := range p.Rules {
+			if r.Name == name {
+				return r, true
+			}
+		}
+	}
+	return Rule{}, false
+}
+
 // Match returns the first rule whose matchers all hold for labels.
 func (p *Policy) Match(labels map[string]string) (Rule, bool) {
 	if p == nil {

@@ -1,0 +1,539 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+
+	"caretaker/internal/agent"
+	"caretaker/internal/api"
+	"caretaker/internal/config"
+	"caretaker/internal/monitoring"
+	"caretaker/internal/overlaynet"
+	"caretaker/provisioner/bmc"
+	"caretaker/provisioner/clusters"
+	"caretaker/provisioner/hoststate"
+	"caretaker/provisioner/inventory"
+	"caretaker/provisioner/placement"
+	"caretaker/provisioner/pxe"
+	"caretaker/remediation"
+)
+
+// provisioner wires the provisioner's packages together: the inventory,
+// the hosts' state machine driven through their BMCs, the PXE endpoints,
+// and the guest clusters, whose nodes and overlays the hosts' agents make.
+type provisioner struct {
+	log      *slog.Logger
+	cfg      config.Provisioner
+	db       *bolt.DB
+	inv      *inventory.Store
+	machine  *hoststate.Machine
+	clusters *clusters.Store
+	rec      *clusters.Reconciler
+	pxe      http.Handler // nil without provisioner.pxe
+	agents   *agentHosts
+	monitor  *atomic.Pointer[monitoring.Monitor]
+	fileSD   string // the agents of the inventory, for the embedded Prometheus
+}
+
+// provisionerTick spaces the provisioner's timed work: phase timeouts,
+// hosts registering and booting, the file_sd file.
+const provisionerTick = 15 * time.Second
+
+// reconcileEvery is how often the clusters are reconciled besides after
+// every change.
+const reconcileEvery = time.Minute
+
+func newProvisioner(cfg *config.Server, dataDir string, agents *agentHosts, monitor *atomic.Pointer[monitoring.Monitor],
+	reg prometheus.Registerer, logger *slog.Logger) (*provisioner, error) {
+	pc := cfg.Provisioner
+	p := &provisioner{log: logger, cfg: pc, agents: agents, monitor: monitor,
+		fileSD: filepath.Join(dataDir, "provisioner", "agents.json")}
+	file, err := inventory.Load(cfg.Path(pc.InventoryFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(p.fileSD), 0o755); err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
+	p.db, err = bolt.Open(filepath.Join(dataDir, "provisioner", "provisioner.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open the provisioner's database: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.close()
+		}
+	}()
+	if p.inv, err = inventory.NewStore(p.db, func() *inventory.Inventory { return file }); err != nil {
+		return nil, err
+	}
+	if err := p.inv.CheckFile(file); err != nil {
+		return nil, err
+	}
+	if p.clusters, err = clusters.NewStore(p.db, clusters.StoreOptions{}); err != nil {
+		return nil, err
+	}
+	p.rec, err = clusters.New(clusters.Options{
+		Store:    p.clusters,
+		Hosts:    p,
+		Nodes:    nodes{p},
+		Overlays: nodes{p},
+		VTEP:     p.vtep,
+		Config: clusters.Config{Underlay: pc.Underlay,
+			Ratios: placement.Ratios{CPU: pc.Overcommit.CPU, Memory: pc.Overcommit.Memory}},
+		Logger: logger.With("component", "clusters"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.machine, err = hoststate.Open(hoststate.Options{
+		Path: filepath.Join(dataDir, "provisioner", "hosts.db"),
+		Config: hoststate.Config{MaxAttempts: pc.MaxAttempts, Timeouts: hoststate.Timeouts{
+			PoweringOn: pc.Timeouts.PoweringOn, PXEBooting: pc.Timeouts.PXEBooting, Installing: pc.Timeouts.Installing}},
+		BMC:        p.bmc,
+		Guests:     p,
+		Logger:     logger.With("component", "hosts"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if pc.PXE.ConfigFile != "" {
+		pcfg, err := pxe.Load(cfg.Path(pc.PXE.ConfigFile))
+		if err != nil {
+			return nil, err
+		}
+		secret, err := config.ReadSecret(cfg.Path(pc.PXE.SecretFile))
+		if err != nil {
+			return nil, fmt.Errorf("provisioner.pxe.secret_file: %w", err)
+		}
+		p.pxe = p.watchFetches(pxe.NewHandler(pcfg, pxe.Options{
+			BaseURL: pc.PXE.BaseURL, Secret: []byte(secret), Logger: logger.With("component", "pxe"),
+			OnBooted: func(b pxe.Booted) {
+				if host, found := p.machine.HostForMAC(b.MAC); found {
+					p.booted(host, "boot-completion callback")
+				}
+			},
+		}))
+	}
+	p.sync()
+	ok = true
+	return p, nil
+}
+
+// run does the provisioner's timed work until ctx ends.
+func (p *provisioner) run(ctx context.Context) {
+	go p.rec.Run(ctx, reconcileEvery)
+	t := time.NewTicker(provisionerTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.sync()
+			p.adoptBooted(ctx)
+			if err := p.machine.Tick(ctx); err != nil {
+				p.log.Error("provisioner tick", "err", err)
+			}
+		}
+	}
+}
+
+func (p *provisioner) close() {
+	if p.machine != nil {
+		p.machine.Close()
+	}
+	if p.db != nil {
+		p.db.Close()
+	}
+}
+
+// sync registers the inventory's hosts with the state machine, gives the
+// server an agent client for each, and writes their file_sd file, so a host
+// added through the API is scraped and provisioned.
+func (p *provisioner) sync() {
+	hosts, err := p.inv.All()
+	if err != nil {
+		p.log.Error("read the inventory", "err", err)
+		return
+	}
+	for _, h := range hosts {
+		p.agents.add(h.Name, h.Agent)
+		if _, known := p.machine.Host(h.Name); !known {
+			if err := p.machine.Register(h.Name, h.MACs[0]); err != nil {
+				p.log.Error("register host", "host", h.Name, "err", err)
+			}
+		}
+	}
+	if err := inventory.WriteFileSD(p.fileSD, hosts); err != nil {
+		p.log.Error("write the agents' file_sd file", "err", err)
+	}
+}
+
+// adoptBooted marks ready the hosts whose agent is scraped while they are
+// registered (a host that already runs) or installing (the new system came
+// up): the agent's first successful scrape reports boot completion. Other
+// states are left alone: during powering-on and pxe-booting an answering
+// agent may still be the old system.
+func (p *provisioner) adoptBooted(ctx context.Context) {
+	for _, h := range p.machine.Hosts() {
+		if h.State != hoststate.Registered && h.State != hoststate.Installing {
+			continue
+		}
+		v, err := p.query(ctx, fmt.Sprintf(`up{job=%q,host=%q} == 1`, monitoring.JobName, h.Name))
+		if err == nil && len(v) > 0 {
+			p.booted(h.Name, "the agent answers")
+		}
+	}
+}
+
+func (p *provisioner) booted(host, why string) {
+	if err := p.machine.Booted(host); err != nil {
+		p.log.Warn("boot completion not applied", "host", host, "why", why, "err", err)
+		return
+	}
+	p.log.Info("host booted", "host", host, "why", why)
+}
+
+// watchFetches tells the state machine when a host fetches its iPXE
+// script: it is PXE-booting.
+func (p *provisioner) watchFetches(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		if r.URL.Path == "/pxe/ipxe" && sw.status == http.StatusOK {
+			if mac := r.URL.Query().Get("mac"); mac != "" {
+				if err := p.machine.PXEFetched(mac); err != nil && !errors.Is(err, hoststate.ErrUnknownHost) {
+					p.log.Warn("PXE fetch not applied", "mac", mac, "err", err)
+				}
+			}
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (p *provisioner) query(ctx context.Context, expr string) ([]float64, error) {
+	m := p.monitor.Load()
+	if m == nil {
+		return nil, errors.New("monitoring not started")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	vec, err := m.Query(ctx, expr, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(vec))
+	for i, s := range vec {
+		out[i] = s.F
+	}
+	return out, nil
+}
+
+// bmc opens a host's BMC from its inventory entry.
+func (p *provisioner) bmc(host string) (hoststate.BMC, error) {
+	h, err := p.inventoryHost(host)
+	if err != nil {
+		return nil, err
+	}
+	return bmc.New(h.BMC, p.log.With("host", host, "component", "bmc"))
+}
+
+func (p *provisioner) inventoryHost(name string) (inventory.Host, error) {
+	hosts, err := p.inv.All()
+	if err != nil {
+		return inventory.Host{}, err
+	}
+	for _, h := range hosts {
+		if h.Name == name {
+			return h, nil
+		}
+	}
+	return inventory.Host{}, fmt.Errorf("host %q is not in the inventory", name)
+}
+
+// vtep is a host's underlay address: the address of its agent.
+func (p *provisioner) vtep(host string) net.IP {
+	h, err := p.inventoryHost(host)
+	if err != nil {
+		return nil
+	}
+	addr, _, err := net.SplitHostPort(h.Agent)
+	if err != nil {
+		return nil
+	}
+	return net.ParseIP(addr)
+}
+
+// ReadyHosts implements clusters.Hosts: the ready, uncordoned workers with
+// their capacity (the inventory's, else what the host collector reports)
+// and what their guests use (the host collector's figures, plus the nodes
+// placed and not yet running).
+func (p *provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) {
+	hosts, err := p.inv.All()
+	if err != nil {
+		return nil, err
+	}
+	placed, err := p.clusters.Placed()
+	if err != nil {
+		return nil, err
+	}
+	var out []placement.Host
+	for _, h := range hosts {
+		st, known := p.machine.Host(h.Name)
+		if h.Role != inventory.RoleWorker || !known || !st.Schedulable() {
+			continue
+		}
+		ph := placement.Host{Name: h.Name, Zone: h.Labels["zone"], Worker: true, Ready: true,
+			CPUs: h.CPUs, MemoryBytes: h.MemoryBytes}
+		if ph.CPUs == 0 {
+			ph.CPUs = int(p.metric(ctx, "caretaker_host_cpus", h.Name))
+		}
+		if ph.MemoryBytes == 0 {
+			ph.MemoryBytes = uint64(p.metric(ctx, "caretaker_host_memory_total_bytes", h.Name))
+		}
+		ph.Used.VCPUs = int(p.metric(ctx, "caretaker_host_guest_vcpus", h.Name)) + placed[h.Name].VCPUs
+		ph.Used.MemoryBytes = uint64(p.metric(ctx, "caretaker_host_guest_memory_bytes", h.Name)) + placed[h.Name].MemoryBytes
+		out = append(out, ph)
+	}
+	return out, nil
+}
+
+func (p *provisioner) metric(ctx context.Context, name, host string) float64 {
+	v, err := p.query(ctx, fmt.Sprintf(`max(%s{host=%q})`, name, host))
+	if err != nil || len(v) == 0 {
+		return 0
+	}
+	return v[0]
+}
+
+// MoveGuests implements hoststate.GuestMover: every node of a guest
+// cluster on the host is re-created elsewhere. The host is cordoned by
+// then, so placement passes it over.
+func (p *provisioner) MoveGuests(ctx context.Context, host string) error {
+	all, err := p.clusters.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range all {
+		for _, n := range c.Nodes {
+			if n.Host == host && n.UUID != "" {
+				if err := p.rec.RecreateNode(ctx, host, n.UUID); err != nil {
+					errs = append(errs, fmt.Errorf("move node %s: %w", n.Name, err))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RecreateVM implements remediation.Provisioner for the nodes of guest
+// clusters; another guest has no desired state to be re-created from.
+func (p *provisioner) RecreateVM(ctx context.Context, host, uuid string) error {
+	err := p.rec.RecreateNode(ctx, host, uuid)
+	if errors.Is(err, clusters.ErrNotFound) {
+		return fmt.Errorf("recreate-vm is %w for guest %s on %s: it is not a node of a guest cluster the provisioner manages",
+			remediation.ErrNotAvailable, uuid, host)
+	}
+	return err
+}
+
+// ReprovisionHost implements remediation.Provisioner.
+func (p *provisioner) ReprovisionHost(ctx context.Context, host string) error {
+	return p.machine.Reprovision(ctx, host)
+}
+
+// nodes makes the clusters' nodes and overlays through the hosts' agents.
+type nodes struct{ p *provisioner }
+
+func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec) (string, error) {
+	c, err := n.p.agents.client(host)
+	if err != nil {
+		return "", err
+	}
+	base := s.BaseImage
+	if base == "" {
+		base = n.p.cfg.BaseImage
+	}
+	// Replace: the reconciler creates a node only when it is missing or
+	// must be re-created clean.
+	resp, err := c.PutNode(ctx, agent.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
+		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID}, true)
+	if err != nil {
+		return "", fmt.Errorf("create node %s on %s: %w", s.Name, host, err)
+	}
+	return resp.UUID, nil
+}
+
+func (n nodes) DeleteNode(ctx context.Context, host, name string) error {
+	c, err := n.p.agents.client(host)
+	if err != nil {
+		return err
+	}
+	return c.DeleteNode(ctx, name)
+}
+
+func (n nodes) NodeRunning(ctx context.Context, host, uuid string) (bool, error) {
+	return n.p.agents.GuestRunning(ctx, host, uuid)
+}
+
+func (n nodes) EnsureOverlay(ctx context.Context, host string, d overlaynet.Desired) error {
+	c, err := n.p.agents.client(host)
+	if err != nil {
+		return err
+	}
+	req := agent.OverlayRequest{Device: d.Device, Bridge: d.Bridge, VNI: d.VNI, Underlay: d.Underlay,
+		Port: d.Port, MTU: d.MTU, Peers: []agent.OverlayPeer{}}
+	if d.Local != nil {
+		req.Local = d.Local.String()
+	}
+	for _, ip := range d.Peers {
+		req.Peers = append(req.Peers, agent.OverlayPeer{Address: ip.String()})
+	}
+	_, err = c.PutOverlay(ctx, d.Cluster, req)
+	return err
+}
+
+func (n nodes) RemoveOverlay(ctx context.Context, host, cluster string) error {
+	c, err := n.p.agents.client(host)
+	if err != nil {
+		return err
+	}
+	return c.DeleteOverlay(ctx, cluster)
+}
+
+// handlers mounts the provisioner's API and PXE endpoints on mux: reading
+// needs a viewer token, changing clusters an operator's, changing hosts
+// an admin's. /pxe/ is open: booting hosts have no token; their callback
+// carries an HMAC.
+func (p *provisioner) handlers(mux *http.ServeMux, auth *api.Authenticator) {
+	byMethod := func(write api.Role, what string, h http.Handler) http.Handler {
+		read := auth.Require(api.RoleViewer, "reading "+what, h)
+		change := auth.Require(write, "changing "+what, h)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				read.ServeHTTP(w, r)
+				return
+			}
+			change.ServeHTTP(w, r)
+		})
+	}
+	ch := byMethod(api.RoleOperator, "guest clusters", clusters.Handler(p.clusters, p.rec.Notify))
+	mux.Handle("/api/v1/clusters", ch)
+	mux.Handle("/api/v1/clusters/", ch)
+	ih := byMethod(api.RoleAdmin, "the inventory", p.afterChange(inventory.Handler(p.inv)))
+	mux.Handle("/api/v1/hosts", ih)
+	mux.Handle("/api/v1/hosts/", ih)
+	sh := byMethod(api.RoleAdmin, "hosts' provisioning", p.stateHandler())
+	mux.Handle("/api/v1/provisioner/hosts", sh)
+	mux.Handle("/api/v1/provisioner/hosts/", sh)
+	if p.pxe != nil {
+		mux.Handle("/pxe/", p.pxe)
+	}
+}
+
+// afterChange syncs the inventory with the state machine and file_sd after
+// a change through the API, without waiting for the tick.
+func (p *provisioner) afterChange(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			p.sync()
+		}
+	})
+}
+
+// stateHandler serves /api/v1/provisioner/hosts: the hosts' provisioning
+// states and transitions, and provision and reprovision requests.
+func (p *provisioner) stateHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/provisioner/hosts", func(w http.ResponseWriter, _ *http.Request) {
+		hosts := p.machine.Hosts()
+		if hosts == nil {
+			hosts = []hoststate.Host{}
+		}
+		writeJSON(w, http.StatusOK, api.HostStates{Hosts: hosts})
+	})
+	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		h, ok := p.machine.Host(name)
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("host %s is not known to the provisioner", name)})
+			return
+		}
+		hist, err := p.machine.History(name)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
+	})
+	act := func(name string, do func(context.Context, string) error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var req api.ProvisionRequest
+			dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&req); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "request body: " + err.Error()})
+				return
+			}
+			if strings.TrimSpace(req.Comment) == "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "comment: required, so the next on-call knows why"})
+				return
+			}
+			host := r.PathValue("name")
+			author := req.Author
+			if id, ok := api.IdentityFrom(r.Context()); ok && author == "" {
+				author = id.Name
+			}
+			p.log.Info(name+" requested", "host", host, "author", author, "comment", req.Comment)
+			err := do(context.WithoutCancel(r.Context()), host)
+			switch {
+			case errors.Is(err, hoststate.ErrUnknownHost):
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+			case errors.Is(err, hoststate.ErrWrongState):
+				writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			case err != nil:
+				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			default:
+				h, _ := p.machine.Host(host)
+				writeJSON(w, http.StatusAccepted, map[string]any{"host": h})
+			}
+		}
+	}
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
