@@ -291,4 +291,3 @@ func (e *Engine) reconcile() error {
 	})
 	return nil
 }
-
