@@ -1,0 +1,291 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"caretaker/collectors/kvm"
+	"caretaker/internal/api"
+	"caretaker/internal/libvirtconn"
+	"caretaker/internal/testdaemon"
+	"caretaker/remediation/journal"
+)
+
+// systemURI is the real libvirtd the end-to-end tests put their guests on.
+const systemURI = "qemu:///system"
+
+// requireQEMU skips the test unless real QEMU guests can be run here.
+func requireQEMU(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the test starts real QEMU guests through qemu:///system")
+	}
+	if _, err := os.Stat(libvirtSocket); err != nil {
+		t.Skip("needs libvirtd running (.ci/run and deploy/lab/setup.sh start it)")
+	}
+	if err := checkQEMU(systemURI); err != nil {
+		t.Skipf("needs QEMU: %v", err)
+	}
+}
+
+// e2eGuests defines n real QEMU guests named prefix-1…n whose metadata
+// says intent, starts them when start is set, and removes them (and any
+// left by an earlier run) at cleanup.
+func e2eGuests(t *testing.T, prefix string, n int, intent string, start bool) []guest {
+	t.Helper()
+	owned := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `\d+$`)}}
+	q := &qemuGuests{uri: systemURI, logger: slog.New(slog.DiscardHandler)}
+	if err := q.remove(owned); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := q.remove(owned); err != nil {
+			t.Errorf("remove guests: %v", err)
+		}
+	})
+	meta, err := kvm.Metadata{Intent: intent, Cluster: "e2e", Role: "worker"}.XML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := libvirt.NewConnect(systemURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var gs []guest
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("%s%d", prefix, i)
+		if start {
+			g, err := defineAndStart(conn, name, meta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs = append(gs, g)
+			continue
+		}
+		xml, err := domainXML(name, meta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dom, err := conn.DomainDefineXML(xml)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uuid, err := dom.GetUUIDString()
+		dom.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs = append(gs, guest{name: name, uuid: uuid})
+	}
+	return gs
+}
+
+// startCounter counts libvirt's "started" lifecycle events per domain
+// UUID. libvirtd emits exactly one per successful virDomainCreate (a start
+// refused because the domain already runs emits none), so it counts the
+// real starts whoever asked for them, which no journal record can fake.
+type startCounter struct {
+	mu     sync.Mutex
+	starts map[string]int
+}
+
+func countStarts(t *testing.T) *startCounter {
+	t.Helper()
+	// The loop is process-wide and started once; it must outlive this
+	// test for the later ones (-count), hence context.Background.
+	if err := libvirtconn.StartEventLoop(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := libvirt.NewConnect(systemURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &startCounter{starts: map[string]int{}}
+	id, err := conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
+		if ev.Event != libvirt.DOMAIN_EVENT_STARTED {
+			return
+		}
+		uuid, err := d.GetUUIDString()
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		c.starts[uuid]++
+		c.mu.Unlock()
+	})
+	if err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = conn.DomainEventDeregister(id)
+		conn.Close()
+	})
+	return c
+}
+
+func (c *startCounter) of(uuid string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.starts[uuid]
+}
+
+// proc is one caretaker process the test runs.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan error
+	out    *syncBuffer
+}
+
+// startProc runs bin with args, its output kept for the failure log. The
+// process is killed at cleanup if still running.
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), exited: make(chan error, 1), out: &syncBuffer{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			s := p.out.String()
+			if len(s) > 16384 {
+				s = "…" + s[len(s)-16384:]
+			}
+			t.Logf("%s output (tail):\n%s", name, s)
+		}
+	})
+	return p
+}
+
+// kill SIGKILLs the process, if it still runs, and waits for it.
+func (p *proc) kill() {
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	err := <-p.exited
+	p.exited <- err
+}
+
+// e2eServer is a caretaker server process and the files it runs on.
+type e2eServer struct {
+	bin, cfg, addr, token string
+	client                *api.Client
+	procs                 []*proc // every incarnation, the last one running
+}
+
+// writeE2EConfig writes tokens, a policy and server.yml into dir for one
+// agent at agentAddr, named host, and returns the server.yml path and
+// the API token. extra is appended to the remediation section.
+func writeE2EConfig(t *testing.T, dir, host, agentAddr, policy, extra string) (string, string) {
+	t.Helper()
+	apiToken, agentToken := newToken(), newToken()
+	files := map[string]string{
+		"api.token":   apiToken + "\n",
+		"agent.token": agentToken + "\n",
+		"policy.yml":  policy,
+		"server.yml": fmt.Sprintf(`data_dir: %s
+api:
+  token_file: api.token
+agents:
+  token_file: agent.token
+prometheus:
+  scrape_interval: 500ms
+  scrape_timeout: 500ms
+  evaluation_interval: 500ms
+  retention: 1h
+remediation:
+  policy_file: policy.yml
+  action_timeout: 1m
+%shosts:
+  - name: %s
+    agent: %s
+`, filepath.Join(dir, "data"), extra, host, agentAddr),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, "server.yml"), apiToken
+}
+
+// startAgent runs `caretaker agent` at addr on the real libvirtd with the
+// agent token of dir.
+func startAgent(t *testing.T, bin, dir, addr string) *proc {
+	t.Helper()
+	return startProc(t, "agent", filepath.Join(bin, "caretaker"), "agent", "--web.listen-address", addr,
+		"--libvirt.uri", systemURI, "--action.token-file", filepath.Join(dir, "agent.token"),
+		"--log.level", "info")
+}
+
+func newE2EServer(t *testing.T, bin, cfg, token string) *e2eServer {
+	addr := testdaemon.FreePort(t)
+	return &e2eServer{bin: bin, cfg: cfg, addr: addr, token: token,
+		client: api.NewClient("http://"+addr, token, &http.Client{Timeout: 5 * time.Second})}
+}
+
+// start runs a new incarnation of the server on the same data directory
+// and waits until its API answers.
+func (s *e2eServer) start(t *testing.T) {
+	t.Helper()
+	p := startProc(t, fmt.Sprintf("server #%d", len(s.procs)+1), filepath.Join(s.bin, "caretaker"), "server",
+		"--config.file", s.cfg, "--web.listen-address", s.addr, "--log.level", "info")
+	s.procs = append(s.procs, p)
+	await(t, p.exited, time.Minute, "the server's API", func() bool {
+		_, err := s.client.Status(context.Background())
+		return err == nil
+	})
+}
+
+func (s *e2eServer) current() *proc { return s.procs[len(s.procs)-1] }
+
+// records returns the journal's records of the guest, newest first.
+func (s *e2eServer) records(uuid string) ([]journal.Record, error) {
+	h, err := s.client.History(context.Background(), api.HistoryFilter{Target: uuid, Limit: 1000})
+	return h.Records, err
+}
+
+// describeRecords is the evidence a failure prints.
+func describeRecords(recs []journal.Record) string {
+	var b strings.Builder
+	for _, r := range recs {
+		fmt.Fprintf(&b, "  #%d %s %s alert=%s fp=%s starts_at=%s attempt=%d state=%s reason=%q error=%q\n",
+			r.ID, r.Created.Format("15:04:05.000"), r.Action, r.Alert, r.Fingerprint,
+			r.AlertStartsAt.Format("15:04:05.000"), r.Attempt, r.State, r.Reason, r.Error)
+		for _, tr := range r.Transitions {
+			fmt.Fprintf(&b, "      %s %s %s\n", tr.At.Format("15:04:05.000"), tr.State, tr.Note)
+		}
+	}
+	return b.String()
+}
+
+// domainRunning asks libvirt whether the guest runs.
+func domainRunning(conn *libvirt.Connect, uuid string) bool {
+	d, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		return false
+	}
+	defer d.Free()
+	state, _, err := d.GetState()
+	return err == nil && state == libvirt.DOMAIN_RUNNING
+}
