@@ -25,8 +25,9 @@ collectors — host (procfs: CPU, memory, pressure, disks, filesystems,
 network, KVM commitment), kvm (every defined libvirt domain with its state,
 the reason for it, and its resources) and overlay (VXLAN devices, bridges,
 FDB and neighbour entries, checked against --config.file) — and host-local
-actions for the server (start a domain), which need the server's bearer
-token. /metrics?collect[]=kvm selects collectors.`,
+actions for the server (start a domain, create and delete guest-cluster
+nodes in --guests.pool, make, repair and remove VXLAN overlays), which need
+the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 		Example: `  caretaker agent
   caretaker agent --libvirt.uri qemu:///system --action.token-file /etc/caretaker/agent.token
   caretaker agent --config.file /etc/caretaker/agent.yml --web.config.file /etc/caretaker/web.yml
@@ -72,6 +73,8 @@ token. /metrics?collect[]=kvm selects collectors.`,
 	f.StringVar(&cfg.SysFS, "path.sysfs", "/sys", "sysfs mount point")
 	f.StringVar(&cfg.RootFS, "path.rootfs", "/", "the host's root filesystem (when the agent runs in a container)")
 	f.StringVar(&cfg.NetNS, "path.netns", "", "network namespace the overlay collector reads, e.g. /var/run/netns/host (default: the agent's own)")
+	f.StringVar(&cfg.GuestPool, "guests.pool", agent.DefaultGuestPool, "libvirt storage pool (directory pool with the base images) for guest nodes' disks")
+	f.StringVar(&cfg.GuestDomainType, "guests.domain-type", agent.DefaultGuestDomainType, "domain type of guest nodes: kvm, or qemu where /dev/kvm is not usable")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

@@ -32,7 +32,8 @@ func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Com
 		Short: "The on-call CLI of caretaker",
 		Long: `runbook asks a caretaker server what the fleet looks like and what its
 remediation engine did, and acts through it: approve, deny or run actions,
-pause remediation, reload the policy.
+pause remediation, reload the policy; create, scale and delete guest
+clusters; add, remove and (re)provision bare-metal hosts.
 
 What a token may do depends on its role on the server: a viewer reads; an
 operator also approves, denies, runs and pauses; an admin also reloads the
@@ -48,6 +49,8 @@ against a lab runbook needs no flags.`,
   runbook pending
   runbook approve 42 -m "checked, go ahead"
   runbook history --limit 20
+  runbook cluster create lab --masters 1 --workers 2 --wait
+  runbook host list
   runbook status -o json | jq '.guests[] | select(.state != "running")'
   RUNBOOK_URL=http://caretaker:9300 RUNBOOK_TOKEN=$(cat token) runbook status`,
 		SilenceUsage:  true,
@@ -64,7 +67,7 @@ against a lab runbook needs no flags.`,
 	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newShowCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
 		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv),
 		newPendingCmd(o, getenv), newDecideCmd(o, getenv, true), newDecideCmd(o, getenv, false), newRunCmd(o, getenv),
-		newPolicyCmd(o, getenv))
+		newPolicyCmd(o, getenv), newClusterCmd(o, getenv), newHostCmd(o, getenv))
 	return root
 }
 

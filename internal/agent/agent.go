@@ -1,7 +1,8 @@
 // Package agent is the HTTP surface of the caretaker agent that runs on every
 // KVM host: /metrics for the server's Prometheus, and under /api/v1/ the
 // host-local actions the server's remediation asks for (today: look at and
-// start a libvirt domain, repair a VXLAN overlay).
+// start a libvirt domain, create and delete guest-cluster nodes, make,
+// repair and remove VXLAN overlays).
 package agent
 
 import (
@@ -25,13 +26,16 @@ import (
 	"caretaker/collectors/overlay"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/overlaynet"
+	"caretaker/provisioner/guests"
 )
 
 // Defaults applied by New to the zero fields of Config.
 const (
-	DefaultListenAddress = ":9301"
-	DefaultLibvirtURI    = "qemu:///system"
-	DefaultScrapeTimeout = 10 * time.Second
+	DefaultListenAddress   = ":9301"
+	DefaultLibvirtURI      = "qemu:///system"
+	DefaultScrapeTimeout   = 10 * time.Second
+	DefaultGuestPool       = "caretaker"
+	DefaultGuestDomainType = guests.TypeKVM
 )
 
 // shutdownTimeout bounds the graceful part of Serve's shutdown: requests
@@ -74,7 +78,14 @@ type Config struct {
 	// OverlayRepairs are the overlays POST /api/v1/overlays/{cluster}/repair
 	// can repair (File.DesiredOverlays); other clusters get 404.
 	OverlayRepairs []overlaynet.Desired
-	Logger         *slog.Logger
+	// GuestPool is the libvirt storage pool (a directory pool holding the
+	// base images) where PUT /api/v1/nodes/{name} puts a node's disks
+	// when the request names none. A host without it answers 503.
+	GuestPool string
+	// GuestDomainType is the nodes' domain type, guests.TypeKVM or
+	// guests.TypeQEMU (TCG, for hosts without usable /dev/kvm).
+	GuestDomainType string
+	Logger          *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.
@@ -90,7 +101,10 @@ type Agent struct {
 	tokenHash []byte
 	// collectors are the agent's collectors by name, as collect[] names them.
 	collectors map[string]collectors.Collector
-	handler    http.Handler
+	// overlays are the overlays the host should have, from the
+	// configuration and the server's PUTs.
+	overlays *overlays
+	handler  http.Handler
 }
 
 // New returns an Agent for cfg, with defaults applied to its zero fields. It
@@ -110,6 +124,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.LibvirtTimeout == 0 {
 		cfg.LibvirtTimeout = kvm.DefaultLibvirtTimeout
+	}
+	if cfg.GuestPool == "" {
+		cfg.GuestPool = DefaultGuestPool
+	}
+	if cfg.GuestDomainType == "" {
+		cfg.GuestDomainType = DefaultGuestDomainType
+	}
+	if cfg.GuestDomainType != guests.TypeKVM && cfg.GuestDomainType != guests.TypeQEMU {
+		return nil, fmt.Errorf("configure agent: guest domain type %q: want %q or %q", cfg.GuestDomainType, guests.TypeKVM, guests.TypeQEMU)
 	}
 	if cfg.ScrapeTimeout < 0 {
 		return nil, fmt.Errorf("configure agent: scrape timeout %s is negative", cfg.ScrapeTimeout)
@@ -152,6 +175,7 @@ func New(cfg Config) (*Agent, error) {
 		a.conn.Close()
 		return nil, fmt.Errorf("configure agent: %w", err)
 	}
+	a.overlays = newOverlays(a, overlayCollector)
 	a.collectors = map[string]collectors.Collector{
 		"host":    hostCollector,
 		"overlay": overlayCollector,

@@ -1,20 +1,16 @@
 package agent
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
-	"sync"
-	"time"
 
 	"libvirt.org/go/libvirt"
-
-	"caretaker/internal/overlaynet"
 )
 
 // Domain is a libvirt domain as the API reports it.
@@ -44,13 +40,6 @@ type StartResult struct {
 	Domain
 }
 
-// OverlayRepair is the answer to an overlay repair: what was changed on the
-// host, in words; empty when the overlay was already as configured.
-type OverlayRepair struct {
-	Cluster string   `json:"cluster"`
-	Changes []string `json:"changes"`
-}
-
 type apiError struct {
 	Error string `json:"error"`
 }
@@ -59,7 +48,9 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/domains/{uuid}", a.handleDomain)
 	mux.HandleFunc("/api/v1/domains/{uuid}/start", a.handleStart)
-	mux.Handle("/api/v1/overlays/{cluster}/repair", a.newOverlayRepairs())
+	mux.HandleFunc("/api/v1/overlays/{cluster}/repair", a.overlays.handleRepair)
+	mux.HandleFunc("/api/v1/overlays/{cluster}", a.overlays.handleOverlay)
+	mux.Handle("/api/v1/nodes/{name}", &nodes{a: a})
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
 	})
@@ -164,73 +155,6 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		logger.Info("domain started", "reason_code", after.ReasonCode)
 		writeJSON(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
 	}
-}
-
-// repairTimeout bounds one overlay repair's netlink calls.
-const repairTimeout = 30 * time.Second
-
-// overlayRepairs answers POST /api/v1/overlays/{cluster}/repair.
-type overlayRepairs struct {
-	a         *Agent
-	byCluster map[string]overlaynet.Desired
-	// mu runs one repair at a time: two at once would both find a
-	// device missing and the second would fail to create it.
-	mu sync.Mutex
-}
-
-func (a *Agent) newOverlayRepairs() *overlayRepairs {
-	r := &overlayRepairs{a: a, byCluster: make(map[string]overlaynet.Desired, len(a.cfg.OverlayRepairs))}
-	for _, d := range a.cfg.OverlayRepairs {
-		r.byCluster[d.Cluster] = d
-	}
-	return r
-}
-
-func (o *overlayRepairs) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		methodNotAllowed(w, r, http.MethodPost)
-		return
-	}
-	cluster := r.PathValue("cluster")
-	d, ok := o.byCluster[cluster]
-	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no overlay for cluster %q in the agent's configuration", cluster))
-		return
-	}
-	logger := o.a.logger.With("action", "repair-overlay", "cluster", cluster, "device", d.Device)
-
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	ctx, cancel := context.WithTimeout(r.Context(), repairTimeout)
-	defer cancel()
-	h, err := overlaynet.Open(ctx, o.a.cfg.NetNS)
-	if err != nil {
-		logger.Warn("repair overlay failed", "err", err)
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("repair overlay of cluster %s: %v", cluster, err))
-		return
-	}
-	defer h.Close()
-	changes, err := overlaynet.Ensure(h, d)
-	if err != nil {
-		// The changes made before the failure stay on the host: say so.
-		logger.Warn("repair overlay failed", "err", err, "changes", changes)
-		code := http.StatusInternalServerError
-		if errors.Is(err, overlaynet.ErrConflict) {
-			code = http.StatusConflict
-		}
-		msg := fmt.Sprintf("repair overlay of cluster %s: %v", cluster, err)
-		if len(changes) > 0 {
-			msg += fmt.Sprintf(" (changed before the failure: %s)", strings.Join(changes, "; "))
-		}
-		writeError(w, code, msg)
-		return
-	}
-	if len(changes) > 0 {
-		logger.Info("repaired overlay", "changes", changes)
-	} else {
-		logger.Info("overlay already as configured")
-	}
-	writeJSON(w, http.StatusOK, OverlayRepair{Cluster: cluster, Changes: changes})
 }
 
 // lookup finds the domain named by a request's uuid, or answers the request
@@ -347,6 +271,44 @@ func libvirtMessage(err error) string {
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 	w.Header().Set("Allow", allow)
 	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s, use %s", r.Method, r.URL.Path, allow))
+}
+
+// readJSON decodes r's body, capped at limit bytes, into v, or answers
+// the request (400, 413) and returns false.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	err := decodeJSON(http.MaxBytesReader(w, r.Body, limit), v)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", limit))
+		return false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// decodeJSON decodes exactly one JSON object from r into v, strictly:
+// unknown fields and anything after the object are errors.
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty: want a JSON object")
+		}
+		// encoding/json says `json: unknown field "x"`.
+		return errors.New(strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("more data after the JSON object")
+	}
+	return nil
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -47,7 +48,7 @@ func (e *StatusError) Error() string {
 // Domain returns the domain with the given uuid.
 func (c *Client) Domain(ctx context.Context, uuid string) (Domain, error) {
 	var d Domain
-	if err := c.do(ctx, http.MethodGet, "/api/v1/domains/"+url.PathEscape(uuid), &d); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/api/v1/domains/"+url.PathEscape(uuid), nil, &d); err != nil {
 		return Domain{}, fmt.Errorf("get domain %s from agent %s: %w", uuid, c.baseURL, err)
 	}
 	return d, nil
@@ -57,7 +58,7 @@ func (c *Client) Domain(ctx context.Context, uuid string) (Domain, error) {
 // domain succeeds with Result ResultAlreadyRunning.
 func (c *Client) StartDomain(ctx context.Context, uuid string) (StartResult, error) {
 	var res StartResult
-	if err := c.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(uuid)+"/start", &res); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(uuid)+"/start", nil, &res); err != nil {
 		return StartResult{}, fmt.Errorf("start domain %s on agent %s: %w", uuid, c.baseURL, err)
 	}
 	return res, nil
@@ -68,16 +69,75 @@ func (c *Client) StartDomain(ctx context.Context, uuid string) (StartResult, err
 // overlay was already as configured.
 func (c *Client) RepairOverlay(ctx context.Context, cluster string) ([]string, error) {
 	var res OverlayRepair
-	if err := c.do(ctx, http.MethodPost, "/api/v1/overlays/"+url.PathEscape(cluster)+"/repair", &res); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/api/v1/overlays/"+url.PathEscape(cluster)+"/repair", nil, &res); err != nil {
 		return nil, fmt.Errorf("repair overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
 	}
 	return res.Changes, nil
 }
 
-func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, nil)
+// PutNode creates the node on the agent's host, or keeps it when it exists
+// (updating its definition for its next start); with replace it destroys
+// the node and creates it afresh, with a new disk and seed and the same
+// UUID. The answer has the domain's UUID and state.
+func (c *Client) PutNode(ctx context.Context, n NodeRequest, replace bool) (NodeResponse, error) {
+	path := "/api/v1/nodes/" + url.PathEscape(n.Name)
+	if replace {
+		path += "?replace=true"
+	}
+	var res NodeResponse
+	if err := c.do(ctx, http.MethodPut, path, n, &res); err != nil {
+		return NodeResponse{}, fmt.Errorf("put node %s on agent %s: %w", n.Name, c.baseURL, err)
+	}
+	return res, nil
+}
+
+// DeleteNode destroys and undefines the node's domain and deletes its
+// disks; a node that is not there is not an error.
+func (c *Client) DeleteNode(ctx context.Context, name string) error {
+	if err := c.do(ctx, http.MethodDelete, "/api/v1/nodes/"+url.PathEscape(name), nil, nil); err != nil {
+		return fmt.Errorf("delete node %s on agent %s: %w", name, c.baseURL, err)
+	}
+	return nil
+}
+
+// PutOverlay makes the agent's host have the cluster's overlay, and has the
+// agent expect and repair it from then on; it returns what it changed, in
+// words, none when the overlay was already as desired.
+func (c *Client) PutOverlay(ctx context.Context, cluster string, o OverlayRequest) ([]string, error) {
+	var res OverlayRepair
+	if err := c.do(ctx, http.MethodPut, "/api/v1/overlays/"+url.PathEscape(cluster), o, &res); err != nil {
+		return nil, fmt.Errorf("put overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+	}
+	return res.Changes, nil
+}
+
+// DeleteOverlay removes the cluster's VXLAN device and bridge from the
+// agent's host, and has the agent forget the overlay; missing devices are
+// not an error. The agent refuses (409) while guests are on the bridge.
+func (c *Client) DeleteOverlay(ctx context.Context, cluster string) error {
+	if err := c.do(ctx, http.MethodDelete, "/api/v1/overlays/"+url.PathEscape(cluster), nil, nil); err != nil {
+		return fmt.Errorf("delete overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+	}
+	return nil
+}
+
+// do sends in as the JSON body (none when nil) and decodes the answer into
+// out (ignored when nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -88,14 +148,17 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	respBody, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &StatusError{Code: resp.StatusCode, Msg: errorMessage(body)}
+		return &StatusError{Code: resp.StatusCode, Msg: errorMessage(respBody)}
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(respBody, out); err != nil {
 		return fmt.Errorf("decode answer: %w", err)
 	}
 	return nil

@@ -1,0 +1,325 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"caretaker/provisioner/guests"
+)
+
+// NodeRequest is the body of PUT /api/v1/nodes/{name}: a guest-cluster
+// node as guests.Node describes it.
+type NodeRequest struct {
+	Cluster     string `json:"cluster"`
+	Name        string `json:"name"`
+	Role        string `json:"role"` // "master" or "worker"
+	VCPUs       int    `json:"vcpus"`
+	MemoryBytes uint64 `json:"memory_bytes"`
+	DiskBytes   uint64 `json:"disk_bytes"`
+	Bridge      string `json:"bridge"`
+	// MAC empty derives one from the cluster and the name.
+	MAC       string `json:"mac,omitempty"`
+	BaseImage string `json:"base_image"`
+	// Pool is the libvirt storage pool of the node's disks; empty is the
+	// agent's (--guests.pool).
+	Pool string `json:"pool,omitempty"`
+	// UserData (with optional MetaData) for cloud-init, or Ignition.
+	UserData string `json:"user_data,omitempty"`
+	MetaData string `json:"meta_data,omitempty"`
+	Ignition string `json:"ignition,omitempty"`
+	// UUID empty lets libvirt choose, or keeps the existing domain's.
+	UUID string `json:"uuid,omitempty"`
+}
+
+func (r NodeRequest) node() guests.Node {
+	return guests.Node{
+		Cluster: r.Cluster, Name: r.Name, Role: r.Role, VCPUs: r.VCPUs,
+		MemoryBytes: r.MemoryBytes, DiskBytes: r.DiskBytes, Bridge: r.Bridge,
+		MAC: r.MAC, BaseImage: r.BaseImage, Pool: r.Pool,
+		UserData: r.UserData, MetaData: r.MetaData, Ignition: r.Ignition, UUID: r.UUID,
+	}
+}
+
+// NodeResponse is the answer to PUT /api/v1/nodes/{name}: the node's
+// domain after the change, State in virsh's words ("running").
+type NodeResponse struct {
+	Name  string `json:"name"`
+	UUID  string `json:"uuid"`
+	State string `json:"state"`
+}
+
+// maxNodeBody caps a PUT node's body, which carries the node's user data
+// or Ignition config.
+const maxNodeBody = 4 << 20
+
+// nodeNameRe is guests' rule for node names, checked here too so that a
+// DELETE of a name that cannot be a node gets 400, not 500.
+var nodeNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// nodes answers /api/v1/nodes/{name}.
+type nodes struct {
+	a *Agent
+	// locks runs one change per node name at a time: a retry arriving
+	// while the first attempt still runs must not race it in libvirt.
+	locks keyedMutex
+}
+
+func (n *nodes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodPut:
+		n.put(w, r)
+	case http.MethodDelete:
+		n.delete(w, r)
+	default:
+		methodNotAllowed(w, r, "PUT, DELETE")
+	}
+}
+
+// put creates the node, or keeps it as it is (guests.Create), or with
+// ?replace=true destroys it and creates it afresh with the same UUID
+// (guests.Recreate). It answers 201 when the domain did not exist before.
+func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	replace := false
+	if v := r.URL.Query().Get("replace"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("query parameter replace=%q: want true or false", v))
+			return
+		}
+		replace = b
+	}
+	var req NodeRequest
+	if !readJSON(w, r, maxNodeBody, &req) {
+		return
+	}
+	if req.Name != name {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("body names node %q, the path %q", req.Name, name))
+		return
+	}
+	if req.Pool == "" {
+		req.Pool = n.a.cfg.GuestPool
+	}
+	node := req.node()
+	if err := node.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if f := n.a.cfg.DomainFilter; f != nil && !f.MatchString(name) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("node name %q does not match this agent's domain filter %s", name, f))
+		return
+	}
+	verb := "create"
+	if replace {
+		verb = "replace"
+	}
+	logger := n.a.logger.With("action", verb+"-node", "node", name, "cluster", req.Cluster, "pool", req.Pool)
+
+	unlock := n.locks.lock(name)
+	defer unlock()
+	conn, err := n.a.conn.Get()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, libvirtMessage(err))
+		return
+	}
+	if code, msg := checkPool(conn, req.Pool); code != 0 {
+		writeError(w, code, msg)
+		return
+	}
+	existing, err := domainUUID(conn, name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+		return
+	}
+	existed := existing != ""
+	if existed && !replace && req.UUID != "" && !strings.EqualFold(req.UUID, existing) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("create node %s: a domain of that name exists with UUID %s, not the node's %s (replace=true replaces it)", name, existing, req.UUID))
+		return
+	}
+	opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
+	var uuid string
+	if replace {
+		uuid, err = guests.Recreate(conn, node, opts...)
+	} else {
+		uuid, err = guests.Create(conn, node, opts...)
+	}
+	if err != nil {
+		logger.Warn(verb+" node failed", "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
+		return
+	}
+	defer dom.Free()
+	d, err := describe(dom)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+		return
+	}
+	code := http.StatusOK
+	if !existed {
+		code = http.StatusCreated
+	}
+	logger.Info(verb+" node done", "uuid", uuid, "state", d.State, "existed", existed)
+	writeJSON(w, code, NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
+}
+
+// delete destroys and undefines the node's domain and deletes its volumes,
+// from the pool its disk is in (the agent's when the domain is gone). A
+// node that is not there is deleted already: 204 too.
+func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !nodeNameRe.MatchString(name) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("node name %q: want 1-63 lowercase letters, digits and dashes, not starting or ending with a dash", name))
+		return
+	}
+	if f := n.a.cfg.DomainFilter; f != nil && !f.MatchString(name) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no node %q on this host: this agent's domain filter is %s", name, f))
+		return
+	}
+	logger := n.a.logger.With("action", "delete-node", "node", name)
+	unlock := n.locks.lock(name)
+	defer unlock()
+	conn, err := n.a.conn.Get()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, libvirtMessage(err))
+		return
+	}
+	pool, err := diskPool(conn, name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("delete node %s: %v", name, err))
+		return
+	}
+	if pool == "" {
+		pool = n.a.cfg.GuestPool
+	}
+	if code, msg := checkPool(conn, pool); code != 0 {
+		writeError(w, code, msg)
+		return
+	}
+	if err := guests.Delete(conn, guests.Node{Name: name, Pool: pool}); err != nil {
+		logger.Warn("delete node failed", "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	logger.Info("deleted node", "pool", pool)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkPool returns 503 and why when the storage pool cannot take nodes'
+// disks: the host is not set up for guests, which no retry will change.
+func checkPool(conn *libvirt.Connect, name string) (int, string) {
+	pool, err := conn.LookupStoragePoolByName(name)
+	var lverr libvirt.Error
+	switch {
+	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_STORAGE_POOL:
+		return http.StatusServiceUnavailable, fmt.Sprintf("storage pool %q does not exist on this host: define it (virsh pool-define-as) or set --guests.pool", name)
+	case err != nil:
+		return http.StatusInternalServerError, fmt.Sprintf("look up storage pool %q: %s", name, libvirtMessage(err))
+	}
+	defer pool.Free()
+	active, err := pool.IsActive()
+	if err != nil {
+		return http.StatusInternalServerError, fmt.Sprintf("storage pool %q: %s", name, libvirtMessage(err))
+	}
+	if !active {
+		return http.StatusServiceUnavailable, fmt.Sprintf("storage pool %q is not active on this host: start it (virsh pool-start %s)", name, name)
+	}
+	return 0, ""
+}
+
+// domainUUID returns the UUID of the named domain, "" when there is none.
+func domainUUID(conn *libvirt.Connect, name string) (string, error) {
+	dom, err := conn.LookupDomainByName(name)
+	var lverr libvirt.Error
+	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up domain: %s", libvirtMessage(err))
+	}
+	defer dom.Free()
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return "", fmt.Errorf("read domain UUID: %s", libvirtMessage(err))
+	}
+	return uuid, nil
+}
+
+// diskPool returns the storage pool of the named domain's first volume
+// disk, "" when there is no such domain or disk.
+func diskPool(conn *libvirt.Connect, name string) (string, error) {
+	dom, err := conn.LookupDomainByName(name)
+	var lverr libvirt.Error
+	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up domain: %s", libvirtMessage(err))
+	}
+	defer dom.Free()
+	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		return "", fmt.Errorf("read domain definition: %s", libvirtMessage(err))
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(s); err != nil {
+		return "", fmt.Errorf("read domain definition: %w", err)
+	}
+	if d.Devices == nil {
+		return "", nil
+	}
+	for _, disk := range d.Devices.Disks {
+		if disk.Device == "disk" && disk.Source != nil && disk.Source.Volume != nil {
+			return disk.Source.Volume.Pool, nil
+		}
+	}
+	return "", nil
+}
+
+// keyedMutex is a mutex per key, kept only while someone holds or waits
+// for it.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks key and returns its unlock.
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+)
+
+const qemuURI = "qemu:///system"
+
+// nodeHost is a storage pool with a base image and a bridge of one test's
+// own on the real libvirtd, and an agent that puts nodes there.
+type nodeHost struct {
+	conn   *libvirt.Connect
+	pool   *libvirt.StoragePool
+	name   string // the pool's name, also the bridge's
+	client *Client
+}
+
+func newNodeHost(t *testing.T) *nodeHost {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run QEMU guests and create a bridge")
+	}
+	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
+		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
+	}
+	for _, tool := range []string{"ip", "qemu-img", "genisoimage"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
+		}
+	}
+	conn, err := libvirt.NewConnect(qemuURI)
+	if err != nil {
+		t.Skipf("connect to %s: %v", qemuURI, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	h := &nodeHost{conn: conn, name: "cta" + strconv.Itoa(os.Getpid()%1000000)}
+	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
+	dir, err := os.MkdirTemp("", "ctk-agent-nodes-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	poolXML, err := (&libvirtxml.StoragePool{Type: "dir", Name: h.name, Target: &libvirtxml.StoragePoolTarget{Path: dir}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool, err = conn.StoragePoolDefineXML(poolXML, 0)
+	if err != nil {
+		t.Fatalf("define pool: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = h.pool.Destroy()
+		if err := h.pool.Undefine(); err != nil {
+			t.Errorf("undefine pool %s: %v", h.name, err)
+		}
+		h.pool.Free()
+	})
+	if err := h.pool.Create(0); err != nil {
+		t.Fatalf("start pool: %v", err)
+	}
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "64M")
+	if err := h.pool.Refresh(0); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "ip", "link", "add", h.name, "type", "bridge")
+	t.Cleanup(func() { run(t, "ip", "link", "del", h.name) })
+
+	a, err := New(Config{
+		LibvirtURI: qemuURI, Token: token, Logger: testLogger(t),
+		GuestPool: h.name, GuestDomainType: "qemu",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+	h.client = NewClient(srv.URL, token, srv.Client())
+	return h
+}
+
+func (h *nodeHost) node(name string) NodeRequest {
+	return NodeRequest{
+		Cluster: "cttest", Name: name, Role: "worker", VCPUs: 1,
+		MemoryBytes: 64 << 20, DiskBytes: 128 << 20,
+		Bridge: h.name, BaseImage: "base.qcow2",
+		UserData: "#cloud-config\nhostname: " + name + "\n",
+	}
+}
+
+// domainID returns the running domain's id, which changes when it is
+// started again, or -1 when there is no such domain.
+func (h *nodeHost) domainID(t *testing.T, name string) int {
+	t.Helper()
+	dom, err := h.conn.LookupDomainByName(name)
+	var lverr libvirt.Error
+	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+		return -1
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil || state != libvirt.DOMAIN_RUNNING {
+		t.Fatalf("domain %s: state %d, %v; want running", name, state, err)
+	}
+	id, err := dom.GetID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(id)
+}
+
+func (h *nodeHost) volumes(t *testing.T) []string {
+	t.Helper()
+	if err := h.pool.Refresh(0); err != nil {
+		t.Fatal(err)
+	}
+	names, err := h.pool.ListStorageVolumes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestNodeLifecycle creates, keeps, replaces and deletes a node through the
+// client, on QEMU.
+func TestNodeLifecycle(t *testing.T) {
+	h := newNodeHost(t)
+	n := h.node(h.name + "-w0")
+	t.Cleanup(func() {
+		// Whatever happened above: no domain or volume outlives the test.
+		if err := h.client.DeleteNode(context.Background(), n.Name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+
+	created, err := h.client.PutNode(t.Context(), n, false)
+	if err != nil {
+		t.Fatalf("PutNode: %v", err)
+	}
+	if created.Name != n.Name || !validUUID(created.UUID) || created.State != "running" {
+		t.Fatalf("PutNode: %+v, want the node running with a UUID", created)
+	}
+	id := h.domainID(t, n.Name)
+
+	again, err := h.client.PutNode(t.Context(), n, false)
+	if err != nil || again != created {
+		t.Fatalf("second PutNode: %+v, %v; want %+v", again, err, created)
+	}
+	if id2 := h.domainID(t, n.Name); id2 != id {
+		t.Errorf("second PutNode restarted the domain: id %d, then %d", id, id2)
+	}
+
+	// Another UUID under the same name is another machine: refused
+	// without replace.
+	other := n
+	other.UUID = "00000000-0000-4000-8000-000000000001"
+	_, err = h.client.PutNode(t.Context(), other, false)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(se.Msg, "exists with UUID "+created.UUID) {
+		t.Errorf("PutNode with another UUID: %v, want a 409", err)
+	}
+
+	// Replace a broken node: stopped, its overlay grown (so that the old
+	// one shows). It comes back running, same UUID, with a fresh overlay.
+	dom, err := h.conn.LookupDomainByName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = dom.Destroy()
+	dom.Free()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := h.pool.LookupStorageVolByName(n.Name + ".qcow2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.Resize(2*n.DiskBytes, 0); err != nil {
+		t.Fatal(err)
+	}
+	vol.Free()
+	replaced, err := h.client.PutNode(t.Context(), n, true)
+	if err != nil || replaced != created {
+		t.Fatalf("PutNode replace: %+v, %v; want %+v", replaced, err, created)
+	}
+	if id3 := h.domainID(t, n.Name); id3 == id {
+		t.Errorf("PutNode replace kept the running domain (id %d)", id)
+	}
+	vol, err = h.pool.LookupStorageVolByName(n.Name + ".qcow2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := vol.GetInfo()
+	vol.Free()
+	if err != nil || info.Capacity != n.DiskBytes {
+		t.Errorf("overlay after replace: capacity %d, %v; want a fresh %d-byte overlay", info.Capacity, err, n.DiskBytes)
+	}
+
+	// NodeRunning is the existing Domain call.
+	if d, err := h.client.Domain(t.Context(), created.UUID); err != nil || d.State != "running" {
+		t.Errorf("Domain: %+v, %v", d, err)
+	}
+
+	if err := h.client.DeleteNode(t.Context(), n.Name); err != nil {
+		t.Fatalf("DeleteNode: %v", err)
+	}
+	if id := h.domainID(t, n.Name); id != -1 {
+		t.Errorf("domain still there after DeleteNode")
+	}
+	if vols := h.volumes(t); len(vols) != 1 || vols[0] != "base.qcow2" {
+		t.Errorf("volumes after DeleteNode: %v, want only base.qcow2", vols)
+	}
+	if err := h.client.DeleteNode(t.Context(), n.Name); err != nil {
+		t.Errorf("DeleteNode of a deleted node: %v", err)
+	}
+	if _, err := h.client.Domain(t.Context(), created.UUID); !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		t.Errorf("Domain after DeleteNode: %v, want a 404", err)
+	}
+}
+
+// TestNodeStatus: replace of a node that does not exist (a retry whose
+// first attempt never reached libvirt) creates it, 201; a PUT of the node
+// that exists answers 200.
+func TestNodeStatus(t *testing.T) {
+	h := newNodeHost(t)
+	n := h.node(h.name + "-w1")
+	t.Cleanup(func() {
+		if err := h.client.DeleteNode(context.Background(), n.Name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	body, err := json.Marshal(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		query    string
+		wantCode int
+	}{
+		{"?replace=true", http.StatusCreated},
+		{"", http.StatusOK},
+		{"?replace=false", http.StatusOK},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, h.client.baseURL+"/api/v1/nodes/"+n.Name+tt.query, strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := h.client.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got NodeResponse
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != tt.wantCode || got.State != "running" || got.Name != n.Name {
+			t.Fatalf("PUT%s: %d %+v %v; want %d and the node running", tt.query, resp.StatusCode, got, err, tt.wantCode)
+		}
+		h.domainID(t, n.Name)
+	}
+}
+
+// run runs a command (no shell) with a timeout and returns its output.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v: %s", name, args, err, out)
+	}
+	return string(out)
+}
