@@ -45,6 +45,8 @@ type instance struct {
 	approval *guards.Approval // the open record's, when one was requested
 	verifyBy time.Time        // verifying by resolution: the deadline
 
+	// resolved: the alert stopped firing.
+	resolved bool
 	// done: the engine has nothing more to do for this instance. gaveUp:
 	// done because every action of the chain failed.
 	done, gaveUp bool

@@ -234,6 +234,13 @@ func (e *Engine) load() error {
 			now.alert, now.seen = in.alert, in.seen
 		}
 	}
+	for _, in := range e.instances {
+		if in.open != 0 && in.seen.IsZero() {
+			// Held or awaiting since before a restart: the alert has
+			// StaleAfter from now to be received again.
+			in.seen = e.now()
+		}
+	}
 	e.log.Debug("remediation history loaded", "records", len(recs), "alert_instances", len(e.instances))
 	return nil
 }
@@ -265,18 +272,21 @@ func (e *Engine) applyTarget(rec journal.Record) {
 	default:
 		return
 	}
-	e.targetOf(rec.Target).Record(at, out, nil)
+	e.historyOf(rec.Target, rec.Action).Record(at, out, nil)
 }
 
 // maxTargetAttempts bounds the attempts remembered per target; the
 // guards look at the latest ones only.
 const maxTargetAttempts = 32
 
-func (e *Engine) targetOf(key string) *guards.TargetHistory {
-	th := e.targets[key]
+// historyOf returns the attempts of action on the target with key. They
+// are kept per action, so that an escalation to the next action of a chain
+// starts with its own attempt budget.
+func (e *Engine) historyOf(key, action string) *guards.TargetHistory {
+	th := e.targets[key+" "+action]
 	if th == nil {
 		th = &guards.TargetHistory{Target: key}
-		e.targets[key] = th
+		e.targets[key+" "+action] = th
 	}
 	if n := len(th.Attempts); n > maxTargetAttempts {
 		th.Attempts = append([]guards.Attempt(nil), th.Attempts[n-maxTargetAttempts:]...)
@@ -435,9 +445,11 @@ func (e *Engine) resolved(w *writer, a Alert) {
 			e.verified(w, in, now, nil)
 		}
 	}
+	// Healthy again: no retry, and a late copy of the firing alert (a
+	// lagging Alertmanager of an HA pair) changes nothing; an action in
+	// flight finishes, but is not retried.
+	in.resolved = true
 	if in.open == 0 {
-		// Healthy again: no retry, and a late copy of the firing alert
-		// (a lagging Alertmanager of an HA pair) changes nothing.
 		in.done = true
 	}
 }
@@ -601,7 +613,7 @@ func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target
 		}
 	}
 	history := guards.TargetHistory{Target: t.key()}
-	if th := e.targets[t.key()]; th != nil { // read only: most targets have none
+	if th := e.targets[t.key()+" "+name]; th != nil { // read only: most targets have none
 		history = *th
 	}
 	return guards.Inputs{

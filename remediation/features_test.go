@@ -469,3 +469,78 @@ func TestAlreadyHealthy(t *testing.T) {
 		t.Error("the next failure was not healed")
 	}
 }
+
+// A held action survives a restart of the server: it is neither cancelled
+// as stale at the first tick nor run twice; it runs once the guard lets it.
+func TestHeldActionAcrossRestart(t *testing.T) {
+	f := newFixture(t)
+	crash(t, f.hosts)
+	if err := f.engine.Pause(guards.Pause{Target: guards.Everything, Author: "a", Comment: "c", Until: f.clock.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	f.handle(crashedAlert())
+	f.stop()
+	f.clock.Advance(2 * time.Minute) // the pause is over; the alert is not re-sent yet
+	f.start(t)
+	f.tick()
+	if !running(t, f.hosts) {
+		t.Fatal("the held action did not run after the restart")
+	}
+	wantStates(t, f.only(t), journal.StatePending, journal.StateRunning, journal.StateVerifying, journal.StateSucceeded)
+}
+
+// An alert that resolves while its action runs is not retried when the
+// action fails: the target is healthy again.
+func TestResolvedWhileRunningIsNotRetried(t *testing.T) {
+	f := newFixture(t, withPolicy(t, guardsPolicy))
+	crash(t, f.hosts)
+	gate := make(chan struct{})
+	f.hosts.gate, f.hosts.noop = gate, true // the start "succeeds" but the guest never runs: a failure
+	f.engine.Handle(context.Background(), []Alert{crashedAlert()})
+	f.engine.Handle(context.Background(), []Alert{resolved(crashedAlert())})
+	close(gate)
+	f.engine.inflight.Wait()
+	f.hosts.gate = nil
+	for range 3 {
+		f.clock.Advance(time.Minute)
+		f.tick()
+	}
+	if n := f.hosts.startCalls(); n != 1 {
+		t.Errorf("StartGuest called %d times, want 1: the alert resolved", n)
+	}
+	if r := f.only(t); r.State != journal.StateFailed {
+		t.Errorf("record %s, want failed", r.State)
+	}
+}
+
+// With attempts counted per target within a window, each action of the
+// chain gets its own budget: recreate-vm is tried, not skipped because
+// restart-vm spent the target's attempts.
+func TestEscalationWithWindow(t *testing.T) {
+	f := newFixture(t, withPolicy(t, `
+rules:
+  - name: heal-guests
+    match: {alertname: GuestCrashed}
+    action: restart-vm
+    escalate: [notify-only]
+    verify_timeout: 10ms
+guards:
+  max_attempts: 2
+  window: 1h
+  backoff_base: 1s
+`))
+	crash(t, f.hosts)
+	f.hosts.noop = true
+	for range 6 {
+		f.handle(crashedAlert())
+		f.clock.Advance(time.Minute)
+	}
+	recs := f.records(t)
+	if len(recs) != 3 || recs[0].Action != policy.ActionNotifyOnly || recs[0].State != journal.StateSucceeded {
+		var got []string
+		for _, r := range recs {
+			got = append(got, r.Action+":"+string(r.State)+":"+r.Reason)
+		}
+		t.Errorf("journal = %q, want two failed restarts, then notify-only", got)
+	}
+}

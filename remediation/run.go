@@ -162,12 +162,12 @@ func (e *Engine) settle(w *writer, in *instance, rec journal.Record, err error, 
 	delete(e.byRecord, rec.ID)
 	delete(e.busy, rec.Target)
 	in.open, in.last, in.state, in.finished, in.verifyBy = 0, rec.ID, state, now, time.Time{}
-	in.done = err == nil || in.manual
+	in.done = err == nil || in.manual || in.resolved
 	outcome := guards.Succeeded
 	if err != nil {
 		outcome = guards.Failed
 	}
-	e.targetOf(rec.Target).Record(now, outcome, e.rnd)
+	e.historyOf(rec.Target, rec.Action).Record(now, outcome, e.rnd)
 	e.metrics.actions.WithLabelValues(rec.Action, result).Inc()
 	e.metrics.duration.WithLabelValues(rec.Action).Observe(now.Sub(rec.Started).Seconds())
 	if err != nil {
