@@ -380,6 +380,16 @@ func (w *writer) append(rec journal.Record) journal.Record {
 	return rec
 }
 
+// save applies fill to the open record id, or, when id is 0, to base as
+// a new record.
+func (w *writer) save(id uint64, base journal.Record, fill func(*journal.Record)) journal.Record {
+	if id != 0 {
+		return w.update(id, fill)
+	}
+	fill(&base)
+	return w.append(base)
+}
+
 func (w *writer) update(id uint64, fn func(*journal.Record)) journal.Record {
 	if w.err != nil {
 		return journal.Record{}
@@ -642,13 +652,7 @@ func (e *Engine) start(w *writer, in *instance, rule policy.Rule, name string, a
 		r.Target, r.Host, r.UUID, r.Cluster = base.Target, base.Host, base.UUID, base.Cluster
 		r.Move(journal.StateRunning, now, note)
 	}
-	var rec journal.Record
-	if in.open != 0 {
-		rec = w.update(in.open, fill)
-	} else {
-		fill(&base)
-		rec = w.append(base)
-	}
+	rec := w.save(in.open, base, fill)
 	if w.err != nil {
 		return
 	}
@@ -680,13 +684,7 @@ func (e *Engine) approval(w *writer, in *instance, rule policy.Rule, name string
 		r.Reason, r.Decisions, r.Approval = note, res.Decisions, &a
 		r.Move(journal.StateAwaitingApproval, now, note)
 	}
-	var rec journal.Record
-	if in.open != 0 {
-		rec = w.update(in.open, fill)
-	} else {
-		fill(&base)
-		rec = w.append(base)
-	}
+	rec := w.save(in.open, base, fill)
 	if w.err == nil {
 		e.opened(in, rec)
 		in.approval = &a
@@ -706,13 +704,7 @@ func (e *Engine) hold(w *writer, in *instance, base journal.Record, res guards.R
 		r.Reason, r.Decisions = reason, res.Decisions
 		r.Move(journal.StatePending, now, reason)
 	}
-	var rec journal.Record
-	if in.open != 0 {
-		rec = w.update(in.open, fill)
-	} else {
-		fill(&base)
-		rec = w.append(base)
-	}
+	rec := w.save(in.open, base, fill)
 	if w.err == nil {
 		e.opened(in, rec)
 		in.reason = d.Guard
@@ -734,16 +726,13 @@ func (e *Engine) close(w *writer, in *instance, state journal.State, now time.Ti
 		r.Reason, r.Finished = reason, now
 		r.Move(state, now, reason)
 	}
-	var rec journal.Record
-	switch {
-	case in.open != 0:
-		rec = w.update(in.open, fill)
-	case base != nil:
-		fill(base)
-		rec = w.append(*base)
-	default:
+	if in.open == 0 && base == nil {
 		return
 	}
+	if base == nil {
+		base = &journal.Record{}
+	}
+	rec := w.save(in.open, *base, fill)
 	if w.err != nil {
 		return
 	}
