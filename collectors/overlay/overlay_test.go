@@ -37,10 +37,10 @@ func testLogger(tb testing.TB) *slog.Logger {
 // that ul0 has carrier.
 func (ns testNS) underlay(tb testing.TB) {
 	tb.Helper()
-	ns.ip(tb, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
-	ns.ip(tb, "addr", "add", "10.0.0.1/24", "dev", "ul0")
-	ns.ip(tb, "link", "set", "ul0p", "up")
-	ns.ip(tb, "link", "set", "ul0", "up")
+	ns.IP(tb, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
+	ns.IP(tb, "addr", "add", "10.0.0.1/24", "dev", "ul0")
+	ns.IP(tb, "link", "set", "ul0p", "up")
+	ns.IP(tb, "link", "set", "ul0", "up")
 }
 
 // overlay creates the bridge br, without multicast snooping (whose queries
@@ -48,23 +48,23 @@ func (ns testNS) underlay(tb testing.TB) {
 // ul0 as its port, both up.
 func (ns testNS) overlay(tb testing.TB, dev, br string, vni int) {
 	tb.Helper()
-	ns.ip(tb, "link", "add", br, "type", "bridge", "mcast_snooping", "0")
-	ns.ip(tb, "link", "add", dev, "type", "vxlan", "id", strconv.Itoa(vni),
+	ns.IP(tb, "link", "add", br, "type", "bridge", "mcast_snooping", "0")
+	ns.IP(tb, "link", "add", dev, "type", "vxlan", "id", strconv.Itoa(vni),
 		"local", "10.0.0.1", "dstport", "4789", "dev", "ul0")
-	ns.ip(tb, "link", "set", dev, "master", br)
-	ns.ip(tb, "link", "set", dev, "up")
-	ns.ip(tb, "link", "set", br, "up")
+	ns.IP(tb, "link", "set", dev, "master", br)
+	ns.IP(tb, "link", "set", dev, "up")
+	ns.IP(tb, "link", "set", br, "up")
 }
 
 // guestPort adds a veth port to br, standing for a guest's tap device, and
 // waits until the bridge has enabled it.
 func (ns testNS) guestPort(tb testing.TB, port, br string) {
 	tb.Helper()
-	ns.ip(tb, "link", "add", port, "type", "veth", "peer", "name", port+"p")
-	ns.ip(tb, "link", "set", port, "master", br)
-	ns.ip(tb, "link", "set", port+"p", "up")
-	ns.ip(tb, "link", "set", port, "up")
-	ns.awaitOperUp(tb, port, br)
+	ns.IP(tb, "link", "add", port, "type", "veth", "peer", "name", port+"p")
+	ns.IP(tb, "link", "set", port, "master", br)
+	ns.IP(tb, "link", "set", port+"p", "up")
+	ns.IP(tb, "link", "set", port, "up")
+	ns.AwaitOperUp(tb, port, br)
 }
 
 // setMTUAboveParent gives the VXLAN device dev an MTU the kernel refuses
@@ -73,9 +73,9 @@ func (ns testNS) guestPort(tb testing.TB, port, br string) {
 // under existing overlays.
 func (ns testNS) setMTUAboveParent(tb testing.TB, dev string, mtu int) {
 	tb.Helper()
-	ns.ip(tb, "link", "set", "ul0", "mtu", "9000")
-	ns.ip(tb, "link", "set", dev, "mtu", strconv.Itoa(mtu))
-	ns.ip(tb, "link", "set", "ul0", "mtu", "1500")
+	ns.IP(tb, "link", "set", "ul0", "mtu", "9000")
+	ns.IP(tb, "link", "set", dev, "mtu", strconv.Itoa(mtu))
+	ns.IP(tb, "link", "set", "ul0", "mtu", "1500")
 }
 
 func peer(host, addr string) Peer { return Peer{Host: host, Address: net.ParseIP(addr)} }
@@ -120,21 +120,21 @@ func TestCollectorGolden(t *testing.T) {
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
 	ns.guestPort(t, "gst0", "br-x")
-	ns.bridge(t, "link", "set", "dev", "gst0", "state", "2")
+	ns.Bridge(t, "link", "set", "dev", "gst0", "state", "2")
 	for _, dst := range []string{"10.0.0.2", "10.0.0.3", "10.0.0.9"} {
-		ns.bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", dst)
+		ns.Bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", dst)
 	}
-	ns.bridge(t, "fdb", "add", "02:00:00:00:01:01", "dev", "vx-x", "dst", "10.0.0.2")
-	ns.ip(t, "neigh", "add", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ul0", "nud", "permanent")
-	ns.ip(t, "neigh", "add", "10.0.0.3", "dev", "ul0", "nud", "failed")
-	ns.ip(t, "link", "add", "vx-stray", "type", "vxlan", "id", "200", "dstport", "4789", "dev", "ul0")
+	ns.Bridge(t, "fdb", "add", "02:00:00:00:01:01", "dev", "vx-x", "dst", "10.0.0.2")
+	ns.IP(t, "neigh", "add", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ul0", "nud", "permanent")
+	ns.IP(t, "neigh", "add", "10.0.0.3", "dev", "ul0", "nud", "failed")
+	ns.IP(t, "link", "add", "vx-stray", "type", "vxlan", "id", "200", "dstport", "4789", "dev", "ul0")
 	ns.setMTUAboveParent(t, "vx-stray", 1500)
-	ns.awaitOperUp(t, "ul0", "br-x", "gst0")
+	ns.AwaitOperUp(t, "ul0", "br-x", "gst0")
 
 	logger := testLogger(t)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(collectors.NewSet(logger, time.Minute, map[string]collectors.Collector{
-		"overlay": newCollector(t, Config{Overlays: labOverlays(), NetNS: ns.path}),
+		"overlay": newCollector(t, Config{Overlays: labOverlays(), NetNS: ns.Path}),
 	}))
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -179,12 +179,12 @@ func TestFDBPeers(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	ns.bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.2")
-	ns.bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.8")
-	ns.bridge(t, "fdb", "add", "02:00:00:00:01:03", "dev", "vx-x", "dst", "10.0.0.3")
-	ns.bridge(t, "fdb", "add", "02:00:00:00:01:09", "dev", "vx-x", "dst", "10.0.0.9")
+	ns.Bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.2")
+	ns.Bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.8")
+	ns.Bridge(t, "fdb", "add", "02:00:00:00:01:03", "dev", "vx-x", "dst", "10.0.0.3")
+	ns.Bridge(t, "fdb", "add", "02:00:00:00:01:09", "dev", "vx-x", "dst", "10.0.0.9")
 
-	c := newCollector(t, Config{NetNS: ns.path, Overlays: []Overlay{{
+	c := newCollector(t, Config{NetNS: ns.Path, Overlays: []Overlay{{
 		Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100,
 		Peers: []Peer{peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3")},
 	}}})
@@ -213,7 +213,7 @@ func TestMTU(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	c := newCollector(t, Config{NetNS: ns.path})
+	c := newCollector(t, Config{NetNS: ns.Path})
 	tests := []struct {
 		mtu  int
 		want int
@@ -255,7 +255,7 @@ func TestMissingDevice(t *testing.T) {
 	}}
 
 	t.Run("device missing", func(t *testing.T) {
-		c := newCollector(t, Config{NetNS: ns.path, Overlays: overlays})
+		c := newCollector(t, Config{NetNS: ns.Path, Overlays: overlays})
 		const want = `
 # HELP caretaker_overlay_bridge_up Whether a bridge of an overlay is administratively and operationally up (1) or not, or missing (0). Reported for expected bridges and for every bridge with a VXLAN port.
 # TYPE caretaker_overlay_bridge_up gauge
@@ -306,10 +306,10 @@ func TestBridgePortSTPState(t *testing.T) {
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
 	ns.guestPort(t, "gst0", "br-x")
-	c := newCollector(t, Config{NetNS: ns.path})
+	c := newCollector(t, Config{NetNS: ns.Path})
 	for state, name := range []string{"disabled", "listening", "learning", "forwarding"} {
 		t.Run(name, func(t *testing.T) {
-			ns.bridge(t, "link", "set", "dev", "gst0", "state", strconv.Itoa(state))
+			ns.Bridge(t, "link", "set", "dev", "gst0", "state", strconv.Itoa(state))
 			want := fmt.Sprintf(`
 # HELP caretaker_overlay_bridge_port_stp_state STP state of a bridge port, the kernel's BR_STATE_*: 0 disabled, 1 listening, 2 learning, 3 forwarding, 4 blocking. A port forwards only in state 3.
 # TYPE caretaker_overlay_bridge_port_stp_state gauge
@@ -330,8 +330,8 @@ func TestSetOverlays(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	ns.bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.2")
-	c := newCollector(t, Config{NetNS: ns.path})
+	ns.Bridge(t, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-x", "dst", "10.0.0.2")
+	c := newCollector(t, Config{NetNS: ns.Path})
 	names := []string{
 		"caretaker_overlay_fdb_missing_peers",
 		"caretaker_overlay_fdb_unexpected_peers",
@@ -401,12 +401,12 @@ func TestNeighbors(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	ns.ip(t, "neigh", "add", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ul0", "nud", "permanent")
-	ns.ip(t, "neigh", "add", "10.0.0.3", "lladdr", "02:00:00:00:00:03", "dev", "ul0", "nud", "stale")
-	ns.ip(t, "neigh", "add", "10.0.0.4", "dev", "ul0", "nud", "failed")
-	ns.ip(t, "neigh", "add", "10.0.0.5", "dev", "ul0", "nud", "incomplete")
+	ns.IP(t, "neigh", "add", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ul0", "nud", "permanent")
+	ns.IP(t, "neigh", "add", "10.0.0.3", "lladdr", "02:00:00:00:00:03", "dev", "ul0", "nud", "stale")
+	ns.IP(t, "neigh", "add", "10.0.0.4", "dev", "ul0", "nud", "failed")
+	ns.IP(t, "neigh", "add", "10.0.0.5", "dev", "ul0", "nud", "incomplete")
 	// On another device than the parent: not the underlay neighbour.
-	ns.ip(t, "neigh", "add", "10.0.0.6", "lladdr", "02:00:00:00:00:06", "dev", "ul0p", "nud", "failed")
+	ns.IP(t, "neigh", "add", "10.0.0.6", "lladdr", "02:00:00:00:00:06", "dev", "ul0p", "nud", "failed")
 	overlays := []Overlay{{
 		Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100,
 		Peers: []Peer{
@@ -437,7 +437,7 @@ caretaker_overlay_stale_peers{device="vx-x"} %d
 	}
 	for _, tt := range tests {
 		t.Run(tt.staleAfter.String(), func(t *testing.T) {
-			c := newCollector(t, Config{NetNS: ns.path, Overlays: overlays, StaleAfter: tt.staleAfter})
+			c := newCollector(t, Config{NetNS: ns.Path, Overlays: overlays, StaleAfter: tt.staleAfter})
 			assertMetrics(t, c, fmt.Sprintf(states, tt.want),
 				"caretaker_overlay_peer_neighbor_state", "caretaker_overlay_stale_peers")
 		})
@@ -450,8 +450,8 @@ func TestVXLANUp(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	ns.awaitOperUp(t, "ul0")
-	c := newCollector(t, Config{NetNS: ns.path})
+	ns.AwaitOperUp(t, "ul0")
+	c := newCollector(t, Config{NetNS: ns.Path})
 	const want = `
 # HELP caretaker_overlay_vxlan_up Whether a VXLAN device can carry traffic (1) or not (0): it is administratively up, its operational state is up or unknown with carrier, and so is its parent underlay device, whose state the kernel does not pass on to the VXLAN device.
 # TYPE caretaker_overlay_vxlan_up gauge
@@ -470,10 +470,10 @@ caretaker_overlay_vxlan_up{device="vx-x"} %d
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
 			if s.args != nil {
-				ns.ip(t, s.args...)
+				ns.IP(t, s.args...)
 			}
 			if s.name == "parent up again" {
-				ns.awaitOperUp(t, "ul0")
+				ns.AwaitOperUp(t, "ul0")
 			}
 			assertMetrics(t, c, fmt.Sprintf(want, s.want), "caretaker_overlay_vxlan_up")
 		})
@@ -486,7 +486,7 @@ func TestConcurrentSetOverlays(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
 	ns.overlay(t, "vx-x", "br-x", 100)
-	c := newCollector(t, Config{NetNS: ns.path})
+	c := newCollector(t, Config{NetNS: ns.Path})
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -586,7 +586,7 @@ func BenchmarkUpdate(b *testing.B) {
 	)
 	ns := newTestNS(b)
 	ns.underlay(b)
-	h := ns.handle(b)
+	h := ns.Handle(b)
 	ul0, err := h.LinkByName("ul0")
 	if err != nil {
 		b.Fatal(err)
@@ -628,7 +628,7 @@ func BenchmarkUpdate(b *testing.B) {
 		}
 		overlays = append(overlays, o)
 	}
-	c := newCollector(b, Config{NetNS: ns.path, Overlays: overlays})
+	c := newCollector(b, Config{NetNS: ns.Path, Overlays: overlays})
 
 	ch := make(chan prometheus.Metric, 1024)
 	drained := make(chan int)

@@ -215,3 +215,58 @@ func upDown(l netlink.Link) string {
 	}
 	return "down"
 }
+
+// AwaitOperUp waits until the named links are operationally up. The kernel
+// sets operational states, and enables bridge ports, from its linkwatch
+// work, after the command that brought a link up has returned; the test
+// waits for the notification rather than for a guessed delay.
+func (ns NS) AwaitOperUp(tb testing.TB, names ...string) {
+	tb.Helper()
+	nsh, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer nsh.Close()
+	// Buffered so that the subscription's goroutine is not left blocked
+	// on a send once this function stops reading.
+	updates := make(chan netlink.LinkUpdate, 1024)
+	// Errors go through a channel, not tb.Logf: the subscription reports
+	// one when it is closed, possibly after the test has ended.
+	errs := make(chan error, 16)
+	done := make(chan struct{})
+	defer close(done)
+	err = netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+		Namespace:    &nsh,
+		ListExisting: true,
+		ErrorCallback: func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		tb.Fatalf("subscribe to links in %s: %v", ns.Name, err)
+	}
+	waiting := make(map[string]bool, len(names))
+	for _, n := range names {
+		waiting[n] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	for len(waiting) > 0 {
+		select {
+		case u, ok := <-updates:
+			if !ok {
+				tb.Fatalf("link subscription in %s ended while waiting for %v", ns.Name, waiting)
+			}
+			if a := u.Attrs(); a.OperState == netlink.OperUp {
+				delete(waiting, a.Name)
+			}
+		case err := <-errs:
+			tb.Logf("link subscription in %s: %v", ns.Name, err)
+		case <-ctx.Done():
+			tb.Fatalf("links %v of %s not operationally up: %v", waiting, ns.Name, ctx.Err())
+		}
+	}
+}
