@@ -141,16 +141,45 @@ func (p *provisioner) run(ctx context.Context) {
 	go p.rec.Run(ctx, reconcileEvery)
 	t := time.NewTicker(provisionerTick)
 	defer t.Stop()
+	refresh := time.NewTicker(reconcileEvery)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-refresh.C:
+			p.refreshOverlays(ctx)
 		case <-t.C:
 			p.sync()
 			p.adoptBooted(ctx)
 			if err := p.machine.Tick(ctx); err != nil {
 				p.log.Error("provisioner tick", "err", err)
 			}
+		}
+	}
+}
+
+// refreshOverlays puts every host's expected overlays again. The agents
+// keep what they were given in memory, so an agent that restarted gets its
+// overlays — and its overlay collector its expectations — back here; on
+// the others the PUT finds nothing to change.
+func (p *provisioner) refreshOverlays(ctx context.Context) {
+	hosts, err := p.inv.All()
+	if err != nil {
+		return
+	}
+	for _, h := range hosts {
+		want, err := p.rec.ExpectedOverlays(h.Name)
+		if err != nil {
+			p.log.Error("expected overlays", "host", h.Name, "err", err)
+			continue
+		}
+		for _, d := range want {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := (nodes{p}).EnsureOverlay(cctx, h.Name, d); err != nil {
+				p.log.Warn("refresh overlay", "host", h.Name, "cluster", d.Cluster, "err", err)
+			}
+			cancel()
 		}
 	}
 }
