@@ -53,6 +53,10 @@ type Profile struct {
 	IgnitionFile    string `yaml:"ignition_file"`
 	CloudConfig     string `yaml:"cloud_config"`
 	CloudConfigFile string `yaml:"cloud_config_file"`
+	// Script, a text/template, is the iPXE script's body (the lines after
+	// "#!ipxe") in place of kernel, initrd and args: for what those cannot
+	// say, such as a profile that only reports back (imgfetch {{ .CallbackURL }}).
+	Script string `yaml:"script"`
 }
 
 // Group chooses Profile for the hosts whose labels hold every key and
@@ -104,10 +108,21 @@ func (c *Config) Validate() error {
 		default:
 			profiles[p.ID] = i
 		}
-		if p.Kernel == "" {
-			errs = append(errs, yamlfile.Errorf(path+".kernel", "is required"))
-		} else if err := checkAsset(p.Kernel); err != nil {
-			errs = append(errs, yamlfile.Errorf(path+".kernel", "%v", err))
+		switch {
+		case p.Script != "":
+			if p.Kernel != "" || len(p.Initrd) > 0 || len(p.Args) > 0 {
+				errs = append(errs, yamlfile.Errorf(path+".script", "replaces kernel, initrd and args: set either script or those"))
+			}
+			if err := checkTemplate(p.Script); err != nil {
+				errs = append(errs, yamlfile.Errorf(path+".script", "%v", err))
+			}
+		case p.Kernel == "":
+			errs = append(errs, yamlfile.Errorf(path+".kernel", "is required (or script)"))
+		}
+		if p.Kernel != "" {
+			if err := checkAsset(p.Kernel); err != nil {
+				errs = append(errs, yamlfile.Errorf(path+".kernel", "%v", err))
+			}
 		}
 		for j, initrd := range p.Initrd {
 			if err := checkAsset(initrd); err != nil {

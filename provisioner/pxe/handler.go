@@ -39,7 +39,8 @@ type Booted struct {
 	At      time.Time
 }
 
-// TemplateData is what profile templates (args, ignition, cloud-config) see.
+// TemplateData is what profile templates (args, script, ignition,
+// cloud-config) see.
 type TemplateData struct {
 	MAC     string // aa:bb:cc:dd:ee:ff, "" when the host sent none
 	UUID    string
@@ -77,6 +78,8 @@ type handler struct {
 //	GET  ignition?mac=      the matched profile's Ignition config
 //	GET  cloud-config?mac=  the matched profile's cloud-config
 //	POST booted?mac=&token= the completion callback
+//	GET  booted?mac=&token= the same, for iPXE builds without POST
+//	                        (PARAM_CMD), such as QEMU's NIC ROMs
 func NewHandler(cfg *Config, opts Options) http.Handler {
 	h := &handler{cfg: cfg, opts: opts, base: strings.TrimRight(opts.BaseURL, "/"), log: opts.Logger}
 	if h.log == nil {
@@ -91,6 +94,9 @@ func NewHandler(cfg *Config, opts Options) http.Handler {
 	mux.HandleFunc("GET /pxe/ignition", h.ignition)
 	mux.HandleFunc("GET /pxe/cloud-config", h.cloudConfig)
 	mux.HandleFunc("POST /pxe/booted", h.booted)
+	// The token, not the method, authenticates the callback; GET lets a
+	// profile script report with a plain imgfetch.
+	mux.HandleFunc("GET /pxe/booted", h.booted)
 	return mux
 }
 
@@ -160,6 +166,16 @@ func (h *handler) ipxe(w http.ResponseWriter, r *http.Request) {
 
 // script renders the iPXE script for d.
 func (h *handler) script(d TemplateData) (string, error) {
+	if d.Profile.Script != "" {
+		s, err := render("script", d.Profile.Script, d)
+		if err != nil {
+			return "", err
+		}
+		if !strings.HasSuffix(s, "\n") {
+			s += "\n"
+		}
+		return "#!ipxe\n" + s, nil
+	}
 	var b strings.Builder
 	b.WriteString("#!ipxe\nkernel " + h.asset(d.Profile.Kernel))
 	for i, arg := range d.Profile.Args {

@@ -61,11 +61,13 @@ func TestHandler(t *testing.T) {
 			{ID: "missing-key", Kernel: "/k", Args: []string{"x={{ .Group.Metadata.absent }}"}},
 			{ID: "bad-json", Kernel: "/k", Ignition: `{"ignition": {{ .MAC }}}`},
 			{ID: "newline", Kernel: "/k", Args: []string{"a\nshell"}},
+			{ID: "script-missing-key", Script: "echo {{ .Group.Metadata.absent }}"},
 		},
 		Groups: []Group{
 			{ID: "a", Profile: "missing-key", Selector: map[string]string{"mac": "52:54:00:00:00:0a"}},
 			{ID: "b", Profile: "bad-json", Selector: map[string]string{"mac": "52:54:00:00:00:0b"}},
 			{ID: "c", Profile: "newline", Selector: map[string]string{"mac": "52:54:00:00:00:0c"}},
+			{ID: "d", Profile: "script-missing-key", Selector: map[string]string{"mac": "52:54:00:00:00:0d"}},
 		},
 	}, nil)
 
@@ -82,6 +84,7 @@ func TestHandler(t *testing.T) {
 		{"chain script", full, "GET", "/pxe/boot.ipxe", 200, "text/plain; charset=utf-8", "boot.ipxe", ""},
 		{"ipxe by hyphenated upper-case mac", full, "GET", "/pxe/ipxe?mac=52-54-00-AA-BB-01&uuid=", 200, "text/plain; charset=utf-8", "hv-a1.ipxe", ""},
 		{"ipxe by mac and uuid", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-01&uuid=4C4C4544-0031-3510-8052-B2C04F4A4E31", 200, "", "hv-a1-reinstall.ipxe", ""},
+		{"ipxe of a script profile", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-5c", 200, "text/plain; charset=utf-8", "report-only.ipxe", ""},
 		{"ipxe of an unknown host: default group", full, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 200, "", "rescue.ipxe", ""},
 		{"ipxe with no group matching", noDefault, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 404, "text/plain; charset=utf-8", "", `no group matches mac="52:54:00:00:00:99" uuid=""`},
 		{"ipxe with a malformed mac", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb", 400, "text/plain; charset=utf-8", "", `query parameter "mac": invalid MAC address "52-54-00-aa-bb"`},
@@ -96,10 +99,11 @@ func TestHandler(t *testing.T) {
 		{"cloud-config by uuid alone has no callback", full, "GET", "/pxe/cloud-config?uuid=00000000-0000-0000-0000-0000000000b2", 200, "", "hv-b2.cloud-config", ""},
 		{"cloud-config of a profile without one", full, "GET", "/pxe/cloud-config?mac=52:54:00:aa:bb:01", 404, "", "", `profile "flatcar-install" has no cloud-config`},
 		{"template names an absent key", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0a", 500, "", "", `render ipxe of profile "missing-key"`},
+		{"script names an absent key", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0d", 500, "", "", `render ipxe of profile "script-missing-key"`},
 		{"ignition renders to invalid JSON", broken, "GET", "/pxe/ignition?mac=52:54:00:00:00:0b", 500, "", "", "ignition renders to invalid JSON"},
 		{"argument would inject an iPXE command", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0c", 500, "", "", "args[0] renders to a line break"},
 		{"POST to a GET route", full, "POST", "/pxe/ipxe?mac=52:54:00:aa:bb:01", 405, "", "", ""},
-		{"GET of the callback", full, "GET", "/pxe/booted?mac=52:54:00:aa:bb:01", 405, "", "", ""},
+		{"PUT of the callback", full, "PUT", "/pxe/booted?mac=52:54:00:aa:bb:01", 405, "", "", ""},
 		{"unknown path", full, "GET", "/pxe/menu.ipxe", 404, "", "", ""},
 	}
 	for _, tt := range tests {
@@ -153,21 +157,24 @@ func TestCallback(t *testing.T) {
 		{"malformed mac", url.Values{"mac": {"52:54:00"}, "token": {token}}, 400, nil},
 		{"malformed uuid", url.Values{"mac": {mac}, "uuid": {"u"}, "token": {token}}, 400, nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var got []Booted
-			h := newTestHandler(t, cfg, func(b Booted) { got = append(got, b) })
-			rec := do(h, "POST", "/pxe/booted?"+tt.query.Encode())
-			if rec.Code != tt.code {
-				t.Fatalf("status %d, want %d; body %q", rec.Code, tt.code, rec.Body)
-			}
-			switch {
-			case tt.booted == nil && len(got) > 0:
-				t.Errorf("OnBooted called with %+v, want no call", got)
-			case tt.booted != nil && (len(got) != 1 || got[0] != *tt.booted):
-				t.Errorf("OnBooted calls %+v, want exactly %+v", got, *tt.booted)
-			}
-		})
+	// GET is for iPXE builds that cannot POST; both check the token alike.
+	for _, method := range []string{"POST", "GET"} {
+		for _, tt := range tests {
+			t.Run(method+" "+tt.name, func(t *testing.T) {
+				var got []Booted
+				h := newTestHandler(t, cfg, func(b Booted) { got = append(got, b) })
+				rec := do(h, method, "/pxe/booted?"+tt.query.Encode())
+				if rec.Code != tt.code {
+					t.Fatalf("status %d, want %d; body %q", rec.Code, tt.code, rec.Body)
+				}
+				switch {
+				case tt.booted == nil && len(got) > 0:
+					t.Errorf("OnBooted called with %+v, want no call", got)
+				case tt.booted != nil && (len(got) != 1 || got[0] != *tt.booted):
+					t.Errorf("OnBooted calls %+v, want exactly %+v", got, *tt.booted)
+				}
+			})
+		}
 	}
 }
 
