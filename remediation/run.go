@@ -120,7 +120,9 @@ func (e *Engine) finish(j job, err error, out string) {
 // verified ends a verifying record: healed when err is nil. Called with
 // e.mu held.
 func (e *Engine) verified(w *writer, in *instance, now time.Time, err error) {
-	rec, gerr := e.journal.Get(in.open)
+	// Read in the batch's own transaction: bbolt must not have a read
+	// transaction open beside the write one in the same goroutine.
+	rec, gerr := w.b.Get(in.open)
 	if gerr != nil {
 		w.err = gerr
 		return

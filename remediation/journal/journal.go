@@ -240,6 +240,15 @@ func (b *Batch) Append(rec Record) (Record, error) {
 	return rec, nil
 }
 
+// Get returns the record with id as this batch sees it.
+func (b *Batch) Get(id uint64) (Record, error) {
+	rec, err := get(b.b, id)
+	if err != nil {
+		return Record{}, fmt.Errorf("get journal record %d: %w", id, err)
+	}
+	return rec, nil
+}
+
 // Update applies fn to the record with id; fn cannot change the ID.
 func (b *Batch) Update(id uint64, fn func(*Record)) (Record, error) {
 	rec, err := get(b.b, id)
