@@ -27,9 +27,15 @@ the lab starts libvirtd if it is not running. Otherwise every host uses
 libvirt's test driver, in memory, and the lab says so.
 
 Kill a guest's qemu process or virsh destroy it, and the lab restarts it
-with no human action; runbook (configured by the lab) shows what happened.`,
+with no human action; runbook (configured by the lab) shows what happened.
+
+With QEMU guests, as root, the hosts can also take guest clusters:
+runbook cluster create places one node per host (nodes of 64 MiB fit), in a
+storage pool of 64 MiB base image the lab makes, each host's overlay in a
+network namespace of its own. Ctrl-C removes the nodes too.`,
 		Example: `  caretaker lab
   caretaker lab --guests-per-host 5
+  caretaker lab --hosts 6 --guests-per-host 0   # room for a 6-node cluster
   caretaker lab --driver test --web.listen-address 127.0.0.1:9400
   caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal`,
 		Args: cobra.NoArgs,
@@ -45,7 +51,8 @@ with no human action; runbook (configured by the lab) shows what happened.`,
 	f.StringVar(&o.Driver, "driver", o.Driver, "guests: auto (QEMU if libvirtd has it, else test), qemu or test")
 	f.StringVar(&o.LibvirtURI, "libvirt.uri", o.LibvirtURI, "libvirtd for real QEMU guests")
 	f.IntVar(&o.Hosts, "hosts", o.Hosts, "number of simulated hosts")
-	f.IntVar(&o.GuestsPerHost, "guests-per-host", o.GuestsPerHost, "guests on each host")
+	f.IntVar(&o.GuestsPerHost, "guests-per-host", o.GuestsPerHost, "guests on each host (0-50)")
+	f.BoolVar(&o.Clusters, "clusters", o.Clusters, "let runbook cluster create make guest clusters on the hosts (QEMU guests, as root)")
 	f.StringVar(&o.GuestPrefix, "guest-prefix", o.GuestPrefix, "prefix of every guest's name (must start with lab-)")
 	f.StringVar(&o.RunbookConfig, "runbook.config", o.RunbookConfig, "runbook config file to point at the lab (empty: leave runbook alone)")
 	f.DurationVar(&o.ScrapeInterval, "scrape.interval", o.ScrapeInterval, "how often the server scrapes the agents")

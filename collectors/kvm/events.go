@@ -378,7 +378,7 @@ func (c *Collector) eventDomain(d *libvirt.Domain) (string, bool) {
 		return "", false
 	}
 	if c.filter != nil {
-		if name, err := d.GetName(); err != nil || !c.filter.MatchString(name) {
+		if name, err := d.GetName(); err != nil || !c.filter(name) {
 			return "", false
 		}
 	}

@@ -52,9 +52,9 @@ var ErrBusy = errors.New("an earlier call to libvirt has not returned yet")
 type Collector struct {
 	conn   *libvirtconn.Conn
 	logger *slog.Logger
-	// filter, if set, limits the collector to the domains whose name
-	// matches it.
-	filter *regexp.Regexp
+	// filter, if set, limits the collector to the domains whose name it
+	// accepts.
+	filter func(name string) bool
 	// timeout bounds how long Update waits for libvirt.
 	timeout time.Duration
 
@@ -113,7 +113,14 @@ type Option func(*Collector)
 // re; the others are neither reported nor counted. It lets several
 // simulated hosts share one libvirtd (caretaker lab).
 func WithDomainFilter(re *regexp.Regexp) Option {
-	return func(c *Collector) { c.filter = re }
+	return WithDomainMatch(re.MatchString)
+}
+
+// WithDomainMatch limits the collector to the domains whose name match
+// accepts; match may change its answers over time (an agent that creates
+// domains adds them), and is called from several goroutines.
+func WithDomainMatch(match func(name string) bool) Option {
+	return func(c *Collector) { c.filter = match }
 }
 
 // WithLibvirtTimeout bounds how long one scrape waits for libvirt
@@ -352,7 +359,7 @@ func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err
 		if err != nil {
 			c.logger.Warn("read domain name", "uuid", uuid, "err", err)
 		}
-		if c.filter != nil && (err != nil || !c.filter.MatchString(name)) {
+		if c.filter != nil && (err != nil || !c.filter(name)) {
 			continue
 		}
 		// The error is that of an inactive domain, whose ID is

@@ -62,7 +62,8 @@ type Config struct {
 	// DomainFilter, if set, limits the agent to the domains whose name
 	// matches it: the others are neither reported nor acted on (404), as
 	// if they were on another host. It lets several simulated hosts share
-	// one libvirtd (caretaker lab); nil means every domain.
+	// one libvirtd (caretaker lab); nil means every domain. The nodes the
+	// agent creates through PUT /api/v1/nodes are its own too (created.go).
 	DomainFilter *regexp.Regexp
 	// ProcFS, SysFS and RootFS are where the host collector finds /proc,
 	// /sys and the host's root filesystem (defaults /proc, /sys, /).
@@ -104,7 +105,10 @@ type Agent struct {
 	// overlays are the overlays the host should have, from the
 	// configuration and the server's PUTs.
 	overlays *overlays
-	handler  http.Handler
+	// created are the nodes this agent made, its own whatever
+	// Config.DomainFilter says.
+	created created
+	handler http.Handler
 }
 
 // New returns an Agent for cfg, with defaults applied to its zero fields. It
@@ -179,8 +183,12 @@ func New(cfg Config) (*Agent, error) {
 	a.collectors = map[string]collectors.Collector{
 		"host":    hostCollector,
 		"overlay": overlayCollector,
-		"kvm":     kvm.New(a.conn, a.logger.With("collector", "kvm"), kvm.WithDomainFilter(cfg.DomainFilter), kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)),
 	}
+	kvmOpts := []kvm.Option{kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)}
+	if cfg.DomainFilter != nil {
+		kvmOpts = append(kvmOpts, kvm.WithDomainMatch(a.owns))
+	}
+	a.collectors["kvm"] = kvm.New(a.conn, a.logger.With("collector", "kvm"), kvmOpts...)
 	reg := prometheus.NewRegistry()
 	for _, c := range []prometheus.Collector{
 		collectors.NewSet(a.logger, cfg.ScrapeTimeout, a.collectors),

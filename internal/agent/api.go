@@ -179,9 +179,9 @@ func (a *Agent) lookup(w http.ResponseWriter, uuid string) (*libvirt.Domain, boo
 		writeError(w, http.StatusBadGateway, libvirtMessage(err))
 		return nil, false
 	}
-	if f := a.cfg.DomainFilter; f != nil {
+	if a.cfg.DomainFilter != nil {
 		name, err := dom.GetName()
-		if err != nil || !f.MatchString(name) {
+		if err != nil || !a.owns(name) {
 			dom.Free()
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
 			return nil, false

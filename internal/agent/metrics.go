@@ -85,7 +85,7 @@ func (a *Agent) guestCommitment(context.Context) (int, uint64, error) {
 	var mem uint64
 	for _, s := range stats {
 		if a.cfg.DomainFilter != nil {
-			if name, err := s.Domain.GetName(); err != nil || !a.cfg.DomainFilter.MatchString(name) {
+			if name, err := s.Domain.GetName(); err != nil || !a.owns(name) {
 				s.Domain.Free()
 				continue
 			}

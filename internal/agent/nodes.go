@@ -113,10 +113,6 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if f := n.a.cfg.DomainFilter; f != nil && !f.MatchString(name) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("node name %q does not match this agent's domain filter %s", name, f))
-		return
-	}
 	verb := "create"
 	if replace {
 		verb = "replace"
@@ -130,16 +126,23 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, libvirtMessage(err))
 		return
 	}
-	if code, msg := checkPool(conn, req.Pool); code != 0 {
-		writeError(w, code, msg)
-		return
-	}
 	existing, err := domainUUID(conn, name)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
 		return
 	}
 	existed := existing != ""
+	// A new node is this host's: the server placed it here. An existing
+	// domain this agent does not own is another host's on a shared
+	// libvirtd (caretaker lab), and must not be replaced from here.
+	if existed && !n.a.owns(name) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("%s node %s: a domain of that name exists and is not this agent's (domain filter %s)", verb, name, n.a.cfg.DomainFilter))
+		return
+	}
+	if code, msg := checkPool(conn, req.Pool); code != 0 {
+		writeError(w, code, msg)
+		return
+	}
 	if existed && !replace && req.UUID != "" && !strings.EqualFold(req.UUID, existing) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("create node %s: a domain of that name exists with UUID %s, not the node's %s (replace=true replaces it)", name, existing, req.UUID))
 		return
@@ -155,6 +158,9 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		logger.Warn(verb+" node failed", "err", err)
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
+	}
+	if n.a.cfg.DomainFilter != nil {
+		n.a.created.add(name)
 	}
 	dom, err := conn.LookupDomainByUUIDString(uuid)
 	if err != nil {
@@ -184,7 +190,7 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("node name %q: want 1-63 lowercase letters, digits and dashes, not starting or ending with a dash", name))
 		return
 	}
-	if f := n.a.cfg.DomainFilter; f != nil && !f.MatchString(name) {
+	if f := n.a.cfg.DomainFilter; f != nil && !n.a.owns(name) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no node %q on this host: this agent's domain filter is %s", name, f))
 		return
 	}
@@ -213,6 +219,7 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	n.a.created.remove(name)
 	logger.Info("deleted node", "pool", pool)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -1,6 +1,7 @@
 // Package lab runs the whole appliance on one machine: a server and the
-// agents of two hosts, each with a few small guests to break. It is what
-// `caretaker lab` and `make run` start.
+// agents of two hosts, each with a few small guests to break, and room for
+// guest clusters of 64 MiB nodes (clusters.go). It is what `caretaker lab`
+// and `make run` start.
 package lab
 
 import (
@@ -12,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -34,6 +36,9 @@ type Options struct {
 	Hosts         int
 	GuestsPerHost int
 	GuestPrefix   string // every guest's name starts with it
+	// Clusters lets the server create guest clusters on the lab's hosts
+	// (runbook cluster create): with QEMU guests, as root.
+	Clusters      bool
 	RunbookConfig string // where to write runbook's config; "" = don't
 	// ScrapeInterval and EvaluationInterval are the embedded Prometheus's;
 	// short, so a crash is seen and healed within seconds.
@@ -52,6 +57,7 @@ func DefaultOptions() Options {
 		Hosts:              2,
 		GuestsPerHost:      3,
 		GuestPrefix:        "lab-",
+		Clusters:           true,
 		ScrapeInterval:     time.Second,
 		EvaluationInterval: time.Second,
 	}
@@ -64,6 +70,7 @@ type host struct {
 	filter *regexp.Regexp
 	guests []guest
 	addr   string // the agent's listen address
+	netns  string // where its overlays are, with clusters
 }
 
 // Run starts the lab and blocks until ctx is done, then removes everything
@@ -121,6 +128,31 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 	}
 
+	var cl *clusterLab
+	noClusters := "off (--clusters=false)"
+	if o.Clusters {
+		if driver != "qemu" {
+			o.Clusters, noClusters = false, "off: they need real QEMU guests"
+		} else if err := checkClusters(); err != nil {
+			o.Clusters, noClusters = false, "off: "+err.Error()
+		}
+	}
+	if o.Clusters {
+		c, err := setupClusters(ctx, o.LibvirtURI, dataDir, o.GuestPrefix, hosts, o.Logger)
+		if c != nil {
+			undo.add("remove cluster nodes, bridges, storage pool and network namespaces", func() error {
+				return c.teardown(context.WithoutCancel(ctx))
+			})
+		}
+		if err != nil {
+			return err
+		}
+		cl = c
+		for _, h := range hosts {
+			h.netns = filepath.Join("/var/run/netns", c.netns[h.name])
+		}
+	}
+
 	apiToken, agentToken := newToken(), newToken()
 	if err := writeSecret(filepath.Join(dataDir, "api.token"), apiToken); err != nil {
 		return err
@@ -129,18 +161,26 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 
-	for _, h := range hosts {
-		a, err := agent.New(agent.Config{
+	for i, h := range hosts {
+		cfg := agent.Config{
 			LibvirtURI:    h.uri,
 			DomainFilter:  h.filter,
 			Token:         agentToken,
 			ScrapeTimeout: 5 * time.Second,
 			Logger:        o.Logger.With("host", h.name),
-		})
+		}
+		// With clusters each host's agent address is its VTEP: one of
+		// its own (127.0.0.0/8 is all loopback), for distinct peers.
+		listen := "127.0.0.1:0"
+		if cl != nil {
+			cfg.GuestPool, cfg.GuestDomainType, cfg.NetNS = cl.pool, "qemu", h.netns
+			listen = fmt.Sprintf("127.0.0.%d:0", i+1)
+		}
+		a, err := agent.New(cfg)
 		if err != nil {
 			return fmt.Errorf("agent of %s: %w", h.name, err)
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", listen)
 		if err != nil {
 			a.Close()
 			return fmt.Errorf("agent of %s: listen: %w", h.name, err)
@@ -150,14 +190,20 @@ func Run(ctx context.Context, o Options) (err error) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if err := a.Serve(actx, l); err != nil {
+			var err error
+			if cl != nil {
+				err = serveWrapped(actx, l, cl.wrap(a.Handler()))
+			} else {
+				err = a.Serve(actx, l)
+			}
+			if err != nil {
 				o.Logger.Error("agent stopped", "host", h.name, "err", err)
 			}
 		}()
 		undo.add("stop agent of "+h.name, func() error { stop(); <-done; return a.Close() })
 	}
 
-	cfgPath, err := writeServerConfig(dataDir, hosts, o)
+	cfgPath, err := writeServerConfig(dataDir, hosts, o, cl)
 	if err != nil {
 		return err
 	}
@@ -188,7 +234,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		undo.add("restore "+o.RunbookConfig, restore)
 	}
 
-	printSummary(o, driver, why, apiURL, dataDir, hosts)
+	printSummary(o, driver, why, apiURL, dataDir, hosts, cl != nil, noClusters)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
@@ -203,8 +249,8 @@ func (o *Options) validate() error {
 	switch {
 	case o.Hosts < 1 || o.Hosts > 26:
 		return fmt.Errorf("hosts: want 1 to 26, got %d", o.Hosts)
-	case o.GuestsPerHost < 1 || o.GuestsPerHost > 50:
-		return fmt.Errorf("guests per host: want 1 to 50, got %d", o.GuestsPerHost)
+	case o.GuestsPerHost < 0 || o.GuestsPerHost > 50:
+		return fmt.Errorf("guests per host: want 0 to 50, got %d", o.GuestsPerHost)
 	case !strings.HasPrefix(o.GuestPrefix, "lab-"):
 		return fmt.Errorf("guest prefix %q must start with lab-", o.GuestPrefix)
 	case o.Driver != "auto" && o.Driver != "qemu" && o.Driver != "test":
@@ -218,7 +264,7 @@ func (o *Options) validate() error {
 	return nil
 }
 
-func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host) {
+func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host, clusters bool, noClusters string) {
 	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "\ncaretaker lab is running — %s\n", why)
 	fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
@@ -238,9 +284,19 @@ func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host)
 		}
 	}
 	fmt.Fprintf(w, "  guests\t%s\n", strings.Join(names, " "))
+	if !clusters {
+		fmt.Fprintf(w, "  guest clusters\t%s\n", noClusters)
+	}
 	w.Flush()
 	if driver == "qemu" && len(names) > 0 {
 		fmt.Fprintf(o.Out, "\nBreak a guest and watch it heal:\n  kill -9 $(cat /run/libvirt/qemu/%s.pid)\n  virsh destroy %s\n  runbook history\n", names[0], names[0])
+	}
+	if clusters {
+		// One node of a cluster per host: the example fits the lab's hosts.
+		masters, workers := 1, min(len(hosts)-1, 2)
+		fmt.Fprintf(o.Out, "\nCreate a guest cluster (one node per host; the hosts are ready ~15 s after the start: runbook host list):\n"+
+			"  runbook cluster create demo --masters %d --workers %d --vcpus 1 --memory 64MiB --disk 64MiB --wait\n"+
+			"  runbook cluster show demo\n  virsh list --name | grep ^demo-\n  runbook cluster delete demo --yes --wait\n", masters, workers)
 	}
 	fmt.Fprintln(o.Out, "\nCtrl-C stops the lab and removes what it created.")
 }
@@ -261,15 +317,25 @@ func writeSecret(path, secret string) error {
 // writeServerConfig writes the lab's server.yml, a real configuration file
 // an operator can read and reuse, and loads it the way `caretaker server`
 // would.
-func writeServerConfig(dataDir string, hosts []*host, o Options) (string, error) {
+func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", dataDir)
 	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
 	fmt.Fprintf(&b, "prometheus:\n  scrape_interval: %s\n  scrape_timeout: %s\n  evaluation_interval: %s\n  retention: 24h\n",
 		o.ScrapeInterval, o.ScrapeInterval, o.EvaluationInterval)
-	fmt.Fprintf(&b, "remediation:\n  action_timeout: 1m\nhosts:\n")
-	for _, h := range hosts {
-		fmt.Fprintf(&b, "  - name: %s\n    agent: %s\n", h.name, h.addr)
+	fmt.Fprintf(&b, "remediation:\n  action_timeout: 1m\n")
+	if cl != nil {
+		// The inventory's hosts are scraped through the provisioner's
+		// file_sd: listing them under hosts: too would scrape them twice.
+		if err := writeInventory(dataDir, hosts); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: lo\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", baseImage)
+	} else {
+		fmt.Fprintf(&b, "hosts:\n")
+		for _, h := range hosts {
+			fmt.Fprintf(&b, "  - name: %s\n    agent: %s\n", h.name, h.addr)
+		}
 	}
 	path := filepath.Join(dataDir, "server.yml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
@@ -303,4 +369,54 @@ func (c *cleanups) run(logger *slog.Logger) error {
 	}
 	c.steps = nil
 	return errors.Join(errs...)
+}
+
+// labHostCPUs and labHostMemory are what each lab host offers guest
+// clusters: room for a few 64 MiB nodes besides the lab's guests, on any
+// machine (QEMU allocates a guest's memory as it touches it).
+const (
+	labHostCPUs   = 4
+	labHostMemory = 2 << 30
+)
+
+// writeInventory writes the provisioner's inventory of the lab's hosts.
+// Their BMC is never called: a host whose agent answers is adopted as
+// ready, and nobody provisions lab hosts; the block is there because the
+// inventory requires one.
+func writeInventory(dataDir string, hosts []*host) error {
+	if err := writeSecret(filepath.Join(dataDir, "bmc.password"), "unused"); err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString("# written by caretaker lab: its simulated hosts\nhosts:\n")
+	for i, h := range hosts {
+		fmt.Fprintf(&b, "  - name: %s\n    macs: [\"52:54:00:ca:fe:%02x\"]\n", h.name, i+1)
+		fmt.Fprintf(&b, "    bmc: {type: ipmi, address: 127.0.0.1, username: lab, password_file: bmc.password}\n")
+		fmt.Fprintf(&b, "    role: worker\n    agent: %s\n    cpus: %d\n    memory_bytes: %d\n", h.addr, labHostCPUs, labHostMemory)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "inventory.yml"), []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("write inventory: %w", err)
+	}
+	return nil
+}
+
+// serveWrapped serves h on l until ctx is done, then shuts down as
+// agent.Serve does.
+func serveWrapped(ctx context.Context, l net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve agent on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		srv.Close()
+	}
+	<-served
+	return err
 }

@@ -306,6 +306,23 @@ func (p *provisioner) inventoryHost(name string) (inventory.Host, error) {
 	return inventory.Host{}, fmt.Errorf("host %q is not in the inventory", name)
 }
 
+// hosts lists the inventory's hosts as the status shows them; nil for a
+// server without a provisioner.
+func (p *provisioner) hosts() []config.Host {
+	if p == nil {
+		return nil
+	}
+	all, err := p.inv.All()
+	if err != nil {
+		return nil
+	}
+	out := make([]config.Host, len(all))
+	for i, h := range all {
+		out[i] = config.Host{Name: h.Name, Agent: h.Agent}
+	}
+	return out
+}
+
 // vtep is a host's underlay address: the address of its agent.
 func (p *provisioner) vtep(host string) net.IP {
 	h, err := p.inventoryHost(host)
@@ -411,9 +428,11 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 		base = n.p.cfg.BaseImage
 	}
 	// Replace: the reconciler creates a node only when it is missing or
-	// must be re-created clean.
+	// must be re-created clean. The seed names the node; the image's own
+	// cloud-init configuration does the rest.
 	resp, err := c.PutNode(ctx, agent.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
-		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID}, true)
+		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID,
+		UserData: "#cloud-config\nhostname: " + s.Name + "\n"}, true)
 	if err != nil {
 		return "", fmt.Errorf("create node %s on %s: %w", s.Name, host, err)
 	}

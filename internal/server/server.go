@@ -257,7 +257,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	s.policy = newPolicyHolder(policyFile, pol, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", api.NewHandler(api.Options{
-		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts},
+		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.hosts},
 		Pauser:  s.engine,
 		Actor:   s.engine,
 		Policy:  s.policy,

@@ -19,6 +19,8 @@ type status struct {
 	monitor *monitoring.Monitor
 	journal *journal.Journal
 	hosts   []config.Host
+	// more returns the inventory's hosts when the provisioner runs.
+	more func() []config.Host
 }
 
 func (s *status) History(_ context.Context, f api.HistoryFilter) ([]journal.Record, error) {
@@ -122,7 +124,19 @@ func (s *status) Status(ctx context.Context) (api.Status, error) {
 		}
 		return a.Domain < b.Domain
 	})
-	for _, h := range s.hosts {
+	hosts := s.hosts
+	if s.more != nil {
+		seen := map[string]bool{}
+		for _, h := range hosts {
+			seen[h.Name] = true
+		}
+		for _, h := range s.more() {
+			if !seen[h.Name] {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	for _, h := range hosts {
 		out.Hosts = append(out.Hosts, api.Host{
 			Name: h.Name, Agent: h.Agent, AgentUp: agentUp[h.Name] == 1, LibvirtUp: libvirtUp[h.Name] == 1,
 			Guests: guests[h.Name],

@@ -1,0 +1,209 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"caretaker/collectors/kvm"
+)
+
+var clusterHosts = flag.Int("cluster-hosts", 6, "hosts of TestLabClusterCreate's lab, and nodes of its cluster (half masters)")
+
+// TestLabClusterCreate runs the real lab with hosts and no guests of its
+// own, creates a guest cluster of one node per host through runbook, checks
+// in libvirt that every node runs with caretaker's metadata naming the
+// cluster, deletes the cluster and stops the lab, which must leave no node,
+// pool or namespace behind. It logs the seconds from `runbook cluster
+// create` to all nodes running (make bench reports them).
+func TestLabClusterCreate(t *testing.T) {
+	requireQEMU(t)
+	if err := checkClusters(); err != nil {
+		t.Skipf("the lab makes no clusters here: %v", err)
+	}
+	n := *clusterHosts
+	if n < 2 || n > 26 {
+		t.Fatalf("-cluster-hosts %d: want 2 to 26", n)
+	}
+	masters, workers := n/2, n-n/2
+	bin := buildBinaries(t)
+	dir := t.TempDir()
+	rbConfig := filepath.Join(dir, "runbook.yml")
+	const prefix, cluster = "lab-bench-", "c1"
+	pool := labPool(prefix)
+
+	conn, err := libvirt.NewConnect(systemURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed after the cleanup below, which uses it (cleanups run last first).
+	t.Cleanup(func() { conn.Close() })
+
+	var out syncBuffer
+	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
+		"--web.listen-address", "127.0.0.1:0", "--runbook.config", rbConfig,
+		"--guest-prefix", prefix, "--hosts", strconv.Itoa(n), "--guests-per-host", "0",
+		"--data.dir", filepath.Join(dir, "data"))
+	lab.Stdout, lab.Stderr = &out, &out
+	if err := lab.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- lab.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case err := <-exited:
+			exited <- err
+		default:
+			_ = lab.Process.Signal(os.Interrupt)
+			select {
+			case <-exited:
+			case <-time.After(time.Minute):
+				_ = lab.Process.Kill()
+				<-exited
+			}
+		}
+		// Whatever happened, leave no node behind.
+		if _, err := removeNodes(conn, pool); err != nil {
+			t.Errorf("remove leftover nodes: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("lab output:\n%s", out.String())
+		}
+	})
+
+	runbook := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(bin, "runbook"), args...)
+		cmd.Env = append(os.Environ(), "RUNBOOK_CONFIG="+rbConfig, "RUNBOOK_URL=", "RUNBOOK_TOKEN=")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		b, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("runbook %v: %w: %s", args, err, stderr.String())
+		}
+		return string(b), nil
+	}
+
+	await(t, exited, 2*time.Minute, fmt.Sprintf("%d ready hosts", n), func() bool {
+		if _, err := os.Stat(rbConfig); err != nil {
+			return false
+		}
+		b, err := runbook("host", "list", "-o", "json")
+		if err != nil {
+			return false
+		}
+		var list struct {
+			Hosts []struct {
+				Provisioning *struct {
+					State string `json:"state"`
+				} `json:"provisioning"`
+			} `json:"hosts"`
+		}
+		if json.Unmarshal([]byte(b), &list) != nil {
+			return false
+		}
+		ready := 0
+		for _, h := range list.Hosts {
+			if h.Provisioning != nil && h.Provisioning.State == "ready" {
+				ready++
+			}
+		}
+		return ready == n
+	})
+
+	start := time.Now()
+	created, err := runbook("cluster", "create", cluster, "--masters", strconv.Itoa(masters), "--workers", strconv.Itoa(workers),
+		"--vcpus", "1", "--memory", "64MiB", "--disk", "64MiB", "--wait", "--timeout", "3m", "--poll-interval", "100ms")
+	wall := time.Since(start).Seconds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`cluster ` + cluster + ` ready: (\d+) nodes running after ([0-9.]+) s`).FindStringSubmatch(created)
+	if m == nil || m[1] != strconv.Itoa(n) {
+		t.Fatalf("runbook cluster create printed %q, want \"cluster c1 ready: %d nodes running after … s\"", created, n)
+	}
+	t.Logf("cluster create: %d nodes running after %s s (runbook's count; wall %.1f s)", n, m[2], wall)
+
+	nodes := clusterNodes(t, conn, cluster)
+	if len(nodes) != n {
+		t.Errorf("libvirt has nodes %v, want %d", nodes, n)
+	}
+	for name, st := range nodes {
+		if st != "running, cluster c1" {
+			t.Errorf("node %s: %s, want running, cluster c1", name, st)
+		}
+	}
+
+	if _, err := runbook("cluster", "delete", cluster, "--yes", "--wait", "--timeout", "2m"); err != nil {
+		t.Fatal(err)
+	}
+	if left := clusterNodes(t, conn, cluster); len(left) > 0 {
+		t.Errorf("nodes left after runbook cluster delete: %v", left)
+	}
+
+	// Ctrl-C removes what the lab made for clusters.
+	if err := lab.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("lab exited with %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("lab did not stop within 2 minutes of SIGINT")
+	}
+	if p, err := conn.LookupStoragePoolByName(pool); err == nil {
+		p.Free()
+		t.Errorf("storage pool %s is left after the lab stopped", pool)
+	}
+	for i := range n {
+		ns := netnsName(prefix, "host-"+string(rune('a'+i)))
+		if _, err := os.Stat(filepath.Join("/var/run/netns", ns)); err == nil {
+			t.Errorf("network namespace %s is left after the lab stopped", ns)
+		}
+	}
+}
+
+// clusterNodes returns the domains named <cluster>-… with their state and
+// the cluster their caretaker metadata names, as "running, cluster c1".
+func clusterNodes(t *testing.T, conn *libvirt.Connect, cluster string) map[string]string {
+	t.Helper()
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, d := range doms {
+		name, err := d.GetName()
+		if err != nil || !strings.HasPrefix(name, cluster+"-") {
+			d.Free()
+			continue
+		}
+		state := "not running"
+		if s, _, err := d.GetState(); err == nil && s == libvirt.DOMAIN_RUNNING {
+			state = "running"
+		}
+		meta := "no caretaker metadata"
+		if x, err := d.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, kvm.MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG); err == nil {
+			if md, err := kvm.ParseMetadata(x); err == nil {
+				meta = "cluster " + md.Cluster
+			}
+		}
+		out[name] = state + ", " + meta
+		d.Free()
+	}
+	return out
+}
