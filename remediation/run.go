@@ -195,7 +195,13 @@ func (e *Engine) Tick(now time.Time) {
 		return
 	}
 	e.write(func(w *writer) {
-		for _, in := range e.instances {
+		for k, in := range e.instances {
+			if in.done && in.open == 0 && now.Sub(in.finished) > forgetAfter && now.Sub(in.seen) > forgetAfter {
+				// Long settled: only a very late copy of the alert
+				// could still arrive. The journal keeps the record.
+				delete(e.instances, k)
+				continue
+			}
 			e.tick(w, in, now)
 		}
 	})
@@ -208,6 +214,10 @@ func (e *Engine) Tick(now time.Time) {
 		}
 	}
 }
+
+// forgetAfter is how long the engine keeps a settled alert instance in
+// memory, to recognise copies of its alert.
+const forgetAfter = 24 * time.Hour
 
 func (e *Engine) tick(w *writer, in *instance, now time.Time) {
 	if in.done || in.manual || in.alert.Labels == nil {
