@@ -221,12 +221,9 @@ func (p *provisioner) sync() {
 // states are left alone: during powering-on and pxe-booting an answering
 // agent may still be the old system.
 func (p *provisioner) adoptBooted(ctx context.Context) {
+	up := p.byHost(ctx, fmt.Sprintf("up{job=%q}", monitoring.JobName))
 	for _, h := range p.machine.Hosts() {
-		if h.State != hoststate.Registered && h.State != hoststate.Installing {
-			continue
-		}
-		v, err := p.query(ctx, fmt.Sprintf(`up{job=%q,host=%q} == 1`, monitoring.JobName, h.Name))
-		if err == nil && len(v) > 0 {
+		if (h.State == hoststate.Registered || h.State == hoststate.Installing) && up[h.Name] == 1 {
 			p.booted(h.Name, "the agent answers")
 		}
 	}
@@ -264,24 +261,6 @@ type statusWriter struct {
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
-}
-
-func (p *provisioner) query(ctx context.Context, expr string) ([]float64, error) {
-	m := p.monitor.Load()
-	if m == nil {
-		return nil, errors.New("monitoring not started")
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	vec, err := m.Query(ctx, expr, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]float64, len(vec))
-	for i, s := range vec {
-		out[i] = s.F
-	}
-	return out, nil
 }
 
 // bmc opens a host's BMC from its inventory entry.
@@ -349,6 +328,11 @@ func (p *provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) 
 	if err != nil {
 		return nil, err
 	}
+	// One query per figure for the whole fleet, not one per host.
+	cpus := p.byHost(ctx, "caretaker_host_cpus")
+	memory := p.byHost(ctx, "caretaker_host_memory_total_bytes")
+	usedCPUs := p.byHost(ctx, "caretaker_host_guest_vcpus")
+	usedMemory := p.byHost(ctx, "caretaker_host_guest_memory_bytes")
 	var out []placement.Host
 	for _, h := range hosts {
 		st, known := p.machine.Host(h.Name)
@@ -358,24 +342,36 @@ func (p *provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) 
 		ph := placement.Host{Name: h.Name, Zone: h.Labels["zone"], Worker: true, Ready: true,
 			CPUs: h.CPUs, MemoryBytes: h.MemoryBytes}
 		if ph.CPUs == 0 {
-			ph.CPUs = int(p.metric(ctx, "caretaker_host_cpus", h.Name))
+			ph.CPUs = int(cpus[h.Name])
 		}
 		if ph.MemoryBytes == 0 {
-			ph.MemoryBytes = uint64(p.metric(ctx, "caretaker_host_memory_total_bytes", h.Name))
+			ph.MemoryBytes = uint64(memory[h.Name])
 		}
-		ph.Used.VCPUs = int(p.metric(ctx, "caretaker_host_guest_vcpus", h.Name)) + placed[h.Name].VCPUs
-		ph.Used.MemoryBytes = uint64(p.metric(ctx, "caretaker_host_guest_memory_bytes", h.Name)) + placed[h.Name].MemoryBytes
+		ph.Used.VCPUs = int(usedCPUs[h.Name]) + placed[h.Name].VCPUs
+		ph.Used.MemoryBytes = uint64(usedMemory[h.Name]) + placed[h.Name].MemoryBytes
 		out = append(out, ph)
 	}
 	return out, nil
 }
 
-func (p *provisioner) metric(ctx context.Context, name, host string) float64 {
-	v, err := p.query(ctx, fmt.Sprintf(`max(%s{host=%q})`, name, host))
-	if err != nil || len(v) == 0 {
-		return 0
+// byHost returns the metric's value by host; hosts without it are missing.
+func (p *provisioner) byHost(ctx context.Context, name string) map[string]float64 {
+	out := map[string]float64{}
+	m := p.monitor.Load()
+	if m == nil {
+		return out
 	}
-	return v[0]
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	vec, err := m.Query(ctx, "max by (host) ("+name+")", time.Now())
+	if err != nil {
+		p.log.Warn("read host capacity", "metric", name, "err", err)
+		return out
+	}
+	for _, s := range vec {
+		out[s.Metric.Get("host")] = s.F
+	}
+	return out
 }
 
 // MoveGuests implements hoststate.GuestMover: every node of a guest
