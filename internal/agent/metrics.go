@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -76,8 +77,16 @@ func (a *Agent) guestCommitment(context.Context) (int, uint64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	stats, err := conn.GetAllDomainStats(nil, libvirt.DOMAIN_STATS_VCPU|libvirt.DOMAIN_STATS_BALLOON,
-		libvirt.CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+	// NOWAIT: a guest busy with a job (starting, stopping, migrating)
+	// must not hold up the count, or every later scrape finds this call
+	// still running.
+	types := libvirt.DOMAIN_STATS_VCPU | libvirt.DOMAIN_STATS_BALLOON
+	stats, err := conn.GetAllDomainStats(nil, types,
+		libvirt.CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE|libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+	var lerr libvirt.Error
+	if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_INVALID_ARG { // a driver without NOWAIT
+		stats, err = conn.GetAllDomainStats(nil, types, libvirt.CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("guest commitment: %w", err)
 	}

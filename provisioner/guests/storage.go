@@ -247,6 +247,10 @@ func deleteVolumes(pool *libvirt.StoragePool, names ...string) error {
 		}
 		err = vol.Delete(0)
 		vol.Free()
+		var lerr libvirt.Error
+		if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_STORAGE_VOL {
+			continue // deleted meanwhile: what Delete wants
+		}
 		if err != nil {
 			return fmt.Errorf("delete volume %q: %w", name, err)
 		}
