@@ -6,19 +6,17 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
+
+	"caretaker/provisioner/guests/gueststest"
 )
 
-const qemuURI = "qemu:///system"
+const qemuURI = gueststest.URI
 
 // nodeHost is a storage pool with a base image and a bridge of one test's
 // own on the real libvirtd, and an agent that puts nodes there.
@@ -31,57 +29,8 @@ type nodeHost struct {
 
 func newNodeHost(t *testing.T) *nodeHost {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run QEMU guests and create a bridge")
-	}
-	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
-		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
-	}
-	for _, tool := range []string{"ip", "qemu-img", "genisoimage"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
-		}
-	}
-	conn, err := libvirt.NewConnect(qemuURI)
-	if err != nil {
-		t.Skipf("connect to %s: %v", qemuURI, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-
-	h := &nodeHost{conn: conn, name: "cta" + strconv.Itoa(os.Getpid()%1000000)}
-	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
-	dir, err := os.MkdirTemp("", "ctk-agent-nodes-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	poolXML, err := (&libvirtxml.StoragePool{Type: "dir", Name: h.name, Target: &libvirtxml.StoragePoolTarget{Path: dir}}).Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.pool, err = conn.StoragePoolDefineXML(poolXML, 0)
-	if err != nil {
-		t.Fatalf("define pool: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = h.pool.Destroy()
-		if err := h.pool.Undefine(); err != nil {
-			t.Errorf("undefine pool %s: %v", h.name, err)
-		}
-		h.pool.Free()
-	})
-	if err := h.pool.Create(0); err != nil {
-		t.Fatalf("start pool: %v", err)
-	}
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "64M")
-	if err := h.pool.Refresh(0); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "ip", "link", "add", h.name, "type", "bridge")
-	t.Cleanup(func() { run(t, "ip", "link", "del", h.name) })
+	g := gueststest.New(t, "cta")
+	h := &nodeHost{conn: g.Conn, pool: g.Pool, name: g.Name}
 
 	a, err := New(Config{
 		LibvirtURI: qemuURI, Token: token, Logger: testLogger(t),

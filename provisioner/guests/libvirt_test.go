@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +15,8 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/collectors/kvm"
+	"caretaker/provisioner/guests/gueststest"
 )
-
-const qemuURI = "qemu:///system"
 
 // lab is a storage pool with a base image and a bridge of one test's own.
 type lab struct {
@@ -31,62 +29,9 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run QEMU guests and create a bridge")
-	}
-	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
-		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
-	}
-	for _, tool := range []string{"ip", "qemu-img", "genisoimage", "isoinfo"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
-		}
-	}
-	conn, err := libvirt.NewConnect(qemuURI)
-	if err != nil {
-		t.Skipf("connect to %s: %v", qemuURI, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-
-	l := &lab{conn: conn, name: "ctg" + strconv.Itoa(os.Getpid()%1000000) + strings.ToLower(t.Name()[4:min(len(t.Name()), 9)])}
-	l.bridge = l.name
-	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
-	dir, err := os.MkdirTemp("", "ctk-guests-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	poolXML, err := (&libvirtxml.StoragePool{Type: "dir", Name: l.name, Target: &libvirtxml.StoragePoolTarget{Path: dir}}).Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.pool, err = conn.StoragePoolDefineXML(poolXML, 0)
-	if err != nil {
-		t.Fatalf("define pool: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = l.pool.Destroy()
-		if err := l.pool.Undefine(); err != nil {
-			t.Errorf("undefine pool %s: %v", l.name, err)
-		}
-		l.pool.Free()
-	})
-	if err := l.pool.Create(0); err != nil {
-		t.Fatalf("start pool: %v", err)
-	}
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "64M")
-	if err := l.pool.Refresh(0); err != nil {
-		t.Fatal(err)
-	}
-	l.base = filepath.Join(dir, "base.qcow2")
-
-	run(t, "ip", "link", "add", l.bridge, "type", "bridge")
-	t.Cleanup(func() { run(t, "ip", "link", "del", l.bridge) })
-	run(t, "ip", "link", "set", l.bridge, "up")
-	return l
+	h := gueststest.New(t, "ctg", "isoinfo")
+	return &lab{conn: h.Conn, pool: h.Pool, name: h.Name, bridge: h.Name,
+		base: filepath.Join(h.Dir, gueststest.BaseImage)}
 }
 
 func (l *lab) node(name string) Node {

@@ -1,0 +1,113 @@
+// Package gueststest gives tests of guest nodes what a host gives them: a
+// libvirt directory storage pool with a base image, and a bridge, both of
+// the test's own on the real libvirtd, removed when the test ends.
+package gueststest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+)
+
+// URI is the libvirtd the tests use.
+const URI = "qemu:///system"
+
+// BaseImage is the base image volume in every Host's pool: an empty
+// 64 MiB qcow2 disk.
+const BaseImage = "base.qcow2"
+
+// Host is a storage pool with a base image and a bridge. The pool and the
+// bridge share one name.
+type Host struct {
+	Conn *libvirt.Connect
+	Pool *libvirt.StoragePool
+	Name string
+	Dir  string // the pool's directory
+}
+
+// New makes a Host named prefix + the process ID + a piece of the test's
+// name (at most 15 bytes, a bridge name's limit). It skips the test
+// without root, libvirtd or the tools (tools are checked with
+// exec.LookPath; ip, qemu-img and genisoimage are always needed).
+func New(t *testing.T, prefix string, tools ...string) *Host {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run QEMU guests and create a bridge")
+	}
+	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
+		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
+	}
+	for _, tool := range append([]string{"ip", "qemu-img", "genisoimage"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
+		}
+	}
+	conn, err := libvirt.NewConnect(URI)
+	if err != nil {
+		t.Skipf("connect to %s: %v", URI, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	name := prefix + strconv.Itoa(os.Getpid()%1000000) + strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
+	name = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, name)
+	h := &Host{Conn: conn, Name: name[:min(len(name), 15)]}
+	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
+	if h.Dir, err = os.MkdirTemp("", "ctk-guests-"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(h.Dir) })
+	if err := os.Chmod(h.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	poolXML, err := (&libvirtxml.StoragePool{Type: "dir", Name: h.Name, Target: &libvirtxml.StoragePoolTarget{Path: h.Dir}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Pool, err = conn.StoragePoolDefineXML(poolXML, 0); err != nil {
+		t.Fatalf("define pool %s: %v", h.Name, err)
+	}
+	t.Cleanup(func() {
+		_ = h.Pool.Destroy()
+		if err := h.Pool.Undefine(); err != nil {
+			t.Errorf("undefine pool %s: %v", h.Name, err)
+		}
+		h.Pool.Free()
+	})
+	if err := h.Pool.Create(0); err != nil {
+		t.Fatalf("start pool %s: %v", h.Name, err)
+	}
+	Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(h.Dir, BaseImage), "64M")
+	if err := h.Pool.Refresh(0); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "ip", "link", "add", h.Name, "type", "bridge")
+	t.Cleanup(func() { Run(t, "ip", "link", "del", h.Name) })
+	Run(t, "ip", "link", "set", h.Name, "up")
+	return h
+}
+
+// Run runs a command (no shell) with a timeout and returns its output;
+// a failure fails the test with the command's output.
+func Run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v: %s", name, args, err, out)
+	}
+	return string(out)
+}
