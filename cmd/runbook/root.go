@@ -155,7 +155,7 @@ func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
 	fl.IntVar(&f.Limit, "limit", api.DefaultHistoryLimit, "how many records to show")
 	fl.StringVar(&f.Target, "target", "", "only this host, guest (domain or uuid) or host/uuid")
 	fl.StringVar(&f.Action, "action", "", "only this action, e.g. restart-vm")
-	fl.StringVar(&f.Result, "result", "", "only this result: succeeded, failed, skipped, running, interrupted")
+	fl.StringVar(&f.Result, "result", "", "only records in this state: pending, awaiting_approval, running, verifying, succeeded, failed, cancelled, expired, skipped, interrupted")
 	fl.DurationVar(&since, "since", 0, "only records from the last such duration, e.g. 24h")
 	return cmd
 }
