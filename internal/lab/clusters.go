@@ -278,9 +278,7 @@ func (c *clusterLab) wrap(agent http.Handler) http.Handler {
 			return
 		}
 		var req struct {
-			Bridge   string `json:"bridge"`
-			UserData string `json:"user_data"`
-			Ignition string `json:"ignition"`
+			Bridge string `json:"bridge"`
 		}
 		// A body the agent will refuse is left for the agent to answer.
 		if json.Unmarshal(body, &req) == nil {
@@ -288,9 +286,6 @@ func (c *clusterLab) wrap(agent http.Handler) http.Handler {
 				if err := c.ensureBridge(r.Context(), req.Bridge); err != nil {
 					c.logger.Warn("lab: make node bridge", "bridge", req.Bridge, "err", err)
 				}
-			}
-			if req.UserData == "" && req.Ignition == "" {
-				body = withSeed(body, r.PathValue("name"))
 			}
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -312,24 +307,4 @@ func (c *clusterLab) ensureBridge(ctx context.Context, name string) error {
 	}
 	c.bridges[name] = true
 	return runCommand(ctx, "ip", "link", "set", name, "up")
-}
-
-// withSeed adds a cloud-config naming the node to a node request that has
-// no seed: the agent requires one, and the server's clusters carry none
-// yet. The lab's nodes boot no OS, so nothing reads it.
-func withSeed(body []byte, name string) []byte {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(body, &m) != nil {
-		return body
-	}
-	seed, err := json.Marshal("#cloud-config\nhostname: " + name + "\n")
-	if err != nil {
-		return body
-	}
-	m["user_data"] = seed
-	b, err := json.Marshal(m)
-	if err != nil {
-		return body
-	}
-	return b
 }

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -66,61 +65,4 @@ func TestClusterServerConfig(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestWithSeed(t *testing.T) {
-	tests := []struct {
-		name, body string
-		want       map[string]string
-	}{
-		{"adds user data", `{"name":"c1-worker-0","bridge":"br-c1"}`,
-			map[string]string{"name": "c1-worker-0", "bridge": "br-c1", "user_data": "#cloud-config\nhostname: c1-worker-0\n"}},
-		{"replaces an empty one", `{"name":"c1-worker-0","user_data":""}`,
-			map[string]string{"name": "c1-worker-0", "user_data": "#cloud-config\nhostname: c1-worker-0\n"}},
-		{"not JSON is left for the agent", `{`, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := withSeed([]byte(tt.body), "c1-worker-0")
-			if tt.want == nil {
-				if string(got) != tt.body {
-					t.Errorf("got %s, want the body unchanged", got)
-				}
-				return
-			}
-			var m map[string]string
-			if err := json.Unmarshal(got, &m); err != nil {
-				t.Fatal(err)
-			}
-			if len(m) != len(tt.want) {
-				t.Errorf("got %v, want %v", m, tt.want)
-			}
-			for k, v := range tt.want {
-				if m[k] != v {
-					t.Errorf("%s: %q, want %q", k, m[k], v)
-				}
-			}
-		})
-	}
-}
-
-// FuzzWithSeed: whatever body the server sends, withSeed leaves it as it
-// is or returns a JSON object with a seed.
-func FuzzWithSeed(f *testing.F) {
-	f.Add(`{"name":"c1-worker-0","bridge":"br-c1"}`)
-	f.Add(`{"user_data":null}`)
-	f.Add(`[1]`)
-	f.Fuzz(func(t *testing.T, body string) {
-		got := withSeed([]byte(body), "n")
-		if string(got) == body {
-			return
-		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(got, &m); err != nil {
-			t.Fatalf("changed %q into %q, not a JSON object: %v", body, got, err)
-		}
-		if string(m["user_data"]) != `"#cloud-config\nhostname: n\n"` {
-			t.Fatalf("changed %q into %q without the seed", body, got)
-		}
-	})
 }
