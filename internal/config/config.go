@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -121,6 +122,33 @@ type Prometheus struct {
 	// more agents; the provisioner writes them. A target's `host` label
 	// names its host (default: the target's hostname).
 	FileSD []string `yaml:"file_sd"`
+	// Jobs set the scrape interval and timeout of one job, over the
+	// defaults above: "agents" (the hosts listed and file_sd's) or
+	// "server" (the server's own /metrics).
+	Jobs map[string]ScrapeJob `yaml:"jobs"`
+}
+
+// ScrapeJob is one scrape job's interval and timeout; zero keeps the
+// server-wide value.
+type ScrapeJob struct {
+	ScrapeInterval time.Duration `yaml:"scrape_interval"`
+	ScrapeTimeout  time.Duration `yaml:"scrape_timeout"`
+}
+
+// ScrapeJobs names the jobs prometheus.jobs may set.
+func ScrapeJobs() []string { return []string{"agents", "server"} }
+
+// Job returns the interval and timeout of the named job, the server-wide
+// values filled in.
+func (p Prometheus) Job(name string) ScrapeJob {
+	j := p.Jobs[name]
+	if j.ScrapeInterval == 0 {
+		j.ScrapeInterval = p.ScrapeInterval
+	}
+	if j.ScrapeTimeout == 0 {
+		j.ScrapeTimeout = min(p.ScrapeTimeout, j.ScrapeInterval)
+	}
+	return j
 }
 
 // Alerting forwards the firing alerts to external Alertmanagers, beside
@@ -240,6 +268,19 @@ func (c *Server) Validate() error {
 		add("prometheus.scrape_timeout", "must be positive, got %s", p.ScrapeTimeout)
 	} else if p.ScrapeTimeout > p.ScrapeInterval {
 		add("prometheus.scrape_timeout", "%s is longer than scrape_interval %s", p.ScrapeTimeout, p.ScrapeInterval)
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.Jobs)) {
+		field, j := "prometheus.jobs."+name, p.Jobs[name]
+		switch {
+		case !slices.Contains(ScrapeJobs(), name):
+			add(field, "unknown job; want one of %s", strings.Join(ScrapeJobs(), ", "))
+		case j.ScrapeInterval < 0:
+			add(field+".scrape_interval", "must not be negative, got %s", j.ScrapeInterval)
+		case j.ScrapeTimeout < 0:
+			add(field+".scrape_timeout", "must not be negative, got %s", j.ScrapeTimeout)
+		case p.Job(name).ScrapeTimeout > p.Job(name).ScrapeInterval:
+			add(field+".scrape_timeout", "%s is longer than the job's scrape_interval %s", p.Job(name).ScrapeTimeout, p.Job(name).ScrapeInterval)
+		}
 	}
 	if p.EvaluationInterval <= 0 {
 		add("prometheus.evaluation_interval", "must be positive, got %s", p.EvaluationInterval)

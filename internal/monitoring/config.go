@@ -24,12 +24,19 @@ import (
 // may not keep it.
 func promConfig(opts *Options, logger *slog.Logger) (*config.Config, error) {
 	job := func(name string) map[string]any {
-		return map[string]any{
+		j := map[string]any{
 			"job_name":                 name,
 			"metrics_path":             "/metrics",
 			"scheme":                   "http",
 			"fallback_scrape_protocol": "PrometheusText0.0.4",
 		}
+		if s := opts.Jobs[name]; s.Interval > 0 {
+			j["scrape_interval"] = model.Duration(s.Interval).String()
+		}
+		if s := opts.Jobs[name]; s.Timeout > 0 {
+			j["scrape_timeout"] = model.Duration(s.Timeout).String()
+		}
+		return j
 	}
 	scrapeConfigs := []any{job(JobName)}
 	if opts.SelfAddress != "" {

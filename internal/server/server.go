@@ -213,6 +213,10 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		DataDir:            dataDir,
 		ScrapeInterval:     cfg.Prometheus.ScrapeInterval,
 		ScrapeTimeout:      cfg.Prometheus.ScrapeTimeout,
+		Jobs: map[string]monitoring.JobScrape{
+			monitoring.JobName:       jobScrape(cfg.Prometheus.Job("agents")),
+			monitoring.ServerJobName: jobScrape(cfg.Prometheus.Job("server")),
+		},
 		EvaluationInterval: cfg.Prometheus.EvaluationInterval,
 		Retention:          cfg.Prometheus.Retention,
 		RetentionSize:      cfg.Prometheus.RetentionSizeBytes,
@@ -298,6 +302,10 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	})
 	s.handler = mux
 	return s, nil
+}
+
+func jobScrape(j config.ScrapeJob) monitoring.JobScrape {
+	return monitoring.JobScrape{Interval: j.ScrapeInterval, Timeout: j.ScrapeTimeout}
 }
 
 // selfAddress is where the embedded Prometheus scrapes the server's own
