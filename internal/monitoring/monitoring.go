@@ -85,12 +85,12 @@ type JobScrape struct {
 
 // Options configure Start.
 type Options struct {
-	DataDir            string        // the TSDB lives in DataDir/tsdb
-	ScrapeInterval     time.Duration // default DefaultScrapeInterval
-	ScrapeTimeout      time.Duration // default min(10s, ScrapeInterval)
+	DataDir        string        // the TSDB lives in DataDir/tsdb
+	ScrapeInterval time.Duration // default DefaultScrapeInterval
+	ScrapeTimeout  time.Duration // default min(10s, ScrapeInterval)
 	// Jobs override the interval and timeout of a job (JobName,
 	// ServerJobName); zero fields keep the values above.
-	Jobs map[string]JobScrape
+	Jobs               map[string]JobScrape
 	EvaluationInterval time.Duration // default DefaultEvaluationInterval; for rule groups without their own interval
 	Targets            []Target
 	// Rules holds *.rules.yml files at its root (an embed.FS or os.DirFS).

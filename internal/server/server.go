@@ -210,9 +210,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
 	}
 	s.monitor, err = monitoring.Start(ctx, monitoring.Options{
-		DataDir:            dataDir,
-		ScrapeInterval:     cfg.Prometheus.ScrapeInterval,
-		ScrapeTimeout:      cfg.Prometheus.ScrapeTimeout,
+		DataDir:        dataDir,
+		ScrapeInterval: cfg.Prometheus.ScrapeInterval,
+		ScrapeTimeout:  cfg.Prometheus.ScrapeTimeout,
 		Jobs: map[string]monitoring.JobScrape{
 			monitoring.JobName:       jobScrape(cfg.Prometheus.Job("agents")),
 			monitoring.ServerJobName: jobScrape(cfg.Prometheus.Job("server")),
