@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -138,7 +139,11 @@ func newProvisioner(cfg *config.Server, dataDir string, agents *agentHosts, moni
 
 // run does the provisioner's timed work until ctx ends.
 func (p *provisioner) run(ctx context.Context) {
-	go p.rec.Run(ctx, reconcileEvery)
+	// Waited for, so that close never pulls the database from under a
+	// reconciliation.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { p.rec.Run(ctx, reconcileEvery) })
 	t := time.NewTicker(provisionerTick)
 	defer t.Stop()
 	refresh := time.NewTicker(reconcileEvery)
