@@ -5,6 +5,8 @@ package golden
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,4 +108,18 @@ func GoodFiles(t *testing.T, pattern string, load func(path string) error) {
 			}
 		})
 	}
+}
+
+// ConfigFiles is the test of a configuration loader: every
+// testdata/good/*.yml loads, every testdata/bad/*.yml fails with the error
+// in its .err golden file, and a missing file is a not-exist error.
+func ConfigFiles(t *testing.T, load func(path string) error, update bool) {
+	t.Helper()
+	t.Run("good", func(t *testing.T) { GoodFiles(t, "testdata/good/*.yml", load) })
+	t.Run("bad", func(t *testing.T) { BadFiles(t, "testdata/bad/*.yml", load, update) })
+	t.Run("missing", func(t *testing.T) {
+		if err := load(filepath.Join(t.TempDir(), "absent.yml")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("loading a missing file: %v, want a not-exist error", err)
+		}
+	})
 }

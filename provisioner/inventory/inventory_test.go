@@ -1,10 +1,8 @@
 package inventory
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,26 +17,13 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-func TestLoadGood(t *testing.T) {
-	golden.GoodFiles(t, "testdata/good/*.yml", func(path string) error {
-		_, err := Load(path)
-		return err
-	})
-}
-
-// Each bad file's exact error is kept beside it in a .err golden file.
-func TestLoadBad(t *testing.T) {
-	golden.BadFiles(t, "testdata/bad/*.yml", func(path string) error {
+// Good files load, bad ones fail with the exact error in their .err
+// golden file.
+func TestLoad(t *testing.T) {
+	golden.ConfigFiles(t, func(path string) error {
 		_, err := Load(path)
 		return err
 	}, *update)
-}
-
-func TestLoadMissingFile(t *testing.T) {
-	_, err := Load(filepath.Join(t.TempDir(), "absent.yml"))
-	if !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Load of a missing file: %v, want a not-exist error", err)
-	}
 }
 
 // Loading normalises MACs, fills the agent and resolves relative password
