@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -696,20 +695,19 @@ func (e *Engine) approval(w *writer, in *instance, rule policy.Rule, name string
 // the breaker, the host — as a pending record, rewritten only when another
 // guard holds it. Called with e.mu held.
 func (e *Engine) hold(w *writer, in *instance, base journal.Record, res guards.Result, d guards.Decision, now time.Time) {
-	reason := refusalReason(d)
 	if in.open != 0 && in.reason == d.Guard {
 		return
 	}
 	fill := func(r *journal.Record) {
-		r.Reason, r.Decisions = reason, res.Decisions
-		r.Move(journal.StatePending, now, reason)
+		r.Reason, r.Decisions = d.Reason, res.Decisions
+		r.Move(journal.StatePending, now, d.Reason)
 	}
 	rec := w.save(in.open, base, fill)
 	if w.err == nil {
 		e.opened(in, rec)
 		in.reason = d.Guard
 		e.metrics.actions.WithLabelValues(rec.Action, resultHeld).Inc()
-		e.log.Info("remediation action held by a guard", "record", rec.ID, "guard", d.Guard, "reason", reason)
+		e.log.Info("remediation action held by a guard", "record", rec.ID, "guard", d.Guard, "reason", d.Reason)
 	}
 }
 
@@ -740,15 +738,6 @@ func (e *Engine) close(w *writer, in *instance, state journal.State, now time.Ti
 	in.open, in.last, in.state, in.done, in.finished = 0, rec.ID, state, true, now
 	e.metrics.actions.WithLabelValues(rec.Action, string(state)).Inc()
 	e.log.Info("remediation action "+string(state), "record", rec.ID, "action", rec.Action, "reason", reason)
-}
-
-// refusalReason is the journal's sentence for a guard's refusal: the
-// breaker counts guests, which the guards call hosts.
-func refusalReason(d guards.Decision) string {
-	if d.Guard == guards.GuardBreaker {
-		return strings.Replace(d.Reason, " hosts unhealthy", " targets unhealthy", 1)
-	}
-	return d.Reason
 }
 
 // normalize fills what a sender may leave out, so that alerts from the rule

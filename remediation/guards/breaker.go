@@ -107,7 +107,7 @@ func NewBreaker(threshold string, closeAfter time.Duration) (*Breaker, error) {
 }
 
 func (b *Breaker) describe(unhealthy, total int) string {
-	return fmt.Sprintf("%d of %d hosts unhealthy (threshold %s)", unhealthy, total, b.Threshold)
+	return fmt.Sprintf("%d of %d targets unhealthy (threshold %s)", unhealthy, total, b.Threshold)
 }
 
 // Observe takes one count of the fleet at now and returns the new state.

@@ -132,10 +132,10 @@ func TestBreakerStateAndDecision(t *testing.T) {
 	}
 	b.Observe(1, 10, at(0))
 	s := b.Observe(7, 10, at(time.Minute))
-	if !s.Open || !s.Since.Equal(at(time.Minute)) || s.Why != "7 of 10 hosts unhealthy (threshold 40%)" {
+	if !s.Open || !s.Since.Equal(at(time.Minute)) || s.Why != "7 of 10 targets unhealthy (threshold 40%)" {
 		t.Errorf("state %+v", s)
 	}
-	if d := s.Decide(); d.Verdict != Skip || d.Reason != "skipped: circuit breaker open, 7 of 10 hosts unhealthy (threshold 40%)" {
+	if d := s.Decide(); d.Verdict != Skip || d.Reason != "skipped: circuit breaker open, 7 of 10 targets unhealthy (threshold 40%)" {
 		t.Errorf("decision %+v", d)
 	}
 	s = b.Observe(8, 10, at(2*time.Minute))
@@ -147,7 +147,7 @@ func TestBreakerStateAndDecision(t *testing.T) {
 		t.Errorf("calm decision %q", d.Reason)
 	}
 	s = b.Observe(1, 10, at(13*time.Minute))
-	if s.Open || !s.Since.Equal(at(13*time.Minute)) || s.Why != "1 of 10 hosts unhealthy (threshold 40%), at or under it since 2026-03-29T01:03:00Z" {
+	if s.Open || !s.Since.Equal(at(13*time.Minute)) || s.Why != "1 of 10 targets unhealthy (threshold 40%), at or under it since 2026-03-29T01:03:00Z" {
 		t.Errorf("closed state %+v", s)
 	}
 	// The state survives the journal.

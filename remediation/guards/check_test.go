@@ -13,7 +13,7 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	open := BreakerState{Open: true, Why: "7 of 10 hosts unhealthy (threshold 40%)"}
+	open := BreakerState{Open: true, Why: "7 of 10 targets unhealthy (threshold 40%)"}
 	pause := Pause{Target: "vm-1", Author: "ana", Comment: "debugging", Until: at(time.Hour)}
 	approved := &Approval{State: Approved, Author: "bo", Comment: "go", Decided: t0}
 	tests := []struct {
@@ -31,7 +31,7 @@ func TestCheck(t *testing.T) {
 		{"window", Inputs{Windows: Windows{freeze}}, Wait, false,
 			`waiting: freeze "freeze" (0 0 * * * for 24h) over hosts with rack=r1 until 2026-03-30T00:00:00Z`, []string{GuardWindow}},
 		{"breaker", Inputs{Breaker: open}, Skip, false,
-			"skipped: circuit breaker open, 7 of 10 hosts unhealthy (threshold 40%)", []string{GuardBreaker}},
+			"skipped: circuit breaker open, 7 of 10 targets unhealthy (threshold 40%)", []string{GuardBreaker}},
 		{"dependency", Inputs{UnhealthyHosts: map[string]string{"h1": "unreachable"}}, Skip, false,
 			"skipped: host h1 is unreachable: the host is handled first", []string{GuardDependency}},
 		{"escalate", Inputs{Target: TargetPolicy{MaxAttempts: 1, Window: time.Hour}, History: TargetHistory{Attempts: []Attempt{{At: t0, Outcome: Failed}}}},
@@ -43,7 +43,7 @@ func TestCheck(t *testing.T) {
 		{"approved", Inputs{NeedsApproval: true, Approval: approved}, Allow, true, "allowed: restart-vm on vm-1 passed all 8 guards", nil},
 		{"dry run allowed", Inputs{DryRun: true}, Allow, false, "dry-run: not executed; allowed: restart-vm on vm-1 passed all 8 guards", nil},
 		{"dry run refused", Inputs{DryRun: true, Breaker: open}, Skip, false,
-			"dry-run: not executed; skipped: circuit breaker open, 7 of 10 hosts unhealthy (threshold 40%)", []string{GuardBreaker}},
+			"dry-run: not executed; skipped: circuit breaker open, 7 of 10 targets unhealthy (threshold 40%)", []string{GuardBreaker}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
