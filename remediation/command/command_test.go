@@ -348,9 +348,11 @@ func TestRunKillsProcessGroup(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pidFile := filepath.Join(t.TempDir(), "child.pid")
+			// "started" is out before the pid file appears, which the
+			// cancel waits for: otherwise the kill can come first.
 			s := Spec{
 				Program: "/bin/sh",
-				Args:    []string{"-c", `sleep 100 & echo $! > "$1.tmp" && mv "$1.tmp" "$1"; echo started; wait`, "sh", pidFile},
+				Args:    []string{"-c", `echo started; sleep 100 & echo $! > "$1.tmp" && mv "$1.tmp" "$1"; wait`, "sh", pidFile},
 				Timeout: tt.timeout,
 			}
 			ctx, cancel := context.WithCancel(t.Context())
