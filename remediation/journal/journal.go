@@ -140,8 +140,9 @@ var (
 // Journal is a bbolt file of records keyed by ID. It is safe for concurrent
 // use.
 type Journal struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	opened int64 // bbolt's page writes after Open, so PagesWritten starts at 0
 	// observe, if set, sees every record once it is on disk (the audit
 	// stream to Loki).
 	observe func(Record)
@@ -186,7 +187,7 @@ func open(path string, timeout time.Duration) (*Journal, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialise journal %s: %w", path, err)
 	}
-	return &Journal{db: db, path: path}, nil
+	return &Journal{db: db, path: path, opened: pagesWritten(db)}, nil
 }
 
 // Close closes the file and releases its lock.
@@ -220,29 +221,61 @@ func (j *Journal) Update(id uint64, fn func(*Record)) (Record, error) {
 	return rec, err
 }
 
-// Batch is a set of changes written in one transaction.
+// Batch is a set of changes written in one transaction. The transaction
+// opens with the first change, so a batch that changes nothing takes no
+// write lock and costs no fsync.
 type Batch struct {
-	b       *bolt.Bucket
+	db      *bolt.DB
+	tx      *bolt.Tx // nil until the first change
 	written []Record
+}
+
+// bucket returns the records bucket of the batch's write transaction,
+// opening it on first use.
+func (b *Batch) bucket() (*bolt.Bucket, error) {
+	if b.tx == nil {
+		tx, err := b.db.Begin(true)
+		if err != nil {
+			return nil, err
+		}
+		b.tx = tx
+	}
+	return b.tx.Bucket(recordsBucket), nil
 }
 
 // Append adds rec under a new ID and returns it as it will be stored.
 func (b *Batch) Append(rec Record) (Record, error) {
-	id, err := b.b.NextSequence()
+	bk, err := b.bucket()
+	if err != nil {
+		return Record{}, fmt.Errorf("append journal record: %w", err)
+	}
+	id, err := bk.NextSequence()
 	if err != nil {
 		return Record{}, fmt.Errorf("append journal record: %w", err)
 	}
 	rec.ID = id
-	if err := put(b.b, rec); err != nil {
+	if err := put(bk, rec); err != nil {
 		return Record{}, fmt.Errorf("append journal record: %w", err)
 	}
 	b.written = append(b.written, rec)
 	return rec, nil
 }
 
-// Get returns the record with id as this batch sees it.
+// Get returns the record with id as this batch sees it: through its
+// transaction once it has one (bbolt must not have a read transaction open
+// beside the write one in the same goroutine), else as stored.
 func (b *Batch) Get(id uint64) (Record, error) {
-	rec, err := get(b.b, id)
+	var rec Record
+	var err error
+	if b.tx != nil {
+		rec, err = get(b.tx.Bucket(recordsBucket), id)
+	} else {
+		err = b.db.View(func(tx *bolt.Tx) error {
+			var gerr error
+			rec, gerr = get(tx.Bucket(recordsBucket), id)
+			return gerr
+		})
+	}
 	if err != nil {
 		return Record{}, fmt.Errorf("get journal record %d: %w", id, err)
 	}
@@ -251,13 +284,17 @@ func (b *Batch) Get(id uint64) (Record, error) {
 
 // Update applies fn to the record with id; fn cannot change the ID.
 func (b *Batch) Update(id uint64, fn func(*Record)) (Record, error) {
-	rec, err := get(b.b, id)
+	bk, err := b.bucket()
+	if err != nil {
+		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
+	}
+	rec, err := get(bk, id)
 	if err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
 	fn(&rec)
 	rec.ID = id
-	if err := put(b.b, rec); err != nil {
+	if err := put(bk, rec); err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
 	b.written = append(b.written, rec)
@@ -266,20 +303,41 @@ func (b *Batch) Update(id uint64, fn func(*Record)) (Record, error) {
 
 // Batch runs fn in one transaction: everything fn wrote is on disk when
 // Batch returns nil, and nothing is when it returns an error. One fsync for
-// many records is what lets an alert storm be recorded quickly.
+// many records is what lets an alert storm be recorded quickly. The write
+// transaction opens with fn's first change: when fn changes nothing, Batch
+// writes nothing.
 func (j *Journal) Batch(fn func(*Batch) error) error {
-	var written []Record
-	err := j.db.Update(func(tx *bolt.Tx) error {
-		b := &Batch{b: tx.Bucket(recordsBucket)}
-		err := fn(b)
-		written = b.written
-		return err
-	})
-	if err != nil {
+	b := &Batch{db: j.db}
+	done := false
+	defer func() {
+		if b.tx != nil && !done { // fn failed or panicked
+			_ = b.tx.Rollback()
+		}
+	}()
+	if err := fn(b); err != nil {
 		return err
 	}
-	j.notify(written...)
+	if b.tx == nil {
+		return nil
+	}
+	done = true
+	if err := b.tx.Commit(); err != nil {
+		return err
+	}
+	j.notify(b.written...)
 	return nil
+}
+
+// PagesWritten reports how many pages the journal has written since it was
+// opened. Every commit writes at least its meta page (and fsyncs), so the
+// count stands still exactly while nothing is committed.
+func (j *Journal) PagesWritten() int64 {
+	return pagesWritten(j.db) - j.opened
+}
+
+func pagesWritten(db *bolt.DB) int64 {
+	s := db.Stats()
+	return s.TxStats.GetWrite()
 }
 
 // Get returns the record with id, or an error wrapping ErrNotFound.

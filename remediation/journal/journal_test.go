@@ -285,3 +285,62 @@ func TestOnRecord(t *testing.T) {
 		t.Errorf("observed %v, want %v", seen, want)
 	}
 }
+
+// A batch that changes nothing commits nothing: no write transaction, no
+// fsync. One that changes something commits, and a failed one leaves
+// nothing behind.
+func TestBatchOpensItsTransactionOnFirstChange(t *testing.T) {
+	j, _ := openTemp(t)
+	rec, err := j.Append(sample(StateRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := j.PagesWritten()
+	if before == 0 {
+		t.Fatal("PagesWritten = 0 after an append")
+	}
+	err = j.Batch(func(b *Batch) error {
+		got, err := b.Get(rec.ID) // a read opens no write transaction
+		if err != nil || got.State != StateRunning {
+			t.Errorf("Get = %+v, %v", got, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := j.PagesWritten(); n != before {
+		t.Errorf("a batch that changed nothing wrote %d pages", n-before)
+	}
+
+	boom := errors.New("boom")
+	err = j.Batch(func(b *Batch) error {
+		if _, err := b.Update(rec.ID, func(r *Record) { r.State = StateFailed }); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Batch = %v, want boom", err)
+	}
+	if got, _ := j.Get(rec.ID); got.State != StateRunning || j.PagesWritten() != before {
+		t.Errorf("a failed batch left state %s, %d pages written", got.State, j.PagesWritten()-before)
+	}
+
+	err = j.Batch(func(b *Batch) error {
+		if _, err := b.Update(rec.ID, func(r *Record) { r.State = StateSucceeded }); err != nil {
+			return err
+		}
+		got, err := b.Get(rec.ID) // through the write transaction
+		if err != nil || got.State != StateSucceeded {
+			t.Errorf("Get in the batch = %s, %v; want its own change", got.State, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := j.Get(rec.ID); got.State != StateSucceeded || j.PagesWritten() == before {
+		t.Errorf("after a batch that changed the record: state %s, pages written %d", got.State, j.PagesWritten()-before)
+	}
+}
