@@ -30,6 +30,7 @@ import (
 	"caretaker/internal/agent"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/monitoring"
+	"caretaker/internal/needs"
 	"caretaker/remediation"
 )
 
@@ -142,7 +143,9 @@ func TestPanelsReturnData(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	filter := regexp.MustCompile(`^ctk-dash-`)
+	// This run's guests only: another run's (or test's) ctk-dash-… are not
+	// host-a's.
+	filter := regexp.MustCompile("^" + regexp.QuoteMeta("ctk-dash-"+suffix+"-"))
 	addrOf := map[string]string{}
 	hosts := agentHosts{}
 	for _, h := range []struct {
@@ -278,17 +281,9 @@ func TestPanelsReturnData(t *testing.T) {
 // bridges, qemu:///system), libvirtd, QEMU, iproute2 and qemu-img.
 func requireLab(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the live dashboard test creates network namespaces, a bridge and a QEMU guest: it needs root (CI has it)")
-	}
-	if _, err := os.Stat(libvirtSocket); err != nil {
-		t.Skipf("the live dashboard test needs libvirtd (%v); CI starts it", err)
-	}
-	for _, tool := range []string{"ip", "bridge", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("the live dashboard test needs %s: %v", tool, err)
-		}
-	}
+	needs.Root(t, "the live dashboard test creates network namespaces, a bridge and a QEMU guest")
+	needs.Libvirtd(t)
+	needs.Programs(t, "ip", "bridge", "qemu-img")
 	// As the agent binary does, before any connection: without libvirt's
 	// event loop the kvm collector exports no lifecycle events or crash
 	// counts. The loop is process-wide and runs until the test binary exits.
@@ -297,12 +292,12 @@ func requireLab(t *testing.T) {
 	}
 	conn, err := libvirt.NewConnect("qemu:///system")
 	if err != nil {
-		t.Skipf("the live dashboard test needs qemu:///system: %v", err)
+		needs.Missing(t, "the live dashboard test needs qemu:///system: %v", err)
 	}
 	defer conn.Close()
 	caps, err := conn.GetCapabilities()
 	if err != nil || !strings.Contains(caps, "<domain type='qemu'") {
-		t.Skipf("the live dashboard test needs QEMU guests of domain type qemu through libvirtd (capabilities: %v)", err)
+		needs.Missing(t, "the live dashboard test needs QEMU guests of domain type qemu through libvirtd (capabilities: %v)", err)
 	}
 }
 

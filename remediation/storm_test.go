@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"caretaker/internal/needs"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
 )
@@ -370,7 +371,7 @@ func procStatus(tb testing.TB, field string) int64 {
 	tb.Helper()
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
-		tb.Skipf("resident memory needs /proc: %v", err)
+		needs.Missing(tb, "resident memory needs /proc: %v", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)

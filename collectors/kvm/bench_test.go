@@ -20,6 +20,7 @@ import (
 
 	"caretaker/collectors"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 // benchDomains is the size of the node the benchmarks scrape.
@@ -29,9 +30,7 @@ const benchDomains = 500
 // test+unix URI, skipping when the system libvirtd is not running.
 func daemonNode(tb testing.TB, n int) string {
 	tb.Helper()
-	if _, err := os.Stat(daemonSocket); err != nil {
-		tb.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-	}
+	needs.Libvirtd(tb)
 	return "test+unix://" + writeNode(tb, tb.TempDir(), genNode(n))
 }
 

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"caretaker/internal/needs"
 )
 
 // testDaemon is a libvirtd of the test's own. It runs as root, so in system
@@ -33,13 +35,8 @@ type testDaemon struct {
 // privateLibvirtd starts a testDaemon, stopped when the test ends.
 func privateLibvirtd(t *testing.T) *testDaemon {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a private libvirtd")
-	}
-	libvirtd, err := exec.LookPath("libvirtd")
-	if err != nil {
-		t.Skipf("libvirtd is not installed (Debian package libvirt-daemon): %v", err)
-	}
+	needs.Root(t, "the test runs a private libvirtd")
+	libvirtd := needs.Program(t, "libvirtd")
 	// Not t.TempDir: socket paths must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "ctk-kvm-")
 	if err != nil {

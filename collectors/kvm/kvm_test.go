@@ -1,10 +1,8 @@
 package kvm
 
 import (
-	"caretaker/internal/golden"
 	"flag"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -17,7 +15,9 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
+	"caretaker/internal/golden"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -293,9 +293,7 @@ func forEachNodeURI(t *testing.T, node string, fn func(t *testing.T, conn *libvi
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.daemon {
-				if _, err := os.Stat(daemonSocket); err != nil {
-					t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-				}
+				needs.Libvirtd(t)
 			}
 			logger := testLogger(t)
 			conn := libvirtconn.New(tt.uri, logger)

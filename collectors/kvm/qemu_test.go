@@ -17,6 +17,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 const qemuURI = "qemu:///system"
@@ -197,20 +198,11 @@ func interfaceDevice(t *testing.T, samples map[string]float64, uuid, bridge, mac
 // are root, and it can run x86_64 guests of domain type qemu.
 func qemuConnect(t *testing.T) *libvirt.Connect {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a QEMU guest and a bridge")
-	}
-	if _, err := os.Stat(daemonSocket); err != nil {
-		t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-	}
-	for _, tool := range []string{"ip", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed: %v", tool, err)
-		}
-	}
+	needs.Libvirtd(t)
+	needs.Programs(t, "ip", "qemu-img")
 	lv, err := libvirt.NewConnect(qemuURI)
 	if err != nil {
-		t.Skipf("connect to %s: %v", qemuURI, err)
+		needs.Missing(t, "connect to %s: %v", qemuURI, err)
 	}
 	t.Cleanup(func() { lv.Close() })
 	capsXML, err := lv.GetCapabilities()
@@ -231,7 +223,7 @@ func qemuConnect(t *testing.T) *libvirt.Connect {
 			}
 		}
 	}
-	t.Skipf("%s cannot run x86_64 guests of domain type qemu (Debian package qemu-system-x86)", qemuURI)
+	needs.Missing(t, "%s cannot run x86_64 guests of domain type qemu (Debian package qemu-system-x86)", qemuURI)
 	return nil
 }
 

@@ -17,6 +17,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"caretaker/internal/needs"
 )
 
 // Compare fails t when got differs from the golden file at path; with
@@ -54,13 +56,10 @@ func Encode(t testing.TB, mfs []*dto.MetricFamily) []byte {
 }
 
 // CheckMetrics runs `promtool check metrics` on an exposition and fails t
-// on any complaint. Without promtool it skips t (CI always has it).
+// on any complaint. It needs promtool (see package needs).
 func CheckMetrics(t testing.TB, exposition []byte) {
 	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skipf("promtool is not on PATH (Debian package prometheus): %v", err)
-	}
+	promtool := needs.Program(t, "promtool")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, promtool, "check", "metrics")

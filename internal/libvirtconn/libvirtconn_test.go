@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"caretaker/internal/needs"
 )
 
 const (
@@ -242,11 +244,9 @@ func TestConcurrentGet(t *testing.T) {
 // connection (through the admin API, as a daemon restart would) and checks
 // that the close callback fires and Get opens a new, working connection.
 func TestReconnectAfterDaemonDropsClient(t *testing.T) {
-	if _, err := os.Stat(daemonSocket); err != nil {
-		t.Skipf("libvirtd is not running (%s: %v); start it with `libvirtd -d`", daemonSocket, err)
-	}
-	if _, err := os.Stat(adminSocket); err != nil || os.Geteuid() != 0 {
-		t.Skipf("needs root and libvirtd's admin socket %s to disconnect a client", adminSocket)
+	needs.Libvirtd(t)
+	if _, err := os.Stat(adminSocket); err != nil {
+		needs.Missing(t, "needs libvirtd's admin socket %s to disconnect a client: %v", adminSocket, err)
 	}
 
 	c := New("test+unix:///default", testLogger(t))
@@ -323,10 +323,7 @@ func clientPID(info string) int {
 
 func virtAdmin(t *testing.T, args ...string) string {
 	t.Helper()
-	path, err := exec.LookPath("virt-admin")
-	if err != nil {
-		t.Skipf("virt-admin is not installed (package libvirt-clients): %v", err)
-	}
+	path := needs.Program(t, "virt-admin")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, path, args...).CombinedOutput()

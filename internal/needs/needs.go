@@ -42,10 +42,19 @@ func Root(tb testing.TB, why string) {
 	}
 }
 
-// Program needs an executable on PATH and returns its path.
+// Program needs an executable on PATH, or in /usr/sbin or /sbin (which a
+// user's PATH may lack), and returns its path.
 func Program(tb testing.TB, name string) string {
 	tb.Helper()
 	path, err := exec.LookPath(name)
+	for _, dir := range []string{"/usr/sbin/", "/sbin/"} {
+		if err == nil {
+			break
+		}
+		if p, e := exec.LookPath(dir + name); e == nil {
+			path, err = p, nil
+		}
+	}
 	if err != nil {
 		Missing(tb, "%s is not installed (%s): %v", name, setupHint, err)
 	}

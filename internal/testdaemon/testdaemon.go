@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"caretaker/internal/needs"
 )
 
 // readyLimit bounds how long a program may take to answer /-/ready.
@@ -27,15 +29,12 @@ func FreePort(t testing.TB) string {
 }
 
 // Start runs program with the arguments args builds for a free address,
-// waits until its /-/ready answers 200 and returns its base URL. It skips
-// the test when the program is not installed (CI installs it). The process
+// waits until its /-/ready answers 200 and returns its base URL. It needs
+// the program (see package needs). The process
 // is killed at cleanup; its output is logged when the test failed.
 func Start(t testing.TB, program string, args func(addr string) []string) string {
 	t.Helper()
-	path, err := exec.LookPath(program)
-	if err != nil {
-		t.Skipf("%s is not installed (CI installs it): %v", program, err)
-	}
+	path := needs.Program(t, program)
 	addr := FreePort(t)
 	logPath := filepath.Join(t.TempDir(), program+".log")
 	logFile, err := os.Create(logPath)

@@ -64,10 +64,12 @@ const (
 	MaxRetries = 10
 
 	defaultIPMIPort = 623
-	// retryDelay is the pause before the second attempt, doubled for each
-	// further one, so a briefly overloaded BMC gets room to recover.
-	retryDelay = 250 * time.Millisecond
 )
+
+// retryDelay is the pause before the second attempt, doubled for each
+// further one, so a briefly overloaded BMC gets room to recover. The
+// package's tests shorten it in TestMain.
+var retryDelay = 250 * time.Millisecond
 
 // Config is one host's BMC, the `bmc:` block of the inventory.
 type Config struct {

@@ -23,6 +23,7 @@ func loadConfig(path string) error {
 }
 
 func TestConfigFiles(t *testing.T) {
+	t.Parallel()
 	golden.GoodFiles(t, "testdata/config/good/*.yml", loadConfig)
 	golden.BadFiles(t, "testdata/config/bad/*.yml", loadConfig, *update)
 }
@@ -38,6 +39,7 @@ func writeSecret(t testing.TB, content string) string {
 }
 
 func TestReadPassword(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, content, want, wantErr string
 	}{
@@ -68,6 +70,7 @@ func TestReadPassword(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
+	t.Parallel()
 	long := writeSecret(t, "a-password-of-25-bytes-xx\n")
 	for _, tc := range []struct {
 		name    string
@@ -103,6 +106,7 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestPowerStateString(t *testing.T) {
+	t.Parallel()
 	for s, want := range map[PowerState]string{PowerUnknown: "unknown", PowerOn: "on", PowerOff: "off", PowerState(7): "unknown"} {
 		if got := s.String(); got != want {
 			t.Errorf("PowerState(%d).String() = %q, want %q", int(s), got, want)

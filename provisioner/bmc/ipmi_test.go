@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"caretaker/internal/needs"
 )
 
 const (
@@ -74,10 +76,7 @@ func freeUDPPort(t testing.TB) int {
 // port with the recording chassis-control script, the host powered off.
 func startIPMISim(t testing.TB) *ipmiSim {
 	t.Helper()
-	bin, err := exec.LookPath("ipmi_sim")
-	if err != nil {
-		t.Skipf("ipmi_sim is not installed (Debian package openipmi; CI installs it): %v", err)
-	}
+	bin := needs.Program(t, "ipmi_sim")
 	dir := t.TempDir()
 	port := freeUDPPort(t)
 	files := map[string]string{
@@ -200,15 +199,10 @@ func (s *ipmiSim) awaitSets(t *testing.T, skip int, want []string) {
 	}
 }
 
-// ipmitool runs ipmitool against the simulator, or returns "" when it is
-// not installed.
+// ipmitool runs ipmitool against the simulator.
 func (s *ipmiSim) ipmitool(t *testing.T, args ...string) string {
 	t.Helper()
-	bin, err := exec.LookPath("ipmitool")
-	if err != nil {
-		t.Logf("ipmitool not installed, cross-check skipped: %v", err)
-		return ""
-	}
+	bin := needs.Program(t, "ipmitool")
 	host, port, _ := net.SplitHostPort(s.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -223,6 +217,7 @@ func (s *ipmiSim) ipmitool(t *testing.T, args ...string) string {
 }
 
 func TestIPMISim(t *testing.T) {
+	t.Parallel()
 	sim := startIPMISim(t)
 	// No retries: a resent command would show twice in the record.
 	c := sim.controller(t, 10*time.Second, 0)
@@ -255,7 +250,7 @@ func TestIPMISim(t *testing.T) {
 				t.Fatalf("PowerStatus = %v, %v; want %v", got, err, step.want)
 			}
 			if step.ipmitool != nil {
-				if out := sim.ipmitool(t, step.ipmitool...); out != "" && !strings.Contains(out, step.check) {
+				if out := sim.ipmitool(t, step.ipmitool...); !strings.Contains(out, step.check) {
 					t.Fatalf("ipmitool %s:\n%s\nwant %q", strings.Join(step.ipmitool, " "), out, step.check)
 				}
 			}
@@ -264,6 +259,7 @@ func TestIPMISim(t *testing.T) {
 }
 
 func TestIPMIWrongPassword(t *testing.T) {
+	t.Parallel()
 	sim := startIPMISim(t)
 	c, err := New(Config{
 		Type: TypeIPMI, Address: sim.addr, Username: simUser,
@@ -286,6 +282,7 @@ func TestIPMIWrongPassword(t *testing.T) {
 // TestIPMINoAnswer: a BMC that does not answer is a clear error, whether
 // nothing listens (the kernel refuses) or something listens and is silent.
 func TestIPMINoAnswer(t *testing.T) {
+	t.Parallel()
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -295,12 +292,12 @@ func TestIPMINoAnswer(t *testing.T) {
 		name, addr, why string
 	}{
 		{name: "nobody listens", addr: "127.0.0.1:" + strconv.Itoa(freeUDPPort(t)), why: "BMC did not answer: "},
-		{name: "silent", addr: silent.LocalAddr().String(), why: "BMC did not answer within 300ms: "},
+		{name: "silent", addr: silent.LocalAddr().String(), why: "BMC did not answer within 100ms: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := New(Config{
 				Type: TypeIPMI, Address: tc.addr, Username: simUser,
-				PasswordFile: writeSecret(t, simPass), Timeout: 300 * time.Millisecond, Retries: 1,
+				PasswordFile: writeSecret(t, simPass), Timeout: 100 * time.Millisecond, Retries: 1,
 			}, discard())
 			if err != nil {
 				t.Fatal(err)
@@ -317,6 +314,7 @@ func TestIPMINoAnswer(t *testing.T) {
 // TestPXEOnceFlags pins the boot flags parameter: valid, next boot only,
 // device PXE (ipmi_sim passes only the device on to its script).
 func TestPXEOnceFlags(t *testing.T) {
+	t.Parallel()
 	if got, want := pxeOnceFlags().Pack(), []byte{0x80, 0x04, 0, 0, 0}; !bytes.Equal(got, want) {
 		t.Fatalf("boot flags % x, want % x", got, want)
 	}

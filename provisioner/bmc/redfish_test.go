@@ -184,6 +184,7 @@ func startRedfish(t testing.TB, f *fakeRedfish, mod func(*Config)) Controller {
 }
 
 func TestRedfishPower(t *testing.T) {
+	t.Parallel()
 	withCycle := []string{"On", "ForceOff", "PowerCycle", "ForceRestart"}
 	for _, tc := range []struct {
 		name       string
@@ -224,6 +225,7 @@ func TestRedfishPower(t *testing.T) {
 }
 
 func TestRedfishSetPXEBootOnce(t *testing.T) {
+	t.Parallel()
 	f := newFakeRedfish(t)
 	f.set("On", "Hdd", "Continuous", nil)
 	c := startRedfish(t, f, func(c *Config) { c.SystemID = "437XR1138R2" })
@@ -236,6 +238,7 @@ func TestRedfishSetPXEBootOnce(t *testing.T) {
 }
 
 func TestRedfishErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name         string
 		setup        func(*fakeRedfish)
@@ -299,6 +302,7 @@ func TestRedfishErrors(t *testing.T) {
 }
 
 func TestRedfishRetries5xx(t *testing.T) {
+	t.Parallel()
 	f := newFakeRedfish(t)
 	f.set("On", "None", "Disabled", nil)
 	f.fail5xx = 2
@@ -312,6 +316,7 @@ func TestRedfishRetries5xx(t *testing.T) {
 }
 
 func TestRedfishVerifiesCertificate(t *testing.T) {
+	t.Parallel()
 	f := newFakeRedfish(t)
 	c := startRedfish(t, f, func(c *Config) { c.Insecure = false })
 	_, err := c.PowerStatus(context.Background())
@@ -323,6 +328,7 @@ func TestRedfishVerifiesCertificate(t *testing.T) {
 // TestRedfishNoAnswer talks to a port that accepts connections and never
 // answers, as a hung BMC web server does.
 func TestRedfishNoAnswer(t *testing.T) {
+	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -330,20 +336,21 @@ func TestRedfishNoAnswer(t *testing.T) {
 	t.Cleanup(func() { l.Close() })
 	cfg := Config{
 		Type: TypeRedfish, Address: l.Addr().String(), Username: mockUser,
-		PasswordFile: writeSecret(t, mockPass), Timeout: 200 * time.Millisecond, Retries: 1,
+		PasswordFile: writeSecret(t, mockPass), Timeout: 100 * time.Millisecond, Retries: 1,
 	}
 	c, err := New(cfg, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.PowerStatus(context.Background())
-	want := "redfish " + l.Addr().String() + ": power status: attempt 2 of 2: BMC did not answer within 200ms: "
+	want := "redfish " + l.Addr().String() + ": power status: attempt 2 of 2: BMC did not answer within 100ms: "
 	if !errors.Is(err, ErrNoAnswer) || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("err = %v\nwant prefix: %s", err, want)
 	}
 }
 
 func TestParseSystemMember(t *testing.T) {
+	t.Parallel()
 	coll := `{"Members":[{"@odata.id":"/redfish/v1/Systems/1"},{"@odata.id":"/redfish/v1/Systems/2/"}]}`
 	for _, tc := range []struct {
 		name, data, id, want, wantErr string
@@ -371,6 +378,7 @@ func TestParseSystemMember(t *testing.T) {
 }
 
 func TestRedfishErrorText(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ name, body, want string }{
 		{name: "extended info", body: `{"error":{"message":"general","@Message.ExtendedInfo":[{"Message":"first."},{"Message":"second."}]}}`, want: "first.; second."},
 		{name: "message only", body: `{"error":{"code":"Base.1.0.GeneralError","message":"general"}}`, want: "general"},

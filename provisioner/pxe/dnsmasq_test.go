@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"caretaker/internal/golden"
+	"caretaker/internal/needs"
 )
 
 func dhcpConfig() DnsmasqConfig {
@@ -87,12 +88,7 @@ func TestRenderDnsmasqAcceptedByDnsmasq(t *testing.T) {
 
 func dnsmasqTest(t *testing.T, conf []byte) ([]byte, error) {
 	t.Helper()
-	bin, err := exec.LookPath("dnsmasq")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/dnsmasq"); err != nil {
-			t.Skipf("dnsmasq is not installed (Debian package dnsmasq-base; CI installs it): %v", err)
-		}
-	}
+	bin := needs.Program(t, "dnsmasq")
 	path := filepath.Join(t.TempDir(), "dnsmasq.conf")
 	if err := os.WriteFile(path, conf, 0o644); err != nil {
 		t.Fatal(err)

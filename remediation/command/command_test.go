@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"caretaker/internal/needs"
 	"caretaker/internal/yamlfile"
 )
 
@@ -386,9 +387,7 @@ func TestRunKillsProcessGroup(t *testing.T) {
 // A process that leaves its group (setsid) and keeps the output pipe open
 // cannot hang Run, and Run says what happened.
 func TestRunOutputHeldAfterExit(t *testing.T) {
-	if _, err := exec.LookPath("setsid"); err != nil {
-		t.Skip("setsid (util-linux) is not installed")
-	}
+	needs.Program(t, "setsid")
 	pidFile := filepath.Join(t.TempDir(), "daemon.pid")
 	s := Spec{
 		Program: "/bin/sh",

@@ -2,20 +2,21 @@ package intake
 
 import (
 	"bytes"
-	"caretaker/internal/testdaemon"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"caretaker/internal/needs"
+	"caretaker/internal/testdaemon"
 )
 
 // These tests run the webhook against the real Alertmanager; they skip
@@ -129,9 +130,7 @@ func pushAlert(t *testing.T, am string, labels map[string]string, startsAt, ends
 // deliver one alert again and again; the inbox records it once, then its
 // resolution once, which withdraws the firing entry nobody consumed.
 func TestRealAlertmanager(t *testing.T) {
-	if _, err := exec.LookPath("prometheus-alertmanager"); err != nil {
-		t.Skipf("prometheus-alertmanager is not installed (CI installs it): %v", err)
-	}
+	needs.Program(t, "prometheus-alertmanager")
 	in, _ := openInbox(t)
 	d := &deliveries{counts: map[string]int{}, signal: make(chan struct{}, 1)}
 	// No OnAlerts: the entries stay pending for the test to inspect.

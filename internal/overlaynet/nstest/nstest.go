@@ -22,6 +22,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"caretaker/internal/needs"
 )
 
 // commandTimeout bounds each ip or bridge command.
@@ -43,14 +45,8 @@ type NS struct {
 // skips the test without root or iproute2.
 func New(tb testing.TB) NS {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("overlay network tests create network namespaces and need root")
-	}
-	for _, cmd := range []string{"ip", "bridge"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			tb.Skipf("overlay network tests need ip and bridge from iproute2: %v", err)
-		}
-	}
+	needs.Root(tb, "overlay network tests create network namespaces")
+	needs.Programs(tb, "ip", "bridge")
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		tb.Fatal(err)
@@ -58,7 +54,7 @@ func New(tb testing.TB) NS {
 	ns := NS{Name: "ctk-onet-" + hex.EncodeToString(b[:])}
 	ns.Path = "/var/run/netns/" + ns.Name
 	if out, err := command("ip", "netns", "add", ns.Name); err != nil {
-		tb.Skipf("cannot create a network namespace (ip netns add %s: %v): %s", ns.Name, err, out)
+		needs.Missing(tb, "cannot create a network namespace (ip netns add %s: %v): %s", ns.Name, err, out)
 	}
 	tb.Cleanup(func() {
 		if out, err := command("ip", "netns", "del", ns.Name); err != nil {
