@@ -45,21 +45,23 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("agent answered %d %s: %s", e.Code, http.StatusText(e.Code), e.Msg)
 }
 
-// Domain returns the domain with the given uuid.
+// Domain returns the domain with the given uuid. Its error names the agent
+// only: the caller says which guest it asked about, and why.
 func (c *Client) Domain(ctx context.Context, uuid string) (Domain, error) {
 	var d Domain
 	if err := c.do(ctx, http.MethodGet, "/api/v1/domains/"+url.PathEscape(uuid), nil, &d); err != nil {
-		return Domain{}, fmt.Errorf("get domain %s from agent %s: %w", uuid, c.baseURL, err)
+		return Domain{}, fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return d, nil
 }
 
 // StartDomain starts the domain with the given uuid; starting a running
-// domain succeeds with Result ResultAlreadyRunning.
+// domain succeeds with Result ResultAlreadyRunning. Its error names the
+// agent only: the caller says which guest it started ("start guest …: %w").
 func (c *Client) StartDomain(ctx context.Context, uuid string) (StartResult, error) {
 	var res StartResult
 	if err := c.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(uuid)+"/start", nil, &res); err != nil {
-		return StartResult{}, fmt.Errorf("start domain %s on agent %s: %w", uuid, c.baseURL, err)
+		return StartResult{}, fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return res, nil
 }

@@ -55,15 +55,17 @@ func (a *agentHosts) client(host string) (*agent.Client, error) {
 	return c, nil
 }
 
+// The engine wraps the errors of these three with the operation and its
+// target ("start guest lab-1 (uuid) on host-a: %w") and the agent's client
+// adds its address, so they add nothing: each thing is said once.
+
 func (a *agentHosts) StartGuest(ctx context.Context, host, uuid string) error {
 	c, err := a.client(host)
 	if err != nil {
 		return err
 	}
-	if _, err := c.StartDomain(ctx, uuid); err != nil {
-		return fmt.Errorf("start guest %s on %s: %w", uuid, host, err)
-	}
-	return nil
+	_, err = c.StartDomain(ctx, uuid)
+	return err
 }
 
 func (a *agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool, error) {
@@ -73,7 +75,7 @@ func (a *agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool,
 	}
 	d, err := c.Domain(ctx, uuid)
 	if err != nil {
-		return false, fmt.Errorf("check guest %s on %s: %w", uuid, host, err)
+		return false, err
 	}
 	return d.State == "running", nil
 }
@@ -83,9 +85,5 @@ func (a *agentHosts) RepairOverlay(ctx context.Context, host, cluster string) ([
 	if err != nil {
 		return nil, err
 	}
-	changes, err := c.RepairOverlay(ctx, cluster)
-	if err != nil {
-		return changes, fmt.Errorf("repair overlay %s on %s: %w", cluster, host, err)
-	}
-	return changes, nil
+	return c.RepairOverlay(ctx, cluster)
 }

@@ -1,0 +1,59 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"caretaker/internal/config"
+	"caretaker/remediation"
+	"caretaker/remediation/journal"
+	"caretaker/remediation/policy"
+)
+
+// A failed restart reads as one sentence that says each thing once: the
+// engine names the operation and the guest, the client the agent's address,
+// the agent its answer.
+func TestFailedRestartErrorSaysEachThingOnce(t *testing.T) {
+	const (
+		uuid = "0b000000-0000-4000-8000-0000000000ff"
+		host = "host-am"
+	)
+	// Answers as an agent that does not know the guest.
+	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":"no domain with uuid ` + uuid + `"}`))
+	}))
+	defer agentSrv.Close()
+
+	j, err := journal.Open(filepath.Join(t.TempDir(), "journal.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	hosts := newAgentHosts([]config.Host{{Name: host, Agent: strings.TrimPrefix(agentSrv.URL, "http://")}}, "token")
+	e, err := remediation.New(remediation.Options{Policy: policy.Default(), Journal: j, Hosts: hosts,
+		FleetSize: func() int { return 10 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"alertname": "GuestCrashed", "host": host, "uuid": uuid, "domain": "lab-am-1"}
+	e.Handle(context.Background(), []remediation.Alert{{Name: "GuestCrashed", Labels: labels,
+		Status: remediation.StatusFiring, StartsAt: time.Now().Add(-time.Minute)}})
+	e.Close() // waits for the action
+
+	recs, err := j.List(0)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("journal = %+v, %v; want one record", recs, err)
+	}
+	want := "start guest lab-am-1 (" + uuid + ") on " + host + ": " + agentSrv.URL +
+		": agent answered 404 Not Found: no domain with uuid " + uuid
+	if got := recs[0].Error; got != want {
+		t.Errorf("error of the failed restart:\n got %s\nwant %s", got, want)
+	}
+}
