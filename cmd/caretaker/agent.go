@@ -71,10 +71,10 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 	f.StringVar(&configFile, "config.file", "", "agent configuration file: the overlays this host should have (see deploy/agent.example.yml)")
 	f.StringVar(&cfg.ProcFS, "path.procfs", "/proc", "procfs mount point")
 	f.StringVar(&cfg.SysFS, "path.sysfs", "/sys", "sysfs mount point")
-	f.StringVar(&cfg.RootFS, "path.rootfs", "/", "the host's root filesystem (when the agent runs in a container)")
+	f.StringVar(&cfg.RootFS, "path.rootfs", "/", "the host's root filesystem (when the agent runs in a container): mount points are statted and dev/kvm is looked up under it")
 	f.StringVar(&cfg.NetNS, "path.netns", "", "network namespace the overlay collector reads, e.g. /var/run/netns/host (default: the agent's own)")
 	f.StringVar(&cfg.GuestPool, "guests.pool", agent.DefaultGuestPool, "libvirt storage pool (directory pool with the base images) for guest nodes' disks")
-	f.StringVar(&cfg.GuestDomainType, "guests.domain-type", agent.DefaultGuestDomainType, "domain type of guest nodes: kvm, or qemu where /dev/kvm is not usable")
+	f.StringVar(&cfg.GuestDomainType, "guests.domain-type", agent.DefaultGuestDomainType, "domain type of guest nodes: kvm, or qemu (TCG) where /dev/kvm is not usable; qemu also declares that the host needs no /dev/kvm (caretaker_host_kvm_required 0)")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

@@ -24,7 +24,7 @@ type descs struct {
 	netRxBytes, netRxPackets, netRxErrors, netRxDrops *prometheus.Desc
 	netTxBytes, netTxPackets, netTxErrors, netTxDrops *prometheus.Desc
 
-	kvmDevicePresent, libvirtdUp                              *prometheus.Desc
+	kvmDevicePresent, kvmRequired, libvirtdUp                 *prometheus.Desc
 	guestVCPUs, guestMemory, vcpuOvercommit, memoryOvercommit *prometheus.Desc
 }
 
@@ -102,9 +102,11 @@ func newDescs() descs {
 		netTxDrops:   desc("network_transmit_drops_total", "Packets to transmit the network device dropped.", "device"),
 
 		kvmDevicePresent: desc("kvm_device_present", "Whether the KVM device (/dev/kvm) exists and is a character device (1) or not (0)."),
-		libvirtdUp:       desc("libvirtd_up", "Whether libvirtd answered a ping within the scrape (1) or not (0)."),
-		guestVCPUs:       desc("guest_vcpus", "Number of vCPUs given to the running guests."),
-		guestMemory:      desc("guest_memory_bytes", "Memory given to the running guests, in bytes."),
+		kvmRequired: desc("kvm_required",
+			"Whether this host's guests need the KVM device (1), or run under TCG (agent flag --guests.domain-type qemu) so that no /dev/kvm is expected (0)."),
+		libvirtdUp:  desc("libvirtd_up", "Whether libvirtd answered a ping within the scrape (1) or not (0)."),
+		guestVCPUs:  desc("guest_vcpus", "Number of vCPUs given to the running guests."),
+		guestMemory: desc("guest_memory_bytes", "Memory given to the running guests, in bytes."),
 		vcpuOvercommit: desc("vcpu_overcommit_ratio",
 			"vCPUs given to the running guests per online host CPU; above 1 the host's CPUs are overcommitted."),
 		memoryOvercommit: desc("memory_overcommit_ratio",

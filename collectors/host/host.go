@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -30,11 +31,17 @@ const namespace = "caretaker_host"
 type Config struct {
 	// ProcFS, SysFS are where procfs and sysfs are mounted (default /proc,
 	// /sys). RootFS is where the host's root filesystem is (default /):
-	// mount points are statted under it, so that an agent in a container
-	// with the host's / mounted at /host reports the host's filesystems.
+	// mount points are statted under it, and the KVM device is looked up
+	// under it, so that an agent in a container with the host's / mounted
+	// at /host reports the host's filesystems and the host's /dev/kvm.
 	ProcFS, SysFS, RootFS string
-	// DevKVM is the KVM device (default /dev/kvm).
+	// DevKVM is the KVM device (default dev/kvm under RootFS: /dev/kvm).
 	DevKVM string
+	// KVMNotRequired declares that this host's guests do not need KVM:
+	// they run under TCG (domain type qemu), so a missing /dev/kvm is
+	// expected, not a fault. It is exported as caretaker_host_kvm_required
+	// (0 when set, 1 by default), which the alert on the device reads.
+	KVMNotRequired bool
 	// FilesystemTimeout bounds each statfs (default 2s): a stuck NFS
 	// mount must never block the scrape.
 	FilesystemTimeout time.Duration
@@ -94,7 +101,7 @@ func New(cfg Config, logger *slog.Logger) (*Collector, error) {
 		cfg.RootFS = "/"
 	}
 	if cfg.DevKVM == "" {
-		cfg.DevKVM = "/dev/kvm"
+		cfg.DevKVM = filepath.Join(cfg.RootFS, "dev", "kvm")
 	}
 	if cfg.FilesystemTimeout <= 0 {
 		cfg.FilesystemTimeout = 2 * time.Second
@@ -191,6 +198,7 @@ func (c *Collector) collectKVMDevice(ch chan<- prometheus.Metric) {
 		c.logger.Debug("stat KVM device", "path", c.cfg.DevKVM, "err", err)
 	}
 	ch <- gauge(c.d.kvmDevicePresent, boolFloat(present))
+	ch <- gauge(c.d.kvmRequired, boolFloat(!c.cfg.KVMNotRequired))
 }
 
 // result is what a call to LibvirtCheck or Guests returned.

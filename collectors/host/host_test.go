@@ -1,7 +1,6 @@
 package host
 
 import (
-	"caretaker/internal/golden"
 	"context"
 	"errors"
 	"flag"
@@ -19,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"caretaker/collectors"
+	"caretaker/internal/golden"
+	"caretaker/internal/needs"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -543,6 +544,58 @@ func TestKVMDevicePresent(t *testing.T) {
 	}
 }
 
+// TestKVMDeviceUnderRootFS: without DevKVM the device is looked up under
+// RootFS, as an agent in a container sees the host's /dev at /host/dev;
+// the machine's own /dev/kvm plays no part.
+func TestKVMDeviceUnderRootFS(t *testing.T) {
+	withKVM := t.TempDir()
+	if err := os.Mkdir(filepath.Join(withKVM, "dev"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A character device every Linux machine has, standing in for kvm.
+	if err := os.Symlink("/dev/null", filepath.Join(withKVM, "dev", "kvm")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, root string
+		want       float64
+	}{
+		{"present", withKVM, 1},
+		{"absent", t.TempDir(), 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := fixtureConfig("testdata")
+			cfg.RootFS, cfg.DevKVM = tt.root, ""
+			got, err := scrapeOnce(t, newCollector(t, cfg))
+			if err != nil {
+				t.Errorf("Update: %v", err)
+			}
+			if v, ok := got["caretaker_host_kvm_device_present"]; !ok || v != tt.want {
+				t.Errorf("kvm_device_present under %s = %v (present %v), want %v", tt.root, v, ok, tt.want)
+			}
+		})
+	}
+}
+
+// TestKVMRequired: a host declares by default that its guests need KVM;
+// one whose guests run under TCG says it does not.
+func TestKVMRequired(t *testing.T) {
+	for _, tt := range []struct {
+		notRequired bool
+		want        float64
+	}{{false, 1}, {true, 0}} {
+		cfg := fixtureConfig("testdata")
+		cfg.KVMNotRequired = tt.notRequired
+		got, err := scrapeOnce(t, newCollector(t, cfg))
+		if err != nil {
+			t.Errorf("Update: %v", err)
+		}
+		if v, ok := got["caretaker_host_kvm_required"]; !ok || v != tt.want {
+			t.Errorf("KVMNotRequired %v: kvm_required = %v (present %v), want %v", tt.notRequired, v, ok, tt.want)
+		}
+	}
+}
+
 func TestNewBadRoots(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
 	for _, cfg := range []Config{{ProcFS: missing}, {SysFS: missing}} {
@@ -556,7 +609,7 @@ func TestNewBadRoots(t *testing.T) {
 func TestRealHost(t *testing.T) {
 	for _, dir := range []string{"/proc/self", "/sys/kernel"} {
 		if _, err := os.Stat(dir); err != nil {
-			t.Skipf("no procfs or sysfs here: %v", err)
+			needs.Missing(t, "no procfs or sysfs here: %v", err)
 		}
 	}
 	c := newCollector(t, Config{})

@@ -66,7 +66,10 @@ type Config struct {
 	// agent creates through PUT /api/v1/nodes are its own too (created.go).
 	DomainFilter *regexp.Regexp
 	// ProcFS, SysFS and RootFS are where the host collector finds /proc,
-	// /sys and the host's root filesystem (defaults /proc, /sys, /).
+	// /sys and the host's root filesystem (defaults /proc, /sys, /). The
+	// KVM device is looked up under RootFS, as node_exporter resolves the
+	// host's paths under its --path.rootfs: an agent in a container with
+	// the host's / at /host reports /host/dev/kvm.
 	ProcFS, SysFS, RootFS string
 	// Overlays are the VXLAN overlays this host should have (the agent's
 	// configuration file); NeighborStaleAfter is the overlay collector's.
@@ -84,7 +87,9 @@ type Config struct {
 	// when the request names none. A host without it answers 503.
 	GuestPool string
 	// GuestDomainType is the nodes' domain type, guests.TypeKVM or
-	// guests.TypeQEMU (TCG, for hosts without usable /dev/kvm).
+	// guests.TypeQEMU (TCG, for hosts without usable /dev/kvm). TypeQEMU
+	// also declares that the host needs no KVM: the host collector reports
+	// caretaker_host_kvm_required 0, and HostKVMDeviceMissing stays quiet.
 	GuestDomainType string
 	Logger          *slog.Logger
 }
@@ -160,11 +165,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 
 	hostCollector, err := host.New(host.Config{
-		ProcFS:       cfg.ProcFS,
-		SysFS:        cfg.SysFS,
-		RootFS:       cfg.RootFS,
-		LibvirtCheck: a.libvirtCheck,
-		Guests:       a.guestCommitment,
+		ProcFS:         cfg.ProcFS,
+		SysFS:          cfg.SysFS,
+		RootFS:         cfg.RootFS,
+		KVMNotRequired: cfg.GuestDomainType == guests.TypeQEMU,
+		LibvirtCheck:   a.libvirtCheck,
+		Guests:         a.guestCommitment,
 	}, a.logger.With("collector", "host"))
 	if err != nil {
 		a.conn.Close()

@@ -51,6 +51,11 @@ func newTestAgent(t *testing.T, cfg Config) *Agent {
 	}
 	cfg.LibvirtURI = "test://" + node
 	cfg.Logger = testLogger(t)
+	// The host collector reads fixtures, not the machine the test runs on.
+	if cfg.ProcFS == "" && cfg.SysFS == "" && cfg.RootFS == "" {
+		cfg.ProcFS, cfg.SysFS = "../../collectors/host/testdata/proc", "../../collectors/host/testdata/sys"
+		cfg.RootFS = t.TempDir()
+	}
 	if cfg.ScrapeTimeout == 0 {
 		cfg.ScrapeTimeout = time.Minute
 	}
@@ -339,6 +344,46 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, rec.Body.Bytes()) })
+}
+
+// TestHostKVM: the host collector looks for the KVM device under
+// --path.rootfs, not at the machine's /dev/kvm, and a host whose guests
+// are of domain type qemu (TCG) declares it needs no KVM.
+func TestHostKVM(t *testing.T) {
+	withKVM := t.TempDir()
+	if err := os.Mkdir(filepath.Join(withKVM, "dev"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A character device every Linux machine has, standing in for kvm.
+	if err := os.Symlink("/dev/null", filepath.Join(withKVM, "dev", "kvm")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, root, domainType string
+		present, required      string
+	}{
+		{"kvm host without /dev/kvm", t.TempDir(), "kvm", "0", "1"},
+		{"kvm host with /dev/kvm", withKVM, "kvm", "1", "1"},
+		{"TCG host without /dev/kvm", t.TempDir(), "qemu", "0", "0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestAgent(t, Config{
+				ProcFS: "../../collectors/host/testdata/proc", SysFS: "../../collectors/host/testdata/sys",
+				RootFS: tt.root, GuestDomainType: tt.domainType,
+			})
+			rec := httptest.NewRecorder()
+			a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics?collect[]=host", nil))
+			body := rec.Body.String()
+			for _, want := range []string{
+				"\ncaretaker_host_kvm_device_present " + tt.present + "\n",
+				"\ncaretaker_host_kvm_required " + tt.required + "\n",
+			} {
+				if !strings.Contains(body, want) {
+					t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+				}
+			}
+		})
+	}
 }
 
 func TestLandingPage(t *testing.T) {

@@ -16,7 +16,8 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files")
 
 // TestMetricsGolden diffs the agent's whole /metrics output — the host
-// collector on fixture trees, the kvm collector on libvirt's test driver,
+// collector on fixture trees (a KVM host, by the default domain type kvm,
+// whose /dev/kvm is missing), the kvm collector on libvirt's test driver,
 // the overlay collector with an expected overlay that is missing — against
 // a golden file, and runs promtool check metrics on the raw output.
 func TestMetricsGolden(t *testing.T) {
@@ -32,9 +33,13 @@ func TestMetricsGolden(t *testing.T) {
 		LibvirtURI: "test://" + node,
 		ProcFS:     "../../collectors/host/testdata/proc",
 		SysFS:      "../../collectors/host/testdata/sys",
-		RootFS:     t.TempDir(), // no mount point exists under it: stat errors, not the build machine's disks
-		Overlays:   f.OverlayList(),
-		Logger:     slog.New(slog.DiscardHandler),
+		// An empty root: no mount point exists under it (stat errors,
+		// not the build machine's disks), nor does dev/kvm, so
+		// caretaker_host_kvm_device_present is 0 whether or not the build
+		// machine has /dev/kvm.
+		RootFS:   t.TempDir(),
+		Overlays: f.OverlayList(),
+		Logger:   slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

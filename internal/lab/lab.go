@@ -167,13 +167,17 @@ func Run(ctx context.Context, o Options) (err error) {
 			DomainFilter:  h.filter,
 			Token:         agentToken,
 			ScrapeTimeout: 5 * time.Second,
-			Logger:        o.Logger.With("host", h.name),
+			// The lab's guests are TCG (or the test driver's) by choice:
+			// its hosts need no /dev/kvm (caretaker_host_kvm_required 0),
+			// so HostKVMDeviceMissing does not page for the lab.
+			GuestDomainType: "qemu",
+			Logger:          o.Logger.With("host", h.name),
 		}
 		// With clusters each host's agent address is its VTEP: one of
 		// its own (127.0.0.0/8 is all loopback), for distinct peers.
 		listen := "127.0.0.1:0"
 		if cl != nil {
-			cfg.GuestPool, cfg.GuestDomainType, cfg.NetNS = cl.pool, "qemu", h.netns
+			cfg.GuestPool, cfg.NetNS = cl.pool, h.netns
 			listen = fmt.Sprintf("127.0.0.%d:0", i+1)
 		}
 		a, err := agent.New(cfg)

@@ -100,6 +100,14 @@ func TestLabTestDriver(t *testing.T) {
 	await(t, done, time.Minute, "the server's self-scrape", func() bool {
 		return queryValue(t, lastURL, lastToken, `up{job="caretaker-server"}`) == "1"
 	})
+	// The lab's guests are TCG by choice: its hosts declare they need no
+	// /dev/kvm, so HostKVMDeviceMissing never fires for them.
+	await(t, done, time.Minute, "both hosts reporting that KVM is not required", func() bool {
+		return queryValue(t, lastURL, lastToken, `count(caretaker_host_kvm_required{job="caretaker-agent"} == 0)`) == "2"
+	})
+	if v := queryValue(t, lastURL, lastToken, `count(caretaker_host_kvm_required{job="caretaker-agent"} != 0)`); v != "" {
+		t.Errorf("%s lab hosts report caretaker_host_kvm_required 1", v)
+	}
 	resp, err := http.Get(lastURL + "/api/v1/query?query=up")
 	if err != nil {
 		t.Fatal(err)
