@@ -28,6 +28,7 @@ func lifecycleStep(t libvirt.DomainEventType, detail int) step {
 }
 
 func TestMemoryCountsEvents(t *testing.T) {
+	t.Parallel()
 	var (
 		// What libvirt's QEMU driver reports when QEMU's process is
 		// killed, and after a panic when on_crash is destroy.
@@ -146,6 +147,7 @@ func TestMemoryCountsEvents(t *testing.T) {
 }
 
 func TestMemoryCachesIdentity(t *testing.T) {
+	t.Parallel()
 	ident := identity{meta: Metadata{Cluster: "lab"}, hasMeta: true}
 	// store takes a ticket for domain a with ID 1 and caches ident with it.
 	store := func(m *memory) {
@@ -225,6 +227,7 @@ func TestMemoryCachesIdentity(t *testing.T) {
 }
 
 func TestMemoryPruneKeepsDomainsNewerThanTheList(t *testing.T) {
+	t.Parallel()
 	m := newMemory()
 	m.setEventsOK(true)
 	m.lifecycle("gone", libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED))
@@ -378,6 +381,7 @@ func wantSample(t *testing.T, samples map[string]float64, key string, want float
 // events, and checks that they are counted and refresh the cached identity
 // of the domains they concern, and of those alone.
 func TestEventsThroughLibvirt(t *testing.T) {
+	t.Parallel()
 	doms := genNode(8)
 	path := writeNode(t, t.TempDir(), doms)
 	logger := testLogger(t)
@@ -454,6 +458,7 @@ func TestEventsThroughLibvirt(t *testing.T) {
 // same. TestMain starts the loop for the whole process, so the collector's
 // memory is told directly that the callbacks are missing.
 func TestCollectorWithoutEventLoop(t *testing.T) {
+	t.Parallel()
 	path := writeNode(t, t.TempDir(), genNode(4))
 	logger := testLogger(t)
 	conn := libvirtconn.New("test://"+path, logger)

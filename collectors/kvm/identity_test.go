@@ -7,6 +7,7 @@ import (
 )
 
 func TestClusterRoleFromName(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name          string
 		cluster, role string
@@ -39,6 +40,7 @@ func TestClusterRoleFromName(t *testing.T) {
 }
 
 func TestClusterRole(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		desc          string
 		name          string
@@ -66,6 +68,7 @@ func TestClusterRole(t *testing.T) {
 }
 
 func TestMetadataFromDomain(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		inner   string
@@ -129,6 +132,7 @@ func TestMetadataFromDomain(t *testing.T) {
 }
 
 func TestParseIdentity(t *testing.T) {
+	t.Parallel()
 	const persistent = `<domain type='qemu'>
   <name>prod-worker-3</name>
   <metadata>

@@ -32,6 +32,7 @@ func testLogger(t *testing.T) *slog.Logger {
 // in-process test driver and, when libvirtd runs, through the daemon, and
 // compares the whole output with testdata/node.metrics.
 func TestCollectorGolden(t *testing.T) {
+	t.Parallel()
 	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +91,7 @@ func prepareNode(t *testing.T, conn *libvirtconn.Conn) {
 }
 
 func TestCollectorDomainFilter(t *testing.T) {
+	t.Parallel()
 	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +120,7 @@ caretaker_kvm_domains 2
 }
 
 func TestCollectorLibvirtUnreachable(t *testing.T) {
+	t.Parallel()
 	uri := "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "no-libvirtd.sock")
 	logger := testLogger(t)
 	conn := libvirtconn.New(uri, logger)
@@ -165,6 +168,7 @@ caretaker_scrape_collector_success{collector="kvm"} 0
 // testdata/emit/<case>.metrics. The stats are shaped like what libvirt's QEMU
 // driver returns for a guest with one of two vCPUs online.
 func TestEmit(t *testing.T) {
+	t.Parallel()
 	const uuid = "0a000000-0000-4000-8000-0000000000ff"
 	running := []libvirt.DomainStatsVcpu{
 		{StateSet: true, State: libvirt.VCPU_RUNNING, TimeSet: true, Time: 200000000, DelaySet: true, Delay: 1500000000},

@@ -73,6 +73,7 @@ var parseMetadataTests = []struct {
 }
 
 func TestParseMetadata(t *testing.T) {
+	t.Parallel()
 	for _, tt := range parseMetadataTests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseMetadata(tt.in)
@@ -93,6 +94,7 @@ func TestParseMetadata(t *testing.T) {
 }
 
 func TestMetadataXML(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		in      Metadata
@@ -151,6 +153,7 @@ func TestMetadataXML(t *testing.T) {
 // accepted by virDomainSetMetadata and in a domain definition, and reads back
 // from the domain's XML (readIdentity), for running and shut-off domains.
 func TestMetadataThroughLibvirt(t *testing.T) {
+	t.Parallel()
 	conn, err := libvirt.NewConnect("test:///default")
 	if err != nil {
 		t.Fatalf("open test driver: %v", err)

@@ -14,6 +14,7 @@ import (
 // reads no domain XML: in steady state a scrape is one bulk call (and the
 // autostart list).
 func TestNode500(t *testing.T) {
+	t.Parallel()
 	doms := genNode(500)
 	path := writeNode(t, t.TempDir(), doms)
 	forEachNodeURI(t, path, func(t *testing.T, conn *libvirtconn.Conn, logger *slog.Logger) {

@@ -28,6 +28,7 @@ const qemuURI = "qemu:///system"
 // live XML. Then it kills QEMU and restarts the guest between two scrapes:
 // the second scrape must show the guest running again and count the crash.
 func TestQEMUGuest(t *testing.T) {
+	t.Parallel()
 	lv := qemuConnect(t)
 	suffix := strconv.Itoa(os.Getpid())
 	name := "ctk-kvm-crash-" + suffix
