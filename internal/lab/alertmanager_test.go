@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,15 +21,17 @@ import (
 	"caretaker/remediation/journal"
 )
 
-// amPolicy heals only this test's guest.
-const amPolicy = `rules:
+// amPolicy heals only the guests named prefix<n>: this test's.
+func amPolicy(prefix string) string {
+	return fmt.Sprintf(`rules:
   - name: restart-crashed
     match:
       alertname: GuestCrashed
     match_re:
-      domain: lab-am-[0-9]+
+      domain: %s[0-9]+
     action: restart-vm
-`
+`, regexp.QuoteMeta(prefix))
+}
 
 // TestAlertmanagerActsOnce has a real Alertmanager deliver one alert about
 // a shut-off guest to the server's webhook again and again (group and
@@ -42,11 +45,11 @@ func TestAlertmanagerActsOnce(t *testing.T) {
 	dir := t.TempDir()
 	// Meant to stay stopped, so the server's own rules leave it alone
 	// and the only alert about it is the one Alertmanager sends.
-	g := e2eGuests(t, "lab-am-", 1, kvm.IntentStopped, false)[0]
+	g := e2eGuests(t, "am", 1, kvm.IntentStopped, false)[0]
 	starts := countStarts(t)
 
 	agentAddr := testdaemon.FreePort(t)
-	cfg, token := writeE2EConfig(t, dir, "host-am", agentAddr, amPolicy, "  webhook:\n    token_file: webhook.token\n")
+	cfg, token := writeE2EConfig(t, dir, "host-am", agentAddr, amPolicy(ownPrefix("am")), "  webhook:\n    token_file: webhook.token\n")
 	webhookToken := filepath.Join(dir, "webhook.token")
 	if err := os.WriteFile(webhookToken, []byte(newToken()+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -40,7 +40,10 @@ func TestLabClusterCreate(t *testing.T) {
 	bin := buildBinaries(t)
 	dir := t.TempDir()
 	rbConfig := filepath.Join(dir, "runbook.yml")
-	const prefix, cluster = "lab-bench-", "c1"
+	// Names of this run's own: the lab's guests, pool and namespaces
+	// (prefix) and the cluster's nodes and bridge (<cluster>-…, br-<cluster>).
+	sweepStale(t, "bench")
+	prefix, cluster := ownPrefix("bench"), fmt.Sprintf("lc%d", os.Getpid())
 	pool := labPool(prefix)
 
 	conn, err := libvirt.NewConnect(systemURI)
@@ -131,7 +134,7 @@ func TestLabClusterCreate(t *testing.T) {
 	}
 	m := regexp.MustCompile(`cluster ` + cluster + ` ready: (\d+) nodes running after ([0-9.]+) s`).FindStringSubmatch(created)
 	if m == nil || m[1] != strconv.Itoa(n) {
-		t.Fatalf("runbook cluster create printed %q, want \"cluster c1 ready: %d nodes running after … s\"", created, n)
+		t.Fatalf("runbook cluster create printed %q, want \"cluster %s ready: %d nodes running after … s\"", created, cluster, n)
 	}
 	t.Logf("cluster create: %d nodes running after %s s (runbook's count; wall %.1f s)", n, m[2], wall)
 
@@ -140,8 +143,8 @@ func TestLabClusterCreate(t *testing.T) {
 		t.Errorf("libvirt has nodes %v, want %d", nodes, n)
 	}
 	for name, st := range nodes {
-		if st != "running, cluster c1" {
-			t.Errorf("node %s: %s, want running, cluster c1", name, st)
+		if want := "running, cluster " + cluster; st != want {
+			t.Errorf("node %s: %s, want %s", name, st, want)
 		}
 	}
 
@@ -178,7 +181,7 @@ func TestLabClusterCreate(t *testing.T) {
 }
 
 // clusterNodes returns the domains named <cluster>-… with their state and
-// the cluster their caretaker metadata names, as "running, cluster c1".
+// the cluster their caretaker metadata names, as "running, cluster <name>".
 func clusterNodes(t *testing.T, conn *libvirt.Connect, cluster string) map[string]string {
 	t.Helper()
 	doms, err := conn.ListAllDomains(0)

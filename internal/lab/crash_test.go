@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"syscall"
 	"testing"
@@ -15,18 +16,20 @@ import (
 	"caretaker/remediation/journal"
 )
 
-// crashPolicy restarts only this test's guests: the libvirtd is shared,
-// and the agent reports every domain on it.
-const crashPolicy = `rules:
+// crashPolicy restarts only the guests named prefix<n>, this test's: the
+// libvirtd is shared, and the agent reports every domain on it.
+func crashPolicy(prefix string) string {
+	return fmt.Sprintf(`rules:
   - name: restart-crashed
     match_re:
       alertname: GuestCrashed|GuestShutOffUnexpectedly
-      domain: lab-crash-[0-9]+
+      domain: %s[0-9]+
     action: restart-vm
 guards:
   backoff_base: 1s
-  max_unhealthy: "100%"
-`
+  max_unhealthy: "100%%"
+`, regexp.QuoteMeta(prefix))
+}
 
 // TestCrashSafety SIGKILLs the server at many points of running
 // remediations — before the alert fired, at random moments, while the
@@ -39,11 +42,12 @@ func TestCrashSafety(t *testing.T) {
 	const guestsN = 4
 	bin := buildBinaries(t)
 	dir := t.TempDir()
-	guests := e2eGuests(t, "lab-crash-", guestsN, kvm.IntentRunning, true)
+	guests := e2eGuests(t, "crash", guestsN, kvm.IntentRunning, true)
+	prefix := ownPrefix("crash")
 	starts := countStarts(t)
 
 	agentAddr := testdaemon.FreePort(t)
-	cfg, token := writeE2EConfig(t, dir, "host-crash", agentAddr, crashPolicy, "")
+	cfg, token := writeE2EConfig(t, dir, "host-crash", agentAddr, crashPolicy(prefix), "")
 	startAgent(t, bin, dir, agentAddr)
 	srv := newE2EServer(t, bin, cfg, token)
 	srv.start(t)
@@ -54,8 +58,11 @@ func TestCrashSafety(t *testing.T) {
 	}
 	defer conn.Close()
 
-	// Where in a remediation each kill lands.
-	points := []string{"at-once", "running", "random", "verifying", "succeeded", "running", "random", "random"}
+	// Where in a remediation each kill lands, with SIGKILL (even) and
+	// virsh destroy (odd) in turn: every point once, and a random moment
+	// with each way of breaking the guest. Guests 1 and 2 crash twice,
+	// so a crash also follows a healed one of the same guest.
+	points := []string{"at-once", "running", "random", "verifying", "succeeded", "random"}
 	type crash struct {
 		g      guest
 		at     time.Time
@@ -135,7 +142,7 @@ func TestCrashSafety(t *testing.T) {
 	// The end: every guest runs, Prometheus sees them all running, and
 	// nothing is open.
 	await(t, srv.current().exited, time.Minute, "the server to see every guest running", func() bool {
-		return queryValue(t, "http://"+srv.addr, token, `count(caretaker_kvm_domain_state == 1 and on (uuid) caretaker_kvm_domain_info{domain=~"lab-crash-[0-9]+"})`) == fmt.Sprint(guestsN)
+		return queryValue(t, "http://"+srv.addr, token, `count(caretaker_kvm_domain_state == 1 and on (uuid) caretaker_kvm_domain_info{domain=~"`+regexp.QuoteMeta(prefix)+`[0-9]+"})`) == fmt.Sprint(guestsN)
 	})
 	for _, g := range guests {
 		if !domainRunning(conn, g.uuid) {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -9,8 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,16 +43,66 @@ func requireQEMU(t *testing.T) {
 	}
 }
 
-// e2eGuests defines n real QEMU guests named prefix-1…n whose metadata
-// says intent, starts them when start is set, and removes them (and any
-// left by an earlier run) at cleanup.
-func e2eGuests(t *testing.T, prefix string, n int, intent string, start bool) []guest {
+// ownPrefix is the name prefix of one test's guests (and of what a lab
+// makes from it: storage pool, network namespaces), "lab-<tag><pid>-".
+// Every test that shares qemu:///system owns its names: the PID keeps two
+// runs of the same test apart (two engineers, or a CI job and a developer,
+// on one libvirtd), the tag two tests of one run. Nothing a test removes
+// by name can then be another test's.
+func ownPrefix(tag string) string {
+	return fmt.Sprintf("lab-%s%d-", tag, os.Getpid())
+}
+
+// sweepStale removes the guests that an earlier run of the test tagged
+// tag left behind when it was killed before its cleanup: those named
+// ownPrefix(tag) of a process that no longer exists. A live run's guests,
+// whoever runs it, are never touched.
+func sweepStale(t *testing.T, tag string) {
 	t.Helper()
-	owned := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `\d+$`)}}
-	q := &qemuGuests{uri: systemURI, logger: slog.New(slog.DiscardHandler)}
-	if err := q.remove(owned); err != nil {
+	re := regexp.MustCompile("^lab-" + regexp.QuoteMeta(tag) + `(\d+)-`)
+	conn, err := libvirt.NewConnect(systemURI)
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer conn.Close()
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range doms {
+		name, err := d.GetName()
+		if m := re.FindStringSubmatch(name); err == nil && m != nil && !processExists(m[1]) {
+			if active, _ := d.IsActive(); active {
+				_ = d.Destroy()
+			}
+			if err := d.Undefine(); err != nil {
+				t.Logf("remove %s, left by an earlier run: %v", name, err)
+			} else {
+				t.Logf("removed %s, left by an earlier run", name)
+			}
+		}
+		d.Free()
+	}
+}
+
+// processExists tells whether a process of that PID runs.
+func processExists(pid string) bool {
+	n, err := strconv.Atoi(pid)
+	if err != nil || n <= 0 {
+		return false
+	}
+	return syscall.Kill(n, 0) != syscall.ESRCH
+}
+
+// e2eGuests defines n real QEMU guests named prefix-1…n (prefix from
+// ownPrefix(tag)) whose metadata says intent, starts them when start is
+// set, all at once, and removes them at cleanup.
+func e2eGuests(t *testing.T, tag string, n int, intent string, start bool) []guest {
+	t.Helper()
+	sweepStale(t, tag)
+	prefix := ownPrefix(tag)
+	owned := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix) + `\d+$`)}}
+	q := &qemuGuests{uri: systemURI, logger: slog.New(slog.DiscardHandler)}
 	t.Cleanup(func() {
 		if err := q.remove(owned); err != nil {
 			t.Errorf("remove guests: %v", err)
@@ -64,33 +117,83 @@ func e2eGuests(t *testing.T, prefix string, n int, intent string, start bool) []
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	var gs []guest
-	for i := 1; i <= n; i++ {
-		name := fmt.Sprintf("%s%d", prefix, i)
-		if start {
-			g, err := defineAndStart(conn, name, meta)
-			if err != nil {
-				t.Fatal(err)
+	// Concurrently: libvirtd defines and starts guests in parallel, and
+	// each call takes seconds where /dev/kvm is unusable.
+	gs := make([]guest, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range gs {
+		wg.Go(func() {
+			name := fmt.Sprintf("%s%d", prefix, i+1)
+			if start {
+				gs[i], errs[i] = defineAndStart(conn, name, meta)
+				return
 			}
-			gs = append(gs, g)
-			continue
-		}
-		xml, err := domainXML(name, meta)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dom, err := conn.DomainDefineXML(xml)
-		if err != nil {
-			t.Fatal(err)
-		}
-		uuid, err := dom.GetUUIDString()
-		dom.Free()
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs = append(gs, guest{name: name, uuid: uuid})
+			gs[i], errs[i] = define(conn, name, meta)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
 	}
 	return gs
+}
+
+// define defines a guest without starting it.
+func define(conn *libvirt.Connect, name, meta string) (guest, error) {
+	xml, err := domainXML(name, meta)
+	if err != nil {
+		return guest{}, err
+	}
+	dom, err := conn.DomainDefineXML(xml)
+	if err != nil {
+		return guest{}, fmt.Errorf("define guest %s: %w", name, err)
+	}
+	defer dom.Free()
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return guest{}, fmt.Errorf("guest %s: %w", name, err)
+	}
+	return guest{name: name, uuid: uuid}, nil
+}
+
+// binaries are cmd/caretaker and cmd/runbook, built once per run of the
+// package (TestMain removes them).
+var binaries struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildBinaries returns the directory of caretaker and runbook, built on
+// the first call.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	binaries.once.Do(func() {
+		binaries.dir, binaries.err = os.MkdirTemp("", "caretaker-lab-bin-")
+		if binaries.err != nil {
+			return
+		}
+		for _, c := range []string{"caretaker", "runbook"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binaries.dir, c), "caretaker/cmd/"+c)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				binaries.err = fmt.Errorf("build %s: %v\n%s", c, err, out)
+				return
+			}
+		}
+	})
+	if binaries.err != nil {
+		t.Fatal(binaries.err)
+	}
+	return binaries.dir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
 }
 
 // startCounter counts libvirt's "started" lifecycle events per domain

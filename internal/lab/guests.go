@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -169,22 +170,47 @@ func (q *qemuGuests) create(hosts []*host, perHost int) error {
 	if err != nil {
 		return err
 	}
-	for _, h := range hosts {
+	// All at once: libvirtd defines and starts guests in parallel, and
+	// each takes seconds where /dev/kvm is unusable (libvirt probes QEMU
+	// again on every call).
+	type made struct {
+		g   guest
+		err error
+	}
+	results := make([][]made, len(hosts))
+	var wg sync.WaitGroup
+	var mu sync.Mutex // q.out
+	for hi, h := range hosts {
 		h.uri = q.uri
-		for i := 1; i <= perHost; i++ {
-			name := guestName(q.prefix, h.name, i)
-			fmt.Fprintf(q.out, "creating guest %s on %s… ", name, h.name)
-			start := time.Now()
-			g, err := defineAndStart(conn, name, meta)
-			if err != nil {
-				fmt.Fprintln(q.out, "failed")
-				return err
-			}
-			fmt.Fprintf(q.out, "running (%.1fs)\n", time.Since(start).Seconds())
-			h.guests = append(h.guests, g)
+		results[hi] = make([]made, perHost)
+		for i := range perHost {
+			wg.Go(func() {
+				name := guestName(q.prefix, h.name, i+1)
+				start := time.Now()
+				g, err := defineAndStart(conn, name, meta)
+				results[hi][i] = made{g, err}
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					fmt.Fprintf(q.out, "creating guest %s on %s… failed\n", name, h.name)
+					return
+				}
+				fmt.Fprintf(q.out, "created guest %s on %s: running (%.1fs)\n", name, h.name, time.Since(start).Seconds())
+			})
 		}
 	}
-	return nil
+	wg.Wait()
+	var errs []error
+	for hi, h := range hosts {
+		for _, m := range results[hi] {
+			if m.err != nil {
+				errs = append(errs, m.err)
+				continue
+			}
+			h.guests = append(h.guests, m.g)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func domainXML(name, metadata string) (string, error) {

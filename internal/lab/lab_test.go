@@ -43,7 +43,8 @@ func TestLabHeals(t *testing.T) {
 	bin := buildBinaries(t)
 	dir := t.TempDir()
 	rbConfig := filepath.Join(dir, "runbook.yml")
-	prefix := "lab-e2e-"
+	sweepStale(t, "e2e")
+	prefix := ownPrefix("e2e")
 
 	var out syncBuffer
 	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
@@ -215,18 +216,6 @@ func TestLabHeals(t *testing.T) {
 	if _, err := os.Stat(rbConfig); !os.IsNotExist(err) {
 		t.Errorf("runbook config %s is left after the lab stopped (stat: %v)", rbConfig, err)
 	}
-}
-
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	bin := t.TempDir()
-	for _, c := range []string{"caretaker", "runbook"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "caretaker/cmd/"+c)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", c, err, out)
-		}
-	}
-	return bin
 }
 
 func qemuPID(t *testing.T, domain string) int {

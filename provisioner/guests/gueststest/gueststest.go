@@ -5,11 +5,11 @@ package gueststest
 
 import (
 	"context"
+	"hash/fnv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,10 +33,10 @@ type Host struct {
 	Dir  string // the pool's directory
 }
 
-// New makes a Host named prefix + the process ID + a piece of the test's
-// name (at most 15 bytes, a bridge name's limit). It skips the test
-// without root, libvirtd or the tools (tools are checked with
-// exec.LookPath; ip, qemu-img and genisoimage are always needed).
+// New makes a Host named after the prefix, the process and the test
+// (hostName). It skips the test without root, libvirtd or the tools
+// (tools are checked with exec.LookPath; ip, qemu-img and genisoimage are
+// always needed).
 func New(t *testing.T, prefix string, tools ...string) *Host {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -56,14 +56,7 @@ func New(t *testing.T, prefix string, tools ...string) *Host {
 	}
 	t.Cleanup(func() { conn.Close() })
 
-	name := prefix + strconv.Itoa(os.Getpid()%1000000) + strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
-	name = strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return -1
-	}, name)
-	h := &Host{Conn: conn, Name: name[:min(len(name), 15)]}
+	h := &Host{Conn: conn, Name: hostName(prefix, os.Getpid(), t.Name())}
 	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
 	if h.Dir, err = os.MkdirTemp("", "ctk-guests-"); err != nil {
 		t.Fatal(err)
@@ -110,4 +103,16 @@ func Run(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %v: %v: %s", name, args, err, out)
 	}
 	return string(out)
+}
+
+// hostName is prefix + the process ID + a hash of the test's name, both
+// in base 36: at most 15 bytes (a bridge name's limit) for a prefix of up
+// to 3, and one name per test and process. A piece of the test's name
+// would not do: cut to 15 bytes, TestCreateRecreateDelete and
+// TestCreateUpdatesDefinition of a process with a 6-digit PID share one.
+func hostName(prefix string, pid int, test string) string {
+	h := fnv.New32a()
+	h.Write([]byte(test))
+	name := prefix + strconv.FormatInt(int64(pid), 36) + strconv.FormatUint(uint64(h.Sum32()), 36)
+	return name[:min(len(name), 15)]
 }
