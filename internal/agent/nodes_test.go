@@ -94,6 +94,7 @@ func (h *nodeHost) volumes(t *testing.T) []string {
 // TestNodeLifecycle creates, keeps, replaces and deletes a node through the
 // client, on QEMU.
 func TestNodeLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newNodeHost(t)
 	n := h.node(h.name + "-w0")
 	t.Cleanup(func() {
@@ -192,6 +193,7 @@ func TestNodeLifecycle(t *testing.T) {
 // first attempt never reached libvirt) creates it, 201; a PUT of the node
 // that exists answers 200.
 func TestNodeStatus(t *testing.T) {
+	t.Parallel()
 	h := newNodeHost(t)
 	n := h.node(h.name + "-w1")
 	t.Cleanup(func() {
