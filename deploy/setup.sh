@@ -47,11 +47,11 @@ esac
 
 # missing prints the packages of $@ that dpkg does not have installed.
 missing() {
-	local installed
-	installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null | awk '$2 == "installed" {print $1}')
-	local p
+	local status p
+	# dpkg-query exits 1 when it knows a package not at all: not an error here.
+	status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true)
 	for p in "$@"; do
-		grep -qxF "$p" <<<"$installed" || echo "$p"
+		grep -qxF "$p installed" <<<"$status" || echo "$p"
 	done
 }
 
@@ -78,7 +78,7 @@ if ((${#need[@]})); then
 	sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo="sudo "
 	log "missing Debian packages: ${need[*]}"
-	log "install them with: ${sudo}apt-get install -y --no-install-recommends ${need[*]}"
+	log "install them with: ${sudo}apt-get update && ${sudo}apt-get install -y --no-install-recommends ${need[*]}"
 	log "(or run this as root: ${sudo}bash deploy/setup.sh $mode)"
 	mapfile -t need_build < <(missing "${build_pkgs[@]}")
 	if [[ $mode != run || ${#need_build[@]} -gt 0 ]]; then

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"caretaker/internal/needs"
 )
 
 // bootProfile is what the guest of TestPXEBootEndToEnd boots: it has no
@@ -34,16 +37,14 @@ echo caretaker: boot reported
 // serves the chain script and the profile's iPXE script, and that script
 // calls back.
 func TestPXEBootEndToEnd(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and tap devices (CI runs as root)")
-	}
-	qemu := lookTool(t, "qemu-system-x86_64", "/usr/bin/qemu-system-x86_64")
-	dnsmasq := lookTool(t, "dnsmasq", "/usr/sbin/dnsmasq")
-	ip := lookTool(t, "ip", "/usr/sbin/ip")
+	needs.Root(t, "the test creates network namespaces and tap devices")
+	qemu := needs.Program(t, "qemu-system-x86_64")
+	dnsmasq := needs.Program(t, "dnsmasq")
+	ip := needs.Program(t, "ip")
 	// QEMU finds the NIC's ROM by name on its firmware path; naming the
 	// file explicitly (romfile=/abs/path) left SeaBIOS not running it.
 	if !anyExists("/usr/lib/ipxe/qemu/efi-virtio.rom", "/usr/share/qemu/efi-virtio.rom") {
-		t.Skip("QEMU's iPXE ROM for virtio-net (efi-virtio.rom) is not installed (Debian package ipxe-qemu)")
+		needs.Missing(t, "QEMU's iPXE ROM for virtio-net (efi-virtio.rom) is not installed (Debian package ipxe-qemu; deploy/setup.sh installs it)")
 	}
 
 	// One deadline for everything, cleanups included; TCG boots slowly.
@@ -60,8 +61,19 @@ func TestPXEBootEndToEnd(t *testing.T) {
 	run("netns", "add", ns)
 	// Deleting the namespace removes the bridge and the tap with it.
 	t.Cleanup(func() { _ = exec.CommandContext(ctx, ip, "netns", "del", ns).Run() })
+	// iPXE's autoboot waits for IPv6 as well as DHCP: without a router
+	// advertisement its router solicitations time out after ~16 s. So the
+	// network has an IPv6 router (dnsmasq's RA, below), and the namespace
+	// skips duplicate address detection, which would hold the bridge's
+	// link-local address (the RA's source) tentative for a second.
+	for _, key := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
+		if out, err := exec.CommandContext(ctx, ip, "netns", "exec", ns, "sysctl", "-qw", key+"=0").CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %s=0 in %s: %v\n%s", key, ns, err, out)
+		}
+	}
 	run("-n", ns, "link", "add", br, "type", "bridge")
 	run("-n", ns, "addr", "add", "192.168.79.1/24", "dev", br)
+	run("-n", ns, "addr", "add", "fd00:79::1/64", "dev", br, "nodad")
 	run("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
 	run("-n", ns, "link", "set", tap, "master", br)
 	for _, dev := range []string{"lo", br, tap} {
@@ -128,18 +140,39 @@ func TestPXEBootEndToEnd(t *testing.T) {
 	if err := os.WriteFile(confPath, conf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Beside the rendered config, three options that only cut waiting:
+	// --no-ping, because dnsmasq's check that an address is free holds the
+	// first offer for 3 s and nothing else in this namespace could answer
+	// it; iPXE's no-pxedhcp (option 175.176), because iPXE otherwise waits
+	// 2 s for ProxyDHCP offers that no server here sends; and the IPv6
+	// router above, advertising a prefix only (no DHCPv6), which iPXE
+	// takes as IPv6 configured.
 	startDaemon(t, "dnsmasq", dnsLog, exec.CommandContext(ctx, ip, "netns", "exec", ns, dnsmasq, "--keep-in-foreground",
 		"--conf-file="+confPath, "--dhcp-leasefile="+leases, "--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
-		"--log-facility="+dnsLog, "--user=root"))
+		"--log-facility="+dnsLog, "--user=root", "--no-ping", "--dhcp-option=tag:ipxe,encap:175,176,1b",
+		"--enable-ra", "--dhcp-range=::,constructor:"+br+",ra-only"))
 
 	// With graphics=off and no VGA, SeaBIOS copies the screen to the
-	// serial port, so iPXE's messages land in the serial file.
+	// serial port, so iPXE's messages land in the serial file; the serial
+	// port is QEMU's stdio. SeaBIOS also reads keys from it, and one key
+	// pressed at iPXE's "Press Ctrl-B" prompt ends the prompt's 2 s wait.
 	serial := filepath.Join(dir, "serial.log")
-	guest := startDaemon(t, "qemu", serial, exec.CommandContext(ctx, ip, "netns", "exec", ns, qemu,
+	serialFile, err := os.Create(serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = serialFile.Close() })
+	cmd := exec.CommandContext(ctx, ip, "netns", "exec", ns, qemu,
 		"-accel", "tcg", "-m", "64", "-nodefaults", "-machine", "graphics=off", "-display", "none",
-		"-serial", "file:"+serial, "-uuid", uuid, "-boot", "n",
+		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0", "-uuid", uuid, "-boot", "n",
 		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac))
+		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	keys, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = &keyAtPrompt{w: serialFile, prompt: []byte("Press Ctrl-B for the iPXE command line"), keys: keys}
+	guest := startDaemon(t, "qemu", serial, cmd)
 
 	var b Booted
 	timeout := time.NewTimer(2 * time.Minute)
@@ -204,19 +237,46 @@ func listenInNetns(name, addr string) (net.Listener, error) {
 	return r.ln, r.err
 }
 
+// keyAtPrompt copies a guest's serial output to w and, the first time
+// the output shows prompt, presses a key (a space) on the serial input.
+type keyAtPrompt struct {
+	w      io.Writer
+	prompt []byte
+	keys   io.Writer
+	tail   []byte // the output's last bytes, for a prompt split across writes
+	done   bool
+}
+
+func (k *keyAtPrompt) Write(p []byte) (int, error) {
+	if !k.done {
+		k.tail = append(k.tail, p...)
+		if bytes.Contains(k.tail, k.prompt) {
+			k.done, k.tail = true, nil
+			_, _ = io.WriteString(k.keys, " ")
+		} else if keep := len(k.prompt) - 1; len(k.tail) > keep {
+			k.tail = append(k.tail[:0], k.tail[len(k.tail)-keep:]...)
+		}
+	}
+	return k.w.Write(p)
+}
+
 // startDaemon starts cmd, kills it at cleanup and, if t failed, logs the
 // tails of its output and of logFile. The channel gets cmd's exit.
 func startDaemon(t *testing.T, name, logFile string, cmd *exec.Cmd) <-chan error {
 	t.Helper()
 	// The daemon's own complaints (qemu: "could not open tap") go to a file
-	// beside its log, shown with it.
+	// beside its log, shown with it; so does its output, unless cmd
+	// already sends that elsewhere.
 	outFile := logFile + ".out"
 	out, err := os.Create(outFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	cmd.Stdout, cmd.Stderr = out, out
+	if cmd.Stdout == nil {
+		cmd.Stdout = out
+	}
+	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
