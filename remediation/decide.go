@@ -24,13 +24,21 @@ func keyOf(fingerprint string, startsAt time.Time) instanceKey {
 	return instanceKey{fingerprint: fingerprint, startsAt: startsAt.Unix()}
 }
 
-// instance is what the engine knows about one alert instance.
+// instance is what the engine knows about one alert instance: what its
+// alert said when last received, and what its journal records say. The
+// latter is only ever changed by apply, at load as after each write, so
+// memory and journal cannot disagree.
 type instance struct {
 	alert Alert     // as last received; Labels nil when only the journal knew it
 	seen  time.Time // when last received firing; zero when only the journal knew it
+	// resolved: the alert stopped firing. Nothing more is started for
+	// the instance; an action in flight finishes.
+	resolved bool
+
+	// From the journal (apply):
 
 	step     int           // place in the rule's escalation chain
-	attempts int           // tries of the current step
+	attempts int           // tries of the current step (the records' Attempt)
 	state    journal.State // of the latest record; "" when none
 	finished time.Time     // when the latest try ended
 
@@ -41,12 +49,10 @@ type instance struct {
 	// open is the record still waiting for its outcome (pending,
 	// awaiting approval, running, verifying); 0 when none.
 	open     uint64
-	reason   string           // the open pending record's reason, written only when it changes
+	reason   string           // the guard that holds the open pending record, rewritten only when it changes
 	approval *guards.Approval // the open record's, when one was requested
-	verifyBy time.Time        // verifying by resolution: the deadline
+	verifyBy time.Time        // verifying by resolution: the deadline (set by Engine.apply)
 
-	// resolved: the alert stopped firing.
-	resolved bool
 	// done: the engine has nothing more to do for this instance. gaveUp:
 	// done because every action of the chain failed.
 	done, gaveUp bool
@@ -58,25 +64,46 @@ func (in *instance) apply(rec journal.Record) {
 		in.step, in.attempts = rec.Step, 0
 	}
 	in.state, in.last = rec.State, rec.ID
-	in.open = 0
+	in.attempts = max(in.attempts, rec.Attempt)
+	in.manual = rec.Author != ""
+	if rec.Approval != nil { // it stands for the instance's later tries too
+		in.approval = rec.Approval
+	}
+	in.open, in.reason, in.verifyBy = 0, "", time.Time{}
 	switch rec.State {
 	case journal.StatePending:
-		in.open, in.reason = rec.ID, rec.Reason
-	case journal.StateAwaitingApproval:
-		in.open, in.approval = rec.ID, rec.Approval
-	case journal.StateRunning, journal.StateVerifying:
+		in.open, in.reason = rec.ID, heldBy(rec.Decisions)
+	case journal.StateAwaitingApproval, journal.StateRunning, journal.StateVerifying:
 		in.open = rec.ID
-		in.attempts = max(in.attempts, rec.Attempt)
 	case journal.StateFailed:
-		in.attempts = max(in.attempts, rec.Attempt)
 		in.finished = rec.Finished
-		in.gaveUp = rec.GaveUp
-		in.done = rec.GaveUp
+		// A failure ends what was run by hand; an automatic one is
+		// retried or escalated unless it was the last.
+		in.done = in.manual
 	case journal.StateSucceeded, journal.StateSkipped, journal.StateInterrupted,
 		journal.StateCancelled, journal.StateExpired:
 		in.done = true
 		in.finished = rec.Finished
 	}
+	if rec.GaveUp {
+		in.done, in.gaveUp = true, true
+	}
+}
+
+// heldBy names the guard whose refusal a pending record holds: the first
+// one that did not allow.
+func heldBy(ds []guards.Decision) string {
+	for _, d := range ds {
+		if !d.Allowed() {
+			return d.Guard
+		}
+	}
+	return ""
+}
+
+// settled reports whether the engine is finished with the instance.
+func (in *instance) settled() bool {
+	return in.open == 0 && (in.done || in.resolved)
 }
 
 type verdict int
@@ -116,6 +143,9 @@ func (v verdict) String() string {
 func decide(g policy.Guards, in instance, now time.Time) (verdict, string) {
 	if in.done {
 		return verdictDone, "already handled"
+	}
+	if in.resolved && in.open == 0 {
+		return verdictDone, "the alert resolved"
 	}
 	switch in.state {
 	case "", journal.StatePending, journal.StateAwaitingApproval:

@@ -13,8 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -107,7 +107,6 @@ type Engine struct {
 	actions     map[string]action
 	metrics     *metrics
 	fleet       func() int
-	rnd         func() float64 // jitter samples
 
 	mu        sync.Mutex
 	policy    *policy.Policy
@@ -156,7 +155,6 @@ func New(opts Options) (*Engine, error) {
 		retention:   opts.Retention,
 		actions:     actions(),
 		fleet:       opts.FleetSize,
-		rnd:         rand.Float64,
 		breaker:     &guards.Breaker{},
 	}
 	if e.log == nil {
@@ -209,28 +207,16 @@ func (e *Engine) load() error {
 		if rec.Fingerprint == "" {
 			continue
 		}
-		k := keyOf(rec.Fingerprint, rec.AlertStartsAt)
-		in := e.instanceOf(k)
+		in := e.instanceOf(keyOf(rec.Fingerprint, rec.AlertStartsAt))
 		if in.alert.Labels == nil {
 			in.alert = Alert{Name: rec.Alert, Labels: rec.Labels, Status: StatusFiring,
 				StartsAt: rec.AlertStartsAt, Fingerprint: rec.Fingerprint}
 		}
-		in.manual = rec.Author != ""
-		in.apply(rec)
-		if in.open != 0 {
-			e.byRecord[in.open] = k
-		}
-		if rec.State.Started() {
-			e.busy[rec.Target] = rec.ID
-		}
-		if !rec.Started.IsZero() {
-			e.noteStart(rec.Action, rec.Started)
-		}
-		e.applyTarget(rec)
+		e.apply(in, rec)
 	}
 	for k, in := range old {
 		if now := e.instances[k]; now != nil && in.alert.Labels != nil {
-			now.alert, now.seen = in.alert, in.seen
+			now.alert, now.seen, now.resolved = in.alert, in.seen, in.resolved
 		}
 	}
 	for _, in := range e.instances {
@@ -253,12 +239,43 @@ func (e *Engine) instanceOf(k instanceKey) *instance {
 	return in
 }
 
-// applyTarget folds a journal record, oldest first, into the attempts on its
-// target. An interrupted attempt counts as failed: it was tried.
-func (e *Engine) applyTarget(rec journal.Record) {
+// apply folds a journal record into the engine's memory: the instance's
+// state, the open and started records, the recent starts, the attempts on
+// the target. It is how load rebuilds memory from the journal, and how
+// every write on the live path reaches memory (save), so the two cannot
+// disagree. A record may be applied again after each change: what it adds
+// once (a start, an attempt) is added when it first gets there. Called
+// with e.mu held.
+func (e *Engine) apply(in *instance, rec journal.Record) {
+	var prev journal.State // the record's state in memory; "" when new to it
+	if in.last == rec.ID {
+		prev = in.state
+	}
+	in.apply(rec)
+	if act, ok := e.actions[rec.Action]; ok && rec.State == journal.StateVerifying && act.verify == verifyResolved {
+		in.verifyBy = verifyingSince(rec).Add(e.ruleOf(rec).VerifyWithin())
+	}
+	if rec.State.Open() {
+		e.byRecord[rec.ID] = keyOf(rec.Fingerprint, rec.AlertStartsAt)
+	} else {
+		delete(e.byRecord, rec.ID)
+	}
 	if rec.Target == "" {
 		return
 	}
+	if rec.State.Started() {
+		e.busy[rec.Target] = rec.ID
+	} else if e.busy[rec.Target] == rec.ID {
+		delete(e.busy, rec.Target)
+	}
+	if prev != "" && !prev.Open() {
+		return // settled already: its start and outcome are known
+	}
+	if !rec.Started.IsZero() && !prev.Started() {
+		e.noteStart(rec.Action, rec.Started)
+	}
+	// The outcome, as an attempt on the target. An interrupted attempt
+	// counts as failed: it was tried.
 	var out guards.Outcome
 	at := rec.Finished
 	switch rec.State {
@@ -271,7 +288,35 @@ func (e *Engine) applyTarget(rec journal.Record) {
 	default:
 		return
 	}
-	e.historyOf(rec.Target, rec.Action).Record(at, out, nil)
+	j := jitterOf(rec)
+	e.historyOf(rec.Target, rec.Action).Record(at, out, func() float64 { return j })
+}
+
+// jitterOf is the backoff's jitter sample of an attempt, drawn from its
+// record, so a retry is due at the same time before and after a restart.
+func jitterOf(rec journal.Record) float64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%s/%d", rec.ID, rec.Fingerprint, rec.Started.UnixNano())
+	return float64(h.Sum64()>>11) / (1 << 53)
+}
+
+// verifyingSince is when rec began to verify.
+func verifyingSince(rec journal.Record) time.Time {
+	for i := len(rec.Transitions) - 1; i >= 0; i-- {
+		if rec.Transitions[i].State == journal.StateVerifying {
+			return rec.Transitions[i].At
+		}
+	}
+	return rec.Started
+}
+
+// ruleOf is the policy rule that decided rec, or one with its defaults
+// when the policy no longer has it (a manual run, a changed policy).
+func (e *Engine) ruleOf(rec journal.Record) policy.Rule {
+	if r, ok := e.policy.Rule(rec.Rule); ok {
+		return r
+	}
+	return policy.Rule{Name: rec.Rule, Action: rec.Action}
 }
 
 // maxTargetAttempts bounds the attempts remembered per target; the
@@ -401,8 +446,8 @@ func (w *writer) update(id uint64, fn func(*journal.Record)) journal.Record {
 // write runs fn in one journal transaction and starts the actions it
 // decided once their intent is on disk. When the transaction fails,
 // nothing starts and the engine's memory is rebuilt from the journal,
-// which is the truth. Called with e.mu held.
-func (e *Engine) write(fn func(*writer)) {
+// which is the truth; the error is returned. Called with e.mu held.
+func (e *Engine) write(fn func(*writer)) error {
 	var w writer
 	err := e.journal.Batch(func(b *journal.Batch) error {
 		w.b = b
@@ -414,13 +459,40 @@ func (e *Engine) write(fn func(*writer)) {
 		if lerr := e.load(); lerr != nil {
 			e.log.Error("remediation: cannot reload the journal", "err", lerr)
 		}
-		return
+		return err
 	}
 	for _, j := range w.jobs {
 		e.metrics.inflight.Inc()
 		e.inflight.Add(1)
 		go e.execute(j)
 	}
+	return nil
+}
+
+// save writes a record of the instance — fill applied to the record id, or
+// to base as a new record when id is 0 — and applies what it wrote to
+// memory, as load applies the journal. Every change the engine makes to
+// an instance's record goes through it. ok is false when the write failed
+// (w.err says why); memory is then unchanged. It counts an escalation when
+// the first record of the next action of the chain is written, and the
+// escalation to a human when a record says the engine gave up. Called with
+// e.mu held.
+func (e *Engine) save(w *writer, in *instance, id uint64, base journal.Record, fill func(*journal.Record)) (journal.Record, bool) {
+	rec := w.save(id, base, fill)
+	if w.err != nil {
+		return rec, false
+	}
+	step, gaveUp := in.step, in.gaveUp
+	e.apply(in, rec)
+	if rec.Step > step {
+		e.metrics.escalations.WithLabelValues(rec.Action).Inc()
+		e.log.Warn("remediation escalates", "alert", rec.Alert, "to", rec.Action, "step", rec.Step, "reason", rec.Reason)
+	}
+	if rec.GaveUp && !gaveUp {
+		e.metrics.escalations.WithLabelValues(escalateHuman).Inc()
+		e.log.Error("remediation gave up: a human must take over", "alert", rec.Alert, "labels", rec.Labels, "record", rec.ID)
+	}
+	return rec, true
 }
 
 // firing decides about one firing alert. Called with e.mu held.
@@ -456,22 +528,22 @@ func (e *Engine) resolved(w *writer, a Alert) {
 	}
 	// Healthy again: no retry, and a late copy of the firing alert (a
 	// lagging Alertmanager of an HA pair) changes nothing; an action in
-	// flight finishes, but is not retried.
+	// flight finishes, but is not retried (decide).
 	in.resolved = true
-	if in.open == 0 {
-		in.done = true
-	}
 }
 
 // advance takes an alert instance as far as the guards allow now: it
 // starts an action, asks for an approval, records what holds the action
-// back, escalates or gives up. Called with e.mu held.
+// back, escalates or gives up. It decides on cur, a copy of the instance
+// that an escalation moves along the chain; the instance itself moves only
+// with the records written. Called with e.mu held.
 func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Time) {
 	g := e.policy.GuardSettings()
 	chain := rule.Chain()
+	cur := *in
 	why := ""
 	for {
-		v, reason := decide(g, *in, now)
+		v, reason := decide(g, cur, now)
 		switch v {
 		case verdictDone, verdictWait:
 			return
@@ -480,16 +552,16 @@ func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Tim
 				why = reason
 			}
 		case verdictEscalate:
-			if !e.escalate(w, in, chain, reason, now) {
+			if !e.escalate(w, in, &cur, rule, chain, reason, now) {
 				return
 			}
-			why = fmt.Sprintf("escalated from %s, which %s", chain[in.step-1], reason)
+			why = fmt.Sprintf("escalated from %s, which %s", chain[cur.step-1], reason)
 			continue
 		}
-		name := chain[in.step]
+		name := chain[cur.step]
 		act := e.actions[name]
-		base := e.newRecord(in, rule, name, now)
-		t, err := targetOf(name, act, in.alert.Labels)
+		base := e.newRecord(&cur, rule, name, now)
+		t, err := targetOf(name, act, cur.alert.Labels)
 		if err != nil {
 			e.close(w, in, journal.StateSkipped, now, err.Error(), &base)
 			return
@@ -498,7 +570,7 @@ func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Tim
 		if id, busy := e.busy[t.key()]; busy && id != in.open {
 			return // another alert's action works on it; looked at again later
 		}
-		res := guards.Check(e.candidate(name, t, in), e.inputs(g, rule, name, t, in, now), now)
+		res := guards.Check(e.candidate(name, t, &cur), e.inputs(g, rule, name, t, &cur, now), now)
 		if e.dryRun {
 			base.DryRun, base.Decisions = true, res.Decisions
 			e.close(w, in, journal.StateSkipped, now, fmt.Sprintf("%s: would run %s on %s; %s", ReasonDryRun, name, t, res.Reason), &base)
@@ -507,13 +579,13 @@ func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Tim
 		refusal := firstRefusal(res)
 		switch {
 		case refusal == nil:
-			e.start(w, in, rule, name, act, t, base, res, why, now)
+			e.start(w, in, cur.attempts+1, rule, name, act, t, base, res, why, now)
 		case refusal.Guard == guards.GuardTarget && refusal.Verdict == guards.Escalate:
 			// The target's attempt budget in its window is spent.
-			if !e.escalate(w, in, chain, refusal.Reason, now) {
+			if !e.escalate(w, in, &cur, rule, chain, refusal.Reason, now) {
 				return
 			}
-			why = fmt.Sprintf("escalated from %s: %s", chain[in.step-1], refusal.Reason)
+			why = fmt.Sprintf("escalated from %s: %s", chain[cur.step-1], refusal.Reason)
 			continue
 		case refusal.Guard == guards.GuardApproval:
 			e.approval(w, in, rule, name, t, base, res, *refusal, now)
@@ -529,24 +601,37 @@ func (e *Engine) advance(w *writer, in *instance, rule policy.Rule, now time.Tim
 	}
 }
 
-// escalate moves the instance to the next action of its chain and reports
-// whether there is one; at the end of the chain it gives up, which pages a
-// human through CaretakerRemediationFailed. Called with e.mu held.
-func (e *Engine) escalate(w *writer, in *instance, chain []string, reason string, now time.Time) bool {
-	if in.step+1 < len(chain) {
-		e.metrics.escalations.WithLabelValues(chain[in.step+1]).Inc()
-		e.log.Warn("remediation escalates", "alert", in.alert.Name, "from", chain[in.step], "to", chain[in.step+1], "reason", reason)
-		in.step, in.attempts, in.state = in.step+1, 0, ""
+// escalate is where the engine escalates, whether the current action spent
+// its attempts on the instance (decide) or on the target within the
+// guards' window (the target guard). It moves cur to the next action of
+// the chain and reports whether there is one; the escalation is counted
+// when that action's first record is written (save). At the end of the
+// chain it gives up, which pages a human through
+// CaretakerRemediationFailed: the open record, else the latest, says so —
+// or a new one when the instance has none (its target's budget was spent
+// by other alerts). Called with e.mu held.
+func (e *Engine) escalate(w *writer, in, cur *instance, rule policy.Rule, chain []string, reason string, now time.Time) bool {
+	if cur.step+1 < len(chain) {
+		cur.step, cur.attempts, cur.state = cur.step+1, 0, ""
 		return true
 	}
-	in.done, in.gaveUp = true, true
-	e.metrics.escalations.WithLabelValues(escalateHuman).Inc()
-	e.log.Error("remediation gave up: a human must take over", "alert", in.alert.Name, "labels", in.alert.Labels, "reason", reason)
-	if in.last != 0 {
-		w.update(in.last, func(r *journal.Record) {
+	note := fmt.Sprintf("gave up: %s; every action of the chain (%v) was tried; escalated to a human", reason, chain)
+	switch {
+	case in.open != 0: // held or awaiting approval: it will not run
+		e.save(w, in, in.open, journal.Record{}, func(r *journal.Record) {
+			r.GaveUp, r.Reason, r.Finished = true, note, now
+			r.Move(journal.StateSkipped, now, note)
+		})
+	case in.last != 0:
+		e.save(w, in, in.last, journal.Record{}, func(r *journal.Record) {
 			r.GaveUp = true
-			r.Transitions = append(r.Transitions, journal.Transition{State: r.State, At: now,
-				Note: fmt.Sprintf("gave up: %s; every action of the chain (%v) was tried; escalated to a human", reason, chain)})
+			r.Transitions = append(r.Transitions, journal.Transition{State: r.State, At: now, Note: note})
+		})
+	default:
+		base := e.newRecord(cur, rule, chain[cur.step], now)
+		e.save(w, in, 0, base, func(r *journal.Record) {
+			r.GaveUp, r.Reason, r.Finished = true, note, now
+			r.Move(journal.StateSkipped, now, note)
 		})
 	}
 	return false
@@ -600,8 +685,12 @@ func (e *Engine) candidate(name string, t target, in *instance) guards.Candidate
 func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target, in *instance, now time.Time) guards.Inputs {
 	tp := g.Target()
 	if tp.Window == 0 {
-		// With no window the attempt limit is per alert instance, as
-		// decide keeps it; the target guard keeps cooldown and backoff.
+		// Attempts are counted once, in the journal: a started record
+		// carries its Attempt, and the target's history is made of
+		// the same records (apply). Without a window the limit is per
+		// alert instance, which decide enforces from the instance's
+		// records, so the target guard keeps only cooldown and backoff;
+		// with one, the target guard counts the target's attempts in it.
 		tp.MaxAttempts = 0
 	}
 	pauses := e.activePauses(now)
@@ -641,24 +730,18 @@ func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target
 	}
 }
 
-// start records the intent and queues the action to run once it is on
-// disk. Called with e.mu held.
-func (e *Engine) start(w *writer, in *instance, rule policy.Rule, name string, act action, t target, base journal.Record, res guards.Result, why string, now time.Time) {
-	note := why
-	fill := func(r *journal.Record) {
+// start records the intent, as the instance's attempt-th try, and queues
+// the action to run once it is on disk. Called with e.mu held.
+func (e *Engine) start(w *writer, in *instance, attempt int, rule policy.Rule, name string, act action, t target, base journal.Record, res guards.Result, why string, now time.Time) {
+	rec, ok := e.save(w, in, in.open, base, func(r *journal.Record) {
 		r.Reason, r.Decisions = why, res.Decisions
-		r.Started, r.Attempt = now, in.attempts+1
+		r.Started, r.Attempt = now, attempt
 		r.Target, r.Host, r.UUID, r.Cluster = base.Target, base.Host, base.UUID, base.Cluster
-		r.Move(journal.StateRunning, now, note)
-	}
-	rec := w.save(in.open, base, fill)
-	if w.err != nil {
+		r.Move(journal.StateRunning, now, why)
+	})
+	if !ok {
 		return
 	}
-	e.opened(in, rec)
-	in.attempts = rec.Attempt
-	e.busy[t.key()] = rec.ID
-	e.noteStart(name, now)
 	w.jobs = append(w.jobs, job{rec: rec, rule: rule, act: act, t: t, labels: in.alert.Labels, key: keyOf(rec.Fingerprint, rec.AlertStartsAt)})
 	e.log.Info("remediation action started", "record", rec.ID, "action", name, "target", t.String(), "attempt", rec.Attempt, "reason", why)
 }
@@ -679,14 +762,11 @@ func (e *Engine) approval(w *writer, in *instance, rule policy.Rule, name string
 		return
 	}
 	note := fmt.Sprintf("approval of %s on %s requested; expires at %s", name, t, a.Expires.UTC().Format(time.RFC3339))
-	fill := func(r *journal.Record) {
+	rec, ok := e.save(w, in, in.open, base, func(r *journal.Record) {
 		r.Reason, r.Decisions, r.Approval = note, res.Decisions, &a
 		r.Move(journal.StateAwaitingApproval, now, note)
-	}
-	rec := w.save(in.open, base, fill)
-	if w.err == nil {
-		e.opened(in, rec)
-		in.approval = &a
+	})
+	if ok {
 		e.log.Info("remediation action awaits approval", "record", rec.ID, "action", name, "target", t.String(), "expires", a.Expires)
 	}
 }
@@ -695,47 +775,35 @@ func (e *Engine) approval(w *writer, in *instance, rule policy.Rule, name string
 // the breaker, the host — as a pending record, rewritten only when another
 // guard holds it. Called with e.mu held.
 func (e *Engine) hold(w *writer, in *instance, base journal.Record, res guards.Result, d guards.Decision, now time.Time) {
-	if in.open != 0 && in.reason == d.Guard {
+	if in.open != 0 && in.state == journal.StatePending && in.reason == d.Guard {
 		return
 	}
-	fill := func(r *journal.Record) {
+	rec, ok := e.save(w, in, in.open, base, func(r *journal.Record) {
 		r.Reason, r.Decisions = d.Reason, res.Decisions
 		r.Move(journal.StatePending, now, d.Reason)
-	}
-	rec := w.save(in.open, base, fill)
-	if w.err == nil {
-		e.opened(in, rec)
-		in.reason = d.Guard
+	})
+	if ok {
 		e.metrics.actions.WithLabelValues(rec.Action, resultHeld).Inc()
 		e.log.Info("remediation action held by a guard", "record", rec.ID, "guard", d.Guard, "reason", d.Reason)
 	}
 }
 
-// opened notes that rec is the instance's open record.
-func (e *Engine) opened(in *instance, rec journal.Record) {
-	in.open, in.last, in.state = rec.ID, rec.ID, rec.State
-	e.byRecord[rec.ID] = keyOf(rec.Fingerprint, rec.AlertStartsAt)
-}
-
 // close ends the instance's open record (or base, when none is open) in a
 // final state without running anything. Called with e.mu held.
 func (e *Engine) close(w *writer, in *instance, state journal.State, now time.Time, reason string, base *journal.Record) {
-	fill := func(r *journal.Record) {
-		r.Reason, r.Finished = reason, now
-		r.Move(state, now, reason)
-	}
 	if in.open == 0 && base == nil {
 		return
 	}
 	if base == nil {
 		base = &journal.Record{}
 	}
-	rec := w.save(in.open, *base, fill)
-	if w.err != nil {
+	rec, ok := e.save(w, in, in.open, *base, func(r *journal.Record) {
+		r.Reason, r.Finished = reason, now
+		r.Move(state, now, reason)
+	})
+	if !ok {
 		return
 	}
-	delete(e.byRecord, in.open)
-	in.open, in.last, in.state, in.done, in.finished = 0, rec.ID, state, true, now
 	e.metrics.actions.WithLabelValues(rec.Action, string(state)).Inc()
 	e.log.Info("remediation action "+string(state), "record", rec.ID, "action", rec.Action, "reason", reason)
 }

@@ -101,7 +101,7 @@ func (e *Engine) Run(_ context.Context, req ManualRequest) (journal.Record, erro
 	labels["requested_at"] = now.UTC().Format("2006-01-02T15:04:05.000000000Z") // each run its own instance
 	a := normalize(Alert{Name: ManualAlert, Labels: labels, Status: StatusFiring, StartsAt: now})
 	in := e.instanceOf(keyOf(a.Fingerprint, a.StartsAt))
-	in.alert, in.seen, in.manual = a, now, true
+	in.alert, in.seen = a, now // manual once its record, which has an author, is applied
 	rule := policy.Rule{Name: "manual", Action: req.Action}
 	base := e.newRecord(in, rule, req.Action, now)
 	base.Author, base.Comment, base.DryRun = req.Author, req.Comment, req.DryRun
@@ -118,7 +118,7 @@ func (e *Engine) Run(_ context.Context, req ManualRequest) (journal.Record, erro
 			return
 		}
 		why := fmt.Sprintf("run by hand by %s: %s (the automatic guards say: %s)", req.Author, req.Comment, res.Reason)
-		e.start(w, in, rule, req.Action, act, t, base, res, why, now)
+		e.start(w, in, 1, rule, req.Action, act, t, base, res, why, now)
 		rec = journal.Record{ID: in.open}
 	})
 	if rec.ID == 0 {
@@ -173,14 +173,12 @@ func (e *Engine) answer(id uint64, author, comment string, yes bool) (journal.Re
 			return
 		}
 		note := fmt.Sprintf("approved by %s: %s", author, comment)
-		w.update(id, func(r *journal.Record) {
+		if _, ok := e.save(w, in, id, journal.Record{}, func(r *journal.Record) {
 			r.Approval = &a
 			r.Transitions = append(r.Transitions, journal.Transition{State: r.State, At: now, Note: note})
-		})
-		if w.err != nil {
+		}); !ok {
 			return
 		}
-		in.approval = &a
 		e.log.Info("remediation action approved", "record", id, "author", author, "comment", comment)
 		if rule, ok := e.policy.Match(in.alert.Labels); ok {
 			e.advance(w, in, rule, now)

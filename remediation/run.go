@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
 )
@@ -60,20 +59,22 @@ func (e *Engine) execute(j job) {
 	if j.act.verify == verifyResolved {
 		note = fmt.Sprintf("done; waiting up to %s for the alert to resolve", j.rule.VerifyWithin())
 	}
-	if _, err := e.journal.Update(j.rec.ID, func(r *journal.Record) {
-		r.Output = out
-		r.Move(journal.StateVerifying, now, note)
-	}); err != nil {
+	e.mu.Lock()
+	err = e.write(func(w *writer) {
+		e.save(w, e.jobInstance(j), j.rec.ID, journal.Record{}, func(r *journal.Record) {
+			r.Output = out
+			r.Move(journal.StateVerifying, now, note)
+		})
+	})
+	e.mu.Unlock()
+	if err != nil {
 		e.finish(j, fmt.Errorf("record verification: %w", err), out)
 		return
 	}
 	if j.act.verify == verifyResolved {
-		e.mu.Lock()
-		if in := e.instances[j.key]; in != nil {
-			in.state, in.verifyBy = journal.StateVerifying, now.Add(j.rule.VerifyWithin())
-		}
-		e.mu.Unlock()
-		e.metrics.inflight.Dec() // the action is done; its verification waits
+		// The action is done; the alert's resolution (or the tick,
+		// past the instance's verifyBy) ends its verification.
+		e.metrics.inflight.Dec()
 		return
 	}
 	e.finish(j, e.checkUntilHealthy(ctx, j), out)
@@ -109,12 +110,16 @@ func (e *Engine) finish(j job, err error, out string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.write(func(w *writer) {
-		in := e.instances[j.key]
-		if in == nil { // resolved and forgotten while it ran
-			in = &instance{}
-		}
-		e.settle(w, in, j.rec, err, out, e.now())
+		e.settle(w, e.jobInstance(j), j.rec, err, out, e.now())
 	})
+}
+
+// jobInstance is the instance of a job's record. Called with e.mu held.
+func (e *Engine) jobInstance(j job) *instance {
+	if in := e.instances[j.key]; in != nil {
+		return in
+	}
+	return &instance{} // forgotten while it ran: the record is still written
 }
 
 // verified ends a verifying record: healed when err is nil. Called with
@@ -130,12 +135,11 @@ func (e *Engine) verified(w *writer, in *instance, now time.Time, err error) {
 	e.settle(w, in, rec, err, rec.Output, now)
 }
 
-// settle writes the final state of a started record and updates the
-// engine's memory. Called with e.mu held.
+// settle writes the final state of a started record, which save applies to
+// the engine's memory. Called with e.mu held.
 func (e *Engine) settle(w *writer, in *instance, rec journal.Record, err error, out string, now time.Time) {
 	if errors.Is(err, errAlreadyHealthy) {
 		e.close(w, in, journal.StateSkipped, now, fmt.Sprintf("%s was already healthy: nothing done", rec.Target), nil)
-		delete(e.busy, rec.Target)
 		return
 	}
 	state, result := journal.StateSucceeded, resultSucceeded
@@ -149,7 +153,7 @@ func (e *Engine) settle(w *writer, in *instance, rec journal.Record, err error, 
 	if err != nil {
 		note = err.Error()
 	}
-	updated := w.update(rec.ID, func(r *journal.Record) {
+	updated, ok := e.save(w, in, rec.ID, journal.Record{}, func(r *journal.Record) {
 		r.Finished, r.Output = now, out
 		if err != nil {
 			r.Error = err.Error()
@@ -158,18 +162,9 @@ func (e *Engine) settle(w *writer, in *instance, rec journal.Record, err error, 
 		}
 		r.Move(state, now, note)
 	})
-	if w.err != nil {
+	if !ok {
 		return
 	}
-	delete(e.byRecord, rec.ID)
-	delete(e.busy, rec.Target)
-	in.open, in.last, in.state, in.finished, in.verifyBy = 0, rec.ID, state, now, time.Time{}
-	in.done = err == nil || in.manual || in.resolved
-	outcome := guards.Succeeded
-	if err != nil {
-		outcome = guards.Failed
-	}
-	e.historyOf(rec.Target, rec.Action).Record(now, outcome, e.rnd)
 	e.metrics.actions.WithLabelValues(rec.Action, result).Inc()
 	e.metrics.duration.WithLabelValues(rec.Action).Observe(now.Sub(rec.Started).Seconds())
 	if err != nil {
@@ -196,7 +191,7 @@ func (e *Engine) Tick(now time.Time) {
 	}
 	e.write(func(w *writer) {
 		for k, in := range e.instances {
-			if in.done && in.open == 0 && now.Sub(in.finished) > forgetAfter && now.Sub(in.seen) > forgetAfter {
+			if in.settled() && now.Sub(in.finished) > forgetAfter && now.Sub(in.seen) > forgetAfter {
 				// Long settled: only a very late copy of the alert
 				// could still arrive. The journal keeps the record.
 				delete(e.instances, k)
@@ -288,13 +283,10 @@ func (e *Engine) reconcile() error {
 					"action", rec.Action, "target", rec.Target)
 			default:
 				reason := "the server stopped before the outcome was known, and the action cannot be checked; not retried automatically"
-				w.update(rec.ID, func(r *journal.Record) {
+				e.save(w, in, rec.ID, journal.Record{}, func(r *journal.Record) {
 					r.Reason, r.Finished = reason, now
 					r.Move(journal.StateInterrupted, now, reason)
 				})
-				delete(e.byRecord, rec.ID)
-				delete(e.busy, rec.Target)
-				in.open, in.state, in.done = 0, journal.StateInterrupted, true
 				e.log.Warn("remediation action interrupted by a restart; check the target by hand", "record", rec.ID,
 					"action", rec.Action, "target", rec.Target)
 			}
