@@ -136,10 +136,13 @@ func (v verdict) String() string {
 
 // decide says what to do about an alert instance at now under the guards
 // g, and why. It keeps the per-instance rules: one action at a time, none
-// after a success or an interruption, at most g.MaxAttempts tries of each
-// action of the chain, and no retry before the earliest time the target
-// guard's backoff (with its jitter) could allow; that guard then holds the
-// retry until its own time.
+// after a success or an interruption, and no retry before the earliest
+// time the target guard's backoff (with its jitter) could allow; that guard
+// then holds the retry until its own time. Without a window it also keeps
+// the attempt limit, g.MaxAttempts tries of each action of the chain for
+// one alert instance; with one, the limit is the target guard's alone
+// (attempts on the target within the window), so each configuration has
+// one place that counts attempts against it.
 func decide(g policy.Guards, in instance, now time.Time) (verdict, string) {
 	if in.done {
 		return verdictDone, "already handled"
@@ -147,22 +150,32 @@ func decide(g policy.Guards, in instance, now time.Time) (verdict, string) {
 	if in.resolved && in.open == 0 {
 		return verdictDone, "the alert resolved"
 	}
+	limit := g.MaxAttempts
+	if g.Window > 0 {
+		limit = 0 // the target guard's
+	}
+	retry := func() string {
+		if limit > 0 {
+			return fmt.Sprintf("retry %d of %d", in.attempts+1, limit)
+		}
+		return fmt.Sprintf("retry %d", in.attempts+1)
+	}
 	switch in.state {
 	case "", journal.StatePending, journal.StateAwaitingApproval:
 		if in.attempts == 0 {
 			return verdictAct, "first action for this alert instance"
 		}
-		return verdictAct, fmt.Sprintf("retry %d of %d", in.attempts+1, g.MaxAttempts)
+		return verdictAct, retry()
 	case journal.StateRunning, journal.StateVerifying:
 		return verdictWait, "an action for this alert instance is in flight"
 	case journal.StateFailed:
-		if g.MaxAttempts > 0 && in.attempts >= g.MaxAttempts {
+		if limit > 0 && in.attempts >= limit {
 			return verdictEscalate, fmt.Sprintf("gave up after %d attempts", in.attempts)
 		}
 		if due := in.finished.Add(g.Target().Backoff(in.attempts, 0)); now.Before(due) {
-			return verdictWait, fmt.Sprintf("retry %d of %d is due at %s", in.attempts+1, g.MaxAttempts, due.Format(time.RFC3339))
+			return verdictWait, fmt.Sprintf("%s is due at %s", retry(), due.Format(time.RFC3339))
 		}
-		return verdictAct, fmt.Sprintf("retry %d of %d", in.attempts+1, g.MaxAttempts)
+		return verdictAct, retry()
 	}
 	return verdictDone, fmt.Sprintf("journal state %q", in.state)
 }

@@ -686,11 +686,10 @@ func (e *Engine) inputs(g policy.Guards, rule policy.Rule, name string, t target
 	tp := g.Target()
 	if tp.Window == 0 {
 		// Attempts are counted once, in the journal: a started record
-		// carries its Attempt, and the target's history is made of
-		// the same records (apply). Without a window the limit is per
-		// alert instance, which decide enforces from the instance's
-		// records, so the target guard keeps only cooldown and backoff;
-		// with one, the target guard counts the target's attempts in it.
+		// carries its Attempt, and the target's history is made of the
+		// same records (apply). The limit has one keeper: without a
+		// window it is per alert instance, and decide keeps it; with
+		// one, the target guard counts the target's attempts in it.
 		tp.MaxAttempts = 0
 	}
 	pauses := e.activePauses(now)
