@@ -11,6 +11,7 @@ import (
 // A job's own interval and timeout go into its scrape config; the other
 // job keeps the server-wide ones.
 func TestPromConfigJobs(t *testing.T) {
+	t.Parallel()
 	opts := &Options{ScrapeInterval: 5 * time.Second, ScrapeTimeout: 4 * time.Second, EvaluationInterval: 5 * time.Second,
 		SelfAddress: "127.0.0.1:9300",
 		Jobs:        map[string]JobScrape{JobName: {Interval: 2 * time.Second, Timeout: time.Second}}}

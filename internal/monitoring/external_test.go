@@ -62,6 +62,7 @@ type amAlert struct {
 }
 
 func TestForwardToAlertmanager(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "alertmanager.yml")
 	if err := os.WriteFile(cfg, []byte("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"), 0o644); err != nil {
@@ -128,6 +129,7 @@ func TestForwardToAlertmanager(t *testing.T) {
 }
 
 func TestRemoteWrite(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte("global: {}\n"), 0o644); err != nil {

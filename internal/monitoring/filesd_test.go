@@ -58,6 +58,7 @@ func awaitTargetList(t *testing.T, m *Monitor, want []Target) {
 }
 
 func TestFileSD(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		ext     string
 		marshal func(any) ([]byte, error)
@@ -66,6 +67,7 @@ func TestFileSD(t *testing.T) {
 		{"yml", yaml.Marshal},
 	} {
 		t.Run(tc.ext, func(t *testing.T) {
+			t.Parallel()
 			static, first, second := newAgent(t, 1), newAgent(t, 1), newAgent(t, 1)
 			dir := t.TempDir()
 			path := filepath.Join(dir, "agents."+tc.ext)
@@ -133,6 +135,7 @@ func TestFileSD(t *testing.T) {
 }
 
 func TestFileGroupHost(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		file   string
@@ -163,6 +166,7 @@ func TestFileGroupHost(t *testing.T) {
 }
 
 func TestFileSDRead(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.json")
 	sd := newFileSD([]string{filepath.Join(dir, "*.json")}, testLogger(t))

@@ -160,6 +160,7 @@ func startMonitor(t *testing.T, opts Options) *Monitor {
 }
 
 func TestScrapeRulesNotify(t *testing.T) {
+	t.Parallel()
 	ag := newAgent(t, 1) // running
 	got := newNotifications()
 	reg := prometheus.NewRegistry()
@@ -272,6 +273,7 @@ func TestScrapeRulesNotify(t *testing.T) {
 }
 
 func TestQueryKinds(t *testing.T) {
+	t.Parallel()
 	ag := newAgent(t, 1)
 	m := startMonitor(t, Options{Targets: []Target{{Host: "kvm-1", Address: ag.address()}}})
 	ag.awaitScrapes(t, 2)
@@ -298,6 +300,7 @@ func TestQueryKinds(t *testing.T) {
 }
 
 func TestSetTargets(t *testing.T) {
+	t.Parallel()
 	first, second := newAgent(t, 1), newAgent(t, 1)
 	m := startMonitor(t, Options{Targets: []Target{{Host: "kvm-1", Address: first.address()}}})
 	if ts := m.Targets(); len(ts) != 1 || ts[0].Host != "kvm-1" || ts[0].Address != first.address() {
@@ -322,6 +325,7 @@ func TestSetTargets(t *testing.T) {
 }
 
 func TestBadRulesFailStart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	_, err := Start(t.Context(), Options{DataDir: dir, Rules: os.DirFS("testdata/badrules"), Logger: testLogger(t)})
 	if err == nil {
@@ -347,6 +351,7 @@ func TestBadRulesFailStart(t *testing.T) {
 }
 
 func TestOptionsRejected(t *testing.T) {
+	t.Parallel()
 	good := fstest.MapFS{"a.rules.yml": {Data: []byte("groups: []\n")}}
 	for name, opts := range map[string]Options{
 		"no data dir":           {Rules: good},
@@ -373,6 +378,7 @@ func TestOptionsRejected(t *testing.T) {
 }
 
 func TestStop(t *testing.T) {
+	t.Parallel()
 	ag := newAgent(t, 1)
 	dir := t.TempDir()
 	m, err := Start(t.Context(), Options{
@@ -443,6 +449,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, remoteName strin
 }
 
 func TestSelfScrape(t *testing.T) {
+	t.Parallel()
 	// The server's own registry, as server.go serves it at /metrics.
 	serverReg := prometheus.NewRegistry()
 	actions := prometheus.NewCounter(prometheus.CounterOpts{
@@ -488,6 +495,7 @@ func TestSelfScrape(t *testing.T) {
 }
 
 func TestRetentionSize(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	startMonitor(t, Options{RetentionSize: 64 << 20, Registerer: reg})
 	if got := counterValue(t, reg, "prometheus_tsdb_retention_limit_bytes", ""); got != 64<<20 {
@@ -496,6 +504,7 @@ func TestRetentionSize(t *testing.T) {
 }
 
 func TestNewOptionsRejected(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		opts Options

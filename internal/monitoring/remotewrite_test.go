@@ -15,6 +15,7 @@ import (
 // TestRemoteWriterStatus checks what a sender does with each answer: 2xx
 // done, 4xx final, 429 and 5xx retried (as Alertmanager's notify/util.go).
 func TestRemoteWriterStatus(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name     string
 		statuses []int // answered in turn; the last one repeats
