@@ -24,6 +24,7 @@ func testNode() Node {
 }
 
 func TestDomainXMLGolden(t *testing.T) {
+	t.Parallel()
 	ign := testNode()
 	ign.Name, ign.Role, ign.UserData = "c1-master-0", RoleMaster, ""
 	ign.Ignition = `{"ignition":{"version":"3.4.0"}}`
@@ -62,6 +63,7 @@ func TestDomainXMLGolden(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		change func(*Node)
@@ -101,6 +103,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestDomainXMLOptions(t *testing.T) {
+	t.Parallel()
 	if _, err := DomainXML(testNode(), DomainType("xen")); err == nil || !strings.Contains(err.Error(), `domain type "xen"`) {
 		t.Errorf("unknown domain type: got %v", err)
 	}
@@ -112,6 +115,7 @@ func TestDomainXMLOptions(t *testing.T) {
 }
 
 func TestMAC(t *testing.T) {
+	t.Parallel()
 	a, b := testNode(), testNode()
 	b.Name = "c1-worker-1"
 	c := testNode()

@@ -90,6 +90,7 @@ func (l *lab) volumeNames(t *testing.T) []string {
 }
 
 func TestCreateRecreateDelete(t *testing.T) {
+	t.Parallel()
 	l := newLab(t)
 	n := l.node(l.name + "-w0")
 	uuid := l.create(t, n)
@@ -208,6 +209,7 @@ func TestCreateRecreateDelete(t *testing.T) {
 // TestCreateUpdatesDefinition changes the node's memory: Create must
 // redefine the domain, keeping its UUID.
 func TestCreateUpdatesDefinition(t *testing.T) {
+	t.Parallel()
 	l := newLab(t)
 	n := l.node(l.name + "-w1")
 	uuid := l.create(t, n)
@@ -241,6 +243,7 @@ func TestCreateUpdatesDefinition(t *testing.T) {
 // TestIgnition starts a node whose Ignition config QEMU reads from fw_cfg:
 // the start fails if QEMU cannot read the file.
 func TestIgnition(t *testing.T) {
+	t.Parallel()
 	l := newLab(t)
 	n := l.node(l.name + "-m0")
 	n.Role, n.UserData, n.Ignition = RoleMaster, "", `{"ignition":{"version":"3.4.0"}}`
@@ -261,6 +264,7 @@ func TestIgnition(t *testing.T) {
 }
 
 func TestEnsureVolumesNoBase(t *testing.T) {
+	t.Parallel()
 	l := newLab(t)
 	n := l.node(l.name + "-w2")
 	n.BaseImage = "missing.qcow2"
