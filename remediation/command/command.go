@@ -134,6 +134,12 @@ func (s Spec) Argv(d Data) ([]string, error) {
 // left holding the output after the program exited are errors; Result holds
 // what is known in every case.
 func Run(ctx context.Context, s Spec, d Data) (Result, error) {
+	return run(ctx, s, d, waitDelay)
+}
+
+// run is Run with the wait for the output pipe as an argument, so a test
+// of a process left holding it need not wait the whole waitDelay.
+func run(ctx context.Context, s Spec, d Data, waitDelay time.Duration) (Result, error) {
 	res := Result{ExitCode: -1}
 	if err := s.Validate(); err != nil {
 		return res, fmt.Errorf("invalid command: %w", err)

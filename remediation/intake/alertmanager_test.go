@@ -142,8 +142,8 @@ func TestRealAlertmanager(t *testing.T) {
   receiver: caretaker
   group_by: ['...']
   group_wait: 0s
-  group_interval: 200ms
-  repeat_interval: 200ms
+  group_interval: 50ms
+  repeat_interval: 50ms
 receivers:
   - name: caretaker
     webhook_configs:

@@ -106,7 +106,11 @@ type Inbox struct {
 
 // Open opens (creating if needed) an inbox in its own bbolt file at path.
 func Open(path string) (*Inbox, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	return open(path, lockTimeout)
+}
+
+func open(path string, timeout time.Duration) (*Inbox, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open intake inbox %s: %w: the file is locked, is another caretaker server using it?", path, err)
 	}

@@ -223,7 +223,7 @@ func TestAckUnknown(t *testing.T) {
 
 func TestOpenLocked(t *testing.T) {
 	_, path := openInbox(t)
-	_, err := Open(path)
+	_, err := open(path, 10*time.Millisecond) // Open's 2s, shortened: the refusal is the expected path
 	if !errors.Is(err, bolterrors.ErrTimeout) {
 		t.Fatalf("second Open = %v, want a lock timeout", err)
 	}
