@@ -150,6 +150,7 @@ func newParser() parser.Parser { return parser.NewParser(parser.Options{}) }
 // shows numbers, and queries that parse once Grafana's variables are
 // substituted.
 func TestDashboards(t *testing.T) {
+	t.Parallel()
 	p := newParser()
 	uids := map[string]string{}
 	titles := map[string]string{}
@@ -483,5 +484,6 @@ func recordedNames() ([]string, error) {
 // golden file), the server or Prometheus. The live test repeats the check
 // with the names of a real scrape added.
 func TestMetricNamesExported(t *testing.T) {
+	t.Parallel()
 	checkNamesExported(t, staticExported(t))
 }

@@ -95,6 +95,7 @@ func (h agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool, 
 // started host-a's guest. A panel that returns no series is broken (a
 // wrong name, label or join) or its metric is not exported.
 func TestPanelsReturnData(t *testing.T) {
+	t.Parallel()
 	requireLab(t)
 	suffix := randomSuffix(t)
 	ctx := t.Context()

@@ -14,6 +14,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // Good files load, bad ones fail with the exact error in their .err
 // golden file.
 func TestLoad(t *testing.T) {
+	t.Parallel()
 	golden.ConfigFiles(t, func(path string) error {
 		_, err := Load(path)
 		return err
@@ -21,6 +22,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestLoadReadsTemplateFile(t *testing.T) {
+	t.Parallel()
 	cfg, err := Load("testdata/good/full.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +37,7 @@ func TestLoadReadsTemplateFile(t *testing.T) {
 }
 
 func TestMatch(t *testing.T) {
+	t.Parallel()
 	cfg, err := Load("testdata/good/full.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +78,7 @@ func TestMatch(t *testing.T) {
 }
 
 func TestMatchConfigBuiltInCode(t *testing.T) {
+	t.Parallel()
 	cfg := &Config{
 		Profiles: []Profile{{ID: "p", Kernel: "/k"}},
 		Groups:   []Group{{ID: "g", Profile: "p", Selector: map[string]string{"mac": "52-54-00-AA-BB-01"}}},
@@ -85,6 +89,7 @@ func TestMatchConfigBuiltInCode(t *testing.T) {
 }
 
 func TestNormalizeMAC(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"52:54:00:aa:bb:01", "52:54:00:aa:bb:01"},
 		{"52-54-00-AA-BB-01", "52:54:00:aa:bb:01"},

@@ -56,6 +56,7 @@ func dnsmasqConfigs() map[string]DnsmasqConfig {
 }
 
 func TestRenderDnsmasqGolden(t *testing.T) {
+	t.Parallel()
 	for name, d := range dnsmasqConfigs() {
 		t.Run(name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -69,6 +70,7 @@ func TestRenderDnsmasqGolden(t *testing.T) {
 
 // dnsmasq itself must accept what is rendered.
 func TestRenderDnsmasqAcceptedByDnsmasq(t *testing.T) {
+	t.Parallel()
 	for name, d := range dnsmasqConfigs() {
 		t.Run(name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -103,6 +105,7 @@ func dnsmasqTest(t *testing.T, conf []byte) ([]byte, error) {
 }
 
 func TestRenderDnsmasqInvalid(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		change func(*DnsmasqConfig)

@@ -37,6 +37,7 @@ echo caretaker: boot reported
 // serves the chain script and the profile's iPXE script, and that script
 // calls back.
 func TestPXEBootEndToEnd(t *testing.T) {
+	t.Parallel()
 	needs.Root(t, "the test creates network namespaces and tap devices")
 	qemu := needs.Program(t, "qemu-system-x86_64")
 	dnsmasq := needs.Program(t, "dnsmasq")

@@ -20,6 +20,7 @@ import (
 // a plain client is offered the iPXE binary, a client sending iPXE's user
 // class the HTTP boot script.
 func TestDnsmasqServesBootFilename(t *testing.T) {
+	t.Parallel()
 	needs.Root(t, "the test creates network namespaces")
 	dnsmasq := needs.Program(t, "dnsmasq")
 	busybox := needs.Program(t, "busybox")

@@ -4,6 +4,7 @@ import "testing"
 
 // The example in deploy/ is what operators copy: it must load and match.
 func TestDeployExample(t *testing.T) {
+	t.Parallel()
 	cfg, err := Load("../../deploy/pxe.example.yml")
 	if err != nil {
 		t.Fatal(err)

@@ -54,6 +54,7 @@ func do(h http.Handler, method, target string) *httptest.ResponseRecorder {
 }
 
 func TestHandler(t *testing.T) {
+	t.Parallel()
 	full := newTestHandler(t, loadTest(t, "testdata/good/full.yml"), nil)
 	noDefault := newTestHandler(t, loadTest(t, "testdata/good/minimal.yml"), nil)
 	broken := newTestHandler(t, &Config{
@@ -127,6 +128,7 @@ func TestHandler(t *testing.T) {
 }
 
 func TestCallback(t *testing.T) {
+	t.Parallel()
 	cfg := loadTest(t, "testdata/good/full.yml")
 	const mac = "52:54:00:aa:bb:01"
 	token, err := CallbackToken(testSecret, mac)
@@ -180,6 +182,7 @@ func TestCallback(t *testing.T) {
 
 // Without a secret every token could be computed by anyone: refuse all.
 func TestCallbackWithoutSecret(t *testing.T) {
+	t.Parallel()
 	called := false
 	h := NewHandler(loadTest(t, "testdata/good/full.yml"), Options{BaseURL: "http://10.0.0.1:9300", OnBooted: func(Booted) { called = true }})
 	token, _ := CallbackToken(nil, "52:54:00:aa:bb:01")
@@ -198,6 +201,7 @@ var callbackURLRE = regexp.MustCompile(`http://10\.0\.0\.1:9300/pxe/booted\?[^" 
 // The callback URL a host finds in its rendered config is accepted as is,
 // over a real HTTP server.
 func TestCallbackURLFromRenderedConfig(t *testing.T) {
+	t.Parallel()
 	var got []Booted
 	srv := httptest.NewServer(newTestHandler(t, loadTest(t, "testdata/good/full.yml"), func(b Booted) { got = append(got, b) }))
 	defer srv.Close()
