@@ -267,7 +267,10 @@ rules:
 			// the concurrency limit held quietly; the second changes
 			// nothing.
 			s.send(0, stormAlerts, nil)
-			first := stormRecords(t, s.journal)
+			first, err := s.journal.Len() // counted, not decoded: the second re-send's records are read
+			if err != nil {
+				t.Fatal(err)
+			}
 			s.send(0, stormAlerts, nil)
 			s.engine.inflight.Wait()
 			recs := stormRecords(t, s.journal)
@@ -279,9 +282,9 @@ rules:
 			if starts != startsAtOpen {
 				t.Errorf("%d starts after the breaker opened (%d before, %d in all), want none", starts-startsAtOpen, startsAtOpen, starts)
 			}
-			if len(first) != stormAlerts || len(recs) != stormAlerts {
+			if first != stormAlerts || len(recs) != stormAlerts {
 				t.Errorf("journal holds %d records after one re-send, %d after two; want %d, one per alert instance",
-					len(first), len(recs), stormAlerts)
+					first, len(recs), stormAlerts)
 			}
 			seen := map[instanceKey]bool{}
 			var started, held int

@@ -377,6 +377,22 @@ func (j *Journal) List(limit int) ([]Record, error) {
 	return recs, nil
 }
 
+// Len returns how many records the journal holds, without decoding them.
+func (j *Journal) Len() (int, error) {
+	n := 0
+	err := j.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(recordsBucket).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count journal records: %w", err)
+	}
+	return n, nil
+}
+
 // Unfinished returns the records whose outcome is still open, oldest
 // first: after a restart the engine reconciles each with the target's real
 // state rather than repeating it blindly.

@@ -344,3 +344,15 @@ func TestBatchOpensItsTransactionOnFirstChange(t *testing.T) {
 		t.Errorf("after a batch that changed the record: state %s, pages written %d", got.State, j.PagesWritten()-before)
 	}
 }
+
+func TestLen(t *testing.T) {
+	j, _ := openTemp(t)
+	for i := range 3 {
+		if n, err := j.Len(); err != nil || n != i {
+			t.Fatalf("Len = %d, %v; want %d", n, err, i)
+		}
+		if _, err := j.Append(sample(StatePending)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
