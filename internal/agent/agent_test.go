@@ -89,6 +89,7 @@ func stateOf(t *testing.T, a *Agent, uuid string) libvirt.DomainState {
 }
 
 func TestUnauthorized(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name        string
 		agentToken  string
@@ -139,6 +140,7 @@ func TestUnauthorized(t *testing.T) {
 }
 
 func TestStartDomain(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -169,6 +171,7 @@ func TestStartDomain(t *testing.T) {
 }
 
 func TestClientErrors(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -246,6 +249,7 @@ func TestClientErrors(t *testing.T) {
 }
 
 func TestDomain(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -272,6 +276,7 @@ func TestDomain(t *testing.T) {
 }
 
 func TestDomainFilter(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token, DomainFilter: regexp.MustCompile(`^up$`)})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -299,6 +304,7 @@ func TestDomainFilter(t *testing.T) {
 }
 
 func TestMethodNotAllowed(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	tests := []struct {
 		method, path, allow string
@@ -323,6 +329,7 @@ func TestMethodNotAllowed(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	rec := httptest.NewRecorder()
 	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -350,6 +357,7 @@ func TestMetrics(t *testing.T) {
 // --path.rootfs, not at the machine's /dev/kvm, and a host whose guests
 // are of domain type qemu (TCG) declares it needs no KVM.
 func TestHostKVM(t *testing.T) {
+	t.Parallel()
 	withKVM := t.TempDir()
 	if err := os.Mkdir(filepath.Join(withKVM, "dev"), 0o755); err != nil {
 		t.Fatal(err)
@@ -387,6 +395,7 @@ func TestHostKVM(t *testing.T) {
 }
 
 func TestLandingPage(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{})
 	for path, want := range map[string]int{"/": 200, "/nope": 404} {
 		rec := httptest.NewRecorder()
@@ -398,6 +407,7 @@ func TestLandingPage(t *testing.T) {
 }
 
 func TestNewRejects(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -423,6 +433,7 @@ func TestNewRejects(t *testing.T) {
 // TestServe serves on a real listener, acts through it, and shuts down when
 // the context is cancelled.
 func TestServe(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -459,6 +470,7 @@ func TestServe(t *testing.T) {
 // TestServeWebConfig serves with an exporter-toolkit web config: TLS and
 // basic auth on /metrics.
 func TestServeWebConfig(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	certPEM := writeSelfSignedCert(t, dir)
 	webConfig := filepath.Join(dir, "web.yml")
@@ -564,6 +576,7 @@ func writeSelfSignedCert(t *testing.T, dir string) []byte {
 }
 
 func TestStateName(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		state libvirt.DomainState
 		want  string
@@ -586,6 +599,7 @@ func TestStateName(t *testing.T) {
 }
 
 func TestValidUUID(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in   string
 		want bool

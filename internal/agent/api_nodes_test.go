@@ -33,6 +33,7 @@ func validNodeJSON(mod func(map[string]any)) string {
 // namespace: authentication, routing, methods, bodies, validation, and the
 // missing storage pool (libvirt's test driver has none).
 func TestNodeAndOverlayRequests(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token, DomainFilter: regexp.MustCompile(`^c1-`)})
 	bearer := "Bearer " + token
 	tests := []struct {
@@ -94,6 +95,7 @@ func TestNodeAndOverlayRequests(t *testing.T) {
 // The client's node and overlay errors say what was tried where and carry
 // the agent's status and message.
 func TestNodeClientErrors(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -127,6 +129,7 @@ func TestNodeClientErrors(t *testing.T) {
 // TestRequestJSON pins the wire shapes of the request bodies: the server's
 // adapter and the agent must agree on every tag.
 func TestRequestJSON(t *testing.T) {
+	t.Parallel()
 	node := NodeRequest{
 		Cluster: "prod", Name: "prod-workers-0", Role: "worker", VCPUs: 2,
 		MemoryBytes: 4 << 30, DiskBytes: 40 << 30, Bridge: "br-prod",
@@ -161,6 +164,7 @@ func TestRequestJSON(t *testing.T) {
 }
 
 func TestNewGuestDomainType(t *testing.T) {
+	t.Parallel()
 	_, err := New(Config{LibvirtURI: "test:///default", GuestDomainType: "xen"})
 	if want := `configure agent: guest domain type "xen": want "kvm" or "qemu"`; err == nil || err.Error() != want {
 		t.Errorf("New with domain type xen: %v, want %q", err, want)

@@ -11,6 +11,7 @@ import (
 )
 
 func TestDesiredOverlays(t *testing.T) {
+	t.Parallel()
 	f, err := LoadFile("testdata/config/good-repair.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +34,7 @@ func TestDesiredOverlays(t *testing.T) {
 }
 
 func TestLoadFileGood(t *testing.T) {
+	t.Parallel()
 	golden.GoodFiles(t, "testdata/config/good*.yml", func(path string) error {
 		_, err := LoadFile(path)
 		return err

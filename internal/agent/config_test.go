@@ -6,6 +6,7 @@ import (
 )
 
 func TestLoadFile(t *testing.T) {
+	t.Parallel()
 	f, err := LoadFile("testdata/config/good.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -21,6 +22,7 @@ func TestLoadFile(t *testing.T) {
 
 // Each bad file's exact error is in a .err golden file beside it.
 func TestLoadFileBad(t *testing.T) {
+	t.Parallel()
 	golden.BadFiles(t, "testdata/config/bad-*.yml", func(path string) error {
 		_, err := LoadFile(path)
 		return err

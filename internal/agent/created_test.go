@@ -10,6 +10,7 @@ import (
 )
 
 func TestOwns(t *testing.T) {
+	t.Parallel()
 	filtered := &Agent{cfg: Config{DomainFilter: regexp.MustCompile(`^lab-host-a-\d+$`)}}
 	filtered.created.add("c1-workers-1")
 	filtered.created.add("c1-masters-0")
@@ -35,6 +36,7 @@ func TestOwns(t *testing.T) {
 // A node the agent created is its own in the actions API and in /metrics
 // although its name is not the domain filter's, until it is deleted.
 func TestCreatedNodesAreOwned(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token, DomainFilter: regexp.MustCompile(`^up$`)})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)

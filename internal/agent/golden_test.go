@@ -21,6 +21,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // the overlay collector with an expected overlay that is missing — against
 // a golden file, and runs promtool check metrics on the raw output.
 func TestMetricsGolden(t *testing.T) {
+	t.Parallel()
 	node, err := filepath.Abs("testdata/golden-node.xml")
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,7 @@ func newRepairServer(t *testing.T, overlays ...overlaynet.Desired) (nstest.NS, *
 }
 
 func TestRepairOverlay(t *testing.T) {
+	t.Parallel()
 	ns, c := newRepairHost(t, prodOverlay())
 
 	got, err := c.RepairOverlay(t.Context(), "prod")
@@ -132,6 +133,7 @@ func TestRepairOverlay(t *testing.T) {
 // A request without the token is refused before anything is looked at, and
 // leaves a broken overlay broken.
 func TestRepairOverlayUnauthorized(t *testing.T) {
+	t.Parallel()
 	ns, srv := newRepairServer(t, prodOverlay())
 	for _, c := range []*Client{
 		NewClient(srv.URL, "", srv.Client()),
@@ -149,6 +151,7 @@ func TestRepairOverlayUnauthorized(t *testing.T) {
 }
 
 func TestRepairOverlayErrors(t *testing.T) {
+	t.Parallel()
 	missingUnderlay := prodOverlay()
 	missingUnderlay.Cluster, missingUnderlay.Underlay = "lab", "eth9"
 	ns, c := newRepairHost(t, prodOverlay(), missingUnderlay)
@@ -191,6 +194,7 @@ func TestRepairOverlayErrors(t *testing.T) {
 // Methods other than POST get 405 with Allow, and change nothing; the
 // route does not need a namespace to answer them.
 func TestRepairOverlayMethods(t *testing.T) {
+	t.Parallel()
 	a := newTestAgent(t, Config{Token: token, OverlayRepairs: []overlaynet.Desired{prodOverlay()}})
 	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
 		req := httptest.NewRequest(method, "/api/v1/overlays/prod/repair", nil)
@@ -208,6 +212,7 @@ func TestRepairOverlayMethods(t *testing.T) {
 // The answer's changes are a JSON array, empty and not null when nothing
 // was needed, so that clients in other languages need no special case.
 func TestRepairOverlayJSON(t *testing.T) {
+	t.Parallel()
 	ns := nstest.New(t)
 	ns.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u0p")
 	ns.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")

@@ -46,6 +46,7 @@ func overlayMetrics(t *testing.T, srv *httptest.Server, prefix string) []string 
 // from then on the agent repairs it and the collector expects it; a DELETE
 // removes both devices and the expectation.
 func TestPutOverlay(t *testing.T) {
+	t.Parallel()
 	ns, srv := newRepairServer(t)
 	c := NewClient(srv.URL, token, srv.Client())
 
@@ -121,6 +122,7 @@ func TestPutOverlay(t *testing.T) {
 // A DELETE is refused while a guest's interface is on the bridge, and
 // changes nothing; the overlay stays expected and repairable.
 func TestDeleteOverlayWithGuest(t *testing.T) {
+	t.Parallel()
 	ns, srv := newRepairServer(t)
 	c := NewClient(srv.URL, token, srv.Client())
 	if _, err := c.PutOverlay(t.Context(), "prod", prodRequest()); err != nil {
@@ -156,6 +158,7 @@ func TestDeleteOverlayWithGuest(t *testing.T) {
 // never heard of is deleted by the provisioner's names, vx-/br-<cluster>,
 // and a device of another kind under such a name is left alone.
 func TestDeleteOverlayNames(t *testing.T) {
+	t.Parallel()
 	configured := prodOverlay()
 	configured.Cluster = "conf"
 	ns, srv := newRepairServer(t, configured)
@@ -192,6 +195,7 @@ func TestDeleteOverlayNames(t *testing.T) {
 }
 
 func TestPutOverlayErrors(t *testing.T) {
+	t.Parallel()
 	ns, srv := newRepairServer(t)
 	c := NewClient(srv.URL, token, srv.Client())
 	if _, err := c.PutOverlay(t.Context(), "prod", prodRequest()); err != nil {
