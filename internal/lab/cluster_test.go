@@ -17,6 +17,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors/kvm"
+	"caretaker/internal/needs"
 )
 
 var clusterHosts = flag.Int("cluster-hosts", 6, "hosts of TestLabClusterCreate's lab, and nodes of its cluster (half masters)")
@@ -30,7 +31,7 @@ var clusterHosts = flag.Int("cluster-hosts", 6, "hosts of TestLabClusterCreate's
 func TestLabClusterCreate(t *testing.T) {
 	requireQEMU(t)
 	if err := checkClusters(); err != nil {
-		t.Skipf("the lab makes no clusters here: %v", err)
+		needs.Missing(t, "the lab makes no clusters here: %v", err)
 	}
 	n := *clusterHosts
 	if n < 2 || n > 26 {

@@ -22,6 +22,7 @@ import (
 	"caretaker/collectors/kvm"
 	"caretaker/internal/api"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 	"caretaker/internal/testdaemon"
 	"caretaker/remediation/journal"
 )
@@ -32,14 +33,9 @@ const systemURI = "qemu:///system"
 // requireQEMU skips the test unless real QEMU guests can be run here.
 func requireQEMU(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test starts real QEMU guests through qemu:///system")
-	}
-	if _, err := os.Stat(libvirtSocket); err != nil {
-		t.Skip("needs libvirtd running (.ci/run and deploy/lab/setup.sh start it)")
-	}
+	needs.Libvirtd(t)
 	if err := checkQEMU(systemURI); err != nil {
-		t.Skipf("needs QEMU: %v", err)
+		needs.Missing(t, "needs QEMU: %v", err)
 	}
 }
 
@@ -333,12 +329,14 @@ remediation:
 }
 
 // startAgent runs `caretaker agent` at addr on the real libvirtd with the
-// agent token of dir.
+// agent token of dir, declaring TCG guests as the lab's agents do (so
+// HostKVMDeviceMissing does not hold remediation back where /dev/kvm is
+// missing).
 func startAgent(t *testing.T, bin, dir, addr string) *proc {
 	t.Helper()
 	return startProc(t, "agent", filepath.Join(bin, "caretaker"), "agent", "--web.listen-address", addr,
 		"--libvirt.uri", systemURI, "--action.token-file", filepath.Join(dir, "agent.token"),
-		"--log.level", "info")
+		"--guests.domain-type", "qemu", "--log.level", "info")
 }
 
 func newE2EServer(t *testing.T, bin, cfg, token string) *e2eServer {

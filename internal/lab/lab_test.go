@@ -31,15 +31,7 @@ var kills = flag.Int("kills", 2, "how many guests TestLabHeals breaks, alternati
 // holds a succeeded restart-vm for it. It logs the seconds from each kill
 // to the guest running again (make bench reports the median).
 func TestLabHeals(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the lab starts real QEMU guests through qemu:///system")
-	}
-	if _, err := os.Stat(libvirtSocket); err != nil {
-		t.Skip("needs libvirtd running (.ci/run and deploy/lab/setup.sh start it)")
-	}
-	if err := checkQEMU("qemu:///system"); err != nil {
-		t.Skipf("needs QEMU: %v", err)
-	}
+	requireQEMU(t)
 	bin := buildBinaries(t)
 	dir := t.TempDir()
 	rbConfig := filepath.Join(dir, "runbook.yml")

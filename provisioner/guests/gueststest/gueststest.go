@@ -15,6 +15,8 @@ import (
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"caretaker/internal/needs"
 )
 
 // URI is the libvirtd the tests use.
@@ -39,20 +41,11 @@ type Host struct {
 // always needed).
 func New(t *testing.T, prefix string, tools ...string) *Host {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run QEMU guests and create a bridge")
-	}
-	if _, err := os.Stat("/var/run/libvirt/libvirt-sock"); err != nil {
-		t.Skipf("libvirtd is not running (%v); run deploy/lab/setup.sh", err)
-	}
-	for _, tool := range append([]string{"ip", "qemu-img", "genisoimage"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (Debian packages iproute2, qemu-utils, genisoimage): %v", tool, err)
-		}
-	}
+	needs.Libvirtd(t)
+	needs.Programs(t, append([]string{"ip", "qemu-img", "genisoimage"}, tools...)...)
 	conn, err := libvirt.NewConnect(URI)
 	if err != nil {
-		t.Skipf("connect to %s: %v", URI, err)
+		needs.Missing(t, "connect to %s: %v", URI, err)
 	}
 	t.Cleanup(func() { conn.Close() })
 
