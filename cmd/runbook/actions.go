@@ -54,7 +54,7 @@ human's yes; approve or deny them before they expire).`,
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), h)
+					return printJSON(cmd.OutOrStdout(), h)
 				}
 				return printPending(cmd.OutOrStdout(), h.Records, time.Now())
 			})
@@ -124,7 +124,7 @@ func newDecideCmd(o *options, getenv func(string) string, approve bool) *cobra.C
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), r)
+					return printJSON(cmd.OutOrStdout(), r)
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%sd action %d (%s on %s): now %s\n", verb, r.ID, r.Action, targetOf(r), r.State)
 				return nil
@@ -169,7 +169,7 @@ host/cluster for repair-overlay.`,
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), r)
+					return printJSON(cmd.OutOrStdout(), r)
 				}
 				what := "recorded"
 				if r.DryRun {

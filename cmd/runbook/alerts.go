@@ -49,7 +49,7 @@ anchored); a bare word matches the alert's name.`,
 					if out == nil {
 						out = []api.PromAlert{}
 					}
-					return writeJSON(cmd.OutOrStdout(), out)
+					return printJSON(cmd.OutOrStdout(), out)
 				}
 				return printAlerts(cmd.OutOrStdout(), out, time.Now())
 			})
@@ -169,7 +169,7 @@ func newExplainCmd(o *options, getenv func(string) string) *cobra.Command {
 					e.Runbook = string(page)
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), e)
+					return printJSON(cmd.OutOrStdout(), e)
 				}
 				return printExplanation(cmd.OutOrStdout(), e, time.Now())
 			})

@@ -134,7 +134,7 @@ node fails (exit 1, with each failed node's error) or --timeout passes
 					}
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), cl)
+					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
 					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s accepted: %d nodes, VNI %d (follow it: runbook cluster show %s)\n",
@@ -312,7 +312,7 @@ func newClusterListCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), cs)
+					return printJSON(cmd.OutOrStdout(), cs)
 				}
 				return printClusters(cmd.OutOrStdout(), cs, time.Now())
 			})
@@ -345,7 +345,7 @@ func newClusterShowCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), cl)
+					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				return printCluster(cmd.OutOrStdout(), cl, time.Now())
 			})
@@ -422,7 +422,7 @@ the nodes until every one runs. Needs an operator token.`,
 					}
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), cl)
+					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
 					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s pool %s scaled to %d: %s (follow it: runbook cluster show %s)\n",
@@ -470,7 +470,7 @@ the cluster. Needs an operator token.`,
 					}
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), cl)
+					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
 					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s is being deleted: %d nodes (follow it: runbook cluster show %s)\n", cl.Name, len(cl.Nodes), cl.Name)

@@ -97,7 +97,7 @@ server without a provisioner shows the inventory only.`,
 				}
 				rows := joinHosts(inv, states)
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), struct {
+					return printJSON(cmd.OutOrStdout(), struct {
 						Hosts []hostRow `json:"hosts"`
 					}{rows})
 				}
@@ -168,7 +168,7 @@ func newHostShowCmd(o *options, getenv func(string) string) *cobra.Command {
 					row.Provisioning, row.History = &st, hist
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), row)
+					return printJSON(cmd.OutOrStdout(), row)
 				}
 				return printHost(cmd.OutOrStdout(), row)
 			})
@@ -304,7 +304,7 @@ another host has (409). Needs an admin token.`,
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), stored)
+					return printJSON(cmd.OutOrStdout(), stored)
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "added host %s (%s, boots from %s, agent %s); provision it: runbook host provision %s -m ...\n",
 					stored.Name, stored.Role, firstMAC(stored), stored.Agent, stored.Name)
@@ -353,7 +353,7 @@ the file (the server answers 409). Needs --yes and an admin token.`,
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), map[string]string{"removed": args[0]})
+					return printJSON(cmd.OutOrStdout(), map[string]string{"removed": args[0]})
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "removed host %s from the inventory\n", args[0])
 				return nil
@@ -402,7 +402,7 @@ Follow it with runbook host show NAME. Needs -m and an admin token.`
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), api.HostStateDetail{Host: h})
+					return printJSON(cmd.OutOrStdout(), api.HostStateDetail{Host: h})
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s of %s started: now %s, attempt %d (follow it: runbook host show %s)\n",
 					verb, h.Name, stateOf(&h), h.Attempt, h.Name)

@@ -57,7 +57,7 @@ memory for now: a server restart ends them. Needs an operator token.`,
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), p)
+					return printJSON(cmd.OutOrStdout(), p)
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "paused %s until %s\n", describeTarget(p.Target), p.Until.Local().Format(time.DateTime))
 				return nil
@@ -102,7 +102,7 @@ func newPausesCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), ps)
+					return printJSON(cmd.OutOrStdout(), ps)
 				}
 				return printPauses(cmd.OutOrStdout(), ps)
 			})

@@ -67,7 +67,7 @@ func newPolicyShowCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), s)
+					return printJSON(cmd.OutOrStdout(), s)
 				}
 				return printPolicy(cmd.OutOrStdout(), s)
 			})
@@ -92,7 +92,7 @@ server keeps the old policy and runbook prints the file's problems and exits
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), s)
+					return printJSON(cmd.OutOrStdout(), s)
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "reloaded %s: %d rules\n", policyFile(s), len(s.Rules))
 				return nil

@@ -94,7 +94,9 @@ func (o *options) withClient(cmd *cobra.Command, getenv func(string) string, fn 
 	return fn(ctx, c)
 }
 
-func writeJSON(w io.Writer, v any) error {
+// printJSON prints v for `-o json`, indented; it is the CLI's output, not an
+// HTTP answer (those are internal/httpjson's).
+func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
@@ -114,7 +116,7 @@ func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), s)
+					return printJSON(cmd.OutOrStdout(), s)
 				}
 				return printStatus(cmd.OutOrStdout(), s)
 			})
@@ -145,7 +147,7 @@ func newHistoryCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), h)
+					return printJSON(cmd.OutOrStdout(), h)
 				}
 				return printHistory(cmd.OutOrStdout(), h.Records)
 			})
@@ -178,7 +180,7 @@ func newShowCmd(o *options, getenv func(string) string) *cobra.Command {
 					return err
 				}
 				if o.output == "json" {
-					return writeJSON(cmd.OutOrStdout(), r)
+					return printJSON(cmd.OutOrStdout(), r)
 				}
 				return printRecord(cmd.OutOrStdout(), r)
 			})
