@@ -22,7 +22,7 @@ build_pkgs=(
 run_pkgs=(
 	libvirt-daemon-system libvirt-clients # libvirtd, virtlogd, virsh, virt-admin
 	qemu-system-x86 qemu-utils ipxe-qemu  # TCG guests, qemu-img, PXE ROMs
-	iproute2                              # ip, bridge
+	iproute2 procps                       # ip, bridge; sysctl
 	genisoimage                           # cloud-init seeds of cluster nodes
 )
 test_pkgs=(
