@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -101,10 +100,9 @@ type Agent struct {
 	// conn is shared by the kvm collector and the actions, so that the
 	// host has one libvirt connection per agent.
 	conn *libvirtconn.Conn
-	// tokenHash is the SHA-256 of Config.Token, or nil when actions are
-	// disabled. Comparing hashes keeps the comparison's time independent
-	// of the presented token's length as well as of its content.
-	tokenHash []byte
+	// token is Config.Token, or "" when actions are disabled; requests
+	// are checked with httpjson.TokenMatches (constant time).
+	token string
 	// collectors are the agent's collectors by name, as collect[] names them.
 	collectors map[string]collectors.Collector
 	// overlays are the overlays the host should have, from the
@@ -158,8 +156,7 @@ func New(cfg Config) (*Agent, error) {
 		conn:   libvirtconn.New(cfg.LibvirtURI, cfg.Logger),
 	}
 	if cfg.Token != "" {
-		sum := sha256.Sum256([]byte(cfg.Token))
-		a.tokenHash = sum[:]
+		a.token = cfg.Token
 	} else {
 		a.logger.Warn("no API token configured: host actions are disabled")
 	}

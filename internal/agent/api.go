@@ -1,16 +1,13 @@
 package agent
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 
 	"libvirt.org/go/libvirt"
+
+	"caretaker/internal/httpjson"
 )
 
 // Domain is a libvirt domain as the API reports it.
@@ -52,7 +49,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("/api/v1/overlays/{cluster}", a.overlays.handleOverlay)
 	mux.Handle("/api/v1/nodes/{name}", &nodes{a: a})
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
+		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
 	})
 	return mux
 }
@@ -64,8 +61,7 @@ func (a *Agent) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if reason := a.unauthorized(r); reason != "" {
 			a.logger.Warn("rejected API request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker-agent"`)
-			writeError(w, http.StatusUnauthorized, reason)
+			httpjson.Compact.Unauthorized(w, "caretaker-agent", reason)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -74,15 +70,14 @@ func (a *Agent) requireToken(next http.Handler) http.Handler {
 
 // unauthorized returns why r may not use the API, or "" if it may.
 func (a *Agent) unauthorized(r *http.Request) string {
-	if a.tokenHash == nil {
+	if a.token == "" {
 		return "host actions are disabled: the agent has no API token configured"
 	}
-	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+	token, ok := httpjson.BearerToken(r.Header.Get("Authorization"))
+	if !ok {
 		return "missing bearer token"
 	}
-	sum := sha256.Sum256([]byte(token))
-	if subtle.ConstantTimeCompare(sum[:], a.tokenHash) != 1 {
+	if !httpjson.TokenMatches(token, a.token) {
 		return "invalid bearer token"
 	}
 	return ""
@@ -101,10 +96,10 @@ func (a *Agent) handleDomain(w http.ResponseWriter, r *http.Request) {
 	defer dom.Free()
 	d, err := describe(dom)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	httpjson.Compact.Write(w, http.StatusOK, d)
 }
 
 // handleStart answers POST /api/v1/domains/{uuid}/start. Starting a running
@@ -122,14 +117,14 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 	defer dom.Free()
 	before, err := describe(dom)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 		return
 	}
 	logger := a.logger.With("action", "start", "uuid", before.UUID, "domain", before.Name)
 
 	if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
 		logger.Info("domain already running")
-		writeJSON(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: before})
+		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: before})
 		return
 	}
 
@@ -141,19 +136,19 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		// Someone else (a concurrent request, an operator with virsh)
 		// started it between our look and our start.
 		logger.Info("domain already running", "err", createErr)
-		writeJSON(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: after})
+		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: after})
 	case createErr != nil:
 		logger.Warn("start domain failed", "err", createErr)
-		writeError(w, http.StatusBadGateway, libvirtMessage(createErr))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(createErr))
 	case err != nil:
 		logger.Warn("read domain state after start", "err", err)
-		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 	case after.StateCode != int(libvirt.DOMAIN_RUNNING):
 		logger.Warn("domain not running after start", "state", after.State, "reason_code", after.ReasonCode)
-		writeError(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
+		httpjson.Compact.Error(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
 	default:
 		logger.Info("domain started", "reason_code", after.ReasonCode)
-		writeJSON(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
+		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
 	}
 }
 
@@ -161,29 +156,29 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 // (400, 404, 502) and returns false. The caller frees the domain.
 func (a *Agent) lookup(w http.ResponseWriter, uuid string) (*libvirt.Domain, bool) {
 	if !validUUID(uuid) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed domain uuid %q, want the form 8-4-4-4-12 hex digits", uuid))
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("malformed domain uuid %q, want the form 8-4-4-4-12 hex digits", uuid))
 		return nil, false
 	}
 	conn, err := a.conn.Get()
 	if err != nil {
-		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 		return nil, false
 	}
 	dom, err := conn.LookupDomainByUUIDString(uuid)
 	var lverr libvirt.Error
 	switch {
 	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
+		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
 		return nil, false
 	case err != nil:
-		writeError(w, http.StatusBadGateway, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 		return nil, false
 	}
 	if a.cfg.DomainFilter != nil {
 		name, err := dom.GetName()
 		if err != nil || !a.owns(name) {
 			dom.Free()
-			writeError(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
+			httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
 			return nil, false
 		}
 	}
@@ -270,55 +265,5 @@ func libvirtMessage(err error) string {
 
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 	w.Header().Set("Allow", allow)
-	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s, use %s", r.Method, r.URL.Path, allow))
-}
-
-// readJSON decodes r's body, capped at limit bytes, into v, or answers
-// the request (400, 413) and returns false.
-func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
-	err := decodeJSON(http.MaxBytesReader(w, r.Body, limit), v)
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", limit))
-		return false
-	case err != nil:
-		writeError(w, http.StatusBadRequest, "request body: "+err.Error())
-		return false
-	}
-	return true
-}
-
-// decodeJSON decodes exactly one JSON object from r into v, strictly:
-// unknown fields and anything after the object are errors.
-func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return err
-		}
-		if errors.Is(err, io.EOF) {
-			return errors.New("empty: want a JSON object")
-		}
-		// encoding/json says `json: unknown field "x"`.
-		return errors.New(strings.TrimPrefix(err.Error(), "json: "))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("more data after the JSON object")
-	}
-	return nil
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, apiError{Error: msg})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	// The status is sent: an encoding error (a client gone) has no one
-	// left to tell.
-	_ = json.NewEncoder(w).Encode(v)
+	httpjson.Compact.Error(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s, use %s", r.Method, r.URL.Path, allow))
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"caretaker/internal/golden"
+	"caretaker/internal/httpjson"
 )
 
 func validNodeJSON(mod func(map[string]any)) string {
@@ -52,9 +53,9 @@ func TestNodeAndOverlayRequests(t *testing.T) {
 		{name: "nested path", method: "DELETE", path: "/api/v1/nodes/c1-w0/disk", auth: bearer, wantCode: 404, wantMsg: "no API endpoint /api/v1/nodes/c1-w0/disk"},
 		{name: "unknown field", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["cpus"] = 2 }), wantCode: 400, wantMsg: `request body: unknown field "cpus"`},
 		{name: "wrong type", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["vcpus"] = "2" }), wantCode: 400, wantMsg: "request body: cannot unmarshal string into Go struct field NodeRequest.vcpus of type int"},
-		{name: "empty body", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, wantCode: 400, wantMsg: "request body: empty: want a JSON object"},
-		{name: "two objects", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(nil) + "{}", wantCode: 400, wantMsg: "request body: more data after the JSON object"},
-		{name: "too large", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["user_data"] = strings.Repeat("x", maxNodeBody) }), wantCode: 413, wantMsg: "request body larger than 4194304 bytes"},
+		{name: "empty body", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, wantCode: 400, wantMsg: "request body: empty; want a JSON object"},
+		{name: "two objects", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(nil) + "{}", wantCode: 400, wantMsg: "request body: unexpected data after the JSON object"},
+		{name: "too large", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["user_data"] = strings.Repeat("x", maxNodeBody) }), wantCode: 413, wantMsg: "request body: larger than 4194304 bytes"},
 		{name: "name differs", method: "PUT", path: "/api/v1/nodes/c1-w1", auth: bearer, body: validNodeJSON(nil), wantCode: 400, wantMsg: `body names node "c1-w0", the path "c1-w1"`},
 		{name: "invalid node", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["vcpus"] = 0 }), wantCode: 400, wantMsg: `node "c1-w0" of cluster "c1": vcpus 0: want at least 1`},
 		{name: "no seed", method: "PUT", path: "/api/v1/nodes/c1-w0", auth: bearer, body: validNodeJSON(func(m map[string]any) { delete(m, "user_data") }), wantCode: 400, wantMsg: `node "c1-w0" of cluster "c1": neither user data nor ignition set: want one seed`},
@@ -68,7 +69,7 @@ func TestNodeAndOverlayRequests(t *testing.T) {
 		{name: "no pool named", method: "PUT", path: "/api/v1/nodes/c1-w0?replace=true", auth: bearer, body: validNodeJSON(func(m map[string]any) { m["pool"] = "fast" }), wantCode: 503, wantMsg: `storage pool "fast" does not exist on this host`},
 		{name: "delete no pool", method: "DELETE", path: "/api/v1/nodes/c1-w0", auth: bearer, wantCode: 503, wantMsg: `storage pool "caretaker" does not exist on this host`},
 		{name: "overlay unknown field", method: "PUT", path: "/api/v1/overlays/c1", auth: bearer, body: `{"device":"vx-c1","bridge":"br-c1","vni":7,"underlay":"eth0","peers":[{"address":"192.0.2.2","port":1}]}`, wantCode: 400, wantMsg: `request body: unknown field "port"`},
-		{name: "overlay too large", method: "PUT", path: "/api/v1/overlays/c1", auth: bearer, body: `{"device":"` + strings.Repeat("x", maxOverlayBody) + `"}`, wantCode: 413, wantMsg: "request body larger than 262144 bytes"},
+		{name: "overlay too large", method: "PUT", path: "/api/v1/overlays/c1", auth: bearer, body: `{"device":"` + strings.Repeat("x", maxOverlayBody) + `"}`, wantCode: 413, wantMsg: "request body: larger than 262144 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,7 +158,7 @@ func TestRequestJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		golden.Compare(t, tt.file, buf.Bytes(), *update)
-		if err := decodeJSON(&buf, tt.back); err != nil || !reflect.DeepEqual(reflect.ValueOf(tt.back).Elem().Interface(), tt.v) {
+		if err := httpjson.DecodeReader(&buf, tt.back); err != nil || !reflect.DeepEqual(reflect.ValueOf(tt.back).Elem().Interface(), tt.v) {
 			t.Errorf("%s does not decode back strictly: %v", tt.file, err)
 		}
 	}

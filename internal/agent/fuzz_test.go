@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+
+	"caretaker/internal/httpjson"
 )
 
 // FuzzNodeRequest feeds PUT /api/v1/nodes bodies to the strict decoder: it
@@ -16,7 +18,7 @@ func FuzzNodeRequest(f *testing.F) {
 	f.Add([]byte(`{"nope":1}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req NodeRequest
-		if err := decodeJSON(bytes.NewReader(body), &req); err != nil {
+		if err := httpjson.DecodeReader(bytes.NewReader(body), &req); err != nil {
 			return
 		}
 		roundTrip(t, req, &NodeRequest{})
@@ -33,7 +35,7 @@ func FuzzOverlayRequest(f *testing.F) {
 	f.Add([]byte(`{"peers":[{"address":""}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req OverlayRequest
-		if err := decodeJSON(bytes.NewReader(body), &req); err != nil {
+		if err := httpjson.DecodeReader(bytes.NewReader(body), &req); err != nil {
 			return
 		}
 		roundTrip(t, req, &OverlayRequest{})
@@ -61,7 +63,7 @@ func roundTrip[T any](t *testing.T, v T, back *T) {
 	if err != nil {
 		t.Fatalf("encode %+v: %v", v, err)
 	}
-	if err := decodeJSON(bytes.NewReader(b), back); err != nil {
+	if err := httpjson.DecodeReader(bytes.NewReader(b), back); err != nil {
 		t.Fatalf("decode own encoding %s: %v", b, err)
 	}
 	if !reflect.DeepEqual(*back, v) {

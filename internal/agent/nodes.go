@@ -12,6 +12,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/httpjson"
 	"caretaker/provisioner/guests"
 )
 
@@ -92,17 +93,18 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("replace"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("query parameter replace=%q: want true or false", v))
+			httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("query parameter replace=%q: want true or false", v))
 			return
 		}
 		replace = b
 	}
 	var req NodeRequest
-	if !readJSON(w, r, maxNodeBody, &req) {
+	if err := httpjson.Decode(w, r, &req, maxNodeBody); err != nil {
+		httpjson.Compact.DecodeError(w, err)
 		return
 	}
 	if req.Name != name {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("body names node %q, the path %q", req.Name, name))
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("body names node %q, the path %q", req.Name, name))
 		return
 	}
 	if req.Pool == "" {
@@ -110,7 +112,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	}
 	node := req.node()
 	if err := node.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	verb := "create"
@@ -123,12 +125,12 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	defer unlock()
 	conn, err := n.a.conn.Get()
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, libvirtMessage(err))
 		return
 	}
 	existing, err := domainUUID(conn, name)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
 		return
 	}
 	existed := existing != ""
@@ -136,15 +138,15 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	// domain this agent does not own is another host's on a shared
 	// libvirtd (caretaker lab), and must not be replaced from here.
 	if existed && !n.a.owns(name) {
-		writeError(w, http.StatusConflict, fmt.Sprintf("%s node %s: a domain of that name exists and is not this agent's (domain filter %s)", verb, name, n.a.cfg.DomainFilter))
+		httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("%s node %s: a domain of that name exists and is not this agent's (domain filter %s)", verb, name, n.a.cfg.DomainFilter))
 		return
 	}
 	if code, msg := checkPool(conn, req.Pool); code != 0 {
-		writeError(w, code, msg)
+		httpjson.Compact.Error(w, code, msg)
 		return
 	}
 	if existed && !replace && req.UUID != "" && !strings.EqualFold(req.UUID, existing) {
-		writeError(w, http.StatusConflict, fmt.Sprintf("create node %s: a domain of that name exists with UUID %s, not the node's %s (replace=true replaces it)", name, existing, req.UUID))
+		httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("create node %s: a domain of that name exists with UUID %s, not the node's %s (replace=true replaces it)", name, existing, req.UUID))
 		return
 	}
 	opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
@@ -156,7 +158,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		logger.Warn(verb+" node failed", "err", err)
-		writeError(w, http.StatusInternalServerError, err.Error())
+		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	if n.a.cfg.DomainFilter != nil {
@@ -164,13 +166,13 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	}
 	dom, err := conn.LookupDomainByUUIDString(uuid)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
 		return
 	}
 	defer dom.Free()
 	d, err := describe(dom)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
 		return
 	}
 	code := http.StatusOK
@@ -178,7 +180,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusCreated
 	}
 	logger.Info(verb+" node done", "uuid", uuid, "state", d.State, "existed", existed)
-	writeJSON(w, code, NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
+	httpjson.Compact.Write(w, code, NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
 }
 
 // delete destroys and undefines the node's domain and deletes its volumes,
@@ -187,11 +189,11 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !nodeNameRe.MatchString(name) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("node name %q: want 1-63 lowercase letters, digits and dashes, not starting or ending with a dash", name))
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("node name %q: want 1-63 lowercase letters, digits and dashes, not starting or ending with a dash", name))
 		return
 	}
 	if f := n.a.cfg.DomainFilter; f != nil && !n.a.owns(name) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no node %q on this host: this agent's domain filter is %s", name, f))
+		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no node %q on this host: this agent's domain filter is %s", name, f))
 		return
 	}
 	logger := n.a.logger.With("action", "delete-node", "node", name)
@@ -199,24 +201,24 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	defer unlock()
 	conn, err := n.a.conn.Get()
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, libvirtMessage(err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, libvirtMessage(err))
 		return
 	}
 	pool, err := diskPool(conn, name)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("delete node %s: %v", name, err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("delete node %s: %v", name, err))
 		return
 	}
 	if pool == "" {
 		pool = n.a.cfg.GuestPool
 	}
 	if code, msg := checkPool(conn, pool); code != 0 {
-		writeError(w, code, msg)
+		httpjson.Compact.Error(w, code, msg)
 		return
 	}
 	if err := guests.Delete(conn, guests.Node{Name: name, Pool: pool}); err != nil {
 		logger.Warn("delete node failed", "err", err)
-		writeError(w, http.StatusInternalServerError, err.Error())
+		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	n.a.created.remove(name)

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"caretaker/collectors/overlay"
+	"caretaker/internal/httpjson"
 	"caretaker/internal/overlaynet"
 )
 
@@ -154,7 +155,7 @@ func (o *overlays) handleRepair(w http.ResponseWriter, r *http.Request) {
 	defer o.mu.Unlock()
 	d, ok := o.desired[cluster]
 	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no overlay for cluster %q in the agent's configuration", cluster))
+		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no overlay for cluster %q in the agent's configuration", cluster))
 		return
 	}
 	o.ensure(w, r, "repair", d)
@@ -179,12 +180,13 @@ func (o *overlays) handleOverlay(w http.ResponseWriter, r *http.Request) {
 func (o *overlays) put(w http.ResponseWriter, r *http.Request) {
 	cluster := r.PathValue("cluster")
 	var req OverlayRequest
-	if !readJSON(w, r, maxOverlayBody, &req) {
+	if err := httpjson.Decode(w, r, &req, maxOverlayBody); err != nil {
+		httpjson.Compact.DecodeError(w, err)
 		return
 	}
 	d, e, err := req.desired(cluster)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	o.mu.Lock()
@@ -193,7 +195,7 @@ func (o *overlays) put(w http.ResponseWriter, r *http.Request) {
 	// Another cluster's overlay with the same device, or peers the
 	// collector cannot tell apart, would make the collector drop one.
 	if err := overlay.ValidateOverlays(expected); err != nil {
-		writeError(w, http.StatusConflict, fmt.Sprintf("overlay of cluster %q conflicts with the overlays this host has: %v", cluster, err))
+		httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("overlay of cluster %q conflicts with the overlays this host has: %v", cluster, err))
 		return
 	}
 	o.desired[cluster] = d
@@ -210,7 +212,7 @@ func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d
 	h, err := overlaynet.Open(ctx, o.a.cfg.NetNS)
 	if err != nil {
 		logger.Warn(verb+" overlay failed", "err", err)
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s overlay of cluster %s: %v", verb, d.Cluster, err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s overlay of cluster %s: %v", verb, d.Cluster, err))
 		return
 	}
 	defer h.Close()
@@ -226,7 +228,7 @@ func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d
 		if len(changes) > 0 {
 			msg += fmt.Sprintf(" (changed before the failure: %s)", strings.Join(changes, "; "))
 		}
-		writeError(w, code, msg)
+		httpjson.Compact.Error(w, code, msg)
 		return
 	}
 	if len(changes) > 0 {
@@ -234,7 +236,7 @@ func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d
 	} else {
 		logger.Info("overlay already as desired")
 	}
-	writeJSON(w, http.StatusOK, OverlayRepair{Cluster: d.Cluster, Changes: changes})
+	httpjson.Compact.Write(w, http.StatusOK, OverlayRepair{Cluster: d.Cluster, Changes: changes})
 }
 
 // delete removes the cluster's VXLAN device and bridge and forgets the
@@ -259,7 +261,7 @@ func (o *overlays) delete(w http.ResponseWriter, r *http.Request) {
 	h, err := overlaynet.Open(ctx, o.a.cfg.NetNS)
 	if err != nil {
 		logger.Warn("delete overlay failed", "err", err)
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("delete overlay of cluster %s: %v", cluster, err))
+		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("delete overlay of cluster %s: %v", cluster, err))
 		return
 	}
 	defer h.Close()
@@ -270,7 +272,7 @@ func (o *overlays) delete(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, overlaynet.ErrConflict) {
 			code = http.StatusConflict
 		}
-		writeError(w, code, fmt.Sprintf("delete overlay of cluster %s: %v", cluster, err))
+		httpjson.Compact.Error(w, code, fmt.Sprintf("delete overlay of cluster %s: %v", cluster, err))
 		return
 	}
 	delete(o.desired, cluster)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"caretaker/internal/httpjson"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 )
@@ -33,7 +34,8 @@ type DecisionRequest struct {
 
 func (h *handler) run(w http.ResponseWriter, r *http.Request) {
 	var req RunRequest
-	if !decodeBody(w, r, &req) {
+	if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
+		httpjson.WriteDecodeError(w, err)
 		return
 	}
 	var missing []string
@@ -43,7 +45,7 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(missing) > 0 {
-		writeError(w, http.StatusBadRequest, strings.Join(missing, ", ")+": required")
+		httpjson.Error(w, http.StatusBadRequest, strings.Join(missing, ", ")+": required")
 		return
 	}
 	req.Author = author(r, req.Author)
@@ -52,7 +54,7 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, "run "+req.Action+" on "+req.Target, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, rec)
+	httpjson.Write(w, http.StatusAccepted, rec)
 }
 
 // decide serves approve (yes) and deny.
@@ -67,11 +69,12 @@ func (h *handler) decide(yes bool) http.HandlerFunc {
 			return
 		}
 		var req DecisionRequest
-		if !decodeBody(w, r, &req) {
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
+			httpjson.WriteDecodeError(w, err)
 			return
 		}
 		if strings.TrimSpace(req.Comment) == "" {
-			writeError(w, http.StatusBadRequest, "comment: required, so the journal says why the action was "+verb+"d")
+			httpjson.Error(w, http.StatusBadRequest, "comment: required, so the journal says why the action was "+verb+"d")
 			return
 		}
 		rec, err := fn(id, author(r, req.Author), req.Comment)
@@ -79,7 +82,7 @@ func (h *handler) decide(yes bool) http.HandlerFunc {
 			h.fail(w, verb+" action "+strconv.FormatUint(id, 10), err)
 			return
 		}
-		writeJSON(w, http.StatusOK, rec)
+		httpjson.Write(w, http.StatusOK, rec)
 	}
 }
 

@@ -263,6 +263,24 @@ func TestAuthentication(t *testing.T) {
 	}
 }
 
+// The scheme is case-insensitive (RFC 9110 §11.1), as Alertmanager's
+// webhook and the agent have it; blanks around the token do not count.
+func TestBearerScheme(t *testing.T) {
+	f := newTestServer(t)
+	for _, header := range []string{"Bearer view-tok", "bearer view-tok", "BEARER view-tok", "Bearer  view-tok "} {
+		req, _ := http.NewRequest("GET", f.srv.URL+"/api/v1/status", nil)
+		req.Header.Set("Authorization", header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("Authorization %q: status %d, want 200", header, resp.StatusCode)
+		}
+	}
+}
+
 // Every route against every role: below the route's role, 403 naming the
 // token, its role and the role needed, and nothing reached; at or above
 // it, the request is served.

@@ -2,11 +2,11 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
+
+	"caretaker/internal/httpjson"
 )
 
 // Role is what a token may do; each role may do what the ones below it may.
@@ -102,21 +102,18 @@ func NewAuthenticator(tokens []Token) (*Authenticator, error) {
 // and without stopping at a match, so response times tell nothing about
 // which token or how much of it was right.
 func (a *Authenticator) identify(header string) (Identity, bool) {
-	got, ok := strings.CutPrefix(header, "Bearer ")
+	got, ok := httpjson.BearerToken(header)
 	if !ok {
 		return Identity{}, false
 	}
-	b := []byte(strings.TrimSpace(got))
 	var id Identity
-	found := 0
+	found := false
 	for _, t := range a.tokens {
-		match := subtle.ConstantTimeCompare(b, []byte(t.Secret))
-		if match == 1 {
-			id = Identity{Name: t.Name, Role: t.Role}
+		if httpjson.TokenMatches(got, t.Secret) {
+			id, found = Identity{Name: t.Name, Role: t.Role}, true
 		}
-		found |= match
 	}
-	return id, found == 1
+	return id, found
 }
 
 // Authenticate serves next only to requests with a known bearer token,
@@ -125,8 +122,7 @@ func (a *Authenticator) Authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := a.identify(r.Header.Get("Authorization"))
 		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
-			writeError(w, http.StatusUnauthorized, "missing or invalid bearer token")
+			httpjson.Unauthorized(w, "caretaker", "missing or invalid bearer token")
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
@@ -143,7 +139,7 @@ func requireRole(min Role, what string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, _ := IdentityFrom(r.Context())
 		if id.Role < min {
-			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q has role %s; %s needs %s", id.Name, id.Role, what, min))
+			httpjson.Error(w, http.StatusForbidden, fmt.Sprintf("token %q has role %s; %s needs %s", id.Name, id.Role, what, min))
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -13,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"caretaker/internal/httpjson"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 )
@@ -64,7 +63,7 @@ func NewHandler(o Options) http.Handler {
 		mux.Handle(rt.pattern, rt.methods)
 	}
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+		httpjson.Error(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	return o.Auth.Authenticate(mux)
 }
@@ -98,7 +97,7 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		slices.Sort(allow)
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+		httpjson.Error(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 		return
 	}
 	requireRole(e.role, e.what, e.fn).ServeHTTP(w, r)
@@ -146,13 +145,13 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, "status", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s)
+	httpjson.Write(w, http.StatusOK, s)
 }
 
 func (h *handler) history(w http.ResponseWriter, r *http.Request) {
 	f, err := parseHistoryFilter(r.URL.Query(), h.Now())
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpjson.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	recs, err := h.Backend.History(r.Context(), f)
@@ -163,7 +162,7 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) {
 	if recs == nil {
 		recs = []journal.Record{}
 	}
-	writeJSON(w, http.StatusOK, History{Records: recs})
+	httpjson.Write(w, http.StatusOK, History{Records: recs})
 }
 
 func (h *handler) record(w http.ResponseWriter, r *http.Request) {
@@ -176,14 +175,14 @@ func (h *handler) record(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, fmt.Sprintf("action %d", id), err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rec)
+	httpjson.Write(w, http.StatusOK, rec)
 }
 
 // pathID reads the {id} of the path, answering 400 for a bad one.
 func pathID(w http.ResponseWriter, r *http.Request) (uint64, bool) {
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 	if err != nil || id == 0 {
-		writeError(w, http.StatusBadRequest, "action id: want a positive integer, got "+strconv.Quote(r.PathValue("id")))
+		httpjson.Error(w, http.StatusBadRequest, "action id: want a positive integer, got "+strconv.Quote(r.PathValue("id")))
 		return 0, false
 	}
 	return id, true
@@ -204,32 +203,7 @@ func (h *handler) fail(w http.ResponseWriter, op string, err error) {
 	default:
 		h.Logger.Error("api request failed", "op", op, "err", err)
 	}
-	writeError(w, code, op+": "+err.Error())
-}
-
-// decodeBody reads r's JSON body into v strictly: unknown fields, trailing
-// data and bodies over maxBody are refused. On failure it has answered.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil {
-		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
-			err = errors.New("unexpected data after the JSON object")
-		}
-	}
-	var tooBig *http.MaxBytesError
-	switch {
-	case err == nil:
-		return true
-	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", maxBody))
-	case errors.Is(err, io.EOF):
-		writeError(w, http.StatusBadRequest, "request body: empty; want a JSON object")
-	default:
-		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return false
+	httpjson.Error(w, code, op+": "+err.Error())
 }
 
 // author is who a change is recorded under: the one the request names, or
@@ -240,16 +214,4 @@ func author(r *http.Request, named string) string {
 	}
 	id, _ := IdentityFrom(r.Context())
 	return id.Name
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client went away; nothing to do
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, errorBody{Error: msg})
 }

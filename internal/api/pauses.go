@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"caretaker/internal/httpjson"
 	"caretaker/remediation/guards"
 )
 
@@ -33,36 +34,37 @@ func (h *handler) pauses(w http.ResponseWriter, _ *http.Request) {
 	if ps == nil {
 		ps = []guards.Pause{}
 	}
-	writeJSON(w, http.StatusOK, ps)
+	httpjson.Write(w, http.StatusOK, ps)
 }
 
 func (h *handler) pause(w http.ResponseWriter, r *http.Request) {
 	var req PauseRequest
-	if !decodeBody(w, r, &req) {
+	if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
+		httpjson.WriteDecodeError(w, err)
 		return
 	}
 	now := h.Now()
 	d, err := time.ParseDuration(req.Duration)
 	if err != nil || d <= 0 {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("duration: want a positive duration such as 2h, got %q", req.Duration))
+		httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("duration: want a positive duration such as 2h, got %q", req.Duration))
 		return
 	}
 	if strings.TrimSpace(req.Comment) == "" {
-		writeError(w, http.StatusBadRequest, "comment: required, so the next on-call knows why remediation is paused")
+		httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why remediation is paused")
 		return
 	}
 	p := guards.Pause{Target: req.Target, Author: author(r, req.Author), Comment: req.Comment, Since: now, Until: now.Add(d)}
 	if err := h.Pauser.Pause(p); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpjson.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusCreated, p)
+	httpjson.Write(w, http.StatusCreated, p)
 }
 
 func (h *handler) resume(w http.ResponseWriter, r *http.Request) {
 	target := r.URL.Query().Get("target")
 	if target == "" {
-		writeError(w, http.StatusBadRequest, `target: required ("*" for the global pause, or host/uuid)`)
+		httpjson.Error(w, http.StatusBadRequest, `target: required ("*" for the global pause, or host/uuid)`)
 		return
 	}
 	h.Pauser.Resume(target)

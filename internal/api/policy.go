@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"caretaker/internal/httpjson"
 	"caretaker/remediation/policy"
 )
 
@@ -62,7 +63,7 @@ type PolicyReloader interface {
 }
 
 func (h *handler) policy(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, h.Policy.Policy())
+	httpjson.Write(w, http.StatusOK, h.Policy.Policy())
 }
 
 func (h *handler) reload(w http.ResponseWriter, r *http.Request) {
@@ -70,7 +71,7 @@ func (h *handler) reload(w http.ResponseWriter, r *http.Request) {
 	s, err := h.Policy.Reload()
 	if err != nil {
 		h.Logger.Warn("policy reload refused; the old policy stays in force", "token", id.Name, "err", err)
-		writeJSON(w, http.StatusUnprocessableEntity, errorBody{
+		httpjson.Write(w, http.StatusUnprocessableEntity, errorBody{
 			Error:  "the policy did not load; the old one stays in force",
 			Errors: ErrorLines(err),
 			Policy: &s,
@@ -78,7 +79,7 @@ func (h *handler) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Logger.Info("policy reloaded", "token", id.Name, "file", s.File, "rules", len(s.Rules))
-	writeJSON(w, http.StatusOK, s)
+	httpjson.Write(w, http.StatusOK, s)
 }
 
 // Policy fetches the policy in force.

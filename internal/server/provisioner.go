@@ -2,10 +2,8 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,6 +20,7 @@ import (
 	"caretaker/internal/agent"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
+	"caretaker/internal/httpjson"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/overlaynet"
 	"caretaker/provisioner/bmc"
@@ -527,33 +526,31 @@ func (p *provisioner) stateHandler() http.Handler {
 		if hosts == nil {
 			hosts = []hoststate.Host{}
 		}
-		writeJSON(w, http.StatusOK, api.HostStates{Hosts: hosts})
+		httpjson.Write(w, http.StatusOK, api.HostStates{Hosts: hosts})
 	})
 	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		h, ok := p.machine.Host(name)
 		if !ok {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("host %s is not known to the provisioner", name)})
+			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("host %s is not known to the provisioner", name))
 			return
 		}
 		hist, err := p.machine.History(name)
 		if err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
+		httpjson.Write(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
 	})
 	act := func(name string, do func(context.Context, string) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var req api.ProvisionRequest
-			dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&req); err != nil {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "request body: " + err.Error()})
+			if err := httpjson.Decode(w, r, &req, 64<<10); err != nil {
+				httpjson.WriteDecodeError(w, err)
 				return
 			}
 			if strings.TrimSpace(req.Comment) == "" {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "comment: required, so the next on-call knows why"})
+				httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why")
 				return
 			}
 			host := r.PathValue("name")
@@ -565,24 +562,18 @@ func (p *provisioner) stateHandler() http.Handler {
 			err := do(context.WithoutCancel(r.Context()), host)
 			switch {
 			case errors.Is(err, hoststate.ErrUnknownHost):
-				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+				httpjson.Error(w, http.StatusNotFound, err.Error())
 			case errors.Is(err, hoststate.ErrWrongState):
-				writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+				httpjson.Error(w, http.StatusConflict, err.Error())
 			case err != nil:
-				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+				httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			default:
 				h, _ := p.machine.Host(host)
-				writeJSON(w, http.StatusAccepted, map[string]any{"host": h})
+				httpjson.Write(w, http.StatusAccepted, map[string]any{"host": h})
 			}
 		}
 	}
 	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
 	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
 	return mux
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
 }

@@ -119,6 +119,9 @@ provisioner:
 		{"DELETE", "/api/v1/hosts/hv-1", "admin-secret", "", 409}, // defined in the file
 		{"POST", "/api/v1/provisioner/hosts/hv-1/provision", "operator-secret", `{"comment": "x"}`, 403},
 		{"POST", "/api/v1/provisioner/hosts/hv-1/provision", "admin-secret", `{}`, 400},
+		// strict as the rest of the API: trailing data 400, over 64 KiB 413
+		{"POST", "/api/v1/provisioner/hosts/hv-1/provision", "admin-secret", `{"comment": "x"} {}`, 400},
+		{"POST", "/api/v1/provisioner/hosts/hv-1/provision", "admin-secret", `{"comment": "` + strings.Repeat("x", 64<<10) + `"}`, 413},
 		{"POST", "/api/v1/provisioner/hosts/nope/provision", "admin-secret", `{"comment": "x"}`, 404},
 		{"GET", "/api/v1/provisioner/hosts/hv-1", "viewer-secret", "", 200},
 		{"GET", "/pxe/boot.ipxe", "", "", 200},

@@ -1,12 +1,12 @@
 package clusters
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
+
+	"caretaker/internal/httpjson"
 )
 
 // maxBody caps a request body: a spec with a few pools is a few hundred
@@ -21,10 +21,6 @@ type List struct {
 // ScaleRequest is the body of PATCH /api/v1/clusters/{name}/pools/{pool}.
 type ScaleRequest struct {
 	Count *int `json:"count"`
-}
-
-type errorBody struct {
-	Error string `json:"error"`
 }
 
 // Handler serves the cluster API; authentication is the caller's wrapper's.
@@ -44,7 +40,8 @@ func Handler(store *Store, notify func()) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
 		var spec Spec
-		if !decodeBody(w, r, &spec) {
+		if err := httpjson.Decode(w, r, &spec, maxBody); err != nil {
+			httpjson.WriteDecodeError(w, err)
 			return
 		}
 		c, err := store.Create(spec)
@@ -54,7 +51,7 @@ func Handler(store *Store, notify func()) http.Handler {
 		}
 		notify()
 		w.Header().Set("Location", "/api/v1/clusters/"+c.Name)
-		writeJSON(w, http.StatusAccepted, c)
+		httpjson.Write(w, http.StatusAccepted, c)
 	})
 	mux.HandleFunc("GET /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
 		cs, err := store.List()
@@ -65,7 +62,7 @@ func Handler(store *Store, notify func()) http.Handler {
 		if cs == nil {
 			cs = []Cluster{}
 		}
-		writeJSON(w, http.StatusOK, List{Clusters: cs})
+		httpjson.Write(w, http.StatusOK, List{Clusters: cs})
 	})
 	mux.HandleFunc("GET /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
 		c, err := store.Get(r.PathValue("name"))
@@ -73,7 +70,7 @@ func Handler(store *Store, notify func()) http.Handler {
 			writeStoreError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, c)
+		httpjson.Write(w, http.StatusOK, c)
 	})
 	mux.HandleFunc("DELETE /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
 		c, err := store.Delete(r.PathValue("name"))
@@ -82,15 +79,16 @@ func Handler(store *Store, notify func()) http.Handler {
 			return
 		}
 		notify()
-		writeJSON(w, http.StatusAccepted, c)
+		httpjson.Write(w, http.StatusAccepted, c)
 	})
 	mux.HandleFunc("PATCH /api/v1/clusters/{name}/pools/{pool}", func(w http.ResponseWriter, r *http.Request) {
 		var req ScaleRequest
-		if !decodeBody(w, r, &req) {
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
+			httpjson.WriteDecodeError(w, err)
 			return
 		}
 		if req.Count == nil {
-			writeError(w, http.StatusBadRequest, `request body: "count" missing`)
+			httpjson.Error(w, http.StatusBadRequest, `request body: "count" missing`)
 			return
 		}
 		c, err := store.Scale(r.PathValue("name"), r.PathValue("pool"), *req.Count)
@@ -99,7 +97,7 @@ func Handler(store *Store, notify func()) http.Handler {
 			return
 		}
 		notify()
-		writeJSON(w, http.StatusAccepted, c)
+		httpjson.Write(w, http.StatusAccepted, c)
 	})
 	return mux
 }
@@ -108,36 +106,7 @@ func Handler(store *Store, notify func()) http.Handler {
 // trailing data are errors. It does not validate the spec.
 func decodeSpec(body io.Reader) (Spec, error) {
 	var s Spec
-	return s, decodeStrict(body, &s)
-}
-
-func decodeStrict(body io.Reader, v any) error {
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("unexpected data after the JSON object")
-	}
-	return nil
-}
-
-// decodeBody reads r's JSON body into v; on failure it has answered.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	err := decodeStrict(http.MaxBytesReader(w, r.Body, maxBody), v)
-	var tooBig *http.MaxBytesError
-	switch {
-	case err == nil:
-		return true
-	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", maxBody))
-	case errors.Is(err, io.EOF):
-		writeError(w, http.StatusBadRequest, "request body: empty; want a JSON object")
-	default:
-		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return false
+	return s, httpjson.DecodeReader(body, &s)
 }
 
 func writeStoreError(w http.ResponseWriter, err error) {
@@ -151,17 +120,5 @@ func writeStoreError(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	}
 	// a joined validation error lists one problem per line
-	writeError(w, code, strings.ReplaceAll(err.Error(), "\n", "; "))
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client went away; nothing to do
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, errorBody{Error: msg})
+	httpjson.Error(w, code, strings.ReplaceAll(err.Error(), "\n", "; "))
 }

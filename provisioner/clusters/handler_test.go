@@ -84,7 +84,7 @@ func TestHandler(t *testing.T) {
 			case st.golden != "":
 				golden.Compare(t, filepath.Join("testdata", st.golden), rec.Body.Bytes(), *update)
 			case st.code >= 400 && st.code != 405:
-				var eb errorBody
+				var eb struct{ Error string }
 				if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Error != st.want {
 					t.Errorf("error %q (%v), want %q", eb.Error, err, st.want)
 				}

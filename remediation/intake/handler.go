@@ -2,15 +2,13 @@ package intake
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 
+	"caretaker/internal/httpjson"
 	"caretaker/remediation"
 )
 
@@ -46,10 +44,6 @@ type Response struct {
 	Recorded int `json:"recorded"`
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 type handler struct {
 	opts Options
 	log  *slog.Logger
@@ -75,33 +69,32 @@ func Handler(opts Options) http.Handler {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.authenticated(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="caretaker"`)
 		h.opts.Metrics.delivered(http.StatusUnauthorized)
-		writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or invalid bearer token or client certificate"})
+		httpjson.Compact.Unauthorized(w, "caretaker", "missing or invalid bearer token or client certificate")
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		h.opts.Metrics.delivered(http.StatusMethodNotAllowed)
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: r.Method + " is not allowed on " + r.URL.Path})
+		httpjson.Compact.Error(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 		return
 	}
 	if r.ContentLength > h.opts.BodyLimit {
 		// Refused before reading a byte of it.
 		h.opts.Metrics.delivered(http.StatusRequestEntityTooLarge)
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: tooLarge(h.opts.BodyLimit).Error()})
+		httpjson.Compact.Error(w, http.StatusRequestEntityTooLarge, tooLarge(h.opts.BodyLimit).Error())
 		return
 	}
 	msg, err := Decode(r.Body, h.opts.BodyLimit)
 	switch {
 	case errors.Is(err, ErrTooLarge):
 		h.opts.Metrics.delivered(http.StatusRequestEntityTooLarge)
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: err.Error()})
+		httpjson.Compact.Error(w, http.StatusRequestEntityTooLarge, err.Error())
 		return
 	case err != nil:
 		h.log.Warn("alertmanager webhook refused", "remote", r.RemoteAddr, "err", err)
 		h.opts.Metrics.delivered(http.StatusBadRequest)
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error()})
+		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if msg.TruncatedAlerts > 0 {
@@ -114,7 +107,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.log.Error("alertmanager webhook not recorded; Alertmanager will retry", "err", err)
 		h.opts.Metrics.delivered(http.StatusInternalServerError)
-		writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	h.opts.Metrics.recorded(rc, msg.TruncatedAlerts)
@@ -131,11 +124,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.opts.Metrics.delivered(http.StatusOK)
-	writeJSON(w, http.StatusOK, Response{Status: "success", Recorded: len(rc.Recorded)})
+	httpjson.Compact.Write(w, http.StatusOK, Response{Status: "success", Recorded: len(rc.Recorded)})
 }
 
 func (h *handler) authenticated(r *http.Request) bool {
-	if validBearer(r.Header.Get("Authorization"), h.opts.Token) {
+	if token, ok := httpjson.BearerToken(r.Header.Get("Authorization")); ok && httpjson.TokenMatches(token, h.opts.Token) {
 		return true
 	}
 	if !h.opts.ClientCerts || r.TLS == nil {
@@ -151,21 +144,4 @@ func (h *handler) authenticated(r *http.Request) bool {
 
 func (h *handler) allowed(cert *x509.Certificate) bool {
 	return len(h.opts.AllowedCommonNames) == 0 || slices.Contains(h.opts.AllowedCommonNames, cert.Subject.CommonName)
-}
-
-// validBearer compares in constant time so the token cannot be guessed
-// byte by byte from response times. The scheme is case-insensitive
-// (RFC 9110).
-func validBearer(header, token string) bool {
-	scheme, got, ok := strings.Cut(header, " ")
-	if !ok || token == "" || !strings.EqualFold(scheme, "Bearer") {
-		return false
-	}
-	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
 }
