@@ -26,11 +26,11 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/collectors/kvm"
-	"caretaker/collectors/overlay"
 	"caretaker/internal/agent"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/needs"
+	"caretaker/internal/overlayspec"
 	"caretaker/remediation"
 )
 
@@ -124,9 +124,9 @@ func TestPanelsReturnData(t *testing.T) {
 		ip("link", "set", "br-dash", "up")
 		run(t, "bridge", "-n", side.ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx-dash", "dst", side.far.String())
 	}
-	overlays := func(peerHost string, peer net.IP) []overlay.Overlay {
-		return []overlay.Overlay{{Cluster: "dash", Device: "vx-dash", Bridge: "br-dash", VNI: 4242,
-			Peers: []overlay.Peer{{Host: peerHost, Address: peer}}}}
+	overlays := func(peerHost string, peer net.IP) []overlayspec.Overlay {
+		return []overlayspec.Overlay{{Cluster: "dash", Device: "vx-dash", Bridge: "br-dash", VNI: 4242,
+			Peers: []overlayspec.Peer{{Host: peerHost, Address: peer.String()}}}}
 	}
 
 	// host-a's guest: a real QEMU domain, defined but not started; the
@@ -151,7 +151,7 @@ func TestPanelsReturnData(t *testing.T) {
 	hosts := agentHosts{}
 	for _, h := range []struct {
 		name, uri, netns string
-		ovl              []overlay.Overlay
+		ovl              []overlayspec.Overlay
 	}{
 		{"host-a", "qemu:///system", nsA, overlays("host-b", addrB)},
 		{"host-b", "test://" + nodeXML, nsB, overlays("host-a", addrA)},

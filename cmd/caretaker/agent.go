@@ -47,8 +47,8 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 				if err != nil {
 					return err
 				}
-				cfg.Overlays, cfg.NeighborStaleAfter = f.OverlayList(), f.NeighborStaleAfter
-				cfg.OverlayRepairs = f.DesiredOverlays()
+				cfg.Overlays, cfg.NeighborStaleAfter = f.Overlays, f.NeighborStaleAfter
+				cfg.OverlayRepairs = f.Overlays
 			}
 			cfg.Logger = logger
 			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {

@@ -383,7 +383,7 @@ func printCluster(w io.Writer, c clusters.Cluster, now time.Time) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "OVERLAY ON\tPEERS")
 	for _, h := range slices.Sorted(maps.Keys(c.Overlays)) {
-		fmt.Fprintf(tw, "%s\t%s\n", h, firstNonEmpty(strings.Join(c.Overlays[h], " "), "-"))
+		fmt.Fprintf(tw, "%s\t%s\n", h, firstNonEmpty(strings.Join(c.Overlays[h].PeerAddrs(), " "), "-"))
 	}
 	if len(c.Overlays) == 0 {
 		fmt.Fprintln(tw, "(no overlays in place yet)")

@@ -19,6 +19,7 @@ import (
 
 	"caretaker/internal/api"
 	"caretaker/internal/golden"
+	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/clusters"
 )
 
@@ -372,7 +373,10 @@ func TestClusterTablesGolden(t *testing.T) {
 	s.setNodes(t, "lab", all(node(0, "host-a", clusters.NodeRunning, ""), node(1, "host-b", clusters.NodeCreating, ""),
 		node(2, "", clusters.NodeFailed, "place 1 nodes: no host has room\nfor 2 vCPUs"),
 		func(c *clusters.Cluster) {
-			c.Overlays = map[string][]string{"host-b": {"10.0.0.1"}, "host-a": {"10.0.0.2"}}
+			c.Overlays = clusters.HostOverlays{
+				"host-b": {Peers: []overlayspec.Peer{{Host: "host-a", Address: "10.0.0.1"}}},
+				"host-a": {Peers: []overlayspec.Peer{{Host: "host-b", Address: "10.0.0.2"}}},
+			}
 		}))
 	cs, err := s.store.List()
 	if err != nil {

@@ -7,14 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-)
 
-// Encapsulation overhead of VXLAN: outer Ethernet 14 + outer IP + UDP 8 +
-// VXLAN 8 bytes, the inner frame's own Ethernet header counting against the
-// VXLAN device's MTU as it does on any Ethernet device.
-const (
-	overheadIPv4 = 14 + 20 + 8 + 8
-	overheadIPv6 = 14 + 40 + 8 + 8
+	"caretaker/internal/overlayspec"
 )
 
 // userHZ is the unit of the neighbour cache's times (ndm_confirmed and the
@@ -53,9 +47,11 @@ func vxlanUp(vx *netlink.Vxlan, parent netlink.Link) bool {
 // in one packet of its parent once encapsulated. The underlay is taken to
 // be IPv6 when the device's local or group address is; otherwise IPv4.
 func mtuOK(vx *netlink.Vxlan, parentMTU int) bool {
-	overhead := overheadIPv4
+	// The inner frame's own Ethernet header counts against the VXLAN
+	// device's MTU as it does on any Ethernet device.
+	overhead := overlayspec.OverheadIPv4
 	if isIPv6(vx.SrcAddr) || isIPv6(vx.Group) {
-		overhead = overheadIPv6
+		overhead = overlayspec.OverheadIPv6
 	}
 	return vx.MTU <= parentMTU-overhead
 }
@@ -115,16 +111,16 @@ func checkFDB(entries []netlink.Neigh, peers []expectedPeer, group net.IP) fdbCh
 	for _, p := range peers {
 		expectedAddrs[p.addr] = true
 	}
-	if g, ok := addrOf(group); ok {
+	if g, ok := overlayspec.AddrOf(group); ok {
 		expectedAddrs[g] = true
 	}
 	unexpected := make(map[netip.Addr]bool)
 	for _, n := range entries {
-		dst, ok := addrOf(n.IP)
+		dst, ok := overlayspec.AddrOf(n.IP)
 		if !ok {
 			continue
 		}
-		if isZeroMAC(n.HardwareAddr) {
+		if overlayspec.IsFloodMAC(n.HardwareAddr) {
 			check.flooded[dst] = true
 		}
 		if !expectedAddrs[dst] {
@@ -138,26 +134,6 @@ func checkFDB(entries []netlink.Neigh, peers []expectedPeer, group net.IP) fdbCh
 	}
 	check.unexpected = len(unexpected)
 	return check
-}
-
-func addrOf(ip net.IP) (netip.Addr, bool) {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
-func isZeroMAC(mac net.HardwareAddr) bool {
-	if len(mac) != 6 {
-		return false
-	}
-	for _, b := range mac {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func isBridge(l netlink.Link) bool {

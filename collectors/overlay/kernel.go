@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"caretaker/internal/overlayspec"
 )
 
 // dumpAttempts bounds the retries of a dump the kernel reports as
@@ -228,7 +230,7 @@ func newNeighborTable(entries []netlink.Neigh) *neighborTable {
 		if n.Family != unix.AF_INET && n.Family != unix.AF_INET6 {
 			continue
 		}
-		addr, ok := addrOf(n.IP)
+		addr, ok := overlayspec.AddrOf(n.IP)
 		if !ok {
 			continue
 		}

@@ -15,47 +15,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+
+	"caretaker/internal/overlayspec"
 )
 
 const namespace = "caretaker_overlay"
 
-// Peer is a remote VTEP this host should reach on one overlay.
-type Peer struct {
-	// Host is the remote host's name, reported in the peer_host label.
-	Host string
-	// Address is the remote host's VTEP address on the underlay.
-	Address net.IP
-}
-
-// Overlay is the desired state of one guest cluster's overlay on this host.
-type Overlay struct {
-	// Cluster is the guest cluster's name.
-	Cluster string
-	// Device is the VXLAN device's name, e.g. vx-lab.
-	Device string
-	// Bridge is the bridge the VXLAN device is a port of, e.g. br-lab.
-	Bridge string
-	// VNI is the VXLAN network identifier.
-	VNI int
-	// Peers are the remote VTEPs the device must flood to: each needs an
-	// all-zeros FDB entry on the device pointing at its address.
-	Peers []Peer
-}
-
 // Config configures a Collector.
 type Config struct {
-	// Overlays is the expected state. Devices found on the host but not
-	// listed here are still reported, with an empty cluster label.
-	Overlays []Overlay
+	// Overlays is the expected state: of each overlay, the cluster,
+	// device, bridge, VNI and peers (host and address) are checked.
+	// Devices found on the host but not listed here are still reported,
+	// with an empty cluster label.
+	Overlays []overlayspec.Overlay
 	// NetNS is the network namespace to read: "" for the agent's own,
 	// else the path of a namespace file such as /var/run/netns/x.
 	NetNS string
@@ -195,7 +174,7 @@ func New(cfg Config, logger *slog.Logger) (*Collector, error) {
 // SetOverlays replaces the expected overlays; the next scrape uses them. It
 // is safe for concurrent use. Invalid overlays (see ValidateOverlays) are
 // logged and left out, the others are taken.
-func (c *Collector) SetOverlays(overlays []Overlay) {
+func (c *Collector) SetOverlays(overlays []overlayspec.Overlay) {
 	exp, problems := newExpectation(overlays)
 	for _, p := range problems {
 		c.logger.Warn("ignoring invalid expected overlay", "err", p)
@@ -203,23 +182,24 @@ func (c *Collector) SetOverlays(overlays []Overlay) {
 	c.expected.Store(exp)
 }
 
-// ValidateOverlays reports every problem in overlays: a device, cluster or
-// bridge name missing or invalid, a VNI out of range, a device expected
-// twice, a peer without host or address, or one address listed twice.
-func ValidateOverlays(overlays []Overlay) error {
-	_, problems := newExpectation(overlays)
-	return errors.Join(problems...)
+// ValidateOverlays reports every problem in overlays, as
+// overlayspec.ValidateSet does: the collector expects what it accepts.
+func ValidateOverlays(overlays []overlayspec.Overlay) error {
+	return overlayspec.ValidateSet(overlays)
 }
 
-// expectation is a validated copy of the expected overlays.
+// expectation is what the collector checks the host against, derived
+// from the valid expected overlays.
 type expectation struct {
 	overlays []*expected
 	byDevice map[string]*expected
 }
 
+// expected is what the collector checks of one overlay.
 type expected struct {
-	Overlay
-	peers []expectedPeer
+	Cluster, Device, Bridge string
+	VNI                     int
+	peers                   []expectedPeer
 }
 
 type expectedPeer struct {
@@ -227,84 +207,29 @@ type expectedPeer struct {
 	addr netip.Addr
 }
 
-// maxVNI is the largest VXLAN network identifier: VNIs have 24 bits.
-const maxVNI = 1<<24 - 1
-
-func newExpectation(overlays []Overlay) (*expectation, []error) {
+// newExpectation derives the expectation from overlays, leaving out each
+// overlay with a problem (see overlayspec.SetProblems), which it returns.
+func newExpectation(overlays []overlayspec.Overlay) (*expectation, []error) {
 	exp := &expectation{byDevice: make(map[string]*expected, len(overlays))}
+	bad := make(map[int][]error)
+	for _, p := range overlayspec.SetProblems(overlays) {
+		bad[p.Index] = append(bad[p.Index], p.Problem)
+	}
 	var problems []error
 	for i, o := range overlays {
-		e, err := validate(o)
-		if err == nil {
-			if _, dup := exp.byDevice[o.Device]; dup {
-				err = fmt.Errorf("device %q is expected twice", o.Device)
-			}
-		}
-		if err != nil {
-			problems = append(problems, fmt.Errorf("overlay %d (cluster %q): %w", i, o.Cluster, err))
+		if errs := bad[i]; len(errs) > 0 {
+			problems = append(problems, fmt.Errorf("overlay %d (cluster %q): %w", i, o.Cluster, errors.Join(errs...)))
 			continue
+		}
+		e := &expected{Cluster: o.Cluster, Device: o.Device, Bridge: o.Bridge, VNI: o.VNI}
+		for _, p := range o.Peers {
+			addr, _ := overlayspec.ParseAddr(p.Address) // valid: checked above
+			e.peers = append(e.peers, expectedPeer{host: p.Host, addr: addr})
 		}
 		exp.overlays = append(exp.overlays, e)
 		exp.byDevice[o.Device] = e
 	}
 	return exp, problems
-}
-
-// validate checks one overlay and returns a copy that shares nothing with
-// the caller's, so that the caller may reuse its slices.
-func validate(o Overlay) (*expected, error) {
-	var problems []error
-	for _, f := range []struct{ field, value string }{
-		{"device", o.Device}, {"bridge", o.Bridge},
-	} {
-		if err := validIfName(f.value); err != nil {
-			problems = append(problems, fmt.Errorf("%s: %w", f.field, err))
-		}
-	}
-	if o.Cluster == "" {
-		problems = append(problems, errors.New("cluster: empty"))
-	}
-	if o.VNI < 0 || o.VNI > maxVNI {
-		problems = append(problems, fmt.Errorf("vni %d: out of range 0-%d", o.VNI, maxVNI))
-	}
-	e := &expected{Overlay: o}
-	e.Peers = nil
-	seen := make(map[netip.Addr]bool, len(o.Peers))
-	for j, p := range o.Peers {
-		addr, ok := netip.AddrFromSlice(p.Address)
-		addr = addr.Unmap()
-		switch {
-		case p.Host == "":
-			problems = append(problems, fmt.Errorf("peer %d: host: empty", j))
-		case !ok || !addr.IsValid() || addr.IsUnspecified():
-			problems = append(problems, fmt.Errorf("peer %d (%s): address %q: not a unicast IP address", j, p.Host, p.Address))
-		case seen[addr]:
-			problems = append(problems, fmt.Errorf("peer %d (%s): address %s: listed twice", j, p.Host, addr))
-		default:
-			seen[addr] = true
-			e.Peers = append(e.Peers, Peer{Host: p.Host, Address: net.IP(addr.AsSlice())})
-			e.peers = append(e.peers, expectedPeer{host: p.Host, addr: addr})
-		}
-	}
-	if len(problems) > 0 {
-		return nil, errors.Join(problems...)
-	}
-	return e, nil
-}
-
-// validIfName checks what the kernel would refuse in an interface name, so
-// that a typo is reported at configuration rather than as a device that is
-// never present.
-func validIfName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("empty")
-	case len(name) > 15: // IFNAMSIZ - 1
-		return fmt.Errorf("%q: longer than 15 bytes", name)
-	case name == "." || name == "..", strings.ContainsAny(name, "/: \t\n"):
-		return fmt.Errorf("%q: not a valid interface name", name)
-	}
-	return nil
 }
 
 // Update implements collectors.Collector. It fails when the namespace or

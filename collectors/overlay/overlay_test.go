@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"caretaker/collectors"
+	"caretaker/internal/overlayspec"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -78,20 +79,20 @@ func (ns testNS) setMTUAboveParent(tb testing.TB, dev string, mtu int) {
 	ns.IP(tb, "link", "set", "ul0", "mtu", "1500")
 }
 
-func peer(host, addr string) Peer { return Peer{Host: host, Address: net.ParseIP(addr)} }
+func peer(host, addr string) overlayspec.Peer { return overlayspec.Peer{Host: host, Address: addr} }
 
 // labOverlays are the expectations of the golden test: cluster lab on
 // vx-x with three peers, the third without FDB entry, and cluster gone,
 // whose device does not exist.
-func labOverlays() []Overlay {
-	return []Overlay{
+func labOverlays() []overlayspec.Overlay {
+	return []overlayspec.Overlay{
 		{
 			Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100,
-			Peers: []Peer{peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3"), peer("host-d", "10.0.0.4")},
+			Peers: []overlayspec.Peer{peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3"), peer("host-d", "10.0.0.4")},
 		},
 		{
 			Cluster: "gone", Device: "vx-gone", Bridge: "br-gone", VNI: 300,
-			Peers: []Peer{peer("host-b", "10.0.0.2")},
+			Peers: []overlayspec.Peer{peer("host-b", "10.0.0.2")},
 		},
 	}
 }
@@ -184,9 +185,9 @@ func TestFDBPeers(t *testing.T) {
 	ns.Bridge(t, "fdb", "add", "02:00:00:00:01:03", "dev", "vx-x", "dst", "10.0.0.3")
 	ns.Bridge(t, "fdb", "add", "02:00:00:00:01:09", "dev", "vx-x", "dst", "10.0.0.9")
 
-	c := newCollector(t, Config{NetNS: ns.Path, Overlays: []Overlay{{
+	c := newCollector(t, Config{NetNS: ns.Path, Overlays: []overlayspec.Overlay{{
 		Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100,
-		Peers: []Peer{peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3")},
+		Peers: []overlayspec.Peer{peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3")},
 	}}})
 	const want = `
 # HELP caretaker_overlay_fdb_entries Number of FDB entries of a VXLAN device that have a remote destination (all-zeros flooding entries and unicast ones, one per destination).
@@ -249,9 +250,9 @@ caretaker_overlay_vxlan_parent_mtu_bytes{device="vx-x"} 1500
 func TestMissingDevice(t *testing.T) {
 	ns := newTestNS(t)
 	ns.underlay(t)
-	overlays := []Overlay{{
+	overlays := []overlayspec.Overlay{{
 		Cluster: "lab", Device: "vx-lab", Bridge: "br-lab", VNI: 100,
-		Peers: []Peer{peer("host-b", "10.0.0.2")},
+		Peers: []overlayspec.Peer{peer("host-b", "10.0.0.2")},
 	}}
 
 	t.Run("device missing", func(t *testing.T) {
@@ -358,21 +359,21 @@ caretaker_overlay_vxlan_config_match{cluster=%[3]q,device="vx-x"} %[4]d
 # TYPE caretaker_overlay_vxlan_present gauge
 caretaker_overlay_vxlan_present{cluster=%[3]q,device="vx-x"} 1
 `
-	lab := Overlay{Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100, Peers: []Peer{peer("host-b", "10.0.0.2")}}
-	moved := Overlay{Cluster: "lab2", Device: "vx-x", Bridge: "br-x", VNI: 101, Peers: []Peer{peer("host-c", "10.0.0.3")}}
-	invalid := Overlay{Cluster: "broken", Device: "vx-broken", Bridge: "br-broken", VNI: 1 << 24}
+	lab := overlayspec.Overlay{Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100, Peers: []overlayspec.Peer{peer("host-b", "10.0.0.2")}}
+	moved := overlayspec.Overlay{Cluster: "lab2", Device: "vx-x", Bridge: "br-x", VNI: 101, Peers: []overlayspec.Peer{peer("host-c", "10.0.0.3")}}
+	invalid := overlayspec.Overlay{Cluster: "broken", Device: "vx-broken", Bridge: "br-broken", VNI: 1 << 24}
 
 	tests := []struct {
 		name     string
-		overlays []Overlay
+		overlays []overlayspec.Overlay
 		want     string
 	}{
 		{name: "none expected", want: fmt.Sprintf(info, "")},
-		{name: "lab expected", overlays: []Overlay{lab},
+		{name: "lab expected", overlays: []overlayspec.Overlay{lab},
 			want: fmt.Sprintf(info, "lab") + fmt.Sprintf(expected, 0, 0, "lab", 1)},
-		{name: "other VNI and peer", overlays: []Overlay{moved},
+		{name: "other VNI and peer", overlays: []overlayspec.Overlay{moved},
 			want: fmt.Sprintf(info, "lab2") + fmt.Sprintf(expected, 1, 1, "lab2", 0)},
-		{name: "invalid left out", overlays: []Overlay{invalid, lab},
+		{name: "invalid left out", overlays: []overlayspec.Overlay{invalid, lab},
 			want: fmt.Sprintf(info, "lab") + fmt.Sprintf(expected, 0, 0, "lab", 1)},
 		{name: "none again", overlays: nil, want: fmt.Sprintf(info, "")},
 	}
@@ -384,11 +385,11 @@ caretaker_overlay_vxlan_present{cluster=%[3]q,device="vx-x"} 1
 	}
 
 	t.Run("caller's slices not kept", func(t *testing.T) {
-		overlays := []Overlay{lab}
-		overlays[0].Peers = []Peer{peer("host-b", "10.0.0.2")}
+		overlays := []overlayspec.Overlay{lab}
+		overlays[0].Peers = []overlayspec.Peer{peer("host-b", "10.0.0.2")}
 		c.SetOverlays(overlays)
 		overlays[0].Device = "vx-other"
-		overlays[0].Peers[0].Address[15] = 7 // 10.0.0.7
+		overlays[0].Peers[0].Address = "10.0.0.7"
 		assertMetrics(t, c, fmt.Sprintf(info, "lab")+fmt.Sprintf(expected, 0, 0, "lab", 1), names...)
 	})
 }
@@ -407,9 +408,9 @@ func TestNeighbors(t *testing.T) {
 	ns.IP(t, "neigh", "add", "10.0.0.5", "dev", "ul0", "nud", "incomplete")
 	// On another device than the parent: not the underlay neighbour.
 	ns.IP(t, "neigh", "add", "10.0.0.6", "lladdr", "02:00:00:00:00:06", "dev", "ul0p", "nud", "failed")
-	overlays := []Overlay{{
+	overlays := []overlayspec.Overlay{{
 		Cluster: "lab", Device: "vx-x", Bridge: "br-x", VNI: 100,
-		Peers: []Peer{
+		Peers: []overlayspec.Peer{
 			peer("host-b", "10.0.0.2"), peer("host-c", "10.0.0.3"), peer("host-d", "10.0.0.4"),
 			peer("host-e", "10.0.0.5"), peer("host-f", "10.0.0.6"), peer("host-g", "10.0.0.7"),
 		},
@@ -524,31 +525,31 @@ func TestNewInvalid(t *testing.T) {
 		},
 		{
 			name: "fields",
-			cfg: Config{Overlays: []Overlay{{
+			cfg: Config{Overlays: []overlayspec.Overlay{{
 				Device: "a-very-long-device-name", Bridge: "br/x", VNI: -1,
-				Peers: []Peer{{Address: net.ParseIP("10.0.0.2")}, {Host: "b"}, {Host: "c", Address: net.IPv4zero}},
+				Peers: []overlayspec.Peer{{Address: "10.0.0.2"}, {Host: "b"}, {Host: "c", Address: "0.0.0.0"}},
 			}}},
 			want: []string{
 				`overlay 0 (cluster "")`,
 				`device: "a-very-long-device-name": longer than 15 bytes`,
 				`bridge: "br/x": not a valid interface name`,
 				"cluster: empty",
-				"vni -1: out of range 0-16777215",
-				"peer 0: host: empty",
-				`peer 1 (b): address "<nil>": not a unicast IP address`,
-				`peer 2 (c): address "0.0.0.0": not a unicast IP address`,
+				"vni: -1: out of range 0-16777215",
+				"peers[0].host: empty",
+				`peers[1].address: empty`,
+				`peers[2].address: "0.0.0.0" is not a unicast IP address`,
 			},
 		},
 		{
 			name: "duplicates",
-			cfg: Config{Overlays: []Overlay{
+			cfg: Config{Overlays: []overlayspec.Overlay{
 				{Cluster: "a", Device: "vx-a", Bridge: "br-a"},
 				{Cluster: "a2", Device: "vx-a", Bridge: "br-a"},
-				{Cluster: "p", Device: "vx-p", Bridge: "br-p", Peers: []Peer{peer("b", "10.0.0.2"), peer("c", "::ffff:10.0.0.2")}},
+				{Cluster: "p", Device: "vx-p", Bridge: "br-p", Peers: []overlayspec.Peer{peer("b", "10.0.0.2"), peer("c", "::ffff:10.0.0.2")}},
 			}},
 			want: []string{
-				`overlay 1 (cluster "a2"): device "vx-a" is expected twice`,
-				`overlay 2 (cluster "p"): peer 1 (c): address 10.0.0.2: listed twice`,
+				`overlay 1 (cluster "a2"): device: "vx-a" is also the device of overlay 0`,
+				`overlay 2 (cluster "p"): peers[1].address: 10.0.0.2: listed twice`,
 			},
 		},
 	}
@@ -591,7 +592,7 @@ func BenchmarkUpdate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var overlays []Overlay
+	var overlays []overlayspec.Overlay
 	for i := range devices {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("br-%d", i)}}
 		if err := h.LinkAdd(br); err != nil {
@@ -607,7 +608,7 @@ func BenchmarkUpdate(b *testing.B) {
 		if err := h.LinkAdd(vx); err != nil {
 			b.Fatalf("add %s: %v", vx.Name, err)
 		}
-		o := Overlay{Cluster: fmt.Sprintf("c%d", i), Device: vx.Name, Bridge: br.Name, VNI: vx.VxlanId}
+		o := overlayspec.Overlay{Cluster: fmt.Sprintf("c%d", i), Device: vx.Name, Bridge: br.Name, VNI: vx.VxlanId}
 		for j := range peers + unicast {
 			dst := net.IPv4(10, 1, byte(j), 1)
 			mac := net.HardwareAddr{0, 0, 0, 0, 0, 0}
@@ -615,7 +616,7 @@ func BenchmarkUpdate(b *testing.B) {
 				dst = net.IPv4(10, 1, byte(j-peers), 1)
 				mac = net.HardwareAddr{2, 0, 0, 0, byte(i), byte(j)}
 			} else {
-				o.Peers = append(o.Peers, Peer{Host: fmt.Sprintf("host-%d", j), Address: dst})
+				o.Peers = append(o.Peers, overlayspec.Peer{Host: fmt.Sprintf("host-%d", j), Address: dst.String()})
 			}
 			err := h.NeighAppend(&netlink.Neigh{
 				LinkIndex: vx.Index, Family: unix.AF_BRIDGE,

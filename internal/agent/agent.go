@@ -24,7 +24,7 @@ import (
 	"caretaker/collectors/kvm"
 	"caretaker/collectors/overlay"
 	"caretaker/internal/libvirtconn"
-	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/guests"
 )
 
@@ -72,15 +72,15 @@ type Config struct {
 	ProcFS, SysFS, RootFS string
 	// Overlays are the VXLAN overlays this host should have (the agent's
 	// configuration file); NeighborStaleAfter is the overlay collector's.
-	Overlays           []overlay.Overlay
+	Overlays           []overlayspec.Overlay
 	NeighborStaleAfter time.Duration
 	// NetNS is the network namespace the overlay collector reads, and
 	// overlay repairs change, as a path like /var/run/netns/x; empty
 	// means the agent's own.
 	NetNS string
 	// OverlayRepairs are the overlays POST /api/v1/overlays/{cluster}/repair
-	// can repair (File.DesiredOverlays); other clusters get 404.
-	OverlayRepairs []overlaynet.Desired
+	// can repair (File.Overlays); other clusters get 404.
+	OverlayRepairs []overlayspec.Overlay
 	// GuestPool is the libvirt storage pool (a directory pool holding the
 	// base images) where PUT /api/v1/nodes/{name} puts a node's disks
 	// when the request names none. A host without it answers 503.

@@ -12,6 +12,7 @@ import (
 
 	"caretaker/internal/golden"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/overlayspec"
 )
 
 func validNodeJSON(mod func(map[string]any)) string {
@@ -113,7 +114,7 @@ func TestNodeClientErrors(t *testing.T) {
 	}{
 		{"put node", func() error { _, err := c.PutNode(t.Context(), req, true); return err }, 503, "put node c1-w0 on agent " + srv.URL + ": agent answered 503 Service Unavailable: storage pool \"caretaker\" does not exist"},
 		{"delete node", func() error { return c.DeleteNode(t.Context(), "-bad") }, 400, "delete node -bad on agent " + srv.URL + ": agent answered 400 Bad Request: node name \"-bad\""},
-		{"put overlay", func() error { _, err := c.PutOverlay(t.Context(), "c1", OverlayRequest{}); return err }, 400, "put overlay of cluster c1 on agent " + srv.URL + ": agent answered 400 Bad Request: overlay of cluster \"c1\": device: empty"},
+		{"put overlay", func() error { _, err := c.PutOverlay(t.Context(), "c1", overlayspec.Overlay{}); return err }, 400, "put overlay of cluster c1 on agent " + srv.URL + ": agent answered 400 Bad Request: overlay of cluster \"c1\": device: empty"},
 		{"delete overlay", func() error { return NewClient(srv.URL, "", srv.Client()).DeleteOverlay(t.Context(), "c1") }, 401, "delete overlay of cluster c1 on agent " + srv.URL + ": agent answered 401 Unauthorized: missing bearer token"},
 	}
 	for _, tt := range tests {
@@ -138,9 +139,9 @@ func TestRequestJSON(t *testing.T) {
 		UserData: "#cloud-config\n", MetaData: "instance-id: prod-workers-0\n",
 		UUID: "0b000000-0000-4000-8000-000000000001",
 	}
-	ov := OverlayRequest{
+	ov := overlayspec.Overlay{
 		Device: "vx-prod", Bridge: "br-prod", VNI: 100, Underlay: "eth1", Local: "10.0.0.11", Port: 4789, MTU: 1450,
-		Peers: []OverlayPeer{{Host: "host2", Address: "10.0.0.12"}, {Address: "10.0.0.13"}},
+		Peers: []overlayspec.Peer{{Host: "host2", Address: "10.0.0.12"}, {Address: "10.0.0.13"}},
 	}
 	for _, tt := range []struct {
 		file string
@@ -148,7 +149,7 @@ func TestRequestJSON(t *testing.T) {
 		back any
 	}{
 		{"testdata/api/node-request.json", node, &NodeRequest{}},
-		{"testdata/api/overlay-request.json", ov, &OverlayRequest{}},
+		{"testdata/api/overlay-request.json", ov, &overlayspec.Overlay{}},
 		{"testdata/api/node-response.json", NodeResponse{Name: "prod-workers-0", UUID: node.UUID, State: "running"}, &NodeResponse{}},
 	} {
 		var buf bytes.Buffer

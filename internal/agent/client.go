@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"caretaker/internal/overlayspec"
 )
 
 // maxResponseBytes caps what the client reads of an answer; the API's
@@ -104,8 +106,12 @@ func (c *Client) DeleteNode(ctx context.Context, name string) error {
 
 // PutOverlay makes the agent's host have the cluster's overlay, and has the
 // agent expect and repair it from then on; it returns what it changed, in
-// words, none when the overlay was already as desired.
-func (c *Client) PutOverlay(ctx context.Context, cluster string, o OverlayRequest) ([]string, error) {
+// words, none when the overlay was already as desired. The body is o as
+// is; o.Cluster is not sent, cluster is.
+func (c *Client) PutOverlay(ctx context.Context, cluster string, o overlayspec.Overlay) ([]string, error) {
+	if o.Peers == nil {
+		o.Peers = []overlayspec.Peer{} // "peers": [], as ever, not null
+	}
 	var res OverlayRepair
 	if err := c.do(ctx, http.MethodPut, "/api/v1/overlays/"+url.PathEscape(cluster), o, &res); err != nil {
 		return nil, fmt.Errorf("put overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)

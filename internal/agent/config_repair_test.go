@@ -1,12 +1,11 @@
 package agent
 
 import (
-	"net"
 	"reflect"
 	"testing"
 
 	"caretaker/internal/golden"
-	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 	"caretaker/internal/yamlfile"
 )
 
@@ -16,19 +15,19 @@ func TestDesiredOverlays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []overlaynet.Desired{
+	want := []overlayspec.Overlay{
 		{
 			Cluster: "prod", Device: "vx-prod", Bridge: "br-prod", VNI: 100,
-			Underlay: "eth1", Local: net.ParseIP("10.0.0.11"), Port: 4790, MTU: 1400,
-			Peers: []net.IP{net.ParseIP("10.0.0.12")},
+			Underlay: "eth1", Local: "10.0.0.11", Port: 4790, MTU: 1400,
+			Peers: []overlayspec.Peer{{Host: "host-b", Address: "10.0.0.12"}},
 		},
 		// Without the repair fields: the defaults are overlaynet's.
 		{Cluster: "lab", Device: "vx-lab", Bridge: "br-lab", VNI: 200},
 	}
-	if got := f.DesiredOverlays(); !reflect.DeepEqual(got, want) {
-		t.Errorf("DesiredOverlays:\n got %+v\nwant %+v", got, want)
+	if got := f.Overlays; !reflect.DeepEqual(got, want) {
+		t.Errorf("Overlays:\n got %+v\nwant %+v", got, want)
 	}
-	if err := want[0].Validate(); err != nil {
+	if err := want[0].ValidateRepair(); err != nil {
 		t.Errorf("a loaded overlay with an underlay does not validate: %v", err)
 	}
 }
@@ -62,7 +61,7 @@ func FuzzLoadFile(f *testing.F) {
 			if o.Underlay == "" {
 				continue
 			}
-			if err := o.Desired().Validate(); err != nil {
+			if err := o.ValidateRepair(); err != nil {
 				t.Errorf("overlay %d loads but does not validate for a repair: %v\n%s", i, err, data)
 			}
 		}

@@ -11,8 +11,8 @@ func TestLoadFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ovs := f.OverlayList()
-	if len(ovs) != 1 || len(ovs[0].Peers) != 2 || ovs[0].Peers[1].Address.String() != "10.0.0.13" {
+	ovs := f.Overlays
+	if len(ovs) != 1 || len(ovs[0].Peers) != 2 || ovs[0].Peers[1].Address != "10.0.0.13" || ovs[0].Peers[1].Host != "host-c" {
 		t.Fatalf("overlays = %+v", ovs)
 	}
 	if _, err := LoadFile("../../deploy/agent.example.yml"); err != nil {

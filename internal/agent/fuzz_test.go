@@ -6,7 +6,9 @@ import (
 	"reflect"
 	"testing"
 
+	"caretaker/collectors/overlay"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/overlayspec"
 )
 
 // FuzzNodeRequest feeds PUT /api/v1/nodes bodies to the strict decoder: it
@@ -28,26 +30,27 @@ func FuzzNodeRequest(f *testing.F) {
 }
 
 // FuzzOverlayRequest does the same for PUT /api/v1/overlays bodies, and
-// checks that an overlay desired() accepts passes overlaynet's validation.
+// checks that an overlay putOverlay accepts is one the collector expects
+// as is, every peer named.
 func FuzzOverlayRequest(f *testing.F) {
 	f.Add([]byte(`{"device":"vx-c1","bridge":"br-c1","vni":7,"underlay":"eth0","local":"10.0.0.1","peers":[{"host":"h2","address":"10.0.0.2"}]}`))
 	f.Add([]byte(`{"device":"vx-c1","bridge":"vx-c1","vni":16777216,"peers":[{"address":"::ffff:1.2.3.4"},{"address":"1.2.3.4"}]}`))
 	f.Add([]byte(`{"peers":[{"address":""}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var req OverlayRequest
+		var req overlayspec.Overlay
 		if err := httpjson.DecodeReader(bytes.NewReader(body), &req); err != nil {
 			return
 		}
-		roundTrip(t, req, &OverlayRequest{})
-		d, o, err := req.desired("c1")
+		roundTrip(t, req, &overlayspec.Overlay{})
+		o, err := putOverlay("c1", req)
 		if err != nil {
 			return
 		}
-		if err := d.Validate(); err != nil {
-			t.Errorf("desired() accepted %s, overlaynet refuses it: %v", body, err)
+		if err := overlay.ValidateOverlays([]overlayspec.Overlay{o}); err != nil {
+			t.Errorf("putOverlay accepted %s, the collector refuses it: %v", body, err)
 		}
-		if len(o.Peers) != len(d.Peers) || o.Device != d.Device || o.Cluster != "c1" {
-			t.Errorf("collector overlay %+v differs from desired %+v", o, d)
+		if len(o.Peers) != len(req.Peers) || o.Device != req.Device || o.Cluster != "c1" {
+			t.Errorf("overlay %+v differs from the body's %+v", o, req)
 		}
 		for i, p := range o.Peers {
 			if p.Host == "" {

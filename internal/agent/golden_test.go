@@ -39,7 +39,7 @@ func TestMetricsGolden(t *testing.T) {
 		// caretaker_host_kvm_device_present is 0 whether or not the build
 		// machine has /dev/kvm.
 		RootFS:   t.TempDir(),
-		Overlays: f.OverlayList(),
+		Overlays: f.Overlays,
 		Logger:   slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

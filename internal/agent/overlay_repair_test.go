@@ -3,27 +3,26 @@ package agent
 import (
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 
-	"caretaker/internal/overlaynet"
 	"caretaker/internal/overlaynet/nstest"
+	"caretaker/internal/overlayspec"
 )
 
 // prodOverlay is the overlay the repair tests configure: underlay u0 with
 // 192.0.2.1/24 (TEST-NET-1, inside the test's namespace only), two peers.
-func prodOverlay() overlaynet.Desired {
-	return overlaynet.Desired{
+func prodOverlay() overlayspec.Overlay {
+	return overlayspec.Overlay{
 		Cluster:  "prod",
 		Device:   "vx-prod",
 		Bridge:   "br-prod",
 		VNI:      100,
 		Underlay: "u0",
-		Peers:    []net.IP{net.ParseIP("192.0.2.2"), net.ParseIP("192.0.2.3")},
+		Peers:    []overlayspec.Peer{{Host: "host2", Address: "192.0.2.2"}, {Host: "host3", Address: "192.0.2.3"}},
 	}
 }
 
@@ -35,12 +34,12 @@ var healthyProd = nstest.Overlay{
 
 // newRepairHost returns a namespace with the underlay u0 only, and a client
 // of an agent, served over HTTP, that repairs overlays in it.
-func newRepairHost(t *testing.T, overlays ...overlaynet.Desired) (nstest.NS, *Client) {
+func newRepairHost(t *testing.T, overlays ...overlayspec.Overlay) (nstest.NS, *Client) {
 	ns, srv := newRepairServer(t, overlays...)
 	return ns, NewClient(srv.URL, token, srv.Client())
 }
 
-func newRepairServer(t *testing.T, overlays ...overlaynet.Desired) (nstest.NS, *httptest.Server) {
+func newRepairServer(t *testing.T, overlays ...overlayspec.Overlay) (nstest.NS, *httptest.Server) {
 	t.Helper()
 	ns := nstest.New(t)
 	ns.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u0p")
@@ -156,7 +155,7 @@ func TestRepairOverlayErrors(t *testing.T) {
 	missingUnderlay.Cluster, missingUnderlay.Underlay = "lab", "eth9"
 	ns, c := newRepairHost(t, prodOverlay(), missingUnderlay)
 
-	gone := newTestAgent(t, Config{Token: token, NetNS: ns.Path + "-gone", OverlayRepairs: []overlaynet.Desired{prodOverlay()}})
+	gone := newTestAgent(t, Config{Token: token, NetNS: ns.Path + "-gone", OverlayRepairs: []overlayspec.Overlay{prodOverlay()}})
 	goneSrv := httptest.NewServer(gone.Handler())
 	t.Cleanup(goneSrv.Close)
 
@@ -195,7 +194,7 @@ func TestRepairOverlayErrors(t *testing.T) {
 // route does not need a namespace to answer them.
 func TestRepairOverlayMethods(t *testing.T) {
 	t.Parallel()
-	a := newTestAgent(t, Config{Token: token, OverlayRepairs: []overlaynet.Desired{prodOverlay()}})
+	a := newTestAgent(t, Config{Token: token, OverlayRepairs: []overlayspec.Overlay{prodOverlay()}})
 	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
 		req := httptest.NewRequest(method, "/api/v1/overlays/prod/repair", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -216,7 +215,7 @@ func TestRepairOverlayJSON(t *testing.T) {
 	ns := nstest.New(t)
 	ns.IP(t, "link", "add", "u0", "type", "veth", "peer", "name", "u0p")
 	ns.IP(t, "addr", "add", "192.0.2.1/24", "dev", "u0")
-	a := newTestAgent(t, Config{Token: token, NetNS: ns.Path, OverlayRepairs: []overlaynet.Desired{prodOverlay()}})
+	a := newTestAgent(t, Config{Token: token, NetNS: ns.Path, OverlayRepairs: []overlayspec.Overlay{prodOverlay()}})
 	var bodies []string
 	for range 2 {
 		req := httptest.NewRequest(http.MethodPost, "/api/v1/overlays/prod/repair", nil)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -16,68 +15,29 @@ import (
 	"caretaker/collectors/overlay"
 	"caretaker/internal/httpjson"
 	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 )
 
-// OverlayRequest is the body of PUT /api/v1/overlays/{cluster}: the
-// cluster's overlay as this host should have it (see overlaynet.Desired).
-type OverlayRequest struct {
-	Device   string `json:"device"`
-	Bridge   string `json:"bridge"`
-	VNI      int    `json:"vni"`
-	Underlay string `json:"underlay"`
-	// Local is the VTEP's source address; empty takes the underlay's
-	// first global address.
-	Local string `json:"local,omitempty"`
-	// Port 0 is 4789; MTU 0 is the underlay's minus the VXLAN overhead.
-	Port  int           `json:"port,omitempty"`
-	MTU   int           `json:"mtu,omitempty"`
-	Peers []OverlayPeer `json:"peers"`
-}
-
-// OverlayPeer is another host's VTEP on the overlay.
-type OverlayPeer struct {
-	// Host names the peer in the overlay collector's peer_host label;
-	// empty uses the address.
-	Host    string `json:"host,omitempty"`
-	Address string `json:"address"`
-}
-
-// desired converts r to the overlay of cluster, as overlaynet makes it and
-// the overlay collector expects it; errors name the field.
-func (r OverlayRequest) desired(cluster string) (overlaynet.Desired, overlay.Overlay, error) {
-	d := overlaynet.Desired{
-		Cluster: cluster, Device: r.Device, Bridge: r.Bridge, VNI: r.VNI,
-		Underlay: r.Underlay, Port: r.Port, MTU: r.MTU,
-	}
-	o := overlay.Overlay{Cluster: cluster, Device: r.Device, Bridge: r.Bridge, VNI: r.VNI}
-	var errs []error
-	if r.Local != "" {
-		if d.Local = net.ParseIP(r.Local); d.Local == nil {
-			errs = append(errs, fmt.Errorf("local %q: not an IP address", r.Local))
-		}
-	}
-	for i, p := range r.Peers {
-		ip := net.ParseIP(p.Address)
-		if ip == nil {
-			errs = append(errs, fmt.Errorf("peers[%d].address %q: not an IP address", i, p.Address))
+// putOverlay is the overlay of cluster as the body of PUT
+// /api/v1/overlays/{cluster} gives it (overlayspec.Overlay, serialised as
+// is). A peer without a host, as servers sent before peers were named, is
+// named by its address. Errors name the field.
+func putOverlay(cluster string, o overlayspec.Overlay) (overlayspec.Overlay, error) {
+	o.Cluster = cluster
+	o.Peers = slices.Clone(o.Peers)
+	for i, p := range o.Peers {
+		if p.Host != "" {
 			continue
 		}
-		host := p.Host
-		if host == "" {
-			host = ip.String()
-		}
-		d.Peers = append(d.Peers, ip)
-		o.Peers = append(o.Peers, overlay.Peer{Host: host, Address: ip})
-	}
-	if len(errs) == 0 {
-		if err := d.Validate(); err != nil {
-			errs = append(errs, err)
+		o.Peers[i].Host = p.Address
+		if a, err := overlayspec.ParseAddr(p.Address); err == nil {
+			o.Peers[i].Host = a.String()
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return overlaynet.Desired{}, overlay.Overlay{}, fmt.Errorf("overlay of cluster %q: %w", cluster, err)
+	if err := o.ValidateRepair(); err != nil {
+		return overlayspec.Overlay{}, fmt.Errorf("overlay of cluster %q: %w", cluster, err)
 	}
-	return d, o, nil
+	return o, nil
 }
 
 // OverlayRepair is the answer to an overlay repair or PUT: what was
@@ -107,15 +67,15 @@ type overlays struct {
 	mu sync.Mutex
 	// desired are the overlays a repair makes, by cluster; expected the
 	// overlay collector's, by cluster, in order of arrival.
-	desired  map[string]overlaynet.Desired
-	expected []overlay.Overlay
+	desired  map[string]overlayspec.Overlay
+	expected []overlayspec.Overlay
 }
 
 func newOverlays(a *Agent, collector *overlay.Collector) *overlays {
 	o := &overlays{
 		a:         a,
 		collector: collector,
-		desired:   make(map[string]overlaynet.Desired, len(a.cfg.OverlayRepairs)),
+		desired:   make(map[string]overlayspec.Overlay, len(a.cfg.OverlayRepairs)),
 		expected:  slices.Clone(a.cfg.Overlays),
 	}
 	for _, d := range a.cfg.OverlayRepairs {
@@ -126,8 +86,8 @@ func newOverlays(a *Agent, collector *overlay.Collector) *overlays {
 
 // withExpected returns o.expected with cluster's overlay replaced by e, or
 // removed when e is nil.
-func (o *overlays) withExpected(cluster string, e *overlay.Overlay) []overlay.Overlay {
-	out := make([]overlay.Overlay, 0, len(o.expected)+1)
+func (o *overlays) withExpected(cluster string, e *overlayspec.Overlay) []overlayspec.Overlay {
+	out := make([]overlayspec.Overlay, 0, len(o.expected)+1)
 	replaced := false
 	for _, x := range o.expected {
 		switch {
@@ -179,19 +139,19 @@ func (o *overlays) handleOverlay(w http.ResponseWriter, r *http.Request) {
 // underlay): the collector then reports it missing, which it is.
 func (o *overlays) put(w http.ResponseWriter, r *http.Request) {
 	cluster := r.PathValue("cluster")
-	var req OverlayRequest
+	var req overlayspec.Overlay
 	if err := httpjson.Decode(w, r, &req, maxOverlayBody); err != nil {
 		httpjson.Compact.DecodeError(w, err)
 		return
 	}
-	d, e, err := req.desired(cluster)
+	d, err := putOverlay(cluster, req)
 	if err != nil {
 		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	expected := o.withExpected(cluster, &e)
+	expected := o.withExpected(cluster, &d)
 	// Another cluster's overlay with the same device, or peers the
 	// collector cannot tell apart, would make the collector drop one.
 	if err := overlay.ValidateOverlays(expected); err != nil {
@@ -205,7 +165,7 @@ func (o *overlays) put(w http.ResponseWriter, r *http.Request) {
 }
 
 // ensure runs overlaynet.Ensure for d and answers the request; o.mu is held.
-func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d overlaynet.Desired) {
+func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d overlayspec.Overlay) {
 	logger := o.a.logger.With("action", verb+"-overlay", "cluster", d.Cluster, "device", d.Device)
 	ctx, cancel := context.WithTimeout(r.Context(), repairTimeout)
 	defer cancel()
@@ -251,7 +211,7 @@ func (o *overlays) delete(w http.ResponseWriter, r *http.Request) {
 	device, bridge := "vx-"+cluster, "br-"+cluster
 	if d, ok := o.desired[cluster]; ok {
 		device, bridge = d.Device, d.Bridge
-	} else if i := slices.IndexFunc(o.expected, func(e overlay.Overlay) bool { return e.Cluster == cluster }); i >= 0 {
+	} else if i := slices.IndexFunc(o.expected, func(e overlayspec.Overlay) bool { return e.Cluster == cluster }); i >= 0 {
 		device, bridge = o.expected[i].Device, o.expected[i].Bridge
 	}
 	logger := o.a.logger.With("action", "delete-overlay", "cluster", cluster, "device", device, "bridge", bridge)
@@ -326,7 +286,7 @@ func removeOverlay(h *netlink.Handle, device, bridge string) ([]string, error) {
 // the name cannot be one), or an ErrConflict if it is not of kind typ: the
 // agent deletes only what an overlay is made of.
 func existingLink(h *netlink.Handle, name, typ string) (netlink.Link, error) {
-	if name == "" || len(name) > 15 {
+	if overlayspec.ValidIfName(name) != nil {
 		return nil, nil
 	}
 	l, err := h.LinkByName(name)

@@ -10,13 +10,14 @@ import (
 	"testing"
 
 	"caretaker/internal/overlaynet/nstest"
+	"caretaker/internal/overlayspec"
 )
 
 // prodRequest is prodOverlay as the server PUTs it.
-func prodRequest() OverlayRequest {
-	return OverlayRequest{
+func prodRequest() overlayspec.Overlay {
+	return overlayspec.Overlay{
 		Device: "vx-prod", Bridge: "br-prod", VNI: 100, Underlay: "u0",
-		Peers: []OverlayPeer{{Host: "host2", Address: "192.0.2.2"}, {Address: "192.0.2.3"}},
+		Peers: []overlayspec.Peer{{Host: "host2", Address: "192.0.2.2"}, {Address: "192.0.2.3"}},
 	}
 }
 
@@ -201,7 +202,7 @@ func TestPutOverlayErrors(t *testing.T) {
 	if _, err := c.PutOverlay(t.Context(), "prod", prodRequest()); err != nil {
 		t.Fatal(err)
 	}
-	mod := func(f func(*OverlayRequest)) OverlayRequest {
+	mod := func(f func(*overlayspec.Overlay)) overlayspec.Overlay {
 		r := prodRequest()
 		f(&r)
 		return r
@@ -209,21 +210,21 @@ func TestPutOverlayErrors(t *testing.T) {
 	tests := []struct {
 		name     string
 		cluster  string
-		req      OverlayRequest
+		req      overlayspec.Overlay
 		wantCode int
 		wantMsg  string
 	}{
-		{"bad local", "lab", mod(func(r *OverlayRequest) { r.Local = "nope" }), 400, `overlay of cluster "lab": local "nope": not an IP address`},
-		{"bad peer", "lab", mod(func(r *OverlayRequest) { r.Peers[1].Address = "192.0.2" }), 400, `overlay of cluster "lab": peers[1].address "192.0.2": not an IP address`},
-		{"vni", "lab", mod(func(r *OverlayRequest) { r.VNI = 1 << 24 }), 400, `overlay of cluster "lab": vni 16777216: out of range 0-16777215`},
-		{"no device", "lab", mod(func(r *OverlayRequest) { r.Device = "" }), 400, `overlay of cluster "lab": device: empty`},
-		{"peer twice", "lab", mod(func(r *OverlayRequest) { r.Peers[1].Address = "192.0.2.2" }), 400, `overlay of cluster "lab": peers[1] 192.0.2.2: listed twice`},
+		{"bad local", "lab", mod(func(r *overlayspec.Overlay) { r.Local = "nope" }), 400, `overlay of cluster "lab": local: "nope" is not an IP address`},
+		{"bad peer", "lab", mod(func(r *overlayspec.Overlay) { r.Peers[1].Address = "192.0.2" }), 400, `overlay of cluster "lab": peers[1].address: "192.0.2" is not an IP address`},
+		{"vni", "lab", mod(func(r *overlayspec.Overlay) { r.VNI = 1 << 24 }), 400, `overlay of cluster "lab": vni: 16777216: out of range 0-16777215`},
+		{"no device", "lab", mod(func(r *overlayspec.Overlay) { r.Device = "" }), 400, `overlay of cluster "lab": device: empty`},
+		{"peer twice", "lab", mod(func(r *overlayspec.Overlay) { r.Peers[1].Address = "192.0.2.2" }), 400, `overlay of cluster "lab": peers[1].address: 192.0.2.2: listed twice`},
 		{
 			"device of another cluster", "lab", prodRequest(), 409,
-			`overlay of cluster "lab" conflicts with the overlays this host has: overlay 1 (cluster "lab"): device "vx-prod" is expected twice`,
+			`overlay of cluster "lab" conflicts with the overlays this host has: overlay 1 (cluster "lab"): device: "vx-prod" is also the device of overlay 0`,
 		},
 		{
-			"underlay missing", "lab", mod(func(r *OverlayRequest) { r.Device, r.Bridge, r.Underlay = "vx-lab", "br-lab", "eth9" }), 409,
+			"underlay missing", "lab", mod(func(r *overlayspec.Overlay) { r.Device, r.Bridge, r.Underlay = "vx-lab", "br-lab", "eth9" }), 409,
 			"ensure overlay of cluster lab: look up underlay eth9: conflict: no such device",
 		},
 	}

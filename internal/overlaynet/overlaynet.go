@@ -18,20 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// DefaultPort is the IANA VXLAN port, used when Desired.Port is 0.
-const DefaultPort = 4789
-
-// maxVNI is the largest VXLAN network identifier: VNIs have 24 bits.
-const maxVNI = 1<<24 - 1
-
-// The VXLAN encapsulation overhead: outer Ethernet, IP, UDP and VXLAN
-// headers. A device with the underlay's MTU minus this carries full-size
-// guest frames in one underlay packet.
-const (
-	overheadIPv4 = 50
-	overheadIPv6 = 70
+	"caretaker/internal/overlayspec"
 )
 
 // dumpAttempts bounds the retries of a dump the kernel reports as
@@ -43,72 +31,8 @@ const dumpAttempts = 3
 // device of another kind holds the bridge's or the VXLAN device's name.
 var ErrConflict = errors.New("conflict")
 
-// Desired is one guest cluster's overlay as this host should have it.
-type Desired struct {
-	Cluster string
-	// Device is the VXLAN device's name, Bridge the bridge it is a port of.
-	Device, Bridge string
-	VNI            int
-	// Underlay is the device the VXLAN device sends on (required).
-	Underlay string
-	// Local is the VTEP's source address; nil means the underlay's first
-	// global address.
-	Local net.IP
-	// Port is the UDP destination port; 0 means DefaultPort.
-	Port int
-	// MTU is the VXLAN device's MTU; 0 means the underlay's MTU minus the
-	// encapsulation overhead (50 bytes over IPv4, 70 over IPv6).
-	MTU int
-	// Peers are the other hosts' VTEP addresses.
-	Peers []net.IP
-}
-
 // Changes says, in words, what Ensure changed; empty when nothing was needed.
 type Changes []string
-
-// Validate reports every problem in d, naming the field.
-func (d Desired) Validate() error {
-	var errs []error
-	if d.Cluster == "" {
-		errs = append(errs, errors.New("cluster: empty"))
-	}
-	names := []struct{ field, value string }{{"device", d.Device}, {"bridge", d.Bridge}, {"underlay", d.Underlay}}
-	for i, f := range names {
-		if err := validIfName(f.value); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", f.field, err))
-			continue
-		}
-		for _, g := range names[:i] {
-			if f.value == g.value {
-				errs = append(errs, fmt.Errorf("%s: %q is also the %s", f.field, f.value, g.field))
-			}
-		}
-	}
-	if d.VNI < 0 || d.VNI > maxVNI {
-		errs = append(errs, fmt.Errorf("vni %d: out of range 0-%d", d.VNI, maxVNI))
-	}
-	if d.Local != nil && !unicast(d.Local) {
-		errs = append(errs, fmt.Errorf("local %q: not a unicast IP address", d.Local))
-	}
-	if d.Port < 0 || d.Port > 65535 {
-		errs = append(errs, fmt.Errorf("port %d: out of range 1-65535", d.Port))
-	}
-	if d.MTU != 0 && (d.MTU < 68 || d.MTU > 65535) {
-		errs = append(errs, fmt.Errorf("mtu %d: out of range 68-65535", d.MTU))
-	}
-	seen := make(map[netip.Addr]bool, len(d.Peers))
-	for i, p := range d.Peers {
-		a, ok := addrOf(p)
-		switch {
-		case !ok || !unicast(p):
-			errs = append(errs, fmt.Errorf("peers[%d] %q: not a unicast IP address", i, p))
-		case seen[a]:
-			errs = append(errs, fmt.Errorf("peers[%d] %s: listed twice", i, a))
-		}
-		seen[a] = true
-	}
-	return errors.Join(errs...)
-}
 
 // Open returns a netlink handle in the network namespace at path ("" for
 // the caller's own), whose calls give up at ctx's deadline. The caller's
@@ -144,24 +68,31 @@ func Open(ctx context.Context, path string) (*netlink.Handle, error) {
 	return h, nil
 }
 
-// Ensure makes the host seen through h match d and says what it changed.
+// Ensure makes the host seen through h match d (see
+// overlayspec.Overlay.ValidateRepair) and says what it changed; the peers'
+// host names are not needed here.
 // It is idempotent: a second call on an unchanged host changes nothing. It
 // never deletes a device that is not a VXLAN device; it re-creates the VXLAN
 // device when its VNI, local address, port or underlay differ, because the
 // kernel cannot change them in place. On error, the changes made so far are
 // returned with it.
-func Ensure(h *netlink.Handle, d Desired) (Changes, error) {
-	if err := d.Validate(); err != nil {
+func Ensure(h *netlink.Handle, d overlayspec.Overlay) (Changes, error) {
+	if err := d.ValidateRepair(); err != nil {
 		return nil, fmt.Errorf("ensure overlay %q: %w: %w", d.Cluster, ErrConflict, err)
 	}
 	e := ensurer{h: h, d: d, changes: Changes{}}
+	for _, p := range d.Peers {
+		a, _ := overlayspec.ParseAddr(p.Address) // valid: checked above
+		e.peers = append(e.peers, a)
+	}
 	err := e.run()
 	return e.changes, err
 }
 
 type ensurer struct {
 	h       *netlink.Handle
-	d       Desired
+	d       overlayspec.Overlay
+	peers   []netip.Addr // d.Peers' addresses
 	changes Changes
 }
 
@@ -184,13 +115,13 @@ func (e *ensurer) run() error {
 	}
 	port := d.Port
 	if port == 0 {
-		port = DefaultPort
+		port = overlayspec.DefaultPort
 	}
 	mtu := d.MTU
 	if mtu == 0 {
-		overhead := overheadIPv4
+		overhead := overlayspec.OverheadIPv4
 		if local.To4() == nil {
-			overhead = overheadIPv6
+			overhead = overlayspec.OverheadIPv6
 		}
 		mtu = underlay.Attrs().MTU - overhead
 	}
@@ -242,8 +173,9 @@ func (e *ensurer) run() error {
 
 // local returns d.Local, or else the underlay's first global address.
 func (e *ensurer) local(underlay netlink.Link) (net.IP, error) {
-	if e.d.Local != nil {
-		return e.d.Local, nil
+	if e.d.Local != "" {
+		a, _ := overlayspec.ParseAddr(e.d.Local) // valid: checked by Ensure
+		return net.IP(a.AsSlice()), nil
 	}
 	addrs, err := e.h.AddrList(underlay, netlink.FAMILY_ALL)
 	if err != nil {
@@ -361,17 +293,16 @@ func (e *ensurer) fdb(vx netlink.Link) error {
 	}
 	var group netip.Addr
 	if v, ok := vx.(*netlink.Vxlan); ok {
-		group, _ = addrOf(v.Group)
+		group, _ = overlayspec.AddrOf(v.Group)
 	}
 	have := make(map[netip.Addr]netlink.Neigh)
 	for _, n := range entries {
-		if dst, ok := addrOf(n.IP); ok && n.Flags&unix.NTF_SELF != 0 && isZeroMAC(n.HardwareAddr) {
+		if dst, ok := overlayspec.AddrOf(n.IP); ok && n.Flags&unix.NTF_SELF != 0 && overlayspec.IsFloodMAC(n.HardwareAddr) {
 			have[dst] = n
 		}
 	}
-	want := make(map[netip.Addr]bool, len(e.d.Peers))
-	for _, p := range e.d.Peers {
-		a, _ := addrOf(p)
+	want := make(map[netip.Addr]bool, len(e.peers))
+	for _, a := range e.peers {
 		want[a] = true
 		if _, ok := have[a]; ok {
 			continue
@@ -427,40 +358,7 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-func addrOf(ip net.IP) (netip.Addr, bool) {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
 func unicast(ip net.IP) bool {
-	a, ok := addrOf(ip)
+	a, ok := overlayspec.AddrOf(ip)
 	return ok && a.IsValid() && !a.IsUnspecified() && !a.IsMulticast()
-}
-
-func isZeroMAC(mac net.HardwareAddr) bool {
-	if len(mac) != 6 {
-		return false
-	}
-	for _, b := range mac {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// validIfName checks what the kernel would refuse in an interface name.
-func validIfName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("empty")
-	case len(name) > 15: // IFNAMSIZ - 1
-		return fmt.Errorf("%q: longer than 15 bytes", name)
-	case name == "." || name == "..", strings.ContainsAny(name, "/: \t\n"):
-		return fmt.Errorf("%q: not a valid interface name", name)
-	}
-	return nil
 }

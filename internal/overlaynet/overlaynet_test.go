@@ -2,25 +2,25 @@ package overlaynet
 
 import (
 	"errors"
-	"net"
 	"reflect"
 	"strings"
 	"testing"
 
 	"caretaker/internal/overlaynet/nstest"
+	"caretaker/internal/overlayspec"
 )
 
 // The test host: underlay u0, a veth (the kernel may lack the dummy
 // driver), with 192.0.2.1/24 (TEST-NET-1, inside the test's namespace
 // only) and MTU 1500; and two peers.
-func desired() Desired {
-	return Desired{
+func desired() overlayspec.Overlay {
+	return overlayspec.Overlay{
 		Cluster:  "a",
 		Device:   "vx-a",
 		Bridge:   "br-a",
 		VNI:      100,
 		Underlay: "u0",
-		Peers:    []net.IP{net.ParseIP("192.0.2.2"), net.ParseIP("192.0.2.3")},
+		Peers:    []overlayspec.Peer{{Host: "b", Address: "192.0.2.2"}, {Host: "c", Address: "192.0.2.3"}},
 	}
 }
 
@@ -42,7 +42,7 @@ func newHost(t *testing.T) nstest.NS {
 }
 
 // ensure runs Ensure in ns and fails the test on error.
-func ensure(t *testing.T, ns nstest.NS, d Desired) Changes {
+func ensure(t *testing.T, ns nstest.NS, d overlayspec.Overlay) Changes {
 	t.Helper()
 	changes, err := Ensure(ns.Handle(t), d)
 	if err != nil {
@@ -53,14 +53,14 @@ func ensure(t *testing.T, ns nstest.NS, d Desired) Changes {
 
 func TestEnsureFromNothing(t *testing.T) {
 	explicit := desired()
-	explicit.Local = net.ParseIP("192.0.2.1")
+	explicit.Local = "192.0.2.1"
 	explicit.Port = 4790
 	explicit.MTU = 1400
 	explicit.Peers = explicit.Peers[:1]
 
 	tests := []struct {
 		name        string
-		d           Desired
+		d           overlayspec.Overlay
 		wantChanges Changes
 		want        nstest.Overlay
 	}{
@@ -248,14 +248,14 @@ func TestEnsureConflicts(t *testing.T) {
 	tests := []struct {
 		name    string
 		setup   func(t *testing.T, ns nstest.NS)
-		d       func(d *Desired)
+		d       func(d *overlayspec.Overlay)
 		wantErr string
 		// want is the overlay after Ensure: nothing of it was made.
 		want nstest.Overlay
 	}{
 		{
 			name:    "underlay missing",
-			d:       func(d *Desired) { d.Underlay = "eth9" },
+			d:       func(d *overlayspec.Overlay) { d.Underlay = "eth9" },
 			wantErr: "look up underlay eth9: conflict: no such device",
 		},
 		{
@@ -284,8 +284,8 @@ func TestEnsureConflicts(t *testing.T) {
 		},
 		{
 			name:    "invalid",
-			d:       func(d *Desired) { d.VNI = 1 << 24 },
-			wantErr: `ensure overlay "a": conflict: vni 16777216: out of range 0-16777215`,
+			d:       func(d *overlayspec.Overlay) { d.VNI = 1 << 24 },
+			wantErr: `ensure overlay "a": conflict: vni: 16777216: out of range 0-16777215`,
 		},
 	}
 	for _, tt := range tests {
@@ -315,30 +315,30 @@ func TestEnsureConflicts(t *testing.T) {
 func TestValidate(t *testing.T) {
 	tests := []struct {
 		name string
-		d    func(d *Desired)
+		d    func(d *overlayspec.Overlay)
 		want string // "" for valid
 	}{
-		{"valid", func(d *Desired) {}, ""},
-		{"all set", func(d *Desired) { d.Local, d.Port, d.MTU = net.ParseIP("2001:db8::1"), 1, 68 }, ""},
-		{"no cluster", func(d *Desired) { d.Cluster = "" }, "cluster: empty"},
-		{"no underlay", func(d *Desired) { d.Underlay = "" }, "underlay: empty"},
-		{"long device", func(d *Desired) { d.Device = "vx-0123456789abc" }, `device: "vx-0123456789abc": longer than 15 bytes`},
-		{"bridge with slash", func(d *Desired) { d.Bridge = "br/a" }, `bridge: "br/a": not a valid interface name`},
-		{"bridge is the device", func(d *Desired) { d.Bridge = "vx-a" }, `bridge: "vx-a" is also the device`},
-		{"vni negative", func(d *Desired) { d.VNI = -1 }, "vni -1: out of range 0-16777215"},
-		{"multicast local", func(d *Desired) { d.Local = net.ParseIP("239.1.1.1") }, `local "239.1.1.1": not a unicast IP address`},
-		{"port too big", func(d *Desired) { d.Port = 65536 }, "port 65536: out of range 1-65535"},
-		{"mtu too small", func(d *Desired) { d.MTU = 67 }, "mtu 67: out of range 68-65535"},
-		{"peer unspecified", func(d *Desired) { d.Peers[1] = net.IPv4zero }, `peers[1] "0.0.0.0": not a unicast IP address`},
-		{"peer nil", func(d *Desired) { d.Peers[0] = nil }, `peers[0] "<nil>": not a unicast IP address`},
-		{"peer twice", func(d *Desired) { d.Peers[1] = net.ParseIP("::ffff:192.0.2.2") }, "peers[1] 192.0.2.2: listed twice"},
-		{"several", func(d *Desired) { d.Cluster, d.Port = "", -1 }, "cluster: empty\nport -1: out of range 1-65535"},
+		{"valid", func(d *overlayspec.Overlay) {}, ""},
+		{"all set", func(d *overlayspec.Overlay) { d.Local, d.Port, d.MTU = "2001:db8::1", 1, 68 }, ""},
+		{"no cluster", func(d *overlayspec.Overlay) { d.Cluster = "" }, "cluster: empty"},
+		{"no underlay", func(d *overlayspec.Overlay) { d.Underlay = "" }, "underlay: empty"},
+		{"long device", func(d *overlayspec.Overlay) { d.Device = "vx-0123456789abc" }, `device: "vx-0123456789abc": longer than 15 bytes`},
+		{"bridge with slash", func(d *overlayspec.Overlay) { d.Bridge = "br/a" }, `bridge: "br/a": not a valid interface name`},
+		{"bridge is the device", func(d *overlayspec.Overlay) { d.Bridge = "vx-a" }, `bridge: "vx-a" is also the device`},
+		{"vni negative", func(d *overlayspec.Overlay) { d.VNI = -1 }, "vni: -1: out of range 0-16777215"},
+		{"multicast local", func(d *overlayspec.Overlay) { d.Local = "239.1.1.1" }, `local: "239.1.1.1" is not a unicast IP address`},
+		{"port too big", func(d *overlayspec.Overlay) { d.Port = 65536 }, "port: 65536: out of range 1-65535"},
+		{"mtu too small", func(d *overlayspec.Overlay) { d.MTU = 67 }, "mtu: 67: out of range 68-65535"},
+		{"peer unspecified", func(d *overlayspec.Overlay) { d.Peers[1].Address = "0.0.0.0" }, `peers[1].address: "0.0.0.0" is not a unicast IP address`},
+		{"peer nil", func(d *overlayspec.Overlay) { d.Peers[0].Address = "" }, `peers[0].address: empty`},
+		{"peer twice", func(d *overlayspec.Overlay) { d.Peers[1].Address = "::ffff:192.0.2.2" }, "peers[1].address: 192.0.2.2: listed twice"},
+		{"several", func(d *overlayspec.Overlay) { d.Cluster, d.Port = "", -1 }, "cluster: empty\nport: -1: out of range 1-65535"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := desired()
 			tt.d(&d)
-			err := d.Validate()
+			err := d.ValidateRepair()
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("Validate: %v, want nil", err)

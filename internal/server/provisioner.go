@@ -22,7 +22,7 @@ import (
 	"caretaker/internal/config"
 	"caretaker/internal/httpjson"
 	"caretaker/internal/monitoring"
-	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/clusters"
 	"caretaker/provisioner/hoststate"
@@ -451,20 +451,15 @@ func (n nodes) NodeRunning(ctx context.Context, host, uuid string) (bool, error)
 	return n.p.agents.GuestRunning(ctx, host, uuid)
 }
 
-func (n nodes) EnsureOverlay(ctx context.Context, host string, d overlaynet.Desired) error {
+// EnsureOverlay PUTs the overlay to the host's agent as the reconciler
+// made it, peers named, so that the agent's overlay collector labels each
+// peer with its host.
+func (n nodes) EnsureOverlay(ctx context.Context, host string, o overlayspec.Overlay) error {
 	c, err := n.p.agents.client(host)
 	if err != nil {
 		return err
 	}
-	req := agent.OverlayRequest{Device: d.Device, Bridge: d.Bridge, VNI: d.VNI, Underlay: d.Underlay,
-		Port: d.Port, MTU: d.MTU, Peers: []agent.OverlayPeer{}}
-	if d.Local != nil {
-		req.Local = d.Local.String()
-	}
-	for _, ip := range d.Peers {
-		req.Peers = append(req.Peers, agent.OverlayPeer{Address: ip.String()})
-	}
-	_, err = c.PutOverlay(ctx, d.Cluster, req)
+	_, err = c.PutOverlay(ctx, o.Cluster, o)
 	return err
 }
 

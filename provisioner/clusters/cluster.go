@@ -7,12 +7,15 @@ package clusters
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"caretaker/internal/overlayspec"
 )
 
 // Roles of a node pool.
@@ -88,13 +91,47 @@ type Cluster struct {
 	Spec
 	VNI   int         `json:"vni"`
 	Nodes []NodeState `json:"nodes"`
-	// Overlays maps each host whose overlay was ensured to the peer VTEPs
-	// it was ensured with, so membership changes are noticed and unchanged
-	// overlays are left alone.
-	Overlays map[string][]string `json:"overlays,omitempty"`
-	Phase    string              `json:"phase"`
-	Created  time.Time           `json:"created"`
-	Updated  time.Time           `json:"updated"`
+	// Overlays maps each host whose overlay was ensured to the overlay it
+	// was ensured with, as it was PUT to the host's agent (peers named),
+	// so membership changes are noticed and unchanged overlays are left
+	// alone.
+	Overlays HostOverlays `json:"overlays,omitempty"`
+	Phase    string       `json:"phase"`
+	Created  time.Time    `json:"created"`
+	Updated  time.Time    `json:"updated"`
+}
+
+// HostOverlays maps a host to the cluster's overlay there.
+type HostOverlays map[string]overlayspec.Overlay
+
+// UnmarshalJSON also reads the form records had before overlays were
+// recorded whole: each host's peer addresses, ["10.0.0.2", …]. Such an
+// overlay differs from every desired one, so the next reconciliation
+// puts it again and records it whole.
+func (h *HostOverlays) UnmarshalJSON(data []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	out := make(HostOverlays, len(raw))
+	for host, v := range raw {
+		var addrs []string
+		if err := json.Unmarshal(v, &addrs); err == nil {
+			o := overlayspec.Overlay{Peers: []overlayspec.Peer{}}
+			for _, a := range addrs {
+				o.Peers = append(o.Peers, overlayspec.Peer{Address: a})
+			}
+			out[host] = o
+			continue
+		}
+		var o overlayspec.Overlay
+		if err := json.Unmarshal(v, &o); err != nil {
+			return fmt.Errorf("overlay on %s: %w", host, err)
+		}
+		out[host] = o
+	}
+	*h = out
+	return nil
 }
 
 // Validate reports every problem in s, each naming its field.

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/placement"
 )
 
@@ -40,7 +40,7 @@ type Nodes interface {
 
 // Overlays makes hosts' VXLAN overlays (through the agents, by netlink).
 type Overlays interface {
-	EnsureOverlay(ctx context.Context, host string, d overlaynet.Desired) error
+	EnsureOverlay(ctx context.Context, host string, o overlayspec.Overlay) error
 	// RemoveOverlay removes the cluster's bridge and VXLAN device; missing
 	// ones are not an error.
 	RemoveOverlay(ctx context.Context, host, cluster string) error
@@ -65,7 +65,7 @@ type NodeSpec struct {
 type Config struct {
 	// Underlay is the production interface the VXLAN devices send on.
 	Underlay string
-	// Port and MTU go into every overlay; 0 takes overlaynet's defaults.
+	// Port and MTU go into every overlay; 0 takes overlayspec's defaults.
 	Port, MTU int
 	// Ratios are the overcommit ratios for placement; zero: DefaultRatios.
 	Ratios placement.Ratios
@@ -117,8 +117,8 @@ func New(o Options) (*Reconciler, error) {
 	if err := o.Config.Ratios.Validate(); err != nil {
 		return nil, fmt.Errorf("clusters reconciler: %w", err)
 	}
-	probe := overlaynet.Desired{Cluster: "x", Device: Device("x"), Bridge: Bridge("x"), Underlay: o.Config.Underlay, Port: o.Config.Port, MTU: o.Config.MTU}
-	if err := probe.Validate(); err != nil {
+	probe := overlayspec.Overlay{Cluster: "x", Device: Device("x"), Bridge: Bridge("x"), Underlay: o.Config.Underlay, Port: o.Config.Port, MTU: o.Config.MTU}
+	if err := probe.ValidateRepair(); err != nil {
 		return nil, fmt.Errorf("clusters reconciler: overlay settings: %w", err)
 	}
 	if o.Config.Parallel == 0 {
@@ -387,13 +387,16 @@ func (r *Reconciler) placeNodes(ctx context.Context, c Cluster) (Cluster, error)
 	return c, errors.Join(err, uerr)
 }
 
-// desired is host's overlay for the cluster whose nodes are on members.
-func (r *Reconciler) desired(c Cluster, host string, members []string) (overlaynet.Desired, []string, error) {
-	d := overlaynet.Desired{
+// desired is host's overlay for the cluster whose nodes are on members:
+// the other members are its peers, each named, with its VTEP.
+func (r *Reconciler) desired(c Cluster, host string, members []string) (overlayspec.Overlay, error) {
+	d := overlayspec.Overlay{
 		Cluster: c.Name, Device: Device(c.Name), Bridge: Bridge(c.Name), VNI: c.VNI,
-		Underlay: r.o.Config.Underlay, Local: r.o.VTEP(host), Port: r.o.Config.Port, MTU: r.o.Config.MTU,
+		Underlay: r.o.Config.Underlay, Port: r.o.Config.Port, MTU: r.o.Config.MTU,
 	}
-	var peers []string
+	if ip := r.o.VTEP(host); ip != nil {
+		d.Local = ip.String()
+	}
 	var missing []string
 	for _, m := range members {
 		if m == host {
@@ -404,17 +407,16 @@ func (r *Reconciler) desired(c Cluster, host string, members []string) (overlayn
 			missing = append(missing, m)
 			continue
 		}
-		d.Peers = append(d.Peers, ip)
-		peers = append(peers, ip.String())
+		d.Peers = append(d.Peers, overlayspec.Peer{Host: m, Address: ip.String()})
 	}
 	if len(missing) > 0 {
-		return d, peers, fmt.Errorf("no VTEP address known for %v", missing)
+		return d, fmt.Errorf("no VTEP address known for %v", missing)
 	}
-	return d, peers, nil
+	return d, nil
 }
 
 // ensureOverlays ensures the overlay on every member host whose recorded
-// peers differ from the desired ones (all of them when membership
+// overlay differs from the desired one (all of them when membership
 // changes) and removes it from hosts no longer holding a node. ok says on
 // which hosts the overlay is in place; the others' errors are returned.
 func (r *Reconciler) ensureOverlays(ctx context.Context, c Cluster) (Cluster, map[string]error, error) {
@@ -422,25 +424,27 @@ func (r *Reconciler) ensureOverlays(ctx context.Context, c Cluster) (Cluster, ma
 	type job struct {
 		host   string
 		remove bool
-		d      overlaynet.Desired
-		peers  []string
+		d      overlayspec.Overlay
 	}
 	var jobs []job
 	status := map[string]error{}
 	var errs []error
 	for _, h := range members {
-		d, peers, err := r.desired(c, h, members)
+		d, err := r.desired(c, h, members)
 		if err != nil {
 			err = fmt.Errorf("overlay on %s: %w", h, err)
 			status[h] = err
 			errs = append(errs, err)
 			continue
 		}
-		if have, ok := c.Overlays[h]; ok && slices.Equal(have, peers) {
-			status[h] = nil
-			continue
+		if have, ok := c.Overlays[h]; ok {
+			have.Cluster = c.Name // not in the record's JSON: the record is the cluster's
+			if have.Equal(d) {
+				status[h] = nil
+				continue
+			}
 		}
-		jobs = append(jobs, job{host: h, d: d, peers: peers})
+		jobs = append(jobs, job{host: h, d: d})
 	}
 	for _, h := range slices.Sorted(maps.Keys(c.Overlays)) {
 		if !slices.Contains(members, h) {
@@ -479,9 +483,9 @@ func (r *Reconciler) ensureOverlays(ctx context.Context, c Cluster) (Cluster, ma
 				delete(c.Overlays, j.host)
 			default:
 				if c.Overlays == nil {
-					c.Overlays = map[string][]string{}
+					c.Overlays = HostOverlays{}
 				}
-				c.Overlays[j.host] = j.peers
+				c.Overlays[j.host] = j.d
 			}
 		}
 		return nil
@@ -668,20 +672,20 @@ func (r *Reconciler) RecreateNode(ctx context.Context, host, uuid string) error 
 }
 
 // ExpectedOverlays returns the overlays the agent on host should have: one
-// per cluster with a node there, with the other holding hosts' VTEPs as
-// peers (hosts without a known VTEP are left out; Reconcile reports them).
-func (r *Reconciler) ExpectedOverlays(host string) ([]overlaynet.Desired, error) {
+// per cluster with a node there, with the other holding hosts as peers
+// (hosts without a known VTEP are left out; Reconcile reports them).
+func (r *Reconciler) ExpectedOverlays(host string) ([]overlayspec.Overlay, error) {
 	cs, err := r.o.Store.List()
 	if err != nil {
 		return nil, fmt.Errorf("expected overlays on %s: %w", host, err)
 	}
-	var ds []overlaynet.Desired
+	var ds []overlayspec.Overlay
 	for _, c := range cs {
 		members := c.members()
 		if !slices.Contains(members, host) {
 			continue
 		}
-		d, _, _ := r.desired(c, host, members)
+		d, _ := r.desired(c, host, members)
 		ds = append(ds, d)
 	}
 	return ds, nil

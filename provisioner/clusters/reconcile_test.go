@@ -9,6 +9,7 @@ package clusters
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -20,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/placement"
 )
 
@@ -161,27 +162,27 @@ func (f *fakeNodes) where() map[string][]string {
 // fakeOverlays keeps each host's overlays and records calls.
 type fakeOverlays struct {
 	mu    sync.Mutex
-	have  map[string]map[string]overlaynet.Desired // host → cluster → overlay
+	have  map[string]map[string]overlayspec.Overlay // host → cluster → overlay
 	calls []string
 	down  map[string]bool
 }
 
 func newOverlays() *fakeOverlays {
-	return &fakeOverlays{have: map[string]map[string]overlaynet.Desired{}, down: map[string]bool{}}
+	return &fakeOverlays{have: map[string]map[string]overlayspec.Overlay{}, down: map[string]bool{}}
 }
 
-func (f *fakeOverlays) EnsureOverlay(_ context.Context, host string, d overlaynet.Desired) error {
+func (f *fakeOverlays) EnsureOverlay(_ context.Context, host string, d overlayspec.Overlay) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "ensure "+host+" "+d.Cluster)
 	if f.down[host] {
 		return errors.New("host unreachable")
 	}
-	if err := d.Validate(); err != nil {
+	if err := d.ValidateRepair(); err != nil {
 		return err
 	}
 	if f.have[host] == nil {
-		f.have[host] = map[string]overlaynet.Desired{}
+		f.have[host] = map[string]overlayspec.Overlay{}
 	}
 	f.have[host][d.Cluster] = d
 	return nil
@@ -265,7 +266,8 @@ func (g *rig) get(t *testing.T, name string) Cluster {
 }
 
 // checkOverlays asserts that exactly the hosts holding the cluster's nodes
-// have its overlay, each with the others' VTEPs as peers, and that
+// have its overlay, each with the others as peers, named and with their
+// VTEPs, and that
 // ExpectedOverlays agrees.
 func (g *rig) checkOverlays(t *testing.T, c Cluster) {
 	t.Helper()
@@ -287,17 +289,17 @@ func (g *rig) checkOverlays(t *testing.T, c Cluster) {
 		var want []string
 		for o := range holding {
 			if o != h.Name {
-				want = append(want, vtep(o).String())
+				want = append(want, o+" "+vtep(o).String())
 			}
 		}
 		slices.Sort(want)
 		var got []string
 		for _, p := range d.Peers {
-			got = append(got, p.String())
+			got = append(got, p.Host+" "+p.Address)
 		}
 		slices.Sort(got)
 		if !slices.Equal(got, want) || d.Bridge != "br-"+c.Name || d.Device != "vx-"+c.Name || d.VNI != c.VNI ||
-			d.Underlay != "eth0" || !d.Local.Equal(vtep(h.Name)) {
+			d.Underlay != "eth0" || d.Local != vtep(h.Name).String() {
 			t.Errorf("host %s: overlay %+v, want peers %v, bridge br-%s, VNI %d", h.Name, d, want, c.Name, c.VNI)
 		}
 		exp, err := g.r.ExpectedOverlays(h.Name)
@@ -664,7 +666,7 @@ func TestRecreateNode(t *testing.T) {
 		g.overlays.mu.Lock()
 		d := g.overlays.have[got.Host]["lab"]
 		g.overlays.mu.Unlock()
-		if len(d.Peers) != 5 || slices.ContainsFunc(d.Peers, func(ip net.IP) bool { return ip.Equal(vtep(n.Host)) }) {
+		if len(d.Peers) != 5 || slices.ContainsFunc(d.Peers, func(p overlayspec.Peer) bool { return p.Address == vtep(n.Host).String() }) {
 			t.Errorf("new host's peers %v: want 5, without the old host", d.Peers)
 		}
 	})
@@ -774,7 +776,7 @@ func TestNewChecksOptions(t *testing.T) {
 	}{
 		{"no underlay", func(o *Options) { o.Config.Underlay = "" }, "underlay: empty"},
 		{"long underlay", func(o *Options) { o.Config.Underlay = "enp0s31f6abcdefgh" }, "longer than 15 bytes"},
-		{"bad mtu", func(o *Options) { o.Config.MTU = 10 }, "mtu 10"},
+		{"bad mtu", func(o *Options) { o.Config.MTU = 10 }, "mtu: 10"},
 		{"bad ratio", func(o *Options) { o.Config.Ratios.CPU = -1 }, "cpu overcommit ratio -1"},
 		{"no store", func(o *Options) { o.Store = nil }, "are required"},
 	} {
@@ -807,5 +809,40 @@ func BenchmarkReconcileCreate(b *testing.B) {
 		if err := r.Reconcile(g.ctx, "big"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A record from before overlays were recorded whole holds each host's peer
+// addresses only. It still loads, and the next pass puts that host's
+// overlay again, peers named, and records it whole.
+func TestReconcileOldOverlayRecord(t *testing.T) {
+	g := newRig(t, 8, 8)
+	c := g.createLab(t)
+	host := c.Nodes[0].Host
+	var old Cluster
+	if err := json.Unmarshal([]byte(`{"name": "lab", "overlays": {"`+host+`": ["192.0.2.250"]}}`), &old); err != nil {
+		t.Fatalf("old record: %v", err)
+	}
+	if got := old.Overlays[host].PeerAddrs(); !slices.Equal(got, []string{"192.0.2.250"}) {
+		t.Fatalf("old record's peers %v", got)
+	}
+	if _, err := g.store.update("lab", func(c *Cluster) error {
+		c.Overlays[host] = old.Overlays[host]
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	g.calls()
+	if err := g.r.Reconcile(g.ctx, "lab"); err != nil {
+		t.Fatal(err)
+	}
+	if calls := g.calls(); !slices.Equal(calls, []string{"ensure " + host + " lab"}) {
+		t.Errorf("calls %v, want the one overlay put again", calls)
+	}
+	c = g.get(t, "lab")
+	g.checkOverlays(t, c)
+	rec := c.Overlays[host]
+	if len(rec.Peers) != 5 || slices.ContainsFunc(rec.Peers, func(p overlayspec.Peer) bool { return p.Host == "" }) || rec.VNI != c.VNI {
+		t.Errorf("recorded overlay on %s: %+v, want it whole with 5 named peers", host, rec)
 	}
 }
