@@ -251,168 +251,218 @@ func Parse(name string, data []byte) (*Server, error) {
 	return &c, nil
 }
 
-// Validate checks the configuration after defaults were applied.
+// Validate checks the configuration after defaults were applied, one
+// section after another; the order of the checks is the order of the
+// errors an operator reads.
 func (c *Server) Validate() error {
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, yamlfile.Errorf(path, format, args...))
-	}
+	var p problems
 	if c.DataDir == "" {
-		add("data_dir", "must not be empty")
+		p.add("data_dir", "must not be empty")
 	}
-	p := c.Prometheus
+	c.Prometheus.validate(&p)
+	c.validateOutputs(&p)
+	c.Remediation.validateIntake(&p)
+	c.validateAPI(&p)
+	if len(c.Hosts) > 0 && c.Agents.TokenFile == "" {
+		p.add("agents.token_file", "is required when hosts are listed: agents refuse actions without it")
+	}
+	c.Provisioner.validate(&p)
+	c.Remediation.validateTimes(&p)
+	validateHosts(c.Hosts, &p)
+	return errors.Join(p...)
+}
+
+// problems collects the validation errors of a file, each naming its field.
+type problems []error
+
+func (p *problems) add(path, format string, args ...any) {
+	*p = append(*p, yamlfile.Errorf(path, format, args...))
+}
+
+func (p Prometheus) validate(errs *problems) {
 	if p.ScrapeInterval <= 0 {
-		add("prometheus.scrape_interval", "must be positive, got %s", p.ScrapeInterval)
+		errs.add("prometheus.scrape_interval", "must be positive, got %s", p.ScrapeInterval)
 	}
 	if p.ScrapeTimeout <= 0 {
-		add("prometheus.scrape_timeout", "must be positive, got %s", p.ScrapeTimeout)
+		errs.add("prometheus.scrape_timeout", "must be positive, got %s", p.ScrapeTimeout)
 	} else if p.ScrapeTimeout > p.ScrapeInterval {
-		add("prometheus.scrape_timeout", "%s is longer than scrape_interval %s", p.ScrapeTimeout, p.ScrapeInterval)
+		errs.add("prometheus.scrape_timeout", "%s is longer than scrape_interval %s", p.ScrapeTimeout, p.ScrapeInterval)
 	}
+	p.validateJobs(errs)
+	if p.EvaluationInterval <= 0 {
+		errs.add("prometheus.evaluation_interval", "must be positive, got %s", p.EvaluationInterval)
+	}
+	if p.Retention < 0 {
+		errs.add("prometheus.retention", "must not be negative, got %s", p.Retention)
+	}
+	if p.RetentionSizeBytes < 0 {
+		errs.add("prometheus.retention_size_bytes", "must not be negative, got %d", p.RetentionSizeBytes)
+	}
+	for i, g := range p.FileSD {
+		if _, err := filepath.Match(g, ""); err != nil || g == "" {
+			errs.add(fmt.Sprintf("prometheus.file_sd[%d]", i), "%q is not a file glob", g)
+		}
+	}
+}
+
+func (p Prometheus) validateJobs(errs *problems) {
 	for _, name := range slices.Sorted(maps.Keys(p.Jobs)) {
 		field, j := "prometheus.jobs."+name, p.Jobs[name]
 		switch {
 		case !slices.Contains(ScrapeJobs(), name):
-			add(field, "unknown job; want one of %s", strings.Join(ScrapeJobs(), ", "))
+			errs.add(field, "unknown job; want one of %s", strings.Join(ScrapeJobs(), ", "))
 		case j.ScrapeInterval < 0:
-			add(field+".scrape_interval", "must not be negative, got %s", j.ScrapeInterval)
+			errs.add(field+".scrape_interval", "must not be negative, got %s", j.ScrapeInterval)
 		case j.ScrapeTimeout < 0:
-			add(field+".scrape_timeout", "must not be negative, got %s", j.ScrapeTimeout)
+			errs.add(field+".scrape_timeout", "must not be negative, got %s", j.ScrapeTimeout)
 		case p.Job(name).ScrapeTimeout > p.Job(name).ScrapeInterval:
-			add(field+".scrape_timeout", "%s is longer than the job's scrape_interval %s", p.Job(name).ScrapeTimeout, p.Job(name).ScrapeInterval)
+			errs.add(field+".scrape_timeout", "%s is longer than the job's scrape_interval %s", p.Job(name).ScrapeTimeout, p.Job(name).ScrapeInterval)
 		}
 	}
-	if p.EvaluationInterval <= 0 {
-		add("prometheus.evaluation_interval", "must be positive, got %s", p.EvaluationInterval)
-	}
-	if p.Retention < 0 {
-		add("prometheus.retention", "must not be negative, got %s", p.Retention)
-	}
-	if p.RetentionSizeBytes < 0 {
-		add("prometheus.retention_size_bytes", "must not be negative, got %d", p.RetentionSizeBytes)
-	}
-	for i, g := range p.FileSD {
-		if _, err := filepath.Match(g, ""); err != nil || g == "" {
-			add(fmt.Sprintf("prometheus.file_sd[%d]", i), "%q is not a file glob", g)
-		}
-	}
+}
+
+// validateOutputs checks where alerts and samples are sent: alerting and
+// remote_write.
+func (c *Server) validateOutputs(errs *problems) {
 	for i, u := range c.Alerting.Alertmanagers {
 		if err := checkURL(u); err != nil {
-			add(fmt.Sprintf("alerting.alertmanagers[%d]", i), "%v", err)
+			errs.add(fmt.Sprintf("alerting.alertmanagers[%d]", i), "%v", err)
 		}
 	}
 	for i, rw := range c.RemoteWrite {
 		if err := checkURL(rw.URL); err != nil {
-			add(fmt.Sprintf("remote_write[%d].url", i), "%v", err)
+			errs.add(fmt.Sprintf("remote_write[%d].url", i), "%v", err)
 		}
 	}
-	if c.Remediation.Webhook.BodyLimitBytes < 0 {
-		add("remediation.webhook.body_limit_bytes", "must not be negative, got %d", c.Remediation.Webhook.BodyLimitBytes)
+}
+
+// validateIntake checks what remediation takes in and sends out: the
+// webhook and the Loki stream.
+func (r Remediation) validateIntake(errs *problems) {
+	if r.Webhook.BodyLimitBytes < 0 {
+		errs.add("remediation.webhook.body_limit_bytes", "must not be negative, got %d", r.Webhook.BodyLimitBytes)
 	}
-	if l := c.Remediation.Loki; l.URL != "" {
+	if l := r.Loki; l.URL != "" {
 		if err := checkURL(l.URL); err != nil {
-			add("remediation.loki.url", "%v", err)
+			errs.add("remediation.loki.url", "%v", err)
 		}
 		if l.BatchSize < 0 {
-			add("remediation.loki.batch_size", "must not be negative, got %d", l.BatchSize)
+			errs.add("remediation.loki.batch_size", "must not be negative, got %d", l.BatchSize)
 		}
 		if l.BatchWait < 0 {
-			add("remediation.loki.batch_wait", "must not be negative, got %s", l.BatchWait)
+			errs.add("remediation.loki.batch_wait", "must not be negative, got %s", l.BatchWait)
 		}
 	}
+}
+
+// validateTimes checks remediation's durations.
+func (r Remediation) validateTimes(errs *problems) {
+	if r.Retention < 0 {
+		errs.add("remediation.retention", "must not be negative, got %s", r.Retention)
+	}
+	if r.StaleAfter <= 0 {
+		errs.add("remediation.stale_after", "must be positive, got %s", r.StaleAfter)
+	}
+	if r.ActionTimeout <= 0 {
+		errs.add("remediation.action_timeout", "must be positive, got %s", r.ActionTimeout)
+	}
+}
+
+// validateAPI checks the API's tokens, and the webhook's, which defaults
+// to the admin token.
+func (c *Server) validateAPI(errs *problems) {
 	if c.API.TokenFile == "" && len(c.API.Tokens) == 0 {
-		add("api.token_file", "is required unless api.tokens lists tokens: the API refuses every request without a token")
+		errs.add("api.token_file", "is required unless api.tokens lists tokens: the API refuses every request without a token")
 	}
 	if c.API.TokenFile == "" && len(c.API.Tokens) > 0 && c.Remediation.Webhook.TokenFile == "" {
-		add("remediation.webhook.token_file", "is required when api.token_file is not set: it defaults to that token")
+		errs.add("remediation.webhook.token_file", "is required when api.token_file is not set: it defaults to that token")
 	}
 	tokenNames := map[string]string{}
 	if c.API.TokenFile != "" {
 		tokenNames[AdminTokenName] = "api.token_file"
 	}
 	for i, tok := range c.API.Tokens {
-		path := fmt.Sprintf("api.tokens[%d]", i)
-		switch {
-		case tok.Name == "":
-			add(path+".name", "is required")
-		case strings.ContainsAny(tok.Name, " \t\n\"/"):
-			add(path+".name", "%q must not contain spaces, quotes or slashes", tok.Name)
-		default:
-			if other, dup := tokenNames[tok.Name]; dup {
-				add(path+".name", "%q is already used by %s", tok.Name, other)
-			}
-			tokenNames[tok.Name] = path
+		tok.validate(fmt.Sprintf("api.tokens[%d]", i), tokenNames, errs)
+	}
+}
+
+// validate checks the token at path; names maps the names already used to
+// the field that used them.
+func (tok APIToken) validate(path string, names map[string]string, errs *problems) {
+	switch {
+	case tok.Name == "":
+		errs.add(path+".name", "is required")
+	case strings.ContainsAny(tok.Name, " \t\n\"/"):
+		errs.add(path+".name", "%q must not contain spaces, quotes or slashes", tok.Name)
+	default:
+		if other, dup := names[tok.Name]; dup {
+			errs.add(path+".name", "%q is already used by %s", tok.Name, other)
 		}
-		if !slices.Contains(Roles(), tok.Role) {
-			add(path+".role", "%q is not a role; want one of %s", tok.Role, strings.Join(Roles(), ", "))
+		names[tok.Name] = path
+	}
+	if !slices.Contains(Roles(), tok.Role) {
+		errs.add(path+".role", "%q is not a role; want one of %s", tok.Role, strings.Join(Roles(), ", "))
+	}
+	if tok.TokenFile == "" {
+		errs.add(path+".token_file", "is required")
+	}
+}
+
+func (pr Provisioner) validate(errs *problems) {
+	if !pr.Enabled() && pr.PXE.ConfigFile == "" {
+		return
+	}
+	if !pr.Enabled() {
+		errs.add("provisioner.inventory_file", "is required when provisioner.pxe is set")
+	}
+	if pr.Underlay == "" {
+		errs.add("provisioner.underlay", "is required: the hosts' interface the clusters' VXLAN devices send on")
+	}
+	if pr.Overcommit.CPU <= 0 || pr.Overcommit.Memory <= 0 {
+		errs.add("provisioner.overcommit", "cpu and memory must be positive, got %v and %v", pr.Overcommit.CPU, pr.Overcommit.Memory)
+	}
+	if pr.PXE.ConfigFile != "" {
+		if err := checkURL(pr.PXE.BaseURL); err != nil {
+			errs.add("provisioner.pxe.base_url", "%v", err)
 		}
-		if tok.TokenFile == "" {
-			add(path+".token_file", "is required")
+		if pr.PXE.SecretFile == "" {
+			errs.add("provisioner.pxe.secret_file", "is required: it keys the hosts' boot-completion callbacks")
 		}
 	}
-	if len(c.Hosts) > 0 && c.Agents.TokenFile == "" {
-		add("agents.token_file", "is required when hosts are listed: agents refuse actions without it")
-	}
-	if pr := c.Provisioner; pr.Enabled() || pr.PXE.ConfigFile != "" {
-		if !pr.Enabled() {
-			add("provisioner.inventory_file", "is required when provisioner.pxe is set")
-		}
-		if pr.Underlay == "" {
-			add("provisioner.underlay", "is required: the hosts' interface the clusters' VXLAN devices send on")
-		}
-		if pr.Overcommit.CPU <= 0 || pr.Overcommit.Memory <= 0 {
-			add("provisioner.overcommit", "cpu and memory must be positive, got %v and %v", pr.Overcommit.CPU, pr.Overcommit.Memory)
-		}
-		if pr.PXE.ConfigFile != "" {
-			if err := checkURL(pr.PXE.BaseURL); err != nil {
-				add("provisioner.pxe.base_url", "%v", err)
-			}
-			if pr.PXE.SecretFile == "" {
-				add("provisioner.pxe.secret_file", "is required: it keys the hosts' boot-completion callbacks")
-			}
-		}
-		for _, d := range []struct {
-			field string
-			v     time.Duration
-		}{{"powering_on", pr.Timeouts.PoweringOn}, {"pxe_booting", pr.Timeouts.PXEBooting}, {"installing", pr.Timeouts.Installing}} {
-			if d.v < 0 {
-				add("provisioner.timeouts."+d.field, "must not be negative, got %s", d.v)
-			}
-		}
-		if pr.MaxAttempts < 0 {
-			add("provisioner.max_attempts", "must not be negative, got %d", pr.MaxAttempts)
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"powering_on", pr.Timeouts.PoweringOn}, {"pxe_booting", pr.Timeouts.PXEBooting}, {"installing", pr.Timeouts.Installing}} {
+		if d.v < 0 {
+			errs.add("provisioner.timeouts."+d.field, "must not be negative, got %s", d.v)
 		}
 	}
-	if c.Remediation.Retention < 0 {
-		add("remediation.retention", "must not be negative, got %s", c.Remediation.Retention)
+	if pr.MaxAttempts < 0 {
+		errs.add("provisioner.max_attempts", "must not be negative, got %d", pr.MaxAttempts)
 	}
-	if c.Remediation.StaleAfter <= 0 {
-		add("remediation.stale_after", "must be positive, got %s", c.Remediation.StaleAfter)
-	}
-	if c.Remediation.ActionTimeout <= 0 {
-		add("remediation.action_timeout", "must be positive, got %s", c.Remediation.ActionTimeout)
-	}
+}
+
+func validateHosts(hosts []Host, errs *problems) {
 	names := map[string]int{}
-	for i, h := range c.Hosts {
+	for i, h := range hosts {
 		path := fmt.Sprintf("hosts[%d]", i)
 		switch {
 		case h.Name == "":
-			add(path+".name", "is required")
+			errs.add(path+".name", "is required")
 		case strings.ContainsAny(h.Name, " \t/"):
-			add(path+".name", "%q must not contain spaces or slashes", h.Name)
+			errs.add(path+".name", "%q must not contain spaces or slashes", h.Name)
 		default:
 			if j, dup := names[h.Name]; dup {
-				add(path+".name", "%q is already used by hosts[%d]", h.Name, j)
+				errs.add(path+".name", "%q is already used by hosts[%d]", h.Name, j)
 			}
 			names[h.Name] = i
 		}
 		if h.Agent == "" {
-			add(path+".agent", "is required (host:port of the agent)")
+			errs.add(path+".agent", "is required (host:port of the agent)")
 		} else if _, port, err := net.SplitHostPort(h.Agent); err != nil || port == "" {
-			add(path+".agent", "%q is not host:port", h.Agent)
+			errs.add(path+".agent", "%q is not host:port", h.Agent)
 		}
 	}
-	return errors.Join(errs...)
 }
 
 func checkURL(s string) error {
