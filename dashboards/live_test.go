@@ -25,8 +25,8 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
 	"caretaker/internal/agent"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/needs"
@@ -316,7 +316,7 @@ func defineGuest(t *testing.T, name, bridge string) string {
 			t.Errorf("remove %s: %v", disk, err)
 		}
 	})
-	meta, err := kvm.Metadata{Intent: "running", Cluster: "dash", Role: "worker"}.XML()
+	meta, err := guestmeta.Metadata{Intent: "running", Cluster: "dash", Role: "worker"}.XML()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 )
 
@@ -148,7 +149,7 @@ func TestMemoryCountsEvents(t *testing.T) {
 
 func TestMemoryCachesIdentity(t *testing.T) {
 	t.Parallel()
-	ident := identity{meta: Metadata{Cluster: "lab"}, hasMeta: true}
+	ident := identity{meta: guestmeta.Metadata{Cluster: "lab"}, hasMeta: true}
 	// store takes a ticket for domain a with ID 1 and caches ident with it.
 	store := func(m *memory) {
 		_, _, tk := m.identity("a", 1)
@@ -434,7 +435,7 @@ func TestEventsThroughLibvirt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mdom.Free()
-	if err := mdom.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, elem, MetadataPrefix, MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG|libvirt.DOMAIN_AFFECT_LIVE); err != nil {
+	if err := mdom.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, elem, guestmeta.Prefix, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG|libvirt.DOMAIN_AFFECT_LIVE); err != nil {
 		t.Fatalf("set metadata of %s: %v", moved.name, err)
 	}
 	w.await(t, moved.name+" metadata")

@@ -1,14 +1,13 @@
 package kvm
 
 import (
-	"encoding/xml"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"caretaker/internal/guestmeta"
 )
 
 // identity is what the collector knows of a domain beyond its stats: its
@@ -17,7 +16,7 @@ import (
 // round trips per domain, which on every scrape would cost more than the
 // bulk stats call itself.
 type identity struct {
-	meta    Metadata
+	meta    guestmeta.Metadata
 	hasMeta bool
 	ifaces  []iface
 }
@@ -64,7 +63,7 @@ func parseIdentity(persistentXML, liveXML string) (identity, error) {
 	}
 	var id identity
 	if def.Metadata != nil {
-		m, ok, err := metadataFromDomain(def.Metadata.XML)
+		m, ok, err := guestmeta.FromDomain(def.Metadata.XML)
 		if err != nil {
 			return identity{}, err
 		}
@@ -103,44 +102,6 @@ func interfaceOf(ni libvirtxml.DomainInterface) iface {
 		}
 	}
 	return f
-}
-
-// metadataFromDomain finds caretaker's element among the children of a
-// domain's <metadata> (inner is its inner XML), where each application has
-// its own namespace. It reports false, and no error, when there is none.
-func metadataFromDomain(inner string) (Metadata, bool, error) {
-	if len(inner) > metadataMaxBytes {
-		return Metadata{}, false, fmt.Errorf("parse domain metadata: %d bytes, more than the %d allowed", len(inner), metadataMaxBytes)
-	}
-	dec := xml.NewDecoder(strings.NewReader(inner))
-	for {
-		tok, err := dec.Token()
-		if errors.Is(err, io.EOF) {
-			return Metadata{}, false, nil
-		}
-		if err != nil {
-			return Metadata{}, false, fmt.Errorf("parse domain metadata: %w", err)
-		}
-		start, ok := tok.(xml.StartElement)
-		if !ok {
-			continue
-		}
-		if start.Name.Space != MetadataNamespace || start.Name.Local != "guest" {
-			if err := dec.Skip(); err != nil {
-				return Metadata{}, false, fmt.Errorf("parse domain metadata: %w", err)
-			}
-			continue
-		}
-		var el metadataElement
-		if err := dec.DecodeElement(&el, &start); err != nil {
-			return Metadata{}, false, fmt.Errorf("parse guest metadata: %w", err)
-		}
-		return Metadata{
-			Intent:  strings.TrimSpace(el.Intent),
-			Cluster: strings.TrimSpace(el.Cluster),
-			Role:    strings.TrimSpace(el.Role),
-		}, true, nil
-	}
 }
 
 // ClusterRoleFromName reads a guest's cluster and role from its name when

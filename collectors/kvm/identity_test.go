@@ -2,8 +2,9 @@ package kvm
 
 import (
 	"reflect"
-	"strings"
 	"testing"
+
+	"caretaker/internal/guestmeta"
 )
 
 func TestClusterRoleFromName(t *testing.T) {
@@ -48,11 +49,11 @@ func TestClusterRole(t *testing.T) {
 		cluster, role string
 	}{
 		{desc: "metadata wins over the name", name: "prod-worker-3",
-			id: &identity{hasMeta: true, meta: Metadata{Cluster: "lab", Role: "cp"}}, cluster: "lab", role: "cp"},
+			id: &identity{hasMeta: true, meta: guestmeta.Metadata{Cluster: "lab", Role: "cp"}}, cluster: "lab", role: "cp"},
 		{desc: "metadata with a cluster only is not mixed with the name", name: "prod-worker-3",
-			id: &identity{hasMeta: true, meta: Metadata{Cluster: "lab"}}, cluster: "lab"},
+			id: &identity{hasMeta: true, meta: guestmeta.Metadata{Cluster: "lab"}}, cluster: "lab"},
 		{desc: "metadata with an intent only falls back on the name", name: "prod-worker-3",
-			id: &identity{hasMeta: true, meta: Metadata{Intent: IntentRunning}}, cluster: "prod", role: "worker"},
+			id: &identity{hasMeta: true, meta: guestmeta.Metadata{Intent: guestmeta.IntentRunning}}, cluster: "prod", role: "worker"},
 		{desc: "no metadata", name: "prod-worker-3", id: &identity{}, cluster: "prod", role: "worker"},
 		{desc: "identity unread", name: "prod-worker-3", cluster: "prod", role: "worker"},
 		{desc: "neither", name: "scratch", id: &identity{}},
@@ -62,70 +63,6 @@ func TestClusterRole(t *testing.T) {
 			cluster, role := clusterRole(tt.name, tt.id)
 			if cluster != tt.cluster || role != tt.role {
 				t.Errorf("clusterRole(%q) = %q, %q; want %q, %q", tt.name, cluster, role, tt.cluster, tt.role)
-			}
-		})
-	}
-}
-
-func TestMetadataFromDomain(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name    string
-		inner   string
-		want    Metadata
-		ok      bool
-		wantErr string
-	}{
-		{name: "empty"},
-		{
-			name:  "another application's only",
-			inner: `<app:thing xmlns:app="https://example.com/app"><cluster>other</cluster></app:thing>`,
-		},
-		{
-			name: "as libvirt formats it, among others",
-			inner: `
-    <app:thing xmlns:app="https://example.com/app"><guest>not ours</guest></app:thing>
-    <caretaker:guest xmlns:caretaker="https://caretaker.dev/xmlns/guest/1">
-      <caretaker:intent>running</caretaker:intent>
-      <caretaker:cluster> prod </caretaker:cluster>
-      <caretaker:role>worker</caretaker:role>
-    </caretaker:guest>
-  `,
-			want: Metadata{Intent: IntentRunning, Cluster: "prod", Role: "worker"},
-			ok:   true,
-		},
-		{
-			name:  "as Metadata.XML writes it",
-			inner: `<guest xmlns="https://caretaker.dev/xmlns/guest/1"><intent>stopped</intent><cluster>lab</cluster></guest>`,
-			want:  Metadata{Intent: IntentStopped, Cluster: "lab"},
-			ok:    true,
-		},
-		{
-			name:  "a guest element without our namespace is not ours",
-			inner: `<guest><cluster>lab</cluster></guest>`,
-		},
-		{
-			name:    "broken",
-			inner:   `<caretaker:guest xmlns:caretaker="https://caretaker.dev/xmlns/guest/1"><intent>running</caretaker:guest>`,
-			wantErr: "parse guest metadata",
-		},
-		{
-			name:    "too large",
-			inner:   strings.Repeat(" ", metadataMaxBytes+1),
-			wantErr: "more than the",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok, err := metadataFromDomain(tt.inner)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("metadataFromDomain: got error %v, want one containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || ok != tt.ok || got != tt.want {
-				t.Errorf("metadataFromDomain = %+v, %v, %v; want %+v, %v, nil", got, ok, err, tt.want, tt.ok)
 			}
 		})
 	}
@@ -165,7 +102,7 @@ func TestParseIdentity(t *testing.T) {
 			name:       "running",
 			persistent: persistent, live: live,
 			want: identity{
-				meta: Metadata{Intent: IntentRunning, Cluster: "prod"}, hasMeta: true,
+				meta: guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "prod"}, hasMeta: true,
 				ifaces: []iface{
 					{device: "vnet4", bridge: "virbr0", mac: "52:54:00:00:00:01"},
 					{device: "vnet5", bridge: "br-prod", mac: "52:54:00:00:00:02"},
@@ -177,7 +114,7 @@ func TestParseIdentity(t *testing.T) {
 			name:       "shut off",
 			persistent: persistent, live: persistent,
 			want: identity{
-				meta: Metadata{Intent: IntentRunning, Cluster: "prod"}, hasMeta: true,
+				meta: guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "prod"}, hasMeta: true,
 				ifaces: []iface{
 					{mac: "52:54:00:00:00:01"},
 					{bridge: "br-prod", mac: "52:54:00:00:00:02"},

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"libvirt.org/go/libvirt"
 
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 )
 
@@ -422,8 +423,8 @@ func (c *Collector) intents(conn *libvirt.Connect, doms []domain) {
 			continue
 		}
 		d.intendedKnown = true
-		d.intended = d.ident.meta.Intent == IntentRunning
-		if !d.intended && d.ident.meta.Intent != IntentStopped {
+		d.intended = d.ident.meta.Intent == guestmeta.IntentRunning
+		if !d.intended && d.ident.meta.Intent != guestmeta.IntentStopped {
 			c.logger.Debug("unknown intent in caretaker metadata, counting the domain as not meant to run", "uuid", d.uuid, "domain", d.name, "intent", d.ident.meta.Intent)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"caretaker/collectors"
 	"caretaker/internal/golden"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 )
@@ -187,7 +188,7 @@ func TestEmit(t *testing.T) {
 			d: domain{
 				uuid: uuid, name: "probe", intendedKnown: true, intended: true, crashes: count(1),
 				ident: &identity{
-					meta: Metadata{Intent: IntentRunning, Cluster: "lab", Role: "worker"}, hasMeta: true,
+					meta: guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "lab", Role: "worker"}, hasMeta: true,
 					ifaces: []iface{
 						{device: "vnet0", bridge: "br-lab", mac: "52:54:00:00:00:01"},
 						{device: "vnet1", mac: "52:54:00:00:00:02"},

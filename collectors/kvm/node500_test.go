@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"testing"
 
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 )
 
@@ -47,7 +48,7 @@ func checkGenerated(t *testing.T, samples map[string]float64, d genDomain) {
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_info{cluster=%q,domain=%q,role=%q,uuid=%q}`, d.cluster, d.name, d.role, d.uuid), 1)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, d.uuid), float64(d.runstate))
 	intended := 0.0
-	if d.meta != nil && d.meta.Intent == IntentRunning {
+	if d.meta != nil && d.meta.Intent == guestmeta.IntentRunning {
 		intended = 1
 	}
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_intended_running{uuid=%q}`, d.uuid), intended)

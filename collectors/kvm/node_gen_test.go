@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"caretaker/internal/guestmeta"
 )
 
 // genDomain is one domain of a generated test-driver node.
@@ -13,7 +15,7 @@ type genDomain struct {
 	name, uuid string
 	// runstate is libvirt's virDomainState: 1 running, 3 paused, 5 shutoff.
 	runstate int
-	meta     *Metadata
+	meta     *guestmeta.Metadata
 	// cluster and role are what the collector should report, from the
 	// metadata or the name.
 	cluster, role string
@@ -49,11 +51,11 @@ func genNode(n int) []genDomain {
 		case i%2 == 0:
 			// The metadata wins over a name that says otherwise.
 			d.name = fmt.Sprintf("guest%d", i)
-			intent := IntentRunning
+			intent := guestmeta.IntentRunning
 			if d.runstate == 5 {
-				intent = IntentStopped
+				intent = guestmeta.IntentStopped
 			}
-			d.meta = &Metadata{Intent: intent, Cluster: cluster, Role: role}
+			d.meta = &guestmeta.Metadata{Intent: intent, Cluster: cluster, Role: role}
 			d.cluster, d.role = cluster, role
 		case i%5 == 1:
 			d.name = fmt.Sprintf("scratch%d", i)

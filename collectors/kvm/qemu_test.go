@@ -16,6 +16,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 )
@@ -54,7 +55,7 @@ func TestQEMUGuest(t *testing.T) {
 	disk := filepath.Join(dir, "vda.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", disk, "16M")
 
-	meta, err := Metadata{Intent: IntentRunning, Cluster: "ctk", Role: "probe"}.XML()
+	meta, err := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "ctk", Role: "probe"}.XML()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/testdaemon"
 	"caretaker/remediation/journal"
 )
@@ -45,7 +45,7 @@ func TestAlertmanagerActsOnce(t *testing.T) {
 	dir := t.TempDir()
 	// Meant to stay stopped, so the server's own rules leave it alone
 	// and the only alert about it is the one Alertmanager sends.
-	g := e2eGuests(t, "am", 1, kvm.IntentStopped, false)[0]
+	g := e2eGuests(t, "am", 1, guestmeta.IntentStopped, false)[0]
 	starts := countStarts(t)
 
 	agentAddr := testdaemon.FreePort(t)

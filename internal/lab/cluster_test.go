@@ -16,7 +16,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/needs"
 )
 
@@ -201,8 +201,8 @@ func clusterNodes(t *testing.T, conn *libvirt.Connect, cluster string) map[strin
 			state = "running"
 		}
 		meta := "no caretaker metadata"
-		if x, err := d.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, kvm.MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG); err == nil {
-			if md, err := kvm.ParseMetadata(x); err == nil {
+		if x, err := d.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG); err == nil {
+			if md, err := guestmeta.Parse(x); err == nil {
 				meta = "cluster " + md.Cluster
 			}
 		}

@@ -11,7 +11,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/testdaemon"
 	"caretaker/remediation/journal"
 )
@@ -42,7 +42,7 @@ func TestCrashSafety(t *testing.T) {
 	const guestsN = 4
 	bin := buildBinaries(t)
 	dir := t.TempDir()
-	guests := e2eGuests(t, "crash", guestsN, kvm.IntentRunning, true)
+	guests := e2eGuests(t, "crash", guestsN, guestmeta.IntentRunning, true)
 	prefix := ownPrefix("crash")
 	starts := countStarts(t)
 

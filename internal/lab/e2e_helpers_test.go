@@ -19,8 +19,8 @@ import (
 
 	"libvirt.org/go/libvirt"
 
-	"caretaker/collectors/kvm"
 	"caretaker/internal/api"
+	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 	"caretaker/internal/testdaemon"
@@ -104,7 +104,7 @@ func e2eGuests(t *testing.T, tag string, n int, intent string, start bool) []gue
 			t.Errorf("remove guests: %v", err)
 		}
 	})
-	meta, err := kvm.Metadata{Intent: intent, Cluster: "e2e", Role: "worker"}.XML()
+	meta, err := guestmeta.Metadata{Intent: intent, Cluster: "e2e", Role: "worker"}.XML()
 	if err != nil {
 		t.Fatal(err)
 	}

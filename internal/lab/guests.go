@@ -17,7 +17,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 )
 
 // guest is one lab guest.
@@ -140,7 +140,7 @@ func checkQEMU(uri string) error {
 
 // labMetadata marks a guest as meant to run, in the lab's guest cluster.
 func labMetadata() (string, error) {
-	return kvm.Metadata{Intent: "running", Cluster: "lab", Role: "worker"}.XML()
+	return guestmeta.Metadata{Intent: "running", Cluster: "lab", Role: "worker"}.XML()
 }
 
 func guestName(prefix, host string, i int) string {

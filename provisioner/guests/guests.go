@@ -17,7 +17,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 )
 
 // Roles a node can have.
@@ -192,7 +192,7 @@ func domain(n Node, opts []Option) (*libvirtxml.Domain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("domain of node %q: %w", n.Name, err)
 	}
-	meta, err := kvm.Metadata{Intent: kvm.IntentRunning, Cluster: n.Cluster, Role: n.Role}.XML()
+	meta, err := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: n.Cluster, Role: n.Role}.XML()
 	if err != nil {
 		return nil, fmt.Errorf("domain of node %q: %w", n.Name, err)
 	}

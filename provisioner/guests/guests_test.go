@@ -8,8 +8,8 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
 	"caretaker/internal/golden"
+	"caretaker/internal/guestmeta"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -50,11 +50,11 @@ func TestDomainXMLGolden(t *testing.T) {
 			if err := d.Unmarshal(got); err != nil {
 				t.Fatal(err)
 			}
-			meta, err := kvm.ParseMetadata(d.Metadata.XML)
+			meta, err := guestmeta.Parse(d.Metadata.XML)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := kvm.Metadata{Intent: kvm.IntentRunning, Cluster: tc.node.Cluster, Role: tc.node.Role}
+			want := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: tc.node.Cluster, Role: tc.node.Role}
 			if meta != want {
 				t.Errorf("metadata reads back as %+v, want %+v", meta, want)
 			}
@@ -154,7 +154,7 @@ func FuzzDomainXML(f *testing.F) {
 		if err := d.Unmarshal(s); err != nil {
 			t.Fatalf("output does not parse: %v\n%s", err, s)
 		}
-		meta, err := kvm.ParseMetadata(d.Metadata.XML)
+		meta, err := guestmeta.Parse(d.Metadata.XML)
 		if err != nil || meta.Cluster != cluster || meta.Role != role {
 			t.Fatalf("metadata %+v, %v; want cluster %q role %q", meta, err, cluster, role)
 		}

@@ -14,7 +14,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 	"caretaker/provisioner/guests/gueststest"
 )
 
@@ -123,16 +123,16 @@ func TestCreateRecreateDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.UUID = ""
-	if w := shape(want, kvm.Metadata{Intent: "running", Cluster: n.Cluster, Role: n.Role}); have != w {
+	if w := shape(want, guestmeta.Metadata{Intent: "running", Cluster: n.Cluster, Role: n.Role}); have != w {
 		t.Errorf("defined domain differs from the node's:\n%s\nwant\n%s", have, w)
 	}
 
 	// The live definition: metadata, NIC, disks.
-	meta, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, kvm.MetadataNamespace, 0)
+	meta, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, err := kvm.ParseMetadata(meta); err != nil || m != (kvm.Metadata{Intent: "running", Cluster: "cttest", Role: "worker"}) {
+	if m, err := guestmeta.Parse(meta); err != nil || m != (guestmeta.Metadata{Intent: "running", Cluster: "cttest", Role: "worker"}) {
 		t.Errorf("metadata %+v, %v", m, err)
 	}
 	s, err := dom.GetXMLDesc(0)

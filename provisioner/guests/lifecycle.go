@@ -8,7 +8,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
-	"caretaker/collectors/kvm"
+	"caretaker/internal/guestmeta"
 )
 
 // Create makes the node's volumes where missing, defines its domain (or
@@ -193,7 +193,7 @@ func updateDomain(conn *libvirt.Connect, dom *libvirt.Domain, n Node, opts []Opt
 		dom.Free()
 		return nil, err
 	}
-	wantMeta := kvm.Metadata{Intent: kvm.IntentRunning, Cluster: n.Cluster, Role: n.Role}
+	wantMeta := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: n.Cluster, Role: n.Role}
 	if have == shape(want, wantMeta) {
 		return dom, nil
 	}
@@ -211,14 +211,14 @@ func definedShape(dom *libvirt.Domain) (string, error) {
 	if err := d.Unmarshal(s); err != nil {
 		return "", fmt.Errorf("read domain definition: %w", err)
 	}
-	var meta kvm.Metadata
-	el, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, kvm.MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG)
+	var meta guestmeta.Metadata
+	el, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG)
 	switch {
 	case isCode(err, libvirt.ERR_NO_DOMAIN_METADATA):
 	case err != nil:
 		return "", fmt.Errorf("read domain metadata: %w", err)
 	default:
-		if meta, err = kvm.ParseMetadata(el); err != nil {
+		if meta, err = guestmeta.Parse(el); err != nil {
 			return "", err
 		}
 	}
@@ -228,7 +228,7 @@ func definedShape(dom *libvirt.Domain) (string, error) {
 // shape renders what DomainXML decides of a definition, leaving out what
 // libvirt adds (addresses, controllers, defaults), so that the definition
 // libvirt returns compares equal to the one it was given.
-func shape(d *libvirtxml.Domain, meta kvm.Metadata) string {
+func shape(d *libvirtxml.Domain, meta guestmeta.Metadata) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "type=%s name=%s meta=%+v on=%s/%s/%s\n", d.Type, d.Name, meta, d.OnPoweroff, d.OnReboot, d.OnCrash)
 	if d.Memory != nil {

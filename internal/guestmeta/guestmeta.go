@@ -1,4 +1,8 @@
-package kvm
+// Package guestmeta is caretaker's element in a libvirt domain's <metadata>:
+// its XML namespace, the Metadata it carries (whether the guest is meant to
+// run, its guest cluster and role), and how it is written and read. The
+// agent writes it when it makes a node; the kvm collector reads it.
+package guestmeta
 
 import (
 	"encoding/xml"
@@ -10,14 +14,14 @@ import (
 	"unicode/utf8"
 )
 
-// MetadataNamespace is the XML namespace of caretaker's element in a
+// Namespace is the XML namespace of caretaker's element in a
 // domain's <metadata>. The trailing version changes only with an
 // incompatible change of the element.
-const MetadataNamespace = "https://caretaker.dev/xmlns/guest/1"
+const Namespace = "https://caretaker.dev/xmlns/guest/1"
 
-// MetadataPrefix is the namespace prefix (libvirt's "key") to pass to
-// virDomainSetMetadata along with MetadataNamespace.
-const MetadataPrefix = "caretaker"
+// Prefix is the namespace prefix (libvirt's "key") to pass to
+// virDomainSetMetadata along with Namespace.
+const Prefix = "caretaker"
 
 // The intents a guest's metadata can state.
 const (
@@ -25,9 +29,9 @@ const (
 	IntentStopped = "stopped"
 )
 
-// metadataMaxBytes bounds what ParseMetadata reads: the element is written
+// maxBytes bounds what Parse reads: the element is written
 // by whoever may edit the domain, and a few fields never need more.
-const metadataMaxBytes = 64 << 10
+const maxBytes = 64 << 10
 
 // Metadata is what caretaker keeps in a domain's <metadata>: whether the
 // guest is meant to run, and which guest cluster and role it belongs to.
@@ -45,7 +49,7 @@ type Metadata struct {
 //
 // It declares the namespace as the default rather than with a prefix so that
 // the one string serves both uses: libvirt 9.0's virDomainSetMetadata (with
-// MetadataPrefix and MetadataNamespace) rejects an element that already
+// Prefix and Namespace) rejects an element that already
 // declares the prefix it is asked to add ("failed to create a new XML
 // namespace"), while an element without any namespace would be lost when
 // embedded in a domain's <metadata>. Empty fields are left out.
@@ -56,7 +60,7 @@ func (m Metadata) XML() (string, error) {
 		return "", fmt.Errorf("encode guest metadata: intent %q is neither %q nor %q", m.Intent, IntentRunning, IntentStopped)
 	}
 	var b strings.Builder
-	b.WriteString(`<guest xmlns="` + MetadataNamespace + `">`)
+	b.WriteString(`<guest xmlns="` + Namespace + `">`)
 	for _, f := range []struct{ name, value string }{
 		{"intent", m.Intent},
 		{"cluster", m.Cluster},
@@ -65,7 +69,7 @@ func (m Metadata) XML() (string, error) {
 		if f.value == "" {
 			continue
 		}
-		if err := checkMetadataValue(f.value); err != nil {
+		if err := checkValue(f.value); err != nil {
 			return "", fmt.Errorf("encode guest metadata: %s: %w", f.name, err)
 		}
 		b.WriteString("<" + f.name + ">")
@@ -78,10 +82,10 @@ func (m Metadata) XML() (string, error) {
 	return b.String(), nil
 }
 
-// checkMetadataValue rejects what would not read back as written:
-// ParseMetadata trims surrounding space, and XML cannot carry invalid UTF-8
+// checkValue rejects what would not read back as written:
+// Parse trims surrounding space, and XML cannot carry invalid UTF-8
 // or most control characters.
-func checkMetadataValue(v string) error {
+func checkValue(v string) error {
 	if !utf8.ValidString(v) {
 		return errors.New("not valid UTF-8")
 	}
@@ -104,29 +108,29 @@ func isXMLChar(r rune) bool {
 		r >= 0x10000 && r <= unicode.MaxRune
 }
 
-// metadataElement is the shape of the element. Child names carry no
+// element is the shape of the element. Child names carry no
 // namespace so that they match in every form the element takes: as written
 // by XML, as embedded with a prefix in a domain definition, as rewritten by
 // libvirt (which moves the children into the prefix), and as returned by
 // virDomainGetMetadata (which strips the namespace altogether).
-type metadataElement struct {
+type element struct {
 	XMLName xml.Name
 	Intent  string `xml:"intent"`
 	Cluster string `xml:"cluster"`
 	Role    string `xml:"role"`
 }
 
-// ParseMetadata parses caretaker's metadata element, as returned by
+// Parse parses caretaker's metadata element, as returned by
 // virDomainGetMetadata or as produced by Metadata.XML. Values are trimmed
 // of surrounding space; the intent is not checked, so that a value this
 // version does not know reaches the caller, which decides what it means.
 // Unknown child elements are ignored.
-func ParseMetadata(s string) (Metadata, error) {
-	if len(s) > metadataMaxBytes {
-		return Metadata{}, fmt.Errorf("parse guest metadata: %d bytes, more than the %d allowed", len(s), metadataMaxBytes)
+func Parse(s string) (Metadata, error) {
+	if len(s) > maxBytes {
+		return Metadata{}, fmt.Errorf("parse guest metadata: %d bytes, more than the %d allowed", len(s), maxBytes)
 	}
 	dec := xml.NewDecoder(strings.NewReader(s))
-	var el metadataElement
+	var el element
 	if err := dec.Decode(&el); err != nil {
 		return Metadata{}, fmt.Errorf("parse guest metadata: %w", err)
 	}
@@ -135,8 +139,8 @@ func ParseMetadata(s string) (Metadata, error) {
 	}
 	// libvirt returns the element without its namespace; anything else
 	// must be ours.
-	if el.XMLName.Space != "" && el.XMLName.Space != MetadataNamespace {
-		return Metadata{}, fmt.Errorf("parse guest metadata: namespace %q, want %q", el.XMLName.Space, MetadataNamespace)
+	if el.XMLName.Space != "" && el.XMLName.Space != Namespace {
+		return Metadata{}, fmt.Errorf("parse guest metadata: namespace %q, want %q", el.XMLName.Space, Namespace)
 	}
 	if err := expectEnd(dec); err != nil {
 		return Metadata{}, fmt.Errorf("parse guest metadata: %w", err)
@@ -167,5 +171,43 @@ func expectEnd(dec *xml.Decoder) error {
 				return fmt.Errorf("text %q after the root element", tok)
 			}
 		}
+	}
+}
+
+// FromDomain finds caretaker's element among the children of a
+// domain's <metadata> (inner is its inner XML), where each application has
+// its own namespace. It reports false, and no error, when there is none.
+func FromDomain(inner string) (Metadata, bool, error) {
+	if len(inner) > maxBytes {
+		return Metadata{}, false, fmt.Errorf("parse domain metadata: %d bytes, more than the %d allowed", len(inner), maxBytes)
+	}
+	dec := xml.NewDecoder(strings.NewReader(inner))
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return Metadata{}, false, nil
+		}
+		if err != nil {
+			return Metadata{}, false, fmt.Errorf("parse domain metadata: %w", err)
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		if start.Name.Space != Namespace || start.Name.Local != "guest" {
+			if err := dec.Skip(); err != nil {
+				return Metadata{}, false, fmt.Errorf("parse domain metadata: %w", err)
+			}
+			continue
+		}
+		var el element
+		if err := dec.DecodeElement(&el, &start); err != nil {
+			return Metadata{}, false, fmt.Errorf("parse guest metadata: %w", err)
+		}
+		return Metadata{
+			Intent:  strings.TrimSpace(el.Intent),
+			Cluster: strings.TrimSpace(el.Cluster),
+			Role:    strings.TrimSpace(el.Role),
+		}, true, nil
 	}
 }
