@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/notifier"
@@ -195,20 +196,14 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 	if err := opts.withDefaults(); err != nil {
 		return nil, err
 	}
-	logger := opts.Logger
 	promqlParser := parser.NewParser(parser.Options{})
-
 	// Rules first: a bad rule file must stop the server before it touches
 	// the disk or the network, with the file's name in the error.
-	ruleFiles, err := listRuleFiles(opts.Rules)
+	ruleFiles, loader, err := loadRuleFiles(opts, promqlParser)
 	if err != nil {
 		return nil, err
 	}
-	loader := &fsLoader{fsys: opts.Rules, parser: promqlParser, logger: logger}
-	if err := loader.validate(ruleFiles); err != nil {
-		return nil, err
-	}
-	promCfg, err := promConfig(&opts, logger)
+	promCfg, err := promConfig(&opts, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -216,21 +211,53 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, err := open(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	fsd, amTargets, err := m.setUp(opts, promCfg, promqlParser, loader, ruleFiles)
+	if err != nil {
+		return nil, m.abort(err)
+	}
+	m.run(ctx, opts, fsd, amTargets)
+	if err := m.awaitStart(opts, targetSet); err != nil {
+		return nil, errors.Join(err, m.Stop())
+	}
+	opts.Logger.Info("monitoring started", "tsdb", filepath.Join(opts.DataDir, "tsdb"), "targets", len(opts.Targets), "file_sd", opts.FileSD,
+		"self", opts.SelfAddress, "alertmanagers", opts.Alertmanagers, "remote_write", len(opts.RemoteWrite),
+		"rule_files", len(ruleFiles), "scrape_interval", opts.ScrapeInterval, "evaluation_interval", opts.EvaluationInterval)
+	return m, nil
+}
 
+// loadRuleFiles lists and checks the rule files of opts.Rules.
+func loadRuleFiles(opts Options, promqlParser parser.Parser) ([]string, *fsLoader, error) {
+	ruleFiles, err := listRuleFiles(opts.Rules)
+	if err != nil {
+		return nil, nil, err
+	}
+	loader := &fsLoader{fsys: opts.Rules, parser: promqlParser, logger: opts.Logger}
+	if err := loader.validate(ruleFiles); err != nil {
+		return nil, nil, err
+	}
+	return ruleFiles, loader, nil
+}
+
+// open opens the TSDB in DataDir/tsdb and returns the Monitor around it,
+// before any manager exists.
+func open(ctx context.Context, opts Options) (*Monitor, error) {
 	tsdbOpts := tsdb.DefaultOptions()
 	if opts.Retention > 0 {
 		tsdbOpts.RetentionDuration = opts.Retention.Milliseconds()
 	}
 	tsdbOpts.MaxBytes = opts.RetentionSize
 	tsdbDir := filepath.Join(opts.DataDir, "tsdb")
-	db, err := tsdb.Open(tsdbDir, logger.With("component", "tsdb"), opts.Registerer, tsdbOpts, nil)
+	db, err := tsdb.Open(tsdbDir, opts.Logger.With("component", "tsdb"), opts.Registerer, tsdbOpts, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open tsdb %s: %w", tsdbDir, err)
 	}
-
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m := &Monitor{
-		logger:     logger,
+		logger:     opts.Logger,
 		db:         db,
 		notify:     opts.Notify,
 		ctx:        runCtx,
@@ -244,24 +271,67 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 			Targets: []model.LabelSet{{model.AddressLabel: model.LabelValue(opts.SelfAddress)}},
 		}
 	}
+	return m, nil
+}
 
-	// Scraping and rules append to the TSDB and, with remote write, queue
-	// what they committed to the endpoints too.
-	var appendable storage.AppendableV2 = db
-	if len(opts.RemoteWrite) > 0 {
-		metrics, err := newRemoteWriteMetrics(opts.Registerer)
-		if err != nil {
-			return nil, m.abort(err)
-		}
-		for _, rw := range opts.RemoteWrite {
-			m.writers = append(m.writers, newRemoteWriter(rw, metrics, logger.With("component", "remote write")))
-		}
-		appendable = &teeAppendable{primary: db, writers: m.writers}
+// setUp creates the remote writers, the engine, the scrape manager, the
+// notifier and the rules manager, none of them running yet. It reads the
+// file_sd files once, so that Start returns with their targets scraped
+// like the static ones, and returns their reader and the notifier's
+// target channel (nil without Alertmanagers).
+func (m *Monitor) setUp(opts Options, promCfg *config.Config, promqlParser parser.Parser, loader *fsLoader, ruleFiles []string) (*fileSD, chan map[string][]*targetgroup.Group, error) {
+	appendable, err := m.newAppendable(opts)
+	if err != nil {
+		return nil, nil, err
 	}
+	m.engine = newEngine(opts, promqlParser)
+	if err := m.newScraper(opts, promCfg, appendable); err != nil {
+		return nil, nil, err
+	}
+	var fsd *fileSD
+	if len(opts.FileSD) > 0 {
+		fsd = newFileSD(opts.FileSD, opts.Logger.With("component", "file_sd"))
+		m.fileGroups, _ = fsd.read()
+	}
+	var amTargets chan map[string][]*targetgroup.Group
+	if len(opts.Alertmanagers) > 0 {
+		m.notifierTransport = http.DefaultTransport.(*http.Transport).Clone()
+		m.notifier, amTargets, err = startNotifier(promCfg, opts.Alertmanagers, m.notifierTransport, opts.Logger.With("component", "notifier"), opts.Registerer)
+		if err != nil {
+			return nil, nil, err
+		}
+		// Links in Alertmanager lead to the expression, relative to no UI:
+		// the server has none.
+		m.sendToAlertmanagers = rules.SendAlerts(m.notifier, "")
+	}
+	m.rules = m.newRules(opts, appendable, loader, promqlParser)
+	if err := m.rules.Update(opts.EvaluationInterval, ruleFiles, labels.EmptyLabels(), "", nil); err != nil {
+		return nil, nil, fmt.Errorf("load rules: %w", err)
+	}
+	return fsd, amTargets, nil
+}
 
+// newAppendable returns what scraping and rules append to: the TSDB and,
+// with remote write, writers that queue what was committed to the
+// endpoints too.
+func (m *Monitor) newAppendable(opts Options) (storage.AppendableV2, error) {
+	if len(opts.RemoteWrite) == 0 {
+		return m.db, nil
+	}
+	metrics, err := newRemoteWriteMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	for _, rw := range opts.RemoteWrite {
+		m.writers = append(m.writers, newRemoteWriter(rw, metrics, opts.Logger.With("component", "remote write")))
+	}
+	return &teeAppendable{primary: m.db, writers: m.writers}, nil
+}
+
+func newEngine(opts Options, promqlParser parser.Parser) *promql.Engine {
 	evalInterval := opts.EvaluationInterval
-	m.engine = promql.NewEngine(promql.EngineOpts{
-		Logger:     logger.With("component", "query engine"),
+	return promql.NewEngine(promql.EngineOpts{
+		Logger:     opts.Logger.With("component", "query engine"),
 		Reg:        opts.Registerer,
 		MaxSamples: queryMaxSamples,
 		Timeout:    queryTimeout,
@@ -273,54 +343,42 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		EnableNegativeOffset: true,
 		Parser:               promqlParser,
 	})
+}
 
+func (m *Monitor) newScraper(opts Options, promCfg *config.Config, appendable storage.AppendableV2) error {
+	var err error
 	m.scraper, err = scrape.NewManager(&scrape.Options{
 		// The manager applies target updates at most this often (default
 		// 5s); the first update is applied at once with
 		// DiscoveryReloadOnStartup, later ones within this interval.
 		DiscoveryReloadInterval:  model.Duration(100 * time.Millisecond),
 		DiscoveryReloadOnStartup: true,
-	}, logger.With("component", "scrape manager"), nil, nil, appendable, opts.Registerer)
+	}, opts.Logger.With("component", "scrape manager"), nil, nil, appendable, opts.Registerer)
 	if err != nil {
-		return nil, m.abort(fmt.Errorf("create scrape manager: %w", err))
+		return fmt.Errorf("create scrape manager: %w", err)
 	}
 	if err := m.scraper.ApplyConfig(promCfg); err != nil {
-		return nil, m.abort(fmt.Errorf("apply scrape config: %w", err))
+		return fmt.Errorf("apply scrape config: %w", err)
 	}
+	return nil
+}
 
-	// The files are read once here, so that Start returns with their
-	// targets scraped like the static ones.
-	var fsd *fileSD
-	if len(opts.FileSD) > 0 {
-		fsd = newFileSD(opts.FileSD, logger.With("component", "file_sd"))
-		m.fileGroups, _ = fsd.read()
-	}
-	var amTargets chan map[string][]*targetgroup.Group
-	if len(opts.Alertmanagers) > 0 {
-		m.notifierTransport = http.DefaultTransport.(*http.Transport).Clone()
-		m.notifier, amTargets, err = startNotifier(promCfg, opts.Alertmanagers, m.notifierTransport, logger.With("component", "notifier"), opts.Registerer)
-		if err != nil {
-			return nil, m.abort(err)
-		}
-		// Links in Alertmanager lead to the expression, relative to no UI:
-		// the server has none.
-		m.sendToAlertmanagers = rules.SendAlerts(m.notifier, "")
-	}
-
+// newRules returns the rules manager, which hands the alerts to sendAlerts.
+func (m *Monitor) newRules(opts Options, appendable storage.AppendableV2, loader *fsLoader, promqlParser parser.Parser) *rules.Manager {
 	resendDelay := opts.ResendDelay
 	if resendDelay == 0 {
-		resendDelay = evalInterval
+		resendDelay = opts.EvaluationInterval
 	}
-	m.rules = rules.NewManager(&rules.ManagerOptions{
+	return rules.NewManager(&rules.ManagerOptions{
 		NameValidationScheme: model.UTF8Validation,
 		// Templates may use $externalURL and pathPrefix, which dereference it.
 		ExternalURL:     &url.URL{},
-		QueryFunc:       rules.EngineQueryFunc(m.engine, db),
+		QueryFunc:       rules.EngineQueryFunc(m.engine, m.db),
 		NotifyFunc:      m.sendAlerts,
-		Context:         runCtx,
+		Context:         m.ctx,
 		AppendableV2:    appendable,
-		Queryable:       db,
-		Logger:          logger.With("component", "rule manager"),
+		Queryable:       m.db,
+		Logger:          opts.Logger.With("component", "rule manager"),
 		Registerer:      opts.Registerer,
 		OutageTolerance: outageTolerance,
 		ForGracePeriod:  forGracePeriod,
@@ -335,10 +393,12 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 		ConcurrentEvalsEnabled: true,
 		MaxConcurrentEvals:     4,
 	})
-	if err := m.rules.Update(evalInterval, ruleFiles, labels.EmptyLabels(), "", nil); err != nil {
-		return nil, m.abort(fmt.Errorf("load rules: %w", err))
-	}
+}
 
+// run starts the goroutines: the remote writers (on a context of their
+// own, as they run until the appends end), the notifier, the scrape and
+// rules managers and the file_sd reader.
+func (m *Monitor) run(ctx context.Context, opts Options, fsd *fileSD, amTargets chan map[string][]*targetgroup.Group) {
 	writerCtx, writerCancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.writerCancel = writerCancel
 	for _, w := range m.writers {
@@ -348,7 +408,6 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 			w.run(writerCtx)
 		}()
 	}
-
 	if m.notifier != nil {
 		m.wg.Add(1)
 		go func() {
@@ -360,14 +419,13 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 	go func() {
 		defer m.wg.Done()
 		if err := m.scraper.Run(m.targetSets); err != nil {
-			logger.Error("scrape manager stopped", "err", err)
+			m.logger.Error("scrape manager stopped", "err", err)
 		}
 	}()
 	go func() {
 		defer m.wg.Done()
 		m.rules.Run()
 	}()
-
 	if fsd != nil {
 		m.wg.Add(1)
 		go func() {
@@ -375,21 +433,20 @@ func Start(ctx context.Context, opts Options) (*Monitor, error) {
 			m.runFileSD(fsd, opts.ScrapeInterval)
 		}()
 	}
+}
 
+// awaitStart returns once every target has a scrape loop and every
+// Alertmanager is known to the notifier.
+func (m *Monitor) awaitStart(opts Options, targetSet []*targetgroup.Group) error {
 	if len(opts.Targets) > 0 || len(m.fileGroups) > 0 || m.selfGroup != nil {
 		if err := m.applyTargets(targetSet, opts.Targets); err != nil {
-			return nil, errors.Join(err, m.Stop())
+			return err
 		}
 	}
 	if m.notifier != nil {
-		if err := m.awaitAlertmanagers(len(opts.Alertmanagers)); err != nil {
-			return nil, errors.Join(err, m.Stop())
-		}
+		return m.awaitAlertmanagers(len(opts.Alertmanagers))
 	}
-	logger.Info("monitoring started", "tsdb", tsdbDir, "targets", len(opts.Targets), "file_sd", opts.FileSD,
-		"self", opts.SelfAddress, "alertmanagers", opts.Alertmanagers, "remote_write", len(opts.RemoteWrite),
-		"rule_files", len(ruleFiles), "scrape_interval", opts.ScrapeInterval, "evaluation_interval", evalInterval)
-	return m, nil
+	return nil
 }
 
 // abort releases what Start opened before the managers ran.
