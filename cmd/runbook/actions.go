@@ -72,7 +72,7 @@ func printPending(w io.Writer, recs []journal.Record, now time.Time) error {
 		if r.Approval != nil && !r.Approval.Expires.IsZero() {
 			expires = r.Approval.Expires.Local().Format(time.DateTime) + " (in " + r.Approval.Expires.Sub(now).Round(time.Second).String() + ")"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, since(now, r.Created), r.State, r.Action,
+		printf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, since(now, r.Created), r.State, r.Action,
 			targetOf(r), firstNonEmpty(r.Alert, "-"), expires)
 	}
 	if len(recs) == 0 {
@@ -126,7 +126,7 @@ func newDecideCmd(o *options, getenv func(string) string, approve bool) *cobra.C
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), r)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%sd action %d (%s on %s): now %s\n", verb, r.ID, r.Action, targetOf(r), r.State)
+				printf(cmd.OutOrStdout(), "%sd action %d (%s on %s): now %s\n", verb, r.ID, r.Action, targetOf(r), r.State)
 				return nil
 			})
 		},
@@ -175,7 +175,7 @@ host/cluster for repair-overlay.`,
 				if r.DryRun {
 					what = "recorded as a dry run"
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s action %d: %s on %s, now %s (follow it: runbook show %d)\n",
+				printf(cmd.OutOrStdout(), "%s action %d: %s on %s, now %s (follow it: runbook show %d)\n",
 					what, r.ID, r.Action, targetOf(r), r.State, r.ID)
 				return nil
 			})

@@ -116,7 +116,7 @@ func printAlerts(w io.Writer, as []api.PromAlert, now time.Time) error {
 		if a.ActiveAt != nil {
 			active = *a.ActiveAt
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Labels["alertname"], a.State, a.Labels["severity"],
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Labels["alertname"], a.State, a.Labels["severity"],
 			a.Labels["host"], since(now, active), a.Annotations["summary"])
 	}
 	if len(as) == 0 {
@@ -178,11 +178,11 @@ func newExplainCmd(o *options, getenv func(string) string) *cobra.Command {
 }
 
 func printExplanation(w io.Writer, e *explanation, now time.Time) error {
-	fmt.Fprintf(w, "%s  (group %s, %s)\n\n", e.Alert, e.Group, e.Rule.Health)
+	printf(w, "%s  (group %s, %s)\n\n", e.Alert, e.Group, e.Rule.Health)
 	fmt.Fprintln(w, "RULE")
-	fmt.Fprintln(w, indent(strings.TrimSpace(e.Rule.Query), "  "))
+	printf(w, "%s\n", verbatim(indent(escapeLines(strings.TrimSpace(e.Rule.Query)), "  ")))
 	if e.Rule.Duration > 0 {
-		fmt.Fprintf(w, "  for: %s\n", time.Duration(e.Rule.Duration*float64(time.Second)))
+		printf(w, "  for: %s\n", time.Duration(e.Rule.Duration*float64(time.Second)))
 	}
 	keys := make([]string, 0, len(e.Rule.Labels))
 	for k := range e.Rule.Labels {
@@ -190,18 +190,18 @@ func printExplanation(w io.Writer, e *explanation, now time.Time) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(w, "  %s: %s\n", k, e.Rule.Labels[k])
+		printf(w, "  %s: %s\n", k, e.Rule.Labels[k])
 	}
-	fmt.Fprintf(w, "\nINSTANCES (%d)\n", len(e.Instances))
+	printf(w, "\nINSTANCES (%d)\n", len(e.Instances))
 	if err := printAlerts(w, e.Instances, now); err != nil {
 		return err
 	}
 	fmt.Fprintln(w, "\nRUNBOOK")
 	if e.Runbook == "" {
-		fmt.Fprintf(w, "  (no runbook page for %s)\n", e.Alert)
+		printf(w, "  (no runbook page for %s)\n", e.Alert)
 		return nil
 	}
-	_, err := io.WriteString(w, renderMarkdown(e.Runbook, 78))
+	_, err := io.WriteString(w, renderMarkdown(escapeLines(e.Runbook), 78))
 	return err
 }
 

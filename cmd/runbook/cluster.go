@@ -137,7 +137,7 @@ node fails (exit 1, with each failed node's error) or --timeout passes
 					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
-					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s accepted: %d nodes, VNI %d (follow it: runbook cluster show %s)\n",
+					printf(cmd.OutOrStdout(), "cluster %s accepted: %d nodes, VNI %d (follow it: runbook cluster show %s)\n",
 						cl.Name, len(cl.Nodes), cl.VNI, cl.Name)
 				}
 				return nil
@@ -216,7 +216,7 @@ func failedNodes(c clusters.Cluster) string {
 	var b strings.Builder
 	for _, n := range c.Nodes {
 		if n.State == clusters.NodeFailed {
-			fmt.Fprintf(&b, "\n  %s (host %s): %s", n.Name, firstNonEmpty(n.Host, "-"), firstNonEmpty(n.Error, "no error recorded"))
+			printf(&b, "\n  %s (host %s): %s", n.Name, firstNonEmpty(n.Host, "-"), firstNonEmpty(n.Error, "no error recorded"))
 		}
 	}
 	return b.String()
@@ -234,7 +234,7 @@ func waitReady(ctx context.Context, c *api.Client, cl clusters.Cluster, interval
 	for {
 		switch cl.Phase {
 		case clusters.PhaseReady:
-			fmt.Fprintf(w, "cluster %s ready: %d nodes running after %s\n", cl.Name, len(cl.Nodes), seconds(time.Since(start)))
+			printf(w, "cluster %s ready: %d nodes running after %s\n", cl.Name, len(cl.Nodes), seconds(time.Since(start)))
 			return cl, nil
 		case clusters.PhaseDegraded:
 			return cl, fmt.Errorf("cluster %s degraded after %s: %d/%d nodes failed (the server retries them; see runbook cluster show %s):%s",
@@ -243,7 +243,7 @@ func waitReady(ctx context.Context, c *api.Client, cl clusters.Cluster, interval
 			return cl, fmt.Errorf("cluster %s is being deleted", cl.Name)
 		}
 		if p := progress(cl); p != last {
-			fmt.Fprintln(w, p)
+			printf(w, "%s\n", p)
 			last = p
 		}
 		t.Reset(interval)
@@ -275,7 +275,7 @@ func waitDeleted(ctx context.Context, c *api.Client, cl clusters.Cluster, interv
 	defer t.Stop()
 	for {
 		if p := fmt.Sprintf("%d nodes left", len(cl.Nodes)); p != last {
-			fmt.Fprintln(w, p)
+			printf(w, "%s\n", p)
 			last = p
 		}
 		t.Reset(interval)
@@ -290,7 +290,7 @@ func waitDeleted(ctx context.Context, c *api.Client, cl clusters.Cluster, interv
 		case ctx.Err() != nil:
 			return waitTimedOut(cl.Name, "deleted", start, last)
 		case errors.As(err, &se) && se.Code == http.StatusNotFound:
-			fmt.Fprintf(w, "cluster %s deleted after %s\n", cl.Name, seconds(time.Since(start)))
+			printf(w, "cluster %s deleted after %s\n", cl.Name, seconds(time.Since(start)))
 			return nil
 		case err != nil:
 			return fmt.Errorf("wait for cluster %s: %w", cl.Name, err)
@@ -324,7 +324,7 @@ func printClusters(w io.Writer, cs []clusters.Cluster, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tPHASE\tNODES\tVNI\tAGE")
 	for _, c := range cs {
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\n", c.Name, c.Phase, nodeCounts(c)[clusters.NodeRunning], len(c.Nodes), c.VNI, since(now, c.Created))
+		printf(tw, "%s\t%s\t%d/%d\t%d\t%s\n", c.Name, c.Phase, nodeCounts(c)[clusters.NodeRunning], len(c.Nodes), c.VNI, since(now, c.Created))
 	}
 	if len(cs) == 0 {
 		fmt.Fprintln(tw, "(no clusters)")
@@ -365,17 +365,17 @@ func printCluster(w io.Writer, c clusters.Cluster, now time.Time) error {
 		{"created", at(c.Created) + " (" + since(now, c.Created) + " ago)"},
 		{"updated", at(c.Updated)},
 	} {
-		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+		printf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "POOL\tROLE\tCOUNT\tVCPUS\tMEMORY\tDISK")
 	for _, p := range c.Pools {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", p.Name, p.Role, p.Count, p.VCPUs, formatSize(p.MemoryBytes), formatSize(p.DiskBytes))
+		printf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", p.Name, p.Role, p.Count, p.VCPUs, formatSize(p.MemoryBytes), formatSize(p.DiskBytes))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NAME\tPOOL\tROLE\tHOST\tSTATE\tERROR")
 	for _, n := range c.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Pool, n.Role, firstNonEmpty(n.Host, "-"), n.State, firstNonEmpty(oneLine(n.Error), "-"))
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Pool, n.Role, firstNonEmpty(n.Host, "-"), n.State, firstNonEmpty(oneLine(n.Error), "-"))
 	}
 	if len(c.Nodes) == 0 {
 		fmt.Fprintln(tw, "(no nodes)")
@@ -383,7 +383,7 @@ func printCluster(w io.Writer, c clusters.Cluster, now time.Time) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "OVERLAY ON\tPEERS")
 	for _, h := range slices.Sorted(maps.Keys(c.Overlays)) {
-		fmt.Fprintf(tw, "%s\t%s\n", h, firstNonEmpty(strings.Join(c.Overlays[h].PeerAddrs(), " "), "-"))
+		printf(tw, "%s\t%s\n", h, firstNonEmpty(strings.Join(c.Overlays[h].PeerAddrs(), " "), "-"))
 	}
 	if len(c.Overlays) == 0 {
 		fmt.Fprintln(tw, "(no overlays in place yet)")
@@ -425,7 +425,7 @@ the nodes until every one runs. Needs an operator token.`,
 					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
-					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s pool %s scaled to %d: %s (follow it: runbook cluster show %s)\n",
+					printf(cmd.OutOrStdout(), "cluster %s pool %s scaled to %d: %s (follow it: runbook cluster show %s)\n",
 						cl.Name, args[1], count, progress(cl), cl.Name)
 				}
 				return nil
@@ -473,7 +473,7 @@ the cluster. Needs an operator token.`,
 					return printJSON(cmd.OutOrStdout(), cl)
 				}
 				if !w.wait {
-					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s is being deleted: %d nodes (follow it: runbook cluster show %s)\n", cl.Name, len(cl.Nodes), cl.Name)
+					printf(cmd.OutOrStdout(), "cluster %s is being deleted: %d nodes (follow it: runbook cluster show %s)\n", cl.Name, len(cl.Nodes), cl.Name)
 				}
 				return nil
 			})

@@ -131,14 +131,14 @@ func printHosts(w io.Writer, rows []hostRow, withStates bool) error {
 			role, macs, labels, agent = h.Role, strings.Join(h.MACs, ","), formatLabels(h.Labels), h.Agent
 		}
 		if !withStates {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, role, macs, labels, agent)
+			printf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, role, macs, labels, agent)
 			continue
 		}
 		lastErr := "-"
 		if r.Provisioning != nil {
 			lastErr = firstNonEmpty(oneLine(r.Provisioning.LastError), "-")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, role, stateOf(r.Provisioning), macs, labels, agent, lastErr)
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, role, stateOf(r.Provisioning), macs, labels, agent, lastErr)
 	}
 	if len(rows) == 0 {
 		fmt.Fprintln(tw, "(no hosts in the inventory)")
@@ -214,7 +214,7 @@ func printHost(w io.Writer, r hostRow) error {
 		rows = append(rows, [2]string{"state", "- (not tracked by the provisioner, or the server has none)"})
 	}
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+		printf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	if r.Provisioning == nil {
 		return tw.Flush()
@@ -226,7 +226,7 @@ func printHost(w io.Writer, r hostRow) error {
 		for i, c := range t.Commands {
 			cmds[i] = string(c)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", atPrecise(t.At), firstNonEmpty(string(t.From), "-"), t.To, t.Attempt,
+		printf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", atPrecise(t.At), firstNonEmpty(string(t.From), "-"), t.To, t.Attempt,
 			firstNonEmpty(strings.Join(cmds, ","), "-"), oneLine(t.Reason))
 	}
 	if len(r.History) == 0 {
@@ -306,7 +306,7 @@ another host has (409). Needs an admin token.`,
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), stored)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "added host %s (%s, boots from %s, agent %s); provision it: runbook host provision %s -m ...\n",
+				printf(cmd.OutOrStdout(), "added host %s (%s, boots from %s, agent %s); provision it: runbook host provision %s -m ...\n",
 					stored.Name, stored.Role, firstMAC(stored), stored.Agent, stored.Name)
 				return nil
 			})
@@ -355,7 +355,7 @@ the file (the server answers 409). Needs --yes and an admin token.`,
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), map[string]string{"removed": args[0]})
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "removed host %s from the inventory\n", args[0])
+				printf(cmd.OutOrStdout(), "removed host %s from the inventory\n", args[0])
 				return nil
 			})
 		},
@@ -404,7 +404,7 @@ Follow it with runbook host show NAME. Needs -m and an admin token.`
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), api.HostStateDetail{Host: h})
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s of %s started: now %s, attempt %d (follow it: runbook host show %s)\n",
+				printf(cmd.OutOrStdout(), "%s of %s started: now %s, attempt %d (follow it: runbook host show %s)\n",
 					verb, h.Name, stateOf(&h), h.Attempt, h.Name)
 				return nil
 			})

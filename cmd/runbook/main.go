@@ -15,7 +15,7 @@ func main() {
 	defer stop()
 	cmd := newRootCmd(os.Stdout, os.Stderr, os.Getenv)
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "runbook:", err)
+		fmt.Fprintln(os.Stderr, "runbook:", errorText(err))
 		os.Exit(1)
 	}
 }

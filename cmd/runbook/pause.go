@@ -59,7 +59,7 @@ memory for now: a server restart ends them. Needs an operator token.`,
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), p)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "paused %s until %s\n", describeTarget(p.Target), p.Until.Local().Format(time.DateTime))
+				printf(cmd.OutOrStdout(), "paused %s until %s\n", describeTarget(p.Target), p.Until.Local().Format(time.DateTime))
 				return nil
 			})
 		},
@@ -80,7 +80,7 @@ func newResumeCmd(o *options, getenv func(string) string) *cobra.Command {
 				if err := c.Resume(ctx, target); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "resumed %s\n", describeTarget(target))
+				printf(cmd.OutOrStdout(), "resumed %s\n", describeTarget(target))
 				return nil
 			})
 		},
@@ -114,7 +114,7 @@ func printPauses(w io.Writer, ps []guards.Pause) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tAUTHOR\tSINCE\tUNTIL\tCOMMENT")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", describeTarget(p.Target), p.Author,
+		printf(tw, "%s\t%s\t%s\t%s\t%s\n", describeTarget(p.Target), p.Author,
 			p.Since.Local().Format(time.DateTime), p.Until.Local().Format(time.DateTime), p.Comment)
 	}
 	if len(ps) == 0 {

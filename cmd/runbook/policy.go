@@ -44,11 +44,11 @@ before you install a policy and reload.`,
 			p, err := policy.Load(args[0])
 			if err != nil {
 				for _, line := range api.ErrorLines(err) {
-					fmt.Fprintln(cmd.OutOrStdout(), line)
+					printf(cmd.OutOrStdout(), "%s\n", line)
 				}
 				return errReported
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d rules\n", len(p.Rules))
+			printf(cmd.OutOrStdout(), "ok: %d rules\n", len(p.Rules))
 			return nil
 		},
 	}
@@ -94,7 +94,7 @@ server keeps the old policy and runbook prints the file's problems and exits
 				if o.output == "json" {
 					return printJSON(cmd.OutOrStdout(), s)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "reloaded %s: %d rules\n", policyFile(s), len(s.Rules))
+				printf(cmd.OutOrStdout(), "reloaded %s: %d rules\n", policyFile(s), len(s.Rules))
 				return nil
 			})
 		},
@@ -107,18 +107,18 @@ func policyFile(s api.PolicyStatus) string {
 
 func printPolicy(w io.Writer, s api.PolicyStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "file\t%s\n", policyFile(s))
-	fmt.Fprintf(tw, "loaded\t%s\n", s.LoadedAt.Local().Format(time.DateTime))
+	printf(tw, "file\t%s\n", policyFile(s))
+	printf(tw, "loaded\t%s\n", s.LoadedAt.Local().Format(time.DateTime))
 	if e := s.LastError; e != nil {
-		fmt.Fprintf(tw, "last reload\tFAILED at %s; the policy below stayed in force:\n", e.At.Local().Format(time.DateTime))
+		printf(tw, "last reload\tFAILED at %s; the policy below stayed in force:\n", e.At.Local().Format(time.DateTime))
 		for _, line := range e.Errors {
-			fmt.Fprintf(tw, "\t  %s\n", line)
+			printf(tw, "\t  %s\n", line)
 		}
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "RULE\tACTION\tESCALATE\tAPPROVAL")
 	for _, r := range s.Rules {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Action, firstNonEmpty(strings.Join(r.Escalate, " → "), "-"),
+		printf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Action, firstNonEmpty(strings.Join(r.Escalate, " → "), "-"),
 			yesNo(r.Approval, "required", "-"))
 	}
 	return tw.Flush()

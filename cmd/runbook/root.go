@@ -218,12 +218,12 @@ func printRecord(w io.Writer, r journal.Record) error {
 		rows = append(rows, [2]string{"healed in", fmt.Sprintf("%.1fs after the alert started", r.HealSeconds)})
 	}
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+		printf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "GUARD\tVERDICT\tRETRY AT\tREASON")
 	for _, d := range r.Decisions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Guard, d.Verdict, at(d.RetryAt), oneLine(d.Reason))
+		printf(tw, "%s\t%s\t%s\t%s\n", d.Guard, d.Verdict, at(d.RetryAt), oneLine(d.Reason))
 	}
 	if len(r.Decisions) == 0 {
 		fmt.Fprintln(tw, "(no guard decisions recorded)")
@@ -231,7 +231,7 @@ func printRecord(w io.Writer, r journal.Record) error {
 	fmt.Fprintln(tw)
 	if a := r.Approval; a != nil {
 		fmt.Fprintln(tw, "APPROVAL\tREQUESTED\tEXPIRES\tDECIDED\tBY\tCOMMENT")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.State, at(a.Requested), at(a.Expires), at(a.Decided),
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.State, at(a.Requested), at(a.Expires), at(a.Decided),
 			firstNonEmpty(a.Author, "-"), firstNonEmpty(oneLine(a.Comment), "-"))
 	} else {
 		fmt.Fprintln(tw, "(no approval needed)")
@@ -239,7 +239,7 @@ func printRecord(w io.Writer, r journal.Record) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "AT\tSTATE\tNOTE")
 	for _, t := range r.Transitions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", atPrecise(t.At), t.State, oneLine(t.Note))
+		printf(tw, "%s\t%s\t%s\n", atPrecise(t.At), t.State, oneLine(t.Note))
 	}
 	if len(r.Transitions) == 0 {
 		fmt.Fprintln(tw, "(no transitions recorded)")
@@ -247,7 +247,8 @@ func printRecord(w io.Writer, r journal.Record) error {
 	if r.Output != "" {
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "OUTPUT")
-		fmt.Fprintln(tw, strings.TrimRight(r.Output, "\n"))
+		// Indented, each line escaped: the output is the program's, never a row.
+		printf(tw, "%s\n", verbatim(indent(escapeLines(strings.TrimRight(r.Output, "\n")), "  ")))
 	}
 	return tw.Flush()
 }
@@ -290,13 +291,13 @@ func printStatus(w io.Writer, s api.Status) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tAGENT\tAGENT UP\tLIBVIRT\tGUESTS")
 	for _, h := range s.Hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", h.Name, h.Agent, yesNo(h.AgentUp, "up", "DOWN"),
+		printf(tw, "%s\t%s\t%s\t%s\t%d\n", h.Name, h.Agent, yesNo(h.AgentUp, "up", "DOWN"),
 			yesNo(h.LibvirtUp, "up", "DOWN"), h.Guests)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "HOST\tGUEST\tSTATE\tREASON\tMEANT TO\tUUID")
 	for _, g := range s.Guests {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.Host, g.Domain, g.State, g.Reason,
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.Host, g.Domain, g.State, g.Reason,
 			yesNo(g.IntendedRunning, "run", "stop"), g.UUID)
 	}
 	if len(s.Guests) == 0 {
@@ -305,7 +306,7 @@ func printStatus(w io.Writer, s api.Status) error {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "ALERT\tSTATE\tHOST\tGUEST\tSINCE\tSUMMARY")
 	for _, a := range s.Alerts {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, a.State, a.Labels["host"], a.Labels["domain"],
+		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, a.State, a.Labels["host"], a.Labels["domain"],
 			since(s.Time, a.ActiveAt), a.Annotations["summary"])
 	}
 	if len(s.Alerts) == 0 {
@@ -326,7 +327,7 @@ func printHistory(w io.Writer, recs []journal.Record) error {
 		if detail == "" {
 			detail = r.Reason
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Created.Local().Format("2006-01-02 15:04:05"),
+		printf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Created.Local().Format("2006-01-02 15:04:05"),
 			r.Alert, r.Action, r.Host, firstNonEmpty(r.Domain, r.UUID), r.State, heal, oneLine(detail))
 	}
 	if len(recs) == 0 {
