@@ -26,6 +26,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/agent"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/monitoring"
@@ -48,9 +49,9 @@ const (
 
 // agentHosts is the remediation engine's way to the agents: the real
 // agent client, as the server wires it.
-type agentHosts map[string]*agent.Client
+type agentHosts map[string]*agentapi.Client
 
-func (h agentHosts) client(host string) (*agent.Client, error) {
+func (h agentHosts) client(host string) (*agentapi.Client, error) {
 	c, ok := h[host]
 	if !ok {
 		return nil, fmt.Errorf("no agent for host %q", host)
@@ -168,7 +169,7 @@ func TestPanelsReturnData(t *testing.T) {
 		}
 		t.Cleanup(func() { a.Close() }) // after Serve returns: cleanups run last-in first-out
 		addrOf[h.name] = serve(t, func(ctx context.Context, l net.Listener) error { return a.Serve(ctx, l) })
-		hosts[h.name] = agent.NewClient("http://"+addrOf[h.name], testToken, &http.Client{Timeout: time.Minute})
+		hosts[h.name] = agentapi.NewClient("http://"+addrOf[h.name], testToken, &http.Client{Timeout: time.Minute})
 	}
 
 	// The server's remediation metrics come from a real engine on its own

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"caretaker/internal/golden"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +26,9 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"caretaker/internal/agentapi"
+	"caretaker/internal/golden"
 )
 
 const (
@@ -144,13 +146,13 @@ func TestStartDomain(t *testing.T) {
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 
 	got, err := c.StartDomain(t.Context(), downUUID)
 	if err != nil {
 		t.Fatalf("StartDomain: %v", err)
 	}
-	want := StartResult{Result: ResultStarted, Domain: Domain{
+	want := agentapi.StartResult{Result: agentapi.ResultStarted, Domain: agentapi.Domain{
 		UUID: downUUID, Name: "down", State: "running", StateCode: 1, ReasonCode: 1,
 	}}
 	if got != want {
@@ -164,7 +166,7 @@ func TestStartDomain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second StartDomain: %v", err)
 	}
-	want.Result = ResultAlreadyRunning
+	want.Result = agentapi.ResultAlreadyRunning
 	if got != want {
 		t.Errorf("second StartDomain:\n got %+v\nwant %+v", got, want)
 	}
@@ -179,28 +181,28 @@ func TestClientErrors(t *testing.T) {
 	tests := []struct {
 		name     string
 		token    string
-		call     func(*Client) error
+		call     func(*agentapi.Client) error
 		wantCode int
 		wantMsg  string
 	}{
 		{
 			name:     "unknown uuid",
 			token:    token,
-			call:     func(c *Client) error { _, err := c.Domain(t.Context(), noneUUID); return err },
+			call:     func(c *agentapi.Client) error { _, err := c.Domain(t.Context(), noneUUID); return err },
 			wantCode: http.StatusNotFound,
 			wantMsg:  "no domain with uuid " + noneUUID,
 		},
 		{
 			name:     "start unknown uuid",
 			token:    token,
-			call:     func(c *Client) error { _, err := c.StartDomain(t.Context(), noneUUID); return err },
+			call:     func(c *agentapi.Client) error { _, err := c.StartDomain(t.Context(), noneUUID); return err },
 			wantCode: http.StatusNotFound,
 			wantMsg:  "no domain with uuid",
 		},
 		{
 			name:  "malformed uuid",
 			token: token,
-			call: func(c *Client) error {
+			call: func(c *agentapi.Client) error {
 				_, err := c.Domain(t.Context(), "0b000000-0000-4000-8000-00000000000g")
 				return err
 			},
@@ -210,14 +212,14 @@ func TestClientErrors(t *testing.T) {
 		{
 			name:     "name instead of uuid",
 			token:    token,
-			call:     func(c *Client) error { _, err := c.StartDomain(t.Context(), "down"); return err },
+			call:     func(c *agentapi.Client) error { _, err := c.StartDomain(t.Context(), "down"); return err },
 			wantCode: http.StatusBadRequest,
 			wantMsg:  "malformed domain uuid",
 		},
 		{
 			name:     "wrong token",
 			token:    "nope",
-			call:     func(c *Client) error { _, err := c.Domain(t.Context(), upUUID); return err },
+			call:     func(c *agentapi.Client) error { _, err := c.Domain(t.Context(), upUUID); return err },
 			wantCode: http.StatusUnauthorized,
 			wantMsg:  "invalid bearer token",
 		},
@@ -226,15 +228,15 @@ func TestClientErrors(t *testing.T) {
 			// refuses, and its message reaches the caller.
 			name:     "libvirt refuses",
 			token:    token,
-			call:     func(c *Client) error { _, err := c.StartDomain(t.Context(), frozenUUID); return err },
+			call:     func(c *agentapi.Client) error { _, err := c.StartDomain(t.Context(), frozenUUID); return err },
 			wantCode: http.StatusBadGateway,
 			wantMsg:  "already running",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.call(NewClient(srv.URL, tt.token, srv.Client()))
-			var se *StatusError
+			err := tt.call(agentapi.NewClient(srv.URL, tt.token, srv.Client()))
+			var se *agentapi.StatusError
 			if !errors.As(err, &se) {
 				t.Fatalf("got %v, want a *StatusError", err)
 			}
@@ -253,15 +255,15 @@ func TestDomain(t *testing.T) {
 	a := newTestAgent(t, Config{Token: token})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	c := NewClient(srv.URL+"/", token, srv.Client())
+	c := agentapi.NewClient(srv.URL+"/", token, srv.Client())
 
 	tests := []struct {
 		uuid string
-		want Domain
+		want agentapi.Domain
 	}{
-		{upUUID, Domain{UUID: upUUID, Name: "up", State: "running", StateCode: 1}},
-		{downUUID, Domain{UUID: downUUID, Name: "down", State: "shut off", StateCode: 5}},
-		{strings.ToUpper(frozenUUID), Domain{UUID: frozenUUID, Name: "frozen", State: "paused", StateCode: 3}},
+		{upUUID, agentapi.Domain{UUID: upUUID, Name: "up", State: "running", StateCode: 1}},
+		{downUUID, agentapi.Domain{UUID: downUUID, Name: "down", State: "shut off", StateCode: 5}},
+		{strings.ToUpper(frozenUUID), agentapi.Domain{UUID: frozenUUID, Name: "frozen", State: "paused", StateCode: 3}},
 	}
 	for _, tt := range tests {
 		got, err := c.Domain(t.Context(), tt.uuid)
@@ -280,12 +282,12 @@ func TestDomainFilter(t *testing.T) {
 	a := newTestAgent(t, Config{Token: token, DomainFilter: regexp.MustCompile(`^up$`)})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 
 	if _, err := c.Domain(t.Context(), upUUID); err != nil {
 		t.Errorf("Domain of a matching domain: %v", err)
 	}
-	var se *StatusError
+	var se *agentapi.StatusError
 	if _, err := c.Domain(t.Context(), downUUID); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Errorf("Domain of a filtered-out domain: got %v, want 404", err)
 	}
@@ -444,9 +446,9 @@ func TestServe(t *testing.T) {
 	go func() { served <- a.Serve(ctx, l) }()
 
 	base := "http://" + l.Addr().String()
-	c := NewClient(base, token, nil)
+	c := agentapi.NewClient(base, token, nil)
 	res, err := c.StartDomain(t.Context(), downUUID)
-	if err != nil || res.Result != ResultStarted {
+	if err != nil || res.Result != agentapi.ResultStarted {
 		t.Fatalf("StartDomain over the listener: %+v, %v", res, err)
 	}
 	resp, err := http.Get(base + "/metrics")

@@ -7,39 +7,9 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
 )
-
-// Domain is a libvirt domain as the API reports it.
-type Domain struct {
-	UUID string `json:"uuid"`
-	Name string `json:"name"`
-	// State is virsh's word for StateCode: "running", "shut off",
-	// "paused", …
-	State string `json:"state"`
-	// StateCode is libvirt's virDomainState, ReasonCode its reason, whose
-	// meaning depends on the state (as in caretaker_kvm_domain_state and
-	// caretaker_kvm_domain_state_reason).
-	StateCode  int `json:"state_code"`
-	ReasonCode int `json:"reason_code"`
-}
-
-// The results of a start.
-const (
-	ResultStarted        = "started"
-	ResultAlreadyRunning = "already-running"
-)
-
-// StartResult is the answer to a start: what was done, and the domain's
-// state afterwards.
-type StartResult struct {
-	Result string `json:"result"`
-	Domain
-}
-
-type apiError struct {
-	Error string `json:"error"`
-}
 
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -124,7 +94,7 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 
 	if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
 		logger.Info("domain already running")
-		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: before})
+		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: before})
 		return
 	}
 
@@ -136,7 +106,7 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		// Someone else (a concurrent request, an operator with virsh)
 		// started it between our look and our start.
 		logger.Info("domain already running", "err", createErr)
-		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultAlreadyRunning, Domain: after})
+		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: after})
 	case createErr != nil:
 		logger.Warn("start domain failed", "err", createErr)
 		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(createErr))
@@ -148,7 +118,7 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
 	default:
 		logger.Info("domain started", "reason_code", after.ReasonCode)
-		httpjson.Compact.Write(w, http.StatusOK, StartResult{Result: ResultStarted, Domain: after})
+		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultStarted, Domain: after})
 	}
 }
 
@@ -185,20 +155,20 @@ func (a *Agent) lookup(w http.ResponseWriter, uuid string) (*libvirt.Domain, boo
 	return dom, true
 }
 
-func describe(dom *libvirt.Domain) (Domain, error) {
+func describe(dom *libvirt.Domain) (agentapi.Domain, error) {
 	uuid, err := dom.GetUUIDString()
 	if err != nil {
-		return Domain{}, fmt.Errorf("read domain uuid: %w", err)
+		return agentapi.Domain{}, fmt.Errorf("read domain uuid: %w", err)
 	}
 	name, err := dom.GetName()
 	if err != nil {
-		return Domain{}, fmt.Errorf("read name of domain %s: %w", uuid, err)
+		return agentapi.Domain{}, fmt.Errorf("read name of domain %s: %w", uuid, err)
 	}
 	state, reason, err := dom.GetState()
 	if err != nil {
-		return Domain{}, fmt.Errorf("read state of domain %s: %w", uuid, err)
+		return agentapi.Domain{}, fmt.Errorf("read state of domain %s: %w", uuid, err)
 	}
-	return Domain{
+	return agentapi.Domain{
 		UUID:       uuid,
 		Name:       name,
 		State:      stateName(state),

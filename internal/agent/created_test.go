@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"caretaker/internal/agentapi"
 )
 
 func TestOwns(t *testing.T) {
@@ -40,7 +42,7 @@ func TestCreatedNodesAreOwned(t *testing.T) {
 	a := newTestAgent(t, Config{Token: token, DomainFilter: regexp.MustCompile(`^up$`)})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 	scrape := func() string {
 		rec := httptest.NewRecorder()
 		a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -60,7 +62,7 @@ func TestCreatedNodesAreOwned(t *testing.T) {
 	} {
 		step.change()
 		_, err := c.Domain(t.Context(), downUUID)
-		var se *StatusError
+		var se *agentapi.StatusError
 		switch {
 		case step.wantGet == http.StatusOK && err != nil:
 			t.Errorf("%s: Domain(down): %v, want it found", step.what, err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"caretaker/collectors/overlay"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
 	"caretaker/internal/overlayspec"
 )
@@ -19,13 +20,13 @@ func FuzzNodeRequest(f *testing.F) {
 	f.Add([]byte(`{"name":"a"} {}`))
 	f.Add([]byte(`{"nope":1}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var req NodeRequest
+		var req agentapi.NodeRequest
 		if err := httpjson.DecodeReader(bytes.NewReader(body), &req); err != nil {
 			return
 		}
-		roundTrip(t, req, &NodeRequest{})
+		roundTrip(t, req, &agentapi.NodeRequest{})
 		// Validation must not panic either, whatever it says.
-		_ = req.node().Validate()
+		_ = nodeOf(req).Validate()
 	})
 }
 

@@ -17,3 +17,8 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// apiError is the body of the API's error answers.
+type apiError struct {
+	Error string `json:"error"`
+}

@@ -12,49 +12,19 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
 	"caretaker/provisioner/guests"
 )
 
-// NodeRequest is the body of PUT /api/v1/nodes/{name}: a guest-cluster
-// node as guests.Node describes it.
-type NodeRequest struct {
-	Cluster     string `json:"cluster"`
-	Name        string `json:"name"`
-	Role        string `json:"role"` // "master" or "worker"
-	VCPUs       int    `json:"vcpus"`
-	MemoryBytes uint64 `json:"memory_bytes"`
-	DiskBytes   uint64 `json:"disk_bytes"`
-	Bridge      string `json:"bridge"`
-	// MAC empty derives one from the cluster and the name.
-	MAC       string `json:"mac,omitempty"`
-	BaseImage string `json:"base_image"`
-	// Pool is the libvirt storage pool of the node's disks; empty is the
-	// agent's (--guests.pool).
-	Pool string `json:"pool,omitempty"`
-	// UserData (with optional MetaData) for cloud-init, or Ignition.
-	UserData string `json:"user_data,omitempty"`
-	MetaData string `json:"meta_data,omitempty"`
-	Ignition string `json:"ignition,omitempty"`
-	// UUID empty lets libvirt choose, or keeps the existing domain's.
-	UUID string `json:"uuid,omitempty"`
-}
-
-func (r NodeRequest) node() guests.Node {
+// nodeOf is the node a PUT asks for.
+func nodeOf(r agentapi.NodeRequest) guests.Node {
 	return guests.Node{
 		Cluster: r.Cluster, Name: r.Name, Role: r.Role, VCPUs: r.VCPUs,
 		MemoryBytes: r.MemoryBytes, DiskBytes: r.DiskBytes, Bridge: r.Bridge,
 		MAC: r.MAC, BaseImage: r.BaseImage, Pool: r.Pool,
 		UserData: r.UserData, MetaData: r.MetaData, Ignition: r.Ignition, UUID: r.UUID,
 	}
-}
-
-// NodeResponse is the answer to PUT /api/v1/nodes/{name}: the node's
-// domain after the change, State in virsh's words ("running").
-type NodeResponse struct {
-	Name  string `json:"name"`
-	UUID  string `json:"uuid"`
-	State string `json:"state"`
 }
 
 // maxNodeBody caps a PUT node's body, which carries the node's user data
@@ -98,7 +68,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		}
 		replace = b
 	}
-	var req NodeRequest
+	var req agentapi.NodeRequest
 	if err := httpjson.Decode(w, r, &req, maxNodeBody); err != nil {
 		httpjson.Compact.DecodeError(w, err)
 		return
@@ -110,7 +80,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	if req.Pool == "" {
 		req.Pool = n.a.cfg.GuestPool
 	}
-	node := req.node()
+	node := nodeOf(req)
 	if err := node.Validate(); err != nil {
 		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 		return
@@ -180,7 +150,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusCreated
 	}
 	logger.Info(verb+" node done", "uuid", uuid, "state", d.State, "existed", existed)
-	httpjson.Compact.Write(w, code, NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
+	httpjson.Compact.Write(w, code, agentapi.NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
 }
 
 // delete destroys and undefines the node's domain and deletes its volumes,

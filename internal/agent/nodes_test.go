@@ -13,6 +13,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"caretaker/internal/agentapi"
 	"caretaker/provisioner/guests/gueststest"
 )
 
@@ -24,7 +25,8 @@ type nodeHost struct {
 	conn   *libvirt.Connect
 	pool   *libvirt.StoragePool
 	name   string // the pool's name, also the bridge's
-	client *Client
+	client *agentapi.Client
+	srv    *httptest.Server // the agent, for requests the client does not make
 }
 
 func newNodeHost(t *testing.T) *nodeHost {
@@ -42,12 +44,13 @@ func newNodeHost(t *testing.T) *nodeHost {
 	t.Cleanup(func() { a.Close() })
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-	h.client = NewClient(srv.URL, token, srv.Client())
+	h.client = agentapi.NewClient(srv.URL, token, srv.Client())
+	h.srv = srv
 	return h
 }
 
-func (h *nodeHost) node(name string) NodeRequest {
-	return NodeRequest{
+func (h *nodeHost) node(name string) agentapi.NodeRequest {
+	return agentapi.NodeRequest{
 		Cluster: "cttest", Name: name, Role: "worker", VCPUs: 1,
 		MemoryBytes: 64 << 20, DiskBytes: 128 << 20,
 		Bridge: h.name, BaseImage: "base.qcow2",
@@ -126,7 +129,7 @@ func TestNodeLifecycle(t *testing.T) {
 	other := n
 	other.UUID = "00000000-0000-4000-8000-000000000001"
 	_, err = h.client.PutNode(t.Context(), other, false)
-	var se *StatusError
+	var se *agentapi.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(se.Msg, "exists with UUID "+created.UUID) {
 		t.Errorf("PutNode with another UUID: %v, want a 409", err)
 	}
@@ -213,16 +216,16 @@ func TestNodeStatus(t *testing.T) {
 		{"", http.StatusOK},
 		{"?replace=false", http.StatusOK},
 	} {
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, h.client.baseURL+"/api/v1/nodes/"+n.Name+tt.query, strings.NewReader(string(body)))
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, h.srv.URL+"/api/v1/nodes/"+n.Name+tt.query, strings.NewReader(string(body)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := h.client.hc.Do(req)
+		resp, err := h.srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got NodeResponse
+		var got agentapi.NodeResponse
 		err = json.NewDecoder(resp.Body).Decode(&got)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != tt.wantCode || got.State != "running" || got.Name != n.Name {

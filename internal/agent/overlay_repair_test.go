@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"caretaker/internal/agentapi"
 	"caretaker/internal/overlaynet/nstest"
 	"caretaker/internal/overlayspec"
 )
@@ -34,9 +35,9 @@ var healthyProd = nstest.Overlay{
 
 // newRepairHost returns a namespace with the underlay u0 only, and a client
 // of an agent, served over HTTP, that repairs overlays in it.
-func newRepairHost(t *testing.T, overlays ...overlayspec.Overlay) (nstest.NS, *Client) {
+func newRepairHost(t *testing.T, overlays ...overlayspec.Overlay) (nstest.NS, *agentapi.Client) {
 	ns, srv := newRepairServer(t, overlays...)
-	return ns, NewClient(srv.URL, token, srv.Client())
+	return ns, agentapi.NewClient(srv.URL, token, srv.Client())
 }
 
 func newRepairServer(t *testing.T, overlays ...overlayspec.Overlay) (nstest.NS, *httptest.Server) {
@@ -134,12 +135,12 @@ func TestRepairOverlay(t *testing.T) {
 func TestRepairOverlayUnauthorized(t *testing.T) {
 	t.Parallel()
 	ns, srv := newRepairServer(t, prodOverlay())
-	for _, c := range []*Client{
-		NewClient(srv.URL, "", srv.Client()),
-		NewClient(srv.URL, "wrong", srv.Client()),
+	for _, c := range []*agentapi.Client{
+		agentapi.NewClient(srv.URL, "", srv.Client()),
+		agentapi.NewClient(srv.URL, "wrong", srv.Client()),
 	} {
 		_, err := c.RepairOverlay(t.Context(), "prod")
-		var se *StatusError
+		var se *agentapi.StatusError
 		if !errors.As(err, &se) || se.Code != http.StatusUnauthorized {
 			t.Errorf("RepairOverlay without the token: %v, want a 401", err)
 		}
@@ -161,7 +162,7 @@ func TestRepairOverlayErrors(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		c        *Client
+		c        *agentapi.Client
 		cluster  string
 		wantCode int
 		wantMsg  string
@@ -169,14 +170,14 @@ func TestRepairOverlayErrors(t *testing.T) {
 		{"not configured", c, "nope", http.StatusNotFound, `no overlay for cluster "nope" in the agent's configuration`},
 		{"underlay missing", c, "lab", http.StatusConflict, "repair overlay of cluster lab: look up underlay eth9: conflict: no such device"},
 		{
-			"namespace gone", NewClient(goneSrv.URL, token, goneSrv.Client()), "prod", http.StatusInternalServerError,
+			"namespace gone", agentapi.NewClient(goneSrv.URL, token, goneSrv.Client()), "prod", http.StatusInternalServerError,
 			"repair overlay of cluster prod: open network namespace " + ns.Path + "-gone: no such file or directory",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := tt.c.RepairOverlay(t.Context(), tt.cluster)
-			var se *StatusError
+			var se *agentapi.StatusError
 			if !errors.As(err, &se) || se.Code != tt.wantCode || se.Msg != tt.wantMsg {
 				t.Fatalf("RepairOverlay: %v, want %d %q", err, tt.wantCode, tt.wantMsg)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"caretaker/collectors/overlay"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
 	"caretaker/internal/overlaynet"
 	"caretaker/internal/overlayspec"
@@ -38,14 +39,6 @@ func putOverlay(cluster string, o overlayspec.Overlay) (overlayspec.Overlay, err
 		return overlayspec.Overlay{}, fmt.Errorf("overlay of cluster %q: %w", cluster, err)
 	}
 	return o, nil
-}
-
-// OverlayRepair is the answer to an overlay repair or PUT: what was
-// changed on the host, in words; empty when the overlay was already as
-// desired.
-type OverlayRepair struct {
-	Cluster string   `json:"cluster"`
-	Changes []string `json:"changes"`
 }
 
 // maxOverlayBody caps a PUT overlay's body: a few hundred bytes per peer.
@@ -196,7 +189,7 @@ func (o *overlays) ensure(w http.ResponseWriter, r *http.Request, verb string, d
 	} else {
 		logger.Info("overlay already as desired")
 	}
-	httpjson.Compact.Write(w, http.StatusOK, OverlayRepair{Cluster: d.Cluster, Changes: changes})
+	httpjson.Compact.Write(w, http.StatusOK, agentapi.OverlayRepair{Cluster: d.Cluster, Changes: changes})
 }
 
 // delete removes the cluster's VXLAN device and bridge and forgets the

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"caretaker/internal/agentapi"
 	"caretaker/internal/overlaynet/nstest"
 	"caretaker/internal/overlayspec"
 )
@@ -49,7 +50,7 @@ func overlayMetrics(t *testing.T, srv *httptest.Server, prefix string) []string 
 func TestPutOverlay(t *testing.T) {
 	t.Parallel()
 	ns, srv := newRepairServer(t)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 
 	if got := overlayMetrics(t, srv, `caretaker_overlay_vxlan_present{`); len(got) != 0 {
 		t.Fatalf("before the PUT the collector expects %q", got)
@@ -111,7 +112,7 @@ func TestPutOverlay(t *testing.T) {
 	if got := overlayMetrics(t, srv, `caretaker_overlay_vxlan_present{`); len(got) != 0 {
 		t.Errorf("after the DELETE the collector expects %q", got)
 	}
-	var se *StatusError
+	var se *agentapi.StatusError
 	if _, err := c.RepairOverlay(t.Context(), "prod"); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Errorf("RepairOverlay after the DELETE: %v, want a 404", err)
 	}
@@ -125,7 +126,7 @@ func TestPutOverlay(t *testing.T) {
 func TestDeleteOverlayWithGuest(t *testing.T) {
 	t.Parallel()
 	ns, srv := newRepairServer(t)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 	if _, err := c.PutOverlay(t.Context(), "prod", prodRequest()); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestDeleteOverlayWithGuest(t *testing.T) {
 	ns.IP(t, "link", "set", "vnet7", "master", "br-prod")
 
 	err := c.DeleteOverlay(t.Context(), "prod")
-	var se *StatusError
+	var se *agentapi.StatusError
 	wantMsg := "delete overlay of cluster prod: bridge br-prod: conflict: it still has ports vnet7 besides the vxlan device (guests' interfaces?): delete the nodes first"
 	if !errors.As(err, &se) || se.Code != http.StatusConflict || se.Msg != wantMsg {
 		t.Fatalf("DeleteOverlay with a guest: %v, want 409 %q", err, wantMsg)
@@ -163,7 +164,7 @@ func TestDeleteOverlayNames(t *testing.T) {
 	configured := prodOverlay()
 	configured.Cluster = "conf"
 	ns, srv := newRepairServer(t, configured)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 	if _, err := c.RepairOverlay(t.Context(), "conf"); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,7 @@ func TestDeleteOverlayNames(t *testing.T) {
 
 	ns.IP(t, "link", "add", "vx-odd", "type", "veth", "peer", "name", "vx-oddp")
 	err := c.DeleteOverlay(t.Context(), "odd")
-	var se *StatusError
+	var se *agentapi.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(se.Msg, "vxlan vx-odd: conflict: it is a veth device, not a vxlan; left alone") {
 		t.Errorf("DeleteOverlay over a veth: %v, want a 409", err)
 	}
@@ -198,7 +199,7 @@ func TestDeleteOverlayNames(t *testing.T) {
 func TestPutOverlayErrors(t *testing.T) {
 	t.Parallel()
 	ns, srv := newRepairServer(t)
-	c := NewClient(srv.URL, token, srv.Client())
+	c := agentapi.NewClient(srv.URL, token, srv.Client())
 	if _, err := c.PutOverlay(t.Context(), "prod", prodRequest()); err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestPutOverlayErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := c.PutOverlay(t.Context(), tt.cluster, tt.req)
-			var se *StatusError
+			var se *agentapi.StatusError
 			if !errors.As(err, &se) || se.Code != tt.wantCode || se.Msg != tt.wantMsg {
 				t.Fatalf("PutOverlay: %v, want %d %q", err, tt.wantCode, tt.wantMsg)
 			}

@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"caretaker/internal/agent"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/config"
 	"caretaker/internal/overlaynet/nstest"
 	"caretaker/provisioner/clusters"
@@ -97,7 +98,11 @@ func TestProvisionedOverlayNamesPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &provisioner{log: slog.New(slog.DiscardHandler), agents: newAgentHosts(hosts, token)}
+	clients := agentapi.NewHosts(token)
+	for _, h := range hosts {
+		clients.Add(h.Name, h.Agent)
+	}
+	p := &provisioner{log: slog.New(slog.DiscardHandler), agents: clients}
 	rec, err := clusters.New(clusters.Options{
 		Store: store, Hosts: readyHosts{"hv-1", "hv-2"}, Nodes: &startedNodes{uuids: map[string]bool{}}, Overlays: nodes{p},
 		VTEP:   func(h string) net.IP { return net.ParseIP(vteps[h]) },

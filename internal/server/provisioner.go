@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
-	"caretaker/internal/agent"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/httpjson"
@@ -44,7 +44,7 @@ type provisioner struct {
 	clusters *clusters.Store
 	rec      *clusters.Reconciler
 	pxe      http.Handler // nil without provisioner.pxe
-	agents   *agentHosts
+	agents   *agentapi.Hosts
 	monitor  *atomic.Pointer[monitoring.Monitor]
 	fileSD   string // the agents of the inventory, for the embedded Prometheus
 }
@@ -57,7 +57,7 @@ const provisionerTick = 15 * time.Second
 // every change.
 const reconcileEvery = time.Minute
 
-func newProvisioner(cfg *config.Server, dataDir string, agents *agentHosts, monitor *atomic.Pointer[monitoring.Monitor],
+func newProvisioner(cfg *config.Server, dataDir string, agents *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor],
 	reg prometheus.Registerer, logger *slog.Logger) (*provisioner, error) {
 	pc := cfg.Provisioner
 	p := &provisioner{log: logger, cfg: pc, agents: agents, monitor: monitor,
@@ -207,7 +207,7 @@ func (p *provisioner) sync() {
 		return
 	}
 	for _, h := range hosts {
-		p.agents.add(h.Name, h.Agent)
+		p.agents.Add(h.Name, h.Agent)
 		if _, known := p.machine.Host(h.Name); !known {
 			if err := p.machine.Register(h.Name, h.MACs[0]); err != nil {
 				p.log.Error("register host", "host", h.Name, "err", err)
@@ -419,7 +419,7 @@ func (p *provisioner) ReprovisionHost(ctx context.Context, host string) error {
 type nodes struct{ p *provisioner }
 
 func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec) (string, error) {
-	c, err := n.p.agents.client(host)
+	c, err := n.p.agents.Client(host)
 	if err != nil {
 		return "", err
 	}
@@ -430,7 +430,7 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 	// Replace: the reconciler creates a node only when it is missing or
 	// must be re-created clean. The seed names the node; the image's own
 	// cloud-init configuration does the rest.
-	resp, err := c.PutNode(ctx, agent.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
+	resp, err := c.PutNode(ctx, agentapi.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
 		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID,
 		UserData: "#cloud-config\nhostname: " + s.Name + "\n"}, true)
 	if err != nil {
@@ -440,7 +440,7 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 }
 
 func (n nodes) DeleteNode(ctx context.Context, host, name string) error {
-	c, err := n.p.agents.client(host)
+	c, err := n.p.agents.Client(host)
 	if err != nil {
 		return err
 	}
@@ -455,7 +455,7 @@ func (n nodes) NodeRunning(ctx context.Context, host, uuid string) (bool, error)
 // made it, peers named, so that the agent's overlay collector labels each
 // peer with its host.
 func (n nodes) EnsureOverlay(ctx context.Context, host string, o overlayspec.Overlay) error {
-	c, err := n.p.agents.client(host)
+	c, err := n.p.agents.Client(host)
 	if err != nil {
 		return err
 	}
@@ -464,7 +464,7 @@ func (n nodes) EnsureOverlay(ctx context.Context, host string, o overlayspec.Ove
 }
 
 func (n nodes) RemoveOverlay(ctx context.Context, host, cluster string) error {
-	c, err := n.p.agents.client(host)
+	c, err := n.p.agents.Client(host)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package agent
+package agentapi
 
 import (
 	"bytes"
@@ -175,7 +175,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // errorMessage returns the API's error message in body, or the body itself,
 // shortened, if it is not the API's JSON.
 func errorMessage(body []byte) string {
-	var e apiError
+	var e struct {
+		Error string `json:"error"`
+	}
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		return e.Error
 	}

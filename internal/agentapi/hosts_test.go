@@ -1,4 +1,4 @@
-package server
+package agentapi_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"caretaker/internal/config"
+	"caretaker/internal/agentapi"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -36,7 +36,8 @@ func TestFailedRestartErrorSaysEachThingOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	hosts := newAgentHosts([]config.Host{{Name: host, Agent: strings.TrimPrefix(agentSrv.URL, "http://")}}, "token")
+	hosts := agentapi.NewHosts("token")
+	hosts.Add(host, strings.TrimPrefix(agentSrv.URL, "http://"))
 	e, err := remediation.New(remediation.Options{Policy: policy.Default(), Journal: j, Hosts: hosts,
 		FleetSize: func() int { return 10 }})
 	if err != nil {

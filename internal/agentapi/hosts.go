@@ -1,0 +1,86 @@
+package agentapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Hosts runs host-local actions through each host's agent (it is the
+// remediation engine's Hosts): the hosts of the server's configuration, and
+// those the provisioner's inventory adds.
+type Hosts struct {
+	token string
+	hc    *http.Client
+
+	mu      sync.Mutex
+	clients map[string]*Client
+	addrs   map[string]string
+}
+
+// NewHosts returns Hosts without any host, whose clients authenticate
+// with token.
+func NewHosts(token string) *Hosts {
+	// The action timeout bounds each call through its context; this
+	// client-wide timeout is only a backstop.
+	return &Hosts{token: token, hc: &http.Client{Timeout: 5 * time.Minute},
+		clients: map[string]*Client{}, addrs: map[string]string{}}
+}
+
+// Add gives host a client for the agent at addr (host:port), replacing one
+// for another address.
+func (a *Hosts) Add(host, addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.addrs[host] == addr {
+		return
+	}
+	a.clients[host] = NewClient("http://"+addr, a.token, a.hc)
+	a.addrs[host] = addr
+}
+
+// Client returns the client of host's agent.
+func (a *Hosts) Client(host string) (*Client, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.clients[host]
+	if !ok {
+		return nil, fmt.Errorf("host %q is neither in the server's configuration nor in the inventory", host)
+	}
+	return c, nil
+}
+
+// The engine wraps the errors of these three with the operation and its
+// target ("start guest lab-1 (uuid) on host-a: %w") and the agent's client
+// adds its address, so they add nothing: each thing is said once.
+
+func (a *Hosts) StartGuest(ctx context.Context, host, uuid string) error {
+	c, err := a.Client(host)
+	if err != nil {
+		return err
+	}
+	_, err = c.StartDomain(ctx, uuid)
+	return err
+}
+
+func (a *Hosts) GuestRunning(ctx context.Context, host, uuid string) (bool, error) {
+	c, err := a.Client(host)
+	if err != nil {
+		return false, err
+	}
+	d, err := c.Domain(ctx, uuid)
+	if err != nil {
+		return false, err
+	}
+	return d.State == "running", nil
+}
+
+func (a *Hosts) RepairOverlay(ctx context.Context, host, cluster string) ([]string, error) {
+	c, err := a.Client(host)
+	if err != nil {
+		return nil, err
+	}
+	return c.RepairOverlay(ctx, cluster)
+}
