@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"caretaker/alerts"
-	"caretaker/internal/agentapi"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
@@ -135,10 +134,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		s.journal.OnRecord(s.audit.Log)
 	}
 
-	hosts := agentapi.NewHosts(agentToken)
-	for _, h := range cfg.Hosts {
-		hosts.Add(h.Name, h.Agent)
-	}
+	hosts := newAgentHosts(cfg.Hosts, agentToken)
 	var monitor atomic.Pointer[monitoring.Monitor]
 	// The provisioner, when configured, re-creates guests and reinstalls
 	// hosts for the engine; without it those actions are not available.

@@ -51,7 +51,7 @@ type handler struct {
 
 // Handler serves Alertmanager webhook deliveries (POST Path). It answers
 // 2xx only once the alerts are on disk, 5xx when they could not be
-// recorded (Alertmanager retries) and 4xx for deliveries a retry cannot
+// recorded (Alertmanager retries; 503 when the inbox is full) and 4xx for deliveries a retry cannot
 // fix. A request that fails authentication gets 401 and records nothing.
 func Handler(opts Options) http.Handler {
 	if opts.Inbox == nil {
@@ -104,6 +104,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"receiver", msg.Receiver, "group_key", msg.GroupKey, "truncated", msg.TruncatedAlerts)
 	}
 	rc, err := h.opts.Inbox.Record(msg.RemediationAlerts())
+	h.opts.Metrics.inbox(h.opts.Inbox.Len(), 0)
+	if errors.Is(err, ErrFull) {
+		// Refused, not dropped: Alertmanager retries a 5xx, and pruning
+		// makes room as consumed entries age out.
+		h.log.Error("alertmanager webhook refused: the inbox is full; Alertmanager will retry", "err", err)
+		h.opts.Metrics.delivered(http.StatusServiceUnavailable)
+		w.Header().Set("Retry-After", "60")
+		httpjson.Compact.Error(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
 	if err != nil {
 		h.log.Error("alertmanager webhook not recorded; Alertmanager will retry", "err", err)
 		h.opts.Metrics.delivered(http.StatusInternalServerError)

@@ -156,8 +156,8 @@ func TestNewMetricsTwice(t *testing.T) {
 	if err != nil || len(problems) != 0 {
 		t.Errorf("lint: %v %+v", err, problems)
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 10 {
-		t.Errorf("%d series at start (%v), want 10", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 13 {
+		t.Errorf("%d series at start (%v), want 13", n, err)
 	}
 }
 
@@ -304,4 +304,24 @@ func newLeaf(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn str
 		t.Fatal(err)
 	}
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// A full inbox refuses a delivery with 503 and Retry-After, so
+// Alertmanager retries it; nothing reaches the engine.
+func TestHandlerInboxFull(t *testing.T) {
+	in, _ := openInbox(t)
+	in.SetMaxEntries(1)
+	var got handled
+	m := newTestMetrics(t)
+	srv := serve(t, Options{Inbox: in, Token: testToken, OnAlerts: got.handle, Metrics: m})
+	r := post(t, srv.Client(), srv.URL, "POST", "Bearer "+testToken, bytes.NewReader(readTestdata(t, "good/firing.json")))
+	if r.code != 503 || r.hdr.Get("Retry-After") == "" || !strings.Contains(r.body, "the intake inbox is full") {
+		t.Errorf("answer %d (Retry-After %q) %s, want 503 saying the inbox is full", r.code, r.hdr.Get("Retry-After"), r.body)
+	}
+	if len(got.alerts) != 0 || in.Len() != 0 {
+		t.Errorf("engine got %d alerts, inbox holds %d; want none", len(got.alerts), in.Len())
+	}
+	if n := testutil.ToFloat64(m.deliveries.WithLabelValues("503")); n != 1 {
+		t.Errorf("deliveries with code 503 = %v, want 1", n)
+	}
 }

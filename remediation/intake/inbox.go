@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,6 +27,24 @@ var (
 	// recorded, so re-deliveries are recognised after their entry is acked.
 	seenBucket = []byte("intake_seen")
 )
+
+// The inbox's bound and pruning. An entry is one alert instance and status
+// recorded (what deduplicates re-deliveries), pending or consumed.
+const (
+	// DefaultMaxEntries bounds the inbox: at the bound a delivery with a new
+	// alert is refused with ErrFull (the webhook answers 503, so
+	// Alertmanager retries it) until pruning makes room.
+	DefaultMaxEntries = 100_000
+	// DefaultRetention is how long a consumed entry is kept after its alert
+	// was last delivered: Alertmanager re-sends firing alerts every
+	// repeat_interval (4h by default), each re-send keeps the entry.
+	DefaultRetention = 24 * time.Hour
+	// DefaultPruneInterval is how often RunPruning prunes.
+	DefaultPruneInterval = 10 * time.Minute
+)
+
+// ErrFull is Record's error when the inbox holds its maximum of entries.
+var ErrFull = errors.New("the intake inbox is full")
 
 // Entry is one recorded alert awaiting the engine.
 type Entry struct {
@@ -102,6 +122,13 @@ type Inbox struct {
 	db    *bolt.DB
 	owned bool // Close closes db
 	now   func() time.Time
+
+	// mu orders the writes that change entries, so the count is exact.
+	mu sync.Mutex
+	// entries counts the keys of seenBucket: every alert instance and
+	// status held, pending ones included (each has its key).
+	entries int
+	max     int
 }
 
 // Open opens (creating if needed) an inbox in its own bbolt file at path.
@@ -128,18 +155,35 @@ func open(path string, timeout time.Duration) (*Inbox, error) {
 
 // New keeps an inbox in buckets of db, which the caller opened and closes.
 func New(db *bolt.DB) (*Inbox, error) {
+	entries := 0
 	err := db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{pendingBucket, seenBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
+		entries = tx.Bucket(seenBucket).Stats().KeyN
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("initialise intake inbox %s: %w", db.Path(), err)
 	}
-	return &Inbox{db: db, now: time.Now}, nil
+	return &Inbox{db: db, now: time.Now, entries: entries, max: DefaultMaxEntries}, nil
+}
+
+// SetMaxEntries changes the bound (DefaultMaxEntries); n < 1 is no bound.
+func (in *Inbox) SetMaxEntries(n int) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.max = n
+}
+
+// Len returns how many entries (alert instances and statuses, pending or
+// consumed) the inbox holds.
+func (in *Inbox) Len() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.entries
 }
 
 // Close closes the file if Open opened it.
@@ -155,10 +199,15 @@ func (in *Inbox) Close() error {
 
 // Record stores the alerts that are new, in one transaction, and returns
 // only once they are on disk. A resolved alert withdraws the pending entry
-// of the same firing instance.
+// of the same firing instance. When the new alerts would take the inbox
+// over its bound, nothing of the batch is recorded and the error wraps
+// ErrFull.
 func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
 	var rc Receipt
 	now := in.now().UTC()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	added := 0
 	err := in.db.Update(func(tx *bolt.Tx) error {
 		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
 		for _, a := range alerts {
@@ -191,6 +240,10 @@ func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
 					}
 				}
 			}
+			if in.max > 0 && in.entries+added >= in.max {
+				return fmt.Errorf("%w: %d entries, the bound; pruning makes room as alerts age out", ErrFull, in.entries)
+			}
+			added++
 			id, err := pending.NextSequence()
 			if err != nil {
 				return err
@@ -214,6 +267,7 @@ func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
 	if err != nil {
 		return Receipt{}, fmt.Errorf("record %d alerts in the intake inbox: %w", len(alerts), err)
 	}
+	in.entries += added
 	return rc, nil
 }
 
@@ -299,6 +353,8 @@ func (in *Inbox) Replay(ctx context.Context, handle func(context.Context, []reme
 // A firing alert re-sent after its key was pruned is recorded again; the
 // engine, which remembers instances in its journal, still acts only once.
 func (in *Inbox) Prune(before time.Time) (int, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	n := 0
 	err := in.db.Update(func(tx *bolt.Tx) error {
 		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
@@ -325,7 +381,57 @@ func (in *Inbox) Prune(before time.Time) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("prune the intake inbox: %w", err)
 	}
+	in.entries -= n
 	return n, nil
+}
+
+// PruneOptions configure RunPruning; zero values are the defaults.
+type PruneOptions struct {
+	Retention time.Duration // DefaultRetention
+	Interval  time.Duration // DefaultPruneInterval
+	Metrics   *Metrics      // nil counts nothing
+	Logger    *slog.Logger  // nil discards
+}
+
+// PruneExpired is one round of RunPruning at now: it prunes the consumed
+// entries whose alert was last delivered more than retention (0 is
+// DefaultRetention) before now, and updates the metrics.
+func (in *Inbox) PruneExpired(now time.Time, retention time.Duration, m *Metrics) (int, error) {
+	if retention <= 0 {
+		retention = DefaultRetention
+	}
+	n, err := in.Prune(now.Add(-retention))
+	m.inbox(in.Len(), n)
+	return n, err
+}
+
+// RunPruning prunes the inbox at once and then every interval until ctx
+// is done. Its owner starts it beside the webhook:
+//
+//	go inbox.RunPruning(ctx, intake.PruneOptions{Metrics: m, Logger: log})
+func (in *Inbox) RunPruning(ctx context.Context, o PruneOptions) {
+	if o.Interval <= 0 {
+		o.Interval = DefaultPruneInterval
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := time.NewTicker(o.Interval)
+	defer t.Stop()
+	now := time.Now()
+	for {
+		if n, err := in.PruneExpired(now, o.Retention, o.Metrics); err != nil {
+			log.Error("cannot prune the webhook inbox", "err", err)
+		} else if n > 0 {
+			log.Debug("pruned the webhook inbox", "pruned", n, "entries", in.Len())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case now = <-t.C:
+		}
+	}
 }
 
 // normalize gives an alert its name and fingerprint as the engine would,

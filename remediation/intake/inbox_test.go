@@ -11,6 +11,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"caretaker/remediation"
 )
 
@@ -256,5 +258,82 @@ func TestNewInSharedDB(t *testing.T) {
 	}
 	if got := summary(t, in); len(got) != 1 {
 		t.Errorf("pending %q, want kvm-1", got)
+	}
+}
+
+// At its bound the inbox refuses a batch with a new alert whole, keeps
+// accepting re-deliveries, and takes new alerts again once pruned.
+func TestInboxBound(t *testing.T) {
+	in, path := openInbox(t)
+	now := t0
+	in.now = func() time.Time { return now }
+	in.SetMaxEntries(3)
+	rc, err := in.Record([]remediation.Alert{alert("kvm-1", "firing", t0), alert("kvm-2", "firing", t0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ack(rc.IDs()...); err != nil {
+		t.Fatal(err)
+	}
+	_, err = in.Record([]remediation.Alert{alert("kvm-3", "firing", t0), alert("kvm-4", "firing", t0)})
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("Record over the bound = %v, want ErrFull", err)
+	}
+	if in.Len() != 2 || summary(t, in) != nil {
+		t.Fatalf("after the refusal: %d entries, pending %q; want 2 and none (the batch is refused whole)", in.Len(), summary(t, in))
+	}
+	// A re-delivery adds nothing and is accepted.
+	if rc, err := in.Record([]remediation.Alert{alert("kvm-1", "firing", t0)}); err != nil || rc.Duplicates != 1 {
+		t.Fatalf("re-delivery at the bound = %+v, %v", rc, err)
+	}
+	now = t0.Add(48 * time.Hour)
+	m := newTestMetrics(t)
+	if n, err := in.PruneExpired(now, 0, m); err != nil || n != 2 {
+		t.Fatalf("PruneExpired = %d, %v; want the 2 consumed entries older than the default retention", n, err)
+	}
+	if got := testutil.ToFloat64(m.pruned); got != 2 {
+		t.Errorf("pruned_total = %v, want 2", got)
+	}
+	if rc, err := in.Record([]remediation.Alert{alert("kvm-3", "firing", t0), alert("kvm-4", "firing", t0)}); err != nil || len(rc.Recorded) != 2 {
+		t.Fatalf("after pruning = %+v, %v; want both recorded", rc, err)
+	}
+	// The count survives a reopen.
+	in.Close()
+	in2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in2.Close()
+	if in2.Len() != 2 {
+		t.Errorf("reopened inbox has %d entries, want 2", in2.Len())
+	}
+}
+
+// RunPruning prunes at once, keeps pending entries and what was delivered
+// within the retention, and reports the size and what it pruned.
+func TestRunPruning(t *testing.T) {
+	in, _ := openInbox(t)
+	in.now = func() time.Time { return time.Now().Add(-25 * time.Hour) }
+	rc, err := in.Record([]remediation.Alert{alert("kvm-1", "firing", t0), alert("kvm-2", "firing", t0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ack(rc.Recorded[0].ID); err != nil { // kvm-2 stays pending
+		t.Fatal(err)
+	}
+	in.now = time.Now
+	if _, err := in.Record([]remediation.Alert{alert("kvm-3", "firing", t0)}); err != nil {
+		t.Fatal(err)
+	}
+	m := newTestMetrics(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // one round, then RunPruning returns
+	in.RunPruning(ctx, PruneOptions{Metrics: m})
+	if in.Len() != 2 || testutil.ToFloat64(m.pruned) != 1 || testutil.ToFloat64(m.entries) != 2 {
+		t.Errorf("after a round: %d entries, pruned_total %v, entries gauge %v; want 2, 1, 2",
+			in.Len(), testutil.ToFloat64(m.pruned), testutil.ToFloat64(m.entries))
+	}
+	if s := summary(t, in); len(s) != 2 {
+		t.Errorf("pending %q, want kvm-2 and kvm-3 kept", s)
 	}
 }

@@ -15,6 +15,8 @@ type Metrics struct {
 	alerts     *prometheus.CounterVec
 	cancelled  prometheus.Counter
 	truncated  prometheus.Counter
+	entries    prometheus.Gauge
+	pruned     prometheus.Counter
 }
 
 // Results of an alert, as the result label of the alerts counter.
@@ -42,11 +44,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "caretaker_remediation_intake_truncated_alerts_total",
 			Help: "Alerts Alertmanager left out of deliveries because of the receiver's max_alerts.",
 		}),
+		entries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "caretaker_remediation_inbox_entries",
+			Help: "Alert instances the webhook inbox holds, pending or consumed; at its bound (100,000) deliveries get 503.",
+		}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_remediation_inbox_pruned_total",
+			Help: "Consumed webhook inbox entries pruned after their retention.",
+		}),
 	}
 	// Every series exists from the start, so rate() works before the first
 	// refusal and a dashboard shows 0, not "no data".
 	for _, code := range []int{http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized,
-		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusInternalServerError} {
+		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusInternalServerError,
+		http.StatusServiceUnavailable} {
 		m.deliveries.WithLabelValues(strconv.Itoa(code))
 	}
 	m.alerts.WithLabelValues(resultRecorded)
@@ -54,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	cs := []prometheus.Collector{m.deliveries, m.alerts, m.cancelled, m.truncated}
+	cs := []prometheus.Collector{m.deliveries, m.alerts, m.cancelled, m.truncated, m.entries, m.pruned}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// All or nothing, so a retry does not trip over half of an
@@ -82,4 +93,13 @@ func (m *Metrics) recorded(rc Receipt, truncated uint64) {
 	m.alerts.WithLabelValues(resultDuplicate).Add(float64(rc.Duplicates))
 	m.cancelled.Add(float64(rc.Cancelled))
 	m.truncated.Add(float64(truncated))
+}
+
+// inbox reports the inbox's size and what a prune removed.
+func (m *Metrics) inbox(entries, pruned int) {
+	if m == nil {
+		return
+	}
+	m.entries.Set(float64(entries))
+	m.pruned.Add(float64(pruned))
 }
