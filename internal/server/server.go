@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"caretaker/alerts"
+	"caretaker/internal/agentapi"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
@@ -134,7 +135,10 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		s.journal.OnRecord(s.audit.Log)
 	}
 
-	hosts := newAgentHosts(cfg.Hosts, agentToken)
+	hosts := agentapi.NewHosts(agentToken)
+	for _, h := range cfg.Hosts {
+		hosts.Add(h.Name, h.Agent)
+	}
 	var monitor atomic.Pointer[monitoring.Monitor]
 	// The provisioner, when configured, re-creates guests and reinstalls
 	// hosts for the engine; without it those actions are not available.
