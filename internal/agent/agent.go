@@ -23,9 +23,9 @@ import (
 	"caretaker/collectors/host"
 	"caretaker/collectors/kvm"
 	"caretaker/collectors/overlay"
+	"caretaker/internal/agent/guests"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/overlayspec"
-	"caretaker/provisioner/guests"
 )
 
 // Defaults applied by New to the zero fields of Config.

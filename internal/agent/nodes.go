@@ -12,9 +12,9 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/agent/guests"
 	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
-	"caretaker/provisioner/guests"
 )
 
 // nodeOf is the node a PUT asks for.

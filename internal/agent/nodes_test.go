@@ -13,8 +13,8 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"caretaker/internal/agent/guests/gueststest"
 	"caretaker/internal/agentapi"
-	"caretaker/provisioner/guests/gueststest"
 )
 
 const qemuURI = gueststest.URI

@@ -4,7 +4,7 @@ package clusters
 // small interfaces (Hosts, Nodes, Overlays) that record every call: what is
 // under test here is the decision of which calls to make, in which order,
 // and what is recorded. The real implementations — libvirt domains in
-// provisioner/guests, netlink overlays in internal/overlaynet — are tested
+// internal/agent/guests, netlink overlays in internal/overlaynet — are tested
 // against libvirt and kernel devices in their own packages.
 
 import (

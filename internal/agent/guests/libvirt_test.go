@@ -14,8 +14,8 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/agent/guests/gueststest"
 	"caretaker/internal/guestmeta"
-	"caretaker/provisioner/guests/gueststest"
 )
 
 // lab is a storage pool with a base image and a bridge of one test's own.

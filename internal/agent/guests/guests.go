@@ -4,7 +4,8 @@
 // handed over fw_cfg), a NIC on the cluster's bridge and caretaker's
 // <metadata>, which the kvm collector reads. Create is idempotent; Recreate
 // is the remediation engine's recreate-vm: the node comes back clean, with
-// the same UUID.
+// the same UUID. The agent runs it for PUT and DELETE /api/v1/nodes/{name};
+// the server's cluster reconciler decides what nodes there should be.
 package guests
 
 import (
