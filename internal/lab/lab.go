@@ -80,165 +80,48 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := o.validate(); err != nil {
 		return err
 	}
-	var undo cleanups
+	r := &labRun{o: o}
 	defer func() {
-		if cerr := undo.run(o.Logger); cerr != nil {
+		if cerr := r.undo.run(o.Logger); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}()
-
-	dataDir := o.DataDir
-	if dataDir == "" {
-		if dataDir, err = os.MkdirTemp("", "caretaker-lab-"); err != nil {
-			return fmt.Errorf("create lab directory: %w", err)
-		}
-		undo.add("remove "+dataDir, func() error { return os.RemoveAll(dataDir) })
-	} else if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return fmt.Errorf("create lab directory: %w", err)
-	}
-
-	if err := libvirtconn.StartEventLoop(ctx, o.Logger); err != nil {
+	if err := r.makeDataDir(); err != nil {
 		return err
 	}
-	driver, why := chooseDriver(ctx, o)
-	if o.Driver == "qemu" && driver != "qemu" {
-		return fmt.Errorf("--driver qemu: %s", why)
+	if err := r.pickDriver(ctx); err != nil {
+		return err
 	}
-	o.Logger.Info("lab driver", "driver", driver, "why", why)
-
-	hosts := make([]*host, o.Hosts)
-	for i := range hosts {
-		name := "host-" + string(rune('a'+i))
-		hosts[i] = &host{
-			name:   name,
-			filter: regexp.MustCompile("^" + regexp.QuoteMeta(o.GuestPrefix+name+"-") + `\d+$`),
-		}
+	if err := r.makeGuests(); err != nil {
+		return err
 	}
-	switch driver {
-	case "qemu":
-		g := &qemuGuests{uri: o.LibvirtURI, prefix: o.GuestPrefix, logger: o.Logger, out: o.Out}
-		if err := g.create(hosts, o.GuestsPerHost); err != nil {
-			g.remove(hosts)
-			return err
-		}
-		undo.add("remove lab guests", func() error { return g.remove(hosts) })
-	default:
-		if err := writeTestNodes(dataDir, o.GuestPrefix, hosts, o.GuestsPerHost); err != nil {
-			return err
-		}
+	if err := r.makeClusters(ctx); err != nil {
+		return err
 	}
-
-	var cl *clusterLab
-	noClusters := "off (--clusters=false)"
-	if o.Clusters {
-		if driver != "qemu" {
-			o.Clusters, noClusters = false, "off: they need real QEMU guests"
-		} else if err := checkClusters(); err != nil {
-			o.Clusters, noClusters = false, "off: "+err.Error()
-		}
-	}
-	if o.Clusters {
-		c, err := setupClusters(ctx, o.LibvirtURI, dataDir, o.GuestPrefix, hosts, o.Logger)
-		if c != nil {
-			undo.add("remove cluster nodes, bridges, storage pool and network namespaces", func() error {
-				return c.teardown(context.WithoutCancel(ctx))
-			})
-		}
-		if err != nil {
-			return err
-		}
-		cl = c
-		for _, h := range hosts {
-			h.netns = filepath.Join("/var/run/netns", c.netns[h.name])
-		}
-	}
-
 	apiToken, agentToken := newToken(), newToken()
-	if err := writeSecret(filepath.Join(dataDir, "api.token"), apiToken); err != nil {
+	if err := writeSecret(filepath.Join(r.dataDir, "api.token"), apiToken); err != nil {
 		return err
 	}
-	if err := writeSecret(filepath.Join(dataDir, "agent.token"), agentToken); err != nil {
+	if err := writeSecret(filepath.Join(r.dataDir, "agent.token"), agentToken); err != nil {
 		return err
 	}
-
-	for i, h := range hosts {
-		cfg := agent.Config{
-			LibvirtURI:    h.uri,
-			DomainFilter:  h.filter,
-			Token:         agentToken,
-			ScrapeTimeout: 5 * time.Second,
-			// The lab's guests are TCG (or the test driver's) by choice:
-			// its hosts need no /dev/kvm (caretaker_host_kvm_required 0),
-			// so HostKVMDeviceMissing does not page for the lab.
-			GuestDomainType: "qemu",
-			Logger:          o.Logger.With("host", h.name),
+	for i, h := range r.hosts {
+		if err := r.startAgent(ctx, i, h, agentToken); err != nil {
+			return err
 		}
-		// With clusters each host's agent address is its VTEP: one of
-		// its own (127.0.0.0/8 is all loopback), for distinct peers.
-		listen := "127.0.0.1:0"
-		if cl != nil {
-			cfg.GuestPool, cfg.NetNS = cl.pool, h.netns
-			listen = fmt.Sprintf("127.0.0.%d:0", i+1)
-		}
-		a, err := agent.New(cfg)
-		if err != nil {
-			return fmt.Errorf("agent of %s: %w", h.name, err)
-		}
-		l, err := net.Listen("tcp", listen)
-		if err != nil {
-			a.Close()
-			return fmt.Errorf("agent of %s: listen: %w", h.name, err)
-		}
-		h.addr = l.Addr().String()
-		actx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			var err error
-			if cl != nil {
-				err = serveWrapped(actx, l, cl.wrap(a.Handler()))
-			} else {
-				err = a.Serve(actx, l)
-			}
-			if err != nil {
-				o.Logger.Error("agent stopped", "host", h.name, "err", err)
-			}
-		}()
-		undo.add("stop agent of "+h.name, func() error { stop(); <-done; return a.Close() })
 	}
-
-	cfgPath, err := writeServerConfig(dataDir, hosts, o, cl)
+	apiURL, served, err := r.startServer(ctx)
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return err
-	}
-	l, err := net.Listen("tcp", o.ListenAddress)
-	if err != nil {
-		return fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", o.ListenAddress, err)
-	}
-	srv, err := server.New(ctx, server.Options{Config: cfg, ListenAddress: l.Addr().String(), Logger: o.Logger.With("component", "server")})
-	if err != nil {
-		l.Close()
-		return err
-	}
-	sctx, stopServer := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx, l) }()
-	undo.add("stop server", func() error { stopServer(); return errors.Join(<-served, srv.Close()) })
-	apiURL := "http://" + l.Addr().String()
-
 	if o.RunbookConfig != "" {
 		restore, err := writeRunbookConfig(o.RunbookConfig, apiURL, apiToken)
 		if err != nil {
 			return err
 		}
-		undo.add("restore "+o.RunbookConfig, restore)
+		r.undo.add("restore "+o.RunbookConfig, restore)
 	}
-
-	printSummary(o, driver, why, apiURL, dataDir, hosts, cl != nil, noClusters)
+	printSummary(r.o, r.driver, r.why, apiURL, r.dataDir, r.hosts, r.cl != nil, r.noClusters)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
@@ -247,6 +130,182 @@ func Run(ctx context.Context, o Options) (err error) {
 		served <- err // for the cleanup, which waits on it
 		return err
 	}
+}
+
+// labRun is one run of the lab: what it made so far, and how to undo it.
+type labRun struct {
+	o       Options
+	undo    cleanups
+	dataDir string
+	// driver is "qemu" or "test"; why says why it was chosen.
+	driver, why string
+	hosts       []*host
+	// cl is nil without guest clusters; noClusters then says why.
+	cl         *clusterLab
+	noClusters string
+}
+
+// makeDataDir makes the data directory, a temporary one unless
+// Options.DataDir names it.
+func (r *labRun) makeDataDir() error {
+	r.dataDir = r.o.DataDir
+	if r.dataDir != "" {
+		if err := os.MkdirAll(r.dataDir, 0o750); err != nil {
+			return fmt.Errorf("create lab directory: %w", err)
+		}
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "caretaker-lab-")
+	if err != nil {
+		return fmt.Errorf("create lab directory: %w", err)
+	}
+	r.dataDir = dir
+	r.undo.add("remove "+dir, func() error { return os.RemoveAll(dir) })
+	return nil
+}
+
+// pickDriver chooses QEMU guests or libvirt's test driver.
+func (r *labRun) pickDriver(ctx context.Context) error {
+	if err := libvirtconn.StartEventLoop(ctx, r.o.Logger); err != nil {
+		return err
+	}
+	r.driver, r.why = chooseDriver(ctx, r.o)
+	if r.o.Driver == "qemu" && r.driver != "qemu" {
+		return fmt.Errorf("--driver qemu: %s", r.why)
+	}
+	r.o.Logger.Info("lab driver", "driver", r.driver, "why", r.why)
+	return nil
+}
+
+// makeGuests names the hosts and gives each its guests.
+func (r *labRun) makeGuests() error {
+	r.hosts = make([]*host, r.o.Hosts)
+	for i := range r.hosts {
+		name := "host-" + string(rune('a'+i))
+		r.hosts[i] = &host{
+			name:   name,
+			filter: regexp.MustCompile("^" + regexp.QuoteMeta(r.o.GuestPrefix+name+"-") + `\d+$`),
+		}
+	}
+	if r.driver != "qemu" {
+		return writeTestNodes(r.dataDir, r.o.GuestPrefix, r.hosts, r.o.GuestsPerHost)
+	}
+	g := &qemuGuests{uri: r.o.LibvirtURI, prefix: r.o.GuestPrefix, logger: r.o.Logger, out: r.o.Out}
+	if err := g.create(r.hosts, r.o.GuestsPerHost); err != nil {
+		g.remove(r.hosts)
+		return err
+	}
+	hosts := r.hosts
+	r.undo.add("remove lab guests", func() error { return g.remove(hosts) })
+	return nil
+}
+
+// makeClusters readies the hosts for guest clusters where they can take
+// them, and otherwise says why not in noClusters.
+func (r *labRun) makeClusters(ctx context.Context) error {
+	r.noClusters = "off (--clusters=false)"
+	if !r.o.Clusters {
+		return nil
+	}
+	if r.driver != "qemu" {
+		r.noClusters = "off: they need real QEMU guests"
+		return nil
+	}
+	if err := checkClusters(); err != nil {
+		r.noClusters = "off: " + err.Error()
+		return nil
+	}
+	c, err := setupClusters(ctx, r.o.LibvirtURI, r.dataDir, r.o.GuestPrefix, r.hosts, r.o.Logger)
+	if c != nil {
+		r.undo.add("remove cluster nodes, bridges, storage pool and network namespaces", func() error {
+			return c.teardown(context.WithoutCancel(ctx))
+		})
+	}
+	if err != nil {
+		return err
+	}
+	r.cl = c
+	for _, h := range r.hosts {
+		h.netns = filepath.Join("/var/run/netns", c.netns[h.name])
+	}
+	return nil
+}
+
+// startAgent starts the agent of h, the i-th host, on an address of its
+// own, and sets h.addr.
+func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) error {
+	cfg := agent.Config{
+		LibvirtURI:    h.uri,
+		DomainFilter:  h.filter,
+		Token:         token,
+		ScrapeTimeout: 5 * time.Second,
+		// The lab's guests are TCG (or the test driver's) by choice:
+		// its hosts need no /dev/kvm (caretaker_host_kvm_required 0),
+		// so HostKVMDeviceMissing does not page for the lab.
+		GuestDomainType: "qemu",
+		Logger:          r.o.Logger.With("host", h.name),
+	}
+	// With clusters each host's agent address is its VTEP: one of
+	// its own (127.0.0.0/8 is all loopback), for distinct peers.
+	listen := "127.0.0.1:0"
+	if r.cl != nil {
+		cfg.GuestPool, cfg.NetNS = r.cl.pool, h.netns
+		listen = fmt.Sprintf("127.0.0.%d:0", i+1)
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return fmt.Errorf("agent of %s: %w", h.name, err)
+	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		a.Close()
+		return fmt.Errorf("agent of %s: listen: %w", h.name, err)
+	}
+	h.addr = l.Addr().String()
+	actx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var err error
+		if r.cl != nil {
+			err = serveWrapped(actx, l, r.cl.wrap(a.Handler()))
+		} else {
+			err = a.Serve(actx, l)
+		}
+		if err != nil {
+			r.o.Logger.Error("agent stopped", "host", h.name, "err", err)
+		}
+	}()
+	r.undo.add("stop agent of "+h.name, func() error { stop(); <-done; return a.Close() })
+	return nil
+}
+
+// startServer writes the server's configuration, loads it as `caretaker
+// server` would and serves it. It returns the API's URL and the channel
+// that gets Serve's result.
+func (r *labRun) startServer(ctx context.Context) (string, chan error, error) {
+	cfgPath, err := writeServerConfig(r.dataDir, r.hosts, r.o, r.cl)
+	if err != nil {
+		return "", nil, err
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", r.o.ListenAddress)
+	if err != nil {
+		return "", nil, fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", r.o.ListenAddress, err)
+	}
+	srv, err := server.New(ctx, server.Options{Config: cfg, ListenAddress: l.Addr().String(), Logger: r.o.Logger.With("component", "server")})
+	if err != nil {
+		l.Close()
+		return "", nil, err
+	}
+	sctx, stopServer := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, l) }()
+	r.undo.add("stop server", func() error { stopServer(); return errors.Join(<-served, srv.Close()) })
+	return "http://" + l.Addr().String(), served, nil
 }
 
 func (o *Options) validate() error {
