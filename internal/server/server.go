@@ -26,6 +26,7 @@ import (
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
+	"caretaker/provisioner/fleet"
 	"caretaker/remediation"
 	"caretaker/remediation/audit"
 	"caretaker/remediation/intake"
@@ -53,7 +54,7 @@ type Server struct {
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
 	policy  *policyHolder
-	prov    *provisioner // nil without provisioner.inventory_file
+	prov    *fleet.Provisioner // nil without provisioner.inventory_file
 	handler http.Handler
 	// stop ends the background work New started; bg waits for it.
 	stop context.CancelFunc
@@ -144,7 +145,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	// hosts for the engine; without it those actions are not available.
 	var prov remediation.Provisioner
 	if cfg.Provisioner.Enabled() {
-		if s.prov, err = newProvisioner(cfg, dataDir, hosts, &monitor, s.reg, logger.With("component", "provisioner")); err != nil {
+		s.prov, err = fleet.New(fleet.Options{Config: cfg, DataDir: dataDir, Agents: hosts, Monitor: &monitor,
+			Registerer: s.reg, Logger: logger.With("component", "provisioner")})
+		if err != nil {
 			return nil, err
 		}
 		prov = s.prov
@@ -192,7 +195,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		fileSD = append(fileSD, cfg.Path(g))
 	}
 	if s.prov != nil {
-		fileSD = append(fileSD, s.prov.fileSD)
+		fileSD = append(fileSD, s.prov.FileSD())
 	}
 	// Alertmanager deliveries are on disk before they are answered; what a
 	// crash left unhandled is handed to the engine again now.
@@ -241,7 +244,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	var bgCtx context.Context
 	bgCtx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	if s.prov != nil {
-		s.bg.Go(func() { s.prov.run(bgCtx) })
+		s.bg.Go(func() { s.prov.Run(bgCtx) })
 	}
 	s.bg.Go(func() {
 		s.inbox.RunPruning(bgCtx, intake.PruneOptions{Metrics: intakeMetrics, Logger: logger.With("component", "webhook")})
@@ -268,7 +271,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	s.policy = newPolicyHolder(policyFile, pol, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", api.NewHandler(api.Options{
-		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.hosts},
+		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.Hosts},
 		Pauser:  s.engine,
 		Actor:   s.engine,
 		Policy:  s.policy,
@@ -300,7 +303,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		mux.Handle(p, promHandler)
 	}
 	if s.prov != nil {
-		s.prov.handlers(mux, auth)
+		s.prov.Mount(mux, auth)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
@@ -436,7 +439,7 @@ func (s *Server) Close() error {
 		s.engine.Close()
 	}
 	if s.prov != nil {
-		s.prov.close()
+		s.prov.Close()
 	}
 	if s.inbox != nil {
 		errs = append(errs, s.inbox.Close())

@@ -1,4 +1,4 @@
-package server
+package fleet
 
 import (
 	"context"
@@ -102,7 +102,7 @@ func TestProvisionedOverlayNamesPeers(t *testing.T) {
 	for _, h := range hosts {
 		clients.Add(h.Name, h.Agent)
 	}
-	p := &provisioner{log: slog.New(slog.DiscardHandler), agents: clients}
+	p := &Provisioner{log: slog.New(slog.DiscardHandler), agents: clients}
 	rec, err := clusters.New(clusters.Options{
 		Store: store, Hosts: readyHosts{"hv-1", "hv-2"}, Nodes: &startedNodes{uuids: map[string]bool{}}, Overlays: nodes{p},
 		VTEP:   func(h string) net.IP { return net.ParseIP(vteps[h]) },

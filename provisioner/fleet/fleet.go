@@ -1,4 +1,11 @@
-package server
+// Package fleet is the provisioner as the server runs it: the inventory,
+// the hosts' state machine driven through their BMCs, the PXE endpoints and
+// the guest clusters put together, with the hosts' agents making the
+// clusters' nodes and overlays. It is the remediation engine's Provisioner
+// (recreate-vm, reprovision-host), the state machine's GuestMover and the
+// cluster reconciler's Hosts, and it serves the provisioner's HTTP API:
+// clusters, the inventory's hosts, the hosts' provisioning and /pxe/.
+package fleet
 
 import (
 	"context"
@@ -9,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,11 +24,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"caretaker/internal/agentapi"
-	"caretaker/internal/api"
 	"caretaker/internal/config"
-	"caretaker/internal/httpjson"
 	"caretaker/internal/monitoring"
-	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/clusters"
 	"caretaker/provisioner/hoststate"
@@ -32,10 +35,10 @@ import (
 	"caretaker/remediation"
 )
 
-// provisioner wires the provisioner's packages together: the inventory,
+// Provisioner wires the provisioner's packages together: the inventory,
 // the hosts' state machine driven through their BMCs, the PXE endpoints,
 // and the guest clusters, whose nodes and overlays the hosts' agents make.
-type provisioner struct {
+type Provisioner struct {
 	log      *slog.Logger
 	cfg      config.Provisioner
 	db       *bolt.DB
@@ -57,10 +60,29 @@ const provisionerTick = 15 * time.Second
 // every change.
 const reconcileEvery = time.Minute
 
-func newProvisioner(cfg *config.Server, dataDir string, agents *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor],
-	reg prometheus.Registerer, logger *slog.Logger) (*provisioner, error) {
+// Options are what New needs.
+type Options struct {
+	// Config is the server's configuration; its provisioner section
+	// says what to run, its paths are relative to its file.
+	Config *config.Server
+	// DataDir holds the provisioner's databases and file_sd file, under
+	// "provisioner".
+	DataDir string
+	// Agents gets a client for each host of the inventory.
+	Agents *agentapi.Hosts
+	// Monitor is the embedded Prometheus, whose figures size the hosts;
+	// nil until it runs.
+	Monitor    *atomic.Pointer[monitoring.Monitor]
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// New opens the provisioner's databases and loads its inventory and PXE
+// configuration; Run does its timed work.
+func New(o Options) (*Provisioner, error) {
+	cfg, dataDir, logger := o.Config, o.DataDir, o.Logger
 	pc := cfg.Provisioner
-	p := &provisioner{log: logger, cfg: pc, agents: agents, monitor: monitor,
+	p := &Provisioner{log: logger, cfg: pc, agents: o.Agents, monitor: o.Monitor,
 		fileSD: filepath.Join(dataDir, "provisioner", "agents.json")}
 	file, err := inventory.Load(cfg.Path(pc.InventoryFile))
 	if err != nil {
@@ -76,7 +98,7 @@ func newProvisioner(cfg *config.Server, dataDir string, agents *agentapi.Hosts, 
 	ok := false
 	defer func() {
 		if !ok {
-			p.close()
+			p.Close()
 		}
 	}()
 	if p.inv, err = inventory.NewStore(p.db, func() *inventory.Inventory { return file }); err != nil {
@@ -108,7 +130,7 @@ func newProvisioner(cfg *config.Server, dataDir string, agents *agentapi.Hosts, 
 		BMC:        p.bmc,
 		Guests:     p,
 		Logger:     logger.With("component", "hosts"),
-		Registerer: reg,
+		Registerer: o.Registerer,
 	})
 	if err != nil {
 		return nil, err
@@ -136,8 +158,8 @@ func newProvisioner(cfg *config.Server, dataDir string, agents *agentapi.Hosts, 
 	return p, nil
 }
 
-// run does the provisioner's timed work until ctx ends.
-func (p *provisioner) run(ctx context.Context) {
+// Run does the provisioner's timed work until ctx ends.
+func (p *Provisioner) Run(ctx context.Context) {
 	// Waited for, so that close never pulls the database from under a
 	// reconciliation.
 	var wg sync.WaitGroup
@@ -167,7 +189,7 @@ func (p *provisioner) run(ctx context.Context) {
 // keep what they were given in memory, so an agent that restarted gets its
 // overlays — and its overlay collector its expectations — back here; on
 // the others the PUT finds nothing to change.
-func (p *provisioner) refreshOverlays(ctx context.Context) {
+func (p *Provisioner) refreshOverlays(ctx context.Context) {
 	hosts, err := p.inv.All()
 	if err != nil {
 		return
@@ -188,7 +210,8 @@ func (p *provisioner) refreshOverlays(ctx context.Context) {
 	}
 }
 
-func (p *provisioner) close() {
+// Close closes the provisioner's databases, after Run has returned.
+func (p *Provisioner) Close() {
 	if p.machine != nil {
 		p.machine.Close()
 	}
@@ -197,10 +220,14 @@ func (p *provisioner) close() {
 	}
 }
 
+// FileSD is the file_sd file that lists the inventory's agents, for the
+// embedded Prometheus.
+func (p *Provisioner) FileSD() string { return p.fileSD }
+
 // sync registers the inventory's hosts with the state machine, gives the
 // server an agent client for each, and writes their file_sd file, so a host
 // added through the API is scraped and provisioned.
-func (p *provisioner) sync() {
+func (p *Provisioner) sync() {
 	hosts, err := p.inv.All()
 	if err != nil {
 		p.log.Error("read the inventory", "err", err)
@@ -224,7 +251,7 @@ func (p *provisioner) sync() {
 // up): the agent's first successful scrape reports boot completion. Other
 // states are left alone: during powering-on and pxe-booting an answering
 // agent may still be the old system.
-func (p *provisioner) adoptBooted(ctx context.Context) {
+func (p *Provisioner) adoptBooted(ctx context.Context) {
 	up := p.byHost(ctx, fmt.Sprintf("up{job=%q}", monitoring.JobName))
 	for _, h := range p.machine.Hosts() {
 		if (h.State == hoststate.Registered || h.State == hoststate.Installing) && up[h.Name] == 1 {
@@ -233,7 +260,7 @@ func (p *provisioner) adoptBooted(ctx context.Context) {
 	}
 }
 
-func (p *provisioner) booted(host, why string) {
+func (p *Provisioner) booted(host, why string) {
 	if err := p.machine.Booted(host); err != nil {
 		p.log.Warn("boot completion not applied", "host", host, "why", why, "err", err)
 		return
@@ -241,34 +268,8 @@ func (p *provisioner) booted(host, why string) {
 	p.log.Info("host booted", "host", host, "why", why)
 }
 
-// watchFetches tells the state machine when a host fetches its iPXE
-// script: it is PXE-booting.
-func (p *provisioner) watchFetches(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(sw, r)
-		if r.URL.Path == "/pxe/ipxe" && sw.status == http.StatusOK {
-			if mac := r.URL.Query().Get("mac"); mac != "" {
-				if err := p.machine.PXEFetched(mac); err != nil && !errors.Is(err, hoststate.ErrUnknownHost) {
-					p.log.Warn("PXE fetch not applied", "mac", mac, "err", err)
-				}
-			}
-		}
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	w.status = code
-	w.ResponseWriter.WriteHeader(code)
-}
-
 // bmc opens a host's BMC from its inventory entry.
-func (p *provisioner) bmc(host string) (hoststate.BMC, error) {
+func (p *Provisioner) bmc(host string) (hoststate.BMC, error) {
 	h, err := p.inventoryHost(host)
 	if err != nil {
 		return nil, err
@@ -276,7 +277,7 @@ func (p *provisioner) bmc(host string) (hoststate.BMC, error) {
 	return bmc.New(h.BMC, p.log.With("host", host, "component", "bmc"))
 }
 
-func (p *provisioner) inventoryHost(name string) (inventory.Host, error) {
+func (p *Provisioner) inventoryHost(name string) (inventory.Host, error) {
 	hosts, err := p.inv.All()
 	if err != nil {
 		return inventory.Host{}, err
@@ -289,9 +290,9 @@ func (p *provisioner) inventoryHost(name string) (inventory.Host, error) {
 	return inventory.Host{}, fmt.Errorf("host %q is not in the inventory", name)
 }
 
-// hosts lists the inventory's hosts as the status shows them; nil for a
+// Hosts lists the inventory's hosts as the status shows them; nil for a
 // server without a provisioner.
-func (p *provisioner) hosts() []config.Host {
+func (p *Provisioner) Hosts() []config.Host {
 	if p == nil {
 		return nil
 	}
@@ -307,7 +308,7 @@ func (p *provisioner) hosts() []config.Host {
 }
 
 // vtep is a host's underlay address: the address of its agent.
-func (p *provisioner) vtep(host string) net.IP {
+func (p *Provisioner) vtep(host string) net.IP {
 	h, err := p.inventoryHost(host)
 	if err != nil {
 		return nil
@@ -323,7 +324,7 @@ func (p *provisioner) vtep(host string) net.IP {
 // their capacity (the inventory's, else what the host collector reports)
 // and what their guests use (the host collector's figures, plus the nodes
 // placed and not yet running).
-func (p *provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) {
+func (p *Provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) {
 	hosts, err := p.inv.All()
 	if err != nil {
 		return nil, err
@@ -359,7 +360,7 @@ func (p *provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) 
 }
 
 // byHost returns the metric's value by host; hosts without it are missing.
-func (p *provisioner) byHost(ctx context.Context, name string) map[string]float64 {
+func (p *Provisioner) byHost(ctx context.Context, name string) map[string]float64 {
 	out := map[string]float64{}
 	m := p.monitor.Load()
 	if m == nil {
@@ -381,7 +382,7 @@ func (p *provisioner) byHost(ctx context.Context, name string) map[string]float6
 // MoveGuests implements hoststate.GuestMover: every node of a guest
 // cluster on the host is re-created elsewhere. The host is cordoned by
 // then, so placement passes it over.
-func (p *provisioner) MoveGuests(ctx context.Context, host string) error {
+func (p *Provisioner) MoveGuests(ctx context.Context, host string) error {
 	all, err := p.clusters.List()
 	if err != nil {
 		return err
@@ -401,7 +402,7 @@ func (p *provisioner) MoveGuests(ctx context.Context, host string) error {
 
 // RecreateVM implements remediation.Provisioner for the nodes of guest
 // clusters; another guest has no desired state to be re-created from.
-func (p *provisioner) RecreateVM(ctx context.Context, host, uuid string) error {
+func (p *Provisioner) RecreateVM(ctx context.Context, host, uuid string) error {
 	err := p.rec.RecreateNode(ctx, host, uuid)
 	if errors.Is(err, clusters.ErrNotFound) {
 		return fmt.Errorf("recreate-vm is %w for guest %s on %s: it is not a node of a guest cluster the provisioner manages",
@@ -411,164 +412,6 @@ func (p *provisioner) RecreateVM(ctx context.Context, host, uuid string) error {
 }
 
 // ReprovisionHost implements remediation.Provisioner.
-func (p *provisioner) ReprovisionHost(ctx context.Context, host string) error {
+func (p *Provisioner) ReprovisionHost(ctx context.Context, host string) error {
 	return p.machine.Reprovision(ctx, host)
-}
-
-// nodes makes the clusters' nodes and overlays through the hosts' agents.
-type nodes struct{ p *provisioner }
-
-func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec) (string, error) {
-	c, err := n.p.agents.Client(host)
-	if err != nil {
-		return "", err
-	}
-	base := s.BaseImage
-	if base == "" {
-		base = n.p.cfg.BaseImage
-	}
-	// Replace: the reconciler creates a node only when it is missing or
-	// must be re-created clean. The seed names the node; the image's own
-	// cloud-init configuration does the rest.
-	resp, err := c.PutNode(ctx, agentapi.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
-		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID,
-		UserData: "#cloud-config\nhostname: " + s.Name + "\n"}, true)
-	if err != nil {
-		return "", fmt.Errorf("create node %s on %s: %w", s.Name, host, err)
-	}
-	return resp.UUID, nil
-}
-
-func (n nodes) DeleteNode(ctx context.Context, host, name string) error {
-	c, err := n.p.agents.Client(host)
-	if err != nil {
-		return err
-	}
-	return c.DeleteNode(ctx, name)
-}
-
-func (n nodes) NodeRunning(ctx context.Context, host, uuid string) (bool, error) {
-	return n.p.agents.GuestRunning(ctx, host, uuid)
-}
-
-// EnsureOverlay PUTs the overlay to the host's agent as the reconciler
-// made it, peers named, so that the agent's overlay collector labels each
-// peer with its host.
-func (n nodes) EnsureOverlay(ctx context.Context, host string, o overlayspec.Overlay) error {
-	c, err := n.p.agents.Client(host)
-	if err != nil {
-		return err
-	}
-	_, err = c.PutOverlay(ctx, o.Cluster, o)
-	return err
-}
-
-func (n nodes) RemoveOverlay(ctx context.Context, host, cluster string) error {
-	c, err := n.p.agents.Client(host)
-	if err != nil {
-		return err
-	}
-	return c.DeleteOverlay(ctx, cluster)
-}
-
-// handlers mounts the provisioner's API and PXE endpoints on mux: reading
-// needs a viewer token, changing clusters an operator's, changing hosts
-// an admin's. /pxe/ is open: booting hosts have no token; their callback
-// carries an HMAC.
-func (p *provisioner) handlers(mux *http.ServeMux, auth *api.Authenticator) {
-	byMethod := func(write api.Role, what string, h http.Handler) http.Handler {
-		read := auth.Require(api.RoleViewer, "reading "+what, h)
-		change := auth.Require(write, "changing "+what, h)
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet || r.Method == http.MethodHead {
-				read.ServeHTTP(w, r)
-				return
-			}
-			change.ServeHTTP(w, r)
-		})
-	}
-	ch := byMethod(api.RoleOperator, "guest clusters", clusters.Handler(p.clusters, p.rec.Notify))
-	mux.Handle("/api/v1/clusters", ch)
-	mux.Handle("/api/v1/clusters/", ch)
-	ih := byMethod(api.RoleAdmin, "the inventory", p.afterChange(inventory.Handler(p.inv)))
-	mux.Handle("/api/v1/hosts", ih)
-	mux.Handle("/api/v1/hosts/", ih)
-	sh := byMethod(api.RoleAdmin, "hosts' provisioning", p.stateHandler())
-	mux.Handle("/api/v1/provisioner/hosts", sh)
-	mux.Handle("/api/v1/provisioner/hosts/", sh)
-	if p.pxe != nil {
-		mux.Handle("/pxe/", p.pxe)
-	}
-}
-
-// afterChange syncs the inventory with the state machine and file_sd after
-// a change through the API, without waiting for the tick.
-func (p *provisioner) afterChange(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r)
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			p.sync()
-		}
-	})
-}
-
-// stateHandler serves /api/v1/provisioner/hosts: the hosts' provisioning
-// states and transitions, and provision and reprovision requests.
-func (p *provisioner) stateHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/provisioner/hosts", func(w http.ResponseWriter, _ *http.Request) {
-		hosts := p.machine.Hosts()
-		if hosts == nil {
-			hosts = []hoststate.Host{}
-		}
-		httpjson.Write(w, http.StatusOK, api.HostStates{Hosts: hosts})
-	})
-	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		h, ok := p.machine.Host(name)
-		if !ok {
-			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("host %s is not known to the provisioner", name))
-			return
-		}
-		hist, err := p.machine.History(name)
-		if err != nil {
-			httpjson.Error(w, http.StatusInternalServerError, err.Error())
-			return
-		}
-		httpjson.Write(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
-	})
-	act := func(name string, do func(context.Context, string) error) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			var req api.ProvisionRequest
-			if err := httpjson.Decode(w, r, &req, 64<<10); err != nil {
-				httpjson.WriteDecodeError(w, err)
-				return
-			}
-			if strings.TrimSpace(req.Comment) == "" {
-				httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why")
-				return
-			}
-			host := r.PathValue("name")
-			author := req.Author
-			if id, ok := api.IdentityFrom(r.Context()); ok && author == "" {
-				author = id.Name
-			}
-			p.log.Info(name+" requested", "host", host, "author", author, "comment", req.Comment)
-			err := do(context.WithoutCancel(r.Context()), host)
-			switch {
-			case errors.Is(err, hoststate.ErrUnknownHost):
-				httpjson.Error(w, http.StatusNotFound, err.Error())
-			case errors.Is(err, hoststate.ErrWrongState):
-				httpjson.Error(w, http.StatusConflict, err.Error())
-			case err != nil:
-				httpjson.Error(w, http.StatusInternalServerError, err.Error())
-			default:
-				h, _ := p.machine.Host(host)
-				httpjson.Write(w, http.StatusAccepted, map[string]any{"host": h})
-			}
-		}
-	}
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
-	return mux
 }

@@ -1,0 +1,143 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"caretaker/internal/api"
+	"caretaker/internal/httpjson"
+	"caretaker/provisioner/clusters"
+	"caretaker/provisioner/hoststate"
+	"caretaker/provisioner/inventory"
+)
+
+// Mount mounts the provisioner's API and PXE endpoints on mux: reading
+// needs a viewer token, changing clusters an operator's, changing hosts
+// an admin's. /pxe/ is open: booting hosts have no token; their callback
+// carries an HMAC.
+func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
+	byMethod := func(write api.Role, what string, h http.Handler) http.Handler {
+		read := auth.Require(api.RoleViewer, "reading "+what, h)
+		change := auth.Require(write, "changing "+what, h)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				read.ServeHTTP(w, r)
+				return
+			}
+			change.ServeHTTP(w, r)
+		})
+	}
+	ch := byMethod(api.RoleOperator, "guest clusters", clusters.Handler(p.clusters, p.rec.Notify))
+	mux.Handle("/api/v1/clusters", ch)
+	mux.Handle("/api/v1/clusters/", ch)
+	ih := byMethod(api.RoleAdmin, "the inventory", p.afterChange(inventory.Handler(p.inv)))
+	mux.Handle("/api/v1/hosts", ih)
+	mux.Handle("/api/v1/hosts/", ih)
+	sh := byMethod(api.RoleAdmin, "hosts' provisioning", p.stateHandler())
+	mux.Handle("/api/v1/provisioner/hosts", sh)
+	mux.Handle("/api/v1/provisioner/hosts/", sh)
+	if p.pxe != nil {
+		mux.Handle("/pxe/", p.pxe)
+	}
+}
+
+// afterChange syncs the inventory with the state machine and file_sd after
+// a change through the API, without waiting for the tick.
+func (p *Provisioner) afterChange(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			p.sync()
+		}
+	})
+}
+
+// stateHandler serves /api/v1/provisioner/hosts: the hosts' provisioning
+// states and transitions, and provision and reprovision requests.
+func (p *Provisioner) stateHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/provisioner/hosts", func(w http.ResponseWriter, _ *http.Request) {
+		hosts := p.machine.Hosts()
+		if hosts == nil {
+			hosts = []hoststate.Host{}
+		}
+		httpjson.Write(w, http.StatusOK, api.HostStates{Hosts: hosts})
+	})
+	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		h, ok := p.machine.Host(name)
+		if !ok {
+			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("host %s is not known to the provisioner", name))
+			return
+		}
+		hist, err := p.machine.History(name)
+		if err != nil {
+			httpjson.Error(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		httpjson.Write(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
+	})
+	act := func(name string, do func(context.Context, string) error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var req api.ProvisionRequest
+			if err := httpjson.Decode(w, r, &req, 64<<10); err != nil {
+				httpjson.WriteDecodeError(w, err)
+				return
+			}
+			if strings.TrimSpace(req.Comment) == "" {
+				httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why")
+				return
+			}
+			host := r.PathValue("name")
+			author := req.Author
+			if id, ok := api.IdentityFrom(r.Context()); ok && author == "" {
+				author = id.Name
+			}
+			p.log.Info(name+" requested", "host", host, "author", author, "comment", req.Comment)
+			err := do(context.WithoutCancel(r.Context()), host)
+			switch {
+			case errors.Is(err, hoststate.ErrUnknownHost):
+				httpjson.Error(w, http.StatusNotFound, err.Error())
+			case errors.Is(err, hoststate.ErrWrongState):
+				httpjson.Error(w, http.StatusConflict, err.Error())
+			case err != nil:
+				httpjson.Error(w, http.StatusInternalServerError, err.Error())
+			default:
+				h, _ := p.machine.Host(host)
+				httpjson.Write(w, http.StatusAccepted, map[string]any{"host": h})
+			}
+		}
+	}
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
+	return mux
+}
+
+// watchFetches tells the state machine when a host fetches its iPXE
+// script: it is PXE-booting.
+func (p *Provisioner) watchFetches(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		if r.URL.Path == "/pxe/ipxe" && sw.status == http.StatusOK {
+			if mac := r.URL.Query().Get("mac"); mac != "" {
+				if err := p.machine.PXEFetched(mac); err != nil && !errors.Is(err, hoststate.ErrUnknownHost) {
+					p.log.Warn("PXE fetch not applied", "mac", mac, "err", err)
+				}
+			}
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
