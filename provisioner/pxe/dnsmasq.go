@@ -30,6 +30,12 @@ type DnsmasqConfig struct {
 	HTTPBootURL string
 }
 
+// BootScriptURL is the chain script, GET /pxe/boot.ipxe, of the server
+// that booting hosts reach at baseURL (provisioner.pxe.base_url).
+func BootScriptURL(baseURL string) string {
+	return strings.TrimRight(baseURL, "/") + "/pxe/boot.ipxe"
+}
+
 // DHCPRange is the addresses dnsmasq leases in dhcp mode.
 type DHCPRange struct {
 	Start, End netip.Addr
