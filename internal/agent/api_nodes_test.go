@@ -109,10 +109,10 @@ func TestNodeClientErrors(t *testing.T) {
 		wantCode int
 		wantErr  string
 	}{
-		{"put node", func() error { _, err := c.PutNode(t.Context(), req, true); return err }, 503, "put node c1-w0 on agent " + srv.URL + ": agent answered 503 Service Unavailable: storage pool \"caretaker\" does not exist"},
-		{"delete node", func() error { return c.DeleteNode(t.Context(), "-bad") }, 400, "delete node -bad on agent " + srv.URL + ": agent answered 400 Bad Request: node name \"-bad\""},
-		{"put overlay", func() error { _, err := c.PutOverlay(t.Context(), "c1", overlayspec.Overlay{}); return err }, 400, "put overlay of cluster c1 on agent " + srv.URL + ": agent answered 400 Bad Request: overlay of cluster \"c1\": device: empty"},
-		{"delete overlay", func() error { return agentapi.NewClient(srv.URL, "", srv.Client()).DeleteOverlay(t.Context(), "c1") }, 401, "delete overlay of cluster c1 on agent " + srv.URL + ": agent answered 401 Unauthorized: missing bearer token"},
+		{"put node", func() error { _, err := c.PutNode(t.Context(), req, true); return err }, 503, srv.URL + ": agent answered 503 Service Unavailable: storage pool \"caretaker\" does not exist"},
+		{"delete node", func() error { return c.DeleteNode(t.Context(), "-bad") }, 400, srv.URL + ": agent answered 400 Bad Request: node name \"-bad\""},
+		{"put overlay", func() error { _, err := c.PutOverlay(t.Context(), "c1", overlayspec.Overlay{}); return err }, 400, srv.URL + ": agent answered 400 Bad Request: overlay of cluster \"c1\": device: empty"},
+		{"delete overlay", func() error { return agentapi.NewClient(srv.URL, "", srv.Client()).DeleteOverlay(t.Context(), "c1") }, 401, srv.URL + ": agent answered 401 Unauthorized: missing bearer token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

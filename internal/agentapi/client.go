@@ -18,6 +18,9 @@ import (
 const maxResponseBytes = 1 << 20
 
 // Client calls an agent's actions API; the server uses it to act on a host.
+// Its errors name the agent (its address) and what the agent answered, and
+// nothing else: the caller says what it did, and to which guest, node or
+// overlay ("repair overlay of cluster c on host-a: %w").
 type Client struct {
 	baseURL string
 	token   string
@@ -74,7 +77,7 @@ func (c *Client) StartDomain(ctx context.Context, uuid string) (StartResult, err
 func (c *Client) RepairOverlay(ctx context.Context, cluster string) ([]string, error) {
 	var res OverlayRepair
 	if err := c.do(ctx, http.MethodPost, "/api/v1/overlays/"+url.PathEscape(cluster)+"/repair", nil, &res); err != nil {
-		return nil, fmt.Errorf("repair overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+		return nil, fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return res.Changes, nil
 }
@@ -90,7 +93,7 @@ func (c *Client) PutNode(ctx context.Context, n NodeRequest, replace bool) (Node
 	}
 	var res NodeResponse
 	if err := c.do(ctx, http.MethodPut, path, n, &res); err != nil {
-		return NodeResponse{}, fmt.Errorf("put node %s on agent %s: %w", n.Name, c.baseURL, err)
+		return NodeResponse{}, fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return res, nil
 }
@@ -99,7 +102,7 @@ func (c *Client) PutNode(ctx context.Context, n NodeRequest, replace bool) (Node
 // disks; a node that is not there is not an error.
 func (c *Client) DeleteNode(ctx context.Context, name string) error {
 	if err := c.do(ctx, http.MethodDelete, "/api/v1/nodes/"+url.PathEscape(name), nil, nil); err != nil {
-		return fmt.Errorf("delete node %s on agent %s: %w", name, c.baseURL, err)
+		return fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return nil
 }
@@ -114,7 +117,7 @@ func (c *Client) PutOverlay(ctx context.Context, cluster string, o overlayspec.O
 	}
 	var res OverlayRepair
 	if err := c.do(ctx, http.MethodPut, "/api/v1/overlays/"+url.PathEscape(cluster), o, &res); err != nil {
-		return nil, fmt.Errorf("put overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+		return nil, fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return res.Changes, nil
 }
@@ -124,7 +127,7 @@ func (c *Client) PutOverlay(ctx context.Context, cluster string, o overlayspec.O
 // not an error. The agent refuses (409) while guests are on the bridge.
 func (c *Client) DeleteOverlay(ctx context.Context, cluster string) error {
 	if err := c.do(ctx, http.MethodDelete, "/api/v1/overlays/"+url.PathEscape(cluster), nil, nil); err != nil {
-		return fmt.Errorf("delete overlay of cluster %s on agent %s: %w", cluster, c.baseURL, err)
+		return fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"fmt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/overlayspec"
@@ -28,7 +27,7 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID,
 		UserData: "#cloud-config\nhostname: " + s.Name + "\n"}, true)
 	if err != nil {
-		return "", fmt.Errorf("create node %s on %s: %w", s.Name, host, err)
+		return "", err // the reconciler says which node on which host
 	}
 	return resp.UUID, nil
 }

@@ -306,3 +306,23 @@ func run(t *testing.T, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// TestRecreateFailureNamesTheNodeOnce: a node whose bridge is missing is
+// defined but does not start; Recreate's error says which node once, then
+// what failed (not "recreate node: create node: start domain").
+func TestRecreateFailureNamesTheNodeOnce(t *testing.T) {
+	l := newLab(t)
+	n := l.node(l.name + "-nobridge")
+	n.Bridge = l.name + "-x" // no such bridge
+	t.Cleanup(func() {
+		if err := Delete(l.conn, n); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	_, err := Recreate(l.conn, n, DomainType(TypeQEMU))
+	t.Logf("Recreate: %v", err)
+	want := `recreate node "` + n.Name + `": start domain: `
+	if err == nil || !strings.HasPrefix(err.Error(), want) || strings.Count(err.Error(), n.Name) != 1 {
+		t.Errorf("Recreate with a missing bridge: %v; want %q and libvirt's reason, naming the node once", err, want+"…")
+	}
+}

@@ -19,19 +19,29 @@ func Create(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 	if err := n.Validate(); err != nil {
 		return "", err
 	}
-	if err := EnsureVolumes(conn, n); err != nil {
+	uuid, err := create(conn, n, opts)
+	if err != nil {
 		return "", fmt.Errorf("create node %q: %w", n.Name, err)
+	}
+	return uuid, nil
+}
+
+// create is Create of a valid node; its errors say what failed, and the
+// caller which node it was making.
+func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
+	if err := EnsureVolumes(conn, n); err != nil {
+		return "", err
 	}
 	if n.Ignition != "" {
 		path, err := volumePath(conn, n.Pool, ignitionVolume(n.Name))
 		if err != nil {
-			return "", fmt.Errorf("create node %q: %w", n.Name, err)
+			return "", err
 		}
 		opts = append(slices.Clip(opts), IgnitionFile(path))
 	}
 	dom, err := lookupDomain(conn, n.Name)
 	if err != nil {
-		return "", fmt.Errorf("create node %q: %w", n.Name, err)
+		return "", err
 	}
 	if dom != nil {
 		dom, err = updateDomain(conn, dom, n, opts)
@@ -39,20 +49,20 @@ func Create(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 		dom, err = defineDomain(conn, n, opts)
 	}
 	if err != nil {
-		return "", fmt.Errorf("create node %q: %w", n.Name, err)
+		return "", err
 	}
 	defer dom.Free()
 	uuid, err := dom.GetUUIDString()
 	if err != nil {
-		return "", fmt.Errorf("create node %q: read UUID: %w", n.Name, err)
+		return "", fmt.Errorf("read UUID: %w", err)
 	}
 	active, err := dom.IsActive()
 	if err != nil {
-		return "", fmt.Errorf("create node %q: %w", n.Name, err)
+		return "", err
 	}
 	if !active {
 		if err := dom.Create(); err != nil && !isCode(err, libvirt.ERR_OPERATION_INVALID) {
-			return "", fmt.Errorf("create node %q: start domain: %w", n.Name, err)
+			return "", fmt.Errorf("start domain: %w", err)
 		}
 	}
 	return uuid, nil
@@ -73,7 +83,8 @@ func Recreate(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 	if n.UUID == "" {
 		n.UUID = uuid
 	}
-	got, err := Create(conn, n, opts...)
+	// Once, not "recreate node: create node: …".
+	got, err := create(conn, n, opts)
 	if err != nil {
 		return "", fmt.Errorf("recreate node %q: %w", n.Name, err)
 	}
