@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,6 +54,9 @@ type Server struct {
 	audit   *audit.Client // nil without Loki
 	engine  *remediation.Engine
 	monitor *monitoring.Monitor
+	// running is monitor once it runs, for the engine and the
+	// provisioner, which start before it.
+	running atomic.Pointer[monitoring.Monitor]
 	policy  *policyHolder
 	prov    *fleet.Provisioner // nil without provisioner.inventory_file
 	handler http.Handler
@@ -65,49 +69,11 @@ type Server struct {
 // broken policy, rule file or token file stops it with an error naming
 // the file.
 func New(ctx context.Context, o Options) (_ *Server, err error) {
-	cfg := o.Config
-	logger := o.Logger
-	// The admin token is also the webhook's default token.
-	var apiToken string
-	if cfg.API.TokenFile != "" {
-		if apiToken, err = config.ReadSecret(cfg.Path(cfg.API.TokenFile)); err != nil {
-			return nil, fmt.Errorf("api.token_file: %w", err)
-		}
-	}
-	var agentToken string
-	if cfg.Agents.TokenFile != "" {
-		if agentToken, err = config.ReadSecret(cfg.Path(cfg.Agents.TokenFile)); err != nil {
-			return nil, fmt.Errorf("agents.token_file: %w", err)
-		}
-	}
-	webhookToken := apiToken
-	if f := cfg.Remediation.Webhook.TokenFile; f != "" {
-		if webhookToken, err = config.ReadSecret(cfg.Path(f)); err != nil {
-			return nil, fmt.Errorf("remediation.webhook.token_file: %w", err)
-		}
-	}
-	pol := policy.Default()
-	if cfg.Remediation.PolicyFile != "" {
-		if pol, err = policy.Load(cfg.Path(cfg.Remediation.PolicyFile)); err != nil {
-			return nil, err
-		}
-	}
-	rules := alerts.Rules()
-	if o.RulesDir != "" {
-		if _, err := os.Stat(o.RulesDir); err != nil {
-			return nil, fmt.Errorf("rules directory: %w", err)
-		}
-		rules = os.DirFS(o.RulesDir)
-	}
-	if err := monitoring.ValidateRules(rules); err != nil {
+	in, err := load(o)
+	if err != nil {
 		return nil, err
 	}
-	dataDir := cfg.Path(cfg.DataDir)
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
-	}
-
-	s := &Server{opts: o, logger: logger, reg: prometheus.NewRegistry()}
+	s := &Server{opts: o, logger: o.Logger, reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -115,49 +81,152 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	}()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	jpath := filepath.Join(dataDir, "journal.db")
-	if s.journal, err = journal.Open(jpath); err != nil {
+	if err := s.openJournal(in); err != nil {
 		return nil, err
+	}
+	hosts := agentapi.NewHosts(in.agentToken)
+	for _, h := range o.Config.Hosts {
+		hosts.Add(h.Name, h.Agent)
+	}
+	if err := s.startProvisioner(in, hosts); err != nil {
+		return nil, err
+	}
+	intakeMetrics, err := s.startRemediation(ctx, in, hosts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.startMonitoring(ctx, in); err != nil {
+		return nil, err
+	}
+	var bgCtx context.Context
+	bgCtx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	if s.prov != nil {
+		s.bg.Go(func() { s.prov.Run(bgCtx) })
+	}
+	s.bg.Go(func() {
+		s.inbox.RunPruning(bgCtx, intake.PruneOptions{Metrics: intakeMetrics, Logger: s.logger.With("component", "webhook")})
+	})
+	cfg := o.Config
+	s.logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", in.dataDir,
+		"journal", in.journalPath(), "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
+
+	if s.handler, err = s.routes(in, intakeMetrics); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// inputs are what the server reads before it starts anything, so that a
+// broken file stops it before any part runs.
+type inputs struct {
+	cfg          *config.Server
+	agentToken   string
+	webhookToken string // the admin token unless the webhook has its own
+	policy       *policy.Policy
+	rules        fs.FS
+	dataDir      string
+}
+
+func (in inputs) journalPath() string { return filepath.Join(in.dataDir, "journal.db") }
+
+func load(o Options) (inputs, error) {
+	cfg := o.Config
+	in := inputs{cfg: cfg, policy: policy.Default(), rules: alerts.Rules(), dataDir: cfg.Path(cfg.DataDir)}
+	var err error
+	// The admin token is also the webhook's default token.
+	var apiToken string
+	if cfg.API.TokenFile != "" {
+		if apiToken, err = config.ReadSecret(cfg.Path(cfg.API.TokenFile)); err != nil {
+			return inputs{}, fmt.Errorf("api.token_file: %w", err)
+		}
+	}
+	if cfg.Agents.TokenFile != "" {
+		if in.agentToken, err = config.ReadSecret(cfg.Path(cfg.Agents.TokenFile)); err != nil {
+			return inputs{}, fmt.Errorf("agents.token_file: %w", err)
+		}
+	}
+	in.webhookToken = apiToken
+	if f := cfg.Remediation.Webhook.TokenFile; f != "" {
+		if in.webhookToken, err = config.ReadSecret(cfg.Path(f)); err != nil {
+			return inputs{}, fmt.Errorf("remediation.webhook.token_file: %w", err)
+		}
+	}
+	if cfg.Remediation.PolicyFile != "" {
+		if in.policy, err = policy.Load(cfg.Path(cfg.Remediation.PolicyFile)); err != nil {
+			return inputs{}, err
+		}
+	}
+	if o.RulesDir != "" {
+		if _, err := os.Stat(o.RulesDir); err != nil {
+			return inputs{}, fmt.Errorf("rules directory: %w", err)
+		}
+		in.rules = os.DirFS(o.RulesDir)
+	}
+	if err := monitoring.ValidateRules(in.rules); err != nil {
+		return inputs{}, err
+	}
+	if err := os.MkdirAll(in.dataDir, 0o750); err != nil {
+		return inputs{}, fmt.Errorf("data directory: %w", err)
+	}
+	return in, nil
+}
+
+// startProvisioner opens the provisioner when it is configured: it
+// re-creates guests and reinstalls hosts for the engine; without it those
+// actions are not available.
+func (s *Server) startProvisioner(in inputs, hosts *agentapi.Hosts) error {
+	if !in.cfg.Provisioner.Enabled() {
+		return nil
+	}
+	var err error
+	s.prov, err = fleet.New(fleet.Options{Config: in.cfg, DataDir: in.dataDir, Agents: hosts, Monitor: &s.running,
+		Registerer: s.reg, Logger: s.logger.With("component", "provisioner")})
+	return err
+}
+
+// openJournal opens the remediation journal, and its Loki audit stream
+// when one is configured.
+func (s *Server) openJournal(in inputs) error {
+	cfg := in.cfg
+	var err error
+	if s.journal, err = journal.Open(in.journalPath()); err != nil {
+		return err
 	}
 	if l := cfg.Remediation.Loki; l.URL != "" {
 		var token string
 		if l.BearerTokenFile != "" {
 			if token, err = config.ReadSecret(cfg.Path(l.BearerTokenFile)); err != nil {
-				return nil, fmt.Errorf("remediation.loki.bearer_token_file: %w", err)
+				return fmt.Errorf("remediation.loki.bearer_token_file: %w", err)
 			}
 		}
 		s.audit, err = audit.New(audit.Config{
 			URL: l.URL, TenantID: l.TenantID, BearerToken: token,
 			BatchSize: l.BatchSize, BatchWait: l.BatchWait, ExternalLabels: l.ExternalLabels,
-		}, logger.With("component", "audit"), s.reg)
+		}, s.logger.With("component", "audit"), s.reg)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		s.journal.OnRecord(s.audit.Log)
 	}
+	return nil
+}
 
-	hosts := agentapi.NewHosts(agentToken)
-	for _, h := range cfg.Hosts {
-		hosts.Add(h.Name, h.Agent)
-	}
-	var monitor atomic.Pointer[monitoring.Monitor]
-	// The provisioner, when configured, re-creates guests and reinstalls
-	// hosts for the engine; without it those actions are not available.
+// startRemediation starts the engine, and hands it what the webhook inbox
+// holds from before a restart. It returns the webhook's metrics, for its
+// handler and pruning.
+func (s *Server) startRemediation(ctx context.Context, in inputs, hosts *agentapi.Hosts) (*intake.Metrics, error) {
+	cfg, logger := in.cfg, s.logger
 	var prov remediation.Provisioner
-	if cfg.Provisioner.Enabled() {
-		s.prov, err = fleet.New(fleet.Options{Config: cfg, DataDir: dataDir, Agents: hosts, Monitor: &monitor,
-			Registerer: s.reg, Logger: logger.With("component", "provisioner")})
-		if err != nil {
-			return nil, err
-		}
+	if s.prov != nil {
 		prov = s.prov
 	}
+	var err error
 	// The engine starts before the monitor whose data sizes the fleet, and
 	// the monitor's first rule evaluation may reach the engine before
-	// monitoring.Start returns: until the monitor is stored here, the fleet
-	// size is unknown (0).
+	// monitoring.Start returns: until the monitor is stored in s.running,
+	// the fleet size is unknown (0).
 	s.engine, err = remediation.New(remediation.Options{
-		Policy:        pol,
+		Policy:        in.policy,
 		Journal:       s.journal,
 		Hosts:         hosts,
 		Provisioner:   prov,
@@ -168,24 +237,45 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		DryRun:        cfg.Remediation.DryRun,
 		Retention:     cfg.Remediation.Retention,
 		StaleAfter:    cfg.Remediation.StaleAfter,
-		FleetSize: func() int {
-			m := monitor.Load()
-			if m == nil {
-				return 0
-			}
-			qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			v, err := m.Query(qctx, "count(caretaker_kvm_domain_info)", time.Now())
-			if err != nil || len(v) == 0 {
-				return 0
-			}
-			return int(v[0].F)
-		},
+		FleetSize:     s.fleetSize,
 	})
 	if err != nil {
 		return nil, err
 	}
+	// Alertmanager deliveries are on disk before they are answered; what a
+	// crash left unhandled is handed to the engine again now.
+	if s.inbox, err = intake.Open(filepath.Join(in.dataDir, "inbox.db")); err != nil {
+		return nil, err
+	}
+	if n, err := s.inbox.Replay(ctx, s.engine.Handle); err != nil {
+		return nil, fmt.Errorf("replay the webhook inbox: %w", err)
+	} else if n > 0 {
+		logger.Info("replayed webhook deliveries recorded before a restart", "alerts", n)
+	}
+	return intake.NewMetrics(s.reg)
+}
 
+// fleetSize is the number of guests the embedded Prometheus knows of; 0
+// until it runs.
+func (s *Server) fleetSize() int {
+	m := s.running.Load()
+	if m == nil {
+		return 0
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := m.Query(qctx, "count(caretaker_kvm_domain_info)", time.Now())
+	if err != nil || len(v) == 0 {
+		return 0
+	}
+	return int(v[0].F)
+}
+
+// startMonitoring starts the embedded Prometheus: it scrapes the agents
+// (configured, file_sd, the provisioner's inventory) and the server,
+// evaluates the rules and hands their alerts to the engine.
+func (s *Server) startMonitoring(ctx context.Context, in inputs) error {
+	cfg := in.cfg
 	var remote []monitoring.RemoteWriteConfig
 	for _, rw := range cfg.RemoteWrite {
 		remote = append(remote, monitoring.RemoteWriteConfig{URL: rw.URL, Name: rw.Name})
@@ -197,27 +287,13 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.prov != nil {
 		fileSD = append(fileSD, s.prov.FileSD())
 	}
-	// Alertmanager deliveries are on disk before they are answered; what a
-	// crash left unhandled is handed to the engine again now.
-	if s.inbox, err = intake.Open(filepath.Join(dataDir, "inbox.db")); err != nil {
-		return nil, err
-	}
-	if n, err := s.inbox.Replay(ctx, s.engine.Handle); err != nil {
-		return nil, fmt.Errorf("replay the webhook inbox: %w", err)
-	} else if n > 0 {
-		logger.Info("replayed webhook deliveries recorded before a restart", "alerts", n)
-	}
-	intakeMetrics, err := intake.NewMetrics(s.reg)
-	if err != nil {
-		return nil, err
-	}
-
 	targets := make([]monitoring.Target, 0, len(cfg.Hosts))
 	for _, h := range cfg.Hosts {
 		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
 	}
+	var err error
 	s.monitor, err = monitoring.Start(ctx, monitoring.Options{
-		DataDir:        dataDir,
+		DataDir:        in.dataDir,
 		ScrapeInterval: cfg.Prometheus.ScrapeInterval,
 		ScrapeTimeout:  cfg.Prometheus.ScrapeTimeout,
 		Jobs: map[string]monitoring.JobScrape{
@@ -228,30 +304,27 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		Retention:          cfg.Prometheus.Retention,
 		RetentionSize:      cfg.Prometheus.RetentionSizeBytes,
 		FileSD:             fileSD,
-		SelfAddress:        selfAddress(o),
+		SelfAddress:        selfAddress(s.opts),
 		Alertmanagers:      cfg.Alerting.Alertmanagers,
 		RemoteWrite:        remote,
 		Targets:            targets,
-		Rules:              rules,
+		Rules:              in.rules,
 		Notify:             s.notify,
-		Logger:             logger.With("component", "prometheus"),
+		Logger:             s.logger.With("component", "prometheus"),
 		Registerer:         s.reg,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	monitor.Store(s.monitor)
-	var bgCtx context.Context
-	bgCtx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
-	if s.prov != nil {
-		s.bg.Go(func() { s.prov.Run(bgCtx) })
-	}
-	s.bg.Go(func() {
-		s.inbox.RunPruning(bgCtx, intake.PruneOptions{Metrics: intakeMetrics, Logger: logger.With("component", "webhook")})
-	})
-	logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", dataDir,
-		"journal", jpath, "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
+	s.running.Store(s.monitor)
+	return nil
+}
 
+// routes is the server's HTTP surface: caretaker's API and Prometheus'
+// query API behind the tokens' roles, the Alertmanager webhook, the
+// provisioner's API and /pxe/, the server's metrics and health.
+func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler, error) {
+	cfg, logger := in.cfg, s.logger
 	creds, err := cfg.APICredentials()
 	if err != nil {
 		return nil, err
@@ -268,7 +341,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if cfg.Remediation.PolicyFile != "" {
 		policyFile = cfg.Path(cfg.Remediation.PolicyFile)
 	}
-	s.policy = newPolicyHolder(policyFile, pol, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
+	s.policy = newPolicyHolder(policyFile, in.policy, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", api.NewHandler(api.Options{
 		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.Hosts},
@@ -291,8 +364,8 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	// The webhook authenticates itself: a bearer token or a client certificate.
 	mux.Handle(intake.Path, intake.Handler(intake.Options{
 		Inbox:       s.inbox,
-		Token:       webhookToken,
-		ClientCerts: o.WebConfigFile != "",
+		Token:       in.webhookToken,
+		ClientCerts: s.opts.WebConfigFile != "",
 		BodyLimit:   cfg.Remediation.Webhook.BodyLimitBytes,
 		OnAlerts:    s.engine.Handle,
 		Logger:      logger.With("component", "webhook"),
@@ -310,8 +383,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "caretaker server: API under /api/v1/ (bearer token), metrics at /metrics")
 	})
-	s.handler = mux
-	return s, nil
+	return mux, nil
 }
 
 func jobScrape(j config.ScrapeJob) monitoring.JobScrape {
