@@ -28,7 +28,13 @@ func TestResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokFile := filepath.Join(dir, "tok")
-	os.WriteFile(tokFile, []byte("flag-token\n"), 0o600)
+	const flagToken = "flag-token-0123456789abcdef012345" // 32 characters, the least a token file may hold
+	os.WriteFile(tokFile, []byte(flagToken+"\n"), 0o600)
+	openTok := filepath.Join(dir, "open-tok")
+	os.WriteFile(openTok, []byte(flagToken+"\n"), 0o600)
+	os.Chmod(openTok, 0o644)
+	weakTok := filepath.Join(dir, "weak-tok")
+	os.WriteFile(weakTok, []byte("flag-token\n"), 0o600)
 	for _, tc := range []struct {
 		name              string
 		env               map[string]string
@@ -41,11 +47,15 @@ func TestResolve(t *testing.T) {
 		{name: "env overrides file", env: map[string]string{"RUNBOOK_CONFIG": cfg, "RUNBOOK_URL": "http://env:1", "RUNBOOK_TOKEN": "env-token"},
 			wantURL: "http://env:1", wantTok: "env-token"},
 		{name: "flags override env", env: map[string]string{"RUNBOOK_CONFIG": cfg, "RUNBOOK_URL": "http://env:1", "RUNBOOK_TOKEN": "env-token"},
-			flagURL: "http://flag:2", flagTok: tokFile, wantURL: "http://flag:2", wantTok: "flag-token"},
+			flagURL: "http://flag:2", flagTok: tokFile, wantURL: "http://flag:2", wantTok: flagToken},
 		{name: "XDG_CONFIG_HOME", env: map[string]string{"XDG_CONFIG_HOME": dir, "RUNBOOK_TOKEN": "t"},
 			wantURL: defaultURL, wantTok: "t"},
 		{name: "no token anywhere", env: map[string]string{"HOME": dir},
 			wantErrContaining: "no API token"},
+		{name: "world-readable token file", env: map[string]string{"HOME": dir}, flagTok: openTok,
+			wantErrContaining: "--token-file: read secret: " + openTok + ": mode 0644: a secret file must not be readable by group or others (chmod 600 " + openTok + ")"},
+		{name: "weak token file", env: map[string]string{"HOME": dir}, flagTok: weakTok,
+			wantErrContaining: "the token has 10 characters, a token needs at least 32"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := resolve(env(tc.env), tc.flagURL, tc.flagTok)

@@ -24,6 +24,7 @@ import (
 	"caretaker/collectors/kvm"
 	"caretaker/collectors/overlay"
 	"caretaker/internal/agent/guests"
+	"caretaker/internal/authlimit"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/overlayspec"
 )
@@ -111,7 +112,10 @@ type Agent struct {
 	// created are the nodes this agent made, its own whatever
 	// Config.DomainFilter says.
 	created created
-	handler http.Handler
+	// failures logs, counts and limits failed authentications of the
+	// action API per client address.
+	failures *authlimit.Limiter
+	handler  http.Handler
 }
 
 // New returns an Agent for cfg, with defaults applied to its zero fields. It
@@ -193,8 +197,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.collectors["kvm"] = kvm.New(a.conn, a.logger.With("collector", "kvm"), kvmOpts...)
 	reg := prometheus.NewRegistry()
+	authFailures := authlimit.NewCounter("caretaker_agent_auth_failures_total",
+		"Failed authentications of the action API by reason: missing or invalid token, disabled (no token configured), or rate_limited (a client with too many failures, refused with 429).")
+	a.failures = authlimit.New(authlimit.Options{Counter: authFailures, Logger: a.logger})
 	for _, c := range []prometheus.Collector{
 		collectors.NewSet(a.logger, cfg.ScrapeTimeout, a.collectors),
+		authFailures,
 		promcollectors.NewGoCollector(),
 		promcollectors.NewProcessCollector(promcollectors.ProcessCollectorOpts{}),
 	} {

@@ -8,6 +8,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"caretaker/internal/agentapi"
+	"caretaker/internal/authlimit"
 	"caretaker/internal/httpjson"
 )
 
@@ -26,31 +27,41 @@ func (a *Agent) apiHandler() http.Handler {
 
 // requireToken lets through only requests with the server's bearer token,
 // before anything is looked up or routed, so that a request without it
-// learns nothing and changes nothing.
+// learns nothing and changes nothing. Failures are logged and counted
+// (caretaker_agent_auth_failures_total); a client with too many of them
+// gets 429 with Retry-After until its window ends (authlimit).
 func (a *Agent) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if reason := a.unauthorized(r); reason != "" {
-			a.logger.Warn("rejected API request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
-			httpjson.Compact.Unauthorized(w, "caretaker-agent", reason)
+		if a.failures.Refuse(w, r, httpjson.Compact) {
+			return
+		}
+		if msg, reason := a.unauthorized(r); msg != "" {
+			if reason == authlimit.ReasonDisabled {
+				a.failures.Count(r, reason) // no guess: not held against the client
+			} else {
+				a.failures.Fail(r, reason)
+			}
+			httpjson.Compact.Unauthorized(w, "caretaker-agent", msg)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// unauthorized returns why r may not use the API, or "" if it may.
-func (a *Agent) unauthorized(r *http.Request) string {
+// unauthorized returns why r may not use the API and the authlimit
+// reason, or "" if it may.
+func (a *Agent) unauthorized(r *http.Request) (msg, reason string) {
 	if a.token == "" {
-		return "host actions are disabled: the agent has no API token configured"
+		return "host actions are disabled: the agent has no API token configured", authlimit.ReasonDisabled
 	}
 	token, ok := httpjson.BearerToken(r.Header.Get("Authorization"))
 	if !ok {
-		return "missing bearer token"
+		return "missing bearer token", authlimit.ReasonMissing
 	}
 	if !httpjson.TokenMatches(token, a.token) {
-		return "invalid bearer token"
+		return "invalid bearer token", authlimit.ReasonInvalid
 	}
-	return ""
+	return "", ""
 }
 
 // handleDomain answers GET /api/v1/domains/{uuid}.

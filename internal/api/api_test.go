@@ -663,7 +663,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 	a, _ := NewAuthenticator(toks)
 	header := "Bearer " + toks[9].Secret
 	for b.Loop() {
-		if _, ok := a.identify(header); !ok {
+		if _, ok, _ := a.identify(header); !ok {
 			b.Fatal("not identified")
 		}
 	}

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"caretaker/internal/authlimit"
 	"caretaker/internal/httpjson"
 )
 
@@ -69,6 +73,9 @@ func IdentityFrom(ctx context.Context) (Identity, bool) {
 // Authenticator tells who a request comes from by its bearer token.
 type Authenticator struct {
 	tokens []Token
+	// failures logs, counts and limits failed authentications per client
+	// address, once LimitFailures set it.
+	failures *authlimit.Limiter
 }
 
 // NewAuthenticator accepts tokens. Names and secrets must be unique and
@@ -98,13 +105,34 @@ func NewAuthenticator(tokens []Token) (*Authenticator, error) {
 	return &Authenticator{tokens: append([]Token(nil), tokens...)}, nil
 }
 
+// FailuresMetric counts the API's failed authentications by reason.
+const FailuresMetric = "caretaker_api_auth_failures_total"
+
+// LimitFailures makes the authenticator log every failed authentication
+// to logger (client address, route, reason; never the token), count it in
+// FailuresMetric, registered with reg, and answer a client with more than
+// authlimit.DefaultMaxFailures failures within authlimit.DefaultWindow 429
+// with Retry-After until the window ends, other clients unaffected. The
+// server calls it before serving.
+func (a *Authenticator) LimitFailures(logger *slog.Logger, reg prometheus.Registerer) error {
+	c := authlimit.NewCounter(FailuresMetric,
+		"Failed authentications of the API by reason: missing or invalid token, or rate_limited (a client with too many failures, refused with 429).")
+	if reg != nil {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register %s: %w", FailuresMetric, err)
+		}
+	}
+	a.failures = authlimit.New(authlimit.Options{Counter: c, Logger: logger})
+	return nil
+}
+
 // identify compares the bearer token with every known one in constant time,
 // and without stopping at a match, so response times tell nothing about
 // which token or how much of it was right.
-func (a *Authenticator) identify(header string) (Identity, bool) {
+func (a *Authenticator) identify(header string) (Identity, bool, string) {
 	got, ok := httpjson.BearerToken(header)
 	if !ok {
-		return Identity{}, false
+		return Identity{}, false, authlimit.ReasonMissing
 	}
 	var id Identity
 	found := false
@@ -113,15 +141,24 @@ func (a *Authenticator) identify(header string) (Identity, bool) {
 			id, found = Identity{Name: t.Name, Role: t.Role}, true
 		}
 	}
-	return id, found
+	if !found {
+		return id, false, authlimit.ReasonInvalid
+	}
+	return id, true, ""
 }
 
 // Authenticate serves next only to requests with a known bearer token,
 // with their Identity in the context; the others get 401 and reach nothing.
+// A client with too many failures (authlimit) gets 429 with Retry-After
+// until its window ends, before its token is looked at.
 func (a *Authenticator) Authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, ok := a.identify(r.Header.Get("Authorization"))
+		if a.failures.Refuse(w, r, httpjson.Indented) {
+			return
+		}
+		id, ok, reason := a.identify(r.Header.Get("Authorization"))
 		if !ok {
+			a.failures.Fail(r, reason)
 			httpjson.Unauthorized(w, "caretaker", "missing or invalid bearer token")
 			return
 		}

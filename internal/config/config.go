@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"caretaker/internal/secret"
 	"caretaker/internal/yamlfile"
 )
 
@@ -520,16 +521,10 @@ func (c *Server) APICredentials() ([]Credential, error) {
 	return creds, nil
 }
 
-// ReadSecret reads a token file, trimming surrounding whitespace. It never
-// includes the secret in errors.
+// ReadSecret reads a token file (secret.ReadToken): trimmed of surrounding
+// white space, refused when group or others may read it or when the token
+// has fewer than secret.MinTokenLength characters. It never includes the
+// secret in errors.
 func ReadSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read secret: %w", err)
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "", fmt.Errorf("read secret %s: file is empty", path)
-	}
-	return s, nil
+	return secret.ReadToken(path)
 }

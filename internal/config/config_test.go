@@ -58,11 +58,23 @@ func TestLoadBad(t *testing.T) {
 func TestReadSecret(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "tok")
-	if err := os.WriteFile(p, []byte("  s3cret\n"), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("  "+strongA+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := ReadSecret(p); err != nil || s != "s3cret" {
+	if s, err := ReadSecret(p); err != nil || s != strongA {
 		t.Fatalf("ReadSecret = %q, %v", s, err)
+	}
+	// Weak tokens and files others may read are refused.
+	weak := filepath.Join(dir, "weak")
+	os.WriteFile(weak, []byte("s3cret\n"), 0o600)
+	if _, err := ReadSecret(weak); err == nil || !strings.Contains(err.Error(), "the token has 6 characters, a token needs at least 32") {
+		t.Fatalf("weak token: %v", err)
+	}
+	open := filepath.Join(dir, "open")
+	os.WriteFile(open, []byte(strongA), 0o600)
+	os.Chmod(open, 0o644)
+	if _, err := ReadSecret(open); err == nil || !strings.Contains(err.Error(), open+": mode 0644: a secret file must not be readable by group or others (chmod 600 "+open+")") {
+		t.Fatalf("world-readable token file: %v", err)
 	}
 	empty := filepath.Join(dir, "empty")
 	os.WriteFile(empty, nil, 0o600)
@@ -78,9 +90,15 @@ func TestDeployExample(t *testing.T) {
 	}
 }
 
+// Tokens of 32 characters, the least ReadSecret takes.
+const (
+	strongA = "a-secret-0123456789abcdef01234567"
+	strongB = "b-secret-0123456789abcdef01234567"
+)
+
 func TestAPICredentials(t *testing.T) {
 	dir := t.TempDir()
-	for name, secret := range map[string]string{"admin.token": "a-secret\n", "alice.token": "b-secret", "copy.token": " a-secret "} {
+	for name, secret := range map[string]string{"admin.token": strongA + "\n", "alice.token": strongB, "copy.token": " " + strongA + " "} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(secret), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -93,10 +111,10 @@ func TestAPICredentials(t *testing.T) {
 	}{
 		{name: "admin file and named tokens",
 			yml:  "api:\n  token_file: admin.token\n  tokens:\n    - {name: alice, role: operator, token_file: alice.token}\n",
-			want: []Credential{{"admin", "admin", "a-secret"}, {"alice", "operator", "b-secret"}}},
+			want: []Credential{{"admin", "admin", strongA}, {"alice", "operator", strongB}}},
 		{name: "named tokens only",
 			yml:  "api:\n  tokens:\n    - {name: alice, role: viewer, token_file: alice.token}\nremediation: {webhook: {token_file: w.token}}\n",
-			want: []Credential{{"alice", "viewer", "b-secret"}}},
+			want: []Credential{{"alice", "viewer", strongB}}},
 		{name: "same token twice",
 			yml:     "api:\n  token_file: admin.token\n  tokens:\n    - {name: alice, role: viewer, token_file: copy.token}\n",
 			wantErr: "api.tokens[0].token_file: holds the same token as api.token_file; give every token its own value"},

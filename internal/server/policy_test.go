@@ -74,7 +74,7 @@ func TestPolicyHolder(t *testing.T) {
 // behind the viewer role.
 func TestAPIRolesAndReload(t *testing.T) {
 	dir := t.TempDir()
-	for name, body := range map[string]string{"admin.token": "adm\n", "vera.token": "view\n", "olga.token": "op\n",
+	for name, body := range map[string]string{"admin.token": testToken("adm") + "\n", "vera.token": testToken("view") + "\n", "olga.token": testToken("op") + "\n",
 		"policy.yml": policyV1} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -100,7 +100,7 @@ func TestAPIRolesAndReload(t *testing.T) {
 		t.Helper()
 		req, _ := http.NewRequest(method, srv.URL+path, nil)
 		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Authorization", "Bearer "+testToken(token))
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -27,11 +27,11 @@ func TestProvisionerWiring(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("admin.token", "admin-secret\n")
-	write("viewer.token", "viewer-secret\n")
-	write("operator.token", "operator-secret\n")
+	write("admin.token", testToken("admin-secret")+"\n")
+	write("viewer.token", testToken("viewer-secret")+"\n")
+	write("operator.token", testToken("operator-secret")+"\n")
 	write("bmc.pass", "pw\n")
-	write("pxe.secret", "pxe-secret\n")
+	write("pxe.secret", testToken("pxe-secret")+"\n")
 	write("inventory.yml", `hosts:
   - name: hv-1
     macs: ["52:54:00:00:00:01"]
@@ -81,7 +81,7 @@ provisioner:
 		t.Helper()
 		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
 		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Authorization", "Bearer "+testToken(token))
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

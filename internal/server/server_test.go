@@ -24,8 +24,10 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 		}
 		return p
 	}
-	write("api.token", "tok\n")
+	write("api.token", testToken("tok")+"\n")
 	write("empty.token", "")
+	write("weak.token", "tok\n")
+	os.Chmod(write("open.token", testToken("open")), 0o644)
 	badPolicy := write("policy.yml", "rules:\n  - name: r\n    match: {alertname: GuestCrashed}\n    action: restrat-vm\n")
 	rulesDir := filepath.Join(dir, "rules")
 	os.Mkdir(rulesDir, 0o755)
@@ -41,6 +43,8 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 			badPolicy + ":4: rules[0].action: unknown action \"restrat-vm\""},
 		{"empty token", "api: {token_file: empty.token}\n", "", "empty.token: file is empty"},
 		{"missing token", "api: {token_file: nope.token}\n", "", "nope.token"},
+		{"weak token", "api: {token_file: weak.token}\n", "", "weak.token: the token has 3 characters, a token needs at least 32"},
+		{"world-readable token", "api: {token_file: open.token}\n", "", "open.token: mode 0644: a secret file must not be readable by group or others"},
 		{"bad rules", "api: {token_file: api.token}\n", rulesDir, "x.rules.yml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,7 +71,7 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 // configured).
 func TestWebhook(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "api.token"), []byte("tok\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "api.token"), []byte(testToken("tok")+"\n"), 0o600)
 	// A Loki stand-in that counts pushes in Loki's wire format.
 	pushes := make(chan string, 16)
 	loki := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -111,7 +115,7 @@ func TestWebhook(t *testing.T) {
 		t.Fatalf("a refused delivery reached the engine: %+v", recs)
 	}
 	for i := 0; i < 3; i++ {
-		if code := post("tok"); code != http.StatusOK {
+		if code := post(testToken("tok")); code != http.StatusOK {
 			t.Fatalf("with token: %d, want 200", code)
 		}
 	}
@@ -137,4 +141,9 @@ func TestWebhook(t *testing.T) {
 	default:
 		t.Error("no push reached Loki")
 	}
+}
+
+// testToken pads name to the 32 characters a token file must hold.
+func testToken(name string) string {
+	return name + strings.Repeat("-", max(0, 32-len(name)))
 }

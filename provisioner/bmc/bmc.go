@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"caretaker/internal/secret"
 	"caretaker/internal/yamlfile"
 )
 
@@ -163,9 +163,10 @@ func New(cfg Config, logger *slog.Logger) (Controller, error) {
 }
 
 // readPassword returns the file's content without one trailing newline.
-// Its errors name the file, never the content.
+// A file group or others may read is refused (secret.Read). Its errors
+// name the file, never the content.
 func readPassword(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := secret.Read(path)
 	if err != nil {
 		return "", fmt.Errorf("read BMC password: %w", err)
 	}

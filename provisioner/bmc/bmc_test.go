@@ -42,6 +42,7 @@ func TestReadPassword(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name, content, want, wantErr string
+		mode                         os.FileMode
 	}{
 		{name: "plain", content: "s3cret", want: "s3cret"},
 		{name: "newline", content: "s3cret\n", want: "s3cret"},
@@ -49,9 +50,14 @@ func TestReadPassword(t *testing.T) {
 		{name: "spaces kept", content: " s3 cret \n", want: " s3 cret "},
 		{name: "empty", content: "\n", wantErr: "is empty"},
 		{name: "two lines", content: "s3cret\nother\n", wantErr: "has more than one line"},
+		{name: "world-readable", content: "s3cret\n", mode: 0o644, wantErr: "mode 0644: a secret file must not be readable by group or others"},
+		{name: "group-readable", content: "s3cret\n", mode: 0o640, wantErr: "mode 0640"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeSecret(t, tc.content)
+			if tc.mode != 0 {
+				os.Chmod(p, tc.mode)
+			}
 			got, err := readPassword(p)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), p) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 
+	"caretaker/internal/authlimit"
 	"caretaker/internal/httpjson"
 	"caretaker/remediation"
 )
@@ -45,14 +46,17 @@ type Response struct {
 }
 
 type handler struct {
-	opts Options
-	log  *slog.Logger
+	opts     Options
+	log      *slog.Logger
+	failures *authlimit.Limiter
 }
 
 // Handler serves Alertmanager webhook deliveries (POST Path). It answers
 // 2xx only once the alerts are on disk, 5xx when they could not be
 // recorded (Alertmanager retries; 503 when the inbox is full) and 4xx for deliveries a retry cannot
-// fix. A request that fails authentication gets 401 and records nothing.
+// fix. A request that fails authentication gets 401 and records nothing;
+// it is logged and counted, and a client with too many failures gets 429
+// with Retry-After (authlimit) until its window ends.
 func Handler(opts Options) http.Handler {
 	if opts.Inbox == nil {
 		panic("intake.Handler: no inbox") // wiring error, like http.Handle(nil)
@@ -64,11 +68,17 @@ func Handler(opts Options) http.Handler {
 	if h.opts.BodyLimit <= 0 {
 		h.opts.BodyLimit = DefaultBodyLimit
 	}
+	h.failures = authlimit.New(authlimit.Options{Counter: opts.Metrics.authFailures(), Logger: h.log})
 	return h
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.authenticated(r) {
+	if h.failures.Refuse(w, r, httpjson.Compact) {
+		h.opts.Metrics.delivered(http.StatusTooManyRequests)
+		return
+	}
+	if reason := h.unauthenticated(r); reason != "" {
+		h.failures.Fail(r, reason)
 		h.opts.Metrics.delivered(http.StatusUnauthorized)
 		httpjson.Compact.Unauthorized(w, "caretaker", "missing or invalid bearer token or client certificate")
 		return
@@ -137,19 +147,24 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	httpjson.Compact.Write(w, http.StatusOK, Response{Status: "success", Recorded: len(rc.Recorded)})
 }
 
-func (h *handler) authenticated(r *http.Request) bool {
-	if token, ok := httpjson.BearerToken(r.Header.Get("Authorization")); ok && httpjson.TokenMatches(token, h.opts.Token) {
-		return true
+// unauthenticated returns why r is not authenticated (an authlimit
+// reason), or "" when it is.
+func (h *handler) unauthenticated(r *http.Request) string {
+	token, ok := httpjson.BearerToken(r.Header.Get("Authorization"))
+	if ok && httpjson.TokenMatches(token, h.opts.Token) {
+		return ""
 	}
-	if !h.opts.ClientCerts || r.TLS == nil {
-		return false
-	}
-	for _, chain := range r.TLS.VerifiedChains {
-		if len(chain) > 0 && h.allowed(chain[0]) {
-			return true
+	if h.opts.ClientCerts && r.TLS != nil {
+		for _, chain := range r.TLS.VerifiedChains {
+			if len(chain) > 0 && h.allowed(chain[0]) {
+				return ""
+			}
 		}
 	}
-	return false
+	if ok {
+		return authlimit.ReasonInvalid
+	}
+	return authlimit.ReasonMissing
 }
 
 func (h *handler) allowed(cert *x509.Certificate) bool {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"caretaker/internal/authlimit"
 	"caretaker/remediation"
 )
 
@@ -156,8 +157,8 @@ func TestNewMetricsTwice(t *testing.T) {
 	if err != nil || len(problems) != 0 {
 		t.Errorf("lint: %v %+v", err, problems)
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 13 {
-		t.Errorf("%d series at start (%v), want 13", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 18 {
+		t.Errorf("%d series at start (%v), want 18", n, err)
 	}
 }
 
@@ -323,5 +324,37 @@ func TestHandlerInboxFull(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(m.deliveries.WithLabelValues("503")); n != 1 {
 		t.Errorf("deliveries with code 503 = %v, want 1", n)
+	}
+}
+
+// Failed authentications are counted by reason; a client that keeps
+// failing gets 429 with Retry-After, even with the right token.
+func TestHandlerAuthFailuresLimited(t *testing.T) {
+	in, _ := openInbox(t)
+	m := newTestMetrics(t)
+	srv := serve(t, Options{Inbox: in, Token: testToken, Metrics: m})
+	good := readTestdata(t, "good/firing.json")
+	if r := post(t, srv.Client(), srv.URL, "POST", "", bytes.NewReader(good)); r.code != 401 {
+		t.Fatalf("no token: %d", r.code)
+	}
+	for i := 1; i < authlimit.DefaultMaxFailures; i++ {
+		if r := post(t, srv.Client(), srv.URL, "POST", "Bearer nope", bytes.NewReader(good)); r.code != 401 {
+			t.Fatalf("failure %d: %d, want 401", i+1, r.code)
+		}
+	}
+	r := post(t, srv.Client(), srv.URL, "POST", "Bearer "+testToken, bytes.NewReader(good))
+	if r.code != 429 || r.hdr.Get("Retry-After") == "" {
+		t.Errorf("good token after %d failures: %d (Retry-After %q) %s, want 429", authlimit.DefaultMaxFailures, r.code, r.hdr.Get("Retry-After"), r.body)
+	}
+	if s := summary(t, in); s != nil {
+		t.Errorf("a refused delivery was recorded: %q", s)
+	}
+	for reason, want := range map[string]float64{"missing": 1, "invalid": float64(authlimit.DefaultMaxFailures - 1), "rate_limited": 1} {
+		if got := testutil.ToFloat64(m.authFailed.WithLabelValues(reason)); got != want {
+			t.Errorf("auth failures{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
+	if n := testutil.ToFloat64(m.deliveries.WithLabelValues("429")); n != 1 {
+		t.Errorf("deliveries with code 429 = %v, want 1", n)
 	}
 }

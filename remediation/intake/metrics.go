@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"caretaker/internal/authlimit"
 )
 
 // Metrics count the webhook's deliveries and what became of their alerts.
@@ -17,6 +19,7 @@ type Metrics struct {
 	truncated  prometheus.Counter
 	entries    prometheus.Gauge
 	pruned     prometheus.Counter
+	authFailed *prometheus.CounterVec
 }
 
 // Results of an alert, as the result label of the alerts counter.
@@ -52,12 +55,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "caretaker_remediation_inbox_pruned_total",
 			Help: "Consumed webhook inbox entries pruned after their retention.",
 		}),
+		authFailed: authlimit.NewCounter("caretaker_remediation_intake_auth_failures_total",
+			"Failed authentications of the Alertmanager webhook by reason: missing or invalid token, or rate_limited (a client with too many failures, refused with 429)."),
 	}
 	// Every series exists from the start, so rate() works before the first
 	// refusal and a dashboard shows 0, not "no data".
 	for _, code := range []int{http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized,
 		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusInternalServerError,
-		http.StatusServiceUnavailable} {
+		http.StatusServiceUnavailable, http.StatusTooManyRequests} {
 		m.deliveries.WithLabelValues(strconv.Itoa(code))
 	}
 	m.alerts.WithLabelValues(resultRecorded)
@@ -65,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	cs := []prometheus.Collector{m.deliveries, m.alerts, m.cancelled, m.truncated, m.entries, m.pruned}
+	cs := []prometheus.Collector{m.deliveries, m.alerts, m.cancelled, m.truncated, m.entries, m.pruned, m.authFailed}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// All or nothing, so a retry does not trip over half of an
@@ -102,4 +107,13 @@ func (m *Metrics) inbox(entries, pruned int) {
 	}
 	m.entries.Set(float64(entries))
 	m.pruned.Add(float64(pruned))
+}
+
+// authFailures is the counter of failed authentications, nil without
+// metrics.
+func (m *Metrics) authFailures() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.authFailed
 }
