@@ -145,4 +145,8 @@ func TestAPIRolesAndReload(t *testing.T) {
 	if json.Unmarshal([]byte(body), &ps); len(ps.Rules) != 2 || ps.LastError == nil {
 		t.Fatalf("policy after failed reloads: %s; want v2 in force and the last error", body)
 	}
+	// The request without a token above is counted on the server's metrics.
+	if _, body := call("", "GET", "/metrics"); !strings.Contains(body, `caretaker_api_auth_failures_total{reason="missing"} 1`) {
+		t.Errorf("/metrics does not count the failed authentication:\n%s", body)
+	}
 }

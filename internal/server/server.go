@@ -27,6 +27,7 @@ import (
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
+	"caretaker/internal/secret"
 	"caretaker/provisioner/fleet"
 	"caretaker/remediation"
 	"caretaker/remediation/audit"
@@ -195,7 +196,8 @@ func (s *Server) openJournal(in inputs) error {
 	if l := cfg.Remediation.Loki; l.URL != "" {
 		var token string
 		if l.BearerTokenFile != "" {
-			if token, err = config.ReadSecret(cfg.Path(l.BearerTokenFile)); err != nil {
+			// Loki's token is Loki's: its file's mode is checked, not its length.
+			if token, err = secret.ReadFile(cfg.Path(l.BearerTokenFile)); err != nil {
 				return fmt.Errorf("remediation.loki.bearer_token_file: %w", err)
 			}
 		}
@@ -335,6 +337,9 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 	}
 	auth, err := api.NewAuthenticator(tokens)
 	if err != nil {
+		return nil, err
+	}
+	if err := auth.LimitFailures(logger.With("component", "api"), s.reg); err != nil {
 		return nil, err
 	}
 	var policyFile string
