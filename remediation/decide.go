@@ -120,20 +120,6 @@ const (
 	verdictDone
 )
 
-func (v verdict) String() string {
-	switch v {
-	case verdictAct:
-		return "act"
-	case verdictWait:
-		return "wait"
-	case verdictEscalate:
-		return "escalate"
-	case verdictDone:
-		return "done"
-	}
-	return fmt.Sprintf("verdict(%d)", int(v))
-}
-
 // decide says what to do about an alert instance at now under the guards
 // g, and why. It keeps the per-instance rules: one action at a time, none
 // after a success or an interruption, and no retry before the earliest

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"caretaker/internal/config"
@@ -86,13 +85,4 @@ func resolve(getenv func(string) string, flagURL, flagTokenFile string) (connect
 		return c, fmt.Errorf("no API token: set RUNBOOK_TOKEN, pass --token-file, or put token_file in %s (a running `caretaker lab` writes it)", path)
 	}
 	return c, nil
-}
-
-// writeFileConfig is used by tests; the lab writes the same format.
-func writeFileConfig(path string, c fileConfig) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	data := fmt.Sprintf("url: %s\ntoken: %s\n", c.URL, c.Token)
-	return os.WriteFile(path, []byte(data), 0o600)
 }

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,16 +109,11 @@ type Collector struct {
 // Option configures a Collector.
 type Option func(*Collector)
 
-// WithDomainFilter limits the collector to the domains whose name matches
-// re; the others are neither reported nor counted. It lets several
-// simulated hosts share one libvirtd (caretaker lab).
-func WithDomainFilter(re *regexp.Regexp) Option {
-	return WithDomainMatch(re.MatchString)
-}
-
 // WithDomainMatch limits the collector to the domains whose name match
-// accepts; match may change its answers over time (an agent that creates
-// domains adds them), and is called from several goroutines.
+// accepts; the others are neither reported nor counted. It lets several
+// simulated hosts share one libvirtd (caretaker lab). match may change its
+// answers over time (an agent that creates domains adds them), and is
+// called from several goroutines.
 func WithDomainMatch(match func(name string) bool) Option {
 	return func(c *Collector) { c.filter = match }
 }

@@ -100,7 +100,7 @@ func TestCollectorDomainFilter(t *testing.T) {
 	logger := testLogger(t)
 	conn := libvirtconn.New("test://"+node, logger)
 	t.Cleanup(func() { conn.Close() })
-	c := New(conn, logger, WithDomainFilter(regexp.MustCompile(`^web-[12]$`)))
+	c := New(conn, logger, WithDomainMatch(regexp.MustCompile(`^web-[12]$`).MatchString))
 
 	const want = `
 # HELP caretaker_kvm_domain_info Identity of a libvirt domain; always 1. cluster and role come from caretaker's domain metadata, or else from a name of the form <cluster>-<role>-<n>, and are empty without either.

@@ -113,7 +113,7 @@ func TestQEMUGuest(t *testing.T) {
 	// Other guests (another engineer's lab-*) may run beside this one.
 	// A long libvirt timeout: on a loaded CI machine a scrape of a guest
 	// that just started may take seconds, and this test is not about speed.
-	c := New(conn, logger, WithDomainFilter(regexp.MustCompile("^"+regexp.QuoteMeta(name)+"$")), WithLibvirtTimeout(time.Minute))
+	c := New(conn, logger, WithDomainMatch(regexp.MustCompile("^"+regexp.QuoteMeta(name)+"$").MatchString), WithLibvirtTimeout(time.Minute))
 	w := watchEvents(t, conn, name)
 
 	if err := dom.Create(); err != nil {

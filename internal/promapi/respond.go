@@ -41,8 +41,6 @@ type apiError struct {
 	err error
 }
 
-func (e *apiError) Error() string { return fmt.Sprintf("%s: %s", e.typ, e.err) }
-
 // response is web/api/v1.Response.
 type response struct {
 	Status    status   `json:"status"`

@@ -2,7 +2,6 @@ package clusters
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 
@@ -100,13 +99,6 @@ func Handler(store *Store, notify func()) http.Handler {
 		httpjson.Write(w, http.StatusAccepted, c)
 	})
 	return mux
-}
-
-// decodeSpec parses a create request's body strictly: unknown fields and
-// trailing data are errors. It does not validate the spec.
-func decodeSpec(body io.Reader) (Spec, error) {
-	var s Spec
-	return s, httpjson.DecodeReader(body, &s)
 }
 
 func writeStoreError(w http.ResponseWriter, err error) {

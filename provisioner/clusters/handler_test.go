@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"io"
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"caretaker/internal/golden"
+	"caretaker/internal/httpjson"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -136,4 +138,12 @@ func FuzzDecodeSpec(f *testing.F) {
 			}
 		}
 	})
+}
+
+// decodeSpec parses a create request's body strictly, as the handler
+// does: unknown fields and trailing data are errors. It does not validate
+// the spec.
+func decodeSpec(body io.Reader) (Spec, error) {
+	var s Spec
+	return s, httpjson.DecodeReader(body, &s)
 }

@@ -1,7 +1,6 @@
 package guards
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -92,18 +91,6 @@ type BreakerState struct {
 	Unhealthy int       `json:"unhealthy"`
 	Total     int       `json:"total"`
 	Observed  time.Time `json:"observed,omitzero"`
-}
-
-// NewBreaker returns a closed breaker.
-func NewBreaker(threshold string, closeAfter time.Duration) (*Breaker, error) {
-	t, err := ParseThreshold(threshold)
-	if err != nil {
-		return nil, fmt.Errorf("new circuit breaker: %w", err)
-	}
-	if closeAfter < 0 {
-		return nil, errors.New("new circuit breaker: close_after is negative")
-	}
-	return &Breaker{Threshold: t, CloseAfter: closeAfter}, nil
 }
 
 func (b *Breaker) describe(unhealthy, total int) string {

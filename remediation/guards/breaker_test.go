@@ -108,7 +108,7 @@ func TestBreakerHysteresis(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b, err := NewBreaker("40%", 10*time.Minute)
+			b, err := newBreaker("40%", 10*time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -123,7 +123,7 @@ func TestBreakerHysteresis(t *testing.T) {
 }
 
 func TestBreakerStateAndDecision(t *testing.T) {
-	b, err := NewBreaker("40%", 10*time.Minute)
+	b, err := newBreaker("40%", 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestBreakerStateAndDecision(t *testing.T) {
 	if back.State != b.State || back.Threshold != b.Threshold {
 		t.Errorf("round trip %+v, want %+v", back, *b)
 	}
-	if _, err := NewBreaker("lots", time.Minute); err == nil || !strings.Contains(err.Error(), `new circuit breaker: parse threshold "lots"`) {
+	if _, err := newBreaker("lots", time.Minute); err == nil || !strings.Contains(err.Error(), `parse threshold "lots"`) {
 		t.Errorf("bad threshold err %v", err)
 	}
 }
@@ -190,4 +190,14 @@ func FuzzParseThreshold(f *testing.F) {
 			t.Fatalf("%q -> %q does not round-trip: %+v %v", s, th.String(), again, err)
 		}
 	})
+}
+
+// newBreaker returns a closed breaker, as the engine's is before its
+// first observation.
+func newBreaker(threshold string, closeAfter time.Duration) (*Breaker, error) {
+	t, err := ParseThreshold(threshold)
+	if err != nil {
+		return nil, err
+	}
+	return &Breaker{Threshold: t, CloseAfter: closeAfter}, nil
 }

@@ -125,6 +125,9 @@ func (n Node) validate() error {
 	return nil
 }
 
+// mac returns the node's MAC address: n.MAC when set, otherwise one derived
+// from the cluster and the name under QEMU's 52:54:00 prefix (locally
+// administered), so that a re-created node keeps its address and lease.
 func (n Node) mac() string {
 	if n.MAC != "" {
 		hw, _ := net.ParseMAC(n.MAC)
@@ -133,11 +136,6 @@ func (n Node) mac() string {
 	sum := sha256.Sum256([]byte(n.Cluster + "/" + n.Name))
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", sum[0], sum[1], sum[2])
 }
-
-// MAC returns the node's MAC address: n.MAC when set, otherwise one derived
-// from the cluster and the name under QEMU's 52:54:00 prefix (locally
-// administered), so that a re-created node keeps its address and lease.
-func MAC(n Node) string { return n.mac() }
 
 // Domain types.
 const (

@@ -121,19 +121,19 @@ func TestMAC(t *testing.T) {
 	c := testNode()
 	c.Cluster = "c2"
 	for _, n := range []Node{a, b, c} {
-		if m := MAC(n); !strings.HasPrefix(m, "52:54:00:") || len(m) != 17 {
+		if m := n.mac(); !strings.HasPrefix(m, "52:54:00:") || len(m) != 17 {
 			t.Errorf("MAC(%s/%s) = %q, want 52:54:00:xx:xx:xx", n.Cluster, n.Name, m)
 		}
 	}
-	if MAC(a) != MAC(testNode()) {
+	if a.mac() != testNode().mac() {
 		t.Error("derived MAC is not stable")
 	}
-	if MAC(a) == MAC(b) || MAC(a) == MAC(c) {
-		t.Errorf("derived MACs collide: %s %s %s", MAC(a), MAC(b), MAC(c))
+	if a.mac() == b.mac() || a.mac() == c.mac() {
+		t.Errorf("derived MACs collide: %s %s %s", a.mac(), b.mac(), c.mac())
 	}
 	a.MAC = "52:54:00:AB:CD:EF"
-	if MAC(a) != "52:54:00:ab:cd:ef" {
-		t.Errorf("given MAC: got %s", MAC(a))
+	if a.mac() != "52:54:00:ab:cd:ef" {
+		t.Errorf("given MAC: got %s", a.mac())
 	}
 }
 
@@ -159,7 +159,7 @@ func FuzzDomainXML(f *testing.F) {
 			t.Fatalf("metadata %+v, %v; want cluster %q role %q", meta, err, cluster, role)
 		}
 		nic := d.Devices.Interfaces[0]
-		if d.Name != name || nic.Source.Bridge.Bridge != bridge || nic.MAC.Address != MAC(n) {
+		if d.Name != name || nic.Source.Bridge.Bridge != bridge || nic.MAC.Address != n.mac() {
 			t.Fatalf("name %q bridge %q mac %q do not read back", d.Name, nic.Source.Bridge.Bridge, nic.MAC.Address)
 		}
 	})

@@ -144,8 +144,8 @@ func TestCreateRecreateDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	nic := d.Devices.Interfaces[0]
-	if nic.Source.Bridge.Bridge != l.bridge || nic.MAC.Address != MAC(n) || nic.Model.Type != "virtio" {
-		t.Errorf("NIC %+v %+v %+v; want bridge %s, mac %s, virtio", nic.Source.Bridge, nic.MAC, nic.Model, l.bridge, MAC(n))
+	if nic.Source.Bridge.Bridge != l.bridge || nic.MAC.Address != n.mac() || nic.Model.Type != "virtio" {
+		t.Errorf("NIC %+v %+v %+v; want bridge %s, mac %s, virtio", nic.Source.Bridge, nic.MAC, nic.Model, l.bridge, n.mac())
 	}
 	var disks []string
 	for _, dk := range d.Devices.Disks {
