@@ -69,8 +69,17 @@ if ((${#need[@]})) && ((root)); then
 	export DEBIAN_FRONTEND=noninteractive
 	# Services are started below, by hand: containers and chroots have no
 	# systemd, and a package's postinst must not try.
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	# A config file the machine already has (an operator's qemu.conf) is
+	# kept, never replaced and never asked about.
+	aptlog=$(mktemp)
+	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need[@]}"; } >"$aptlog" 2>&1; then
+		tail -n 30 "$aptlog" >&2
+		log "installing ${need[*]} failed (above: the end of apt-get's output)"
+		rm -f "$aptlog"
+		exit 1
+	fi
+	rm -f "$aptlog"
 	mapfile -t need < <(missing "${want[@]}")
 fi
 
