@@ -38,7 +38,8 @@ turns what it sees into Prometheus alerts, and heals what breaks.
   caretaker agent    on every host: /metrics and host-local actions
   caretaker server   centrally: embedded Prometheus, alert rules, remediation, API
   caretaker lab      both on one machine, with guests to break (make run)
-  caretaker pxe      on the PXE network: the dnsmasq configuration that boots hosts`,
+  caretaker pxe      on the PXE network: the dnsmasq configuration that boots hosts
+  caretaker certs    a small CA and the TLS certificates of the server and agents`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -47,7 +48,7 @@ turns what it sees into Prometheus alerts, and heals what breaks.
 	pf := root.PersistentFlags()
 	pf.Var(&flagValue{logs.level, "level"}, "log.level", "log level: debug, info, warn or error")
 	pf.Var(&flagValue{logs.format, "format"}, "log.format", "log format: logfmt or json")
-	root.AddCommand(newAgentCmd(logs), newServerCmd(logs), newLabCmd(logs), newPXECmd())
+	root.AddCommand(newAgentCmd(logs), newServerCmd(logs), newLabCmd(logs), newPXECmd(), newCertsCmd())
 	return root
 }
 
