@@ -208,12 +208,35 @@ type Agents struct {
 	// TokenFile holds the bearer token the server sends with action
 	// requests; every agent is started with the same token.
 	TokenFile string `yaml:"token_file"`
+	// TLS, when set, has the server scrape and call the agents over
+	// mutually authenticated TLS.
+	TLS AgentTLS `yaml:"tls"`
 }
+
+// AgentTLS is the server's side of the mutually authenticated TLS between
+// it and the agents. The server verifies each agent's certificate against
+// CAFile and requires it to name the address it dials (the host part of
+// hosts[].agent, of the inventory's agent, or of a file_sd target), before
+// any request, and so before any token, is sent; it presents CertFile
+// (clientAuth), which the agents require (their web config's
+// client_ca_file and client_allowed_sans).
+type AgentTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether any of the section is set; validation requires
+// all of it then.
+func (t AgentTLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
 // Host is one hypervisor host and the address of its agent.
 type Host struct {
 	Name  string `yaml:"name"`
 	Agent string `yaml:"agent"` // host:port of the agent
+	// TokenFile holds this host's own action token, sent to its agent
+	// instead of agents.token_file's, so one host's token opens no other.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Defaults returns a configuration with every default applied.
@@ -264,13 +287,32 @@ func (c *Server) Validate() error {
 	c.validateOutputs(&p)
 	c.Remediation.validateIntake(&p)
 	c.validateAPI(&p)
-	if len(c.Hosts) > 0 && c.Agents.TokenFile == "" {
-		p.add("agents.token_file", "is required when hosts are listed: agents refuse actions without it")
-	}
+	c.validateAgents(&p)
 	c.Provisioner.validate(&p)
 	c.Remediation.validateTimes(&p)
 	validateHosts(c.Hosts, &p)
 	return errors.Join(p...)
+}
+
+// validateAgents checks how the server reaches the agents: a token for
+// every listed host (its own or agents.token_file), and a whole TLS
+// section when any of it is set.
+func (c *Server) validateAgents(errs *problems) {
+	if c.Agents.TokenFile == "" {
+		for i, h := range c.Hosts {
+			if h.TokenFile == "" {
+				errs.add("agents.token_file", "is required when hosts are listed without their own token_file (hosts[%d]): agents refuse actions without it", i)
+				break
+			}
+		}
+	}
+	if t := c.Agents.TLS; t.Enabled() {
+		for _, f := range []struct{ field, v string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+			if f.v == "" {
+				errs.add("agents.tls."+f.field, "is required when agents.tls is set")
+			}
+		}
+	}
 }
 
 // problems collects the validation errors of a file, each naming its field.
