@@ -97,7 +97,8 @@ const (
 type action struct {
 	kind string // the target kind it needs; "" takes any
 	// run performs the action; out is what it printed, if anything.
-	run    func(ctx context.Context, e *Engine, t target, r policy.Rule, labels map[string]string) (out string, err error)
+	// labels and annotations are the alert's.
+	run    func(ctx context.Context, e *Engine, t target, r policy.Rule, labels, annotations map[string]string) (out string, err error)
 	verify verification
 	// check reports whether the target is healthy; verifyCheck actions
 	// and reconciliation after a restart use it.
@@ -110,28 +111,28 @@ func actions() map[string]action {
 	}
 	return map[string]action{
 		policy.ActionRestartVM: {kind: kindGuest, verify: verifyCheck, check: guestRuns,
-			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _ map[string]string) (string, error) {
+			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				if err := e.hosts.StartGuest(ctx, t.Host, t.UUID); err != nil {
 					return "", fmt.Errorf("start %s: %w", t, err)
 				}
 				return "", nil
 			}},
 		policy.ActionRecreateVM: {kind: kindGuest, verify: verifyCheck, check: guestRuns,
-			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _ map[string]string) (string, error) {
+			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				if e.provisioner == nil {
 					return "", fmt.Errorf("recreate-vm is %w: this server has no provisioner to re-create guests with", ErrNotAvailable)
 				}
 				return "", e.provisioner.RecreateVM(ctx, t.Host, t.UUID)
 			}},
 		policy.ActionReprovisionHost: {kind: kindHost, verify: verifyResolved,
-			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _ map[string]string) (string, error) {
+			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				if e.provisioner == nil {
 					return "", fmt.Errorf("reprovision-host is %w: this server has no provisioner to reinstall hosts with", ErrNotAvailable)
 				}
 				return "", e.provisioner.ReprovisionHost(ctx, t.Host)
 			}},
 		policy.ActionRepairOverlay: {kind: kindOverlay, verify: verifyCheck,
-			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _ map[string]string) (string, error) {
+			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				changes, err := e.hosts.RepairOverlay(ctx, t.Host, t.Cluster)
 				if err != nil {
 					return strings.Join(changes, "\n"), fmt.Errorf("repair %s: %w", t, err)
@@ -149,11 +150,11 @@ func actions() map[string]action {
 				return err == nil && len(changes) == 0, err
 			}},
 		policy.ActionRunCommand: {verify: verifyResolved,
-			run: func(ctx context.Context, e *Engine, t target, r policy.Rule, labels map[string]string) (string, error) {
+			run: func(ctx context.Context, e *Engine, t target, r policy.Rule, labels, annotations map[string]string) (string, error) {
 				if r.Command == nil {
 					return "", errors.New("the rule has no command")
 				}
-				res, err := command.Run(ctx, *r.Command, command.Data{Alert: labels["alertname"], Labels: labels})
+				res, err := command.Run(ctx, *r.Command, command.Data{Alert: labels["alertname"], Labels: labels, Annotations: annotations})
 				out := string(res.Output)
 				if res.Truncated {
 					out += "\n[output truncated]"
@@ -161,7 +162,7 @@ func actions() map[string]action {
 				return out, err
 			}},
 		policy.ActionNotifyOnly: {verify: verifyNone,
-			run: func(context.Context, *Engine, target, policy.Rule, map[string]string) (string, error) {
+			run: func(context.Context, *Engine, target, policy.Rule, map[string]string, map[string]string) (string, error) {
 				return "", nil
 			}},
 	}

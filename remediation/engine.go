@@ -741,7 +741,7 @@ func (e *Engine) start(w *writer, in *instance, attempt int, rule policy.Rule, n
 	if !ok {
 		return
 	}
-	w.jobs = append(w.jobs, job{rec: rec, rule: rule, act: act, t: t, labels: in.alert.Labels, key: keyOf(rec.Fingerprint, rec.AlertStartsAt)})
+	w.jobs = append(w.jobs, job{rec: rec, rule: rule, act: act, t: t, labels: in.alert.Labels, annotations: in.alert.Annotations, key: keyOf(rec.Fingerprint, rec.AlertStartsAt)})
 	e.log.Info("remediation action started", "record", rec.ID, "action", name, "target", t.String(), "attempt", rec.Attempt, "reason", why)
 }
 

@@ -357,6 +357,40 @@ rules:
 	}
 }
 
+// run-command's templates see the alert's annotations, and a label that
+// would arrive as an option fails the action, naming the argument.
+func TestRunCommandAnnotationsAndDash(t *testing.T) {
+	pol := `
+rules:
+  - name: note-it
+    match: {alertname: HostMemoryPressure}
+    action: run-command
+    command:
+      program: /bin/sh
+      args: ["-c", 'printf "%s|%s" "$0" "$1"', "{{ .Annotations.summary }}", "{{ .Labels.host }}"]
+`
+	alert := func(host string) Alert {
+		return Alert{Name: "HostMemoryPressure", Status: StatusFiring, StartsAt: alertStart,
+			Labels:      map[string]string{"alertname": "HostMemoryPressure", "host": host},
+			Annotations: map[string]string{"summary": "memory is short"}}
+	}
+
+	f := newFixture(t, withPolicy(t, pol))
+	f.handle(alert("hv-a1"))
+	if r := f.only(t); r.State != journal.StateVerifying || r.Output != "memory is short|hv-a1" {
+		t.Errorf("record %s with output %q error %q, want verifying with the summary and the host", r.State, r.Output, r.Error)
+	}
+	f.stop()
+
+	f = newFixture(t, withPolicy(t, pol))
+	f.handle(alert("--help"))
+	want := `args[3]: value "--help" begins with "-" and would be read as an option`
+	if r := f.only(t); r.State != journal.StateFailed || !strings.Contains(r.Error, want) {
+		t.Errorf("record %s error %q, want failed with %q", r.State, r.Error, want)
+	}
+	f.stop()
+}
+
 func TestNotifyOnly(t *testing.T) {
 	f := newFixture(t, withPolicy(t, `
 rules:

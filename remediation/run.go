@@ -17,7 +17,10 @@ type job struct {
 	act    action
 	t      target
 	labels map[string]string
-	key    instanceKey
+	// annotations are the alert's, for run-command's templates; a
+	// resumed job has none, and never runs again.
+	annotations map[string]string
+	key         instanceKey
 	// resume: the action was started before a restart of the server; it
 	// is only verified, never run again.
 	resume bool
@@ -45,7 +48,7 @@ func (e *Engine) execute(j job) {
 			return
 		}
 	}
-	out, err := j.act.run(ctx, e, j.t, j.rule, j.labels)
+	out, err := j.act.run(ctx, e, j.t, j.rule, j.labels, j.annotations)
 	if err != nil {
 		e.finish(j, err, out)
 		return

@@ -48,6 +48,12 @@ const waitDelay = 2 * time.Second
 // caretaker process's environment; Dir, when set, is the absolute working
 // directory. A zero Timeout or OutputLimit means DefaultTimeout or
 // DefaultOutputLimit.
+//
+// A templated argument whose value begins with "-" is refused: a label such
+// as "--force" would otherwise reach the program as an option. It passes
+// when an earlier argument is the literal "--" (the end of the options for
+// most programs) or when AllowDash is set. A dash written in the template
+// itself ("--host={{ .Labels.host }}") is the operator's and always passes.
 type Spec struct {
 	Program     string        `yaml:"program"`
 	Args        []string      `yaml:"args"`
@@ -55,6 +61,7 @@ type Spec struct {
 	OutputLimit int           `yaml:"output_limit_bytes"`
 	Env         []string      `yaml:"env"`
 	Dir         string        `yaml:"dir"`
+	AllowDash   bool          `yaml:"allow_dash"`
 }
 
 // Data is what argument templates see: {{ .Alert }} is the alert's name,
@@ -117,10 +124,17 @@ func (s Spec) Validate() error {
 func (s Spec) Argv(d Data) ([]string, error) {
 	argv := make([]string, 0, 1+len(s.Args))
 	argv = append(argv, s.Program)
+	optionsEnded := s.AllowDash
 	for i, a := range s.Args {
 		v, err := renderArg(a, d)
 		if err != nil {
 			return nil, fmt.Errorf("args[%d]: %w", i, err)
+		}
+		if !optionsEnded && strings.HasPrefix(v, "-") && !strings.HasPrefix(a, "-") {
+			return nil, fmt.Errorf("args[%d]: value %q begins with \"-\" and would be read as an option; put a literal \"--\" argument before it or set allow_dash: true on the command", i, truncate(v))
+		}
+		if a == "--" {
+			optionsEnded = true
 		}
 		argv = append(argv, v)
 	}
@@ -192,6 +206,15 @@ func run(ctx context.Context, s Spec, d Data, waitDelay time.Duration) (Result, 
 	default:
 		return res, fmt.Errorf("run %s: %w", argv[0], err)
 	}
+}
+
+// truncate keeps an error about a value readable when the value is long.
+func truncate(v string) string {
+	const keep = 64
+	if len(v) <= keep {
+		return v
+	}
+	return v[:keep] + "…"
 }
 
 // timeoutError reads "timed out after 2s" and is a context.DeadlineExceeded.

@@ -106,16 +106,22 @@ timeout: -2s
 	}
 }
 
+// argvData is Data with the spec's AllowDash, for TestArgv's table.
+type argvData struct {
+	Data
+	allowDash bool
+}
+
 func TestArgv(t *testing.T) {
-	data := Data{
+	data := argvData{Data: Data{
 		Alert:       "GuestCrashed",
-		Labels:      map[string]string{"host": "kvm-03", "uuid": "1b4e28ba", "odd": "a b; $(id) {{ .Alert }}"},
+		Labels:      map[string]string{"host": "kvm-03", "uuid": "1b4e28ba", "odd": "a b; $(id) {{ .Alert }}", "dash": "--force"},
 		Annotations: map[string]string{"summary": "guest crashed"},
-	}
+	}}
 	tests := []struct {
 		name    string
 		args    []string
-		data    Data
+		data    argvData
 		want    []string
 		wantErr string
 	}{
@@ -128,14 +134,21 @@ func TestArgv(t *testing.T) {
 			`args[1]: template: arg:1:10: executing "arg" at <.Labels.domain>: map has no entry for key "domain"`},
 		{"missing annotation", []string{"{{ .Annotations.runbook }}"}, data, nil,
 			`args[0]: template: arg:1:15: executing "arg" at <.Annotations.runbook>: map has no entry for key "runbook"`},
-		{"no labels at all", []string{"{{ .Labels.host }}"}, Data{}, nil,
+		{"no labels at all", []string{"{{ .Labels.host }}"}, argvData{}, nil,
 			`args[0]: template: arg:1:10: executing "arg" at <.Labels.host>: map has no entry for key "host"`},
 		{"argument too long", []string{`{{ printf "%900000s%900000s" "a" "b" }}`}, data, nil,
 			"args[0]: longer than 131072 bytes, the most execve accepts in one argument"},
+		{"value beginning with a dash", []string{"start", "{{ .Labels.dash }}"}, data, nil,
+			`args[1]: value "--force" begins with "-" and would be read as an option; put a literal "--" argument before it or set allow_dash: true on the command`},
+		{"dash from a function", []string{`{{ printf "-%s" .Alert }}`}, data, nil,
+			`args[0]: value "-GuestCrashed" begins with "-" and would be read as an option; put a literal "--" argument before it or set allow_dash: true on the command`},
+		{"dash after the end of options", []string{"start", "--", "{{ .Labels.dash }}"}, data, []string{"prog", "start", "--", "--force"}, ""},
+		{"dash written by the operator", []string{"-v", "--host={{ .Labels.dash }}"}, data, []string{"prog", "-v", "--host=--force"}, ""},
+		{"dash allowed", []string{"{{ .Labels.dash }}"}, argvData{Data{Labels: map[string]string{"dash": "-x"}}, true}, []string{"prog", "-x"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Spec{Program: "prog", Args: tt.args}.Argv(tt.data)
+			got, err := Spec{Program: "prog", Args: tt.args, AllowDash: tt.data.allowDash}.Argv(tt.data.Data)
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
 					t.Fatalf("Argv() error = %v\nwant %s", err, tt.wantErr)
@@ -281,7 +294,9 @@ func TestRunLabelInjection(t *testing.T) {
 	}
 	for _, v := range values {
 		t.Run(strconv.Quote(v), func(t *testing.T) {
-			s := Spec{Program: "/usr/bin/printf", Args: []string{`[%s]\n`, "{{ .Labels.host }}", "{{ .Labels.host }}-x"}, Dir: dir}
+			// AllowDash lets "--help" through: the refusal of a leading
+			// dash has its own cases in TestArgv.
+			s := Spec{Program: "/usr/bin/printf", Args: []string{`[%s]\n`, "{{ .Labels.host }}", "{{ .Labels.host }}-x"}, Dir: dir, AllowDash: true}
 			res, err := Run(t.Context(), s, Data{Alert: "A", Labels: map[string]string{"host": v}})
 			if err != nil {
 				t.Fatalf("Run: %v (output %q)", err, res.Output)
@@ -450,6 +465,12 @@ func FuzzRender(f *testing.F) {
 		s := Spec{Program: "prog", Args: []string{a, b, "{{ .Labels.host }}"}}
 		d := Data{Alert: value, Labels: map[string]string{"host": value}, Annotations: map[string]string{"summary": value}}
 		argv, err := s.Argv(d)
+		if strings.HasPrefix(value, "-") && !slices.Contains(s.Args[:2], "--") {
+			if err == nil {
+				t.Fatalf("Argv() = %q passed a label beginning with a dash", argv)
+			}
+			return
+		}
 		if err != nil {
 			if len(value) <= maxArgBytes && !strings.Contains(err.Error(), "args[0]") && !strings.Contains(err.Error(), "args[1]") {
 				t.Fatalf("only the fuzzed templates may fail, got %v", err)
