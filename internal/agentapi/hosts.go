@@ -2,7 +2,9 @@ package agentapi
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync"
 	"time"
@@ -12,32 +14,65 @@ import (
 // remediation engine's Hosts): the hosts of the server's configuration, and
 // those the provisioner's inventory adds.
 type Hosts struct {
-	token string
-	hc    *http.Client
+	token  string
+	tokens map[string]string // hosts' own tokens, by host
+	scheme string            // "http" or, with TLS, "https"
+	hc     *http.Client
 
 	mu      sync.Mutex
 	clients map[string]*Client
 	addrs   map[string]string
 }
 
+// HostsOptions configure NewHostsWith.
+type HostsOptions struct {
+	// Token is the action token sent to every host without its own.
+	Token string
+	// Tokens are hosts' own tokens, by host name: a host listed here gets
+	// its token and never Token.
+	Tokens map[string]string
+	// TLS, when set, has the clients call the agents over https with it
+	// (ClientTLS): the handshake verifies the agent's certificate before
+	// any request, and so any token, is sent.
+	TLS *tls.Config
+}
+
 // NewHosts returns Hosts without any host, whose clients authenticate
-// with token.
+// with token, over plain http.
 func NewHosts(token string) *Hosts {
+	return NewHostsWith(HostsOptions{Token: token})
+}
+
+// NewHostsWith returns Hosts without any host, configured by o.
+func NewHostsWith(o HostsOptions) *Hosts {
 	// The action timeout bounds each call through its context; this
 	// client-wide timeout is only a backstop.
-	return &Hosts{token: token, hc: &http.Client{Timeout: 5 * time.Minute},
+	hc := &http.Client{Timeout: 5 * time.Minute}
+	scheme := "http"
+	if o.TLS != nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = o.TLS.Clone()
+		hc.Transport = t
+		scheme = "https"
+	}
+	return &Hosts{token: o.Token, tokens: maps.Clone(o.Tokens), scheme: scheme, hc: hc,
 		clients: map[string]*Client{}, addrs: map[string]string{}}
 }
 
 // Add gives host a client for the agent at addr (host:port), replacing one
-// for another address.
+// for another address. The client sends the host's own token, if it has
+// one, else the common one.
 func (a *Hosts) Add(host, addr string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.addrs[host] == addr {
 		return
 	}
-	a.clients[host] = NewClient("http://"+addr, a.token, a.hc)
+	token, own := a.tokens[host]
+	if !own {
+		token = a.token
+	}
+	a.clients[host] = NewClient(a.scheme+"://"+addr, token, a.hc)
 	a.addrs[host] = addr
 }
 
