@@ -36,6 +36,11 @@ func promConfig(opts *Options, logger *slog.Logger) (*config.Config, error) {
 		if s := opts.Jobs[name]; s.Timeout > 0 {
 			j["scrape_timeout"] = model.Duration(s.Timeout).String()
 		}
+		if t := opts.AgentTLS; name == JobName && t != nil {
+			j["scheme"] = "https"
+			j["tls_config"] = map[string]any{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile,
+				"min_version": "TLS12"}
+		}
 		return j
 	}
 	scrapeConfigs := []any{job(JobName)}

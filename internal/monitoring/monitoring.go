@@ -124,6 +124,9 @@ type Options struct {
 	// address is not host:port is dropped with a warning. A file that cannot
 	// be read or parsed keeps its previous targets.
 	FileSD []string
+	// AgentTLS, when set, has the agent job scrape over https with mutual
+	// TLS; the server's own job (SelfAddress) is unchanged.
+	AgentTLS *TLSFiles
 	// SelfAddress is the host:port of the server's own /metrics. When set, a
 	// second job, ServerJobName, scrapes it, so the server's remediation,
 	// TSDB and rule metrics are queryable beside the agents'.
@@ -140,6 +143,14 @@ type Options struct {
 	// Registerer receives the TSDB, scrape, engine and rules metrics. Those
 	// are registered once: Start a Monitor at most once per Registerer.
 	Registerer prometheus.Registerer
+}
+
+// TLSFiles are the files of a scrape job's TLS: the CA its targets'
+// certificates must chain to, and the client certificate and key it
+// presents. Prometheus verifies that a target's certificate names the host
+// part of the target's address, and reads the files again when they change.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // Monitor is a running embedded Prometheus.
