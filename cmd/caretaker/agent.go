@@ -75,6 +75,9 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 	f.StringVar(&cfg.NetNS, "path.netns", "", "network namespace the overlay collector reads, e.g. /var/run/netns/host (default: the agent's own)")
 	f.StringVar(&cfg.GuestPool, "guests.pool", agent.DefaultGuestPool, "libvirt storage pool (directory pool with the base images) for guest nodes' disks")
 	f.StringVar(&cfg.GuestDomainType, "guests.domain-type", agent.DefaultGuestDomainType, "domain type of guest nodes: kvm, or qemu (TCG) where /dev/kvm is not usable; qemu also declares that the host needs no /dev/kvm (caretaker_host_kvm_required 0)")
+	f.IntVar(&cfg.GuestMaxVCPUs, "guests.max-vcpus", 0, "most vCPUs a guest node may ask for (0: the host's CPUs)")
+	f.Uint64Var(&cfg.GuestMaxMemoryBytes, "guests.max-memory-bytes", 0, "most memory a guest node may ask for, in bytes (0: the host's memory)")
+	f.Uint64Var(&cfg.GuestMaxDiskBytes, "guests.max-disk-bytes", agent.DefaultGuestMaxDiskBytes, "largest disk a guest node may ask for, in bytes")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

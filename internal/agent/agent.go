@@ -36,6 +36,8 @@ const (
 	DefaultScrapeTimeout   = 10 * time.Second
 	DefaultGuestPool       = "caretaker"
 	DefaultGuestDomainType = guests.TypeKVM
+	// DefaultGuestMaxDiskBytes bounds a node's disk: 2 TiB.
+	DefaultGuestMaxDiskBytes = 2 << 40
 )
 
 // shutdownTimeout bounds the graceful part of Serve's shutdown: requests
@@ -91,7 +93,14 @@ type Config struct {
 	// also declares that the host needs no KVM: the host collector reports
 	// caretaker_host_kvm_required 0, and HostKVMDeviceMissing stays quiet.
 	GuestDomainType string
-	Logger          *slog.Logger
+	// GuestMaxVCPUs, GuestMaxMemoryBytes and GuestMaxDiskBytes bound a
+	// node PUT /api/v1/nodes/{name} may ask for (larger: 400 naming the
+	// field). Zero takes the defaults: the host's CPUs and memory as
+	// libvirt reports them, and DefaultGuestMaxDiskBytes.
+	GuestMaxVCPUs       int
+	GuestMaxMemoryBytes uint64
+	GuestMaxDiskBytes   uint64
+	Logger              *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.
@@ -144,6 +153,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.GuestDomainType != guests.TypeKVM && cfg.GuestDomainType != guests.TypeQEMU {
 		return nil, fmt.Errorf("configure agent: guest domain type %q: want %q or %q", cfg.GuestDomainType, guests.TypeKVM, guests.TypeQEMU)
+	}
+	if cfg.GuestMaxVCPUs < 0 {
+		return nil, fmt.Errorf("configure agent: guest max vcpus %d is negative", cfg.GuestMaxVCPUs)
+	}
+	if cfg.GuestMaxDiskBytes == 0 {
+		cfg.GuestMaxDiskBytes = DefaultGuestMaxDiskBytes
 	}
 	if cfg.ScrapeTimeout < 0 {
 		return nil, fmt.Errorf("configure agent: scrape timeout %s is negative", cfg.ScrapeTimeout)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 
 	"libvirt.org/go/libvirt"
@@ -77,6 +76,12 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("body names node %q, the path %q", req.Name, name))
 		return
 	}
+	// The request names the domain it means: a domain of that name with
+	// another UUID, or of another cluster, is never changed (409).
+	if req.UUID == "" {
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("node %q: uuid: required, the UUID of the node's domain (a new node's is the one it is to get)", name))
+		return
+	}
 	if req.Pool == "" {
 		req.Pool = n.a.cfg.GuestPool
 	}
@@ -98,6 +103,10 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, http.StatusInternalServerError, libvirtMessage(err))
 		return
 	}
+	if err := n.a.checkBounds(conn, node); err != nil {
+		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	existing, err := domainUUID(conn, name)
 	if err != nil {
 		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
@@ -115,16 +124,17 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, code, msg)
 		return
 	}
-	if existed && !replace && req.UUID != "" && !strings.EqualFold(req.UUID, existing) {
-		httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("create node %s: a domain of that name exists with UUID %s, not the node's %s (replace=true replaces it)", name, existing, req.UUID))
-		return
-	}
 	opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
 	var uuid string
 	if replace {
 		uuid, err = guests.Recreate(conn, node, opts...)
 	} else {
 		uuid, err = guests.Create(conn, node, opts...)
+	}
+	if errors.Is(err, guests.ErrNotThisNode) {
+		logger.Warn(verb+" node refused", "err", err)
+		httpjson.Compact.Error(w, http.StatusConflict, err.Error())
+		return
 	}
 	if err != nil {
 		logger.Warn(verb+" node failed", "err", err)
@@ -155,18 +165,30 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 
 // delete destroys and undefines the node's domain and deletes its volumes,
 // from the pool its disk is in (the agent's when the domain is gone). A
-// node that is not there is deleted already: 204 too.
+// node that is not there is deleted already: 204 too. The query names the
+// node's cluster and UUID (?cluster=…&uuid=…); a domain of that name of
+// another cluster, with another UUID or without caretaker's metadata is
+// left alone: 409.
 func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !nodeNameRe.MatchString(name) {
 		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("node name %q: want 1-63 lowercase letters, digits and dashes, not starting or ending with a dash", name))
 		return
 	}
+	cluster, uuid := r.URL.Query().Get("cluster"), r.URL.Query().Get("uuid")
+	if !nodeNameRe.MatchString(cluster) {
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("delete node %s: query parameter cluster=%q: required, the node's cluster", name, cluster))
+		return
+	}
+	if !validUUID(uuid) {
+		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("delete node %s: query parameter uuid=%q: required, the UUID of the node's domain", name, uuid))
+		return
+	}
 	if f := n.a.cfg.DomainFilter; f != nil && !n.a.owns(name) {
 		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no node %q on this host: this agent's domain filter is %s", name, f))
 		return
 	}
-	logger := n.a.logger.With("action", "delete-node", "node", name)
+	logger := n.a.logger.With("action", "delete-node", "node", name, "cluster", cluster, "uuid", uuid)
 	unlock := n.locks.lock(name)
 	defer unlock()
 	conn, err := n.a.conn.Get()
@@ -186,7 +208,13 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, code, msg)
 		return
 	}
-	if err := guests.Delete(conn, guests.Node{Name: name, Pool: pool}); err != nil {
+	err = guests.Delete(conn, guests.Node{Name: name, Cluster: cluster, UUID: uuid, Pool: pool})
+	if errors.Is(err, guests.ErrNotThisNode) {
+		logger.Warn("delete node refused", "err", err)
+		httpjson.Compact.Error(w, http.StatusConflict, err.Error())
+		return
+	}
+	if err != nil {
 		logger.Warn("delete node failed", "err", err)
 		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
 		return
@@ -194,6 +222,36 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	n.a.created.remove(name)
 	logger.Info("deleted node", "pool", pool)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkBounds refuses a node larger than this host allows: more vCPUs
+// or memory than --guests.max-vcpus and --guests.max-memory-bytes (by
+// default the host's CPUs and memory, as libvirt reports them), a disk
+// larger than --guests.max-disk-bytes. The error names the field.
+func (a *Agent) checkBounds(conn *libvirt.Connect, node guests.Node) error {
+	maxVCPUs, maxMemory := a.cfg.GuestMaxVCPUs, a.cfg.GuestMaxMemoryBytes
+	vcpusFrom, memoryFrom := "--guests.max-vcpus", "--guests.max-memory-bytes"
+	if maxVCPUs == 0 || maxMemory == 0 {
+		info, err := conn.GetNodeInfo()
+		if err != nil {
+			return fmt.Errorf("node %q: read the host's CPUs and memory: %s", node.Name, libvirtMessage(err))
+		}
+		if maxVCPUs == 0 {
+			maxVCPUs, vcpusFrom = int(info.Cpus), "the host's CPUs; --guests.max-vcpus"
+		}
+		if maxMemory == 0 {
+			maxMemory, memoryFrom = info.Memory*1024, "the host's memory; --guests.max-memory-bytes"
+		}
+	}
+	switch {
+	case node.VCPUs > maxVCPUs:
+		return fmt.Errorf("node %q of cluster %q: vcpus %d: want at most %d (%s)", node.Name, node.Cluster, node.VCPUs, maxVCPUs, vcpusFrom)
+	case node.MemoryBytes > maxMemory:
+		return fmt.Errorf("node %q of cluster %q: memory_bytes %d: want at most %d (%s)", node.Name, node.Cluster, node.MemoryBytes, maxMemory, memoryFrom)
+	case node.DiskBytes > a.cfg.GuestMaxDiskBytes:
+		return fmt.Errorf("node %q of cluster %q: disk_bytes %d: want at most %d (--guests.max-disk-bytes)", node.Name, node.Cluster, node.DiskBytes, a.cfg.GuestMaxDiskBytes)
+	}
+	return nil
 }
 
 // checkPool returns 503 and why when the storage pool cannot take nodes'

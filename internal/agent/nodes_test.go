@@ -2,11 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,11 +54,19 @@ func newNodeHost(t *testing.T) *nodeHost {
 
 func (h *nodeHost) node(name string) agentapi.NodeRequest {
 	return agentapi.NodeRequest{
+		UUID:    nodeUUID(name),
 		Cluster: "cttest", Name: name, Role: "worker", VCPUs: 1,
 		MemoryBytes: 64 << 20, DiskBytes: 128 << 20,
 		Bridge: h.name, BaseImage: "base.qcow2",
 		UserData: "#cloud-config\nhostname: " + name + "\n",
 	}
+}
+
+// nodeUUID is a UUID of the name's own.
+func nodeUUID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	h := hex.EncodeToString(sum[:16])
+	return h[0:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-" + h[20:32]
 }
 
 // domainID returns the running domain's id, which changes when it is
@@ -102,7 +113,7 @@ func TestNodeLifecycle(t *testing.T) {
 	n := h.node(h.name + "-w0")
 	t.Cleanup(func() {
 		// Whatever happened above: no domain or volume outlives the test.
-		if err := h.client.DeleteNode(context.Background(), n.Name); err != nil {
+		if err := h.client.DeleteNode(context.Background(), n.Cluster, n.Name, n.UUID); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -175,7 +186,7 @@ func TestNodeLifecycle(t *testing.T) {
 		t.Errorf("Domain: %+v, %v", d, err)
 	}
 
-	if err := h.client.DeleteNode(t.Context(), n.Name); err != nil {
+	if err := h.client.DeleteNode(t.Context(), n.Cluster, n.Name, n.UUID); err != nil {
 		t.Fatalf("DeleteNode: %v", err)
 	}
 	if id := h.domainID(t, n.Name); id != -1 {
@@ -184,7 +195,7 @@ func TestNodeLifecycle(t *testing.T) {
 	if vols := h.volumes(t); len(vols) != 1 || vols[0] != "base.qcow2" {
 		t.Errorf("volumes after DeleteNode: %v, want only base.qcow2", vols)
 	}
-	if err := h.client.DeleteNode(t.Context(), n.Name); err != nil {
+	if err := h.client.DeleteNode(t.Context(), n.Cluster, n.Name, n.UUID); err != nil {
 		t.Errorf("DeleteNode of a deleted node: %v", err)
 	}
 	if _, err := h.client.Domain(t.Context(), created.UUID); !errors.As(err, &se) || se.Code != http.StatusNotFound {
@@ -200,7 +211,7 @@ func TestNodeStatus(t *testing.T) {
 	h := newNodeHost(t)
 	n := h.node(h.name + "-w1")
 	t.Cleanup(func() {
-		if err := h.client.DeleteNode(context.Background(), n.Name); err != nil {
+		if err := h.client.DeleteNode(context.Background(), n.Cluster, n.Name, n.UUID); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
@@ -245,4 +256,72 @@ func run(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %v: %v: %s", name, args, err, out)
 	}
 	return string(out)
+}
+
+// TestNodeNeverTouchesAnotherNode: a PUT (plain or replace) or DELETE
+// naming a domain that exists as another cluster's node, another UUID, or
+// a guest without caretaker's metadata gets 409 with the reason, and the
+// domain stays as it was: same UUID, still running, its disk in place.
+// Before, PUT ?replace=true destroyed and re-created whatever had the name.
+func TestNodeNeverTouchesAnotherNode(t *testing.T) {
+	t.Parallel()
+	h := newNodeHost(t)
+	victim := h.node(h.name + "-b-c-0")
+	victim.Cluster = "a"
+	t.Cleanup(func() {
+		if err := h.client.DeleteNode(context.Background(), victim.Cluster, victim.Name, victim.UUID); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	if _, err := h.client.PutNode(t.Context(), victim, false); err != nil {
+		t.Fatalf("PutNode: %v", err)
+	}
+	// A guest of the operator's own, no caretaker metadata.
+	plain := h.name + "-plain"
+	dom, err := h.conn.DomainDefineXML(`<domain type="qemu"><name>` + plain + `</name><uuid>` + nodeUUID(plain) + `</uuid><memory unit="MiB">64</memory><os><type arch="x86_64">hvm</type></os></domain>`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dom.Undefine(); dom.Free() })
+
+	other := victim
+	other.Cluster = "a-b" // its pool c names its first node the same
+	otherUUID := victim
+	otherUUID.UUID = nodeUUID("another")
+	notNode := h.node(plain)
+	for _, tt := range []struct {
+		name    string
+		call    func() error
+		wantMsg string
+	}{
+		{"create for another cluster", func() error { _, err := h.client.PutNode(t.Context(), other, false); return err }, `is a node of cluster "a", not of "a-b"`},
+		{"replace for another cluster", func() error { _, err := h.client.PutNode(t.Context(), other, true); return err }, `is a node of cluster "a", not of "a-b"`},
+		{"delete for another cluster", func() error { return h.client.DeleteNode(t.Context(), other.Cluster, other.Name, other.UUID) }, `is a node of cluster "a", not of "a-b"`},
+		{"create with another UUID", func() error { _, err := h.client.PutNode(t.Context(), otherUUID, false); return err }, "exists with UUID " + victim.UUID + ", not the node's " + otherUUID.UUID},
+		{"replace with another UUID", func() error { _, err := h.client.PutNode(t.Context(), otherUUID, true); return err }, "exists with UUID " + victim.UUID},
+		{"delete with another UUID", func() error { return h.client.DeleteNode(t.Context(), victim.Cluster, victim.Name, otherUUID.UUID) }, "exists with UUID " + victim.UUID},
+		{"replace a guest that is no node", func() error { _, err := h.client.PutNode(t.Context(), notNode, true); return err }, "has no caretaker metadata"},
+		{"delete a guest that is no node", func() error { return h.client.DeleteNode(t.Context(), notNode.Cluster, plain, notNode.UUID) }, "has no caretaker metadata"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			id := h.domainID(t, victim.Name)
+			err := tt.call()
+			var se *agentapi.StatusError
+			if !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(se.Msg, tt.wantMsg) {
+				t.Errorf("got %v, want 409 with %q", err, tt.wantMsg)
+			}
+			if got := h.domainID(t, victim.Name); got != id {
+				t.Errorf("victim restarted: id %d, then %d", id, got)
+			}
+			if d, err := h.client.Domain(t.Context(), victim.UUID); err != nil || d.Name != victim.Name {
+				t.Errorf("victim by its UUID: %+v, %v", d, err)
+			}
+			if vols := h.volumes(t); !slices.Contains(vols, victim.Name+".qcow2") {
+				t.Errorf("volumes %v: the victim's disk is gone", vols)
+			}
+			if _, err := h.conn.LookupDomainByUUIDString(nodeUUID(plain)); err != nil {
+				t.Errorf("the plain guest: %v", err)
+			}
+		})
+	}
 }

@@ -50,7 +50,10 @@ type NodeRequest struct {
 	UserData string `json:"user_data,omitempty"`
 	MetaData string `json:"meta_data,omitempty"`
 	Ignition string `json:"ignition,omitempty"`
-	// UUID empty lets libvirt choose, or keeps the existing domain's.
+	// UUID is required: the UUID of the node's domain, or the one a new
+	// node is to get. The agent changes (or, with replace, destroys) an
+	// existing domain of that name only when it has this UUID and
+	// caretaker metadata naming Cluster; otherwise it answers 409.
 	UUID string `json:"uuid,omitempty"`
 }
 

@@ -85,7 +85,9 @@ func (c *Client) RepairOverlay(ctx context.Context, cluster string) ([]string, e
 // PutNode creates the node on the agent's host, or keeps it when it exists
 // (updating its definition for its next start); with replace it destroys
 // the node and creates it afresh, with a new disk and seed and the same
-// UUID. The answer has the domain's UUID and state.
+// UUID. n.UUID is required: the agent changes an existing domain of that
+// name only when it has that UUID and n.Cluster's metadata (else 409).
+// The answer has the domain's UUID and state.
 func (c *Client) PutNode(ctx context.Context, n NodeRequest, replace bool) (NodeResponse, error) {
 	path := "/api/v1/nodes/" + url.PathEscape(n.Name)
 	if replace {
@@ -99,9 +101,12 @@ func (c *Client) PutNode(ctx context.Context, n NodeRequest, replace bool) (Node
 }
 
 // DeleteNode destroys and undefines the node's domain and deletes its
-// disks; a node that is not there is not an error.
-func (c *Client) DeleteNode(ctx context.Context, name string) error {
-	if err := c.do(ctx, http.MethodDelete, "/api/v1/nodes/"+url.PathEscape(name), nil, nil); err != nil {
+// disks; a node that is not there is not an error. cluster and uuid name
+// the node meant: the agent leaves a domain of that name of another
+// cluster or with another UUID alone (409).
+func (c *Client) DeleteNode(ctx context.Context, cluster, name, uuid string) error {
+	q := url.Values{"cluster": {cluster}, "uuid": {uuid}}
+	if err := c.do(ctx, http.MethodDelete, "/api/v1/nodes/"+url.PathEscape(name)+"?"+q.Encode(), nil, nil); err != nil {
 		return fmt.Errorf("%s: %w", c.baseURL, err)
 	}
 	return nil

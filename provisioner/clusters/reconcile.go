@@ -28,12 +28,14 @@ type Hosts interface {
 // Nodes creates and deletes nodes' domains on hosts.
 type Nodes interface {
 	// CreateNode defines and starts n's domain on host, replacing a domain
-	// of the same name left by an earlier attempt or a broken guest, and
-	// returns the domain's UUID.
+	// of the same name, cluster and UUID left by an earlier attempt or a
+	// broken guest, and returns the domain's UUID. A domain of that name
+	// of another cluster or UUID is never replaced: an error.
 	CreateNode(ctx context.Context, host string, n NodeSpec) (uuid string, err error)
-	// DeleteNode removes the domain and its disk; a missing one is not an
-	// error.
-	DeleteNode(ctx context.Context, host, name string) error
+	// DeleteNode removes the node's domain and its disk; a missing one is
+	// not an error. A domain of that name of another cluster or UUID is
+	// never deleted: an error.
+	DeleteNode(ctx context.Context, host string, n NodeID) error
 	// NodeRunning says whether the domain with this UUID runs on host.
 	NodeRunning(ctx context.Context, host, uuid string) (bool, error)
 }
@@ -44,6 +46,12 @@ type Overlays interface {
 	// RemoveOverlay removes the cluster's bridge and VXLAN device; missing
 	// ones are not an error.
 	RemoveOverlay(ctx context.Context, host, cluster string) error
+}
+
+// NodeID names one node's domain as the agents check it: the name, the
+// cluster in its metadata, and its UUID.
+type NodeID struct {
+	Cluster, Name, UUID string
 }
 
 // NodeSpec is what a host needs to create a node's domain.
@@ -322,7 +330,7 @@ func (r *Reconciler) deleteSurplus(ctx context.Context, c Cluster) (Cluster, err
 
 func (r *Reconciler) deleteNode(ctx context.Context, cluster string, n NodeState) error {
 	if n.Host != "" {
-		if err := r.o.Nodes.DeleteNode(ctx, n.Host, n.Name); err != nil {
+		if err := r.o.Nodes.DeleteNode(ctx, n.Host, NodeID{Cluster: cluster, Name: n.Name, UUID: n.UUID}); err != nil {
 			err = fmt.Errorf("delete node %s on %s: %w", n.Name, n.Host, err)
 			return errors.Join(err, r.setNode(cluster, n.Name, func(s *NodeState) { s.Error = err.Error() }))
 		}
@@ -624,7 +632,7 @@ func (r *Reconciler) RecreateNode(ctx context.Context, host, uuid string) error 
 	ready := slices.ContainsFunc(hosts, func(h placement.Host) bool {
 		return h.Name == host && h.Ready && h.Worker && !h.Cordoned
 	})
-	var from string
+	var from, nodeUUID string
 	_, err = r.o.Store.update(cluster, func(c *Cluster) error {
 		n := c.node(node)
 		switch {
@@ -634,6 +642,7 @@ func (r *Reconciler) RecreateNode(ctx context.Context, host, uuid string) error 
 			return fmt.Errorf("node is on %q: %w", n.Host, ErrConflict)
 		}
 		n.State, n.Error = NodePending, ""
+		nodeUUID = n.UUID
 		if !ready {
 			from, n.Host = n.Host, ""
 		}
@@ -645,7 +654,7 @@ func (r *Reconciler) RecreateNode(ctx context.Context, host, uuid string) error 
 	if from != "" {
 		// The host is unhealthy and may not answer; its reprovisioning
 		// wipes the old domain anyway.
-		if err := r.o.Nodes.DeleteNode(ctx, from, node); err != nil {
+		if err := r.o.Nodes.DeleteNode(ctx, from, NodeID{Cluster: cluster, Name: node, UUID: nodeUUID}); err != nil {
 			r.log.Warn("delete moved node on unready host", "node", node, "host", from, "err", err)
 		}
 	}

@@ -122,7 +122,8 @@ func (f *fakeNodes) CreateNode(ctx context.Context, host string, n NodeSpec) (st
 	return n.UUID, nil
 }
 
-func (f *fakeNodes) DeleteNode(_ context.Context, host, name string) error {
+func (f *fakeNodes) DeleteNode(_ context.Context, host string, id NodeID) error {
+	name := id.Name
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "delete "+host+" "+name)

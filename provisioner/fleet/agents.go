@@ -21,8 +21,10 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 		base = n.p.cfg.BaseImage
 	}
 	// Replace: the reconciler creates a node only when it is missing or
-	// must be re-created clean. The seed names the node; the image's own
-	// cloud-init configuration does the rest.
+	// must be re-created clean. The agent replaces only a domain with the
+	// node's UUID and cluster, never another cluster's of the same name.
+	// The seed names the node; the image's own cloud-init configuration
+	// does the rest.
 	resp, err := c.PutNode(ctx, agentapi.NodeRequest{Cluster: s.Cluster, Name: s.Name, Role: s.Role, VCPUs: s.VCPUs,
 		MemoryBytes: s.MemoryBytes, DiskBytes: s.DiskBytes, Bridge: s.Bridge, MAC: s.MAC, BaseImage: base, UUID: s.UUID,
 		UserData: "#cloud-config\nhostname: " + s.Name + "\n"}, true)
@@ -32,12 +34,12 @@ func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec)
 	return resp.UUID, nil
 }
 
-func (n nodes) DeleteNode(ctx context.Context, host, name string) error {
+func (n nodes) DeleteNode(ctx context.Context, host string, id clusters.NodeID) error {
 	c, err := n.p.agents.Client(host)
 	if err != nil {
 		return err
 	}
-	return c.DeleteNode(ctx, name)
+	return c.DeleteNode(ctx, id.Cluster, id.Name, id.UUID)
 }
 
 func (n nodes) NodeRunning(ctx context.Context, host, uuid string) (bool, error) {

@@ -50,7 +50,7 @@ func (n *startedNodes) CreateNode(_ context.Context, _ string, s clusters.NodeSp
 	return s.UUID, nil
 }
 
-func (n *startedNodes) DeleteNode(context.Context, string, string) error { return nil }
+func (n *startedNodes) DeleteNode(context.Context, string, clusters.NodeID) error { return nil }
 
 func (n *startedNodes) NodeRunning(_ context.Context, _, uuid string) (bool, error) {
 	n.mu.Lock()

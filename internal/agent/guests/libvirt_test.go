@@ -2,6 +2,7 @@ package guests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -235,7 +236,7 @@ func TestCreateUpdatesDefinition(t *testing.T) {
 		t.Errorf("defined memory %d %s, want %d KiB", d.Memory.Value, d.Memory.Unit, 96<<10)
 	}
 	n.UUID = "00000000-0000-0000-0000-000000000001"
-	if _, err := Create(l.conn, n, DomainType(TypeQEMU)); err == nil || !strings.Contains(err.Error(), "domain exists with UUID "+uuid) {
+	if _, err := Create(l.conn, n, DomainType(TypeQEMU)); !errors.Is(err, ErrNotThisNode) || !strings.Contains(err.Error(), "exists with UUID "+uuid) {
 		t.Errorf("Create with another UUID: %v", err)
 	}
 }

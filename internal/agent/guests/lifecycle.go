@@ -1,6 +1,7 @@
 package guests
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -29,6 +30,10 @@ func Create(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 // create is Create of a valid node; its errors say what failed, and the
 // caller which node it was making.
 func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
+	// Another node's domain of that name keeps its volumes too.
+	if err := ownedOrAbsent(conn, n); err != nil {
+		return "", err
+	}
 	if err := EnsureVolumes(conn, n); err != nil {
 		return "", err
 	}
@@ -44,6 +49,10 @@ func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
 		return "", err
 	}
 	if dom != nil {
+		if err := checkOwner(dom, n); err != nil {
+			dom.Free()
+			return "", err
+		}
 		dom, err = updateDomain(conn, dom, n, opts)
 	} else {
 		dom, err = defineDomain(conn, n, opts)
@@ -71,7 +80,8 @@ func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
 // Recreate is recreate-vm: it destroys and undefines the node's domain,
 // deletes its overlay and seed so that nothing of the broken node is kept,
 // and creates it again from n with the same UUID (n.UUID, or else the old
-// domain's).
+// domain's). A domain of that name that is not n's (checkOwner) is left
+// alone: the error matches ErrNotThisNode.
 func Recreate(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 	if err := n.Validate(); err != nil {
 		return "", err
@@ -92,11 +102,13 @@ func Recreate(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 }
 
 // Delete destroys and undefines the node's domain and deletes its volumes
-// from its pool; of n it uses only Name and Pool. What is already gone is
-// not an error.
+// from its pool; of n it uses Name, Cluster, UUID and Pool. What is
+// already gone is not an error. A domain of that name that is not n's
+// (checkOwner) is left alone, volumes and all: the error matches
+// ErrNotThisNode.
 func Delete(conn *libvirt.Connect, n Node) error {
-	if !nameRe.MatchString(n.Name) || n.Pool == "" {
-		return fmt.Errorf("delete node %q in pool %q: want a valid name and a pool", n.Name, n.Pool)
+	if !nameRe.MatchString(n.Name) || !nameRe.MatchString(n.Cluster) || n.Pool == "" || n.UUID != "" && !uuidRe.MatchString(n.UUID) {
+		return fmt.Errorf("delete node %q of cluster %q in pool %q: want a valid name, cluster and UUID, and a pool", n.Name, n.Cluster, n.Pool)
 	}
 	if _, err := remove(conn, n); err != nil {
 		return fmt.Errorf("delete node %q: %w", n.Name, err)
@@ -105,7 +117,8 @@ func Delete(conn *libvirt.Connect, n Node) error {
 }
 
 // remove stops and undefines the domain and deletes the node's volumes,
-// returning the domain's UUID ("" when there was none).
+// returning the domain's UUID ("" when there was none). It touches nothing
+// when the domain of that name is not n's.
 func remove(conn *libvirt.Connect, n Node) (string, error) {
 	dom, err := lookupDomain(conn, n.Name)
 	if err != nil {
@@ -114,6 +127,9 @@ func remove(conn *libvirt.Connect, n Node) (string, error) {
 	var uuid string
 	if dom != nil {
 		defer dom.Free()
+		if err := checkOwner(dom, n); err != nil {
+			return "", err
+		}
 		if uuid, err = dom.GetUUIDString(); err != nil {
 			return "", fmt.Errorf("read UUID: %w", err)
 		}
@@ -136,6 +152,59 @@ func remove(conn *libvirt.Connect, n Node) (string, error) {
 		return "", err
 	}
 	return uuid, nil
+}
+
+// ErrNotThisNode is matched by the error of Create, Recreate and Delete
+// when a domain of the node's name exists and is not the node meant: one
+// without caretaker's metadata (not a node: an operator's own guest), of
+// another cluster, or with another UUID. Nothing of it is changed.
+var ErrNotThisNode = errors.New("the domain of that name is not this node")
+
+// notThisNode is an ErrNotThisNode with the reason.
+type notThisNode struct{ reason string }
+
+func (e notThisNode) Error() string { return e.reason }
+func (e notThisNode) Is(target error) bool {
+	return target == ErrNotThisNode
+}
+
+// checkOwner says why dom, the domain named n.Name, is not n's: it lacks
+// caretaker's metadata, its metadata names another cluster, or (when
+// n.UUID is set) it has another UUID. nil when it is n's.
+func checkOwner(dom *libvirt.Domain, n Node) error {
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return fmt.Errorf("read UUID: %w", err)
+	}
+	el, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG)
+	if isCode(err, libvirt.ERR_NO_DOMAIN_METADATA) {
+		return notThisNode{fmt.Sprintf("domain %s (UUID %s) has no caretaker metadata: it is not a node of a guest cluster, and is left alone", n.Name, uuid)}
+	}
+	if err != nil {
+		return fmt.Errorf("read domain metadata: %w", err)
+	}
+	meta, err := guestmeta.Parse(el)
+	if err != nil {
+		return notThisNode{fmt.Sprintf("domain %s (UUID %s) has unreadable caretaker metadata (%v), and is left alone", n.Name, uuid, err)}
+	}
+	if meta.Cluster != n.Cluster {
+		return notThisNode{fmt.Sprintf("domain %s (UUID %s) is a node of cluster %q, not of %q, and is left alone", n.Name, uuid, meta.Cluster, n.Cluster)}
+	}
+	if n.UUID != "" && !strings.EqualFold(n.UUID, uuid) {
+		return notThisNode{fmt.Sprintf("domain %s exists with UUID %s, not the node's %s, and is left alone", n.Name, uuid, n.UUID)}
+	}
+	return nil
+}
+
+// ownedOrAbsent is checkOwner of the domain named n.Name, nil when there
+// is none.
+func ownedOrAbsent(conn *libvirt.Connect, n Node) error {
+	dom, err := lookupDomain(conn, n.Name)
+	if err != nil || dom == nil {
+		return err
+	}
+	defer dom.Free()
+	return checkOwner(dom, n)
 }
 
 // lookupDomain returns the named domain, or nil when there is none.
