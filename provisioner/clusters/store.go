@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -102,15 +103,20 @@ func (s *Store) Create(spec Spec) (Cluster, error) {
 			return fmt.Errorf("cluster %s: %w", spec.Name, ErrExists)
 		}
 		used := map[int]bool{}
+		var others []Cluster
 		err := b.ForEach(func(_, v []byte) error {
 			var o Cluster
 			if err := json.Unmarshal(v, &o); err != nil {
 				return err
 			}
 			used[o.VNI] = true
+			others = append(others, o)
 			return nil
 		})
 		if err != nil {
+			return err
+		}
+		if err := nameClash(spec, others); err != nil {
 			return err
 		}
 		vni := 0
@@ -131,6 +137,55 @@ func (s *Store) Create(spec Spec) (Cluster, error) {
 		return Cluster{}, fmt.Errorf("create cluster %s: %w", spec.Name, err)
 	}
 	return c, nil
+}
+
+// nameClash refuses a spec whose node names could be another cluster's.
+// A node is named <cluster>-<pool>-<index>, and the index has no '-', so
+// two nodes' names are equal exactly when their stems <cluster>-<pool>
+// are: cluster "a" with pool "b-c" and cluster "a-b" with pool "c" would
+// both name their first node a-b-c-0. Each pool's stem must therefore
+// differ from every stem of the other clusters — their pools', and their
+// nodes' (a record may hold nodes of a name scheme no pool gives). Pools
+// cannot be added to a cluster afterwards, so a scale cannot clash.
+func nameClash(spec Spec, others []Cluster) error {
+	owner := map[string]string{}
+	for _, o := range others {
+		for _, p := range o.Pools {
+			owner[o.Name+"-"+p.Name] = fmt.Sprintf("cluster %q pool %q", o.Name, p.Name)
+		}
+		for _, n := range o.Nodes {
+			if stem, ok := nodeStem(n.Name); ok {
+				if _, known := owner[stem]; !known {
+					owner[stem] = fmt.Sprintf("cluster %q (node %s)", o.Name, n.Name)
+				}
+			}
+		}
+	}
+	var errs []error
+	for i, p := range spec.Pools {
+		stem := spec.Name + "-" + p.Name
+		if who, ok := owner[stem]; ok {
+			errs = append(errs, fmt.Errorf("pools[%d].name %q: its nodes would be named %s-<n>, as are the nodes of %s: node names are unique across clusters, choose another cluster or pool name", i, p.Name, stem, who))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrConflict, errors.Join(errs...))
+	}
+	return nil
+}
+
+// nodeStem is a node name without its "-<index>".
+func nodeStem(name string) (string, bool) {
+	i := strings.LastIndexByte(name, '-')
+	if i <= 0 || i == len(name)-1 {
+		return "", false
+	}
+	for _, c := range name[i+1:] {
+		if c < '0' || c > '9' {
+			return "", false
+		}
+	}
+	return name[:i], true
 }
 
 // put syncs c's nodes with its spec, derives its phase and writes it.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,5 +213,78 @@ func TestStoreDurable(t *testing.T) {
 	placed, err := s.Placed()
 	if err != nil || len(placed) != 0 {
 		t.Errorf("Placed with nothing placed: %v, %v", placed, err)
+	}
+}
+
+// TestStoreNodeNamesUnique tries every shape of node-name clash between
+// two clusters: the second is refused (409, naming the other cluster's
+// pool), whichever comes first; shapes that only look alike are accepted,
+// and then no scale of either makes two nodes share a name.
+func TestStoreNodeNamesUnique(t *testing.T) {
+	pool := func(name string, count int) Pool {
+		p := workers(count)
+		p.Name = name
+		return p
+	}
+	tests := []struct {
+		first, second Spec
+		wantErr       string // "" when the second is accepted
+	}{
+		{Spec{Name: "a", Pools: pools(pool("b-c", 1))}, Spec{Name: "a-b", Pools: pools(pool("c", 1))},
+			`pools[0].name "c": its nodes would be named a-b-c-<n>, as are the nodes of cluster "a" pool "b-c"`},
+		{Spec{Name: "a-b", Pools: pools(pool("c", 1))}, Spec{Name: "a", Pools: pools(pool("b-c", 1))},
+			`pools[0].name "b-c": its nodes would be named a-b-c-<n>, as are the nodes of cluster "a-b" pool "c"`},
+		{Spec{Name: "a", Pools: pools(pool("b-c-d", 1))}, Spec{Name: "a-b-c", Pools: pools(pool("d", 1))},
+			`as are the nodes of cluster "a" pool "b-c-d"`},
+		{Spec{Name: "a-b", Pools: pools(pool("c-d", 1))}, Spec{Name: "a", Pools: pools(pool("x", 1), pool("b-c-d", 1))},
+			`pools[1].name "b-c-d": its nodes would be named a-b-c-d-<n>, as are the nodes of cluster "a-b" pool "c-d"`},
+		{Spec{Name: "a", Pools: pools(pool("b-c", 1), pool("w", 0))}, Spec{Name: "a-w", Pools: pools(pool("x", 1))}, ""},
+		// A pool with no nodes yet clashes too: a scale would make them.
+		{Spec{Name: "a", Pools: pools(pool("b-c", 0), pool("w", 1))}, Spec{Name: "a-b", Pools: pools(pool("c", 1))},
+			`as are the nodes of cluster "a" pool "b-c"`},
+		// Alike, not the same: a-b-<n> and a-b-c-<n> never meet.
+		{Spec{Name: "a", Pools: pools(pool("b", 1))}, Spec{Name: "a-b", Pools: pools(pool("c", 1))}, ""},
+		{Spec{Name: "a", Pools: pools(pool("b1", 1))}, Spec{Name: "a-b", Pools: pools(pool("c1", 1))}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.first.Name+"/"+tt.first.Pools[0].Name+"+"+tt.second.Name, func(t *testing.T) {
+			s := newStore(t, VNIRange{})
+			if _, err := s.Create(tt.first); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Create(tt.second)
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("second Create: %v, want a conflict with %q", err, tt.wantErr)
+				}
+				if _, err := s.Get(tt.second.Name); !errors.Is(err, ErrNotFound) {
+					t.Errorf("the refused cluster was stored: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("second Create: %v", err)
+			}
+			for _, sp := range []Spec{tt.first, tt.second} {
+				for _, p := range sp.Pools {
+					if _, err := s.Scale(sp.Name, p.Name, 12); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			cs, err := s.List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]string{}
+			for _, c := range cs {
+				for _, n := range c.Nodes {
+					if o, dup := seen[n.Name]; dup {
+						t.Errorf("node %s of %s and of %s", n.Name, c.Name, o)
+					}
+					seen[n.Name] = c.Name
+				}
+			}
+		})
 	}
 }
