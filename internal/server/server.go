@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -60,6 +61,7 @@ type Server struct {
 	running atomic.Pointer[monitoring.Monitor]
 	policy  *policyHolder
 	prov    *fleet.Provisioner // nil without provisioner.inventory_file
+	agents  *agentapi.Hosts    // the agents' clients, by host
 	handler http.Handler
 	// stop ends the background work New started; bg waits for it.
 	stop context.CancelFunc
@@ -85,7 +87,8 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if err := s.openJournal(in); err != nil {
 		return nil, err
 	}
-	hosts := agentapi.NewHosts(in.agentToken)
+	hosts := agentapi.NewHostsWith(agentapi.HostsOptions{Token: in.agentToken, Tokens: in.hostTokens, TLS: in.agentTLS})
+	s.agents = hosts
 	for _, h := range o.Config.Hosts {
 		hosts.Add(h.Name, h.Agent)
 	}
@@ -122,7 +125,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 type inputs struct {
 	cfg          *config.Server
 	agentToken   string
-	webhookToken string // the admin token unless the webhook has its own
+	hostTokens   map[string]string // hosts' own agent tokens (hosts[].token_file)
+	agentTLS     *tls.Config       // nil unless agents.tls
+	webhookToken string            // the admin token unless the webhook has its own
 	policy       *policy.Policy
 	rules        fs.FS
 	dataDir      string
@@ -145,6 +150,9 @@ func load(o Options) (inputs, error) {
 		if in.agentToken, err = config.ReadSecret(cfg.Path(cfg.Agents.TokenFile)); err != nil {
 			return inputs{}, fmt.Errorf("agents.token_file: %w", err)
 		}
+	}
+	if err := in.loadAgentAuth(); err != nil {
+		return inputs{}, err
 	}
 	in.webhookToken = apiToken
 	if f := cfg.Remediation.Webhook.TokenFile; f != "" {
@@ -170,6 +178,31 @@ func load(o Options) (inputs, error) {
 		return inputs{}, fmt.Errorf("data directory: %w", err)
 	}
 	return in, nil
+}
+
+// loadAgentAuth reads the hosts' own tokens and the agents' TLS files.
+func (in *inputs) loadAgentAuth() error {
+	cfg := in.cfg
+	for i, h := range cfg.Hosts {
+		if h.TokenFile == "" {
+			continue
+		}
+		tok, err := config.ReadSecret(cfg.Path(h.TokenFile))
+		if err != nil {
+			return fmt.Errorf("hosts[%d].token_file: %w", i, err)
+		}
+		if in.hostTokens == nil {
+			in.hostTokens = map[string]string{}
+		}
+		in.hostTokens[h.Name] = tok
+	}
+	if t := cfg.Agents.TLS; t.Enabled() {
+		var err error
+		if in.agentTLS, err = agentapi.ClientTLS(cfg.Path(t.CAFile), cfg.Path(t.CertFile), cfg.Path(t.KeyFile)); err != nil {
+			return fmt.Errorf("agents.tls: %w", err)
+		}
+	}
+	return nil
 }
 
 // startProvisioner opens the provisioner when it is configured: it
@@ -306,6 +339,7 @@ func (s *Server) startMonitoring(ctx context.Context, in inputs) error {
 		Retention:          cfg.Prometheus.Retention,
 		RetentionSize:      cfg.Prometheus.RetentionSizeBytes,
 		FileSD:             fileSD,
+		AgentTLS:           agentScrapeTLS(cfg),
 		SelfAddress:        selfAddress(s.opts),
 		Alertmanagers:      cfg.Alerting.Alertmanagers,
 		RemoteWrite:        remote,
@@ -389,6 +423,15 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 		fmt.Fprintln(w, "caretaker server: API under /api/v1/ (bearer token), metrics at /metrics")
 	})
 	return mux, nil
+}
+
+// agentScrapeTLS is the agents' job's TLS: agents.tls, or nil.
+func agentScrapeTLS(cfg *config.Server) *monitoring.TLSFiles {
+	t := cfg.Agents.TLS
+	if !t.Enabled() {
+		return nil
+	}
+	return &monitoring.TLSFiles{CAFile: cfg.Path(t.CAFile), CertFile: cfg.Path(t.CertFile), KeyFile: cfg.Path(t.KeyFile)}
 }
 
 func jobScrape(j config.ScrapeJob) monitoring.JobScrape {
