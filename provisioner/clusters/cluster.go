@@ -50,7 +50,7 @@ const (
 	maxVCPUs       = 256
 	minMemory      = 64 << 20
 	maxMemory      = 4 << 40
-	maxDisk        = 64 << 40
+	maxDisk        = 2 << 40 // an agent's default --guests.max-disk-bytes
 	maxBaseImage   = 1024
 	mib            = 1 << 20
 )
@@ -183,7 +183,7 @@ func (s Spec) Validate() error {
 		case p.DiskBytes < mib:
 			add("%s.disk_bytes: %d, must be at least %d (1 MiB)", f, p.DiskBytes, mib)
 		case p.DiskBytes > maxDisk:
-			add("%s.disk_bytes: %d, must be at most %d (64 TiB)", f, p.DiskBytes, uint64(maxDisk))
+			add("%s.disk_bytes: %d, must be at most %d (2 TiB, what agents allow by default)", f, p.DiskBytes, uint64(maxDisk))
 		case p.DiskBytes%mib != 0:
 			add("%s.disk_bytes: %d, must be a whole number of MiB (%d bytes)", f, p.DiskBytes, mib)
 		}

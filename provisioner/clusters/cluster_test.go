@@ -55,6 +55,8 @@ func TestSpecValidate(t *testing.T) {
 		{"odd memory", with(func(s *Spec) { s.Pools[0].MemoryBytes = 4*gib + 1 }), []string{"pools[0].memory_bytes: 4294967297, must be a whole number of MiB"}},
 		{"no disk", with(func(s *Spec) { s.Pools[1].DiskBytes = 0 }), []string{"pools[1].disk_bytes: 0, must be at least 1048576 (1 MiB)"}},
 		{"huge disk", with(func(s *Spec) { s.Pools[1].DiskBytes = 1 << 50 }), []string{"pools[1].disk_bytes: 1125899906842624, must be at most"}},
+		// The agents' default bound (--guests.max-disk-bytes), checked before placement.
+		{"disk above the agents' bound", with(func(s *Spec) { s.Pools[1].DiskBytes = 2<<40 + 1<<20 }), []string{"pools[1].disk_bytes: 2199024304128, must be at most 2199023255552 (2 TiB, what agents allow by default)"}},
 		{"bad role", with(func(s *Spec) { s.Pools[0].Role = "boss" }), []string{`pools[0].role "boss": must be "master" or "worker"`}},
 		{"duplicate pool", with(func(s *Spec) { s.Pools[1].Name = "masters" }), []string{`pools[1].name "masters": also the name of pools[0]`}},
 		{"long pool name", with(func(s *Spec) { s.Pools[1].Name = strings.Repeat("w", 21) }), []string{"pools[1].name", "21 characters, must be at most 20"}},
