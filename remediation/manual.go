@@ -33,10 +33,19 @@ type ManualRequest struct {
 	// notify-only takes any of these.
 	Target string `json:"target"`
 	// Labels are added to the record's labels.
-	Labels  map[string]string `json:"labels,omitempty"`
-	DryRun  bool              `json:"dry_run,omitempty"`
-	Author  string            `json:"author"`
-	Comment string            `json:"comment"`
+	Labels map[string]string `json:"labels,omitempty"`
+	DryRun bool              `json:"dry_run,omitempty"`
+	// Author is who asks. Through the API it is the token's name and
+	// AuthorRole the token's role, whatever the request says; what a
+	// client sends as "author" (or "on_behalf_of") becomes OnBehalfOf.
+	Author     string `json:"author"`
+	AuthorRole string `json:"author_role,omitempty"`
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
+	Comment    string `json:"comment"`
+}
+
+func (req ManualRequest) who() guards.Who {
+	return guards.Who{Name: req.Author, Role: req.AuthorRole, OnBehalfOf: req.OnBehalfOf}
 }
 
 // labels turns the request's target into the labels an alert about it
@@ -105,6 +114,7 @@ func (e *Engine) Run(_ context.Context, req ManualRequest) (journal.Record, erro
 	rule := policy.Rule{Name: "manual", Action: req.Action}
 	base := e.newRecord(in, rule, req.Action, now)
 	base.Author, base.Comment, base.DryRun = req.Author, req.Comment, req.DryRun
+	base.AuthorRole, base.OnBehalfOf = req.AuthorRole, req.OnBehalfOf
 	base.Target, base.Host, base.UUID, base.Cluster = t.key(), t.Host, t.UUID, t.Cluster
 	g := e.policy.GuardSettings()
 	res := guards.Check(e.candidate(req.Action, t, in), e.inputs(g, rule, req.Action, t, in, now), now)
@@ -113,11 +123,11 @@ func (e *Engine) Run(_ context.Context, req ManualRequest) (journal.Record, erro
 		if req.DryRun {
 			base.Decisions = res.Decisions
 			e.close(w, in, journal.StateSkipped, now,
-				fmt.Sprintf("%s: would run %s on %s, asked by %s: %s; the automatic guards say: %s", ReasonDryRun, req.Action, t, req.Author, req.Comment, res.Reason), &base)
+				fmt.Sprintf("%s: would run %s on %s, asked by %s: %s; the automatic guards say: %s", ReasonDryRun, req.Action, t, req.who(), req.Comment, res.Reason), &base)
 			rec = journal.Record{ID: in.last}
 			return
 		}
-		why := fmt.Sprintf("run by hand by %s: %s (the automatic guards say: %s)", req.Author, req.Comment, res.Reason)
+		why := fmt.Sprintf("run by hand by %s: %s (the automatic guards say: %s)", req.who(), req.Comment, res.Reason)
 		e.start(w, in, 1, rule, req.Action, act, t, base, res, why, now)
 		rec = journal.Record{ID: in.open}
 	})
@@ -132,17 +142,20 @@ func (e *Engine) Run(_ context.Context, req ManualRequest) (journal.Record, erro
 // Errors wrap journal.ErrNotFound, ErrConflict (not awaiting approval,
 // already decided, expired) or ErrInvalid (no author or comment).
 func (e *Engine) Approve(id uint64, author, comment string) (journal.Record, error) {
-	return e.answer(id, author, comment, true)
+	return e.Answer(id, true, guards.Who{Name: author}, comment)
 }
 
 // Deny records a human's no: the action is cancelled. Errors as Approve.
 func (e *Engine) Deny(id uint64, author, comment string) (journal.Record, error) {
-	return e.answer(id, author, comment, false)
+	return e.Answer(id, false, guards.Who{Name: author}, comment)
 }
 
-func (e *Engine) answer(id uint64, author, comment string, yes bool) (journal.Record, error) {
+// Answer approves (yes) or denies action id as by, whose name, role and
+// "on behalf of" the approval and the journal keep. Errors as Approve.
+func (e *Engine) Answer(id uint64, yes bool, by guards.Who, comment string) (journal.Record, error) {
 	verb := map[bool]string{true: "approve", false: "deny"}[yes]
-	author, comment = strings.TrimSpace(author), strings.TrimSpace(comment)
+	by.Name, comment = strings.TrimSpace(by.Name), strings.TrimSpace(comment)
+	author := by.Name
 	if author == "" || comment == "" {
 		return journal.Record{}, fmt.Errorf("%s action %d: %w: author and comment are both required", verb, id, ErrInvalid)
 	}
@@ -167,19 +180,20 @@ func (e *Engine) answer(id uint64, author, comment string, yes bool) (journal.Re
 	if err != nil {
 		return journal.Record{}, fmt.Errorf("%w: %v", ErrConflict, err)
 	}
+	a.AuthorRole, a.OnBehalfOf = by.Role, by.OnBehalfOf
 	e.write(func(w *writer) {
 		if !yes {
-			e.close(w, in, journal.StateCancelled, now, fmt.Sprintf("denied by %s: %s", author, comment), nil)
+			e.close(w, in, journal.StateCancelled, now, fmt.Sprintf("denied by %s: %s", by, comment), nil)
 			return
 		}
-		note := fmt.Sprintf("approved by %s: %s", author, comment)
+		note := fmt.Sprintf("approved by %s: %s", by, comment)
 		if _, ok := e.save(w, in, id, journal.Record{}, func(r *journal.Record) {
 			r.Approval = &a
 			r.Transitions = append(r.Transitions, journal.Transition{State: r.State, At: now, Note: note})
 		}); !ok {
 			return
 		}
-		e.log.Info("remediation action approved", "record", id, "author", author, "comment", comment)
+		e.log.Info("remediation action approved", "record", id, "author", author, "author_role", by.Role, "on_behalf_of", by.OnBehalfOf, "comment", comment)
 		if rule, ok := e.policy.Match(in.alert.Labels); ok {
 			e.advance(w, in, rule, now)
 		}

@@ -32,7 +32,7 @@ func (e *Engine) Pause(p guards.Pause) error {
 		return fmt.Errorf("pause remediation of %s: %w", p.Target, err)
 	}
 	e.pauses = next
-	e.log.Info("remediation paused", "target", p.Target, "author", p.Author, "until", p.Until, "comment", p.Comment)
+	e.log.Info("remediation paused", "target", p.Target, "author", p.Author, "author_role", p.AuthorRole, "on_behalf_of", p.OnBehalfOf, "until", p.Until, "comment", p.Comment)
 	return nil
 }
 

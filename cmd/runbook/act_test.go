@@ -58,13 +58,11 @@ type journalActor struct{ j *journal.Journal }
 
 func (a journalActor) Run(_ context.Context, req remediation.ManualRequest) (journal.Record, error) {
 	return a.j.Append(journal.Record{Created: time.Now(), Action: req.Action, Target: req.Target, Labels: req.Labels,
-		DryRun: req.DryRun, Author: req.Author, Comment: req.Comment, State: journal.StatePending})
+		DryRun: req.DryRun, Author: req.Author, AuthorRole: req.AuthorRole, OnBehalfOf: req.OnBehalfOf,
+		Comment: req.Comment, State: journal.StatePending})
 }
-func (a journalActor) Approve(id uint64, author, comment string) (journal.Record, error) {
-	return a.decide(id, author, comment, true)
-}
-func (a journalActor) Deny(id uint64, author, comment string) (journal.Record, error) {
-	return a.decide(id, author, comment, false)
+func (a journalActor) Answer(id uint64, yes bool, by guards.Who, comment string) (journal.Record, error) {
+	return a.decide(id, by.Name, comment, yes)
 }
 func (a journalActor) decide(id uint64, author, comment string, yes bool) (journal.Record, error) {
 	rec, err := a.j.Get(id)
@@ -230,8 +228,15 @@ func TestRunCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, "recorded action 5: restart-vm on host-a/u1, now pending (follow it: runbook show 5)") {
 		t.Fatalf("run: %q, %v", out, err)
 	}
-	if out, _ := runAs(t, srv.URL, "view-tok", "show", "5", "-o", "json"); !strings.Contains(out, `"author": "olga@pager"`) {
-		t.Errorf("--author not recorded:\n%s", out)
+	// --author adds whom olga acts for; the token's name stays the author.
+	if out, _ := runAs(t, srv.URL, "view-tok", "show", "5", "-o", "json"); !strings.Contains(out, `"author": "olga"`) ||
+		!strings.Contains(out, `"author_role": "operator"`) || !strings.Contains(out, `"on_behalf_of": "olga@pager"`) {
+		t.Errorf("--author not recorded as on behalf of:\n%s", out)
+	}
+	for _, args := range [][]string{{"show", "5"}, {"history"}} {
+		if out, _ := runAs(t, srv.URL, "view-tok", args...); !strings.Contains(out, "olga (operator) on behalf of olga@pager") {
+			t.Errorf("runbook %s does not say who:\n%s", strings.Join(args, " "), out)
+		}
 	}
 	for _, tc := range []struct {
 		token string

@@ -24,7 +24,7 @@ type changeFlags struct {
 }
 
 func (f *changeFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.author, "author", "", "who does this (default: the name of your API token)")
+	cmd.Flags().StringVar(&f.author, "author", "", "whom you act for; recorded as \"on behalf of\" beside your API token's name")
 	cmd.Flags().StringVarP(&f.comment, "comment", "m", "", "why (required)")
 }
 

@@ -114,7 +114,7 @@ func printPauses(w io.Writer, ps []guards.Pause) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tAUTHOR\tSINCE\tUNTIL\tCOMMENT")
 	for _, p := range ps {
-		printf(tw, "%s\t%s\t%s\t%s\t%s\n", describeTarget(p.Target), p.Author,
+		printf(tw, "%s\t%s\t%s\t%s\t%s\n", describeTarget(p.Target), authorOf(p.Author, p.AuthorRole, p.OnBehalfOf),
 			p.Since.Local().Format(time.DateTime), p.Until.Local().Format(time.DateTime), p.Comment)
 	}
 	if len(ps) == 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"caretaker/internal/api"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
 
@@ -37,8 +38,8 @@ clusters; add, remove and (re)provision bare-metal hosts.
 
 What a token may do depends on its role on the server: a viewer reads; an
 operator also approves, denies, runs and pauses; an admin also reloads the
-policy. Changes are recorded under the token's name unless --author says
-otherwise, and need a comment (-m).
+policy. Changes are recorded under the token's name and role; --author
+only adds whom you act for ("on behalf of"). They need a comment (-m).
 
 It finds the server and its API token in this order: the --url and
 --token-file flags, the RUNBOOK_URL and RUNBOOK_TOKEN variables, the config
@@ -204,7 +205,7 @@ func printRecord(w io.Writer, r journal.Record) error {
 		{"guest", firstNonEmpty(r.Domain, "-") + " (" + firstNonEmpty(r.UUID, "-") + ")"},
 		{"cluster", firstNonEmpty(r.Cluster, "-")},
 		{"labels", formatLabels(r.Labels)},
-		{"author", firstNonEmpty(r.Author, "-")}, // set for an action run by hand
+		{"author", authorOf(r.Author, r.AuthorRole, r.OnBehalfOf)}, // set for an action run by hand
 		{"comment", firstNonEmpty(r.Comment, "-")},
 		{"dry run", yesNo(r.DryRun, "yes: nothing was executed", "no")},
 		{"result", string(r.State)},
@@ -232,7 +233,7 @@ func printRecord(w io.Writer, r journal.Record) error {
 	if a := r.Approval; a != nil {
 		fmt.Fprintln(tw, "APPROVAL\tREQUESTED\tEXPIRES\tDECIDED\tBY\tCOMMENT")
 		printf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.State, at(a.Requested), at(a.Expires), at(a.Decided),
-			firstNonEmpty(a.Author, "-"), firstNonEmpty(oneLine(a.Comment), "-"))
+			authorOf(a.Author, a.AuthorRole, a.OnBehalfOf), firstNonEmpty(oneLine(a.Comment), "-"))
 	} else {
 		fmt.Fprintln(tw, "(no approval needed)")
 	}
@@ -317,7 +318,7 @@ func printStatus(w io.Writer, s api.Status) error {
 
 func printHistory(w io.Writer, recs []journal.Record) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTIME\tALERT\tACTION\tHOST\tGUEST\tRESULT\tHEALED IN\tDETAIL")
+	fmt.Fprintln(tw, "ID\tTIME\tALERT\tACTION\tHOST\tGUEST\tRESULT\tHEALED IN\tBY\tDETAIL")
 	for _, r := range recs {
 		heal := "-"
 		if r.HealSeconds > 0 {
@@ -327,13 +328,23 @@ func printHistory(w io.Writer, recs []journal.Record) error {
 		if detail == "" {
 			detail = r.Reason
 		}
-		printf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Created.Local().Format("2006-01-02 15:04:05"),
-			r.Alert, r.Action, r.Host, firstNonEmpty(r.Domain, r.UUID), r.State, heal, oneLine(detail))
+		printf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Created.Local().Format("2006-01-02 15:04:05"),
+			r.Alert, r.Action, r.Host, firstNonEmpty(r.Domain, r.UUID), r.State, heal, authorOf(r.Author, r.AuthorRole, r.OnBehalfOf), oneLine(detail))
 	}
 	if len(recs) == 0 {
 		fmt.Fprintln(tw, "(the journal is empty: no remediation has been decided yet)")
 	}
 	return tw.Flush()
+}
+
+// authorOf names who made a change: the server's token name and role,
+// and whom they said they acted for ("olga (operator) on behalf of
+// alice"); "-" for the engine's own decisions.
+func authorOf(name, role, onBehalfOf string) string {
+	if name == "" {
+		return "-"
+	}
+	return guards.DescribeAuthor(name, role, onBehalfOf)
 }
 
 func firstNonEmpty(s ...string) string {

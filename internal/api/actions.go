@@ -9,6 +9,7 @@ import (
 
 	"caretaker/internal/httpjson"
 	"caretaker/remediation"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
 
@@ -17,16 +18,18 @@ import (
 // remediation.ErrInvalid where those are the cause.
 type Actor interface {
 	Run(ctx context.Context, req remediation.ManualRequest) (journal.Record, error)
-	Approve(id uint64, author, comment string) (journal.Record, error)
-	Deny(id uint64, author, comment string) (journal.Record, error)
+	// Answer approves (yes) or denies action id as by.
+	Answer(id uint64, yes bool, by guards.Who, comment string) (journal.Record, error)
 }
 
-// RunRequest asks to run an action by hand: POST /api/v1/actions. Author
-// defaults to the token's name; Comment is required.
+// RunRequest asks to run an action by hand: POST /api/v1/actions. It is
+// recorded under the token's name and role; Author, when set, is kept as
+// "on behalf of". Comment is required.
 type RunRequest = remediation.ManualRequest
 
-// DecisionRequest approves or denies an action awaiting approval. Author
-// defaults to the token's name; Comment is required.
+// DecisionRequest approves or denies an action awaiting approval. It is
+// recorded under the token's name and role; Author, when set, is kept as
+// "on behalf of". Comment is required.
 type DecisionRequest struct {
 	Author  string `json:"author,omitempty"`
 	Comment string `json:"comment"`
@@ -48,7 +51,20 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, strings.Join(missing, ", ")+": required")
 		return
 	}
-	req.Author = author(r, req.Author)
+	named := req.OnBehalfOf
+	if named == "" {
+		named = req.Author
+	}
+	for _, f := range []struct{ name, v string }{{"action", req.Action}, {"target", req.Target}, {"comment", req.Comment}, {"author", named}} {
+		if !CheckText(w, f.name, f.v) {
+			return
+		}
+	}
+	if !MayRunAction(w, r, req.Action, "running") {
+		return
+	}
+	by := Who(r, named)
+	req.Author, req.AuthorRole, req.OnBehalfOf = by.Name, by.Role, by.OnBehalfOf
 	rec, err := h.Actor.Run(r.Context(), req)
 	if err != nil {
 		h.fail(w, "run "+req.Action+" on "+req.Target, err)
@@ -59,9 +75,9 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request) {
 
 // decide serves approve (yes) and deny.
 func (h *handler) decide(yes bool) http.HandlerFunc {
-	verb, fn := "deny", h.Actor.Deny
+	verb := "deny"
 	if yes {
-		verb, fn = "approve", h.Actor.Approve
+		verb = "approve"
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, ok := pathID(w, r)
@@ -77,7 +93,21 @@ func (h *handler) decide(yes bool) http.HandlerFunc {
 			httpjson.Error(w, http.StatusBadRequest, "comment: required, so the journal says why the action was "+verb+"d")
 			return
 		}
-		rec, err := fn(id, author(r, req.Author), req.Comment)
+		if !CheckText(w, "comment", req.Comment) || !CheckText(w, "author", req.Author) {
+			return
+		}
+		if yes {
+			// Approving lets the action run: it needs the action's role.
+			cur, err := h.Backend.Record(r.Context(), id)
+			if err != nil {
+				h.fail(w, verb+" action "+strconv.FormatUint(id, 10), err)
+				return
+			}
+			if !MayRunAction(w, r, cur.Action, "approving") {
+				return
+			}
+		}
+		rec, err := h.Actor.Answer(id, yes, Who(r, req.Author), req.Comment)
 		if err != nil {
 			h.fail(w, verb+" action "+strconv.FormatUint(id, 10), err)
 			return

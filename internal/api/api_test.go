@@ -82,18 +82,18 @@ func (a *actor) Run(_ context.Context, req remediation.ManualRequest) (journal.R
 		return journal.Record{}, fmt.Errorf("run: unknown action %q: %w", req.Action, remediation.ErrInvalid)
 	}
 	return a.j.Append(journal.Record{Created: time.Now(), Action: req.Action, Target: req.Target, Labels: req.Labels,
-		DryRun: req.DryRun, Author: req.Author, Comment: req.Comment, State: journal.StatePending})
+		DryRun: req.DryRun, Author: req.Author, AuthorRole: req.AuthorRole, OnBehalfOf: req.OnBehalfOf,
+		Comment: req.Comment, State: journal.StatePending})
 }
 
-func (a *actor) Approve(id uint64, author, comment string) (journal.Record, error) {
-	return a.decide(id, guards.Approved, journal.StateRunning, author, comment)
+func (a *actor) Answer(id uint64, yes bool, by guards.Who, comment string) (journal.Record, error) {
+	if yes {
+		return a.decide(id, guards.Approved, journal.StateRunning, by, comment)
+	}
+	return a.decide(id, guards.Denied, journal.StateCancelled, by, comment)
 }
 
-func (a *actor) Deny(id uint64, author, comment string) (journal.Record, error) {
-	return a.decide(id, guards.Denied, journal.StateCancelled, author, comment)
-}
-
-func (a *actor) decide(id uint64, to guards.ApprovalState, state journal.State, author, comment string) (journal.Record, error) {
+func (a *actor) decide(id uint64, to guards.ApprovalState, state journal.State, by guards.Who, comment string) (journal.Record, error) {
 	a.calls++
 	rec, err := a.j.Get(id)
 	if err != nil {
@@ -104,7 +104,7 @@ func (a *actor) decide(id uint64, to guards.ApprovalState, state journal.State, 
 	}
 	return a.j.Update(id, func(r *journal.Record) {
 		r.State = state
-		r.Approval = &guards.Approval{State: to, Author: author, Comment: comment}
+		r.Approval = &guards.Approval{State: to, Author: by.Name, AuthorRole: by.Role, OnBehalfOf: by.OnBehalfOf, Comment: comment}
 	})
 }
 
@@ -199,26 +199,176 @@ func (f *fixture) call(t *testing.T, token, method, path, body string) (int, str
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// routes lists every endpoint, a valid request to it, and the least role
-// it needs.
-var routes = []struct {
+// routeTable is the server's whole route table as the tests expect it:
+// every route, the one role that may call it, and a valid request to it.
+// TestRouteTable fails when the table and this list differ, so a route
+// added without a test here fails.
+var routeTable = []struct {
+	method, pattern string
+	role            Role
+	path, body      string
+}{
+	{"GET", "/api/v1/status", RoleViewer, "/api/v1/status", ""},
+	{"GET", "/api/v1/history", RoleViewer, "/api/v1/history", ""},
+	{"GET", "/api/v1/history/{id}", RoleViewer, "/api/v1/history/1", ""},
+	{"GET", "/api/v1/actions", RoleViewer, "/api/v1/actions?state=pending", ""},
+	{"GET", "/api/v1/actions/{id}", RoleViewer, "/api/v1/actions/1", ""},
+	{"POST", "/api/v1/actions", RoleOperator, "/api/v1/actions", `{"action":"restart-vm","target":"host-a/u1","comment":"by hand"}`},
+	{"POST", "/api/v1/actions/{id}/approve", RoleOperator, "/api/v1/actions/2/approve", `{"comment":"go"}`},
+	{"POST", "/api/v1/actions/{id}/deny", RoleOperator, "/api/v1/actions/2/deny", `{"comment":"no"}`},
+	{"GET", "/api/v1/pauses", RoleViewer, "/api/v1/pauses", ""},
+	{"POST", "/api/v1/pauses", RoleOperator, "/api/v1/pauses", `{"target":"*","comment":"maintenance","duration":"1h"}`},
+	{"DELETE", "/api/v1/pauses", RoleOperator, "/api/v1/pauses?target=*", ""},
+	{"GET", "/api/v1/policy", RoleViewer, "/api/v1/policy", ""},
+	{"POST", "/api/v1/policy/reload", RoleAdmin, "/api/v1/policy/reload", ""},
+	{"POST", "/api/v1/alertmanager", RoleWebhook, "/api/v1/alertmanager", "{}"},
+	{"GET", "/api/v1/clusters", RoleViewer, "/api/v1/clusters", ""},
+	{"GET", "/api/v1/clusters/{name}", RoleViewer, "/api/v1/clusters/lab", ""},
+	{"POST", "/api/v1/clusters", RoleOperator, "/api/v1/clusters", "{}"},
+	{"PATCH", "/api/v1/clusters/{name}/pools/{pool}", RoleOperator, "/api/v1/clusters/lab/pools/worker", `{"count":2}`},
+	{"DELETE", "/api/v1/clusters/{name}", RoleAdmin, "/api/v1/clusters/lab", ""},
+	{"GET", "/api/v1/hosts", RoleViewer, "/api/v1/hosts", ""},
+	{"GET", "/api/v1/hosts/{name}", RoleViewer, "/api/v1/hosts/hv-a1", ""},
+	{"POST", "/api/v1/hosts", RoleAdmin, "/api/v1/hosts", "{}"},
+	{"DELETE", "/api/v1/hosts/{name}", RoleAdmin, "/api/v1/hosts/hv-a1", ""},
+	{"GET", "/api/v1/provisioner/hosts", RoleViewer, "/api/v1/provisioner/hosts", ""},
+	{"GET", "/api/v1/provisioner/hosts/{name}", RoleViewer, "/api/v1/provisioner/hosts/hv-a1", ""},
+	{"POST", "/api/v1/provisioner/hosts/{name}/provision", RoleAdmin, "/api/v1/provisioner/hosts/hv-a1/provision", `{"comment":"x"}`},
+	{"POST", "/api/v1/provisioner/hosts/{name}/reprovision", RoleAdmin, "/api/v1/provisioner/hosts/hv-a1/reprovision", `{"comment":"x"}`},
+}
+
+// routes are the routes the API's own handler serves, for the tests of
+// authentication.
+var routes = func() (rs []struct {
 	method, path, body string
 	role               Role
-	what               string
-}{
-	{"GET", "/api/v1/status", "", RoleViewer, ""},
-	{"GET", "/api/v1/history", "", RoleViewer, ""},
-	{"GET", "/api/v1/history/1", "", RoleViewer, ""},
-	{"GET", "/api/v1/actions?state=pending", "", RoleViewer, ""},
-	{"GET", "/api/v1/actions/1", "", RoleViewer, ""},
-	{"GET", "/api/v1/pauses", "", RoleViewer, ""},
-	{"GET", "/api/v1/policy", "", RoleViewer, ""},
-	{"POST", "/api/v1/pauses", `{"target":"*","comment":"maintenance","duration":"1h"}`, RoleOperator, "pausing remediation"},
-	{"DELETE", "/api/v1/pauses?target=*", "", RoleOperator, "resuming remediation"},
-	{"POST", "/api/v1/actions", `{"action":"restart-vm","target":"host-a/u1","comment":"by hand"}`, RoleOperator, "running an action"},
-	{"POST", "/api/v1/actions/2/approve", `{"comment":"go"}`, RoleOperator, "approving an action"},
-	{"POST", "/api/v1/actions/2/deny", `{"comment":"no"}`, RoleOperator, "denying an action"},
-	{"POST", "/api/v1/policy/reload", "", RoleAdmin, "reloading the policy"},
+}) {
+	for _, rt := range routeTable {
+		if rt.role != RoleWebhook && !strings.HasPrefix(rt.pattern, "/api/v1/clusters") &&
+			!strings.HasPrefix(rt.pattern, "/api/v1/hosts") && !strings.HasPrefix(rt.pattern, "/api/v1/provisioner/") {
+			rs = append(rs, struct {
+				method, path, body string
+				role               Role
+			}{rt.method, rt.path, rt.body, rt.role})
+		}
+	}
+	return rs
+}()
+
+// The route table is exactly the expected one: no route more, none less,
+// none with another role.
+func TestRouteTable(t *testing.T) {
+	type key struct{ method, pattern string }
+	want := map[key]Role{}
+	for _, rt := range routeTable {
+		want[key{rt.method, rt.pattern}] = rt.role
+	}
+	got := map[key]Role{}
+	for _, p := range Permissions() {
+		k := key{p.Method, p.Pattern}
+		if _, dup := got[k]; dup {
+			t.Errorf("%s %s is in the table twice", p.Method, p.Pattern)
+		}
+		got[k] = p.Role
+		if r, ok := want[k]; !ok {
+			t.Errorf("%s %s (%s) is in the route table but not in this test", p.Method, p.Pattern, p.Role)
+		} else if r != p.Role {
+			t.Errorf("%s %s needs %s, want %s", p.Method, p.Pattern, p.Role, r)
+		}
+	}
+	for k, r := range want {
+		if _, ok := got[k]; !ok {
+			t.Errorf("%s %s (%s) is missing from the route table", k.method, k.pattern, r)
+		}
+	}
+}
+
+// allTokens are the test's tokens and Alertmanager's.
+var allTokens = append(testTokens[:len(testTokens):len(testTokens)], Token{Name: "am", Role: RoleWebhook, Secret: "am-tok"})
+
+// Every route of the table against every role, served as the server
+// serves them: the API's handler, and the provisioner's routes and the
+// webhook's behind Guard. A role the route's allows is served (2xx); any
+// other gets 403 naming the token, its role and the role needed, and
+// reaches nothing.
+func TestRoles(t *testing.T) {
+	for _, rt := range routeTable {
+		what := permissionOf(rt.method, rt.pattern).What
+		for _, tok := range allTokens {
+			t.Run(rt.method+" "+rt.path+"/"+tok.Name, func(t *testing.T) {
+				f := newTestServer(t) // fresh, so approve and deny find record 2 awaiting
+				auth, err := NewAuthenticator(allTokens)
+				if err != nil {
+					t.Fatal(err)
+				}
+				reached := 0
+				stub := auth.Guard(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					reached++
+					w.WriteHeader(http.StatusNoContent)
+				}))
+				mux := http.NewServeMux()
+				mux.Handle("/api/v1/", NewHandler(Options{Backend: f.b, Pauser: f.p, Actor: f.a, Policy: f.r, Auth: auth}))
+				for _, p := range []string{"/api/v1/clusters", "/api/v1/clusters/", "/api/v1/hosts", "/api/v1/hosts/", "/api/v1/provisioner/", "/api/v1/alertmanager"} {
+					mux.Handle(p, stub)
+				}
+				req := httptest.NewRequest(rt.method, rt.path, strings.NewReader(rt.body))
+				req.Header.Set("Authorization", "Bearer "+tok.Secret)
+				w := httptest.NewRecorder()
+				before := f.calls()
+				mux.ServeHTTP(w, req)
+				code, body := w.Code, w.Body.String()
+				if !tok.Role.Allows(rt.role) {
+					want := fmt.Sprintf("token %q has role %s; %s needs %s", tok.Name, tok.Role, what, rt.role)
+					var eb errorBody
+					_ = json.Unmarshal([]byte(body), &eb)
+					if code != http.StatusForbidden || eb.Error != want {
+						t.Fatalf("%d %s, want 403 with %q", code, body, want)
+					}
+					if f.calls() != before || reached != 0 {
+						t.Error("a forbidden request reached the backend")
+					}
+					return
+				}
+				if code/100 != 2 {
+					t.Fatalf("%d %s, want a 2xx", code, body)
+				}
+			})
+		}
+	}
+}
+
+// Running and approving an action also need the action's role: an
+// operator may restart a guest but not reprovision a host, by POST
+// /api/v1/actions or by approving it.
+func TestActionRoles(t *testing.T) {
+	f := newTestServer(t)
+	rec, err := f.b.j.Append(journal.Record{Created: time.Now(), Action: "reprovision-host", Host: "host-a", State: journal.StateAwaitingApproval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	approve := fmt.Sprintf("/api/v1/actions/%d/approve", rec.ID)
+	for _, tc := range []struct {
+		token, method, path, body string
+		want                      int
+		msg                       string
+	}{
+		{"op-tok", "POST", "/api/v1/actions", `{"action":"reprovision-host","target":"host-a","comment":"x"}`, 403,
+			`token \"olga\" has role operator; running reprovision-host needs admin`},
+		{"op-tok", "POST", "/api/v1/actions", `{"action":"recreate-vm","target":"host-a/u1","comment":"x"}`, 403, "running recreate-vm needs admin"},
+		{"op-tok", "POST", approve, `{"comment":"go"}`, 403, "approving reprovision-host needs admin"},
+		{"op-tok", "POST", "/api/v1/actions", `{"action":"repair-overlay","target":"host-a/prod","comment":"x"}`, 202, ""},
+		{"s3cret", "POST", "/api/v1/actions", `{"action":"reprovision-host","target":"host-a","comment":"x"}`, 202, ""},
+		{"s3cret", "POST", approve, `{"comment":"go"}`, 200, ""},
+	} {
+		code, body, _ := f.call(t, tc.token, tc.method, tc.path, tc.body)
+		if code != tc.want || !strings.Contains(body, tc.msg) {
+			t.Errorf("%s %s %s: %d %s, want %d with %q", tc.token, tc.path, tc.body, code, body, tc.want, tc.msg)
+		}
+	}
+	recs, _ := f.b.j.List(0)
+	if n := len(recs); n != 6 {
+		t.Errorf("%d records, want 6: the refused requests must add none", n)
+	}
 }
 
 // Without a known token every route answers 401 and reaches nothing,
@@ -228,8 +378,7 @@ func TestAuthentication(t *testing.T) {
 	all := append(routes[:len(routes):len(routes)], struct {
 		method, path, body string
 		role               Role
-		what               string
-	}{"GET", "/api/v1/nope", "", RoleViewer, ""})
+	}{"GET", "/api/v1/nope", "", RoleViewer})
 	for _, rt := range all {
 		for _, tc := range []struct{ name, header string }{
 			{"no token", ""},
@@ -281,36 +430,6 @@ func TestBearerScheme(t *testing.T) {
 	}
 }
 
-// Every route against every role: below the route's role, 403 naming the
-// token, its role and the role needed, and nothing reached; at or above
-// it, the request is served.
-func TestRoles(t *testing.T) {
-	for _, rt := range routes {
-		for _, tok := range testTokens {
-			t.Run(rt.method+" "+rt.path+"/"+tok.Name, func(t *testing.T) {
-				f := newTestServer(t) // fresh, so approve and deny find record 2 awaiting
-				before := f.calls()
-				code, body, _ := f.call(t, tok.Secret, rt.method, rt.path, rt.body)
-				if tok.Role < rt.role {
-					want := fmt.Sprintf("token %q has role %s; %s needs %s", tok.Name, tok.Role, rt.what, rt.role)
-					var eb errorBody
-					_ = json.Unmarshal([]byte(body), &eb)
-					if code != http.StatusForbidden || eb.Error != want {
-						t.Fatalf("%d %s, want 403 with %q", code, body, want)
-					}
-					if f.calls() != before {
-						t.Error("a forbidden request reached the backend")
-					}
-					return
-				}
-				if code/100 != 2 {
-					t.Fatalf("%d %s, want a 2xx", code, body)
-				}
-			})
-		}
-	}
-}
-
 func TestBadRequests(t *testing.T) {
 	f := newTestServer(t)
 	big := `{"action":"restart-vm","target":"h/u","comment":"` + strings.Repeat("x", maxBody) + `"}`
@@ -349,6 +468,14 @@ func TestBadRequests(t *testing.T) {
 		{"POST", "/api/v1/pauses", `{"target":"*","duration":"1h"}`, 400, "comment: required"},
 		{"POST", "/api/v1/pauses", `{"target":"*","comment":"x","duration":"1h","author":7}`, 400, "request body"},
 		{"DELETE", "/api/v1/pauses", "", 400, "target: required"},
+		{"POST", "/api/v1/pauses", `{"target":"*","comment":"x","duration":"2562047h"}`, 400, "duration: 2562047h0m0s is longer than the longest pause, 720h0m0s"},
+		{"POST", "/api/v1/pauses", `{"target":"*","comment":"x","duration":"721h"}`, 400, "longer than the longest pause"},
+		{"POST", "/api/v1/pauses", `{"target":"host-a\nhost-b","comment":"x","duration":"1h"}`, 400, "target: control character U+000A at byte 6"},
+		{"POST", "/api/v1/pauses", `{"target":"*","comment":"x\u001b[2J","duration":"1h"}`, 400, "comment: control character U+001B"},
+		{"POST", "/api/v1/pauses", `{"target":"*","comment":"x","author":"al\u202eice","duration":"1h"}`, 400, "author: control character U+202E"},
+		{"POST", "/api/v1/actions", `{"action":"restart-vm","target":"h/u","comment":"x\ry"}`, 400, "comment: control character U+000D"},
+		{"POST", "/api/v1/actions", `{"action":"restart-vm","target":"h/u","comment":"x","author":"a\u0085"}`, 400, "author: control character U+0085"},
+		{"POST", "/api/v1/actions/2/approve", `{"comment":"ok\u2028"}`, 400, "comment: control character U+2028"},
 	} {
 		t.Run(tc.method+" "+tc.path+" "+tc.body[:min(len(tc.body), 40)], func(t *testing.T) {
 			code, body, _ := f.call(t, "s3cret", tc.method, tc.path, tc.body)
@@ -380,13 +507,14 @@ func TestRunApproveDeny(t *testing.T) {
 		t.Errorf("run = %+v, want record 4 by olga (the token's name), a dry run with the label", rec)
 	}
 	rec, err = olga.Run(ctx, RunRequest{Action: "restart-vm", Target: "host-a/u1", Author: "olga@pager", Comment: "again"})
-	if err != nil || rec.Author != "olga@pager" {
-		t.Errorf("run with --author = %+v, %v", rec, err)
+	if err != nil || rec.Author != "olga" || rec.AuthorRole != "operator" || rec.OnBehalfOf != "olga@pager" {
+		t.Errorf("run with --author = %+v, %v; want olga (operator) on behalf of olga@pager", rec, err)
 	}
 
-	rec, err = olga.Approve(ctx, 2, DecisionRequest{Comment: "looks right"})
-	if err != nil || rec.State != journal.StateRunning || rec.Approval.Author != "olga" || rec.Approval.Comment != "looks right" {
-		t.Fatalf("approve 2 = %+v, %v", rec, err)
+	rec, err = olga.Approve(ctx, 2, DecisionRequest{Comment: "looks right", Author: "mallory"})
+	if err != nil || rec.State != journal.StateRunning || rec.Approval.Author != "olga" || rec.Approval.AuthorRole != "operator" ||
+		rec.Approval.OnBehalfOf != "mallory" || rec.Approval.Comment != "looks right" {
+		t.Fatalf("approve 2 = %+v, %v; want olga (operator) on behalf of mallory", rec, err)
 	}
 	_, err = olga.Deny(ctx, 2, DecisionRequest{Comment: "changed my mind"})
 	var se *StatusError
@@ -483,11 +611,16 @@ func TestPauses(t *testing.T) {
 	f := newTestServer(t)
 	c := NewClient(f.srv.URL, "op-tok", nil)
 	p, err := c.Pause(context.Background(), PauseRequest{Target: guards.Everything, Comment: "maintenance", Duration: "2h"})
-	if err != nil || p.Author != "olga" || p.Until.Sub(p.Since) != 2*time.Hour {
+	if err != nil || p.Author != "olga" || p.AuthorRole != "operator" || p.OnBehalfOf != "" || p.Until.Sub(p.Since) != 2*time.Hour {
 		t.Fatalf("pause = %+v, %v; want olga's 2h pause", p, err)
 	}
+	// A named author cannot take the token's place; it is kept beside it.
+	p, err = c.Pause(context.Background(), PauseRequest{Target: "host-a", Author: "admin", Comment: "for alice", Duration: "1h"})
+	if err != nil || p.Author != "olga" || p.AuthorRole != "operator" || p.OnBehalfOf != "admin" {
+		t.Fatalf("pause with author = %+v, %v; want olga (operator) on behalf of admin", p, err)
+	}
 	ps, err := c.Pauses(context.Background())
-	if err != nil || len(ps) != 1 {
+	if err != nil || len(ps) != 2 {
 		t.Fatalf("pauses = %+v, %v", ps, err)
 	}
 	if err := c.Resume(context.Background(), guards.Everything); err != nil || len(f.p.ps) != 0 {
@@ -597,6 +730,11 @@ func FuzzRunBody(f *testing.F) {
 			if got.req == nil || got.req.Action == "" || got.req.Target == "" || got.req.Comment == "" || got.req.Author == "" {
 				t.Fatalf("202 for %q with request %+v", body, got.req)
 			}
+		case 403:
+			var req RunRequest
+			if json.Unmarshal(body, &req) != nil || RoleOperator.Allows(ActionRole(req.Action)) || got.req != nil {
+				t.Fatalf("403 for %q (%s)", body, w.Body)
+			}
 		case 400, 413:
 			if got.req != nil {
 				t.Fatalf("%d for %q, yet the actor ran %+v", w.Code, body, got.req)
@@ -613,10 +751,7 @@ func (a *recordingActor) Run(_ context.Context, r remediation.ManualRequest) (jo
 	a.req = &r
 	return journal.Record{ID: 1}, nil
 }
-func (a *recordingActor) Approve(uint64, string, string) (journal.Record, error) {
-	return journal.Record{}, nil
-}
-func (a *recordingActor) Deny(uint64, string, string) (journal.Record, error) {
+func (a *recordingActor) Answer(uint64, bool, guards.Who, string) (journal.Record, error) {
 	return journal.Record{}, nil
 }
 

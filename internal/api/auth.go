@@ -35,18 +35,20 @@ func (r Role) String() string {
 		return "operator"
 	case RoleAdmin:
 		return "admin"
+	case RoleWebhook:
+		return "webhook"
 	}
 	return fmt.Sprintf("role(%d)", int(r))
 }
 
-// ParseRole reads "viewer", "operator" or "admin".
+// ParseRole reads "viewer", "operator", "admin" or "webhook".
 func ParseRole(s string) (Role, error) {
-	for _, r := range []Role{RoleViewer, RoleOperator, RoleAdmin} {
+	for _, r := range []Role{RoleViewer, RoleOperator, RoleAdmin, RoleWebhook} {
 		if r.String() == s {
 			return r, nil
 		}
 	}
-	return 0, fmt.Errorf("role %q: want viewer, operator or admin", s)
+	return 0, fmt.Errorf("role %q: want viewer, operator, admin or webhook", s)
 }
 
 // Token is one bearer token the API accepts.
@@ -94,7 +96,7 @@ func NewAuthenticator(tokens []Token) (*Authenticator, error) {
 			return nil, fmt.Errorf("api token %q: name used twice", t.Name)
 		case t.Secret == "":
 			return nil, fmt.Errorf("api token %q: empty secret", t.Name)
-		case t.Role < RoleViewer || t.Role > RoleAdmin:
+		case (t.Role < RoleViewer || t.Role > RoleAdmin) && t.Role != RoleWebhook:
 			return nil, fmt.Errorf("api token %q: invalid role %d", t.Name, int(t.Role))
 		}
 		if other, dup := secrets[t.Secret]; dup {
@@ -175,7 +177,7 @@ func (a *Authenticator) Require(min Role, what string, next http.Handler) http.H
 func requireRole(min Role, what string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, _ := IdentityFrom(r.Context())
-		if id.Role < min {
+		if !id.Role.Allows(min) {
 			httpjson.Error(w, http.StatusForbidden, fmt.Sprintf("token %q has role %s; %s needs %s", id.Name, id.Role, what, min))
 			return
 		}

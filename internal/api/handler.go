@@ -10,9 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"caretaker/internal/httpjson"
 	"caretaker/remediation"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
 
@@ -108,33 +111,41 @@ type route struct {
 	methods methods
 }
 
-// routes is the API's table: every endpoint and the role it needs.
+// ep is the endpoint of method on pattern: its role and deed from the
+// route table (permissions), fn serving it.
+func ep(method, pattern string, fn http.HandlerFunc) endpoint {
+	p := permissionOf(method, pattern)
+	return endpoint{p.Role, p.What, fn}
+}
+
+// routes are the API's endpoints; the role each needs is the route
+// table's (permissions).
 func (h *handler) routes() []route {
 	rs := []route{
-		{"/api/v1/status", methods{"GET": {RoleViewer, "reading the status", h.status}}},
-		{"/api/v1/history", methods{"GET": {RoleViewer, "reading the journal", h.history}}},
-		{"/api/v1/history/{id}", methods{"GET": {RoleViewer, "reading the journal", h.record}}},
-		{"/api/v1/actions/{id}", methods{"GET": {RoleViewer, "reading the journal", h.record}}},
+		{"/api/v1/status", methods{"GET": ep("GET", "/api/v1/status", h.status)}},
+		{"/api/v1/history", methods{"GET": ep("GET", "/api/v1/history", h.history)}},
+		{"/api/v1/history/{id}", methods{"GET": ep("GET", "/api/v1/history/{id}", h.record)}},
+		{"/api/v1/actions/{id}", methods{"GET": ep("GET", "/api/v1/actions/{id}", h.record)}},
 	}
-	actions := methods{"GET": {RoleViewer, "reading the journal", h.history}}
+	actions := methods{"GET": ep("GET", "/api/v1/actions", h.history)}
 	if h.Actor != nil {
-		actions["POST"] = endpoint{RoleOperator, "running an action", h.run}
+		actions["POST"] = ep("POST", "/api/v1/actions", h.run)
 		rs = append(rs,
-			route{"/api/v1/actions/{id}/approve", methods{"POST": {RoleOperator, "approving an action", h.decide(true)}}},
-			route{"/api/v1/actions/{id}/deny", methods{"POST": {RoleOperator, "denying an action", h.decide(false)}}})
+			route{"/api/v1/actions/{id}/approve", methods{"POST": ep("POST", "/api/v1/actions/{id}/approve", h.decide(true))}},
+			route{"/api/v1/actions/{id}/deny", methods{"POST": ep("POST", "/api/v1/actions/{id}/deny", h.decide(false))}})
 	}
 	rs = append(rs, route{"/api/v1/actions", actions})
 	if h.Pauser != nil {
 		rs = append(rs, route{"/api/v1/pauses", methods{
-			"GET":    {RoleViewer, "reading the pauses", h.pauses},
-			"POST":   {RoleOperator, "pausing remediation", h.pause},
-			"DELETE": {RoleOperator, "resuming remediation", h.resume},
+			"GET":    ep("GET", "/api/v1/pauses", h.pauses),
+			"POST":   ep("POST", "/api/v1/pauses", h.pause),
+			"DELETE": ep("DELETE", "/api/v1/pauses", h.resume),
 		}})
 	}
 	if h.Policy != nil {
 		rs = append(rs,
-			route{"/api/v1/policy", methods{"GET": {RoleViewer, "reading the policy", h.policy}}},
-			route{"/api/v1/policy/reload", methods{"POST": {RoleAdmin, "reloading the policy", h.reload}}})
+			route{"/api/v1/policy", methods{"GET": ep("GET", "/api/v1/policy", h.policy)}},
+			route{"/api/v1/policy/reload", methods{"POST": ep("POST", "/api/v1/policy/reload", h.reload)}})
 	}
 	return rs
 }
@@ -206,12 +217,38 @@ func (h *handler) fail(w http.ResponseWriter, op string, err error) {
 	httpjson.Error(w, code, op+": "+err.Error())
 }
 
-// author is who a change is recorded under: the one the request names, or
-// else the token's name.
-func author(r *http.Request, named string) string {
-	if a := strings.TrimSpace(named); a != "" {
-		return a
-	}
+// Who is who a change is recorded under: always the authenticated token's
+// name and role; what the request names as its author is kept only as
+// "on behalf of".
+func Who(r *http.Request, named string) guards.Who {
 	id, _ := IdentityFrom(r.Context())
-	return id.Name
+	return guards.Who{Name: id.Name, Role: id.Role.String(), OnBehalfOf: strings.TrimSpace(named)}
+}
+
+// CheckText answers 400 naming field and returns false when v holds a
+// control character (C0, DEL, C1), a Unicode line or paragraph separator,
+// a bidirectional control or bytes that are not UTF-8: text a human
+// records (targets, comments, authors) must print as one honest line.
+func CheckText(w http.ResponseWriter, field, v string) bool {
+	if err := textProblem(v); err != "" {
+		httpjson.Error(w, http.StatusBadRequest, field+": "+err)
+		return false
+	}
+	return true
+}
+
+func textProblem(v string) string {
+	if !utf8.ValidString(v) {
+		return "not valid UTF-8"
+	}
+	for i, c := range v {
+		switch {
+		case unicode.IsControl(c),
+			c == '\u2028', c == '\u2029', // line and paragraph separators
+			c == '\u061c', c == '\u200e', c == '\u200f', // bidi marks
+			c >= '\u202a' && c <= '\u202e', c >= '\u2066' && c <= '\u2069': // bidi embeddings, overrides, isolates
+			return fmt.Sprintf("control character %U at byte %d is not allowed", c, i)
+		}
+	}
+	return ""
 }

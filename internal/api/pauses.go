@@ -14,13 +14,19 @@ import (
 )
 
 // PauseRequest asks to pause remediation of Target ("*" for everything, or
-// a guest as "host/uuid") for Duration. Author defaults to the token's name.
+// a guest as "host/uuid") for Duration, at most MaxPause. It is recorded
+// under the token's name and role; Author, when set, is kept as "on behalf
+// of".
 type PauseRequest struct {
 	Target   string `json:"target"`
 	Author   string `json:"author,omitempty"`
 	Comment  string `json:"comment"`
 	Duration string `json:"duration"` // a Go duration, e.g. "2h"
 }
+
+// MaxPause is the longest pause the API takes: a pause longer than a month
+// is a forgotten one.
+const MaxPause = 30 * 24 * time.Hour
 
 // Pauser is what the pause endpoints need; the remediation engine has it.
 type Pauser interface {
@@ -49,11 +55,22 @@ func (h *handler) pause(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("duration: want a positive duration such as 2h, got %q", req.Duration))
 		return
 	}
+	if d > MaxPause {
+		httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("duration: %s is longer than the longest pause, %s; pause again when it ends", d, MaxPause))
+		return
+	}
 	if strings.TrimSpace(req.Comment) == "" {
 		httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why remediation is paused")
 		return
 	}
-	p := guards.Pause{Target: req.Target, Author: author(r, req.Author), Comment: req.Comment, Since: now, Until: now.Add(d)}
+	for _, f := range []struct{ name, v string }{{"target", req.Target}, {"comment", req.Comment}, {"author", req.Author}} {
+		if !CheckText(w, f.name, f.v) {
+			return
+		}
+	}
+	by := Who(r, req.Author)
+	p := guards.Pause{Target: req.Target, Author: by.Name, AuthorRole: by.Role, OnBehalfOf: by.OnBehalfOf,
+		Comment: req.Comment, Since: now, Until: now.Add(d)}
 	if err := h.Pauser.Pause(p); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, err.Error())
 		return

@@ -19,29 +19,61 @@ import (
 // an admin's. /pxe/ is open: booting hosts have no token; their callback
 // carries an HMAC.
 func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
-	byMethod := func(write api.Role, what string, h http.Handler) http.Handler {
-		read := auth.Require(api.RoleViewer, "reading "+what, h)
-		change := auth.Require(write, "changing "+what, h)
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet || r.Method == http.MethodHead {
-				read.ServeHTTP(w, r)
-				return
-			}
-			change.ServeHTTP(w, r)
-		})
-	}
-	ch := byMethod(api.RoleOperator, "guest clusters", clusters.Handler(p.clusters, p.rec.Notify))
+	// Each route needs the one role the API's route table gives it
+	// (api.Permissions); every change is logged with its token.
+	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify)))
 	mux.Handle("/api/v1/clusters", ch)
 	mux.Handle("/api/v1/clusters/", ch)
-	ih := byMethod(api.RoleAdmin, "the inventory", p.afterChange(inventory.Handler(p.inv)))
+	ih := auth.Guard(p.audit(p.afterChange(inventory.Handler(p.inv, inventory.HandlerOptions{BMCView: bmcView}))))
 	mux.Handle("/api/v1/hosts", ih)
 	mux.Handle("/api/v1/hosts/", ih)
-	sh := byMethod(api.RoleAdmin, "hosts' provisioning", p.stateHandler())
+	sh := auth.Guard(p.audit(p.stateHandler()))
 	mux.Handle("/api/v1/provisioner/hosts", sh)
 	mux.Handle("/api/v1/provisioner/hosts/", sh)
 	if p.pxe != nil {
 		mux.Handle("/pxe/", p.pxe)
 	}
+}
+
+// bmcView is what of a host's BMC the request's token may see: viewers
+// none of it, operators its address and user name, admins also the
+// password file's path.
+func bmcView(r *http.Request) inventory.BMCView {
+	id, _ := api.IdentityFrom(r.Context())
+	switch {
+	case id.Role.Allows(api.RoleAdmin):
+		return inventory.BMCAll
+	case id.Role.Allows(api.RoleOperator):
+		return inventory.BMCAddress
+	}
+	return inventory.BMCNone
+}
+
+// audit logs every change through the provisioner's API (clusters
+// created, scaled, deleted; hosts added, removed, provisioned) with the
+// name and role of the token that made it, and the answer's status.
+func (p *Provisioner) audit(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			next.ServeHTTP(w, r)
+			return
+		}
+		sw := &auditWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		id, _ := api.IdentityFrom(r.Context())
+		p.log.Info("provisioner API change", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"token", id.Name, "role", id.Role.String())
+	})
+}
+
+type auditWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *auditWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
 }
 
 // afterChange syncs the inventory with the state machine and file_sd after
@@ -91,12 +123,13 @@ func (p *Provisioner) stateHandler() http.Handler {
 				httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why")
 				return
 			}
-			host := r.PathValue("name")
-			author := req.Author
-			if id, ok := api.IdentityFrom(r.Context()); ok && author == "" {
-				author = id.Name
+			if !api.CheckText(w, "comment", req.Comment) || !api.CheckText(w, "author", req.Author) {
+				return
 			}
-			p.log.Info(name+" requested", "host", host, "author", author, "comment", req.Comment)
+			host := r.PathValue("name")
+			by := api.Who(r, req.Author)
+			p.log.Info(name+" requested", "host", host, "token", by.Name, "role", by.Role,
+				"on_behalf_of", by.OnBehalfOf, "comment", req.Comment)
 			err := do(context.WithoutCancel(r.Context()), host)
 			switch {
 			case errors.Is(err, hoststate.ErrUnknownHost):

@@ -9,6 +9,7 @@ import (
 
 	"caretaker/internal/httpjson"
 	"caretaker/internal/yamlfile"
+	"caretaker/provisioner/bmc"
 )
 
 // maxBody caps a POST body; a host is well under a kilobyte.
@@ -23,8 +24,19 @@ const maxBody = 64 << 10
 //
 // Errors are {"error": "..."}: 400 for an invalid host, 404 for an unknown
 // one, 409 for a conflict or a host of the file, 413 for a body over 64 KiB.
-// It does no authentication: the server wraps it.
-func Handler(store *Store) http.Handler {
+// It does no authentication: the server wraps it, and tells through
+// opts.BMCView how much of a host's BMC each request may see.
+func Handler(store *Store, opts ...HandlerOptions) http.Handler {
+	var o HandlerOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	view := func(r *http.Request, h Host) Host {
+		if o.BMCView == nil {
+			return h
+		}
+		return h.WithBMC(o.BMCView(r))
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
 		hosts, err := store.All()
@@ -35,6 +47,9 @@ func Handler(store *Store) http.Handler {
 		if hosts == nil {
 			hosts = []Host{}
 		}
+		for i := range hosts {
+			hosts[i] = view(r, hosts[i])
+		}
 		httpjson.Write(w, http.StatusOK, struct {
 			Hosts []Host `json:"hosts"`
 		}{hosts})
@@ -42,7 +57,7 @@ func Handler(store *Store) http.Handler {
 	mux.HandleFunc("GET /api/v1/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		if h, ok := store.inFile(name); ok {
-			httpjson.Write(w, http.StatusOK, h)
+			httpjson.Write(w, http.StatusOK, view(r, h))
 			return
 		}
 		h, err := store.Get(name)
@@ -52,7 +67,7 @@ func Handler(store *Store) http.Handler {
 		case err != nil:
 			httpjson.Error(w, http.StatusInternalServerError, err.Error())
 		default:
-			httpjson.Write(w, http.StatusOK, h)
+			httpjson.Write(w, http.StatusOK, view(r, h))
 		}
 	})
 	mux.HandleFunc("POST /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +95,7 @@ func Handler(store *Store) http.Handler {
 			return
 		}
 		w.Header().Set("Location", "/api/v1/hosts/"+url.PathEscape(h.Name))
-		httpjson.Write(w, http.StatusCreated, stored)
+		httpjson.Write(w, http.StatusCreated, view(r, stored))
 	})
 	mux.HandleFunc("DELETE /api/v1/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -99,6 +114,40 @@ func Handler(store *Store) http.Handler {
 		}
 	})
 	return mux
+}
+
+// HandlerOptions configure Handler.
+type HandlerOptions struct {
+	// BMCView tells how much of a host's BMC a request may see; nil
+	// shows all of it (the server always sets it).
+	BMCView func(*http.Request) BMCView
+}
+
+// BMCView is how much of a host's BMC the API shows.
+type BMCView int
+
+const (
+	// BMCNone shows the BMC's type only: no address, user name or
+	// password file (a viewer's view).
+	BMCNone BMCView = iota
+	// BMCAddress also shows its address, user name and settings, not the
+	// password file's path (an operator's view).
+	BMCAddress
+	// BMCAll shows everything the inventory holds but the password, which
+	// it never holds (an admin's view).
+	BMCAll
+)
+
+// WithBMC returns h with what v may not see of its BMC left out.
+func (h Host) WithBMC(v BMCView) Host {
+	switch v {
+	case BMCAll:
+	case BMCAddress:
+		h.BMC.PasswordFile = ""
+	default:
+		h.BMC = bmc.Config{Type: h.BMC.Type}
+	}
+	return h
 }
 
 // decodeHost reads the POST body, answering 400 or 413 itself when it

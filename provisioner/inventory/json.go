@@ -29,9 +29,9 @@ type hostJSON struct {
 // of the file that holds it.
 type bmcJSON struct {
 	Type         string `json:"type"`
-	Address      string `json:"address"`
-	Username     string `json:"username"`
-	PasswordFile string `json:"password_file"`
+	Address      string `json:"address,omitempty"`
+	Username     string `json:"username,omitempty"`
+	PasswordFile string `json:"password_file,omitempty"`
 	Insecure     bool   `json:"insecure,omitempty"`
 	SystemID     string `json:"system_id,omitempty"`
 	Timeout      string `json:"timeout,omitempty"`

@@ -25,9 +25,13 @@ type Approval struct {
 	State     ApprovalState `json:"state"`
 	Requested time.Time     `json:"requested"`
 	Expires   time.Time     `json:"expires"`
-	Author    string        `json:"author,omitempty"`
-	Comment   string        `json:"comment,omitempty"`
-	Decided   time.Time     `json:"decided,omitzero"`
+	// Author decided: the API token's name; AuthorRole its role;
+	// OnBehalfOf whom the request said it was for.
+	Author     string    `json:"author,omitempty"`
+	AuthorRole string    `json:"author_role,omitempty"`
+	OnBehalfOf string    `json:"on_behalf_of,omitempty"`
+	Comment    string    `json:"comment,omitempty"`
+	Decided    time.Time `json:"decided,omitzero"`
 }
 
 // NewApproval opens a pending approval for action on target.
@@ -81,9 +85,9 @@ func (a *Approval) Decide(now time.Time) Decision {
 	case a == nil:
 		return Decision{Guard: GuardApproval, Verdict: Wait, Reason: "waiting: the action needs approval; none requested yet"}
 	case a.State == Approved:
-		return allow(GuardApproval, "approved by %s at %s: %s", a.Author, stamp(a.Decided), a.Comment)
+		return allow(GuardApproval, "approved by %s at %s: %s", DescribeAuthor(a.Author, a.AuthorRole, a.OnBehalfOf), stamp(a.Decided), a.Comment)
 	case a.State == Denied:
-		return skip(GuardApproval, "denied by %s at %s: %s", a.Author, stamp(a.Decided), a.Comment)
+		return skip(GuardApproval, "denied by %s at %s: %s", DescribeAuthor(a.Author, a.AuthorRole, a.OnBehalfOf), stamp(a.Decided), a.Comment)
 	case a.Expired(now):
 		return Decision{Guard: GuardApproval, Verdict: Escalate,
 			Reason: fmt.Sprintf("escalate: approval of %s on %s requested at %s expired at %s unanswered",

@@ -13,11 +13,15 @@ const Everything = "*"
 // everything, until a time. Author and comment are required so whoever
 // finds the pause knows whom to ask and why.
 type Pause struct {
-	Target  string    `json:"target"` // a target key, or Everything
-	Author  string    `json:"author"`
-	Comment string    `json:"comment"`
-	Since   time.Time `json:"since,omitzero"`
-	Until   time.Time `json:"until"`
+	Target string `json:"target"` // a target key, or Everything
+	// Author is the API token's name (the authenticated identity);
+	// AuthorRole its role; OnBehalfOf whom the request said it was for.
+	Author     string    `json:"author"`
+	AuthorRole string    `json:"author_role,omitempty"`
+	OnBehalfOf string    `json:"on_behalf_of,omitempty"`
+	Comment    string    `json:"comment"`
+	Since      time.Time `json:"since,omitzero"`
+	Until      time.Time `json:"until"`
 }
 
 // Validate reports a pause that must not be stored.
@@ -78,5 +82,5 @@ func (ps Pauses) Decide(target string, now time.Time) Decision {
 	if p.Target == Everything {
 		what = "all remediation"
 	}
-	return wait(GuardPause, p.Until, "%s paused by %s until %s: %s", what, p.Author, stamp(p.Until), p.Comment)
+	return wait(GuardPause, p.Until, "%s paused by %s until %s: %s", what, DescribeAuthor(p.Author, p.AuthorRole, p.OnBehalfOf), stamp(p.Until), p.Comment)
 }

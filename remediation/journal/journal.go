@@ -98,10 +98,14 @@ type Record struct {
 	UUID    string `json:"uuid,omitempty"`
 	Domain  string `json:"domain,omitempty"`
 	Cluster string `json:"cluster,omitempty"`
-	// Author and Comment are set for an action a human ran by hand.
-	Author  string `json:"author,omitempty"`
-	Comment string `json:"comment,omitempty"`
-	DryRun  bool   `json:"dry_run,omitempty"`
+	// Author and Comment are set for an action a human ran by hand:
+	// Author is the API token's name (the authenticated identity),
+	// AuthorRole its role, OnBehalfOf whom the request said it was for.
+	Author     string `json:"author,omitempty"`
+	AuthorRole string `json:"author_role,omitempty"`
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
+	Comment    string `json:"comment,omitempty"`
+	DryRun     bool   `json:"dry_run,omitempty"`
 
 	State  State  `json:"state"`
 	Reason string `json:"reason,omitempty"` // why it was decided, skipped or interrupted
