@@ -144,14 +144,12 @@ func New(o Options) (*Provisioner, error) {
 		if err != nil {
 			return nil, fmt.Errorf("provisioner.pxe.secret_file: %w", err)
 		}
-		p.pxe = p.watchFetches(pxe.NewHandler(pcfg, pxe.Options{
-			BaseURL: pc.PXE.BaseURL, Secret: []byte(secret), Logger: logger.With("component", "pxe"),
-			OnBooted: func(b pxe.Booted) {
-				if host, found := p.machine.HostForMAC(b.MAC); found {
-					p.booted(host, "boot-completion callback")
-				}
-			},
-		}))
+		// The state machine says which hosts are being provisioned and
+		// takes their one-time script fetch and callback.
+		p.pxe = pxe.NewHandler(pcfg, pxe.Options{
+			BaseURL: pc.PXE.BaseURL, Secret: []byte(secret), Attempts: p.machine,
+			Logger: logger.With("component", "pxe"),
+		})
 	}
 	p.sync()
 	ok = true

@@ -16,8 +16,10 @@ import (
 
 // Mount mounts the provisioner's API and PXE endpoints on mux: reading
 // needs a viewer token, changing clusters an operator's, changing hosts
-// an admin's. /pxe/ is open: booting hosts have no token; their callback
-// carries an HMAC.
+// an admin's. /pxe/ needs no API token: booting hosts have none; it
+// serves only hosts with a provisioning attempt in flight, and the
+// attempt's configs and callback carry its own token (README, "PXE trust
+// model").
 func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
 	// Each route needs the one role the API's route table gives it
 	// (api.Permissions); every change is logged with its token.
@@ -147,30 +149,4 @@ func (p *Provisioner) stateHandler() http.Handler {
 	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
 	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
 	return mux
-}
-
-// watchFetches tells the state machine when a host fetches its iPXE
-// script: it is PXE-booting.
-func (p *Provisioner) watchFetches(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(sw, r)
-		if r.URL.Path == "/pxe/ipxe" && sw.status == http.StatusOK {
-			if mac := r.URL.Query().Get("mac"); mac != "" {
-				if err := p.machine.PXEFetched(mac); err != nil && !errors.Is(err, hoststate.ErrUnknownHost) {
-					p.log.Warn("PXE fetch not applied", "mac", mac, "err", err)
-				}
-			}
-		}
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	w.status = code
-	w.ResponseWriter.WriteHeader(code)
 }

@@ -2,6 +2,8 @@ package hoststate
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,7 +84,14 @@ type Machine struct {
 type entry struct {
 	mu   sync.Mutex
 	host Host
+	// lastRefusal is when a refused request was last journaled: at most
+	// one a minute is, so a flood of them cannot push the transitions out
+	// of the capped journal. Every one is logged and counted.
+	lastRefusal time.Time
 }
+
+// refusalJournalEvery spaces the refusals kept in a host's journal.
+const refusalJournalEvery = time.Minute
 
 // Open loads the hosts from opts.Path, creating the file if needed. A host
 // found in a phase keeps its Since, so its timeout still runs: a command
@@ -190,7 +199,8 @@ func (m *Machine) Register(name, mac string) error {
 
 // Provision starts a registered or failed host: PXE boot once and a power
 // cycle. It returns once the commands were executed; the host then moves on
-// through Tick, PXEFetched and Booted.
+// through Tick and the PXE handler (ScriptServed, Completed), or Booted
+// when its agent answers.
 func (m *Machine) Provision(ctx context.Context, name string) error {
 	return m.begin(ctx, name, EventProvision)
 }
@@ -227,25 +237,94 @@ func (m *Machine) begin(ctx context.Context, name string, kind EventKind) error 
 	return nil
 }
 
-// PXEFetched is called by the PXE handler when the host with mac fetches its
-// iPXE script. An event the host's state does not expect is logged and
-// ignored.
-func (m *Machine) PXEFetched(mac string) error {
-	norm, err := pxe.NormalizeMAC(mac)
-	if err != nil {
-		return fmt.Errorf("pxe-fetched: mac %q: %w", mac, err)
-	}
-	name, ok := m.HostForMAC(norm)
+// Attempt returns the provisioning attempt in flight of the host whose
+// PXE MAC is mac, for the PXE handler (pxe.Attempts).
+func (m *Machine) Attempt(mac string) (pxe.Attempt, bool) {
+	name, ok := m.HostForMAC(mac)
 	if !ok {
-		return fmt.Errorf("pxe-fetched: mac %s: %w", norm, ErrUnknownHost)
+		return pxe.Attempt{}, false
 	}
-	return m.event(name, Event{Kind: EventPXEFetched})
+	h, ok := m.Host(name)
+	if !ok || !h.InFlight() {
+		return pxe.Attempt{}, false
+	}
+	return pxe.Attempt{Host: h.Name, MAC: h.MAC, Number: h.Attempt, Nonce: h.Nonce, ScriptServed: h.State == Installing}, true
 }
 
-// Booted is called when the host runs its installed system: its
-// boot-completion callback (map its MAC with HostForMAC), or its agent coming
-// up after being down. Not on every scrape: a host that failed while its old
-// system kept running must stay failed.
+// ScriptServed moves the host of attempt a to installing as its iPXE script
+// is served, once per attempt (pxe.Attempts); a refusal is journaled.
+func (m *Machine) ScriptServed(a pxe.Attempt) error {
+	return m.pxeEvent(a, Event{Kind: EventPXEFetched, Nonce: a.Nonce})
+}
+
+// Completed takes the boot-completion callback of attempt a, once
+// (pxe.Attempts); a refusal is journaled.
+func (m *Machine) Completed(a pxe.Attempt) error {
+	return m.pxeEvent(a, Event{Kind: EventCallback, Nonce: a.Nonce})
+}
+
+func (m *Machine) pxeEvent(a pxe.Attempt, ev Event) error {
+	e, err := m.entry(a.Host)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ev.Kind, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.host.MAC != a.MAC {
+		m.refuse(e, fmt.Sprintf("%s for mac %s, but the host's is %s", ev.Kind, a.MAC, e.host.MAC))
+		return fmt.Errorf("%s %s: %w: mac %s is no longer the host's", ev.Kind, a.Host, ErrWrongState, a.MAC)
+	}
+	d, err := m.apply(context.Background(), e, ev)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", ev.Kind, a.Host, err)
+	}
+	if d.Ignored {
+		m.refuse(e, d.Reason)
+		return fmt.Errorf("%s %s: %w: %s", ev.Kind, a.Host, ErrWrongState, d.Reason)
+	}
+	return nil
+}
+
+// Refused journals a refused PXE request about the host with mac
+// (pxe.Attempts); its state does not change. A MAC no host has is only
+// logged, by the caller.
+func (m *Machine) Refused(mac, why string) {
+	name, ok := m.HostForMAC(mac)
+	if !ok {
+		return
+	}
+	e, err := m.entry(name)
+	if err != nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m.refuse(e, why)
+}
+
+// refuse logs, counts and (at most once a refusalJournalEvery) journals a
+// refused request; e.mu is held.
+func (m *Machine) refuse(e *entry, why string) {
+	m.metrics.refusals.Inc()
+	h := e.host
+	m.log.Warn("host request refused", "host", h.Name, "state", h.State, "attempt", h.Attempt, "why", why)
+	now := m.opts.Now()
+	if !e.lastRefusal.IsZero() && now.Sub(e.lastRefusal) < refusalJournalEvery {
+		return
+	}
+	t := Transition{From: h.State, To: h.State, At: now, Reason: "refused: " + why, Attempt: h.Attempt, Refused: true}
+	if err := m.st.put(h, &t); err != nil {
+		m.log.Error("journal a refused request", "host", h.Name, "err", err)
+		return
+	}
+	e.lastRefusal = now
+}
+
+// Booted is called when the host's agent comes up while the host is
+// registered (it runs already) or installing (its installed system runs);
+// in any other state it is ignored. Not on every scrape: a host that failed
+// while its old system kept running must stay failed. The PXE callback is
+// Completed.
 func (m *Machine) Booted(name string) error {
 	return m.event(name, Event{Kind: EventBooted})
 }
@@ -331,6 +410,16 @@ func (m *Machine) poweredOn(ctx context.Context, name string) bool {
 // apply decides ev for e's host, stores the decision and then executes its
 // commands; a failed command is applied as the next event. e.mu is held.
 func (m *Machine) apply(ctx context.Context, e *entry, ev Event) (Decision, error) {
+	switch ev.Kind {
+	case EventProvision, EventReprovision, EventTick:
+		if ev.NewNonce == "" {
+			n, err := newNonce()
+			if err != nil {
+				return Decision{}, err
+			}
+			ev.NewNonce = n
+		}
+	}
 	d := Next(e.host, ev, m.opts.Now(), m.cfg)
 	if d.Ignored {
 		m.log.Info("host event ignored", "host", e.host.Name, "event", ev.Kind, "reason", d.Reason)
@@ -402,6 +491,15 @@ func (m *Machine) execute(ctx context.Context, name string, cmds []Command) (per
 		}
 	}
 	return false, nil
+}
+
+// newNonce returns 128 random bits in hex.
+func newNonce() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("draw an attempt nonce: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 func (m *Machine) entry(name string) (*entry, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"caretaker/provisioner/bmc"
+	"caretaker/provisioner/pxe"
 )
 
 // fakeClock is the injected clock: tests move it, nothing sleeps.
@@ -134,6 +135,22 @@ func (r *rig) must(err error) {
 	}
 }
 
+// bootOverPXE is what the PXE handler does for a host that boots: it is
+// served its attempt's iPXE script, then takes its callback.
+func (r *rig) bootOverPXE(mac string) {
+	r.t.Helper()
+	a, ok := r.m.Attempt(mac)
+	if !ok {
+		r.t.Fatalf("no attempt in flight for %s", mac)
+	}
+	r.must(r.m.ScriptServed(a))
+	a.ScriptServed = true
+	if got, _ := r.m.Attempt(mac); got != a {
+		r.t.Fatalf("attempt after the script: %+v, want %+v", got, a)
+	}
+	r.must(r.m.Completed(a))
+}
+
 func (r *rig) tick() {
 	r.t.Helper()
 	r.must(r.m.Tick(context.Background()))
@@ -188,13 +205,20 @@ func TestMachineProvisionToReady(t *testing.T) {
 	r.clock.Advance(time.Minute)
 	r.tick()
 	r.wantState("h1", PXEBooting, 1)
-	r.must(r.m.PXEFetched("aa:bb:cc:dd:ee:01"))
+	a, ok := r.m.Attempt("aa:bb:cc:dd:ee:01")
+	if !ok || a.Host != "h1" || a.Number != 1 || len(a.Nonce) != 32 || a.ScriptServed {
+		t.Fatalf("attempt in flight: %+v, %v", a, ok)
+	}
+	r.must(r.m.ScriptServed(a))
 	r.wantState("h1", Installing, 1)
 	if name, ok := r.m.HostForMAC("AA:BB:CC:DD:EE:01"); !ok || name != "h1" {
 		t.Errorf("HostForMAC = %q, %v", name, ok)
 	}
-	r.must(r.m.Booted("h1"))
+	r.must(r.m.Booted("h1")) // the agent answers
 	r.wantState("h1", Ready, 1)
+	if _, ok := r.m.Attempt("aa:bb:cc:dd:ee:01"); ok || r.host("h1").Nonce != "" {
+		t.Errorf("the attempt outlives ready: %+v", r.host("h1"))
+	}
 	if !r.host("h1").Schedulable() {
 		t.Error("ready host not schedulable")
 	}
@@ -221,6 +245,9 @@ caretaker_provisioner_hosts{state="powering-on"} 0
 caretaker_provisioner_hosts{state="pxe-booting"} 0
 caretaker_provisioner_hosts{state="ready"} 1
 caretaker_provisioner_hosts{state="registered"} 1
+# HELP caretaker_provisioner_pxe_refusals_total PXE requests about a known host that were refused: no attempt in flight, a script served already, a bad, stale or replayed token.
+# TYPE caretaker_provisioner_pxe_refusals_total counter
+caretaker_provisioner_pxe_refusals_total 0
 # HELP caretaker_provisioner_transitions_total Host state transitions, by the state entered; a retry counts as one into powering-on.
 # TYPE caretaker_provisioner_transitions_total counter
 caretaker_provisioner_transitions_total{to="failed"} 0
@@ -253,8 +280,7 @@ func TestMachineReprovision(t *testing.T) {
 	}
 	r.wantCalls()
 
-	r.must(r.m.PXEFetched("aa:bb:cc:dd:ee:01")) // the power report was missed
-	r.must(r.m.Booted("h1"))
+	r.bootOverPXE("aa:bb:cc:dd:ee:01") // the power report was missed
 	if h := r.host("h1"); h.State != Ready || h.Cordoned {
 		t.Fatalf("after boot: %+v", h)
 	}
@@ -356,7 +382,7 @@ func TestMachineRefusals(t *testing.T) {
 		"provision unknown":   r.m.Provision(ctx, "nope"),
 		"reprovision unknown": r.m.Reprovision(ctx, "nope"),
 		"booted unknown":      r.m.Booted("nope"),
-		"pxe unknown mac":     r.m.PXEFetched("aa:bb:cc:dd:ee:99"),
+		"pxe unknown host":    r.m.ScriptServed(pxe.Attempt{Host: "nope", MAC: "aa:bb:cc:dd:ee:99", Nonce: "n"}),
 	} {
 		if !errors.Is(err, ErrUnknownHost) {
 			t.Errorf("%s: %v, want ErrUnknownHost", name, err)
@@ -379,8 +405,17 @@ func TestMachineRefusals(t *testing.T) {
 	if !errors.Is(err, ErrWrongState) || !strings.Contains(err.Error(), "reprovision reinstalls it") {
 		t.Errorf("provision of ready host: %v", err)
 	}
-	// Events a state does not expect are logged, not errors.
-	r.must(r.m.PXEFetched("aa:bb:cc:dd:ee:01"))
+	// A ready host has no attempt in flight; PXE events for it are refused.
+	if a, ok := r.m.Attempt("aa:bb:cc:dd:ee:01"); ok {
+		t.Errorf("ready host has an attempt in flight: %+v", a)
+	}
+	stale := pxe.Attempt{Host: "h1", MAC: "aa:bb:cc:dd:ee:01", Number: 1, Nonce: "n"}
+	for name, err := range map[string]error{"script": r.m.ScriptServed(stale), "callback": r.m.Completed(stale)} {
+		if !errors.Is(err, ErrWrongState) {
+			t.Errorf("%s of a ready host: %v, want ErrWrongState", name, err)
+		}
+	}
+	// The agent answering again is logged, not an error.
 	r.must(r.m.Booted("h1"))
 	r.wantState("h1", Ready, 0)
 
@@ -404,6 +439,9 @@ func TestMachineReopen(t *testing.T) {
 	r.must(r.m.Reprovision(context.Background(), "h1"))
 	r.wantCalls("move-guests h1", "set-pxe-boot-once h1", "power-cycle h1")
 	before := r.host("h1")
+	if before.Nonce == "" {
+		t.Fatal("attempt started without a nonce")
+	}
 
 	r.reopen()
 	r.clock.Advance(DefaultPoweringOnTimeout)
@@ -490,7 +528,12 @@ func BenchmarkReprovisionCycle(b *testing.B) {
 		if err := m.Reprovision(ctx, "h1"); err != nil {
 			b.Fatal(err)
 		}
-		if err := m.Booted("h1"); err != nil {
+		a, _ := m.Attempt("aa:bb:cc:dd:ee:01")
+		if err := m.ScriptServed(a); err != nil {
+			b.Fatal(err)
+		}
+		a.ScriptServed = true
+		if err := m.Completed(a); err != nil {
 			b.Fatal(err)
 		}
 		f.takeCalls()

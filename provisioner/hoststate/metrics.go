@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	transitions *prometheus.CounterVec
+	refusals    prometheus.Counter
 	hosts       hostsCollector
 }
 
@@ -34,6 +35,10 @@ func newMetrics(reg prometheus.Registerer, counts func() map[State]int) (*metric
 			Name: "caretaker_provisioner_transitions_total",
 			Help: "Host state transitions, by the state entered; a retry counts as one into powering-on.",
 		}, []string{"to"}),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_provisioner_pxe_refusals_total",
+			Help: "PXE requests about a known host that were refused: no attempt in flight, a script served already, a bad, stale or replayed token.",
+		}),
 		hosts: hostsCollector{
 			desc: prometheus.NewDesc("caretaker_provisioner_hosts",
 				"Hosts in each provisioning state.", []string{"state"}, nil),
@@ -46,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, counts func() map[State]int) (*metric
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.transitions, m.hosts} {
+	for _, c := range []prometheus.Collector{m.transitions, m.refusals, m.hosts} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register host state metrics: %w", err)
 		}

@@ -13,6 +13,7 @@
 package hoststate
 
 import (
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -29,8 +30,8 @@ const (
 	PoweringOn State = "powering-on"
 	// PXEBooting is powered on and waits to fetch its iPXE script.
 	PXEBooting State = "pxe-booting"
-	// Installing fetched its iPXE script and waits for its boot-completion
-	// callback.
+	// Installing was served its iPXE script and waits for its
+	// boot-completion callback.
 	Installing State = "installing"
 	// Ready has booted its installed system.
 	Ready State = "ready"
@@ -78,6 +79,23 @@ type Host struct {
 	// its guests are moved off before each power cycle. Ready lifts it.
 	Cordoned  bool   `json:"cordoned,omitempty"`
 	LastError string `json:"last_error,omitempty"`
+	// Nonce is drawn at random when an attempt's commands are issued and
+	// cleared when the attempt ends: the PXE tokens of the attempt are
+	// bound to it, so none of an earlier attempt fits. It is stored with
+	// the host (see store.go) but never shown through the API.
+	Nonce string `json:"-"`
+}
+
+// InFlight reports whether h has a provisioning attempt whose commands
+// were issued and which has not ended: it may PXE boot now.
+func (h Host) InFlight() bool {
+	switch h.State {
+	case PoweringOn:
+		return h.NextTry.IsZero() && h.Nonce != ""
+	case PXEBooting, Installing:
+		return h.Nonce != ""
+	}
+	return false
 }
 
 // Schedulable reports whether new guests may be placed on h.
@@ -105,10 +123,14 @@ const (
 	EventReprovision EventKind = "reprovision"
 	// EventPoweredOn is the BMC reporting power on.
 	EventPoweredOn EventKind = "powered-on"
-	// EventPXEFetched is the host fetching its iPXE script.
+	// EventPXEFetched is the PXE handler serving the iPXE script of the
+	// attempt whose nonce is Event.Nonce, once.
 	EventPXEFetched EventKind = "pxe-fetched"
-	// EventBooted is the host's boot-completion callback, or its agent
-	// coming up: it runs its installed system.
+	// EventCallback is the authenticated boot-completion callback of the
+	// attempt whose nonce is Event.Nonce: it runs its installed system.
+	EventCallback EventKind = "callback"
+	// EventBooted is the host's agent coming up: a registered host runs
+	// already, an installing one runs its installed system.
 	EventBooted EventKind = "booted"
 	// EventTick applies timeouts and issues retries that are due.
 	EventTick EventKind = "tick"
@@ -124,6 +146,13 @@ const (
 type Event struct {
 	Kind   EventKind
 	Detail string
+	// Nonce is the attempt a PXE event is for (pxe-fetched, callback);
+	// it must be the host's current one.
+	Nonce string
+	// NewNonce is the nonce of an attempt this event starts (provision,
+	// reprovision, a retry on tick): drawn at random by the Machine. An
+	// attempt is not started without one.
+	NewNonce string
 }
 
 // Timeouts bound each phase; zero takes the default.
@@ -248,13 +277,16 @@ func Next(h Host, ev Event, now time.Time, cfg Config) Decision {
 		if ev.Kind == EventProvision && h.State == Ready {
 			return ignore("host %s is ready; reprovision reinstalls it", h.Name)
 		}
+		if ev.NewNonce == "" {
+			return ignore("%s of host %s: no nonce for the new attempt", ev.Kind, h.Name)
+		}
 		from := h.State
 		if ev.Kind == EventReprovision {
 			h.Cordoned = true
 		}
 		h.Attempt = 1
 		h.LastError = ""
-		return start(h, now, fmt.Sprintf("%s of %s host: attempt 1 of %d", ev.Kind, from, cfg.MaxAttempts))
+		return start(h, ev.NewNonce, now, fmt.Sprintf("%s of %s host: attempt 1 of %d", ev.Kind, from, cfg.MaxAttempts))
 
 	case EventPoweredOn:
 		// During the backoff the host may still be on from before; that
@@ -265,23 +297,32 @@ func Next(h Host, ev Event, now time.Time, cfg Config) Decision {
 		return move(h, PXEBooting, now, "the BMC reports power on")
 
 	case EventPXEFetched:
-		// In powering-on, also during the backoff: the host is booting
-		// from the network now, so the power report was missed or late.
-		if h.State != PoweringOn && h.State != PXEBooting {
-			return ignore("host %s is %s", h.Name, h.State)
+		// In powering-on once the attempt's commands were issued (the
+		// power report may be late), or pxe-booting; once per attempt.
+		if !h.InFlight() || h.State == Installing {
+			return ignore("iPXE script refused: host %s is %s%s, not waiting for its iPXE script", h.Name, h.State, waiting(h))
 		}
-		h.NextTry = time.Time{}
-		return move(h, Installing, now, "the host fetched its iPXE script")
+		if !sameNonce(h, ev.Nonce) {
+			return ignore("iPXE script refused: not for host %s's attempt %d in flight", h.Name, h.Attempt)
+		}
+		return move(h, Installing, now, "the host was served its iPXE script")
+
+	case EventCallback:
+		if h.State != Installing || !h.InFlight() {
+			return ignore("boot callback refused: host %s is %s%s, not installing", h.Name, h.State, waiting(h))
+		}
+		if !sameNonce(h, ev.Nonce) {
+			return ignore("boot callback refused: not for host %s's attempt %d in flight", h.Name, h.Attempt)
+		}
+		return ready(h, now, "the host reported its installed system booted (boot callback)")
 
 	case EventBooted:
-		if h.State == Ready {
-			return ignore("host %s is already ready", h.Name)
+		// Not in powering-on or pxe-booting: the agent answering may be
+		// the old system's; not when failed: it must stay failed.
+		if h.State != Registered && h.State != Installing {
+			return ignore("host %s is %s: its agent answering is no boot of an installed system", h.Name, h.State)
 		}
-		from := h.State
-		h.NextTry = time.Time{}
-		h.LastError = ""
-		h.Cordoned = false
-		return move(h, Ready, now, fmt.Sprintf("the host booted its installed system (from %s)", from))
+		return ready(h, now, fmt.Sprintf("the host booted its installed system (from %s): its agent answers", h.State))
 
 	case EventTick:
 		if !h.State.Transient() {
@@ -291,7 +332,10 @@ func Next(h Host, ev Event, now time.Time, cfg Config) Decision {
 			if now.Before(h.NextTry) {
 				return Decision{Host: h}
 			}
-			return start(h, now, fmt.Sprintf("retry: attempt %d of %d", h.Attempt, cfg.MaxAttempts))
+			if ev.NewNonce == "" {
+				return Decision{Host: h}
+			}
+			return start(h, ev.NewNonce, now, fmt.Sprintf("retry: attempt %d of %d", h.Attempt, cfg.MaxAttempts))
 		}
 		limit := cfg.timeout(h.State)
 		if now.Sub(h.Since) < limit {
@@ -311,6 +355,7 @@ func Next(h Host, ev Event, now time.Time, cfg Config) Decision {
 			return ignore("host %s is %s: %s", h.Name, h.State, ev.Detail)
 		}
 		h.NextTry = time.Time{}
+		h.Nonce = ""
 		h.LastError = fmt.Sprintf("%s: %s", h.State, ev.Detail)
 		return move(h, Failed, now, h.LastError)
 	}
@@ -324,15 +369,31 @@ func waiting(h Host) string {
 	return " waiting to retry at " + h.NextTry.UTC().Format(time.RFC3339)
 }
 
+// sameNonce compares in constant time; an empty nonce matches nothing.
+func sameNonce(h Host, nonce string) bool {
+	return h.Nonce != "" && subtle.ConstantTimeCompare([]byte(h.Nonce), []byte(nonce)) == 1
+}
+
+// ready ends h's attempt, if any: its nonce goes, so no token of it is
+// taken again.
+func ready(h Host, now time.Time, reason string) Decision {
+	h.NextTry = time.Time{}
+	h.LastError = ""
+	h.Cordoned = false
+	h.Nonce = ""
+	return move(h, Ready, now, reason)
+}
+
 func move(h Host, to State, now time.Time, reason string) Decision {
 	h.State = to
 	h.Since = now
 	return Decision{Host: h, Changed: true, Reason: reason}
 }
 
-// start issues the commands of h's current attempt.
-func start(h Host, now time.Time, reason string) Decision {
+// start issues the commands of h's current attempt, which gets nonce.
+func start(h Host, nonce string, now time.Time, reason string) Decision {
 	h.NextTry = time.Time{}
+	h.Nonce = nonce
 	d := move(h, PoweringOn, now, reason)
 	// A cordoned host's guests go first: the power cycle would kill them.
 	// Moving them again on a retry is a no-op once they are gone.
@@ -347,6 +408,7 @@ func start(h Host, now time.Time, reason string) Decision {
 // failed once the attempts are spent.
 func failAttempt(h Host, now time.Time, cfg Config, why string) Decision {
 	h.LastError = why
+	h.Nonce = ""
 	n := max(h.Attempt, 1)
 	if n >= cfg.MaxAttempts {
 		h.NextTry = time.Time{}

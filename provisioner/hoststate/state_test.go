@@ -13,13 +13,21 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 func TestNext(t *testing.T) {
 	cfg := Config{MaxAttempts: 3, Backoff: 30 * time.Second, MaxBackoff: 10 * time.Minute}
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	// A host in a phase has its attempt's nonce, n1; the events that may
+	// start an attempt bring n1 as the new one.
 	host := func(s State, attempt int) Host {
-		return Host{Name: "h1", MAC: "aa:bb:cc:dd:ee:01", State: s, Since: t0, Attempt: attempt}
+		h := Host{Name: "h1", MAC: "aa:bb:cc:dd:ee:01", State: s, Since: t0, Attempt: attempt}
+		if s.Transient() {
+			h.Nonce = "n1"
+		}
+		return h
 	}
 	with := func(h Host, f func(*Host)) Host { f(&h); return h }
-	backingOff := with(host(PoweringOn, 2), func(h *Host) { h.NextTry = at(30 * time.Second); h.LastError = "boom" })
+	noNonce := func(h *Host) { h.Nonce = "" }
+	backingOff := with(host(PoweringOn, 2), func(h *Host) { h.NextTry = at(30 * time.Second); h.LastError = "boom"; h.Nonce = "" })
 	cordonedBackingOff := with(backingOff, func(h *Host) { h.Cordoned = true })
-	ev := func(k EventKind) Event { return Event{Kind: k} }
+	ev := func(k EventKind) Event { return Event{Kind: k, NewNonce: "n1"} }
+	pxeEv := func(k EventKind, nonce string) Event { return Event{Kind: k, Nonce: nonce} }
 	cycle := []Command{SetPXEBootOnce, PowerCycle}
 	moveAndCycle := []Command{MoveGuests, SetPXEBootOnce, PowerCycle}
 
@@ -57,23 +65,47 @@ func TestNext(t *testing.T) {
 			ignored: true, reason: "host h1 is powering-on waiting to retry at 2026-03-01T12:00:30Z"},
 		{name: "powered on when ready", h: host(Ready, 1), ev: ev(EventPoweredOn), now: at(time.Minute),
 			ignored: true, reason: "host h1 is ready"},
-		{name: "pxe fetched", h: host(PXEBooting, 1), ev: ev(EventPXEFetched), now: at(time.Minute),
-			want: with(host(Installing, 1), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host fetched its iPXE script"},
-		{name: "pxe fetched during the backoff ends it", h: backingOff, ev: ev(EventPXEFetched), now: at(time.Second),
-			want:   with(host(Installing, 2), func(h *Host) { h.Since = at(time.Second); h.LastError = "boom" }),
-			reason: "the host fetched its iPXE script"},
-		{name: "pxe fetched when ready", h: host(Ready, 1), ev: ev(EventPXEFetched), now: at(time.Minute),
-			ignored: true, reason: "host h1 is ready"},
-		{name: "booted lifts the cordon", h: with(host(Installing, 2), func(h *Host) { h.Cordoned = true; h.LastError = "x" }),
+		{name: "pxe fetched", h: host(PXEBooting, 1), ev: pxeEv(EventPXEFetched, "n1"), now: at(time.Minute),
+			want: with(host(Installing, 1), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host was served its iPXE script"},
+		{name: "pxe fetched before the power report", h: host(PoweringOn, 1), ev: pxeEv(EventPXEFetched, "n1"), now: at(time.Minute),
+			want: with(host(Installing, 1), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host was served its iPXE script"},
+		{name: "pxe fetched during the backoff", h: backingOff, ev: pxeEv(EventPXEFetched, ""), now: at(time.Second),
+			ignored: true, reason: "iPXE script refused: host h1 is powering-on waiting to retry at 2026-03-01T12:00:30Z, not waiting for its iPXE script"},
+		{name: "pxe fetched twice", h: host(Installing, 1), ev: pxeEv(EventPXEFetched, "n1"), now: at(time.Minute),
+			ignored: true, reason: "iPXE script refused: host h1 is installing, not waiting for its iPXE script"},
+		{name: "pxe fetched for another attempt", h: host(PXEBooting, 1), ev: pxeEv(EventPXEFetched, "n0"), now: at(time.Minute),
+			ignored: true, reason: "iPXE script refused: not for host h1's attempt 1 in flight"},
+		{name: "pxe fetched when ready", h: host(Ready, 1), ev: pxeEv(EventPXEFetched, ""), now: at(time.Minute),
+			ignored: true, reason: "iPXE script refused: host h1 is ready, not waiting for its iPXE script"},
+		{name: "callback lifts the cordon and ends the attempt", h: with(host(Installing, 2), func(h *Host) { h.Cordoned = true; h.LastError = "x" }),
+			ev: pxeEv(EventCallback, "n1"), now: at(time.Minute),
+			want:   with(host(Ready, 2), func(h *Host) { h.Since = at(time.Minute) }),
+			reason: "the host reported its installed system booted (boot callback)"},
+		{name: "callback of another attempt", h: host(Installing, 2), ev: pxeEv(EventCallback, "n0"), now: at(time.Minute),
+			ignored: true, reason: "boot callback refused: not for host h1's attempt 2 in flight"},
+		{name: "callback without a nonce", h: with(host(Installing, 2), noNonce), ev: pxeEv(EventCallback, ""), now: at(time.Minute),
+			ignored: true, reason: "boot callback refused: host h1 is installing, not installing"},
+		{name: "callback when ready", h: host(Ready, 1), ev: pxeEv(EventCallback, "n1"), now: at(time.Minute),
+			ignored: true, reason: "boot callback refused: host h1 is ready, not installing"},
+		{name: "callback of a cordoned host powering on", h: with(host(PoweringOn, 1), func(h *Host) { h.Cordoned = true }),
+			ev: pxeEv(EventCallback, "n1"), now: at(time.Minute),
+			ignored: true, reason: "boot callback refused: host h1 is powering-on, not installing"},
+		{name: "callback while pxe-booting", h: host(PXEBooting, 1), ev: pxeEv(EventCallback, "n1"), now: at(time.Minute),
+			ignored: true, reason: "boot callback refused: host h1 is pxe-booting, not installing"},
+		{name: "agent answers when installing", h: with(host(Installing, 2), func(h *Host) { h.Cordoned = true; h.LastError = "x" }),
 			ev: ev(EventBooted), now: at(time.Minute),
 			want:   with(host(Ready, 2), func(h *Host) { h.Since = at(time.Minute) }),
-			reason: "the host booted its installed system (from installing)"},
-		{name: "booted after failing", h: with(host(Failed, 3), func(h *Host) { h.LastError = "x" }), ev: ev(EventBooted), now: at(time.Minute),
-			want: with(host(Ready, 3), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host booted its installed system (from failed)"},
-		{name: "booted when registered: a running host adopted", h: host(Registered, 0), ev: ev(EventBooted), now: at(time.Minute),
-			want: with(host(Ready, 0), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host booted its installed system (from registered)"},
-		{name: "booted when ready", h: host(Ready, 1), ev: ev(EventBooted), now: at(time.Minute),
-			ignored: true, reason: "host h1 is already ready"},
+			reason: "the host booted its installed system (from installing): its agent answers"},
+		{name: "agent answers after failing", h: with(host(Failed, 3), func(h *Host) { h.LastError = "x" }), ev: ev(EventBooted), now: at(time.Minute),
+			ignored: true, reason: "host h1 is failed: its agent answering is no boot of an installed system"},
+		{name: "agent answers when registered: a running host adopted", h: host(Registered, 0), ev: ev(EventBooted), now: at(time.Minute),
+			want: with(host(Ready, 0), func(h *Host) { h.Since = at(time.Minute) }), reason: "the host booted its installed system (from registered): its agent answers"},
+		{name: "agent answers when powering on", h: with(host(PoweringOn, 1), func(h *Host) { h.Cordoned = true }), ev: ev(EventBooted), now: at(time.Minute),
+			ignored: true, reason: "host h1 is powering-on: its agent answering is no boot of an installed system"},
+		{name: "agent answers when ready", h: host(Ready, 1), ev: ev(EventBooted), now: at(time.Minute),
+			ignored: true, reason: "host h1 is ready: its agent answering is no boot of an installed system"},
+		{name: "provision without a nonce", h: host(Registered, 0), ev: Event{Kind: EventProvision}, now: at(time.Minute),
+			ignored: true, reason: "provision of host h1: no nonce for the new attempt"},
 		{name: "tick registered", h: host(Registered, 0), ev: ev(EventTick), now: at(24 * time.Hour), want: host(Registered, 0)},
 		{name: "tick ready", h: host(Ready, 1), ev: ev(EventTick), now: at(24 * time.Hour), want: host(Ready, 1)},
 		{name: "tick before the powering-on timeout", h: host(PoweringOn, 1), ev: ev(EventTick),
@@ -83,6 +115,7 @@ func TestNext(t *testing.T) {
 				h.Since = at(5 * time.Minute)
 				h.NextTry = at(5*time.Minute + 30*time.Second)
 				h.LastError = "powering-on timed out after 5m0s"
+				h.Nonce = "" // the attempt is over; the retry gets its own
 			}),
 			reason: "powering-on timed out after 5m0s; attempt 2 of 3 in 30s"},
 		{name: "pxe-booting timeout doubles the backoff", h: host(PXEBooting, 2), ev: ev(EventTick), now: at(10 * time.Minute),
@@ -90,6 +123,7 @@ func TestNext(t *testing.T) {
 				h.Since = at(10 * time.Minute)
 				h.NextTry = at(11 * time.Minute)
 				h.LastError = "pxe-booting timed out after 10m0s"
+				h.Nonce = ""
 			}),
 			reason: "pxe-booting timed out after 10m0s; attempt 3 of 3 in 1m0s"},
 		{name: "installing timeout of the last attempt fails", h: host(Installing, 3), ev: ev(EventTick), now: at(30 * time.Minute),
@@ -100,7 +134,7 @@ func TestNext(t *testing.T) {
 			reason: "gave up after attempt 3 of 3: installing timed out after 30m0s"},
 		{name: "no timeout during the backoff", h: backingOff, ev: ev(EventTick), now: at(30*time.Second - time.Nanosecond), want: backingOff},
 		{name: "retry when due moves a cordoned host's guests first", h: cordonedBackingOff, ev: ev(EventTick), now: at(time.Minute),
-			want:     with(cordonedBackingOff, func(h *Host) { h.Since = at(time.Minute); h.NextTry = time.Time{} }),
+			want:     with(cordonedBackingOff, func(h *Host) { h.Since = at(time.Minute); h.NextTry = time.Time{}; h.Nonce = "n1" }),
 			commands: moveAndCycle, reason: "retry: attempt 2 of 3"},
 		{name: "command failure is a failed attempt", h: host(PoweringOn, 1),
 			ev: Event{Kind: EventCommandFailed, Detail: "power-cycle h1: BMC did not answer"}, now: at(time.Second),
@@ -108,6 +142,7 @@ func TestNext(t *testing.T) {
 				h.Since = at(time.Second)
 				h.NextTry = at(31 * time.Second)
 				h.LastError = "powering-on: power-cycle h1: BMC did not answer"
+				h.Nonce = ""
 			}),
 			reason: "powering-on: power-cycle h1: BMC did not answer; attempt 2 of 3 in 30s"},
 		{name: "command failure of the last attempt fails", h: host(PoweringOn, 3),
@@ -200,13 +235,16 @@ func FuzzNext(f *testing.F) {
 	f.Add(byte(2), []byte{1, 0, 5, 250, 5, 250, 5, 250, 5, 250, 5, 250})
 	f.Add(byte(1), []byte{0, 0, 6, 0, 7, 0, 4, 0, 1, 0, 5, 40})
 	kinds := []EventKind{EventProvision, EventReprovision, EventPoweredOn, EventPXEFetched,
-		EventBooted, EventTick, EventCommandFailed, EventFail}
+		EventBooted, EventTick, EventCommandFailed, EventFail, EventCallback}
 	f.Fuzz(func(t *testing.T, maxAttempts byte, seq []byte) {
 		cfg := Config{MaxAttempts: int(maxAttempts%5) + 1, Backoff: time.Minute}
 		h := Host{Name: "h1", State: Registered, Since: t0}
 		now := t0
 		for i := 0; i+1 < len(seq); i += 2 {
-			ev := Event{Kind: kinds[int(seq[i])%len(kinds)], Detail: "x"}
+			ev := Event{Kind: kinds[int(seq[i])%len(kinds)], Detail: "x", NewNonce: fmt.Sprintf("n%d", i)}
+			if seq[i]&0x80 != 0 {
+				ev.Nonce = h.Nonce // the attempt's own token
+			}
 			now = now.Add(time.Duration(seq[i+1]) * time.Minute)
 			d := Next(h, ev, now, cfg)
 			n := d.Host
@@ -244,6 +282,18 @@ func FuzzNext(f *testing.F) {
 			}
 			if n.Schedulable() && n.State != Ready {
 				step("schedulable in %s", n.State)
+			}
+			if n.Nonce != "" && !n.State.Transient() {
+				step("nonce %q kept in %s", n.Nonce, n.State)
+			}
+			if (ev.Kind == EventPXEFetched || ev.Kind == EventCallback) && d.Changed && (ev.Nonce == "" || ev.Nonce != h.Nonce) {
+				step("moved by a %s event without the attempt's nonce", ev.Kind)
+			}
+			if ev.Kind == EventCallback && d.Changed && h.State != Installing {
+				step("callback accepted in %s", h.State)
+			}
+			if h.Nonce != "" && n.Nonce != "" && n.Nonce != h.Nonce && len(d.Commands) == 0 {
+				step("nonce changed without a new attempt's commands")
 			}
 			h = n
 		}

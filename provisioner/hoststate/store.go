@@ -21,6 +21,17 @@ type Transition struct {
 	Attempt int    `json:"attempt,omitempty"`
 	// Commands were recorded here before they were executed.
 	Commands []Command `json:"commands,omitempty"`
+	// Refused marks a request about the host that was refused (a PXE
+	// request of no attempt in flight, a replayed or forged callback):
+	// the host stayed in To, and Reason says what and why.
+	Refused bool `json:"refused,omitempty"`
+}
+
+// storedHost is a Host as the file has it: with its attempt's nonce,
+// which Host's JSON (the API's) leaves out.
+type storedHost struct {
+	Host
+	Nonce string `json:"nonce,omitempty"`
 }
 
 var (
@@ -59,10 +70,12 @@ func openStore(path string) (*store, []Host, error) {
 			return err
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var h Host
-			if err := json.Unmarshal(v, &h); err != nil {
+			var sh storedHost
+			if err := json.Unmarshal(v, &sh); err != nil {
 				return fmt.Errorf("host %q: %w", k, err)
 			}
+			h := sh.Host
+			h.Nonce = sh.Nonce
 			if !h.State.Valid() {
 				return fmt.Errorf("host %q: unknown state %q", k, h.State)
 			}
@@ -88,7 +101,7 @@ func (s *store) close() error {
 // transaction that is on disk when put returns.
 func (s *store) put(h Host, t *Transition) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		v, err := json.Marshal(h)
+		v, err := json.Marshal(storedHost{Host: h, Nonce: h.Nonce})
 		if err != nil {
 			return err
 		}

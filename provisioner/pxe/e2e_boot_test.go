@@ -34,8 +34,8 @@ echo caretaker: boot reported
 // TestPXEBootEndToEnd boots a diskless QEMU guest from its NIC's iPXE
 // ROM inside a network namespace: dnsmasq (rendered by RenderDnsmasq)
 // leases it an address and hands it the HTTP boot URL, the handler
-// serves the chain script and the profile's iPXE script, and that script
-// calls back.
+// serves the chain script and, once, the attempt's iPXE script, and that
+// script calls back with the attempt's token.
 func TestPXEBootEndToEnd(t *testing.T) {
 	t.Parallel()
 	needs.Root(t, "the test creates network namespaces and tap devices")
@@ -97,13 +97,16 @@ func TestPXEBootEndToEnd(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	booted := make(chan Booted, 4)
+	// The guest's attempt is in flight, as the state machine would have
+	// it after powering the host on.
+	attempt := Attempt{Host: "guest", MAC: mac, Number: 1, Nonce: "4f1c2a9d0e7b3c5a6d8e9f0a1b2c3d4e"}
+	attempts := newFakeAttempts(attempt)
 	var mu sync.Mutex
 	var served []string
 	h := NewHandler(cfg, Options{
 		BaseURL:  base,
 		Secret:   testSecret,
-		OnBooted: func(b Booted) { booted <- b },
+		Attempts: attempts,
 	})
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -175,18 +178,18 @@ func TestPXEBootEndToEnd(t *testing.T) {
 	cmd.Stdout = &keyAtPrompt{w: serialFile, prompt: []byte("Press Ctrl-B for the iPXE command line"), keys: keys}
 	guest := startDaemon(t, "qemu", serial, cmd)
 
-	var b Booted
+	var b Attempt
 	timeout := time.NewTimer(2 * time.Minute)
 	defer timeout.Stop()
 	select {
-	case b = <-booted:
+	case b = <-attempts.completed:
 	case err := <-guest:
 		t.Fatalf("qemu exited before the guest reported its boot: %v", err)
 	case <-timeout.C:
 		t.Fatal("no boot callback from the guest within 2m")
 	}
-	if b.MAC != mac || b.Group != "guest" || b.Profile != "report" {
-		t.Errorf("OnBooted(%+v), want mac %s, group guest, profile report", b, mac)
+	if b.MAC != mac || b.Host != "guest" || b.Nonce != attempt.Nonce {
+		t.Errorf("completed %+v, want the attempt %+v", b, attempt)
 	}
 
 	lease, err := os.ReadFile(leases)

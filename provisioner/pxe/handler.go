@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -20,48 +21,92 @@ type Options struct {
 	// BaseURL is how hosts reach this server ("http://10.0.0.1:9300"); it
 	// goes into every URL the handler renders.
 	BaseURL string
-	// Secret keys the per-host callback tokens; without it the callback
-	// refuses every request. Read it from a file; it is never logged.
+	// Secret keys the attempt tokens; without it the handler serves only
+	// the chain script. Read it from a file; it is never logged.
 	Secret []byte
-	Logger *slog.Logger
-	// OnBooted is called for each authenticated completion callback.
-	OnBooted func(Booted)
+	// Attempts says which hosts are being provisioned and takes their
+	// progress (hoststate.Machine); without it the handler serves only the
+	// chain script.
+	Attempts Attempts
+	// TokenTTL is how long a token rendered into a host's configs is
+	// accepted; default DefaultTokenTTL. The attempt's phase timeouts end
+	// it sooner if they run out first.
+	TokenTTL time.Duration
+	Logger   *slog.Logger
 	Now      func() time.Time
 }
 
-// Booted is a host's report that it has booted and finished provisioning.
-type Booted struct {
-	MAC  string
-	UUID string // "" unless the host sent it
-	// Group and Profile are the IDs the host matches now, "" if none.
-	Group   string
-	Profile string
-	At      time.Time
+// DefaultTokenTTL covers the default pxe-booting and installing timeouts
+// (10m and 30m) with room to spare.
+const DefaultTokenTTL = time.Hour
+
+// Attempt is one provisioning attempt of one host, as the state machine
+// has it. Tokens are bound to all of its fields but ScriptServed.
+type Attempt struct {
+	Host   string
+	MAC    string // canonical form
+	Number int    // the attempt's number, from 1; repeats across provisionings
+	// Nonce is drawn at random when the attempt starts and stored with
+	// the host, so no token of an earlier attempt fits this one.
+	Nonce string
+	// ScriptServed says the attempt's iPXE script was served: it is not
+	// served again, and the configs and the callback are now expected.
+	ScriptServed bool
+}
+
+// Attempts is the host state machine as the handler needs it. Every
+// method takes a MAC in canonical form.
+type Attempts interface {
+	// Attempt returns the attempt in flight of the host whose PXE MAC is
+	// mac; false when no such host is being provisioned now.
+	Attempt(mac string) (Attempt, bool)
+	// ScriptServed records, once per attempt, that a's iPXE script is
+	// being served; it fails when a is no longer the attempt in flight or
+	// its script was served already.
+	ScriptServed(a Attempt) error
+	// Completed takes a's boot-completion callback, once; it fails unless a
+	// is the attempt in flight and its script was served.
+	Completed(a Attempt) error
+	// Refused records a refused request about the host with mac, with why
+	// (nothing for a MAC no host has).
+	Refused(mac, why string)
+}
+
+// Token purposes: a token for the configs does not complete an attempt.
+const (
+	purposeBooted = "booted"
+	purposeConfig = "config"
+)
+
+// AttemptToken returns the token of purpose ("booted" or "config") for
+// attempt a, valid until exp: hex(HMAC-SHA256(secret, purpose, MAC, host,
+// attempt number, nonce, expiry)), each field length-prefixed.
+func AttemptToken(secret []byte, purpose string, a Attempt, exp time.Time) string {
+	h := hmac.New(sha256.New, secret)
+	for _, f := range []string{"caretaker-pxe-v1", purpose, a.MAC, a.Host, strconv.Itoa(a.Number), a.Nonce,
+		strconv.FormatInt(exp.Unix(), 10)} {
+		fmt.Fprintf(h, "%d:%s", len(f), f)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // TemplateData is what profile templates (args, script, ignition,
-// cloud-config) see.
+// cloud-config) see. They are rendered only for the attempt in flight of
+// the host with MAC: the iPXE script once, the configs for a request
+// carrying the attempt's token.
 type TemplateData struct {
-	MAC     string // aa:bb:cc:dd:ee:ff, "" when the host sent none
-	UUID    string
+	MAC     string // aa:bb:cc:dd:ee:ff
+	UUID    string // "" when the host sent none
 	Group   Group
 	Profile Profile
 	BaseURL string
-	// CallbackURL is the host's authenticated completion callback (POST),
-	// with its token; "" without a MAC or a secret.
+	// CallbackURL is the attempt's boot-completion callback (POST, or GET
+	// for iPXE), with its token.
 	CallbackURL string
-}
-
-// CallbackToken returns the token host mac presents on its callback:
-// hex(HMAC-SHA256(secret, canonical MAC)).
-func CallbackToken(secret []byte, mac string) (string, error) {
-	m, err := NormalizeMAC(mac)
-	if err != nil {
-		return "", err
-	}
-	h := hmac.New(sha256.New, secret)
-	h.Write([]byte(m))
-	return hex.EncodeToString(h.Sum(nil)), nil
+	// IgnitionURL and CloudConfigURL fetch the attempt's configs, with a
+	// token that reads them but does not complete the attempt.
+	IgnitionURL    string
+	CloudConfigURL string
 }
 
 type handler struct {
@@ -73,13 +118,17 @@ type handler struct {
 
 // NewHandler serves, under /pxe/:
 //
-//	GET  boot.ipxe          the chain script iPXE runs first
-//	GET  ipxe?mac=&uuid=    the matched profile as an iPXE script
-//	GET  ignition?mac=      the matched profile's Ignition config
-//	GET  cloud-config?mac=  the matched profile's cloud-config
-//	POST booted?mac=&token= the completion callback
-//	GET  booted?mac=&token= the same, for iPXE builds without POST
-//	                        (PARAM_CMD), such as QEMU's NIC ROMs
+//	GET  boot.ipxe                              the chain script iPXE runs first
+//	GET  ipxe?mac=&uuid=                        the matched profile as an iPXE script,
+//	                                            once per provisioning attempt
+//	GET  ignition?mac=&attempt=&exp=&token=     the matched profile's Ignition config
+//	GET  cloud-config?mac=&attempt=&exp=&token= the matched profile's cloud-config
+//	POST booted?mac=&attempt=&exp=&token=       the completion callback
+//	GET  booted?…                               the same, for iPXE builds without
+//	                                            POST (PARAM_CMD), such as QEMU's NIC ROMs
+//
+// Only a host with a provisioning attempt in flight gets anything but the
+// chain script; see the README's "PXE trust model".
 func NewHandler(cfg *Config, opts Options) http.Handler {
 	h := &handler{cfg: cfg, opts: opts, base: strings.TrimRight(opts.BaseURL, "/"), log: opts.Logger}
 	if h.log == nil {
@@ -88,8 +137,19 @@ func NewHandler(cfg *Config, opts Options) http.Handler {
 	if h.opts.Now == nil {
 		h.opts.Now = time.Now
 	}
+	if h.opts.TokenTTL <= 0 {
+		h.opts.TokenTTL = DefaultTokenTTL
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /pxe/boot.ipxe", h.chain)
+	if len(opts.Secret) == 0 || opts.Attempts == nil {
+		// An empty secret would make every token computable by anyone.
+		h.log.Error("pxe: no secret or no host state machine: only the chain script is served")
+		mux.HandleFunc("/pxe/", func(w http.ResponseWriter, _ *http.Request) {
+			text(w, http.StatusServiceUnavailable, "PXE provisioning is not configured on this server\n")
+		})
+		return mux
+	}
 	mux.HandleFunc("GET /pxe/ipxe", h.ipxe)
 	mux.HandleFunc("GET /pxe/ignition", h.ignition)
 	mux.HandleFunc("GET /pxe/cloud-config", h.cloudConfig)
@@ -126,32 +186,103 @@ func ParseLabels(q url.Values) (map[string]string, error) {
 	return labels, nil
 }
 
-// resolve finds the request's group and profile, or answers the request
-// itself with 400 or 404 and returns false.
-func (h *handler) resolve(w http.ResponseWriter, r *http.Request) (TemplateData, bool) {
+// refuse answers a request with code and msg, logs it and records it in
+// the history of the host with mac, if there is one.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, mac string, code int, msg string) {
+	h.log.Warn("pxe: request refused", "path", r.URL.Path, "mac", mac, "remote", r.RemoteAddr, "status", code, "why", msg)
+	if mac != "" {
+		h.opts.Attempts.Refused(mac, r.URL.Path+": "+msg)
+	}
+	text(w, code, msg+"\n")
+}
+
+// attempt parses the request's labels and finds the attempt in flight of
+// the host with its MAC, or answers the request itself and returns false.
+func (h *handler) attempt(w http.ResponseWriter, r *http.Request) (map[string]string, Attempt, bool) {
 	labels, err := ParseLabels(r.URL.Query())
 	if err != nil {
 		text(w, http.StatusBadRequest, err.Error()+"\n")
-		return TemplateData{}, false
+		return nil, Attempt{}, false
 	}
-	g, p, ok := h.cfg.Match(labels)
-	if !ok {
-		h.log.Info("pxe: no group matches host", "mac", labels["mac"], "uuid", labels["uuid"], "path", r.URL.Path)
-		text(w, http.StatusNotFound, fmt.Sprintf("no group matches mac=%q uuid=%q\n", labels["mac"], labels["uuid"]))
-		return TemplateData{}, false
+	mac := labels["mac"]
+	if mac == "" {
+		text(w, http.StatusBadRequest, "query parameter \"mac\" is required: only a host being provisioned, known by its MAC, is served\n")
+		return nil, Attempt{}, false
 	}
-	d := TemplateData{MAC: labels["mac"], UUID: labels["uuid"], Group: *g, Profile: *p, BaseURL: h.base}
-	if d.MAC != "" && len(h.opts.Secret) > 0 {
-		tok, _ := CallbackToken(h.opts.Secret, d.MAC)
-		// Both values are URL-safe as they are: no escaping, so the URL
-		// reads plainly in a kernel command line or a unit file.
-		d.CallbackURL = h.base + "/pxe/booted?mac=" + d.MAC + "&token=" + tok
+	a, ok := h.opts.Attempts.Attempt(mac)
+	if !ok || a.Nonce == "" {
+		h.refuse(w, r, mac, http.StatusNotFound, fmt.Sprintf("no provisioning in flight for mac %s", mac))
+		return nil, Attempt{}, false
 	}
-	return d, true
+	return labels, a, true
 }
 
+// checkToken verifies the request's attempt token of purpose for a, or
+// answers the request itself and returns false.
+func (h *handler) checkToken(w http.ResponseWriter, r *http.Request, purpose string, a Attempt) bool {
+	q := r.URL.Query()
+	tok, expS := q.Get("token"), q.Get("exp")
+	if tok == "" || expS == "" {
+		h.refuse(w, r, a.MAC, http.StatusUnauthorized, "no attempt token")
+		return false
+	}
+	exp, err := strconv.ParseInt(expS, 10, 64)
+	if err != nil {
+		h.refuse(w, r, a.MAC, http.StatusBadRequest, fmt.Sprintf("query parameter \"exp\": %q is no Unix time", expS))
+		return false
+	}
+	if n := q.Get("attempt"); n != strconv.Itoa(a.Number) {
+		h.refuse(w, r, a.MAC, http.StatusForbidden, fmt.Sprintf("token of attempt %q, but attempt %d is in flight", n, a.Number))
+		return false
+	}
+	want := AttemptToken(h.opts.Secret, purpose, a, time.Unix(exp, 0))
+	if !hmac.Equal([]byte(tok), []byte(want)) {
+		// Also a token of an earlier attempt with the same number: its
+		// nonce differs.
+		h.refuse(w, r, a.MAC, http.StatusForbidden, fmt.Sprintf("invalid %s token for attempt %d", purpose, a.Number))
+		return false
+	}
+	if !h.opts.Now().Before(time.Unix(exp, 0)) {
+		h.refuse(w, r, a.MAC, http.StatusForbidden, fmt.Sprintf("%s token of attempt %d expired at %s", purpose, a.Number,
+			time.Unix(exp, 0).UTC().Format(time.RFC3339)))
+		return false
+	}
+	return true
+}
+
+// data matches the host's group and renders the attempt's URLs, or answers
+// the request itself and returns false.
+func (h *handler) data(w http.ResponseWriter, r *http.Request, labels map[string]string, a Attempt) (TemplateData, bool) {
+	g, p, ok := h.cfg.Match(labels)
+	if !ok {
+		h.refuse(w, r, a.MAC, http.StatusNotFound, fmt.Sprintf("no group matches mac=%q uuid=%q", labels["mac"], labels["uuid"]))
+		return TemplateData{}, false
+	}
+	exp := h.opts.Now().Add(h.opts.TokenTTL).Truncate(time.Second)
+	// Every value is URL-safe as it is: no escaping, so the URLs read
+	// plainly in a kernel command line or a unit file.
+	q := fmt.Sprintf("?mac=%s&attempt=%d&exp=%d&token=", a.MAC, a.Number, exp.Unix())
+	cfgTok := AttemptToken(h.opts.Secret, purposeConfig, a, exp)
+	return TemplateData{
+		MAC: a.MAC, UUID: labels["uuid"], Group: *g, Profile: *p, BaseURL: h.base,
+		CallbackURL:    h.base + "/pxe/booted" + q + AttemptToken(h.opts.Secret, purposeBooted, a, exp),
+		IgnitionURL:    h.base + "/pxe/ignition" + q + cfgTok,
+		CloudConfigURL: h.base + "/pxe/cloud-config" + q + cfgTok,
+	}, true
+}
+
+// ipxe serves the attempt's iPXE script, once: it carries the attempt's
+// tokens.
 func (h *handler) ipxe(w http.ResponseWriter, r *http.Request) {
-	d, ok := h.resolve(w, r)
+	labels, a, ok := h.attempt(w, r)
+	if !ok {
+		return
+	}
+	if a.ScriptServed {
+		h.refuse(w, r, a.MAC, http.StatusConflict, fmt.Sprintf("the iPXE script of attempt %d was served already: it is served once", a.Number))
+		return
+	}
+	d, ok := h.data(w, r, labels, a)
 	if !ok {
 		return
 	}
@@ -160,7 +291,15 @@ func (h *handler) ipxe(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, d, "ipxe", err)
 		return
 	}
-	h.log.Info("pxe: boot script served", "mac", d.MAC, "uuid", d.UUID, "group", d.Group.ID, "profile", d.Profile.ID)
+	// Of two requests at once, one is served; the state machine records
+	// it before a byte goes out.
+	if err := h.opts.Attempts.ScriptServed(a); err != nil {
+		h.log.Warn("pxe: iPXE script not served", "mac", a.MAC, "host", a.Host, "remote", r.RemoteAddr, "err", err)
+		text(w, http.StatusConflict, fmt.Sprintf("the iPXE script of attempt %d is not served: %v\n", a.Number, err))
+		return
+	}
+	h.log.Info("pxe: boot script served", "mac", d.MAC, "host", a.Host, "attempt", a.Number, "uuid", d.UUID,
+		"group", d.Group.ID, "profile", d.Profile.ID, "remote", r.RemoteAddr)
 	text(w, http.StatusOK, script)
 }
 
@@ -206,8 +345,22 @@ func (h *handler) asset(s string) string {
 	return s
 }
 
+// config checks a config request and returns its data, or answers the
+// request itself and returns false.
+func (h *handler) config(w http.ResponseWriter, r *http.Request) (TemplateData, bool) {
+	labels, a, ok := h.attempt(w, r)
+	if !ok || !h.checkToken(w, r, purposeConfig, a) {
+		return TemplateData{}, false
+	}
+	if !a.ScriptServed {
+		h.refuse(w, r, a.MAC, http.StatusConflict, fmt.Sprintf("attempt %d has not fetched its iPXE script", a.Number))
+		return TemplateData{}, false
+	}
+	return h.data(w, r, labels, a)
+}
+
 func (h *handler) ignition(w http.ResponseWriter, r *http.Request) {
-	d, ok := h.resolve(w, r)
+	d, ok := h.config(w, r)
 	if !ok {
 		return
 	}
@@ -229,7 +382,7 @@ func (h *handler) ignition(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) cloudConfig(w http.ResponseWriter, r *http.Request) {
-	d, ok := h.resolve(w, r)
+	d, ok := h.config(w, r)
 	if !ok {
 		return
 	}
@@ -245,6 +398,8 @@ func (h *handler) cloudConfig(w http.ResponseWriter, r *http.Request) {
 	text(w, http.StatusOK, s)
 }
 
+// booted takes the attempt's completion callback: once, with the
+// attempt's booted token, before it expires, while the host is installing.
 func (h *handler) booted(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	mac, err := NormalizeMAC(q.Get("mac"))
@@ -252,32 +407,27 @@ func (h *handler) booted(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusBadRequest, "query parameter \"mac\": "+err.Error()+"\n")
 		return
 	}
-	uuid := ""
 	if u := q.Get("uuid"); u != "" {
-		if uuid, err = normalizeUUID(u); err != nil {
+		if _, err := normalizeUUID(u); err != nil {
 			text(w, http.StatusBadRequest, "query parameter \"uuid\": "+err.Error()+"\n")
 			return
 		}
 	}
-	want, _ := CallbackToken(h.opts.Secret, mac)
-	// An empty secret would make every token computable by anyone.
-	if len(h.opts.Secret) == 0 || !hmac.Equal([]byte(q.Get("token")), []byte(want)) {
-		h.log.Warn("pxe: callback refused: bad or missing token", "mac", mac, "remote", r.RemoteAddr)
-		text(w, http.StatusUnauthorized, "invalid callback token\n")
+	a, ok := h.opts.Attempts.Attempt(mac)
+	if !ok || a.Nonce == "" {
+		// A replay after success lands here: the host is ready.
+		h.refuse(w, r, mac, http.StatusConflict, fmt.Sprintf("boot callback with no provisioning in flight for mac %s", mac))
 		return
 	}
-	b := Booted{MAC: mac, UUID: uuid, At: h.opts.Now()}
-	labels := map[string]string{"mac": mac}
-	if uuid != "" {
-		labels["uuid"] = uuid
+	if !h.checkToken(w, r, purposeBooted, a) {
+		return
 	}
-	if g, p, ok := h.cfg.Match(labels); ok {
-		b.Group, b.Profile = g.ID, p.ID
+	if err := h.opts.Attempts.Completed(a); err != nil {
+		h.log.Warn("pxe: boot callback refused", "mac", mac, "host", a.Host, "remote", r.RemoteAddr, "err", err)
+		text(w, http.StatusConflict, fmt.Sprintf("boot callback of attempt %d refused: %v\n", a.Number, err))
+		return
 	}
-	h.log.Info("pxe: host booted", "mac", mac, "uuid", uuid, "group", b.Group, "profile", b.Profile)
-	if h.opts.OnBooted != nil {
-		h.opts.OnBooted(b)
-	}
+	h.log.Info("pxe: host booted", "mac", mac, "host", a.Host, "attempt", a.Number, "remote", r.RemoteAddr)
 	w.WriteHeader(http.StatusNoContent)
 }
 

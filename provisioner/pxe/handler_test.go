@@ -2,6 +2,7 @@ package pxe
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,27 +19,43 @@ import (
 var (
 	testSecret = []byte("test-secret-not-for-production")
 	testNow    = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	testExp    = testNow.Add(DefaultTokenTTL)
 )
 
-func newTestHandler(t *testing.T, cfg *Config, onBooted func(Booted)) http.Handler {
+// The attempts in flight in the handler tests: hv-a1 (two groups by
+// UUID), hv-c5 (a script profile) and a host the default group serves.
+var (
+	attemptA1 = Attempt{Host: "hv-a1", MAC: "52:54:00:aa:bb:01", Number: 1, Nonce: "0123456789abcdef0123456789abcdef"}
+	attemptC5 = Attempt{Host: "hv-c5", MAC: "52:54:00:aa:bb:5c", Number: 2, Nonce: "fedcba9876543210fedcba9876543210"}
+	attempt99 = Attempt{Host: "spare", MAC: "52:54:00:00:00:99", Number: 1, Nonce: "00112233445566778899aabbccddeeff"}
+)
+
+func served(a Attempt) Attempt { a.ScriptServed = true; return a }
+
+// tokenQuery is the query a rendered URL of a carries.
+func tokenQuery(purpose string, a Attempt, exp time.Time) string {
+	return fmt.Sprintf("mac=%s&attempt=%d&exp=%d&token=%s", a.MAC, a.Number, exp.Unix(), AttemptToken(testSecret, purpose, a, exp))
+}
+
+func newTestHandler(t testing.TB, cfg *Config, attempts Attempts) http.Handler {
 	t.Helper()
 	var logs bytes.Buffer
 	t.Cleanup(func() {
 		// The secret and the tokens derived from it must never reach the log.
 		if bytes.Contains(logs.Bytes(), []byte("token=")) || bytes.Contains(logs.Bytes(), testSecret) {
-			t.Errorf("log holds a callback token or the secret:\n%s", logs.String())
+			t.Errorf("log holds a token or the secret:\n%s", logs.String())
 		}
 	})
 	return NewHandler(cfg, Options{
 		BaseURL:  "http://10.0.0.1:9300/", // the trailing slash must not double up
 		Secret:   testSecret,
+		Attempts: attempts,
 		Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
-		OnBooted: onBooted,
 		Now:      func() time.Time { return testNow },
 	})
 }
 
-func loadTest(t *testing.T, path string) *Config {
+func loadTest(t testing.TB, path string) *Config {
 	t.Helper()
 	cfg, err := Load(path)
 	if err != nil {
@@ -55,9 +72,9 @@ func do(h http.Handler, method, target string) *httptest.ResponseRecorder {
 
 func TestHandler(t *testing.T) {
 	t.Parallel()
-	full := newTestHandler(t, loadTest(t, "testdata/good/full.yml"), nil)
-	noDefault := newTestHandler(t, loadTest(t, "testdata/good/minimal.yml"), nil)
-	broken := newTestHandler(t, &Config{
+	full := loadTest(t, "testdata/good/full.yml")
+	noDefault := loadTest(t, "testdata/good/minimal.yml")
+	broken := &Config{
 		Profiles: []Profile{
 			{ID: "missing-key", Kernel: "/k", Args: []string{"x={{ .Group.Metadata.absent }}"}},
 			{ID: "bad-json", Kernel: "/k", Ignition: `{"ignition": {{ .MAC }}}`},
@@ -65,51 +82,69 @@ func TestHandler(t *testing.T) {
 			{ID: "script-missing-key", Script: "echo {{ .Group.Metadata.absent }}"},
 		},
 		Groups: []Group{
-			{ID: "a", Profile: "missing-key", Selector: map[string]string{"mac": "52:54:00:00:00:0a"}},
-			{ID: "b", Profile: "bad-json", Selector: map[string]string{"mac": "52:54:00:00:00:0b"}},
-			{ID: "c", Profile: "newline", Selector: map[string]string{"mac": "52:54:00:00:00:0c"}},
+			{ID: "a", Profile: "missing-key", Selector: map[string]string{"mac": "52:54:00:aa:bb:01"}},
+			{ID: "b", Profile: "bad-json", Selector: map[string]string{"mac": "52:54:00:aa:bb:5c"}},
+			{ID: "c", Profile: "newline", Selector: map[string]string{"mac": "52:54:00:00:00:99"}},
 			{ID: "d", Profile: "script-missing-key", Selector: map[string]string{"mac": "52:54:00:00:00:0d"}},
 		},
-	}, nil)
+	}
+	cfgToken := "&" + tokenQuery(purposeConfig, attemptA1, testExp)
+	cfgTokenC5 := "&" + tokenQuery(purposeConfig, attemptC5, testExp)
+	// The configs are the attempt's once its script was served.
+	installing := []Attempt{served(attemptA1), served(attemptC5), served(attempt99)}
 
 	tests := []struct {
-		name    string
-		h       http.Handler
-		method  string
-		target  string
-		code    int
-		ctype   string
-		golden  string // file under testdata/golden with the exact body
-		contain string // else a substring of the body
+		name     string
+		cfg      *Config
+		attempts []Attempt // in flight; default attemptA1, attemptC5, attempt99 before their scripts
+		method   string
+		target   string
+		code     int
+		ctype    string
+		golden   string // file under testdata/golden with the exact body
+		contain  string // else a substring of the body
 	}{
-		{"chain script", full, "GET", "/pxe/boot.ipxe", 200, "text/plain; charset=utf-8", "boot.ipxe", ""},
-		{"ipxe by hyphenated upper-case mac", full, "GET", "/pxe/ipxe?mac=52-54-00-AA-BB-01&uuid=", 200, "text/plain; charset=utf-8", "hv-a1.ipxe", ""},
-		{"ipxe by mac and uuid", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-01&uuid=4C4C4544-0031-3510-8052-B2C04F4A4E31", 200, "", "hv-a1-reinstall.ipxe", ""},
-		{"ipxe of a script profile", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-5c", 200, "text/plain; charset=utf-8", "report-only.ipxe", ""},
-		{"ipxe of an unknown host: default group", full, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 200, "", "rescue.ipxe", ""},
-		{"ipxe with no group matching", noDefault, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 404, "text/plain; charset=utf-8", "", `no group matches mac="52:54:00:00:00:99" uuid=""`},
-		{"ipxe with a malformed mac", full, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb", 400, "text/plain; charset=utf-8", "", `query parameter "mac": invalid MAC address "52-54-00-aa-bb"`},
-		{"ipxe with a malformed uuid", full, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01&uuid=xyz", 400, "", "", `query parameter "uuid": invalid UUID "xyz"`},
-		{"ipxe with a repeated mac", full, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01&mac=52:54:00:aa:bb:02", 400, "", "", `query parameter "mac" given 2 times`},
-		{"ipxe with a bad label name", full, "GET", "/pxe/ipxe?Rack=b", 400, "", "", `invalid label name "Rack"`},
-		{"ignition", full, "GET", "/pxe/ignition?mac=52:54:00:aa:bb:01", 200, "application/vnd.coreos.ignition+json", "hv-a1.ign", ""},
-		{"ignition of a profile without one", full, "GET", "/pxe/ignition?mac=52:54:00:aa:bb:01&uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31", 404, "", "", `profile "debian-install" has no ignition config`},
-		{"ignition with no group matching", noDefault, "GET", "/pxe/ignition?mac=52:54:00:aa:bb:01", 404, "", "", "no group matches"},
-		{"ignition with a malformed mac", full, "GET", "/pxe/ignition?mac=zz", 400, "", "", "invalid MAC address"},
-		{"cloud-config", full, "GET", "/pxe/cloud-config?mac=52:54:00:aa:bb:01&uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31", 200, "text/plain; charset=utf-8", "hv-a1-reinstall.cloud-config", ""},
-		{"cloud-config by uuid alone has no callback", full, "GET", "/pxe/cloud-config?uuid=00000000-0000-0000-0000-0000000000b2", 200, "", "hv-b2.cloud-config", ""},
-		{"cloud-config of a profile without one", full, "GET", "/pxe/cloud-config?mac=52:54:00:aa:bb:01", 404, "", "", `profile "flatcar-install" has no cloud-config`},
-		{"template names an absent key", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0a", 500, "", "", `render ipxe of profile "missing-key"`},
-		{"script names an absent key", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0d", 500, "", "", `render ipxe of profile "script-missing-key"`},
-		{"ignition renders to invalid JSON", broken, "GET", "/pxe/ignition?mac=52:54:00:00:00:0b", 500, "", "", "ignition renders to invalid JSON"},
-		{"argument would inject an iPXE command", broken, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0c", 500, "", "", "args[0] renders to a line break"},
-		{"POST to a GET route", full, "POST", "/pxe/ipxe?mac=52:54:00:aa:bb:01", 405, "", "", ""},
-		{"PUT of the callback", full, "PUT", "/pxe/booted?mac=52:54:00:aa:bb:01", 405, "", "", ""},
-		{"unknown path", full, "GET", "/pxe/menu.ipxe", 404, "", "", ""},
+		{"chain script", full, nil, "GET", "/pxe/boot.ipxe", 200, "text/plain; charset=utf-8", "boot.ipxe", ""},
+		{"ipxe by hyphenated upper-case mac", full, nil, "GET", "/pxe/ipxe?mac=52-54-00-AA-BB-01&uuid=", 200, "text/plain; charset=utf-8", "hv-a1.ipxe", ""},
+		{"ipxe by mac and uuid", full, nil, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-01&uuid=4C4C4544-0031-3510-8052-B2C04F4A4E31", 200, "", "hv-a1-reinstall.ipxe", ""},
+		{"ipxe of a script profile", full, nil, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb-5c", 200, "text/plain; charset=utf-8", "report-only.ipxe", ""},
+		{"ipxe of a provisioning host no group selects: default group", full, nil, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 200, "", "rescue.ipxe", ""},
+		{"ipxe with no group matching", noDefault, nil, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 404, "text/plain; charset=utf-8", "", `no group matches mac="52:54:00:00:00:99" uuid=""`},
+		{"ipxe of a host not being provisioned", full, nil, "GET", "/pxe/ipxe?mac=52:54:00:00:00:42", 404, "", "", "no provisioning in flight for mac 52:54:00:00:00:42"},
+		{"ipxe served once per attempt", full, installing, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01", 409, "", "", "the iPXE script of attempt 1 was served already"},
+		{"ipxe without a mac", full, nil, "GET", "/pxe/ipxe?uuid=00000000-0000-0000-0000-0000000000b2", 400, "", "", `query parameter "mac" is required`},
+		{"ipxe with a malformed mac", full, nil, "GET", "/pxe/ipxe?mac=52-54-00-aa-bb", 400, "text/plain; charset=utf-8", "", `query parameter "mac": invalid MAC address "52-54-00-aa-bb"`},
+		{"ipxe with a malformed uuid", full, nil, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01&uuid=xyz", 400, "", "", `query parameter "uuid": invalid UUID "xyz"`},
+		{"ipxe with a repeated mac", full, nil, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01&mac=52:54:00:aa:bb:02", 400, "", "", `query parameter "mac" given 2 times`},
+		{"ipxe with a bad label name", full, nil, "GET", "/pxe/ipxe?Rack=b", 400, "", "", `invalid label name "Rack"`},
+		{"ignition", full, installing, "GET", "/pxe/ignition?" + cfgToken[1:], 200, "application/vnd.coreos.ignition+json", "hv-a1.ign", ""},
+		{"ignition before the script was served", full, nil, "GET", "/pxe/ignition?" + cfgToken[1:], 409, "", "", "attempt 1 has not fetched its iPXE script"},
+		{"ignition without a token", full, installing, "GET", "/pxe/ignition?mac=52:54:00:aa:bb:01", 401, "", "", "no attempt token"},
+		{"ignition of a profile without one", full, installing, "GET", "/pxe/ignition?uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31" + cfgToken, 404, "", "", `profile "debian-install" has no ignition config`},
+		{"ignition with no group matching", noDefault, installing, "GET", "/pxe/ignition?" + cfgToken[1:], 404, "", "", "no group matches"},
+		{"ignition with a malformed mac", full, installing, "GET", "/pxe/ignition?mac=zz", 400, "", "", "invalid MAC address"},
+		{"ignition of a host not being provisioned", full, []Attempt{served(attemptC5)}, "GET", "/pxe/ignition?" + cfgToken[1:], 404, "", "", "no provisioning in flight"},
+		{"cloud-config", full, installing, "GET", "/pxe/cloud-config?uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31" + cfgToken, 200, "text/plain; charset=utf-8", "hv-a1-reinstall.cloud-config", ""},
+		{"cloud-config with another host's token", full, installing, "GET", "/pxe/cloud-config?uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31&" +
+			strings.Replace(cfgTokenC5[1:], attemptC5.MAC, attemptA1.MAC, 1), 403, "", "", "token of attempt \"2\", but attempt 1 is in flight"},
+		{"cloud-config by uuid alone", full, installing, "GET", "/pxe/cloud-config?uuid=00000000-0000-0000-0000-0000000000b2", 400, "", "", `query parameter "mac" is required`},
+		{"cloud-config of a profile without one", full, installing, "GET", "/pxe/cloud-config?" + cfgToken[1:], 404, "", "", `profile "flatcar-install" has no cloud-config`},
+		{"template names an absent key", broken, nil, "GET", "/pxe/ipxe?mac=52:54:00:aa:bb:01", 500, "", "", `render ipxe of profile "missing-key"`},
+		{"script names an absent key", broken, []Attempt{{Host: "d", MAC: "52:54:00:00:00:0d", Number: 1, Nonce: "n"}}, "GET", "/pxe/ipxe?mac=52:54:00:00:00:0d", 500, "", "", `render ipxe of profile "script-missing-key"`},
+		{"ignition renders to invalid JSON", broken, installing, "GET", "/pxe/ignition?" + cfgTokenC5[1:], 500, "", "", "ignition renders to invalid JSON"},
+		{"argument would inject an iPXE command", broken, nil, "GET", "/pxe/ipxe?mac=52:54:00:00:00:99", 500, "", "", "args[0] renders to a line break"},
+		{"POST to a GET route", full, nil, "POST", "/pxe/ipxe?mac=52:54:00:aa:bb:01", 405, "", "", ""},
+		{"PUT of the callback", full, nil, "PUT", "/pxe/booted?mac=52:54:00:aa:bb:01", 405, "", "", ""},
+		{"unknown path", full, nil, "GET", "/pxe/menu.ipxe", 404, "", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := do(tt.h, tt.method, tt.target)
+			as := tt.attempts
+			if as == nil {
+				as = []Attempt{attemptA1, attemptC5, attempt99}
+			}
+			f := newFakeAttempts(as...)
+			rec := do(newTestHandler(t, tt.cfg, f), tt.method, tt.target)
 			body := rec.Body.Bytes()
 			if rec.Code != tt.code {
 				t.Fatalf("status %d, want %d; body:\n%s", rec.Code, tt.code, body)
@@ -123,110 +158,188 @@ func TestHandler(t *testing.T) {
 			if !strings.Contains(string(body), tt.contain) {
 				t.Errorf("body %q does not contain %q", body, tt.contain)
 			}
+			// Only a 200 for an iPXE script takes the attempt's one serving.
+			if wantServed := tt.code == 200 && strings.HasPrefix(tt.target, "/pxe/ipxe"); (len(f.served) == 1) != wantServed {
+				t.Errorf("scripts served %v, want one: %v", f.served, wantServed)
+			}
 		})
+	}
+}
+
+// A host that is not being provisioned gets no script and no config, so
+// none of its group's metadata (all of which counts as secret).
+func TestNothingForHostsNotProvisioning(t *testing.T) {
+	t.Parallel()
+	f := newFakeAttempts() // nothing in flight
+	h := newTestHandler(t, loadTest(t, "testdata/good/full.yml"), f)
+	for _, target := range []string{
+		"/pxe/ipxe?mac=52:54:00:aa:bb:01",
+		"/pxe/ipxe?mac=52:54:00:aa:bb:01&uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31",
+		"/pxe/cloud-config?mac=52:54:00:aa:bb:01&uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31",
+		"/pxe/cloud-config?uuid=4c4c4544-0031-3510-8052-b2c04f4a4e31&" + tokenQuery(purposeConfig, attemptA1, testExp),
+		"/pxe/ignition?mac=52:54:00:aa:bb:01",
+		"/pxe/ipxe?mac=52:54:00:aa:bb:5c",
+	} {
+		rec := do(h, "GET", target)
+		if rec.Code != http.StatusNotFound {
+			t.Errorf("GET %s: status %d, want 404", target, rec.Code)
+		}
+		for _, secret := range []string{"hv-a1", "ttyS0", "hv-c5", "token=", "/pxe/booted"} {
+			if strings.Contains(rec.Body.String(), secret) {
+				t.Errorf("GET %s: body holds %q:\n%s", target, secret, rec.Body)
+			}
+		}
+	}
+	if len(f.served) != 0 || len(f.refused) != 6 {
+		t.Errorf("served %v, refused %q; want none served and every request recorded", f.served, f.refused)
 	}
 }
 
 func TestCallback(t *testing.T) {
 	t.Parallel()
 	cfg := loadTest(t, "testdata/good/full.yml")
-	const mac = "52:54:00:aa:bb:01"
-	token, err := CallbackToken(testSecret, mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherToken, _ := CallbackToken(testSecret, "52:54:00:aa:bb:02")
-	otherSecretToken, _ := CallbackToken([]byte("another-secret"), mac)
+	a := attemptA1
+	earlier := a
+	earlier.Nonce = "ffffffffffffffffffffffffffffffff" // the same number in an earlier provisioning
+	other := attemptC5
+	other.MAC = a.MAC
+	forged := func(q string) string { return strings.Replace(q, "token=", "token=00", 1)[:len(q)] }
 
 	tests := []struct {
-		name   string
-		query  url.Values
-		code   int
-		booted *Booted
+		name  string
+		query string
+		code  int
+		ok    bool
 	}{
-		{"good token", url.Values{"mac": {mac}, "token": {token}}, 204,
-			&Booted{MAC: mac, Group: "hv-a1", Profile: "flatcar-install", At: testNow}},
-		{"good token, mac in iPXE's hyphenated upper case", url.Values{"mac": {"52-54-00-AA-BB-01"}, "token": {token}}, 204,
-			&Booted{MAC: mac, Group: "hv-a1", Profile: "flatcar-install", At: testNow}},
-		{"good token with uuid", url.Values{"mac": {mac}, "uuid": {"4C4C4544-0031-3510-8052-B2C04F4A4E31"}, "token": {token}}, 204,
-			&Booted{MAC: mac, UUID: "4c4c4544-0031-3510-8052-b2c04f4a4e31", Group: "hv-a1-by-uuid-and-mac", Profile: "debian-install", At: testNow}},
-		{"wrong token", url.Values{"mac": {mac}, "token": {strings.Repeat("0", 64)}}, 401, nil},
-		{"no token", url.Values{"mac": {mac}}, 401, nil},
-		{"other host's token", url.Values{"mac": {mac}, "token": {otherToken}}, 401, nil},
-		{"token under another secret", url.Values{"mac": {mac}, "token": {otherSecretToken}}, 401, nil},
-		{"token in upper case", url.Values{"mac": {mac}, "token": {strings.ToUpper(token)}}, 401, nil},
-		{"no mac", url.Values{"token": {token}}, 400, nil},
-		{"malformed mac", url.Values{"mac": {"52:54:00"}, "token": {token}}, 400, nil},
-		{"malformed uuid", url.Values{"mac": {mac}, "uuid": {"u"}, "token": {token}}, 400, nil},
+		{"good token", tokenQuery(purposeBooted, a, testExp), 204, true},
+		{"good token, mac in iPXE's hyphenated upper case, uuid",
+			strings.Replace(tokenQuery(purposeBooted, a, testExp), "mac="+a.MAC, "mac=52-54-00-AA-BB-01&uuid=4C4C4544-0031-3510-8052-B2C04F4A4E31", 1), 204, true},
+		{"forged token", forged(tokenQuery(purposeBooted, a, testExp)), 403, false},
+		{"token of an earlier attempt (nonce)", tokenQuery(purposeBooted, earlier, testExp), 403, false},
+		{"token of another attempt number", tokenQuery(purposeBooted, other, testExp), 403, false},
+		{"config token", tokenQuery(purposeConfig, a, testExp), 403, false},
+		{"expired token", tokenQuery(purposeBooted, a, testNow), 403, false},
+		{"expiry moved later", strings.Replace(tokenQuery(purposeBooted, a, testExp), fmt.Sprint(testExp.Unix()), fmt.Sprint(testExp.Unix()+3600), 1), 403, false},
+		{"token under another secret", strings.Replace(tokenQuery(purposeBooted, a, testExp), AttemptToken(testSecret, purposeBooted, a, testExp),
+			AttemptToken([]byte("another-secret"), purposeBooted, a, testExp), 1), 403, false},
+		{"token in upper case", strings.Replace(tokenQuery(purposeBooted, a, testExp), AttemptToken(testSecret, purposeBooted, a, testExp),
+			strings.ToUpper(AttemptToken(testSecret, purposeBooted, a, testExp)), 1), 403, false},
+		{"no token", "mac=" + a.MAC, 401, false},
+		{"no mac", "token=" + AttemptToken(testSecret, purposeBooted, a, testExp), 400, false},
+		{"malformed mac", "mac=52:54:00&token=x&exp=1", 400, false},
+		{"malformed uuid", tokenQuery(purposeBooted, a, testExp) + "&uuid=u", 400, false},
+		{"host not being provisioned", strings.Replace(tokenQuery(purposeBooted, a, testExp), a.MAC, "52:54:00:00:00:42", 1), 409, false},
 	}
 	// GET is for iPXE builds that cannot POST; both check the token alike.
 	for _, method := range []string{"POST", "GET"} {
 		for _, tt := range tests {
 			t.Run(method+" "+tt.name, func(t *testing.T) {
-				var got []Booted
-				h := newTestHandler(t, cfg, func(b Booted) { got = append(got, b) })
-				rec := do(h, method, "/pxe/booted?"+tt.query.Encode())
+				f := newFakeAttempts(served(a))
+				h := newTestHandler(t, cfg, f)
+				rec := do(h, method, "/pxe/booted?"+tt.query)
 				if rec.Code != tt.code {
 					t.Fatalf("status %d, want %d; body %q", rec.Code, tt.code, rec.Body)
 				}
-				switch {
-				case tt.booted == nil && len(got) > 0:
-					t.Errorf("OnBooted called with %+v, want no call", got)
-				case tt.booted != nil && (len(got) != 1 || got[0] != *tt.booted):
-					t.Errorf("OnBooted calls %+v, want exactly %+v", got, *tt.booted)
+				if got := len(f.completed); got != map[bool]int{true: 1}[tt.ok] {
+					t.Errorf("%d completions, want ok %v", got, tt.ok)
+				}
+				if !tt.ok && tt.code != 400 && len(f.refused) != 1 {
+					t.Errorf("refusals recorded %q, want one", f.refused)
+				}
+				if tt.ok {
+					// One time: the replay finds no attempt in flight.
+					if rec := do(h, method, "/pxe/booted?"+tt.query); rec.Code != http.StatusConflict {
+						t.Errorf("replay: status %d, want 409", rec.Code)
+					}
 				}
 			})
 		}
 	}
-}
-
-// Without a secret every token could be computed by anyone: refuse all.
-func TestCallbackWithoutSecret(t *testing.T) {
-	t.Parallel()
-	called := false
-	h := NewHandler(loadTest(t, "testdata/good/full.yml"), Options{BaseURL: "http://10.0.0.1:9300", OnBooted: func(Booted) { called = true }})
-	token, _ := CallbackToken(nil, "52:54:00:aa:bb:01")
-	rec := do(h, "POST", "/pxe/booted?mac=52:54:00:aa:bb:01&token="+token)
-	if rec.Code != http.StatusUnauthorized || called {
-		t.Errorf("status %d, OnBooted called %v; want 401 and no call", rec.Code, called)
-	}
-	ign := do(h, "GET", "/pxe/ignition?mac=52:54:00:aa:bb:01")
-	if strings.Contains(ign.Body.String(), "/pxe/booted") {
-		t.Errorf("ignition carries a callback URL without a secret:\n%s", ign.Body)
+	// Before the script was served the callback is not expected.
+	f := newFakeAttempts(a)
+	if rec := do(newTestHandler(t, cfg, f), "POST", "/pxe/booted?"+tokenQuery(purposeBooted, a, testExp)); rec.Code != http.StatusConflict || len(f.completed) != 0 {
+		t.Errorf("callback before the script: status %d, %d completions; want 409 and none", rec.Code, len(f.completed))
 	}
 }
 
-var callbackURLRE = regexp.MustCompile(`http://10\.0\.0\.1:9300/pxe/booted\?[^" \\]+`)
-
-// The callback URL a host finds in its rendered config is accepted as is,
-// over a real HTTP server.
-func TestCallbackURLFromRenderedConfig(t *testing.T) {
+// Without a secret every token could be computed by anyone, without the
+// state machine nothing is known to be provisioning: serve only the chain.
+func TestHandlerNotConfigured(t *testing.T) {
 	t.Parallel()
-	var got []Booted
-	srv := httptest.NewServer(newTestHandler(t, loadTest(t, "testdata/good/full.yml"), func(b Booted) { got = append(got, b) }))
+	cfg := loadTest(t, "testdata/good/full.yml")
+	f := newFakeAttempts(attemptA1)
+	for name, h := range map[string]http.Handler{
+		"no secret":   NewHandler(cfg, Options{BaseURL: "http://10.0.0.1:9300", Attempts: f}),
+		"no attempts": NewHandler(cfg, Options{BaseURL: "http://10.0.0.1:9300", Secret: testSecret}),
+	} {
+		for _, target := range []string{"/pxe/ipxe?mac=52:54:00:aa:bb:01", "/pxe/booted?" + tokenQuery(purposeBooted, attemptA1, testExp)} {
+			if rec := do(h, "GET", target); rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "hv-a1") {
+				t.Errorf("%s: GET %s: status %d, body %q; want 503", name, target, rec.Code, rec.Body)
+			}
+		}
+		if rec := do(h, "GET", "/pxe/boot.ipxe"); rec.Code != 200 {
+			t.Errorf("%s: chain script: status %d", name, rec.Code)
+		}
+	}
+	if len(f.served) != 0 {
+		t.Errorf("served %v", f.served)
+	}
+}
+
+var (
+	ignitionURLRE = regexp.MustCompile(`http://10\.0\.0\.1:9300/pxe/ignition\?[^" \\]+`)
+	callbackURLRE = regexp.MustCompile(`http://10\.0\.0\.1:9300/pxe/booted\?[^" \\]+`)
+)
+
+// A host follows the URLs in what it is served, over a real HTTP server:
+// the iPXE script names the Ignition config, which names the callback,
+// which is taken once.
+func TestURLsFromRenderedConfigs(t *testing.T) {
+	t.Parallel()
+	f := newFakeAttempts(attemptA1)
+	srv := httptest.NewServer(newTestHandler(t, loadTest(t, "testdata/good/full.yml"), f))
 	defer srv.Close()
+	local := func(u string) string { return strings.Replace(u, "http://10.0.0.1:9300", srv.URL, 1) }
+	get := func(u string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(local(u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(b)
+	}
 
-	resp, err := http.Get(srv.URL + "/pxe/ignition?mac=52-54-00-aa-bb-01")
-	if err != nil {
-		t.Fatal(err)
+	code, script := get("http://10.0.0.1:9300/pxe/ipxe?mac=52-54-00-aa-bb-01")
+	ign := ignitionURLRE.FindString(script)
+	if code != 200 || ign == "" {
+		t.Fatalf("ipxe: status %d, no ignition URL in:\n%s", code, script)
 	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("ignition: status %d, %v", resp.StatusCode, err)
+	code, body := get(ign)
+	cb := callbackURLRE.FindString(body)
+	if code != 200 || cb == "" {
+		t.Fatalf("ignition: status %d, no callback URL in:\n%s", code, body)
 	}
-	cb := callbackURLRE.FindString(string(body))
-	if cb == "" {
-		t.Fatalf("no callback URL in ignition:\n%s", body)
+	for i, want := range []int{http.StatusNoContent, http.StatusConflict} {
+		post, err := http.Post(local(cb), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		post.Body.Close()
+		if post.StatusCode != want {
+			t.Errorf("callback %d: status %d, want %d", i+1, post.StatusCode, want)
+		}
 	}
-	// The rendered URL names the base URL hosts use; send it to the test server.
-	post, err := http.Post(strings.Replace(cb, "http://10.0.0.1:9300", srv.URL, 1), "", nil)
-	if err != nil {
-		t.Fatal(err)
+	if len(f.completed) != 1 {
+		t.Errorf("%d completions, want 1", len(f.completed))
 	}
-	post.Body.Close()
-	if post.StatusCode != http.StatusNoContent || len(got) != 1 || got[0].Group != "hv-a1" {
-		t.Errorf("callback %s: status %d, OnBooted %+v; want 204 and one call for hv-a1", cb, post.StatusCode, got)
+	// The attempt is over: its configs are no longer served.
+	if code, body := get(ign); code != http.StatusNotFound || strings.Contains(body, "hv-a1") {
+		t.Errorf("ignition after completion: status %d, body %q", code, body)
 	}
 }
 
@@ -242,7 +355,8 @@ func FuzzParseLabels(f *testing.F) {
 	} {
 		f.Add(q)
 	}
-	h := NewHandler(loadTestF(f), Options{BaseURL: "http://10.0.0.1:9300", Secret: testSecret})
+	h := NewHandler(loadTestF(f), Options{BaseURL: "http://10.0.0.1:9300", Secret: testSecret,
+		Attempts: newFakeAttempts(attemptA1, attemptC5, attempt99)})
 	f.Fuzz(func(t *testing.T, raw string) {
 		q, err := url.ParseQuery(raw)
 		if err == nil {
@@ -258,10 +372,11 @@ func FuzzParseLabels(f *testing.F) {
 				}
 			}
 		}
-		// Whatever the query, the handler answers 200, 400 or 404, never 500.
+		// Whatever the query, the handler answers 200, 400, 404 or 409
+		// (the script was served), never 500.
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, &http.Request{Method: "GET", URL: &url.URL{Path: "/pxe/ipxe", RawQuery: raw}})
-		if rec.Code != 200 && rec.Code != 400 && rec.Code != 404 {
+		if rec.Code != 200 && rec.Code != 400 && rec.Code != 404 && rec.Code != 409 {
 			t.Errorf("GET /pxe/ipxe?%s: status %d: %s", raw, rec.Code, rec.Body)
 		}
 	})
@@ -281,9 +396,11 @@ func BenchmarkIPXE(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := NewHandler(cfg, Options{BaseURL: "http://10.0.0.1:9300", Secret: testSecret})
+	f := newFakeAttempts(attemptA1)
+	h := NewHandler(cfg, Options{BaseURL: "http://10.0.0.1:9300", Secret: testSecret, Attempts: f})
 	req := httptest.NewRequest("GET", "/pxe/ipxe?mac=52-54-00-AA-BB-01&uuid=4C4C4544-0031-3510-8052-B2C04F4A4E31", nil)
 	for b.Loop() {
+		f.attempts[attemptA1.MAC].ScriptServed = false // served once per attempt
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code != 200 {
