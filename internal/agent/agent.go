@@ -251,6 +251,9 @@ func (a *Agent) Handler() http.Handler { return a.handler }
 
 // Run listens on Config.ListenAddress and serves until ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
+	for _, w := range webTLSWarnings(a.cfg.WebConfigFile) {
+		a.logger.Warn(w)
+	}
 	l, err := net.Listen("tcp", a.cfg.ListenAddress)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.cfg.ListenAddress, err)
