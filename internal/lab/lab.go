@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -105,6 +104,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := writeSecret(filepath.Join(r.dataDir, "agent.token"), agentToken); err != nil {
 		return err
 	}
+	if r.tls, err = makeTLS(r.dataDir); err != nil {
+		return err
+	}
 	for i, h := range r.hosts {
 		if err := r.startAgent(ctx, i, h, agentToken); err != nil {
 			return err
@@ -143,6 +145,8 @@ type labRun struct {
 	// cl is nil without guest clusters; noClusters then says why.
 	cl         *clusterLab
 	noClusters string
+	// tls is the lab's CA: agents serve over mTLS.
+	tls *labTLS
 }
 
 // makeDataDir makes the data directory, a temporary one unless
@@ -247,11 +251,17 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 	}
 	// With clusters each host's agent address is its VTEP: one of
 	// its own (127.0.0.0/8 is all loopback), for distinct peers.
-	listen := "127.0.0.1:0"
+	ip := "127.0.0.1"
 	if r.cl != nil {
 		cfg.GuestPool, cfg.NetNS = r.cl.pool, h.netns
-		listen = fmt.Sprintf("127.0.0.%d:0", i+1)
+		ip = fmt.Sprintf("127.0.0.%d", i+1)
 	}
+	listen := net.JoinHostPort(ip, "0")
+	webConfig, err := r.tls.agentWebConfig(h.name, ip)
+	if err != nil {
+		return err
+	}
+	cfg.WebConfigFile = webConfig
 	a, err := agent.New(cfg)
 	if err != nil {
 		return fmt.Errorf("agent of %s: %w", h.name, err)
@@ -268,7 +278,7 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 		defer close(done)
 		var err error
 		if r.cl != nil {
-			err = serveWrapped(actx, l, r.cl.wrap(a.Handler()))
+			err = serveTLS(actx, l, r.cl.wrap(a.Handler()), webConfig, r.o.Logger.With("host", h.name))
 		} else {
 			err = a.Serve(actx, l)
 		}
@@ -284,7 +294,7 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 // server` would and serves it. It returns the API's URL and the channel
 // that gets Serve's result.
 func (r *labRun) startServer(ctx context.Context) (string, chan error, error) {
-	cfgPath, err := writeServerConfig(r.dataDir, r.hosts, r.o, r.cl)
+	cfgPath, err := writeServerConfig(r.dataDir, r.hosts, r.o, r.cl, r.tls)
 	if err != nil {
 		return "", nil, err
 	}
@@ -333,7 +343,7 @@ func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host,
 	fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
 	fmt.Fprintf(w, "  server metrics\t%s/metrics\n", apiURL)
 	for _, h := range hosts {
-		fmt.Fprintf(w, "  agent %s\thttp://%s/metrics\n", h.name, h.addr)
+		fmt.Fprintf(w, "  agent %s\thttps://%s/metrics  (mTLS: %s)\n", h.name, h.addr, filepath.Join(dataDir, "pki"))
 	}
 	fmt.Fprintf(w, "  journal\t%s\n", filepath.Join(dataDir, "journal.db"))
 	fmt.Fprintf(w, "  server config\t%s\n", filepath.Join(dataDir, "server.yml"))
@@ -380,10 +390,13 @@ func writeSecret(path, secret string) error {
 // writeServerConfig writes the lab's server.yml, a real configuration file
 // an operator can read and reuse, and loads it the way `caretaker server`
 // would.
-func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab) (string, error) {
+func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", dataDir)
 	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
+	if lt != nil {
+		b.WriteString(lt.serverConfig())
+	}
 	fmt.Fprintf(&b, "prometheus:\n  scrape_interval: %s\n  scrape_timeout: %s\n  evaluation_interval: %s\n  retention: 24h\n",
 		o.ScrapeInterval, o.ScrapeInterval, o.EvaluationInterval)
 	fmt.Fprintf(&b, "remediation:\n  action_timeout: 1m\n")
@@ -461,25 +474,4 @@ func writeInventory(dataDir string, hosts []*host) error {
 		return fmt.Errorf("write inventory: %w", err)
 	}
 	return nil
-}
-
-// serveWrapped serves h on l until ctx is done, then shuts down as
-// agent.Serve does.
-func serveWrapped(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve agent on %s: %w", l.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if err != nil {
-		srv.Close()
-	}
-	<-served
-	return err
 }

@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"caretaker/internal/api"
+	"caretaker/internal/config"
 )
 
 // TestLabTestDriver runs the lab on libvirt's test driver, as it does on a
@@ -100,6 +103,9 @@ func TestLabTestDriver(t *testing.T) {
 	await(t, done, time.Minute, "the server's self-scrape", func() bool {
 		return queryValue(t, lastURL, lastToken, `up{job="caretaker-server"}`) == "1"
 	})
+	// The agents serve over TLS and take only the server's certificate:
+	// the server's scrapes above went over mTLS, anything else is refused.
+	checkAgentsTLS(t, filepath.Join(o.DataDir, "server.yml"))
 	// The lab's guests are TCG by choice: its hosts declare they need no
 	// /dev/kvm, so HostKVMDeviceMissing never fires for them.
 	await(t, done, time.Minute, "both hosts reporting that KVM is not required", func() bool {
@@ -172,4 +178,36 @@ func queryValue(t *testing.T, base, token, expr string) string {
 	}
 	v, _ := r.Data.Result[0].Value[1].(string)
 	return v
+}
+
+// checkAgentsTLS checks that the lab's server.yml has agents.tls and that
+// its agents refuse plain HTTP and TLS without the server's certificate.
+func checkAgentsTLS(t *testing.T, serverYML string) {
+	t.Helper()
+	cfg, err := config.Load(serverYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Agents.TLS.Enabled() || len(cfg.Hosts) == 0 {
+		t.Fatalf("the lab's server.yml: agents.tls %+v, %d hosts; want TLS to the agents", cfg.Agents.TLS, len(cfg.Hosts))
+	}
+	pem, err := os.ReadFile(cfg.Agents.TLS.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 10 * time.Second}
+	for _, h := range cfg.Hosts {
+		if resp, err := http.Get("http://" + h.Agent + "/metrics"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Errorf("agent of %s answers plain HTTP", h.Name)
+			}
+		}
+		if resp, err := noCert.Get("https://" + h.Agent + "/metrics"); err == nil {
+			resp.Body.Close()
+			t.Errorf("agent of %s answers TLS without a client certificate: %d", h.Name, resp.StatusCode)
+		}
+	}
 }
