@@ -141,3 +141,11 @@ func TestWebTLSWarnings(t *testing.T) {
 		t.Errorf("no web config: %q", w)
 	}
 }
+
+// The example web config of deploy/ is the complete one.
+func TestAgentWebConfigExample(t *testing.T) {
+	t.Parallel()
+	if w := webTLSWarnings("../../deploy/agent-web.example.yml"); len(w) != 0 {
+		t.Errorf("deploy/agent-web.example.yml: %q", w)
+	}
+}
