@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"caretaker/internal/secret"
 	"caretaker/internal/yamlfile"
@@ -106,7 +107,7 @@ type APIToken struct {
 }
 
 // Roles are the API roles, least to most powerful.
-func Roles() []string { return []string{"viewer", "operator", "admin"} }
+func Roles() []string { return []string{"viewer", "operator", "admin", "webhook"} }
 
 // AdminTokenName is the name of the token in api.token_file.
 const AdminTokenName = "admin"
@@ -196,9 +197,15 @@ type Loki struct {
 
 // Webhook configures the Alertmanager webhook intake.
 type Webhook struct {
-	// TokenFile holds the bearer token Alertmanager sends (its
-	// http_config.authorization.credentials_file); empty uses the API token.
+	// TokenFile holds a bearer token Alertmanager sends (its
+	// http_config.authorization.credentials_file). The webhook also takes
+	// api.tokens of role webhook, and never another role's token.
 	TokenFile string `yaml:"token_file"`
+	// ClientCertSubjects names the client certificates the webhook takes
+	// in place of a token (with --web.config.file asking for them): a
+	// subject common name or a DNS, e-mail or URI subject alternative
+	// name. Empty takes no certificate.
+	ClientCertSubjects []string `yaml:"client_cert_subjects"`
 	// BodyLimitBytes caps a delivery (413 beyond it); default 4 MiB.
 	BodyLimitBytes int64 `yaml:"body_limit_bytes"`
 }
@@ -385,6 +392,11 @@ func (r Remediation) validateIntake(errs *problems) {
 	if r.Webhook.BodyLimitBytes < 0 {
 		errs.add("remediation.webhook.body_limit_bytes", "must not be negative, got %d", r.Webhook.BodyLimitBytes)
 	}
+	for i, s := range r.Webhook.ClientCertSubjects {
+		if strings.TrimSpace(s) == "" || strings.ContainsFunc(s, unicode.IsControl) {
+			errs.add(fmt.Sprintf("remediation.webhook.client_cert_subjects[%d]", i), "%q is not a certificate subject name", s)
+		}
+	}
 	if l := r.Loki; l.URL != "" {
 		if err := checkURL(l.URL); err != nil {
 			errs.add("remediation.loki.url", "%v", err)
@@ -411,14 +423,10 @@ func (r Remediation) validateTimes(errs *problems) {
 	}
 }
 
-// validateAPI checks the API's tokens, and the webhook's, which defaults
-// to the admin token.
+// validateAPI checks the API's tokens.
 func (c *Server) validateAPI(errs *problems) {
 	if c.API.TokenFile == "" && len(c.API.Tokens) == 0 {
 		errs.add("api.token_file", "is required unless api.tokens lists tokens: the API refuses every request without a token")
-	}
-	if c.API.TokenFile == "" && len(c.API.Tokens) > 0 && c.Remediation.Webhook.TokenFile == "" {
-		errs.add("remediation.webhook.token_file", "is required when api.token_file is not set: it defaults to that token")
 	}
 	tokenNames := map[string]string{}
 	if c.API.TokenFile != "" {

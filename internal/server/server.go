@@ -127,7 +127,7 @@ type inputs struct {
 	agentToken   string
 	hostTokens   map[string]string // hosts' own agent tokens (hosts[].token_file)
 	agentTLS     *tls.Config       // nil unless agents.tls
-	webhookToken string            // the admin token unless the webhook has its own
+	webhookToken string            // remediation.webhook.token_file's, if set
 	policy       *policy.Policy
 	rules        fs.FS
 	dataDir      string
@@ -139,10 +139,8 @@ func load(o Options) (inputs, error) {
 	cfg := o.Config
 	in := inputs{cfg: cfg, policy: policy.Default(), rules: alerts.Rules(), dataDir: cfg.Path(cfg.DataDir)}
 	var err error
-	// The admin token is also the webhook's default token.
-	var apiToken string
 	if cfg.API.TokenFile != "" {
-		if apiToken, err = config.ReadSecret(cfg.Path(cfg.API.TokenFile)); err != nil {
+		if _, err = config.ReadSecret(cfg.Path(cfg.API.TokenFile)); err != nil {
 			return inputs{}, fmt.Errorf("api.token_file: %w", err)
 		}
 	}
@@ -154,7 +152,6 @@ func load(o Options) (inputs, error) {
 	if err := in.loadAgentAuth(); err != nil {
 		return inputs{}, err
 	}
-	in.webhookToken = apiToken
 	if f := cfg.Remediation.Webhook.TokenFile; f != "" {
 		if in.webhookToken, err = config.ReadSecret(cfg.Path(f)); err != nil {
 			return inputs{}, fmt.Errorf("remediation.webhook.token_file: %w", err)
@@ -400,15 +397,29 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 	if err != nil {
 		return nil, err
 	}
-	// The webhook authenticates itself: a bearer token or a client certificate.
+	// The webhook authenticates itself: a bearer token of the webhook
+	// role (never an admin's), or a client certificate of a named subject.
+	var webhookTokens []string
+	for _, t := range tokens {
+		if t.Role == api.RoleWebhook {
+			webhookTokens = append(webhookTokens, t.Secret)
+		}
+	}
+	subjects := cfg.Remediation.Webhook.ClientCertSubjects
+	if in.webhookToken == "" && len(webhookTokens) == 0 && (s.opts.WebConfigFile == "" || len(subjects) == 0) {
+		logger.Warn("the Alertmanager webhook accepts no one: set remediation.webhook.token_file, an api.tokens entry with role webhook, or remediation.webhook.client_cert_subjects",
+			"path", intake.Path)
+	}
 	mux.Handle(intake.Path, intake.Handler(intake.Options{
-		Inbox:       s.inbox,
-		Token:       in.webhookToken,
-		ClientCerts: s.opts.WebConfigFile != "",
-		BodyLimit:   cfg.Remediation.Webhook.BodyLimitBytes,
-		OnAlerts:    s.engine.Handle,
-		Logger:      logger.With("component", "webhook"),
-		Metrics:     intakeMetrics,
+		Inbox:          s.inbox,
+		Token:          in.webhookToken,
+		Tokens:         webhookTokens,
+		ClientSubjects: subjects,
+		ClientCerts:    s.opts.WebConfigFile != "",
+		BodyLimit:      cfg.Remediation.Webhook.BodyLimitBytes,
+		OnAlerts:       s.engine.Handle,
+		Logger:         logger.With("component", "webhook"),
+		Metrics:        intakeMetrics,
 	}))
 	promHandler := auth.Require(api.RoleViewer, "querying Prometheus", s.monitor.Guard(prom.Handler()))
 	for _, p := range prom.Paths() {

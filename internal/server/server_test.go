@@ -66,12 +66,14 @@ func TestNewRefusesBrokenInput(t *testing.T) {
 }
 
 // The Alertmanager webhook is served beside the API: 401 without the token
-// and nothing recorded, 200 with it, and one alert delivered three times
-// leads to one decision in the journal (a failed one: the host is not
-// configured).
+// or with the admin's and nothing recorded, 200 with a webhook token, and
+// one alert delivered three times leads to one decision in the journal (a
+// failed one: the host is not configured). The webhook's token reads
+// nothing of the API.
 func TestWebhook(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "api.token"), []byte(testToken("tok")+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "am.token"), []byte(testToken("am")+"\n"), 0o600)
 	// A Loki stand-in that counts pushes in Loki's wire format.
 	pushes := make(chan string, 16)
 	loki := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -79,7 +81,7 @@ func TestWebhook(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer loki.Close()
-	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\n"+
+	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token, tokens: [{name: am, role: webhook, token_file: am.token}]}\n"+
 		"remediation: {loki: {url: "+loki.URL+"/loki/api/v1/push, batch_wait: 10ms}}\n"), 0o600)
 	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
 	if err != nil {
@@ -111,11 +113,21 @@ func TestWebhook(t *testing.T) {
 	if code := post(""); code != http.StatusUnauthorized {
 		t.Fatalf("without token: %d, want 401", code)
 	}
+	if code := post(testToken("tok")); code != http.StatusUnauthorized {
+		t.Fatalf("with the admin token: %d, want 401", code)
+	}
 	if recs, _ := s.journal.List(0); len(recs) != 0 {
 		t.Fatalf("a refused delivery reached the engine: %+v", recs)
 	}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken("am"))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("the webhook's token reads the status: %v %v, want 403", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	for i := 0; i < 3; i++ {
-		if code := post(testToken("tok")); code != http.StatusOK {
+		if code := post(testToken("am")); code != http.StatusOK {
 			t.Fatalf("with token: %d, want 200", code)
 		}
 	}

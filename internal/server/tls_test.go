@@ -76,6 +76,7 @@ func TestAgentsOverMutualTLS(t *testing.T) {
 	}
 	common, ownA := testToken("agents-common"), testToken("host-a-own")
 	writeFile(t, filepath.Join(dir, "api.token"), testToken("api")+"\n", 0o600)
+	writeFile(t, filepath.Join(dir, "webhook.token"), testToken("webhook")+"\n", 0o600)
 	writeFile(t, filepath.Join(dir, "agent.token"), common+"\n", 0o600)
 	writeFile(t, filepath.Join(dir, "host-a.token"), ownA+"\n", 0o600)
 	// host-a's agent accepts only its own token: the common one would be 401.
@@ -85,6 +86,7 @@ func TestAgentsOverMutualTLS(t *testing.T) {
 	addrB := startTLSAgent(t, ca, dir, common, "host-z")
 	writeFile(t, filepath.Join(dir, "server.yml"), fmt.Sprintf(`data_dir: data
 api: {token_file: api.token}
+remediation: {webhook: {token_file: webhook.token}}
 prometheus: {scrape_interval: 200ms, scrape_timeout: 200ms, evaluation_interval: 200ms}
 agents:
   token_file: agent.token
@@ -135,7 +137,7 @@ hosts:
 		"labels":{"alertname":"GuestCrashed","host":"host-a","uuid":"` + downUUID + `","domain":"down"},
 		"annotations":{},"startsAt":"2026-11-25T12:00:00Z","endsAt":"0001-01-01T00:00:00Z"}]}`
 	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/alertmanager", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+testToken("api"))
+	req.Header.Set("Authorization", "Bearer "+testToken("webhook"))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

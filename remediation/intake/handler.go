@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
+	"time"
 
 	"caretaker/internal/authlimit"
 	"caretaker/internal/httpjson"
@@ -19,15 +22,25 @@ const Path = "/api/v1/alertmanager"
 // Options configure Handler. Inbox is required.
 type Options struct {
 	Inbox *Inbox
-	// Token is the bearer token Alertmanager sends (http_config
-	// authorization credentials). Empty accepts no token.
-	Token string
+	// Token and Tokens are the bearer tokens Alertmanager may send
+	// (http_config authorization credentials): the webhook's own and the
+	// API tokens of role webhook, never an admin's. Empty ones are ignored;
+	// none accepts no token.
+	Token  string
+	Tokens []string
 	// ClientCerts accepts requests with a client certificate verified by
-	// the TLS server in place of the token.
+	// the TLS server in place of the token, when its subject is one of
+	// ClientSubjects.
 	ClientCerts bool
-	// AllowedCommonNames, when not empty, limits accepted client
-	// certificates to these subject common names.
-	AllowedCommonNames []string
+	// ClientSubjects names the certificates accepted: a subject common
+	// name or a DNS, e-mail or URI subject alternative name. Empty accepts
+	// no certificate, so another client of the same CA is refused.
+	ClientSubjects []string
+	// MaxFutureSkew refuses an alert whose startsAt is further ahead of
+	// Now; 0 is DefaultMaxFutureSkew.
+	MaxFutureSkew time.Duration
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
 	// BodyLimit caps a body; 0 is DefaultBodyLimit.
 	BodyLimit int64
 	// OnAlerts hands recorded alerts to the engine (Engine.Handle); the
@@ -37,6 +50,15 @@ type Options struct {
 	Logger   *slog.Logger // nil discards
 	Metrics  *Metrics     // nil counts nothing
 }
+
+// DefaultMaxFutureSkew is how far ahead of the server's clock an alert
+// may start: clocks drift a little, never by hours.
+const DefaultMaxFutureSkew = 5 * time.Minute
+
+// EarliestStart is the earliest startsAt taken: an alert that claims to
+// have started before Prometheus' alerting existed comes from a broken
+// clock or sender.
+var EarliestStart = time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Response is the body of a successful delivery.
 type Response struct {
@@ -67,6 +89,12 @@ func Handler(opts Options) http.Handler {
 	}
 	if h.opts.BodyLimit <= 0 {
 		h.opts.BodyLimit = DefaultBodyLimit
+	}
+	if h.opts.MaxFutureSkew <= 0 {
+		h.opts.MaxFutureSkew = DefaultMaxFutureSkew
+	}
+	if h.opts.Now == nil {
+		h.opts.Now = time.Now
 	}
 	h.failures = authlimit.New(authlimit.Options{Counter: opts.Metrics.authFailures(), Logger: h.log})
 	return h
@@ -102,6 +130,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, http.StatusRequestEntityTooLarge, err.Error())
 		return
 	case err != nil:
+		h.log.Warn("alertmanager webhook refused", "remote", r.RemoteAddr, "err", err)
+		h.opts.Metrics.delivered(http.StatusBadRequest)
+		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := checkTimes(msg, h.opts.Now(), h.opts.MaxFutureSkew); err != nil {
 		h.log.Warn("alertmanager webhook refused", "remote", r.RemoteAddr, "err", err)
 		h.opts.Metrics.delivered(http.StatusBadRequest)
 		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
@@ -151,8 +185,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reason), or "" when it is.
 func (h *handler) unauthenticated(r *http.Request) string {
 	token, ok := httpjson.BearerToken(r.Header.Get("Authorization"))
-	if ok && httpjson.TokenMatches(token, h.opts.Token) {
-		return ""
+	if ok {
+		// Every token is compared, so the time taken tells nothing.
+		matched := false
+		for _, t := range append([]string{h.opts.Token}, h.opts.Tokens...) {
+			if t != "" && httpjson.TokenMatches(token, t) {
+				matched = true
+			}
+		}
+		if matched {
+			return ""
+		}
 	}
 	if h.opts.ClientCerts && r.TLS != nil {
 		for _, chain := range r.TLS.VerifiedChains {
@@ -167,6 +210,39 @@ func (h *handler) unauthenticated(r *http.Request) string {
 	return authlimit.ReasonMissing
 }
 
+// allowed reports whether cert names one of the configured subjects, by
+// its common name or a subject alternative name.
 func (h *handler) allowed(cert *x509.Certificate) bool {
-	return len(h.opts.AllowedCommonNames) == 0 || slices.Contains(h.opts.AllowedCommonNames, cert.Subject.CommonName)
+	names := append([]string{cert.Subject.CommonName}, cert.DNSNames...)
+	names = append(names, cert.EmailAddresses...)
+	for _, u := range cert.URIs {
+		names = append(names, u.String())
+	}
+	for _, n := range names {
+		if n != "" && slices.Contains(h.opts.ClientSubjects, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkTimes refuses a delivery with an alert that starts more than skew
+// after now, or before EarliestStart, naming every such alert.
+func checkTimes(m *Message, now time.Time, skew time.Duration) error {
+	var errs []string
+	for i, a := range m.Alerts {
+		name := a.Labels["alertname"]
+		switch {
+		case a.StartsAt.After(now.Add(skew)):
+			errs = append(errs, fmt.Sprintf("alerts[%d].startsAt: %s (alert %s) is more than %s ahead of this server's clock (%s)",
+				i, a.StartsAt.UTC().Format(time.RFC3339), name, skew, now.UTC().Format(time.RFC3339)))
+		case a.StartsAt.Before(EarliestStart):
+			errs = append(errs, fmt.Sprintf("alerts[%d].startsAt: %s (alert %s) is before %s: a broken clock",
+				i, a.StartsAt.UTC().Format(time.RFC3339), name, EarliestStart.Format(time.DateOnly)))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalid, strings.Join(errs, "; "))
 }

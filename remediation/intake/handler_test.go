@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -231,7 +232,7 @@ func TestHandlerRecordFails(t *testing.T) {
 func TestHandlerClientCertificate(t *testing.T) {
 	ca, caKey := newCA(t)
 	in, _ := openInbox(t)
-	srv := httptest.NewUnstartedServer(Handler(Options{Inbox: in, Token: testToken, ClientCerts: true, AllowedCommonNames: []string{"alertmanager-1"}}))
+	srv := httptest.NewUnstartedServer(Handler(Options{Inbox: in, Token: testToken, ClientCerts: true, ClientSubjects: []string{"alertmanager-1", "am.example.org"}}))
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	srv.TLS = &tls.Config{ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven}
@@ -258,12 +259,83 @@ func TestHandlerClientCertificate(t *testing.T) {
 		{"no certificate, token", clientWith(nil), "Bearer " + testToken, 200},
 		{"certificate of another CN", clientWith(newLeaf(t, ca, caKey, "grafana")), "", 401},
 		{"allowed certificate", clientWith(newLeaf(t, ca, caKey, "alertmanager-1")), "", 200},
+		{"allowed DNS name", clientWith(newLeaf(t, ca, caKey, "someone", "am.example.org")), "", 200},
+		{"other DNS name", clientWith(newLeaf(t, ca, caKey, "someone", "grafana.example.org")), "", 401},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if r := post(t, tc.client, srv.URL, "POST", tc.auth, bytes.NewReader(body)); r.code != tc.code {
 				t.Errorf("answer %d %s, want %d", r.code, r.body, tc.code)
 			}
 		})
+	}
+}
+
+// Without configured subjects no client certificate is taken, however
+// good its CA: the same CA signs other clients.
+func TestHandlerClientCertificateNeedsSubjects(t *testing.T) {
+	ca, caKey := newCA(t)
+	in, _ := openInbox(t)
+	srv := httptest.NewUnstartedServer(Handler(Options{Inbox: in, ClientCerts: true}))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	srv.TLS = &tls.Config{ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	tr.TLSClientConfig.Certificates = []tls.Certificate{*newLeaf(t, ca, caKey, "alertmanager-1")}
+	t.Cleanup(tr.CloseIdleConnections)
+	if r := post(t, &http.Client{Transport: tr}, srv.URL, "POST", "", bytes.NewReader(readTestdata(t, "good/firing.json"))); r.code != 401 {
+		t.Errorf("answer %d %s, want 401", r.code, r.body)
+	}
+}
+
+// Each of the webhook's tokens is taken; an empty one never matches.
+func TestHandlerTokens(t *testing.T) {
+	in, _ := openInbox(t)
+	srv := serve(t, Options{Inbox: in, Tokens: []string{"", "am-token-1", "am-token-2"}})
+	for _, tc := range []struct {
+		auth string
+		code int
+	}{{"Bearer am-token-1", 200}, {"Bearer am-token-2", 200}, {"Bearer ", 401}, {"Bearer " + testToken, 401}} {
+		if r := post(t, srv.Client(), srv.URL, "POST", tc.auth, bytes.NewReader(readTestdata(t, "good/firing.json"))); r.code != tc.code {
+			t.Errorf("%q: answer %d %s, want %d", tc.auth, r.code, r.body, tc.code)
+		}
+	}
+}
+
+// An alert that starts far in the future (year 9999) or before alerting
+// existed is refused, the delivery with it, naming each such alert; a few
+// seconds of clock skew are fine.
+func TestHandlerStartsAtBounds(t *testing.T) {
+	in, _ := openInbox(t)
+	now := time.Date(2026, 11, 25, 14, 0, 0, 0, time.UTC)
+	m := newTestMetrics(t)
+	srv := serve(t, Options{Inbox: in, Token: testToken, Now: func() time.Time { return now }, Metrics: m})
+	body := func(starts ...string) string {
+		var as []string
+		for i, s := range starts {
+			as = append(as, fmt.Sprintf(`{"status":"firing","labels":{"alertname":"A%d"},"annotations":{},"startsAt":%q,"endsAt":"0001-01-01T00:00:00Z","fingerprint":"%016x"}`, i, s, i+1))
+		}
+		return `{"version":"4","status":"firing","receiver":"r","groupKey":"g","alerts":[` + strings.Join(as, ",") + `]}`
+	}
+	for _, tc := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{body("9999-01-01T00:00:00Z", "2026-11-25T13:00:00Z"), 400,
+			`{"error":"invalid alertmanager webhook: alerts[0].startsAt: 9999-01-01T00:00:00Z (alert A0) is more than 5m0s ahead of this server's clock (2026-11-25T14:00:00Z)"}`},
+		{body("2026-11-25T13:00:00Z", "1970-01-01T00:00:01Z", "2026-11-25T14:06:00Z"), 400,
+			`{"error":"invalid alertmanager webhook: alerts[1].startsAt: 1970-01-01T00:00:01Z (alert A1) is before 2015-01-01: a broken clock; alerts[2].startsAt: 2026-11-25T14:06:00Z (alert A2) is more than 5m0s ahead of this server's clock (2026-11-25T14:00:00Z)"}`},
+		{body("2026-11-25T14:04:00Z", "2016-01-01T00:00:00Z"), 200, ""},
+	} {
+		r := post(t, srv.Client(), srv.URL, "POST", "Bearer "+testToken, strings.NewReader(tc.body))
+		if r.code != tc.code || (tc.want != "" && strings.TrimSpace(r.body) != tc.want) {
+			t.Errorf("answer %d %s\nwant %d %s", r.code, r.body, tc.code, tc.want)
+		}
+	}
+	if n := len(summary(t, in)); n != 2 {
+		t.Errorf("inbox holds %d entries, want the 2 of the good delivery", n)
 	}
 }
 
@@ -289,14 +361,14 @@ func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
 	return ca, key
 }
 
-func newLeaf(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string) *tls.Certificate {
+func newLeaf(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, dnsNames ...string) *tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: cn},
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: cn}, DNSNames: dnsNames,
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
