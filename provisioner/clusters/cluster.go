@@ -69,8 +69,8 @@ type Pool struct {
 type Spec struct {
 	Name  string `json:"name"`
 	Pools []Pool `json:"pools"`
-	// BaseImage is the volume the nodes' disks are cloned from; "" means
-	// the server's default.
+	// BaseImage is the volume the nodes' disks are overlays of: "" means
+	// the server's default, else it must be declared (BaseImages).
 	BaseImage string `json:"base_image,omitempty"`
 }
 

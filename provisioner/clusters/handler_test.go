@@ -22,6 +22,11 @@ const labBody = `{"name": "lab", "pools": [
  {"name": "workers", "role": "worker", "count": 2, "vcpus": 4, "memory_bytes": 8589934592, "disk_bytes": 42949672960}],
  "base_image": "debian-12.qcow2"}`
 
+// imageBody asks for a one-node cluster "img" on the base image.
+func imageBody(image string) string {
+	return `{"name": "img", "pools": [{"name": "w", "role": "worker", "count": 1, "vcpus": 1, "memory_bytes": 1073741824, "disk_bytes": 1073741824}], "base_image": "` + image + `"}`
+}
+
 func TestHandler(t *testing.T) {
 	s := newStore(t, VNIRange{})
 	notified := 0
@@ -41,6 +46,15 @@ func TestHandler(t *testing.T) {
 		{name: "invalid spec", method: "POST", path: "/api/v1/clusters",
 			body: `{"name": "averyverylongname", "pools": [{"name": "w", "role": "worker", "count": 1, "vcpus": 0, "memory_bytes": 1073741824, "disk_bytes": 1073741824}]}`,
 			code: 400, want: `create cluster: name "averyverylongname": 17 characters, must be at most 12, so that the bridge br-<name> fits the 15-byte interface name limit; pools[0].vcpus: 0, must be at least 1`},
+		{name: "image out of the pool", method: "POST", path: "/api/v1/clusters", body: imageBody("../../etc/shadow"), code: 400,
+			want: `create cluster: base_image "../../etc/shadow": not a declared base image (provisioner.base_images); allowed: base.qcow2 (the default), debian-12.qcow2, rocky-9.qcow2, or none for the default`},
+		{name: "another cluster's node disk", method: "POST", path: "/api/v1/clusters", body: imageBody("lab-workers-0.qcow2"), code: 400,
+			want: `create cluster: base_image "lab-workers-0.qcow2": not a declared base image (provisioner.base_images); allowed: base.qcow2 (the default), debian-12.qcow2, rocky-9.qcow2, or none for the default`},
+		{name: "undeclared image", method: "POST", path: "/api/v1/clusters", body: imageBody("ubuntu-24.04.qcow2"), code: 400,
+			want: `create cluster: base_image "ubuntu-24.04.qcow2": not a declared base image (provisioner.base_images); allowed: base.qcow2 (the default), debian-12.qcow2, rocky-9.qcow2, or none for the default`},
+		{name: "nothing stored", method: "GET", path: "/api/v1/clusters/img", code: 404, want: "cluster img: not found"},
+		{name: "declared image", method: "POST", path: "/api/v1/clusters", body: imageBody("rocky-9.qcow2"), code: 202,
+			want: `"base_image": "rocky-9.qcow2"`, notify: true},
 		{name: "unknown field", method: "POST", path: "/api/v1/clusters", body: `{"name": "x", "cpus": 4}`, code: 400,
 			want: `request body: unknown field "cpus"`},
 		{name: "wrong type", method: "POST", path: "/api/v1/clusters", body: `{"name": "x", "pools": [{"count": "three"}]}`, code: 400,

@@ -54,16 +54,20 @@ type StoreOptions struct {
 	// Random supplies node UUIDs and MACs; default crypto/rand. Tests pass
 	// a seeded source for stable output.
 	Random io.Reader
+	// BaseImages are the images a spec's base_image may name; the zero
+	// value allows none but the default ("").
+	BaseImages BaseImages
 }
 
 // Store keeps clusters in a bucket of a bbolt database as JSON, one key per
 // cluster name. It is safe for concurrent use: every change is a
 // read-modify-write in one transaction.
 type Store struct {
-	db   *bolt.DB
-	vnis VNIRange
-	now  func() time.Time
-	ids  *idSource
+	db     *bolt.DB
+	vnis   VNIRange
+	now    func() time.Time
+	ids    *idSource
+	images BaseImages
 }
 
 // NewStore creates the bucket if needed.
@@ -87,13 +91,13 @@ func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create clusters bucket: %w", err)
 	}
-	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}}, nil
+	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}, images: o.BaseImages}, nil
 }
 
 // Create stores a new cluster with the lowest free VNI and its nodes
-// pending.
+// pending. Its base_image must be "" (the default) or a declared one.
 func (s *Store) Create(spec Spec) (Cluster, error) {
-	if err := spec.Validate(); err != nil {
+	if err := s.check(spec); err != nil {
 		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{err})
 	}
 	var c Cluster
@@ -137,6 +141,16 @@ func (s *Store) Create(spec Spec) (Cluster, error) {
 		return Cluster{}, fmt.Errorf("create cluster %s: %w", spec.Name, err)
 	}
 	return c, nil
+}
+
+// check validates spec and its base image against the declared ones,
+// every problem at once.
+func (s *Store) check(spec Spec) error {
+	err := spec.Validate()
+	if _, ierr := s.images.Resolve(spec.BaseImage); ierr != nil {
+		err = errors.Join(err, ierr)
+	}
+	return err
 }
 
 // nameClash refuses a spec whose node names could be another cluster's.
@@ -262,9 +276,16 @@ func (s *Store) Scale(name, pool string, count int) (Cluster, error) {
 		if i < 0 {
 			return fmt.Errorf("pool %s: %w", pool, ErrNotFound)
 		}
+		grow := count > c.Pools[i].Count
 		c.Pools = slices.Clone(c.Pools)
 		c.Pools[i].Count = count
-		if err := c.Spec.Validate(); err != nil {
+		err := c.Spec.Validate()
+		if grow {
+			// new nodes need a base image still declared; fewer nodes
+			// never do
+			err = s.check(c.Spec)
+		}
+		if err != nil {
 			return invalid{err}
 		}
 		return nil

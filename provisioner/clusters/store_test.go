@@ -2,6 +2,7 @@ package clusters
 
 import (
 	"errors"
+	"fmt"
 	mrand "math/rand/v2"
 	"path/filepath"
 	"regexp"
@@ -32,12 +33,16 @@ func newStore(t testing.TB, vnis VNIRange) *Store {
 
 func storeAt(t testing.TB, db *bolt.DB, vnis VNIRange) *Store {
 	t.Helper()
-	s, err := NewStore(db, StoreOptions{VNIs: vnis, Now: func() time.Time { return t0 }, Random: mrand.NewChaCha8([32]byte{1})})
+	s, err := NewStore(db, StoreOptions{VNIs: vnis, Now: func() time.Time { return t0 }, Random: mrand.NewChaCha8([32]byte{1}),
+		BaseImages: testImages})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
+
+// testImages are the base images the tests' stores allow.
+var testImages = BaseImages{Default: "base.qcow2", Declared: []string{"debian-12.qcow2", "rocky-9.qcow2"}}
 
 func names(ns []NodeState) []string {
 	var out []string
@@ -286,5 +291,71 @@ func TestStoreNodeNamesUnique(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A cluster's base_image is the default or a declared image, never another
+// volume of the pool (another cluster's node disk) nor a path out of it;
+// a refused spec stores nothing.
+func TestStoreBaseImages(t *testing.T) {
+	s := newStore(t, VNIRange{})
+	if _, err := s.Create(Spec{Name: "c1", Pools: pools(workers(1))}); err != nil {
+		t.Fatal(err)
+	}
+	const allowed = "allowed: base.qcow2 (the default), debian-12.qcow2, rocky-9.qcow2, or none for the default"
+	for _, image := range []string{"../../etc/shadow", "c1-workers-0.qcow2", "c1-workers-0-cidata.iso", "ubuntu-24.04.qcow2", "/var/lib/libvirt/images/base.qcow2"} {
+		_, err := s.Create(Spec{Name: "c2", Pools: pools(workers(1)), BaseImage: image})
+		want := fmt.Sprintf("create cluster: base_image %q: not a declared base image (provisioner.base_images); %s", image, allowed)
+		if !errors.Is(err, ErrInvalid) || err.Error() != want {
+			t.Errorf("base_image %q: %v, want %s", image, err, want)
+		}
+		if _, err := s.Get("c2"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("base_image %q: cluster stored (%v)", image, err)
+		}
+	}
+	// every problem at once
+	_, err := s.Create(Spec{Name: "C2", Pools: pools(workers(1)), BaseImage: "x.qcow2"})
+	if err == nil || !strings.Contains(err.Error(), `name "C2"`) || !strings.Contains(err.Error(), `base_image "x.qcow2"`) {
+		t.Errorf("bad name and image: %v, want both named", err)
+	}
+	for name, image := range map[string]string{"d1": "", "d2": "base.qcow2", "d3": "rocky-9.qcow2"} {
+		c, err := s.Create(Spec{Name: name, Pools: pools(workers(1)), BaseImage: image})
+		if err != nil {
+			t.Fatalf("base_image %q: %v", image, err)
+		}
+		if c.BaseImage != image {
+			t.Errorf("base_image %q stored as %q", image, c.BaseImage)
+		}
+	}
+	// The zero value allows only the default.
+	z, err := NewStore(openDB(t, filepath.Join(t.TempDir(), "z.db")), StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := z.Create(Spec{Name: "c1", Pools: pools(workers(1)), BaseImage: "debian-12.qcow2"}); !errors.Is(err, ErrInvalid) ||
+		!strings.Contains(err.Error(), "declares none") {
+		t.Errorf("zero BaseImages took debian-12.qcow2: %v", err)
+	}
+	if _, err := z.Create(Spec{Name: "c1", Pools: pools(workers(1))}); err != nil {
+		t.Errorf("zero BaseImages refused the default: %v", err)
+	}
+}
+
+// A cluster whose image is no longer declared may shrink, not grow.
+func TestStoreScaleUndeclaredImage(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "clusters.db"))
+	s := storeAt(t, db, VNIRange{})
+	if _, err := s.Create(Spec{Name: "c1", Pools: pools(workers(2)), BaseImage: "rocky-9.qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	narrower, err := NewStore(db, StoreOptions{BaseImages: BaseImages{Default: "base.qcow2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := narrower.Scale("c1", "workers", 3); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `base_image "rocky-9.qcow2": not a declared base image`) {
+		t.Errorf("scale up with an undeclared image: %v, want invalid", err)
+	}
+	if _, err := narrower.Scale("c1", "workers", 1); err != nil {
+		t.Errorf("scale down with an undeclared image: %v", err)
 	}
 }

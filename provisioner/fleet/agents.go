@@ -12,13 +12,15 @@ import (
 type nodes struct{ p *Provisioner }
 
 func (n nodes) CreateNode(ctx context.Context, host string, s clusters.NodeSpec) (string, error) {
-	c, err := n.p.agents.Client(host)
+	// The store took only declared images; a record made before, or an
+	// image since dropped from provisioner.base_images, stops here.
+	base, err := n.p.images.Resolve(s.BaseImage)
 	if err != nil {
 		return "", err
 	}
-	base := s.BaseImage
-	if base == "" {
-		base = n.p.cfg.BaseImage
+	c, err := n.p.agents.Client(host)
+	if err != nil {
+		return "", err
 	}
 	// Replace: the reconciler creates a node only when it is missing or
 	// must be re-created clean. The agent replaces only a domain with the

@@ -45,6 +45,7 @@ type Provisioner struct {
 	inv      *inventory.Store
 	machine  *hoststate.Machine
 	clusters *clusters.Store
+	images   clusters.BaseImages // what a node's base image may be
 	rec      *clusters.Reconciler
 	pxe      http.Handler // nil without provisioner.pxe
 	agents   *agentapi.Hosts
@@ -107,7 +108,8 @@ func New(o Options) (*Provisioner, error) {
 	if err := p.inv.CheckFile(file); err != nil {
 		return nil, err
 	}
-	if p.clusters, err = clusters.NewStore(p.db, clusters.StoreOptions{}); err != nil {
+	p.images = clusters.BaseImages{Default: pc.BaseImage, Declared: pc.BaseImages}
+	if p.clusters, err = clusters.NewStore(p.db, clusters.StoreOptions{BaseImages: p.images}); err != nil {
 		return nil, err
 	}
 	p.rec, err = clusters.New(clusters.Options{
