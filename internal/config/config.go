@@ -48,10 +48,6 @@ type Provisioner struct {
 	// BaseImage is the volume new clusters' nodes are overlays of, in
 	// every worker's storage pool, unless a cluster names its own.
 	BaseImage string `yaml:"base_image"`
-	// BaseImages are the other volumes of the workers' storage pools a
-	// cluster's base_image may name; BaseImage is always allowed, any
-	// other volume (another cluster's node disk, a path) is refused.
-	BaseImages []string `yaml:"base_images"`
 	// Overcommit ratios for placement.
 	Overcommit Overcommit `yaml:"overcommit"`
 	// PXE serves iPXE scripts under /pxe/ when ConfigFile is set.
@@ -222,6 +218,17 @@ type Agents struct {
 	// TLS, when set, has the server scrape and call the agents over
 	// mutually authenticated TLS.
 	TLS AgentTLS `yaml:"tls"`
+	// Tokens give hosts their own action token by name, whichever lists
+	// them: the provisioner's inventory, the API, hosts[] (where
+	// hosts[].token_file says the same).
+	Tokens []AgentToken `yaml:"tokens"`
+}
+
+// AgentToken is one host's own action token, sent to its agent instead of
+// agents.token_file's.
+type AgentToken struct {
+	Host      string `yaml:"host"`
+	TokenFile string `yaml:"token_file"`
 }
 
 // AgentTLS is the server's side of the mutually authenticated TLS between
@@ -309,9 +316,29 @@ func (c *Server) Validate() error {
 // every listed host (its own or agents.token_file), and a whole TLS
 // section when any of it is set.
 func (c *Server) validateAgents(errs *problems) {
+	own := map[string]string{} // host → the field giving its own token
+	for i, h := range c.Hosts {
+		if h.TokenFile != "" {
+			own[h.Name] = fmt.Sprintf("hosts[%d].token_file", i)
+		}
+	}
+	for i, t := range c.Agents.Tokens {
+		path := fmt.Sprintf("agents.tokens[%d]", i)
+		switch {
+		case t.Host == "":
+			errs.add(path+".host", "is required")
+		case own[t.Host] != "":
+			errs.add(path+".host", "%q already has its token in %s", t.Host, own[t.Host])
+		default:
+			own[t.Host] = path
+		}
+		if t.TokenFile == "" {
+			errs.add(path+".token_file", "is required")
+		}
+	}
 	if c.Agents.TokenFile == "" {
 		for i, h := range c.Hosts {
-			if h.TokenFile == "" {
+			if own[h.Name] == "" {
 				errs.add("agents.token_file", "is required when hosts are listed without their own token_file (hosts[%d]): agents refuse actions without it", i)
 				break
 			}
@@ -473,16 +500,6 @@ func (pr Provisioner) validate(errs *problems) {
 	if pr.Underlay == "" {
 		errs.add("provisioner.underlay", "is required: the hosts' interface the clusters' VXLAN devices send on")
 	}
-	if pr.BaseImage != "" {
-		if err := checkVolumeName(pr.BaseImage); err != nil {
-			errs.add("provisioner.base_image", "%v", err)
-		}
-	}
-	for i, v := range pr.BaseImages {
-		if err := checkVolumeName(v); err != nil {
-			errs.add(fmt.Sprintf("provisioner.base_images[%d]", i), "%v", err)
-		}
-	}
 	if pr.Overcommit.CPU <= 0 || pr.Overcommit.Memory <= 0 {
 		errs.add("provisioner.overcommit", "cpu and memory must be positive, got %v and %v", pr.Overcommit.CPU, pr.Overcommit.Memory)
 	}
@@ -528,29 +545,6 @@ func validateHosts(hosts []Host, errs *problems) {
 			errs.add(path+".agent", "%q is not host:port", h.Agent)
 		}
 	}
-}
-
-// maxVolumeName is the longest volume name: a file name in a directory
-// pool.
-const maxVolumeName = 255
-
-// checkVolumeName accepts the plain name of a volume in the agents'
-// storage pool: a file name there, never a path out of it nor one a tool
-// would take for an option.
-func checkVolumeName(v string) error {
-	switch {
-	case v == "":
-		return errors.New("empty, want a volume name in the agents' storage pool")
-	case len(v) > maxVolumeName:
-		return fmt.Errorf("%d bytes, a volume name holds at most %d", len(v), maxVolumeName)
-	case strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r >= 0x7f && r < 0xa0 }):
-		return fmt.Errorf("%q contains control characters", v)
-	case strings.Contains(v, "/"), strings.Contains(v, ".."):
-		return fmt.Errorf("%q is not a plain volume name: no '/' nor '..'", v)
-	case v[0] == '.' || v[0] == '-':
-		return fmt.Errorf("%q is not a plain volume name: it must not start with '.' or '-'", v)
-	}
-	return nil
 }
 
 func checkURL(s string) error {

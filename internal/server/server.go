@@ -125,7 +125,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 type inputs struct {
 	cfg          *config.Server
 	agentToken   string
-	hostTokens   map[string]string // hosts' own agent tokens (hosts[].token_file)
+	hostTokens   map[string]string // hosts' own agent tokens (hosts[].token_file, agents.tokens)
 	agentTLS     *tls.Config       // nil unless agents.tls
 	webhookToken string            // remediation.webhook.token_file's, if set
 	policy       *policy.Policy
@@ -177,7 +177,8 @@ func load(o Options) (inputs, error) {
 	return in, nil
 }
 
-// loadAgentAuth reads the hosts' own tokens and the agents' TLS files.
+// loadAgentAuth reads the hosts' own tokens (hosts[].token_file,
+// agents.tokens) and the agents' TLS files.
 func (in *inputs) loadAgentAuth() error {
 	cfg := in.cfg
 	for i, h := range cfg.Hosts {
@@ -192,6 +193,16 @@ func (in *inputs) loadAgentAuth() error {
 			in.hostTokens = map[string]string{}
 		}
 		in.hostTokens[h.Name] = tok
+	}
+	for i, t := range cfg.Agents.Tokens {
+		tok, err := config.ReadSecret(cfg.Path(t.TokenFile))
+		if err != nil {
+			return fmt.Errorf("agents.tokens[%d].token_file: %w", i, err)
+		}
+		if in.hostTokens == nil {
+			in.hostTokens = map[string]string{}
+		}
+		in.hostTokens[t.Host] = tok
 	}
 	if t := cfg.Agents.TLS; t.Enabled() {
 		var err error

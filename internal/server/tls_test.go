@@ -163,3 +163,36 @@ hosts:
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A host's own token comes from hosts[].token_file or, for hosts of the
+// inventory or the API, from agents.tokens; the others get agents.token_file's.
+func TestHostTokens(t *testing.T) {
+	dir := t.TempDir()
+	for name, tok := range map[string]string{"api.token": "api", "agent.token": "common", "a.token": "own-a", "b.token": "own-b"} {
+		writeFile(t, filepath.Join(dir, name), testToken(tok)+"\n", 0o600)
+	}
+	writeFile(t, filepath.Join(dir, "server.yml"), `data_dir: data
+api: {token_file: api.token}
+agents:
+  token_file: agent.token
+  tokens: [{host: hv-b, token_file: b.token}]
+hosts:
+  - {name: hv-a, agent: "10.0.0.1:9301", token_file: a.token}
+  - {name: hv-c, agent: "10.0.0.3:9301"}
+`, 0o600)
+	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := load(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"hv-a": testToken("own-a"), "hv-b": testToken("own-b")}
+	if len(in.hostTokens) != len(want) || in.hostTokens["hv-a"] != want["hv-a"] || in.hostTokens["hv-b"] != want["hv-b"] {
+		t.Errorf("host tokens %v, want %v", in.hostTokens, want)
+	}
+	if in.agentToken != testToken("common") {
+		t.Errorf("common token %q", in.agentToken)
+	}
+}
