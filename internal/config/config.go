@@ -48,6 +48,10 @@ type Provisioner struct {
 	// BaseImage is the volume new clusters' nodes are overlays of, in
 	// every worker's storage pool, unless a cluster names its own.
 	BaseImage string `yaml:"base_image"`
+	// BaseImages are the other volumes of the workers' storage pools a
+	// cluster's base_image may name; BaseImage is always allowed, any
+	// other volume (another cluster's node disk, a path) is refused.
+	BaseImages []string `yaml:"base_images"`
 	// Overcommit ratios for placement.
 	Overcommit Overcommit `yaml:"overcommit"`
 	// PXE serves iPXE scripts under /pxe/ when ConfigFile is set.
@@ -500,6 +504,16 @@ func (pr Provisioner) validate(errs *problems) {
 	if pr.Underlay == "" {
 		errs.add("provisioner.underlay", "is required: the hosts' interface the clusters' VXLAN devices send on")
 	}
+	if pr.BaseImage != "" {
+		if err := checkVolumeName(pr.BaseImage); err != nil {
+			errs.add("provisioner.base_image", "%v", err)
+		}
+	}
+	for i, v := range pr.BaseImages {
+		if err := checkVolumeName(v); err != nil {
+			errs.add(fmt.Sprintf("provisioner.base_images[%d]", i), "%v", err)
+		}
+	}
 	if pr.Overcommit.CPU <= 0 || pr.Overcommit.Memory <= 0 {
 		errs.add("provisioner.overcommit", "cpu and memory must be positive, got %v and %v", pr.Overcommit.CPU, pr.Overcommit.Memory)
 	}
@@ -545,6 +559,29 @@ func validateHosts(hosts []Host, errs *problems) {
 			errs.add(path+".agent", "%q is not host:port", h.Agent)
 		}
 	}
+}
+
+// maxVolumeName is the longest volume name: a file name in a directory
+// pool.
+const maxVolumeName = 255
+
+// checkVolumeName accepts the plain name of a volume in the agents'
+// storage pool: a file name there, never a path out of it nor one a tool
+// would take for an option.
+func checkVolumeName(v string) error {
+	switch {
+	case v == "":
+		return errors.New("empty, want a volume name in the agents' storage pool")
+	case len(v) > maxVolumeName:
+		return fmt.Errorf("%d bytes, a volume name holds at most %d", len(v), maxVolumeName)
+	case strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r >= 0x7f && r < 0xa0 }):
+		return fmt.Errorf("%q contains control characters", v)
+	case strings.Contains(v, "/"), strings.Contains(v, ".."):
+		return fmt.Errorf("%q is not a plain volume name: no '/' nor '..'", v)
+	case v[0] == '.' || v[0] == '-':
+		return fmt.Errorf("%q is not a plain volume name: it must not start with '.' or '-'", v)
+	}
+	return nil
 }
 
 func checkURL(s string) error {
