@@ -57,6 +57,11 @@ type StoreOptions struct {
 	// BaseImages are the images a spec's base_image may name; the zero
 	// value allows none but the default ("").
 	BaseImages BaseImages
+	// NodeFits, when set, says why a pool's node fits on no host, or
+	// nil when some host could take it. It is asked at create and at a
+	// scale up, outside any transaction, so that a node larger than every
+	// host is refused (400) instead of failing at placement.
+	NodeFits func(Pool) error
 }
 
 // Store keeps clusters in a bucket of a bbolt database as JSON, one key per
@@ -68,6 +73,7 @@ type Store struct {
 	now    func() time.Time
 	ids    *idSource
 	images BaseImages
+	fits   func(Pool) error
 }
 
 // NewStore creates the bucket if needed.
@@ -91,7 +97,8 @@ func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create clusters bucket: %w", err)
 	}
-	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}, images: o.BaseImages}, nil
+	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}, images: o.BaseImages,
+		fits: o.NodeFits}, nil
 }
 
 // Create stores a new cluster with the lowest free VNI and its nodes
@@ -99,6 +106,18 @@ func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
 func (s *Store) Create(spec Spec) (Cluster, error) {
 	if err := s.check(spec); err != nil {
 		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{err})
+	}
+	var unfit []error
+	for i, p := range spec.Pools {
+		if p.Count == 0 {
+			continue // checked when scaled up
+		}
+		if err := s.nodeFits(p); err != nil {
+			unfit = append(unfit, fmt.Errorf("pools[%d]: %w", i, err))
+		}
+	}
+	if len(unfit) > 0 {
+		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{errors.Join(unfit...)})
 	}
 	var c Cluster
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -151,6 +170,14 @@ func (s *Store) check(spec Spec) error {
 		err = errors.Join(err, ierr)
 	}
 	return err
+}
+
+// nodeFits asks NodeFits, if set, about the pool's node.
+func (s *Store) nodeFits(p Pool) error {
+	if s.fits == nil {
+		return nil
+	}
+	return s.fits(p)
 }
 
 // nameClash refuses a spec whose node names could be another cluster's.
@@ -268,6 +295,15 @@ func (s *Store) Delete(name string) (Cluster, error) {
 // Scale sets a pool's node count. Nodes added get the lowest free indexes;
 // the reconciler deletes the surplus, highest index first.
 func (s *Store) Scale(name, pool string, count int) (Cluster, error) {
+	// A pool's node size never changes, so it is checked before the
+	// transaction: NodeFits may read other stores of the same database.
+	if c, err := s.Get(name); err == nil {
+		if p, ok := c.pool(pool); ok && count > p.Count {
+			if err := s.nodeFits(p); err != nil {
+				return Cluster{}, fmt.Errorf("scale cluster %s pool %s to %d: %w", name, pool, count, invalid{err})
+			}
+		}
+	}
 	c, err := s.update(name, func(c *Cluster) error {
 		if c.Phase == PhaseDeleting {
 			return fmt.Errorf("the cluster is being deleted: %w", ErrConflict)

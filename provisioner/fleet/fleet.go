@@ -109,7 +109,7 @@ func New(o Options) (*Provisioner, error) {
 		return nil, err
 	}
 	p.images = clusters.BaseImages{Default: pc.BaseImage, Declared: pc.BaseImages}
-	if p.clusters, err = clusters.NewStore(p.db, clusters.StoreOptions{BaseImages: p.images}); err != nil {
+	if p.clusters, err = clusters.NewStore(p.db, clusters.StoreOptions{BaseImages: p.images, NodeFits: p.nodeFits}); err != nil {
 		return nil, err
 	}
 	p.rec, err = clusters.New(clusters.Options{
@@ -357,6 +357,61 @@ func (p *Provisioner) ReadyHosts(ctx context.Context) ([]placement.Host, error) 
 		out = append(out, ph)
 	}
 	return out, nil
+}
+
+// nodeFits says what of a pool's node no worker of the inventory offers
+// under the overcommit ratios, whatever the worker's state (a host down
+// now may come back); placement judges what is free. While no worker's
+// capacity is known (no inventory figures, no scrape yet) every node fits.
+func (p *Provisioner) nodeFits(pool clusters.Pool) error {
+	hosts, err := p.inv.All()
+	if err != nil {
+		p.log.Warn("check a node's size against the hosts", "err", err)
+		return nil
+	}
+	var cpus, memory map[string]float64
+	if p.monitor != nil {
+		ctx := context.Background() // byHost bounds each query
+		cpus = p.byHost(ctx, "caretaker_host_cpus")
+		memory = p.byHost(ctx, "caretaker_host_memory_total_bytes")
+	}
+	r := placement.Ratios{CPU: p.cfg.Overcommit.CPU, Memory: p.cfg.Overcommit.Memory}
+	known, maxCPU, maxMem := false, 0, uint64(0)
+	for _, h := range hosts {
+		if h.Role != inventory.RoleWorker {
+			continue
+		}
+		ph := placement.Host{CPUs: h.CPUs, MemoryBytes: h.MemoryBytes}
+		if ph.CPUs == 0 {
+			ph.CPUs = int(cpus[h.Name])
+		}
+		if ph.MemoryBytes == 0 {
+			ph.MemoryBytes = uint64(memory[h.Name])
+		}
+		if ph.CPUs == 0 || ph.MemoryBytes == 0 {
+			continue // not known yet
+		}
+		known = true
+		c, m := placement.Capacity(ph, r)
+		if c >= pool.VCPUs && m >= pool.MemoryBytes {
+			return nil
+		}
+		maxCPU, maxMem = max(maxCPU, c), max(maxMem, m)
+	}
+	if !known {
+		return nil
+	}
+	var errs []error
+	if pool.VCPUs > maxCPU {
+		errs = append(errs, fmt.Errorf("no host has %d vCPUs: the largest offers %d (cpu overcommit %g)", pool.VCPUs, maxCPU, r.CPU))
+	}
+	if pool.MemoryBytes > maxMem {
+		errs = append(errs, fmt.Errorf("no host has %d MiB of memory: the largest offers %d MiB (memory overcommit %g)", pool.MemoryBytes>>20, maxMem>>20, r.Memory))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("no host has both %d vCPUs and %d MiB of memory", pool.VCPUs, pool.MemoryBytes>>20))
+	}
+	return errors.Join(errs...)
 }
 
 // byHost returns the metric's value by host; hosts without it are missing.
