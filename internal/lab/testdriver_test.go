@@ -132,8 +132,10 @@ func TestLabTestDriver(t *testing.T) {
 	if _, err := c.Pause(context.Background(), api.PauseRequest{Target: "*", Author: "alice", Comment: "rack 3 maintenance", Duration: "1h"}); err != nil {
 		t.Fatal(err)
 	}
-	if ps, err := c.Pauses(context.Background()); err != nil || len(ps) != 1 || ps[0].Author != "alice" {
-		t.Errorf("pauses = %+v, %v; want alice's", ps, err)
+	// Recorded under the token's name (the lab's admin token), alice only on
+	// whose behalf.
+	if ps, err := c.Pauses(context.Background()); err != nil || len(ps) != 1 || ps[0].Author != "admin" || ps[0].OnBehalfOf != "alice" {
+		t.Errorf("pauses = %+v, %v; want the admin token's, on behalf of alice", ps, err)
 	}
 	if err := c.Resume(context.Background(), "*"); err != nil {
 		t.Fatal(err)

@@ -125,11 +125,16 @@ provisioner:
 		{"POST", "/api/v1/provisioner/hosts/nope/provision", "admin-secret", `{"comment": "x"}`, 404},
 		{"GET", "/api/v1/provisioner/hosts/hv-1", "viewer-secret", "", 200},
 		{"GET", "/pxe/boot.ipxe", "", "", 200},
-		{"GET", "/pxe/ipxe?mac=52:54:00:00:00:01", "", "", 200},
+		// Mounted, and served only to an attempt in flight: hv-1 is only registered.
+		{"GET", "/pxe/ipxe?mac=52:54:00:00:00:01", "", "", 404},
 	} {
 		if code, body := call(tc.method, tc.path, tc.token, tc.body); code != tc.want {
 			t.Errorf("%s %s as %q = %d %s, want %d", tc.method, tc.path, tc.token, code, body, tc.want)
 		}
+	}
+
+	if _, body := call("GET", "/pxe/ipxe?mac=52:54:00:00:00:01", "", ""); !strings.Contains(body, "no provisioning in flight") {
+		t.Errorf("GET /pxe/ipxe of a registered host = %q, want the PXE handler's refusal", body)
 	}
 
 	// recreate-vm of a guest that is no cluster node is not available.
