@@ -132,6 +132,19 @@ type Prometheus struct {
 	// defaults above: "agents" (the hosts listed and file_sd's) or
 	// "server" (the server's own /metrics).
 	Jobs map[string]ScrapeJob `yaml:"jobs"`
+	// Query limits PromQL queries, as Prometheus' --query.* flags do.
+	Query Query `yaml:"query"`
+}
+
+// Query holds the limits of PromQL queries: Prometheus' --query.timeout,
+// --query.max-samples and --query.max-concurrency, with their defaults.
+// Timeout and MaxSamples bound every query, the rules' too; MaxConcurrency
+// bounds the query API's queries (one more waits for a slot within its
+// timeout), so viewers can never hold off the rules.
+type Query struct {
+	Timeout        time.Duration `yaml:"timeout"`
+	MaxSamples     int           `yaml:"max_samples"`
+	MaxConcurrency int           `yaml:"max_concurrency"`
 }
 
 // ScrapeJob is one scrape job's interval and timeout; zero keeps the
@@ -270,6 +283,7 @@ func Defaults() Server {
 			ScrapeTimeout:      4 * time.Second,
 			EvaluationInterval: 5 * time.Second,
 			Retention:          15 * 24 * time.Hour,
+			Query:              Query{Timeout: 2 * time.Minute, MaxSamples: 50_000_000, MaxConcurrency: 20},
 		},
 		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
 		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}},
@@ -387,6 +401,15 @@ func (p Prometheus) validate(errs *problems) {
 		if _, err := filepath.Match(g, ""); err != nil || g == "" {
 			errs.add(fmt.Sprintf("prometheus.file_sd[%d]", i), "%q is not a file glob", g)
 		}
+	}
+	if p.Query.Timeout <= 0 {
+		errs.add("prometheus.query.timeout", "must be positive, got %s", p.Query.Timeout)
+	}
+	if p.Query.MaxSamples <= 0 {
+		errs.add("prometheus.query.max_samples", "must be positive, got %d", p.Query.MaxSamples)
+	}
+	if p.Query.MaxConcurrency <= 0 {
+		errs.add("prometheus.query.max_concurrency", "must be positive, got %d", p.Query.MaxConcurrency)
 	}
 }
 

@@ -44,12 +44,11 @@ const (
 	defaultScrapeTimeout      = 10 * time.Second
 )
 
-// Prometheus' own defaults for the engine and the rules manager
-// (--query.timeout, --query.max-samples, --rules.alert.for-outage-tolerance,
-// --rules.alert.for-grace-period): nothing here calls for different ones.
+// Prometheus' own defaults for the rules manager
+// (--rules.alert.for-outage-tolerance, --rules.alert.for-grace-period):
+// nothing here calls for different ones. The query limits' are in
+// queryapi.go.
 const (
-	queryTimeout    = 2 * time.Minute
-	queryMaxSamples = 50_000_000
 	outageTolerance = time.Hour
 	forGracePeriod  = 10 * time.Minute
 )
@@ -139,7 +138,9 @@ type Options struct {
 	// RemoteWrite endpoints receive every sample scraped or recorded by a
 	// rule, through an in-memory queue (see remotewrite.go for its limits).
 	RemoteWrite []RemoteWriteConfig
-	Logger      *slog.Logger
+	// Query limits PromQL queries; zero fields take Prometheus' defaults.
+	Query  QueryLimits
+	Logger *slog.Logger
 	// Registerer receives the TSDB, scrape, engine and rules metrics. Those
 	// are registered once: Start a Monitor at most once per Registerer.
 	Registerer prometheus.Registerer
@@ -175,7 +176,10 @@ type Monitor struct {
 	// ctx lives until Stop; it bounds rule evaluation and ad-hoc queries.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the managers' Run goroutines
+	// queries ends the requests Guard serves; CancelQueries or Stop ends it.
+	queries       context.Context
+	cancelQueries context.CancelFunc
+	wg            sync.WaitGroup // the managers' Run goroutines
 
 	// targetsMu serialises target updates with stopping the scrape manager:
 	// a target update must be fully applied before Stop, or the scrape
@@ -267,7 +271,9 @@ func open(ctx context.Context, opts Options) (*Monitor, error) {
 		return nil, fmt.Errorf("open tsdb %s: %w", tsdbDir, err)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	queries, cancelQueries := context.WithCancel(runCtx)
 	m := &Monitor{
+		queries: queries, cancelQueries: cancelQueries,
 		logger:     opts.Logger,
 		db:         db,
 		notify:     opts.Notify,
@@ -344,8 +350,8 @@ func newEngine(opts Options, promqlParser parser.Parser) *promql.Engine {
 	return promql.NewEngine(promql.EngineOpts{
 		Logger:     opts.Logger.With("component", "query engine"),
 		Reg:        opts.Registerer,
-		MaxSamples: queryMaxSamples,
-		Timeout:    queryTimeout,
+		MaxSamples: opts.Query.MaxSamples,
+		Timeout:    opts.Query.Timeout,
 		// The engine calls this for subqueries without a step (`x[5m:]`)
 		// and has no default: a nil function would panic.
 		NoStepSubqueryIntervalFn: func(int64) int64 { return evalInterval.Milliseconds() },
@@ -507,6 +513,9 @@ func (o *Options) withDefaults() error {
 	}
 	if o.ResendDelay < 0 || o.Retention < 0 {
 		return errors.New("monitoring options: resend delay and retention must not be negative")
+	}
+	if err := o.Query.withDefaults(); err != nil {
+		return err
 	}
 	if o.RetentionSize < 0 {
 		return fmt.Errorf("monitoring options: RetentionSize %d must not be negative", o.RetentionSize)

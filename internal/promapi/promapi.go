@@ -59,6 +59,11 @@ type Options struct {
 	// QueryTimeout bounds each query and query_range in addition to the
 	// engine's timeout and the request's `timeout` parameter; 0 means none.
 	QueryTimeout time.Duration
+	// MaxConcurrency bounds the queries and query_ranges that run at once,
+	// as Prometheus' --query.max-concurrency does; one more waits for a
+	// slot until its context ends (its client leaves or its timeout
+	// passes). 0 means no limit.
+	MaxConcurrency int
 	// LookbackDelta overrides the engine's default lookback delta for
 	// queries without a `lookback_delta` parameter; 0 keeps the engine's.
 	LookbackDelta time.Duration
@@ -75,6 +80,7 @@ type API struct {
 	parser    parser.Parser
 	logger    *slog.Logger
 	timeout   time.Duration
+	slots     chan struct{} // one per running query; nil: no limit
 	lookback  time.Duration
 	now       func() time.Time
 	buildInfo prometheusVersion
@@ -89,8 +95,8 @@ func New(opts Options) (*API, error) {
 	if opts.Engine == nil {
 		return nil, errors.New("prometheus api: no query engine")
 	}
-	if opts.QueryTimeout < 0 || opts.LookbackDelta < 0 {
-		return nil, fmt.Errorf("prometheus api: negative query timeout %s or lookback delta %s", opts.QueryTimeout, opts.LookbackDelta)
+	if opts.QueryTimeout < 0 || opts.LookbackDelta < 0 || opts.MaxConcurrency < 0 {
+		return nil, fmt.Errorf("prometheus api: negative query timeout %s, lookback delta %s or max concurrency %d", opts.QueryTimeout, opts.LookbackDelta, opts.MaxConcurrency)
 	}
 	a := &API{
 		queryable: opts.Queryable,
@@ -102,6 +108,9 @@ func New(opts Options) (*API, error) {
 		lookback:  opts.LookbackDelta,
 		now:       opts.Now,
 		buildInfo: readBuildInfo(),
+	}
+	if opts.MaxConcurrency > 0 {
+		a.slots = make(chan struct{}, opts.MaxConcurrency)
 	}
 	if a.parser == nil {
 		a.parser = parser.NewParser(parser.Options{})

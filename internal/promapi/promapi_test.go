@@ -335,7 +335,8 @@ func TestNewRejects(t *testing.T) {
 	}{
 		{"no queryable", Options{Engine: engine}, "prometheus api: no queryable"},
 		{"no engine", Options{Queryable: db}, "prometheus api: no query engine"},
-		{"negative timeout", Options{Queryable: db, Engine: engine, QueryTimeout: -time.Second}, "prometheus api: negative query timeout -1s or lookback delta 0s"},
+		{"negative timeout", Options{Queryable: db, Engine: engine, QueryTimeout: -time.Second}, "prometheus api: negative query timeout -1s, lookback delta 0s or max concurrency 0"},
+		{"negative concurrency", Options{Queryable: db, Engine: engine, MaxConcurrency: -1}, "prometheus api: negative query timeout 0s, lookback delta 0s or max concurrency -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -113,7 +113,12 @@ func (a *API) queryRange(r *http.Request) (result apiFuncResult) {
 // exec runs a built query. The result's slices belong to the query until
 // Close, so Close is the finalizer, run after the response is written.
 func (a *API) exec(ctx context.Context, r *http.Request, qry promql.Query, limit int) apiFuncResult {
+	release, err := a.acquireSlot(ctx)
+	if err != nil {
+		return apiFuncResult{err: returnAPIError(err), finalizer: qry.Close}
+	}
 	res := qry.Exec(httputil.ContextFromRequest(ctx, r))
+	release()
 	if res.Err != nil {
 		return apiFuncResult{err: returnAPIError(res.Err), warnings: res.Warnings, finalizer: qry.Close}
 	}
@@ -143,6 +148,24 @@ const (
 	statsTrue = "true"
 	statsAll  = "all"
 )
+
+// acquireSlot waits for one of the MaxConcurrency query slots, as the
+// engine's active query tracker makes Prometheus wait: the wait counts
+// toward the query's timeout, and ends with its context.
+func (a *API) acquireSlot(ctx context.Context) (release func(), err error) {
+	if a.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case a.slots <- struct{}{}:
+		return func() { <-a.slots }, nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, promql.ErrQueryTimeout("query queue")
+		}
+		return nil, promql.ErrQueryCanceled("query queue")
+	}
+}
 
 func (a *API) withQueryTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	if a.timeout <= 0 {

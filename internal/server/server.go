@@ -351,6 +351,7 @@ func (s *Server) startMonitoring(ctx context.Context, in inputs) error {
 		SelfAddress:        selfAddress(s.opts),
 		Alertmanagers:      cfg.Alerting.Alertmanagers,
 		RemoteWrite:        remote,
+		Query:              monitoring.QueryLimits{Timeout: cfg.Prometheus.Query.Timeout, MaxSamples: cfg.Prometheus.Query.MaxSamples},
 		Targets:            targets,
 		Rules:              in.rules,
 		Notify:             s.notify,
@@ -404,6 +405,9 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 		Engine:    s.monitor.Engine(),
 		Rules:     s.monitor.RulesManager(),
 		Logger:    logger.With("component", "query API"),
+		// Prometheus' --query.max-concurrency, for the API's queries only:
+		// viewers never hold off the rules.
+		MaxConcurrency: cfg.Prometheus.Query.MaxConcurrency,
 	})
 	if err != nil {
 		return nil, err
@@ -527,6 +531,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", l.Addr(), err)
 	case <-ctx.Done():
+	}
+	// A PromQL query may run for minutes: end them now, or Shutdown waits.
+	if s.monitor != nil {
+		s.monitor.CancelQueries()
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
