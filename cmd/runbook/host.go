@@ -266,7 +266,7 @@ another host has (409). Needs an admin token.`,
   # host-c.yml:
   #   name: host-c
   #   macs: [52:54:00:aa:bb:cc]
-  #   bmc: {type: redfish, address: https://10.0.0.13, username: admin, password_file: /etc/caretaker/bmc/host-c}
+  #   bmc: {type: redfish, address: https://10.0.0.13, username: admin, password_file: host-c}   # in the server's provisioner.bmc.secrets_dir
   #   role: worker
   #   labels: {rack: r1}`,
 		Args: cobra.NoArgs,
@@ -320,7 +320,7 @@ another host has (409). Needs an admin token.`,
 	fl.StringVar(&h.BMC.Type, "bmc-type", bmc.TypeIPMI, "BMC type: ipmi or redfish")
 	fl.StringVar(&h.BMC.Address, "bmc-address", "", "BMC address: host[:port] for IPMI, an https URL for Redfish")
 	fl.StringVar(&h.BMC.Username, "bmc-user", "", "BMC user name")
-	fl.StringVar(&h.BMC.PasswordFile, "bmc-password-file", "", "absolute path, on the server, of the file holding the BMC password")
+	fl.StringVar(&h.BMC.PasswordFile, "bmc-password-file", "", "name of the file holding the BMC password in the server's provisioner.bmc.secrets_dir")
 	fl.StringVar(&h.Role, "role", inventory.RoleWorker, "role: worker (runs guests) or monitoring")
 	fl.StringArrayVar(&labels, "label", nil, "a label for the host's metrics, key=value, e.g. rack=r1 (repeatable)")
 	fl.StringVar(&h.Agent, "agent", "", "host:port of the host's caretaker agent (default NAME:9301)")

@@ -25,12 +25,12 @@ import (
 const inventoryFile = `hosts:
   - name: host-a
     macs: ["52:54:00:00:00:0a"]
-    bmc: {type: ipmi, address: 10.0.0.10, username: admin, password_file: /etc/caretaker/bmc/host-a}
+    bmc: {type: ipmi, address: 10.0.0.10, username: admin, password_file: host-a}
     role: worker
     labels: {rack: r1, zone: z1}
   - name: host-b
     macs: ["52:54:00:00:00:0b"]
-    bmc: {type: redfish, address: "https://10.0.0.11", username: admin, password_file: /etc/caretaker/bmc/host-b}
+    bmc: {type: redfish, address: "https://10.0.0.11", username: admin, password_file: host-b}
     role: monitoring
 `
 
@@ -194,11 +194,11 @@ func TestHostCommands(t *testing.T) {
 		{"no name", "tok", []string{"host", "add", "--mac", "52:54:00:00:00:0c"}, "--name: required", true},
 		{"bad label", "tok", []string{"host", "add", "--name", "host-c", "--label", "r1"}, `--label "r1": want key=value`, true},
 		{"invalid", "tok", []string{"host", "add", "--name", "host-c", "--mac", "nope", "--bmc-address", "10.0.0.12",
-			"--bmc-user", "admin", "--bmc-password-file", "/etc/bmc/c"}, `server answered 400: macs[0]: "nope" is not a MAC address`, true},
+			"--bmc-user", "admin", "--bmc-password-file", "host-c.pass"}, `server answered 400: macs[0]: "nope" is not a MAC address`, true},
 		{"mac taken", "tok", []string{"host", "add", "--name", "host-c", "--mac", "52:54:00:00:00:0A", "--bmc-address", "10.0.0.12",
-			"--bmc-user", "admin", "--bmc-password-file", "/etc/bmc/c"}, "conflict (409): macs[0]: 52:54:00:00:00:0a is a MAC of host host-a (in the inventory file)", true},
+			"--bmc-user", "admin", "--bmc-password-file", "host-c.pass"}, "conflict (409): macs[0]: 52:54:00:00:00:0a is a MAC of host host-a (in the inventory file)", true},
 		{"add", "tok", []string{"host", "add", "--name", "host-c", "--mac", "52:54:00:00:00:0C", "--mac", "52:54:00:00:01:0c",
-			"--bmc-address", "10.0.0.12", "--bmc-user", "admin", "--bmc-password-file", "/etc/bmc/c", "--label", "rack=r2"},
+			"--bmc-address", "10.0.0.12", "--bmc-user", "admin", "--bmc-password-file", "host-c.pass", "--label", "rack=r2"},
 			"added host host-c (worker, boots from 52:54:00:00:00:0c, agent host-c:9301); provision it: runbook host provision host-c -m ...", false},
 		{"file and flags", "tok", []string{"host", "add", "-f", "x.yml", "--name", "y"}, "-f and --name: give the host either in a file or by flags, not both", true},
 		{"missing file", "tok", []string{"host", "add", "-f", filepath.Join(dir, "none.yml")}, "-f: open " + filepath.Join(dir, "none.yml"), true},
@@ -232,7 +232,7 @@ func TestHostCommands(t *testing.T) {
 	}
 	c, err := store.Get("host-c")
 	if err != nil || strings.Join(c.MACs, " ") != "52:54:00:00:00:0c 52:54:00:00:01:0c" || c.Labels["rack"] != "r2" ||
-		c.BMC.Type != "ipmi" || c.BMC.PasswordFile != "/etc/bmc/c" || c.Role != "worker" {
+		c.BMC.Type != "ipmi" || c.BMC.PasswordFile != "host-c.pass" || c.Role != "worker" {
 		t.Errorf("host-c stored as %+v, %v", c, err)
 	}
 	if got := prov.history["host-a"]; got[len(got)-1].Reason != "reprovision by alice: disk replaced" {
@@ -267,12 +267,12 @@ func TestHostAddFile(t *testing.T) {
 	srv, store := hostServer(t, nil)
 	dir := t.TempDir()
 	yml := filepath.Join(dir, "host-d.yml")
-	os.WriteFile(yml, []byte("name: host-d\nmacs: [\"52:54:00:00:00:0d\"]\nbmc:\n  type: redfish\n  address: https://10.0.0.14\n  username: admin\n  password_file: /etc/bmc/d\n  timeout: 5s\nrole: worker\nlabels: {rack: r3}\ncpus: 32\n"), 0o600)
+	os.WriteFile(yml, []byte("name: host-d\nmacs: [\"52:54:00:00:00:0d\"]\nbmc:\n  type: redfish\n  address: https://10.0.0.14\n  username: admin\n  password_file: host-d.pass\n  timeout: 5s\nrole: worker\nlabels: {rack: r3}\ncpus: 32\n"), 0o600)
 	if _, err := runAs(t, srv.URL, "tok", "host", "add", "-f", yml); err != nil {
 		t.Fatal(err)
 	}
 	js := filepath.Join(dir, "host-e.json")
-	os.WriteFile(js, []byte(`{"name": "host-e", "macs": ["52:54:00:00:00:0e"], "bmc": {"type": "ipmi", "address": "10.0.0.15", "username": "admin", "password_file": "/etc/bmc/e"}, "role": "monitoring"}`), 0o600)
+	os.WriteFile(js, []byte(`{"name": "host-e", "macs": ["52:54:00:00:00:0e"], "bmc": {"type": "ipmi", "address": "10.0.0.15", "username": "admin", "password_file": "host-e.pass"}, "role": "monitoring"}`), 0o600)
 	out, err := runAs(t, srv.URL, "tok", "host", "add", "-f", js, "-o", "json")
 	var h inventory.Host
 	if err != nil || json.Unmarshal([]byte(out), &h) != nil || h.Name != "host-e" || h.Agent != "host-e:9301" {

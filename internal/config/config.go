@@ -56,9 +56,19 @@ type Provisioner struct {
 	Overcommit Overcommit `yaml:"overcommit"`
 	// PXE serves iPXE scripts under /pxe/ when ConfigFile is set.
 	PXE PXE `yaml:"pxe"`
+	// BMC says where the hosts' BMC passwords are.
+	BMC ProvisionerBMC `yaml:"bmc"`
 	// Timeouts per provisioning phase; MaxAttempts before a host fails.
 	Timeouts    ProvisionTimeouts `yaml:"timeouts"`
 	MaxAttempts int               `yaml:"max_attempts"`
+}
+
+// ProvisionerBMC says where the hosts' BMC passwords are.
+type ProvisionerBMC struct {
+	// SecretsDir holds the BMC password files: a host's
+	// bmc.password_file names a file inside it, never any other file of
+	// the server. Relative to this file's directory.
+	SecretsDir string `yaml:"secrets_dir"`
 }
 
 // Overcommit ratios: vCPUs per CPU, guest memory per byte of host memory.
@@ -286,7 +296,7 @@ func Defaults() Server {
 			Query:              Query{Timeout: 2 * time.Minute, MaxSamples: 50_000_000, MaxConcurrency: 20},
 		},
 		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
-		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}},
+		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}, BMC: ProvisionerBMC{SecretsDir: "/etc/caretaker/bmc"}},
 	}
 }
 
@@ -558,6 +568,9 @@ func (pr Provisioner) validate(errs *problems) {
 	}
 	if pr.MaxAttempts < 0 {
 		errs.add("provisioner.max_attempts", "must not be negative, got %d", pr.MaxAttempts)
+	}
+	if pr.BMC.SecretsDir == "" {
+		errs.add("provisioner.bmc.secrets_dir", "must not be empty: the hosts' bmc.password_file names a file inside it")
 	}
 }
 

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"path/filepath"
 	"regexp"
 	"testing"
 
@@ -59,8 +58,8 @@ func TestClusterServerConfig(t *testing.T) {
 					h.CPUs != labHostCPUs || h.MemoryBytes != labHostMemory {
 					t.Errorf("inventory host %d: %+v, want %s at %s, a worker with %d CPUs and %d bytes", i, h, hosts[i].name, hosts[i].addr, labHostCPUs, labHostMemory)
 				}
-				if filepath.Dir(h.BMC.PasswordFile) != dir {
-					t.Errorf("bmc password file %s, want it in %s", h.BMC.PasswordFile, dir)
+				if secrets := cfg.Path(p.BMC.SecretsDir); h.BMC.PasswordFile != "bmc.password" || secrets != dir {
+					t.Errorf("bmc password file %s in %s, want bmc.password in %s", h.BMC.PasswordFile, secrets, dir)
 				}
 			}
 		})

@@ -407,6 +407,7 @@ func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab,
 			return "", err
 		}
 		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: lo\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", baseImage)
+		fmt.Fprintf(&b, "  bmc: {secrets_dir: %s}\n", dataDir) // bmc.password
 	} else {
 		fmt.Fprintf(&b, "hosts:\n")
 		for _, h := range hosts {

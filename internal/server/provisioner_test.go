@@ -64,6 +64,7 @@ provisioner:
   underlay: eth1
   base_image: base.qcow2
   pxe: {config_file: pxe.yml, base_url: "http://10.0.0.1:9300", secret_file: pxe.secret}
+  bmc: {secrets_dir: .}
 `)
 	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
 	if err != nil {

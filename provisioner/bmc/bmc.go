@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,7 +85,15 @@ type Config struct {
 	Address  string `yaml:"address"`
 	Username string `yaml:"username"`
 	// PasswordFile holds the password; one trailing newline is ignored.
+	// It names a file inside SecretsDir: a file name or a relative path
+	// without "..", never an absolute path, and no symbolic link in it may
+	// lead out of SecretsDir (see CheckPasswordFile). So no one who may add
+	// a host can have any other file of the server sent to a BMC.
 	PasswordFile string `yaml:"password_file"`
+	// SecretsDir is the server's BMC secrets directory
+	// (provisioner.bmc.secrets_dir), set by the provisioner, never by the
+	// inventory.
+	SecretsDir string `yaml:"-"`
 	// Insecure skips TLS certificate verification (Redfish only), for
 	// BMCs with self-signed certificates.
 	Insecure bool `yaml:"insecure"`
@@ -128,8 +141,8 @@ func (c Config) Validate() error {
 	if c.Username == "" {
 		add("username", "must not be empty")
 	}
-	if c.PasswordFile == "" {
-		add("password_file", "must not be empty")
+	if err := CheckPasswordFile(c.PasswordFile); err != nil {
+		add("password_file", "%v", err)
 	}
 	if c.Timeout < 0 {
 		add("timeout", "must not be negative, got %s", c.Timeout)
@@ -149,7 +162,7 @@ func New(cfg Config, logger *slog.Logger) (Controller, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	password, err := readPassword(cfg.PasswordFile)
+	password, err := readPassword(cfg.SecretsDir, cfg.PasswordFile)
 	if err != nil {
 		return nil, err
 	}
@@ -162,13 +175,65 @@ func New(cfg Config, logger *slog.Logger) (Controller, error) {
 	}
 }
 
-// readPassword returns the file's content without one trailing newline.
-// A file group or others may read is refused (secret.Read). Its errors
-// name the file, never the content.
-func readPassword(path string) (string, error) {
-	b, err := secret.Read(path)
+// PasswordFileRule is what CheckPasswordFile enforces, in its errors and
+// the API's.
+const PasswordFileRule = `password_file names a file inside the BMC secrets directory (provisioner.bmc.secrets_dir): a file name or a relative path without "..", not an absolute path`
+
+// CheckPasswordFile checks a password_file by its form alone: not empty,
+// relative, no ".." element. Where it leads (a symbolic link out of the
+// secrets directory) is checked when the password is read.
+func CheckPasswordFile(name string) error {
+	switch {
+	case name == "":
+		return errors.New("must not be empty")
+	case filepath.IsAbs(name) || slices.Contains(strings.Split(filepath.ToSlash(name), "/"), "..") || !filepath.IsLocal(name):
+		return fmt.Errorf("%q: %s", name, PasswordFileRule)
+	}
+	return nil
+}
+
+// maxPasswordFile bounds what is read of a password file.
+const maxPasswordFile = 64 << 10
+
+// readPassword returns the content of the file name inside dir without
+// one trailing newline. It opens the file through an os.Root of dir, so a
+// symbolic link that leads out of dir is refused. A file group or others
+// may read is refused (secret.CheckMode), and so is anything but a regular
+// file. Its errors name the file, never the content.
+func readPassword(dir, name string) (string, error) {
+	if err := CheckPasswordFile(name); err != nil {
+		return "", fmt.Errorf("read BMC password: password_file %w", err)
+	}
+	if dir == "" {
+		return "", errors.New("read BMC password: no BMC secrets directory (provisioner.bmc.secrets_dir)")
+	}
+	path := filepath.Join(dir, name)
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return "", fmt.Errorf("read BMC password: secrets directory: %w", err)
+	}
+	defer root.Close()
+	f, err := root.Open(name)
+	if err != nil {
+		if pe, ok := errors.AsType[*fs.PathError](err); ok {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("read BMC password: open %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return "", fmt.Errorf("read BMC password: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("read BMC password: %s is not a regular file", path)
+	}
+	if err := secret.CheckMode(path, fi.Mode()); err != nil {
+		return "", fmt.Errorf("read BMC password: %w", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile))
+	if err != nil {
+		return "", fmt.Errorf("read BMC password: %s: %w", path, err)
 	}
 	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	if s == "" {

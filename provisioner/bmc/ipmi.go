@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ type ipmiController struct {
 
 func newIPMI(cfg Config, password string, log *slog.Logger) (*ipmiController, error) {
 	if len(password) > ipmiMaxPassword {
-		return nil, fmt.Errorf("read BMC password: %s: IPMI passwords have at most %d bytes", cfg.PasswordFile, ipmiMaxPassword)
+		return nil, fmt.Errorf("read BMC password: %s: IPMI passwords have at most %d bytes", filepath.Join(cfg.SecretsDir, cfg.PasswordFile), ipmiMaxPassword)
 	}
 	host, port, err := ipmiHostPort(cfg.Address)
 	if err != nil {

@@ -156,7 +156,7 @@ func (s *ipmiSim) controller(t testing.TB, timeout time.Duration, retries int) C
 	t.Helper()
 	c, err := New(Config{
 		Type: TypeIPMI, Address: s.addr, Username: simUser,
-		PasswordFile: writeSecret(t, simPass+"\n"), Timeout: timeout, Retries: retries,
+		SecretsDir: secretsDir(t, simPass+"\n"), PasswordFile: "bmc.pass", Timeout: timeout, Retries: retries,
 	}, discard())
 	if err != nil {
 		t.Fatal(err)
@@ -263,7 +263,7 @@ func TestIPMIWrongPassword(t *testing.T) {
 	sim := startIPMISim(t)
 	c, err := New(Config{
 		Type: TypeIPMI, Address: sim.addr, Username: simUser,
-		PasswordFile: writeSecret(t, "wrong-s3cret"), Timeout: 2 * time.Second, Retries: 2,
+		SecretsDir: secretsDir(t, "wrong-s3cret"), PasswordFile: "bmc.pass", Timeout: 2 * time.Second, Retries: 2,
 	}, discard())
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +297,7 @@ func TestIPMINoAnswer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := New(Config{
 				Type: TypeIPMI, Address: tc.addr, Username: simUser,
-				PasswordFile: writeSecret(t, simPass), Timeout: 100 * time.Millisecond, Retries: 1,
+				SecretsDir: secretsDir(t, simPass), PasswordFile: "bmc.pass", Timeout: 100 * time.Millisecond, Retries: 1,
 			}, discard())
 			if err != nil {
 				t.Fatal(err)

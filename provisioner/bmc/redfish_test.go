@@ -166,12 +166,12 @@ func startRedfish(t testing.TB, f *fakeRedfish, mod func(*Config)) Controller {
 	srv := httptest.NewTLSServer(f)
 	t.Cleanup(srv.Close)
 	cfg := Config{
-		Type:         TypeRedfish,
-		Address:      srv.URL,
-		Username:     mockUser,
-		PasswordFile: writeSecret(t, mockPass+"\n"),
-		Insecure:     true,
-		Timeout:      5 * time.Second,
+		Type:       TypeRedfish,
+		Address:    srv.URL,
+		Username:   mockUser,
+		SecretsDir: secretsDir(t, mockPass+"\n"), PasswordFile: "bmc.pass",
+		Insecure: true,
+		Timeout:  5 * time.Second,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -249,7 +249,7 @@ func TestRedfishErrors(t *testing.T) {
 	}{
 		{
 			name:         "wrong password is not retried",
-			mod:          func(c *Config) { c.PasswordFile = writeSecret(t, "wrong-s3cret"); c.Retries = 2 },
+			mod:          func(c *Config) { c.SecretsDir = secretsDir(t, "wrong-s3cret"); c.Retries = 2 },
 			op:           Controller.PowerOn,
 			wantErr:      "power on: attempt 1 of 3: GET /redfish/v1/Systems: 401 Unauthorized (check username and password_file): There is no valid session established with the implementation.",
 			wantRequests: 1,
@@ -336,7 +336,7 @@ func TestRedfishNoAnswer(t *testing.T) {
 	t.Cleanup(func() { l.Close() })
 	cfg := Config{
 		Type: TypeRedfish, Address: l.Addr().String(), Username: mockUser,
-		PasswordFile: writeSecret(t, mockPass), Timeout: 100 * time.Millisecond, Retries: 1,
+		SecretsDir: secretsDir(t, mockPass), PasswordFile: "bmc.pass", Timeout: 100 * time.Millisecond, Retries: 1,
 	}
 	c, err := New(cfg, discard())
 	if err != nil {

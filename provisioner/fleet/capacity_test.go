@@ -37,7 +37,7 @@ func TestNodeFitsLargestHost(t *testing.T) {
 		{Name: "mon-1", Role: inventory.RoleMonitoring, CPUs: 128, MemoryBytes: 1 << 40},
 	} {
 		h.MACs = []string{"52:54:00:aa:00:0" + strconv.Itoa(i)}
-		h.BMC = bmc.Config{Type: "ipmi", Address: "192.0.2.1" + strconv.Itoa(i), Username: "root", PasswordFile: "/etc/caretaker/bmc/" + h.Name}
+		h.BMC = bmc.Config{Type: "ipmi", Address: "192.0.2.1" + strconv.Itoa(i), Username: "root", PasswordFile: h.Name + ".pass"}
 		if err := inv.Add(h); err != nil {
 			t.Fatal(err)
 		}

@@ -51,6 +51,8 @@ type Provisioner struct {
 	agents   *agentapi.Hosts
 	monitor  *atomic.Pointer[monitoring.Monitor]
 	fileSD   string // the agents of the inventory, for the embedded Prometheus
+	// bmcSecrets is provisioner.bmc.secrets_dir, where password files are.
+	bmcSecrets string
 }
 
 // provisionerTick spaces the provisioner's timed work: phase timeouts,
@@ -84,7 +86,8 @@ func New(o Options) (*Provisioner, error) {
 	cfg, dataDir, logger := o.Config, o.DataDir, o.Logger
 	pc := cfg.Provisioner
 	p := &Provisioner{log: logger, cfg: pc, agents: o.Agents, monitor: o.Monitor,
-		fileSD: filepath.Join(dataDir, "provisioner", "agents.json")}
+		fileSD:     filepath.Join(dataDir, "provisioner", "agents.json"),
+		bmcSecrets: cfg.Path(pc.BMC.SecretsDir)}
 	file, err := inventory.Load(cfg.Path(pc.InventoryFile))
 	if err != nil {
 		return nil, err
@@ -274,6 +277,7 @@ func (p *Provisioner) bmc(host string) (hoststate.BMC, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.BMC.SecretsDir = p.bmcSecrets
 	return bmc.New(h.BMC, p.log.With("host", host, "component", "bmc"))
 }
 

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,7 +30,7 @@ func mounted(t *testing.T) http.Handler {
 		t.Fatal(err)
 	}
 	if err := inv.Add(inventory.Host{Name: "hv-a1", MACs: []string{"52:54:00:aa:00:01"}, Role: inventory.RoleWorker,
-		BMC: bmc.Config{Type: "ipmi", Address: "192.0.2.10", Username: "root", PasswordFile: "/etc/caretaker/bmc/hv-a1"}}); err != nil {
+		BMC: bmc.Config{Type: "ipmi", Address: "192.0.2.10", Username: "root", PasswordFile: "hv-a1.pass"}}); err != nil {
 		t.Fatal(err)
 	}
 	auth, err := api.NewAuthenticator([]api.Token{
@@ -85,9 +86,9 @@ func TestMountBMCView(t *testing.T) {
 		token     string
 		see, hide []string
 	}{
-		{"view-tok", []string{`"type": "ipmi"`}, []string{"192.0.2.10", `"root"`, "/etc/caretaker/bmc"}},
-		{"op-tok", []string{"192.0.2.10", `"username": "root"`}, []string{"/etc/caretaker/bmc"}},
-		{"admin-tok", []string{"192.0.2.10", `"username": "root"`, "/etc/caretaker/bmc/hv-a1"}, nil},
+		{"view-tok", []string{`"type": "ipmi"`}, []string{"192.0.2.10", `"root"`, "hv-a1.pass"}},
+		{"op-tok", []string{"192.0.2.10", `"username": "root"`}, []string{"hv-a1.pass"}},
+		{"admin-tok", []string{"192.0.2.10", `"username": "root"`, "hv-a1.pass"}, nil},
 	} {
 		for _, path := range []string{"/api/v1/hosts", "/api/v1/hosts/hv-a1"} {
 			w := call(h, tc.token, "GET", path, "")
@@ -106,5 +107,34 @@ func TestMountBMCView(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A host's BMC password is read from provisioner.bmc.secrets_dir, and from
+// nowhere else.
+func TestBMCPasswordFromSecretsDir(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	inv, err := inventory.NewStore(db, func() *inventory.Inventory { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Add(inventory.Host{Name: "hv-a1", MACs: []string{"52:54:00:aa:00:01"}, Role: inventory.RoleWorker,
+		BMC: bmc.Config{Type: "ipmi", Address: "192.0.2.10", Username: "root", PasswordFile: "hv-a1.pass"}}); err != nil {
+		t.Fatal(err)
+	}
+	secrets := t.TempDir()
+	p := &Provisioner{log: slog.New(slog.DiscardHandler), inv: inv, bmcSecrets: secrets}
+	if _, err := p.bmc("hv-a1"); err == nil || !strings.Contains(err.Error(), "open "+filepath.Join(secrets, "hv-a1.pass")+": no such file") {
+		t.Fatalf("bmc without the password file: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(secrets, "hv-a1.pass"), []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.bmc("hv-a1"); err != nil {
+		t.Fatalf("bmc: %v", err)
 	}
 }

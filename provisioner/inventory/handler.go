@@ -161,7 +161,7 @@ func decodeHost(w http.ResponseWriter, r *http.Request) (Host, bool) {
 	case errors.Is(err, httpjson.ErrEmpty):
 		httpjson.Error(w, http.StatusBadRequest, "request body: empty; want a host as a JSON object")
 	case strings.Contains(err.Error(), `unknown field "password"`):
-		httpjson.Error(w, http.StatusBadRequest, `request body: unknown field "password": put the password in a file on the server and give its path as bmc.password_file`)
+		httpjson.Error(w, http.StatusBadRequest, `request body: unknown field "password": put the password in a file in the server's BMC secrets directory (provisioner.bmc.secrets_dir) and give its name as bmc.password_file`)
 	default:
 		httpjson.WriteDecodeError(w, err)
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 const newHostBody = `{"name": "kvm-c1", "macs": ["52:54:00:CC:00:01"], "role": "worker", "labels": {"rack": "c"},
-	"bmc": {"type": "redfish", "address": "https://192.0.2.9", "username": "admin", "password_file": "/etc/caretaker/bmc/kvm-c1", "timeout": "3s"}}`
+	"bmc": {"type": "redfish", "address": "https://192.0.2.9", "username": "admin", "password_file": "kvm-c1.bmc", "timeout": "3s"}}`
 
 // withField returns newHostBody with one more top-level field.
 func withField(field string) string {
@@ -40,7 +40,13 @@ func TestHandler(t *testing.T) {
 			body: withField(`"rack": "c"`), err: `request body: unknown field "rack"`},
 		{name: "add with a password", method: "POST", path: "/api/v1/hosts", status: 400,
 			body: strings.Replace(newHostBody, `"username"`, `"password": "hunter2", "username"`, 1),
-			err:  `request body: unknown field "password": put the password in a file on the server and give its path as bmc.password_file`},
+			err:  `request body: unknown field "password": put the password in a file in the server's BMC secrets directory (provisioner.bmc.secrets_dir) and give its name as bmc.password_file`},
+		{name: "add with a password file outside the secrets directory", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: strings.Replace(newHostBody, "kvm-c1.bmc", "/etc/shadow", 1),
+			err:  `bmc.password_file: "/etc/shadow": password_file names a file inside the BMC secrets directory (provisioner.bmc.secrets_dir): a file name or a relative path without "..", not an absolute path`},
+		{name: "add with a password file above the secrets directory", method: "POST", path: "/api/v1/hosts", status: 400,
+			body: strings.Replace(newHostBody, "kvm-c1.bmc", "../../root/.ssh/id_ed25519", 1),
+			err:  `bmc.password_file: "../../root/.ssh/id_ed25519": password_file names a file inside the BMC secrets directory (provisioner.bmc.secrets_dir): a file name or a relative path without "..", not an absolute path`},
 		{name: "add with a wrong type", method: "POST", path: "/api/v1/hosts", status: 400,
 			body: withField(`"cpus": "64"`), err: `request body: cpus: cannot take a JSON string, want an integer`},
 		{name: "add with a bad timeout", method: "POST", path: "/api/v1/hosts", status: 400,
@@ -131,7 +137,7 @@ func TestHandlerBodies(t *testing.T) {
     "type": "redfish",
     "address": "https://192.0.2.9",
     "username": "admin",
-    "password_file": "/etc/caretaker/bmc/kvm-c1",
+    "password_file": "kvm-c1.bmc",
     "timeout": "3s"
   },
   "role": "worker",
@@ -154,12 +160,16 @@ func TestHandlerBodies(t *testing.T) {
 
 // The API shows the password file's path, never its content.
 func TestHandlerNoPassword(t *testing.T) {
-	pw := filepath.Join(t.TempDir(), "kvm-c1.bmc")
-	if err := os.WriteFile(pw, []byte("s3cret-pw\n"), 0o600); err != nil {
+	dir := t.TempDir()
+	pw := "rack-c/kvm-c1.bmc"
+	if err := os.MkdirAll(filepath.Join(dir, "rack-c"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, pw), []byte("s3cret-pw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h := Handler(newStore(t, nil))
-	body := strings.Replace(newHostBody, "/etc/caretaker/bmc/kvm-c1", pw, 1)
+	body := strings.Replace(newHostBody, "kvm-c1.bmc", pw, 1)
 	for _, rec := range []*httptest.ResponseRecorder{
 		serve(h, "POST", "/api/v1/hosts", body),
 		serve(h, "GET", "/api/v1/hosts/kvm-c1", ""),

@@ -1,10 +1,11 @@
 // Package inventory holds the fleet's bare-metal hosts: those of the
 // inventory file (YAML, loaded strictly) and those added through the API
 // (kept in a bbolt bucket). Both together are the inventory; a host's name,
-// MACs and serial are unique across it. Relative bmc.password_file paths in
-// the file are taken relative to the file's directory; hosts added through
-// the API must give absolute paths. Passwords themselves are never read,
-// stored or shown here: only the path of the file holding one.
+// MACs and serial are unique across it. A bmc.password_file, in the file or
+// through the API, names a file inside the server's BMC secrets directory
+// (provisioner.bmc.secrets_dir; bmc.CheckPasswordFile). Passwords
+// themselves are never read, stored or shown here: only the name of the
+// file holding one.
 package inventory
 
 import (
@@ -13,7 +14,6 @@ import (
 	"maps"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -87,17 +87,11 @@ func Load(path string) (*Inventory, error) {
 }
 
 // Parse parses an inventory file's content; name is the file's path, used in
-// errors and to resolve relative password_file paths.
+// errors.
 func Parse(name string, data []byte) (*Inventory, error) {
 	var inv Inventory
 	if err := yamlfile.Decode(name, data, &inv); err != nil {
 		return nil, err
-	}
-	dir := filepath.Dir(name)
-	for i := range inv.Hosts {
-		if pf := &inv.Hosts[i].BMC.PasswordFile; !filepath.IsAbs(*pf) {
-			*pf = filepath.Join(dir, *pf)
-		}
 	}
 	inv.source = name
 	inv.data = data

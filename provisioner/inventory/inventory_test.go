@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -26,8 +25,8 @@ func TestLoad(t *testing.T) {
 	}, *update)
 }
 
-// Loading normalises MACs, fills the agent and resolves relative password
-// files against the file's directory.
+// Loading normalises MACs and fills the agent; password files stay names
+// inside the secrets directory.
 func TestLoadNormalises(t *testing.T) {
 	inv, err := Load("testdata/good/full.yml")
 	if err != nil {
@@ -38,21 +37,21 @@ func TestLoadNormalises(t *testing.T) {
 			Name: "kvm-a1", Serial: "CZ2150ABCD",
 			MACs: []string{"52:54:00:aa:bb:01", "52:54:00:aa:bb:02"},
 			BMC: bmc.Config{Type: "ipmi", Address: "10.0.0.11", Username: "admin",
-				PasswordFile: "testdata/good/secrets/kvm-a1.bmc", Timeout: 5 * time.Second, Retries: 2},
+				PasswordFile: "kvm-a1.bmc", Timeout: 5 * time.Second, Retries: 2},
 			Role: "worker", Labels: map[string]string{"rack": "a", "zone": "eu-1"},
 			Agent: "kvm-a1:9301", CPUs: 64, MemoryBytes: 256 << 30,
 		},
 		{
 			Name: "kvm-b1", MACs: []string{"52:54:00:aa:bb:11"},
 			BMC: bmc.Config{Type: "redfish", Address: "https://10.0.1.11", Username: "root",
-				PasswordFile: "/etc/caretaker/bmc/kvm-b1", Insecure: true},
+				PasswordFile: "kvm-b1", Insecure: true},
 			Role: "worker", Labels: map[string]string{"rack": "b", "zone": "eu-2"},
 			Agent: "10.0.1.21:9301",
 		},
 		{
 			Name: "mon-1", Serial: "CZ2150EFGH", MACs: []string{"52:54:00:aa:bb:21"},
 			BMC: bmc.Config{Type: "ipmi", Address: "10.0.2.11:6230", Username: "admin",
-				PasswordFile: "/etc/caretaker/bmc/mon-1"},
+				PasswordFile: "mon-1"},
 			Role: "monitoring", Agent: "mon-1:9301",
 		},
 	}
@@ -75,7 +74,7 @@ func TestValidateInCode(t *testing.T) {
 func validHost(name string, macs ...string) Host {
 	return Host{
 		Name: name, MACs: macs, Role: RoleWorker,
-		BMC: bmc.Config{Type: bmc.TypeIPMI, Address: "192.0.2.1", Username: "admin", PasswordFile: "/etc/caretaker/bmc/" + name},
+		BMC: bmc.Config{Type: bmc.TypeIPMI, Address: "192.0.2.1", Username: "admin", PasswordFile: name},
 	}
 }
 
@@ -89,6 +88,9 @@ func TestJSONNamesAreYAMLNames(t *testing.T) {
 		names := func(t reflect.Type, tag string) []string {
 			var out []string
 			for f := range t.Fields() {
+				if f.Tag.Get(tag) == "-" {
+					continue // not part of the inventory (bmc.Config.SecretsDir)
+				}
 				out = append(out, strings.Split(f.Tag.Get(tag), ",")[0])
 			}
 			return out
@@ -130,7 +132,7 @@ func FuzzParse(f *testing.F) {
 		}
 		f.Add(b)
 	}
-	f.Add([]byte("hosts:\n- {name: a, macs: [00:00:00:00:00:01], role: worker, bmc: {type: redfish, address: h, username: u, password_file: /p}}\n"))
+	f.Add([]byte("hosts:\n- {name: a, macs: [00:00:00:00:00:01], role: worker, bmc: {type: redfish, address: h, username: u, password_file: p}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		inv, err := Parse("/etc/caretaker/inventory.yml", data)
 		if err != nil {
@@ -155,8 +157,8 @@ func FuzzParse(f *testing.F) {
 			if checkHostPort(h.Agent) != nil {
 				t.Fatalf("agent %q accepted", h.Agent)
 			}
-			if !filepath.IsAbs(h.BMC.PasswordFile) {
-				t.Fatalf("password_file %q not resolved", h.BMC.PasswordFile)
+			if bmc.CheckPasswordFile(h.BMC.PasswordFile) != nil {
+				t.Fatalf("password_file %q accepted", h.BMC.PasswordFile)
 			}
 		}
 		again := &Inventory{Hosts: inv.Hosts}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -68,9 +67,6 @@ func (s *Store) fileHosts() []Host {
 func (s *Store) Add(h Host) error {
 	h = h.clone()
 	errs := normalize(&h)
-	if h.BMC.PasswordFile != "" && !filepath.IsAbs(h.BMC.PasswordFile) {
-		errs = append(errs, yamlfile.Errorf("bmc.password_file", "%q: must be an absolute path on the server", h.BMC.PasswordFile))
-	}
 	for i, m := range h.MACs {
 		if j := slices.Index(h.MACs, m); j < i {
 			errs = append(errs, yamlfile.Errorf(fmt.Sprintf("macs[%d]", i), "%s is also macs[%d]", m, j))

@@ -71,11 +71,11 @@ func TestStoreAdd(t *testing.T) {
 			host: func() Host {
 				h := validHost("kvm-c2", "52:54:00:cc:00:02")
 				h.BMC.Type = ""
-				h.BMC.PasswordFile = "pw"
+				h.BMC.PasswordFile = "/etc/shadow"
 				return h
 			}(),
 			want: `bmc.type: must be "ipmi" or "redfish"` + "\n" +
-				`bmc.password_file: "pw": must be an absolute path on the server`,
+				`bmc.password_file: "/etc/shadow": password_file names a file inside the BMC secrets directory (provisioner.bmc.secrets_dir): a file name or a relative path without "..", not an absolute path`,
 		},
 		{
 			name:     "name of a file host",
