@@ -267,8 +267,15 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	addr := l.Addr().String()
 	srv := &http.Server{
-		Handler:           a.handler,
+		Handler: a.handler,
+		// A client (the server, Prometheus) has 10 s for its headers and
+		// a minute for its request; an action's answer may take its
+		// libvirt calls, well within WriteTimeout; an idle keep-alive
+		// connection closes after two minutes.
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
 	noSystemd := false

@@ -108,8 +108,16 @@ func (s Style) Write(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-// Error answers {"error": msg} with code.
+// Error answers {"error": msg} with code. A refusal (401, 403, 413, 429)
+// also closes the connection: it comes before the request's body is read,
+// and net/http would otherwise read up to 256 KiB of that body before
+// sending the answer, so a client that never sends its body would hold
+// the answer (and the connection) until the server's ReadTimeout.
 func (s Style) Error(w http.ResponseWriter, code int, msg string) {
+	switch code {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
+		w.Header().Set("Connection", "close")
+	}
 	s.Write(w, code, errorBody{Error: msg})
 }
 

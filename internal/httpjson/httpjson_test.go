@@ -1,13 +1,16 @@
 package httpjson
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 type request struct {
@@ -98,6 +101,32 @@ func TestUnauthorized(t *testing.T) {
 	Compact.Unauthorized(rec, "caretaker", "missing or invalid bearer token")
 	if rec.Code != 401 || rec.Header().Get("WWW-Authenticate") != `Bearer realm="caretaker"` || rec.Body.String() != "{\"error\":\"missing or invalid bearer token\"}\n" {
 		t.Errorf("got %d %q %s", rec.Code, rec.Header().Get("WWW-Authenticate"), rec.Body)
+	}
+}
+
+// A refusal is sent without reading the request's body first: a client
+// that announces a body and never sends it gets its answer at once.
+func TestRefusalDoesNotAwaitBody(t *testing.T) {
+	for _, code := range []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if code == http.StatusUnauthorized {
+				Compact.Unauthorized(w, "caretaker", "missing bearer token")
+				return
+			}
+			Compact.Error(w, code, "no")
+		}))
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(time.Minute)) // a bound on a failure only
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != code {
+			t.Errorf("%d: answer %v, %v; want it before the body", code, resp, err)
+		}
+		c.Close()
+		srv.Close()
 	}
 }
 

@@ -77,7 +77,8 @@ func (l *labTLS) serverConfig() string {
 // serveTLS serves h on l with the web config (as agent.Serve does) until
 // ctx is done, then shuts down.
 func serveTLS(ctx context.Context, l net.Listener, h http.Handler, webConfig string, logger *slog.Logger) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute} // as agent.Serve
 	noSystemd := false
 	addrs := []string{l.Addr().String()}
 	flags := &web.FlagConfig{WebListenAddresses: &addrs, WebSystemdSocket: &noSystemd, WebConfigFile: &webConfig}

@@ -520,7 +520,17 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // Serve serves HTTP on l until ctx is done.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler: s.handler,
+		// A client has 10 s for its headers and a minute for its whole
+		// request, body included; an idle keep-alive connection closes
+		// after two. Writing an answer may take as long as the longest
+		// handler, a PromQL query (prometheus.query.timeout), and more.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      s.opts.Config.Prometheus.Query.Timeout + writeMargin,
+		IdleTimeout:       2 * time.Minute,
+	}
 	errc := make(chan error, 1)
 	go s.tick(ctx)
 	go func() {
@@ -546,6 +556,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	return nil
 }
+
+// writeMargin is what the server's WriteTimeout allows beyond a query's
+// timeout: the other handlers (provisioner calls to agents, journal
+// queries) end well within it.
+const writeMargin = 5 * time.Minute
 
 // tickEvery spaces the engine's timed work: approvals expiring,
 // verifications timing out, retries of alerts that are not re-sent.
