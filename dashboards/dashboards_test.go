@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"gopkg.in/yaml.v3"
 
+	"caretaker/internal/agentapi"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -359,7 +360,7 @@ func newEngine(t *testing.T, reg prometheus.Registerer, hosts remediation.Hosts)
 	}
 	t.Cleanup(func() { j.Close() })
 	if hosts == nil {
-		hosts = agentHosts{}
+		hosts = agentapi.NewHosts("")
 	}
 	e, err := remediation.New(remediation.Options{Policy: policy.Default(), Journal: j, Hosts: hosts, Registerer: reg})
 	if err != nil {

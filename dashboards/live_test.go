@@ -47,47 +47,6 @@ const (
 	testToken      = "ctk-dash-token"
 )
 
-// agentHosts is the remediation engine's way to the agents: the real
-// agent client, as the server wires it.
-type agentHosts map[string]*agentapi.Client
-
-func (h agentHosts) client(host string) (*agentapi.Client, error) {
-	c, ok := h[host]
-	if !ok {
-		return nil, fmt.Errorf("no agent for host %q", host)
-	}
-	return c, nil
-}
-
-func (h agentHosts) StartGuest(ctx context.Context, host, uuid string) error {
-	c, err := h.client(host)
-	if err != nil {
-		return err
-	}
-	_, err = c.StartDomain(ctx, uuid)
-	return err
-}
-
-func (h agentHosts) RepairOverlay(ctx context.Context, host, cluster string) ([]string, error) {
-	c, err := h.client(host)
-	if err != nil {
-		return nil, err
-	}
-	return c.RepairOverlay(ctx, cluster)
-}
-
-func (h agentHosts) GuestRunning(ctx context.Context, host, uuid string) (bool, error) {
-	c, err := h.client(host)
-	if err != nil {
-		return false, err
-	}
-	d, err := c.Domain(ctx, uuid)
-	if err != nil {
-		return false, err
-	}
-	return d.State == "running", nil
-}
-
 // TestPanelsReturnData runs every panel query against a TSDB filled by the
 // embedded Prometheus scraping real agents: host-a on qemu:///system with
 // one real QEMU guest (disk, interface on a bridge), host-b on libvirt's
@@ -149,7 +108,7 @@ func TestPanelsReturnData(t *testing.T) {
 	// host-a's.
 	filter := regexp.MustCompile("^" + regexp.QuoteMeta("ctk-dash-"+suffix+"-"))
 	addrOf := map[string]string{}
-	hosts := agentHosts{}
+	hosts := agentapi.NewHosts(testToken)
 	for _, h := range []struct {
 		name, uri, netns string
 		ovl              []overlayspec.Overlay
@@ -169,7 +128,7 @@ func TestPanelsReturnData(t *testing.T) {
 		}
 		t.Cleanup(func() { a.Close() }) // after Serve returns: cleanups run last-in first-out
 		addrOf[h.name] = serve(t, func(ctx context.Context, l net.Listener) error { return a.Serve(ctx, l) })
-		hosts[h.name] = agentapi.NewClient("http://"+addrOf[h.name], testToken, &http.Client{Timeout: time.Minute})
+		hosts.Add(h.name, addrOf[h.name])
 	}
 
 	// The server's remediation metrics come from a real engine on its own
