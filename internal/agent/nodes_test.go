@@ -8,11 +8,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"libvirt.org/go/libvirt"
 
@@ -244,18 +242,6 @@ func TestNodeStatus(t *testing.T) {
 		}
 		h.domainID(t, n.Name)
 	}
-}
-
-// run runs a command (no shell) with a timeout and returns its output.
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, out)
-	}
-	return string(out)
 }
 
 // TestNodeNeverTouchesAnotherNode: a PUT (plain or replace) or DELETE
