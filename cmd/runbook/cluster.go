@@ -355,7 +355,7 @@ func newClusterShowCmd(o *options, getenv func(string) string) *cobra.Command {
 
 func printCluster(w io.Writer, c clusters.Cluster, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, row := range [][2]string{
+	rows := [][2]string{
 		{"name", c.Name},
 		{"phase", c.Phase},
 		{"nodes", progress(c)},
@@ -364,7 +364,15 @@ func printCluster(w io.Writer, c clusters.Cluster, now time.Time) error {
 		{"base image", firstNonEmpty(c.BaseImage, "(the server's default)")},
 		{"created", at(c.Created) + " (" + since(now, c.Created) + " ago)"},
 		{"updated", at(c.Updated)},
-	} {
+	}
+	// who, by the server's record of the token, not by what a client said
+	if by := c.CreatedBy; by != nil {
+		rows = append(rows, [2]string{"created by", oneLine(by.String()) + " at " + at(by.At)})
+	}
+	if by := c.ChangedBy; by != nil {
+		rows = append(rows, [2]string{"changed by", oneLine(by.String()) + " at " + at(by.At)})
+	}
+	for _, row := range rows {
 		printf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	fmt.Fprintln(tw)

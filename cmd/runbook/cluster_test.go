@@ -53,7 +53,7 @@ func newClusterServer(t *testing.T) *clusterServer {
 		t.Fatal(err)
 	}
 	s := &clusterServer{db: db, store: store}
-	h := clusters.Handler(store, nil)
+	h := clusters.Handler(store, nil, nil)
 	a := testAuth(t)
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/clusters", a.Require(api.RoleViewer, "reading clusters", h))

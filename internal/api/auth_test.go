@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"caretaker/internal/authlimit"
+	"caretaker/internal/who"
 )
 
 // Failed authentications are logged (client, route, reason, never the
@@ -87,4 +88,23 @@ func failuresCounter(t *testing.T, reg *prometheus.Registry, reason string) prom
 	}
 	t.Fatalf("no %s{reason=%q}", FailuresMetric, reason)
 	return nil
+}
+
+// WhoBy records the token's identity; a client's author is only ever on
+// behalf of.
+func TestWhoByIsTheToken(t *testing.T) {
+	a, err := NewAuthenticator([]Token{{Name: "ada", Role: RoleAdmin, Secret: "ada-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got who.By
+	h := a.Authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = WhoBy(r, " mallory ", "disk replaced")
+	}))
+	r := httptest.NewRequest("POST", "/api/v1/provisioner/hosts/h1/reprovision", nil)
+	r.Header.Set("Authorization", "Bearer ada-secret")
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	if got.Name != "ada" || got.Role != "admin" || got.OnBehalfOf != "mallory" || got.Comment != "disk replaced" || got.At.IsZero() {
+		t.Fatalf("WhoBy: %+v", got)
+	}
 }

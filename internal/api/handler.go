@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"caretaker/internal/httpjson"
+	"caretaker/internal/who"
 	"caretaker/remediation"
 	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
@@ -251,4 +252,11 @@ func textProblem(v string) string {
 		}
 	}
 	return ""
+}
+
+// WhoBy is who.Func for the provisioner's handlers: the request's
+// authenticated identity, the client's author only as on behalf of.
+func WhoBy(r *http.Request, author, comment string) who.By {
+	w := Who(r, author)
+	return who.By{Name: w.Name, Role: w.Role, OnBehalfOf: w.OnBehalfOf, Comment: strings.TrimSpace(comment), At: time.Now().UTC()}
 }

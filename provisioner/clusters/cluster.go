@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"caretaker/internal/overlayspec"
+	"caretaker/internal/who"
 )
 
 // Roles of a node pool.
@@ -99,6 +100,12 @@ type Cluster struct {
 	Phase    string       `json:"phase"`
 	Created  time.Time    `json:"created"`
 	Updated  time.Time    `json:"updated"`
+	// CreatedBy is who created the cluster through the API: the token's
+	// name and role, and when; ChangedBy who last scaled it or asked for
+	// its deletion. Absent for clusters created before they were
+	// recorded, or not through the API.
+	CreatedBy *who.By `json:"created_by,omitempty"`
+	ChangedBy *who.By `json:"changed_by,omitempty"`
 }
 
 // HostOverlays maps a host to the cluster's overlay there.

@@ -2,10 +2,14 @@ package clusters
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"caretaker/internal/httpjson"
+	"caretaker/internal/who"
 )
 
 // maxBody caps a request body: a spec with a few pools is a few hundred
@@ -20,6 +24,19 @@ type List struct {
 // ScaleRequest is the body of PATCH /api/v1/clusters/{name}/pools/{pool}.
 type ScaleRequest struct {
 	Count *int `json:"count"`
+	// Author, when set, is kept only as "on behalf of" beside the token's
+	// identity; Comment is kept as said.
+	Author  string `json:"author,omitempty"`
+	Comment string `json:"comment,omitempty"`
+}
+
+// CreateRequest is the body of POST /api/v1/clusters: a Spec, and
+// optionally an author (kept only as "on behalf of" beside the token's
+// identity, never as it) and a comment.
+type CreateRequest struct {
+	Spec
+	Author  string `json:"author,omitempty"`
+	Comment string `json:"comment,omitempty"`
 }
 
 // Handler serves the cluster API; authentication is the caller's wrapper's.
@@ -31,19 +48,24 @@ type ScaleRequest struct {
 //	PATCH  /api/v1/clusters/{name}/pools/{pool}  {"count": n} → 202 Cluster
 //
 // Changes are asynchronous: notify (may be nil) tells the reconciler.
-// Errors are {"error": "..."} with 400, 404, 409 or 413.
-func Handler(store *Store, notify func()) http.Handler {
+// by (may be nil: nothing recorded) tells who makes a request, from its
+// authenticated token: it is recorded as the cluster's created_by or
+// changed_by. Errors are {"error": "..."} with 400, 404, 409 or 413.
+func Handler(store *Store, notify func(), by who.Func) http.Handler {
 	if notify == nil {
 		notify = func() {}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
-		var spec Spec
-		if err := httpjson.Decode(w, r, &spec, maxBody); err != nil {
+		var req CreateRequest
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
 			httpjson.WriteDecodeError(w, err)
 			return
 		}
-		c, err := store.Create(spec)
+		if !checkText(w, "author", req.Author) || !checkText(w, "comment", req.Comment) {
+			return
+		}
+		c, err := store.CreateBy(req.Spec, by.Of(r, req.Author, req.Comment))
 		if err != nil {
 			writeStoreError(w, err)
 			return
@@ -72,7 +94,7 @@ func Handler(store *Store, notify func()) http.Handler {
 		httpjson.Write(w, http.StatusOK, c)
 	})
 	mux.HandleFunc("DELETE /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
-		c, err := store.Delete(r.PathValue("name"))
+		c, err := store.DeleteBy(r.PathValue("name"), by.Of(r, "", ""))
 		if err != nil {
 			writeStoreError(w, err)
 			return
@@ -90,7 +112,10 @@ func Handler(store *Store, notify func()) http.Handler {
 			httpjson.Error(w, http.StatusBadRequest, `request body: "count" missing`)
 			return
 		}
-		c, err := store.Scale(r.PathValue("name"), r.PathValue("pool"), *req.Count)
+		if !checkText(w, "author", req.Author) || !checkText(w, "comment", req.Comment) {
+			return
+		}
+		c, err := store.ScaleBy(r.PathValue("name"), r.PathValue("pool"), *req.Count, by.Of(r, req.Author, req.Comment))
 		if err != nil {
 			writeStoreError(w, err)
 			return
@@ -99,6 +124,22 @@ func Handler(store *Store, notify func()) http.Handler {
 		httpjson.Write(w, http.StatusAccepted, c)
 	})
 	return mux
+}
+
+// checkText answers 400 naming field when v holds a control character or
+// is not UTF-8: a recorded author or comment must print as one line.
+func checkText(w http.ResponseWriter, field, v string) bool {
+	if !utf8.ValidString(v) {
+		httpjson.Error(w, http.StatusBadRequest, field+": not valid UTF-8")
+		return false
+	}
+	for i, c := range v {
+		if unicode.IsControl(c) || unicode.Is(unicode.Cf, c) || c == '\u2028' || c == '\u2029' {
+			httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("%s: control character %U at byte %d is not allowed", field, c, i))
+			return false
+		}
+	}
+	return true
 }
 
 func writeStoreError(w http.ResponseWriter, err error) {

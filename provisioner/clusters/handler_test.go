@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 
 	"caretaker/internal/golden"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/who"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -30,7 +32,7 @@ func imageBody(image string) string {
 func TestHandler(t *testing.T) {
 	s := newStore(t, VNIRange{})
 	notified := 0
-	h := Handler(s, func() { notified++ })
+	h := Handler(s, func() { notified++ }, nil)
 	// Steps run in order against one store.
 	steps := []struct {
 		name, method, path, body string
@@ -58,7 +60,7 @@ func TestHandler(t *testing.T) {
 		{name: "unknown field", method: "POST", path: "/api/v1/clusters", body: `{"name": "x", "cpus": 4}`, code: 400,
 			want: `request body: unknown field "cpus"`},
 		{name: "wrong type", method: "POST", path: "/api/v1/clusters", body: `{"name": "x", "pools": [{"count": "three"}]}`, code: 400,
-			want: "request body: cannot unmarshal string into Go struct field Pool.pools.count of type int"},
+			want: "request body: cannot unmarshal string into Go struct field Pool.Spec.pools.count of type int"},
 		{name: "trailing data", method: "POST", path: "/api/v1/clusters", body: `{"name": "x"} {}`, code: 400,
 			want: "request body: unexpected data after the JSON object"},
 		{name: "empty body", method: "POST", path: "/api/v1/clusters", code: 400, want: "request body: empty; want a JSON object"},
@@ -119,7 +121,7 @@ func FuzzDecodeSpec(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	s := newStore(f, VNIRange{})
-	h := Handler(s, nil)
+	h := Handler(s, nil, nil)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		spec, err := decodeSpec(bytes.NewReader(data))
 		if err != nil {
@@ -160,4 +162,50 @@ func FuzzDecodeSpec(f *testing.F) {
 func decodeSpec(body io.Reader) (Spec, error) {
 	var s Spec
 	return s, httpjson.DecodeReader(body, &s)
+}
+
+// The cluster records who created and who last changed it, as the
+// server's who.Func tells from the token; the client's author is kept
+// only as on behalf of.
+func TestHandlerRecordsWho(t *testing.T) {
+	s := newStore(t, VNIRange{})
+	tokens := map[string]string{"otto": "operator", "ada": "admin"}
+	h := Handler(s, nil, func(r *http.Request, author, comment string) who.By {
+		name := r.Header.Get("X-Token")
+		return who.By{Name: name, Role: tokens[name], OnBehalfOf: author, Comment: comment}
+	})
+	do := func(token, method, path, body string) string {
+		r := httptest.NewRequest(method, path, strings.NewReader(body))
+		r.Header.Set("X-Token", token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code >= 300 {
+			t.Fatalf("%s %s: %d %s", method, path, w.Code, w.Body)
+		}
+		return w.Body.String()
+	}
+	do("otto", "POST", "/api/v1/clusters", strings.Replace(labBody, `"name": "lab"`, `"author": "mallory", "comment": "for the demo", "name": "lab"`, 1))
+	c, err := s.Get("lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := who.By{Name: "otto", Role: "operator", OnBehalfOf: "mallory", Comment: "for the demo", At: t0}
+	if c.CreatedBy == nil || *c.CreatedBy != want || c.ChangedBy != nil {
+		t.Fatalf("created_by %+v changed_by %+v, want %+v and none", c.CreatedBy, c.ChangedBy, want)
+	}
+	got := do("otto", "GET", "/api/v1/clusters/lab", "")
+	if !strings.Contains(got, `"created_by": {`) || !strings.Contains(got, `"name": "otto"`) || !strings.Contains(got, `"on_behalf_of": "mallory"`) {
+		t.Errorf("GET lacks created_by:\n%s", got)
+	}
+	if strings.Contains(got, `"name": "mallory"`) {
+		t.Errorf("the client's author shows as the identity:\n%s", got)
+	}
+	do("ada", "PATCH", "/api/v1/clusters/lab/pools/workers", `{"count": 1, "author": "mallory"}`)
+	if c, _ = s.Get("lab"); c.ChangedBy == nil || c.ChangedBy.Name != "ada" || c.ChangedBy.Role != "admin" || c.CreatedBy.Name != "otto" {
+		t.Fatalf("after scale: created_by %+v changed_by %+v", c.CreatedBy, c.ChangedBy)
+	}
+	do("ada", "DELETE", "/api/v1/clusters/lab", "")
+	if c, _ = s.Get("lab"); c.ChangedBy == nil || c.ChangedBy.Name != "ada" || c.ChangedBy.OnBehalfOf != "" {
+		t.Fatalf("after delete: changed_by %+v", c.ChangedBy)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"caretaker/internal/who"
 	"caretaker/provisioner/placement"
 
 	bolt "go.etcd.io/bbolt"
@@ -104,6 +105,12 @@ func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
 // Create stores a new cluster with the lowest free VNI and its nodes
 // pending. Its base_image must be "" (the default) or a declared one.
 func (s *Store) Create(spec Spec) (Cluster, error) {
+	return s.CreateBy(spec, nil)
+}
+
+// CreateBy is Create recording by (may be nil) as who created the
+// cluster; its time is the store's.
+func (s *Store) CreateBy(spec Spec, by *who.By) (Cluster, error) {
 	if err := s.check(spec); err != nil {
 		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{err})
 	}
@@ -153,7 +160,7 @@ func (s *Store) Create(spec Spec) (Cluster, error) {
 			return fmt.Errorf("no free VNI in %d-%d: %w", s.vnis.First, s.vnis.Last, ErrConflict)
 		}
 		now := s.now().UTC()
-		c = Cluster{Spec: spec, VNI: vni, Created: now}
+		c = Cluster{Spec: spec, VNI: vni, Created: now, CreatedBy: stamp(by, now)}
 		return s.put(b, &c)
 	})
 	if err != nil {
@@ -282,8 +289,17 @@ func (s *Store) List() ([]Cluster, error) {
 // the nodes, then the overlays, then the record. Deleting a cluster twice
 // is not an error.
 func (s *Store) Delete(name string) (Cluster, error) {
+	return s.DeleteBy(name, nil)
+}
+
+// DeleteBy is Delete recording by (may be nil) as who last changed the
+// cluster.
+func (s *Store) DeleteBy(name string, by *who.By) (Cluster, error) {
 	c, err := s.update(name, func(c *Cluster) error {
 		c.Phase = PhaseDeleting
+		if by != nil {
+			c.ChangedBy = stamp(by, s.now().UTC())
+		}
 		return nil
 	})
 	if err != nil {
@@ -295,6 +311,12 @@ func (s *Store) Delete(name string) (Cluster, error) {
 // Scale sets a pool's node count. Nodes added get the lowest free indexes;
 // the reconciler deletes the surplus, highest index first.
 func (s *Store) Scale(name, pool string, count int) (Cluster, error) {
+	return s.ScaleBy(name, pool, count, nil)
+}
+
+// ScaleBy is Scale recording by (may be nil) as who last changed the
+// cluster.
+func (s *Store) ScaleBy(name, pool string, count int, by *who.By) (Cluster, error) {
 	// A pool's node size never changes, so it is checked before the
 	// transaction: NodeFits may read other stores of the same database.
 	if c, err := s.Get(name); err == nil {
@@ -324,12 +346,25 @@ func (s *Store) Scale(name, pool string, count int) (Cluster, error) {
 		if err != nil {
 			return invalid{err}
 		}
+		if by != nil {
+			c.ChangedBy = stamp(by, s.now().UTC())
+		}
 		return nil
 	})
 	if err != nil {
 		return Cluster{}, fmt.Errorf("scale cluster %s pool %s to %d: %w", name, pool, count, err)
 	}
 	return c, nil
+}
+
+// stamp returns a copy of by (nil stays nil) at the store's time now.
+func stamp(by *who.By, now time.Time) *who.By {
+	if by == nil {
+		return nil
+	}
+	b := *by
+	b.At = now
+	return &b
 }
 
 // update applies f to the stored cluster in one transaction; f's error

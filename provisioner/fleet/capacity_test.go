@@ -48,7 +48,7 @@ func TestNodeFitsLargestHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := clusters.Handler(store, nil)
+	h := clusters.Handler(store, nil, nil)
 	post := func(body string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/clusters", strings.NewReader(body)))

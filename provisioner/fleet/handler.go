@@ -9,6 +9,7 @@ import (
 
 	"caretaker/internal/api"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/who"
 	"caretaker/provisioner/clusters"
 	"caretaker/provisioner/hoststate"
 	"caretaker/provisioner/inventory"
@@ -22,11 +23,14 @@ import (
 // model").
 func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
 	// Each route needs the one role the API's route table gives it
-	// (api.Permissions); every change is logged with its token.
-	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify)))
+	// (api.Permissions); every change is logged with its token, and
+	// recorded with it (api.WhoBy): a cluster's created_by and
+	// changed_by, an added host's added_by, a provision's or
+	// reprovision's journal entry.
+	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify, api.WhoBy)))
 	mux.Handle("/api/v1/clusters", ch)
 	mux.Handle("/api/v1/clusters/", ch)
-	ih := auth.Guard(p.audit(p.afterChange(inventory.Handler(p.inv, inventory.HandlerOptions{BMCView: bmcView}))))
+	ih := auth.Guard(p.audit(p.afterChange(inventory.Handler(p.inv, inventory.HandlerOptions{BMCView: bmcView, Who: api.WhoBy}))))
 	mux.Handle("/api/v1/hosts", ih)
 	mux.Handle("/api/v1/hosts/", ih)
 	sh := auth.Guard(p.audit(p.stateHandler()))
@@ -114,7 +118,7 @@ func (p *Provisioner) stateHandler() http.Handler {
 		}
 		httpjson.Write(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
 	})
-	act := func(name string, do func(context.Context, string) error) http.HandlerFunc {
+	act := func(name string, do func(context.Context, string, *who.By) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var req api.ProvisionRequest
 			if err := httpjson.Decode(w, r, &req, 64<<10); err != nil {
@@ -132,7 +136,8 @@ func (p *Provisioner) stateHandler() http.Handler {
 			by := api.Who(r, req.Author)
 			p.log.Info(name+" requested", "host", host, "token", by.Name, "role", by.Role,
 				"on_behalf_of", by.OnBehalfOf, "comment", req.Comment)
-			err := do(context.WithoutCancel(r.Context()), host)
+			rec := api.WhoBy(r, req.Author, req.Comment)
+			err := do(context.WithoutCancel(r.Context()), host, &rec)
 			switch {
 			case errors.Is(err, hoststate.ErrUnknownHost):
 				httpjson.Error(w, http.StatusNotFound, err.Error())
@@ -146,7 +151,7 @@ func (p *Provisioner) stateHandler() http.Handler {
 			}
 		}
 	}
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.Provision))
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.Reprovision))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.ProvisionBy))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.ReprovisionBy))
 	return mux
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/pxe"
 )
@@ -202,7 +203,13 @@ func (m *Machine) Register(name, mac string) error {
 // through Tick and the PXE handler (ScriptServed, Completed), or Booted
 // when its agent answers.
 func (m *Machine) Provision(ctx context.Context, name string) error {
-	return m.begin(ctx, name, EventProvision)
+	return m.begin(ctx, name, Event{Kind: EventProvision})
+}
+
+// ProvisionBy is Provision recording by (may be nil) in the host's
+// journal as who asked for it.
+func (m *Machine) ProvisionBy(ctx context.Context, name string, by *who.By) error {
+	return m.begin(ctx, name, Event{Kind: EventProvision, By: by})
 }
 
 // Reprovision reinstalls a host, for the remediation engine's
@@ -214,17 +221,24 @@ func (m *Machine) Provision(ctx context.Context, name string) error {
 // on Tick, so Reprovision returns an error only when the host could not be
 // started (unknown, already being provisioned, not stored) or failed at once.
 func (m *Machine) Reprovision(ctx context.Context, name string) error {
-	return m.begin(ctx, name, EventReprovision)
+	return m.begin(ctx, name, Event{Kind: EventReprovision})
 }
 
-func (m *Machine) begin(ctx context.Context, name string, kind EventKind) error {
+// ReprovisionBy is Reprovision recording by (may be nil) in the host's
+// journal as who asked for it.
+func (m *Machine) ReprovisionBy(ctx context.Context, name string, by *who.By) error {
+	return m.begin(ctx, name, Event{Kind: EventReprovision, By: by})
+}
+
+func (m *Machine) begin(ctx context.Context, name string, ev Event) error {
+	kind := ev.Kind
 	e, err := m.entry(name)
 	if err != nil {
 		return fmt.Errorf("%s: %w", kind, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	d, err := m.apply(ctx, e, Event{Kind: kind})
+	d, err := m.apply(ctx, e, ev)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, name, err)
 	}
@@ -428,7 +442,7 @@ func (m *Machine) apply(ctx context.Context, e *entry, ev Event) (Decision, erro
 		return d, nil
 	}
 	t := Transition{From: e.host.State, To: d.Host.State, At: d.Host.Since, Reason: d.Reason,
-		Attempt: d.Host.Attempt, Commands: d.Commands}
+		Attempt: d.Host.Attempt, Commands: d.Commands, By: ev.By}
 	if err := m.st.put(d.Host, &t); err != nil {
 		return d, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/pxe"
 )
@@ -537,5 +538,38 @@ func BenchmarkReprovisionCycle(b *testing.B) {
 			b.Fatal(err)
 		}
 		f.takeCalls()
+	}
+}
+
+// A reprovision asked for through the API names, in the host's journal,
+// who asked: the token's name and role, the client's author only as on
+// behalf of, and the comment.
+func TestMachineReprovisionBy(t *testing.T) {
+	r := newRig(t, Config{})
+	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
+	r.must(r.m.Booted("h1"))
+	by := &who.By{Name: "ada", Role: "admin", OnBehalfOf: "mallory", Comment: "disk replaced"}
+	r.must(r.m.ReprovisionBy(context.Background(), "h1", by))
+	hist, err := r.m.History("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*who.By
+	for _, tr := range hist {
+		if tr.By != nil {
+			got = append(got, tr.By)
+		}
+	}
+	if len(got) != 1 || *got[0] != *by {
+		t.Fatalf("journal's by: %+v, want one entry %+v", got, by)
+	}
+	r.reopen()
+	hist, err = r.m.History("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := hist[len(hist)-1]
+	if last.By == nil || last.By.Name != "ada" || last.By.Role != "admin" || last.To != PoweringOn {
+		t.Fatalf("stored reprovision entry: %+v", last)
 	}
 }

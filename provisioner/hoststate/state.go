@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"caretaker/internal/who"
 )
 
 // State is where a host is in its provisioning.
@@ -153,6 +155,9 @@ type Event struct {
 	// reprovision, a retry on tick): drawn at random by the Machine. An
 	// attempt is not started without one.
 	NewNonce string
+	// By is who asked for a provision or reprovision through the API (nil
+	// otherwise); it is recorded in the transition the event makes.
+	By *who.By
 }
 
 // Timeouts bound each phase; zero takes the default.

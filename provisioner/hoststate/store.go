@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"caretaker/internal/who"
+
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -25,6 +27,10 @@ type Transition struct {
 	// request of no attempt in flight, a replayed or forged callback):
 	// the host stayed in To, and Reason says what and why.
 	Refused bool `json:"refused,omitempty"`
+	// By is who asked, through the API, for the provision or reprovision
+	// that made this transition: the token's name and role, the client's
+	// author only as on behalf of, and the request's comment.
+	By *who.By `json:"by,omitempty"`
 }
 
 // storedHost is a Host as the file has it: with its attempt's nonce,

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"caretaker/internal/httpjson"
+	"caretaker/internal/who"
 	"caretaker/internal/yamlfile"
 	"caretaker/provisioner/bmc"
 )
@@ -75,6 +76,8 @@ func Handler(store *Store, opts ...HandlerOptions) http.Handler {
 		if !ok {
 			return
 		}
+		// who added it is the token's, never the client's say
+		h.AddedBy = o.Who.Of(r, "", "")
 		err := store.Add(h)
 		var fe *yamlfile.FieldError
 		switch {
@@ -121,6 +124,9 @@ type HandlerOptions struct {
 	// BMCView tells how much of a host's BMC a request may see; nil
 	// shows all of it (the server always sets it).
 	BMCView func(*http.Request) BMCView
+	// Who tells who makes a request, from its token: recorded as an
+	// added host's added_by. nil records nothing.
+	Who who.Func
 }
 
 // BMCView is how much of a host's BMC the API shows.

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 
+	"caretaker/internal/who"
 	"caretaker/internal/yamlfile"
 	"caretaker/provisioner/bmc"
 
@@ -57,6 +58,10 @@ type Host struct {
 	// learn it from the agent.
 	CPUs        int    `yaml:"cpus"`
 	MemoryBytes uint64 `yaml:"memory_bytes"`
+	// AddedBy is who added the host through the API: the token's name and
+	// role, and when (nil for hosts of the file). The API sets it; a
+	// client's added_by is overwritten.
+	AddedBy *who.By `yaml:"-"`
 }
 
 // clone returns h with its own slices and maps, so a caller cannot change
@@ -64,6 +69,10 @@ type Host struct {
 func (h Host) clone() Host {
 	h.MACs = slices.Clone(h.MACs)
 	h.Labels = maps.Clone(h.Labels)
+	if h.AddedBy != nil {
+		by := *h.AddedBy
+		h.AddedBy = &by
+	}
 	return h
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 )
 
@@ -23,6 +24,7 @@ type hostJSON struct {
 	Agent       string            `json:"agent,omitempty"`
 	CPUs        int               `json:"cpus,omitempty"`
 	MemoryBytes uint64            `json:"memory_bytes,omitempty"`
+	AddedBy     *who.By           `json:"added_by,omitempty"`
 }
 
 // bmcJSON is bmc.Config with JSON names. It has no password, only the path
@@ -42,7 +44,7 @@ type bmcJSON struct {
 func (h Host) MarshalJSON() ([]byte, error) {
 	j := hostJSON{
 		Name: h.Name, Serial: h.Serial, MACs: h.MACs, Role: h.Role, Labels: h.Labels,
-		Agent: h.Agent, CPUs: h.CPUs, MemoryBytes: h.MemoryBytes,
+		Agent: h.Agent, CPUs: h.CPUs, MemoryBytes: h.MemoryBytes, AddedBy: h.AddedBy,
 		BMC: bmcJSON{
 			Type: h.BMC.Type, Address: h.BMC.Address, Username: h.BMC.Username,
 			PasswordFile: h.BMC.PasswordFile, Insecure: h.BMC.Insecure,
@@ -83,7 +85,7 @@ func (h *Host) UnmarshalJSON(data []byte) error {
 	}
 	*h = Host{
 		Name: j.Name, Serial: j.Serial, MACs: j.MACs, Role: j.Role, Labels: j.Labels,
-		Agent: j.Agent, CPUs: j.CPUs, MemoryBytes: j.MemoryBytes,
+		Agent: j.Agent, CPUs: j.CPUs, MemoryBytes: j.MemoryBytes, AddedBy: j.AddedBy,
 		BMC: bmc.Config{
 			Type: j.BMC.Type, Address: j.BMC.Address, Username: j.BMC.Username,
 			PasswordFile: j.BMC.PasswordFile, Insecure: j.BMC.Insecure,
