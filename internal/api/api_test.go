@@ -264,7 +264,7 @@ func TestRouteTable(t *testing.T) {
 		want[key{rt.method, rt.pattern}] = rt.role
 	}
 	got := map[key]Role{}
-	for _, p := range Permissions() {
+	for _, p := range permissions {
 		k := key{p.Method, p.Pattern}
 		if _, dup := got[k]; dup {
 			t.Errorf("%s %s is in the table twice", p.Method, p.Pattern)

@@ -3,7 +3,6 @@ package api
 import (
 	"fmt"
 	"net/http"
-	"slices"
 
 	"caretaker/internal/httpjson"
 	"caretaker/remediation/policy"
@@ -96,9 +95,6 @@ var permissions = []Permission{
 	{"POST", "/api/v1/provisioner/hosts/{name}/provision", ActionRole(policy.ActionReprovisionHost), "provisioning a host"},
 	{"POST", "/api/v1/provisioner/hosts/{name}/reprovision", ActionRole(policy.ActionReprovisionHost), "reprovisioning a host"},
 }
-
-// Permissions returns the route table.
-func Permissions() []Permission { return slices.Clone(permissions) }
 
 // permissionOf returns the table's entry for method and pattern. A route
 // the table lacks is a wiring error: it panics, as http.Handle does.
