@@ -1,16 +1,15 @@
 package httpjson
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
+
+	"caretaker/internal/httpjson/httpjsontest"
 )
 
 type request struct {
@@ -115,17 +114,9 @@ func TestRefusalDoesNotAwaitBody(t *testing.T) {
 			}
 			Compact.Error(w, code, "no")
 		}))
-		c, err := net.Dial("tcp", srv.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
+		if got := httpjsontest.StatusWithoutBody(t, srv.Listener.Addr().String(), "POST", "/"); got != code {
+			t.Errorf("answer %d before the body, want %d", got, code)
 		}
-		c.Write([]byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"))
-		c.SetReadDeadline(time.Now().Add(time.Minute)) // a bound on a failure only
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil || resp.StatusCode != code {
-			t.Errorf("%d: answer %v, %v; want it before the body", code, resp, err)
-		}
-		c.Close()
 		srv.Close()
 	}
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"log/slog"
 	"net"
@@ -9,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"caretaker/internal/config"
+	"caretaker/internal/httpjson/httpjsontest"
 )
 
 // A request without a valid token is answered 401 at once, before its body
@@ -46,28 +45,8 @@ func TestUnauthenticatedBodyNotAwaited(t *testing.T) {
 	}()
 
 	for _, path := range []string{"/api/v1/actions", "/api/v1/alertmanager", "/api/v1/query", "/api/v1/policy/reload"} {
-		t.Run(path, func(t *testing.T) {
-			c, err := net.Dial("tcp", l.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			// A wrong token, and a body of 1000 bytes that never comes.
-			if _, err := c.Write([]byte("POST " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n" +
-				"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")); err != nil {
-				t.Fatal(err)
-			}
-			// Only a bound on a failure: the answer is due without
-			// waiting for anything.
-			c.SetReadDeadline(time.Now().Add(time.Minute))
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatalf("no answer while the body is missing: %v", err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusUnauthorized {
-				t.Errorf("status %d, want 401", resp.StatusCode)
-			}
-		})
+		if code := httpjsontest.StatusWithoutBody(t, l.Addr().String(), "POST", path); code != http.StatusUnauthorized {
+			t.Errorf("POST %s: status %d, want 401", path, code)
+		}
 	}
 }
