@@ -446,8 +446,9 @@ the nodes until every one runs. Needs an operator token.`,
 
 func newClusterDeleteCmd(o *options, getenv func(string) string) *cobra.Command {
 	var (
-		w   waitFlags
-		yes bool
+		w       waitFlags
+		yes     bool
+		comment string
 	)
 	cmd := &cobra.Command{
 		Use:   "delete NAME --yes",
@@ -455,9 +456,10 @@ func newClusterDeleteCmd(o *options, getenv func(string) string) *cobra.Command 
 		Long: `Deletes the cluster NAME: every node's domain and disk, then its overlays,
 then its record. This destroys the guests and their data, so it needs --yes.
 With --wait, runbook follows the deletion until the server no longer knows
-the cluster. Needs an operator token.`,
+the cluster. The cluster's changed_by records the token's name and role
+and the --comment. Needs an admin token.`,
 		Example: `  runbook cluster delete lab --yes
-  runbook cluster delete lab --yes --wait`,
+  runbook cluster delete lab --yes --wait --comment "demo over"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !yes {
@@ -468,7 +470,7 @@ the cluster. Needs an operator token.`,
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
 				start := time.Now()
-				cl, err := c.DeleteCluster(ctx, args[0])
+				cl, err := c.DeleteCluster(ctx, args[0], comment)
 				if err != nil {
 					return err
 				}
@@ -488,6 +490,7 @@ the cluster. Needs an operator token.`,
 		},
 	}
 	cmd.Flags().BoolVar(&yes, "yes", false, "confirm: the nodes and their disks are destroyed")
+	cmd.Flags().StringVar(&comment, "comment", "", "why, recorded in the cluster's changed_by")
 	w.add(cmd, "the cluster is gone")
 	return cmd
 }

@@ -287,7 +287,7 @@ func TestClusterScaleAndDelete(t *testing.T) {
 		step(name)
 	}
 	s.mu.Unlock()
-	out, err = runAs(t, s.URL, "op-tok", "cluster", "delete", "lab", "--yes", "--wait", "--poll-interval", "1ms")
+	out, err = runAs(t, s.URL, "op-tok", "cluster", "delete", "lab", "--yes", "--wait", "--poll-interval", "1ms", "--comment", "demo over")
 	if err != nil || !regexp.MustCompile(`^3 nodes left\n2 nodes left\ncluster lab deleted after \d+\.\d s\n$`).MatchString(out) {
 		t.Fatalf("delete --wait:\n%s\n%v", out, err)
 	}

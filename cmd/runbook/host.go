@@ -335,21 +335,28 @@ func firstMAC(h inventory.Host) string {
 }
 
 func newHostRemoveCmd(o *options, getenv func(string) string) *cobra.Command {
-	var yes bool
+	var (
+		yes     bool
+		comment string
+	)
 	cmd := &cobra.Command{
 		Use:   "remove NAME --yes",
 		Short: "Remove a host added through the API from the inventory",
 		Long: `Removes the host NAME from the inventory; the provisioner and the agents'
 scrape targets forget it. Hosts of the inventory file are removed by editing
-the file (the server answers 409). Needs --yes and an admin token.`,
-		Example: "  runbook host remove host-c --yes",
-		Args:    cobra.ExactArgs(1),
+the file (the server answers 409). The server records the removal (the
+host's name, serial and MACs) with the token's name and role and the
+--comment; viewers read the records at GET /api/v1/hosts?removed=true.
+Needs --yes and an admin token.`,
+		Example: `  runbook host remove host-c --yes
+  runbook host remove host-c --yes --comment "rack swap"`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !yes {
 				return fmt.Errorf("host remove takes %s out of the inventory: add --yes if you mean it", args[0])
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
-				if err := c.RemoveHost(ctx, args[0]); err != nil {
+				if err := c.RemoveHost(ctx, args[0], comment); err != nil {
 					return err
 				}
 				if o.output == "json" {
@@ -361,6 +368,7 @@ the file (the server answers 409). Needs --yes and an admin token.`,
 		},
 	}
 	cmd.Flags().BoolVar(&yes, "yes", false, "confirm the removal")
+	cmd.Flags().StringVar(&comment, "comment", "", "why, kept in the server's record of the removal")
 	return cmd
 }
 

@@ -126,7 +126,7 @@ func hostServer(t *testing.T, prov *provisionerHosts) (*httptest.Server, *invent
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := inventory.Handler(store)
+	h := inventory.Handler(store, inventory.HandlerOptions{Who: api.WhoBy})
 	a := testAuth(t)
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/hosts", a.Require(api.RoleViewer, "reading hosts", h))
@@ -255,11 +255,14 @@ func TestHostCommands(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &row) != nil || row.Inventory == nil || row.Inventory.Name != "host-c" || row.Provisioning != nil {
 		t.Errorf("show host-c -o json = %s, %v", out, err)
 	}
-	if _, err := runAs(t, srv.URL, "tok", "host", "remove", "host-c", "--yes"); err != nil {
+	if _, err := runAs(t, srv.URL, "tok", "host", "remove", "host-c", "--yes", "--comment", "rack swap"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.Get("host-c"); err == nil {
 		t.Error("host-c still stored after remove")
+	}
+	if recs, err := store.Removed(); err != nil || len(recs) != 1 || recs[0].Name != "host-c" || recs[0].RemovedBy == nil || recs[0].RemovedBy.Comment != "rack swap" || recs[0].RemovedBy.Role != "admin" {
+		t.Errorf("removal record = %+v, %v; want host-c removed by an admin token with the comment", recs, err)
 	}
 }
 

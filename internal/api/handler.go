@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"caretaker/internal/httpjson"
 	"caretaker/internal/who"
@@ -231,27 +229,11 @@ func Who(r *http.Request, named string) guards.Who {
 // a bidirectional control or bytes that are not UTF-8: text a human
 // records (targets, comments, authors) must print as one honest line.
 func CheckText(w http.ResponseWriter, field, v string) bool {
-	if err := textProblem(v); err != "" {
+	if err := who.TextProblem(v); err != "" {
 		httpjson.Error(w, http.StatusBadRequest, field+": "+err)
 		return false
 	}
 	return true
-}
-
-func textProblem(v string) string {
-	if !utf8.ValidString(v) {
-		return "not valid UTF-8"
-	}
-	for i, c := range v {
-		switch {
-		case unicode.IsControl(c),
-			c == '\u2028', c == '\u2029', // line and paragraph separators
-			c == '\u061c', c == '\u200e', c == '\u200f', // bidi marks
-			c >= '\u202a' && c <= '\u202e', c >= '\u2066' && c <= '\u2069': // bidi embeddings, overrides, isolates
-			return fmt.Sprintf("control character %U at byte %d is not allowed", c, i)
-		}
-	}
-	return ""
 }
 
 // WhoBy is who.Func for the provisioner's handlers: the request's

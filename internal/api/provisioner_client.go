@@ -59,10 +59,15 @@ func (c *Client) Cluster(ctx context.Context, name string) (clusters.Cluster, er
 }
 
 // DeleteCluster marks a cluster for deletion and returns it as marked; the
-// server deletes its nodes and overlays asynchronously.
-func (c *Client) DeleteCluster(ctx context.Context, name string) (clusters.Cluster, error) {
+// server deletes its nodes and overlays asynchronously. comment (may be
+// "") is recorded in the cluster's changed_by.
+func (c *Client) DeleteCluster(ctx context.Context, name, comment string) (clusters.Cluster, error) {
 	var cl clusters.Cluster
-	err := c.do(ctx, http.MethodDelete, "/api/v1/clusters/"+url.PathEscape(name), nil, &cl)
+	var body []byte
+	if comment != "" {
+		body, _ = json.Marshal(clusters.DeleteRequest{Comment: comment})
+	}
+	err := c.do(ctx, http.MethodDelete, "/api/v1/clusters/"+url.PathEscape(name), body, &cl)
 	return cl, err
 }
 
@@ -104,9 +109,14 @@ func (c *Client) AddHost(ctx context.Context, h inventory.Host) (inventory.Host,
 }
 
 // RemoveHost removes a host added through the API (the file's hosts are
-// removed from the file).
-func (c *Client) RemoveHost(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/api/v1/hosts/"+url.PathEscape(name), nil, nil)
+// removed from the file). comment (may be "") is kept in the server's
+// record of the removal, beside the token's identity.
+func (c *Client) RemoveHost(ctx context.Context, name, comment string) error {
+	var body []byte
+	if comment != "" {
+		body, _ = json.Marshal(inventory.RemoveRequest{Comment: comment})
+	}
+	return c.do(ctx, http.MethodDelete, "/api/v1/hosts/"+url.PathEscape(name), body, nil)
 }
 
 // HostStates lists every host's provisioning state. A server without a

@@ -5,8 +5,11 @@
 package who
 
 import (
+	"fmt"
 	"net/http"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // By is who made a change, and when.
@@ -46,4 +49,24 @@ func (f Func) Of(r *http.Request, author, comment string) *By {
 	}
 	b := f(r, author, comment)
 	return &b
+}
+
+// TextProblem says why v may not be recorded as an author or comment, or
+// "" when it may: a control character (C0, DEL, C1), a Unicode line or
+// paragraph separator, a bidirectional control or bytes that are not
+// UTF-8. Recorded text must print as one honest line.
+func TextProblem(v string) string {
+	if !utf8.ValidString(v) {
+		return "not valid UTF-8"
+	}
+	for i, c := range v {
+		switch {
+		case unicode.IsControl(c),
+			c == '\u2028', c == '\u2029', // line and paragraph separators
+			c == '\u061c', c == '\u200e', c == '\u200f', // bidi marks
+			c >= '\u202a' && c <= '\u202e', c >= '\u2066' && c <= '\u2069': // bidi embeddings, overrides, isolates
+			return fmt.Sprintf("control character %U at byte %d is not allowed", c, i)
+		}
+	}
+	return ""
 }

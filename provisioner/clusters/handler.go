@@ -39,12 +39,20 @@ type CreateRequest struct {
 	Comment string `json:"comment,omitempty"`
 }
 
+// DeleteRequest is the optional body of DELETE /api/v1/clusters/{name}:
+// an author (kept only as "on behalf of" beside the token's identity) and
+// a comment, both recorded in the cluster's changed_by.
+type DeleteRequest struct {
+	Author  string `json:"author,omitempty"`
+	Comment string `json:"comment,omitempty"`
+}
+
 // Handler serves the cluster API; authentication is the caller's wrapper's.
 //
 //	POST   /api/v1/clusters                      create (Spec) → 202 Cluster
 //	GET    /api/v1/clusters                      → 200 List
 //	GET    /api/v1/clusters/{name}               → 200 Cluster, progress per node
-//	DELETE /api/v1/clusters/{name}               → 202 Cluster, deleting
+//	DELETE /api/v1/clusters/{name}               optional DeleteRequest → 202 Cluster, deleting
 //	PATCH  /api/v1/clusters/{name}/pools/{pool}  {"count": n} → 202 Cluster
 //
 // Changes are asynchronous: notify (may be nil) tells the reconciler.
@@ -94,7 +102,15 @@ func Handler(store *Store, notify func(), by who.Func) http.Handler {
 		httpjson.Write(w, http.StatusOK, c)
 	})
 	mux.HandleFunc("DELETE /api/v1/clusters/{name}", func(w http.ResponseWriter, r *http.Request) {
-		c, err := store.DeleteBy(r.PathValue("name"), by.Of(r, "", ""))
+		var req DeleteRequest
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil && !errors.Is(err, httpjson.ErrEmpty) {
+			httpjson.WriteDecodeError(w, err)
+			return
+		}
+		if !checkText(w, "author", req.Author) || !checkText(w, "comment", req.Comment) {
+			return
+		}
+		c, err := store.DeleteBy(r.PathValue("name"), by.Of(r, req.Author, req.Comment))
 		if err != nil {
 			writeStoreError(w, err)
 			return

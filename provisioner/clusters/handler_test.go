@@ -208,4 +208,24 @@ func TestHandlerRecordsWho(t *testing.T) {
 	if c, _ = s.Get("lab"); c.ChangedBy == nil || c.ChangedBy.Name != "ada" || c.ChangedBy.OnBehalfOf != "" {
 		t.Fatalf("after delete: changed_by %+v", c.ChangedBy)
 	}
+	// DELETE takes an optional body: the comment is kept, the author only
+	// as on behalf of.
+	do("ada", "DELETE", "/api/v1/clusters/lab", `{"comment": "rack swap", "author": "mallory"}`)
+	want = who.By{Name: "ada", Role: "admin", OnBehalfOf: "mallory", Comment: "rack swap", At: t0}
+	if c, _ = s.Get("lab"); c.ChangedBy == nil || *c.ChangedBy != want {
+		t.Fatalf("after delete with a body: changed_by %+v, want %+v", c.ChangedBy, want)
+	}
+	for _, tt := range []struct{ body, err string }{
+		{`{"reason": "x"}`, `request body: unknown field "reason"`},
+		{`{"comment": "a\nb"}`, "comment: control character U+000A at byte 1 is not allowed"},
+		{`{} {}`, "request body: unexpected data after the JSON object"},
+	} {
+		r := httptest.NewRequest("DELETE", "/api/v1/clusters/lab", strings.NewReader(tt.body))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		var e struct{ Error string }
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || w.Code != http.StatusBadRequest || e.Error != tt.err {
+			t.Errorf("DELETE with %s = %d %s, want 400 %q", tt.body, w.Code, w.Body, tt.err)
+		}
+	}
 }

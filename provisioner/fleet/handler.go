@@ -25,8 +25,9 @@ func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
 	// Each route needs the one role the API's route table gives it
 	// (api.Permissions); every change is logged with its token, and
 	// recorded with it (api.WhoBy): a cluster's created_by and
-	// changed_by, an added host's added_by, a provision's or
-	// reprovision's journal entry.
+	// changed_by, an added host's added_by, a removed host's record
+	// (GET /api/v1/hosts?removed=true), a provision's or reprovision's
+	// journal entry.
 	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify, api.WhoBy)))
 	mux.Handle("/api/v1/clusters", ch)
 	mux.Handle("/api/v1/clusters/", ch)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"caretaker/internal/httpjson"
@@ -18,10 +19,12 @@ const maxBody = 64 << 10
 
 // Handler serves the inventory:
 //
-//	GET    /api/v1/hosts         {"hosts": [...]}, file and API hosts by name
-//	GET    /api/v1/hosts/{name}  one host
-//	POST   /api/v1/hosts         add a host (JSON, the file's field names): 201
-//	DELETE /api/v1/hosts/{name}  remove a host added through the API: 204
+//	GET    /api/v1/hosts               {"hosts": [...]}, file and API hosts by name
+//	GET    /api/v1/hosts?removed=true  {"removed": [...]}, hosts removed through the API, oldest first
+//	GET    /api/v1/hosts/{name}        one host
+//	POST   /api/v1/hosts               add a host (JSON, the file's field names): 201
+//	DELETE /api/v1/hosts/{name}        remove a host added through the API: 204;
+//	                                   optional body RemoveRequest
 //
 // Errors are {"error": "..."}: 400 for an invalid host, 404 for an unknown
 // one, 409 for a conflict or a host of the file, 413 for a body over 64 KiB.
@@ -40,6 +43,17 @@ func Handler(store *Store, opts ...HandlerOptions) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
+		if v := r.URL.Query().Get("removed"); v != "" {
+			removed, err := strconv.ParseBool(v)
+			if err != nil {
+				httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("removed: %q is not true or false", v))
+				return
+			}
+			if removed {
+				writeRemoved(w, store)
+				return
+			}
+		}
 		hosts, err := store.All()
 		if err != nil {
 			httpjson.Error(w, http.StatusInternalServerError, err.Error())
@@ -101,12 +115,25 @@ func Handler(store *Store, opts ...HandlerOptions) http.Handler {
 		httpjson.Write(w, http.StatusCreated, view(r, stored))
 	})
 	mux.HandleFunc("DELETE /api/v1/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var req RemoveRequest
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil && !errors.Is(err, httpjson.ErrEmpty) {
+			httpjson.WriteDecodeError(w, err)
+			return
+		}
+		for _, f := range []struct{ name, v string }{{"author", req.Author}, {"comment", req.Comment}} {
+			if p := who.TextProblem(f.v); p != "" {
+				httpjson.Error(w, http.StatusBadRequest, f.name+": "+p)
+				return
+			}
+		}
 		name := r.PathValue("name")
 		if _, ok := store.inFile(name); ok {
 			httpjson.Error(w, http.StatusConflict, fmt.Sprintf("host %s is defined in the inventory file; remove it there", name))
 			return
 		}
-		err := store.Remove(name)
+		// who removed it is the token's; the client's author is kept only
+		// as on behalf of
+		err := store.RemoveBy(name, o.Who.Of(r, req.Author, req.Comment))
 		switch {
 		case errors.Is(err, ErrNotFound):
 			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("host %s is not in the inventory", name))
@@ -119,13 +146,37 @@ func Handler(store *Store, opts ...HandlerOptions) http.Handler {
 	return mux
 }
 
+// RemoveRequest is the optional body of DELETE /api/v1/hosts/{name}: an
+// author, kept only as "on behalf of" beside the token's identity, and a
+// comment, both recorded in the host's Removed record.
+type RemoveRequest struct {
+	Author  string `json:"author,omitempty"`
+	Comment string `json:"comment,omitempty"`
+}
+
+// writeRemoved answers the records of the hosts removed through the API.
+func writeRemoved(w http.ResponseWriter, store *Store) {
+	recs, err := store.Removed()
+	if err != nil {
+		httpjson.Error(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if recs == nil {
+		recs = []Removed{}
+	}
+	httpjson.Write(w, http.StatusOK, struct {
+		Removed []Removed `json:"removed"`
+	}{recs})
+}
+
 // HandlerOptions configure Handler.
 type HandlerOptions struct {
 	// BMCView tells how much of a host's BMC a request may see; nil
 	// shows all of it (the server always sets it).
 	BMCView func(*http.Request) BMCView
 	// Who tells who makes a request, from its token: recorded as an
-	// added host's added_by. nil records nothing.
+	// added host's added_by and a removed host's removed_by. nil records
+	// no one.
 	Who who.Func
 }
 

@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -9,6 +10,11 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"caretaker/internal/who"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 const newHostBody = `{"name": "kvm-c1", "macs": ["52:54:00:CC:00:01"], "role": "worker", "labels": {"rack": "c"},
@@ -239,4 +245,113 @@ func FuzzPostHost(f *testing.F) {
 			t.Fatalf("DELETE %s = %d %s", path, del.Code, del.Body)
 		}
 	})
+}
+
+// Removing a host through the API keeps a record of it: who removed it is
+// the token's identity (here from the test's who.Func), the client's
+// author only as on behalf of; the comment is kept; the record survives
+// reopening the store and viewers read it with ?removed=true.
+func TestHandlerRecordsRemoval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "caretaker.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := &who.By{Name: "ada", Role: "admin", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	h := validHost("kvm-c1", "52:54:00:cc:00:01")
+	h.Serial = "CZ-C1"
+	h.AddedBy = added
+	if err := s.Add(h); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
+	tokens := map[string]string{"ada": "admin", "vera": "viewer"}
+	handler := Handler(s, HandlerOptions{Who: func(r *http.Request, author, comment string) who.By {
+		name := r.Header.Get("X-Token")
+		return who.By{Name: name, Role: tokens[name], OnBehalfOf: author, Comment: comment, At: at}
+	}})
+	do := func(token, method, path, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, strings.NewReader(body))
+		r.Header.Set("X-Token", token)
+		w := httptest.NewRecorder()
+		handler.ServeHTTP(w, r)
+		return w
+	}
+	for _, tt := range []struct{ body, err string }{
+		{`{"reason": "x"}`, `request body: unknown field "reason"`},
+		{`{"comment": "a\u202eb"}`, "comment: control character U+202E at byte 1 is not allowed"},
+		{`{"author": "a\nb"}`, "author: control character U+000A at byte 1 is not allowed"},
+		{`[]`, "request body: cannot unmarshal array into Go value of type inventory.RemoveRequest"},
+	} {
+		w := do("ada", "DELETE", "/api/v1/hosts/kvm-c1", tt.body)
+		var e struct{ Error string }
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || w.Code != http.StatusBadRequest || e.Error != tt.err {
+			t.Errorf("DELETE with %s = %d %s, want 400 %q", tt.body, w.Code, w.Body, tt.err)
+		}
+	}
+	if w := do("ada", "DELETE", "/api/v1/hosts/kvm-c1", `{"comment": "rack swap", "author": "mallory"}`); w.Code != http.StatusNoContent {
+		t.Fatalf("DELETE = %d %s, want 204", w.Code, w.Body)
+	}
+	db.Close()
+
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if s, err = NewStore(db, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := []Removed{{
+		Name: "kvm-c1", Serial: "CZ-C1", MACs: []string{"52:54:00:cc:00:01"}, AddedBy: added,
+		RemovedBy: &who.By{Name: "ada", Role: "admin", OnBehalfOf: "mallory", Comment: "rack swap", At: at},
+		RemovedAt: at,
+	}}
+	if got, err := s.Removed(); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Removed after reopening = %+v, %v; want %+v", got, err, want)
+	}
+	handler = Handler(s)
+	w := do("vera", "GET", "/api/v1/hosts?removed=true", "")
+	var list struct{ Removed []Removed }
+	if err := json.Unmarshal(w.Body.Bytes(), &list); err != nil || !reflect.DeepEqual(list.Removed, want) {
+		t.Errorf("GET ?removed=true = %d %s (%v), want %+v", w.Code, w.Body, err, want)
+	}
+	if !strings.Contains(w.Body.String(), `"on_behalf_of": "mallory"`) || strings.Contains(w.Body.String(), `"name": "mallory"`) {
+		t.Errorf("the record does not keep mallory only as on behalf of:\n%s", w.Body)
+	}
+	if w := do("vera", "GET", "/api/v1/hosts?removed=yes", ""); w.Code != http.StatusBadRequest {
+		t.Errorf("GET ?removed=yes = %d %s, want 400", w.Code, w.Body)
+	}
+	if got := listNames(t, handler); got != nil {
+		t.Errorf("hosts after the removal = %v, want none", got)
+	}
+}
+
+// The store keeps the last MaxRemoved records of removed hosts, and a
+// DELETE without a body (Remove) records the removal with no one.
+func TestStoreRemovedBounded(t *testing.T) {
+	s := newStore(t, nil)
+	for i := range MaxRemoved + 3 {
+		name := fmt.Sprintf("h%04d", i)
+		if err := s.Add(validHost(name, fmt.Sprintf("52:54:00:cc:%02x:%02x", i/256, i%256))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Remove(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := s.Removed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != MaxRemoved || recs[0].Name != "h0003" || recs[len(recs)-1].Name != fmt.Sprintf("h%04d", MaxRemoved+2) {
+		t.Fatalf("kept %d records, %s to %s; want %d, h0003 to h%04d", len(recs), recs[0].Name, recs[len(recs)-1].Name, MaxRemoved, MaxRemoved+2)
+	}
+	if r := recs[0]; r.RemovedBy != nil || r.RemovedAt.IsZero() {
+		t.Errorf("Remove recorded %+v, want no one and a time", r)
+	}
 }

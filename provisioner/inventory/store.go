@@ -1,12 +1,15 @@
 package inventory
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
+	"caretaker/internal/who"
 	"caretaker/internal/yamlfile"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,6 +26,28 @@ var (
 
 // bucket holds the hosts added through the API, JSON by name.
 var bucket = []byte("inventory_hosts")
+
+// removedBucket holds the record of hosts removed through the API, JSON
+// by the bucket's sequence number (big-endian): in the order of removal.
+var removedBucket = []byte("inventory_removed")
+
+// MaxRemoved is how many records of removed hosts the store keeps: the
+// oldest go first.
+const MaxRemoved = 1000
+
+// Removed is the record of a host removed through the API: enough to
+// tell which machine it was, who added it and who removed it.
+type Removed struct {
+	Name    string   `json:"name"`
+	Serial  string   `json:"serial,omitempty"`
+	MACs    []string `json:"macs,omitempty"`
+	AddedBy *who.By  `json:"added_by,omitempty"`
+	// RemovedBy is the token's name and role (the client's author only as
+	// on behalf of), with the client's comment; nil when the caller
+	// recorded no one (Remove).
+	RemovedBy *who.By   `json:"removed_by,omitempty"`
+	RemovedAt time.Time `json:"removed_at"`
+}
 
 const (
 	fromFile = "in the inventory file"
@@ -42,7 +67,10 @@ type Store struct {
 // inventory file as currently loaded (nil: none).
 func NewStore(db *bolt.DB, file func() *Inventory) (*Store, error) {
 	err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucket)
+		if _, err := tx.CreateBucketIfNotExists(bucket); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(removedBucket)
 		return err
 	})
 	if err != nil {
@@ -151,18 +179,88 @@ func (s *Store) CheckFile(file *Inventory) error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes the host added through the API under name.
+// Remove deletes the host added through the API under name, recording
+// its removal with no one as who removed it. The API uses RemoveBy.
 func (s *Store) Remove(name string) error {
+	return s.RemoveBy(name, nil)
+}
+
+// RemoveBy deletes the host added through the API under name and, in the
+// same transaction, keeps a Removed record of it with by (may be nil) as
+// who removed it. The store keeps the last MaxRemoved such records.
+func (s *Store) RemoveBy(name string, by *who.By) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
-		if b.Get([]byte(name)) == nil {
+		data := b.Get([]byte(name))
+		if data == nil {
 			return fmt.Errorf("remove host %s: %w added through the API", name, ErrNotFound)
+		}
+		var h Host
+		if err := json.Unmarshal(data, &h); err != nil {
+			return fmt.Errorf("remove host %s: decode: %w", name, err)
+		}
+		rec := Removed{Name: h.Name, Serial: h.Serial, MACs: h.MACs, AddedBy: h.AddedBy, RemovedAt: time.Now().UTC()}
+		if by != nil {
+			b := *by
+			rec.RemovedBy = &b
+			if !b.At.IsZero() {
+				rec.RemovedAt = b.At
+			}
+		}
+		if err := keepRemoved(tx.Bucket(removedBucket), rec); err != nil {
+			return fmt.Errorf("remove host %s: %w", name, err)
 		}
 		if err := b.Delete([]byte(name)); err != nil {
 			return fmt.Errorf("remove host %s: %w", name, err)
 		}
 		return nil
 	})
+}
+
+// keepRemoved appends rec to b and drops the oldest records over
+// MaxRemoved.
+func keepRemoved(b *bolt.Bucket, rec Removed) error {
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), data); err != nil {
+		return err
+	}
+	// Counted with a cursor: Stats does not see this transaction's writes.
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	for k, _ := c.First(); k != nil && n > MaxRemoved; k, _ = c.First() {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		n--
+	}
+	return nil
+}
+
+// Removed returns the records of the hosts removed through the API, the
+// oldest first (at most MaxRemoved).
+func (s *Store) Removed() ([]Removed, error) {
+	var recs []Removed
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(removedBucket).ForEach(func(k, v []byte) error {
+			var r Removed
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("list removed hosts: decode record %x: %w", k, err)
+			}
+			recs = append(recs, r)
+			return nil
+		})
+	})
+	return recs, err
 }
 
 // Get returns the host added through the API under name.
