@@ -2,11 +2,8 @@ package clusters
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"caretaker/internal/httpjson"
 	"caretaker/internal/who"
@@ -145,15 +142,9 @@ func Handler(store *Store, notify func(), by who.Func) http.Handler {
 // checkText answers 400 naming field when v holds a control character or
 // is not UTF-8: a recorded author or comment must print as one line.
 func checkText(w http.ResponseWriter, field, v string) bool {
-	if !utf8.ValidString(v) {
-		httpjson.Error(w, http.StatusBadRequest, field+": not valid UTF-8")
+	if problem := who.TextProblem(v); problem != "" {
+		httpjson.Error(w, http.StatusBadRequest, field+": "+problem)
 		return false
-	}
-	for i, c := range v {
-		if unicode.IsControl(c) || unicode.Is(unicode.Cf, c) || c == '\u2028' || c == '\u2029' {
-			httpjson.Error(w, http.StatusBadRequest, fmt.Sprintf("%s: control character %U at byte %d is not allowed", field, c, i))
-			return false
-		}
 	}
 	return true
 }
