@@ -3,6 +3,20 @@
 // the server acts through, one per host (Hosts).
 package agentapi
 
+// EpochHeader carries the leader's epoch (its election revision in etcd,
+// strictly increasing across leaders, in decimal) on every request that
+// changes something. An agent remembers the highest epoch it has seen and
+// refuses a lower one with 409 and an ErrorBody with Fenced set; a request
+// without the header (a single, unclustered server) is not fenced.
+const EpochHeader = "Caretaker-Epoch"
+
+// ErrorBody is the body of the agent's error answers. Fenced is set only on
+// the 409 refusing a request of an older leader (EpochHeader).
+type ErrorBody struct {
+	Error  string `json:"error"`
+	Fenced bool   `json:"fenced,omitempty"`
+}
+
 // Domain is a libvirt domain as the API reports it.
 type Domain struct {
 	UUID string `json:"uuid"`

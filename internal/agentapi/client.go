@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"caretaker/internal/overlayspec"
 )
@@ -25,6 +28,9 @@ type Client struct {
 	baseURL string
 	token   string
 	hc      *http.Client
+	// epoch is the leader epoch its changes carry (EpochHeader), shared
+	// with the Hosts that made it; nil or 0 sends none.
+	epoch *atomic.Int64
 }
 
 // NewClient returns a client of the agent at baseURL (for example
@@ -44,11 +50,17 @@ type StatusError struct {
 	// answer was not the API's JSON (a proxy's, or exporter-toolkit's
 	// basic auth refusal).
 	Msg string
+	// Fenced is a 409 whose body says the agent refused the request's
+	// leader epoch (ErrorBody.Fenced): errors.Is(err, ErrFenced).
+	Fenced bool
 }
 
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("agent answered %d %s: %s", e.Code, http.StatusText(e.Code), e.Msg)
 }
+
+// Is makes a fenced answer ErrFenced, keeping the agent's message in Error.
+func (e *StatusError) Is(target error) bool { return target == ErrFenced && e.Fenced }
 
 // Domain returns the domain with the given uuid. Its error names the agent
 // only: the caller says which guest it asked about, and why.
@@ -158,6 +170,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	// Every change carries the leader's epoch, so that an agent that has
+	// heard from a newer leader refuses it; reads need none.
+	if method != http.MethodGet && method != http.MethodHead && c.epoch != nil {
+		if e := c.epoch.Load(); e > 0 {
+			req.Header.Set(EpochHeader, strconv.FormatInt(e, 10))
+		}
+	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -169,7 +188,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return &StatusError{Code: resp.StatusCode, Msg: errorMessage(respBody)}
+		msg, fenced := errorMessage(respBody)
+		return &StatusError{Code: resp.StatusCode, Msg: msg, Fenced: fenced && resp.StatusCode == http.StatusConflict}
 	}
 	if out == nil {
 		return nil
@@ -180,18 +200,23 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
-// errorMessage returns the API's error message in body, or the body itself,
-// shortened, if it is not the API's JSON.
-func errorMessage(body []byte) string {
-	var e struct {
-		Error string `json:"error"`
-	}
+// errorMessage returns the API's error message in body, and whether it
+// says the request was fenced, or the body itself, shortened, if it is
+// not the API's JSON.
+func errorMessage(body []byte) (msg string, fenced bool) {
+	var e ErrorBody
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return e.Error
+		return e.Error, e.Fenced
 	}
-	msg := strings.TrimSpace(string(body))
+	msg = strings.TrimSpace(string(body))
 	if len(msg) > 200 {
 		msg = msg[:200] + "…"
 	}
-	return msg
+	return msg, false
 }
+
+// ErrFenced is an agent's refusal of a request whose leader epoch is lower
+// than the highest it has seen: a newer leader has taken over, and the
+// caller must stop acting. The error wrapping it (a *StatusError) keeps
+// the agent's message.
+var ErrFenced = errors.New("fenced: the agent has seen a newer leader")

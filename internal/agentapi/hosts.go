@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +19,8 @@ type Hosts struct {
 	tokens map[string]string // hosts' own tokens, by host
 	scheme string            // "http" or, with TLS, "https"
 	hc     *http.Client
+	// epoch is the leader epoch every client's changes carry (SetEpoch).
+	epoch atomic.Int64
 
 	mu      sync.Mutex
 	clients map[string]*Client
@@ -72,9 +75,21 @@ func (a *Hosts) Add(host, addr string) {
 	if !own {
 		token = a.token
 	}
-	a.clients[host] = NewClient(a.scheme+"://"+addr, token, a.hc)
+	c := NewClient(a.scheme+"://"+addr, token, a.hc)
+	c.epoch = &a.epoch
+	a.clients[host] = c
 	a.addrs[host] = addr
 }
+
+// SetEpoch sets the leader epoch that every change the clients make from
+// now on carries in EpochHeader, including the clients already made. 0 (or
+// less) is a server that is not clustered: no header is sent. An agent
+// that has seen a higher epoch refuses the change: errors.Is(err,
+// ErrFenced).
+func (a *Hosts) SetEpoch(e int64) { a.epoch.Store(e) }
+
+// Epoch returns the epoch of SetEpoch, 0 when not clustered.
+func (a *Hosts) Epoch() int64 { return a.epoch.Load() }
 
 // Client returns the client of host's agent.
 func (a *Hosts) Client(host string) (*Client, error) {
