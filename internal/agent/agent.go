@@ -100,7 +100,12 @@ type Config struct {
 	GuestMaxVCPUs       int
 	GuestMaxMemoryBytes uint64
 	GuestMaxDiskBytes   uint64
-	Logger              *slog.Logger
+	// StateDir is where the agent keeps what must outlive a restart: the
+	// highest leader epoch it has seen (EpochFile), so that a restarted
+	// agent still refuses the actions of an older leader. It is created
+	// if missing; empty keeps the epoch in memory only.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // Agent serves a host's metrics and actions.
@@ -124,7 +129,9 @@ type Agent struct {
 	// failures logs, counts and limits failed authentications of the
 	// action API per client address.
 	failures *authlimit.Limiter
-	handler  http.Handler
+	// fence refuses the actions of an older leader (epoch.go).
+	fence   *fence
+	handler http.Handler
 }
 
 // New returns an Agent for cfg, with defaults applied to its zero fields. It
@@ -215,9 +222,15 @@ func New(cfg Config) (*Agent, error) {
 	authFailures := authlimit.NewCounter("caretaker_agent_auth_failures_total",
 		"Failed authentications of the action API by reason: missing or invalid token, disabled (no token configured), or rate_limited (a client with too many failures, refused with 429).")
 	a.failures = authlimit.New(authlimit.Options{Counter: authFailures, Logger: a.logger})
+	if a.fence, err = newFence(cfg.StateDir, a.logger); err != nil {
+		a.conn.Close()
+		return nil, fmt.Errorf("configure agent: %w", err)
+	}
 	for _, c := range []prometheus.Collector{
 		collectors.NewSet(a.logger, cfg.ScrapeTimeout, a.collectors),
 		authFailures,
+		a.fence.gauge,
+		a.fence.refused,
 		promcollectors.NewGoCollector(),
 		promcollectors.NewProcessCollector(promcollectors.ProcessCollectorOpts{}),
 	} {
@@ -241,7 +254,8 @@ func New(cfg Config) (*Agent, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", landing)
 	mux.Handle("GET /metrics", a.metricsHandler(reg))
-	mux.Handle("/api/v1/", a.requireToken(a.apiHandler()))
+	// Authentication first, then the leader's epoch, then the action.
+	mux.Handle("/api/v1/", a.requireToken(a.fence.handler(a.apiHandler())))
 	a.handler = mux
 	return a, nil
 }
