@@ -78,6 +78,7 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 	f.IntVar(&cfg.GuestMaxVCPUs, "guests.max-vcpus", 0, "most vCPUs a guest node may ask for (0: the host's CPUs)")
 	f.Uint64Var(&cfg.GuestMaxMemoryBytes, "guests.max-memory-bytes", 0, "most memory a guest node may ask for, in bytes (0: the host's memory)")
 	f.Uint64Var(&cfg.GuestMaxDiskBytes, "guests.max-disk-bytes", agent.DefaultGuestMaxDiskBytes, "largest disk a guest node may ask for, in bytes")
+	f.StringVar(&cfg.StateDir, "state.dir", "", "directory the agent keeps what must outlive a restart in: the highest leader epoch it has seen (clustered servers); empty keeps it in memory")
 	f.StringVar(&tokenFile, "action.token-file", "", "file holding the server's bearer token for actions")
 	return cmd
 }

@@ -19,6 +19,10 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("/api/v1/overlays/{cluster}/repair", a.overlays.handleRepair)
 	mux.HandleFunc("/api/v1/overlays/{cluster}", a.overlays.handleOverlay)
 	mux.Handle("/api/v1/nodes/{name}", &nodes{a: a})
+	// A new leader announces its epoch; the fence in front has recorded it.
+	mux.HandleFunc("POST /api/v1/epoch", func(w http.ResponseWriter, _ *http.Request) {
+		httpjson.Compact.Write(w, http.StatusOK, agentapi.Epoch{Epoch: a.fence.current()})
+	})
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s", r.URL.Path))
 	})

@@ -208,3 +208,10 @@ func (f *fence) persist(e int64) (err error) {
 	}
 	return nil
 }
+
+// current returns the highest epoch seen.
+func (f *fence) current() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.highest
+}

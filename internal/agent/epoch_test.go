@@ -349,3 +349,32 @@ func TestFencedAnswerShape(t *testing.T) {
 		t.Errorf("body %s, want %s", rec.Body, want)
 	}
 }
+
+// A new leader's announcement alone makes the agent refuse its
+// predecessor, before the new leader has acted there.
+func TestFenceAnnounce(t *testing.T) {
+	t.Parallel()
+	a := newTestAgent(t, Config{Token: token, StateDir: t.TempDir(), DomainFilter: regexp.MustCompile(`^(up|down)$`)})
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+	newLeader, oldLeader := agentapi.NewHosts(token), agentapi.NewHosts(token)
+	for _, h := range []*agentapi.Hosts{newLeader, oldLeader} {
+		h.Add("host-a", strings.TrimPrefix(srv.URL, "http://"))
+	}
+	newLeader.SetEpoch(57)
+	oldLeader.SetEpoch(41)
+	if failed := newLeader.Announce(t.Context()); len(failed) != 0 {
+		t.Fatalf("announce: %v", failed)
+	}
+	c, _ := oldLeader.Client("host-a")
+	if _, err := c.AnnounceEpoch(t.Context()); !errors.Is(err, agentapi.ErrFenced) {
+		t.Errorf("the old leader's announcement: %v, want ErrFenced", err)
+	}
+	if err := oldLeader.StartGuest(t.Context(), "host-a", downUUID); !errors.Is(err, agentapi.ErrFenced) {
+		t.Fatalf("start by the old leader after the announcement: %v, want ErrFenced", err)
+	}
+	if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+		t.Errorf("domain state %d after the old leader's start, want shut off", got)
+	}
+	wantMetric(t, a, "caretaker_agent_epoch 57")
+}

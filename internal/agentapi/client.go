@@ -62,6 +62,23 @@ func (e *StatusError) Error() string {
 // Is makes a fenced answer ErrFenced, keeping the agent's message in Error.
 func (e *StatusError) Is(target error) bool { return target == ErrFenced && e.Fenced }
 
+// Epoch is the agent's answer to an epoch announcement.
+type Epoch struct {
+	Epoch int64 `json:"epoch"`
+}
+
+// AnnounceEpoch tells the agent the client's epoch (sent, as with every
+// change, in EpochHeader) and returns the highest it has seen: a new
+// leader announces itself so that the agent refuses its predecessor's late
+// requests even before the new leader has anything to do there.
+func (c *Client) AnnounceEpoch(ctx context.Context) (int64, error) {
+	var e Epoch
+	if err := c.do(ctx, http.MethodPost, "/api/v1/epoch", nil, &e); err != nil {
+		return 0, fmt.Errorf("%s: %w", c.baseURL, err)
+	}
+	return e.Epoch, nil
+}
+
 // Domain returns the domain with the given uuid. Its error names the agent
 // only: the caller says which guest it asked about, and why.
 func (c *Client) Domain(ctx context.Context, uuid string) (Domain, error) {

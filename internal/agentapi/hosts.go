@@ -88,6 +88,28 @@ func (a *Hosts) Add(host, addr string) {
 // ErrFenced).
 func (a *Hosts) SetEpoch(e int64) { a.epoch.Store(e) }
 
+// Announce sends the epoch to every agent the clients know, and returns
+// the hosts whose agent could not be told, with why.
+func (a *Hosts) Announce(ctx context.Context) map[string]error {
+	a.mu.Lock()
+	clients := maps.Clone(a.clients)
+	a.mu.Unlock()
+	var mu sync.Mutex
+	failed := map[string]error{}
+	var wg sync.WaitGroup
+	for host, c := range clients {
+		wg.Go(func() {
+			if _, err := c.AnnounceEpoch(ctx); err != nil {
+				mu.Lock()
+				failed[host] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
 // Epoch returns the epoch of SetEpoch, 0 when not clustered.
 func (a *Hosts) Epoch() int64 { return a.epoch.Load() }
 
