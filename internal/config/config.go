@@ -31,6 +31,9 @@ type Server struct {
 	Agents      Agents        `yaml:"agents"`
 	Hosts       []Host        `yaml:"hosts"`
 	Provisioner Provisioner   `yaml:"provisioner"`
+	// Cluster, when set, makes this server one of several that share
+	// their state in etcd: one leads and acts, all monitor.
+	Cluster Cluster `yaml:"cluster"`
 
 	// dir is the directory of the file; relative paths resolve against it.
 	dir string
@@ -275,6 +278,39 @@ type AgentTLS struct {
 // all of it then.
 func (t AgentTLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
+// Cluster is this server's place among several sharing their state in
+// etcd. It is off while Name is empty: one server, its state in bbolt
+// files in data_dir.
+type Cluster struct {
+	// Name is this server's, unique among the servers; the replica label
+	// of its alerts and remote-written samples.
+	Name string `yaml:"name"`
+	// AdvertiseURL is where the other servers forward writes to this one
+	// when it leads, and what runbook status shows (http:// or https://).
+	AdvertiseURL string `yaml:"advertise_url"`
+	// PeerCAFile verifies another server's certificate when a write is
+	// forwarded to it over https; the system's roots when empty.
+	PeerCAFile string      `yaml:"peer_ca_file"`
+	Etcd       ClusterEtcd `yaml:"etcd"`
+	// LeaseTTL is how long a leader that stopped renewing keeps the lead:
+	// whole seconds, at least 2. Failover takes about this plus a second.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+}
+
+// Enabled reports whether the server is clustered.
+func (c Cluster) Enabled() bool { return c.Name != "" }
+
+// ClusterEtcd is how the servers reach etcd.
+type ClusterEtcd struct {
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is put before every key, so one etcd can serve more.
+	Prefix      string        `yaml:"prefix"`
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// TLS is the client's side of etcd's TLS: ca_file to verify etcd,
+	// cert_file and key_file when etcd requires client certificates.
+	TLS AgentTLS `yaml:"tls"`
+}
+
 // Host is one hypervisor host and the address of its agent.
 type Host struct {
 	Name  string `yaml:"name"`
@@ -297,6 +333,7 @@ func Defaults() Server {
 		},
 		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
 		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}, BMC: ProvisionerBMC{SecretsDir: "/etc/caretaker/bmc"}},
+		Cluster:     Cluster{LeaseTTL: 5 * time.Second, Etcd: ClusterEtcd{Prefix: "/caretaker/", DialTimeout: 5 * time.Second}},
 	}
 }
 
@@ -333,6 +370,7 @@ func (c *Server) Validate() error {
 	c.validateOutputs(&p)
 	c.Remediation.validateIntake(&p)
 	c.validateAPI(&p)
+	c.Cluster.validate(&p)
 	c.validateAgents(&p)
 	c.Provisioner.validate(&p)
 	c.Remediation.validateTimes(&p)
@@ -379,6 +417,54 @@ func (c *Server) validateAgents(errs *problems) {
 			}
 		}
 	}
+}
+
+func (c Cluster) validate(errs *problems) {
+	if !c.Enabled() {
+		if c.AdvertiseURL != "" || len(c.Etcd.Endpoints) > 0 {
+			errs.add("cluster.name", "is required when cluster is set: this server's name, unique among the servers")
+		}
+		return
+	}
+	if !validName(c.Name) {
+		errs.add("cluster.name", "%q: letters, digits, '-', '_' and '.' only", c.Name)
+	}
+	if u, err := url.Parse(c.AdvertiseURL); c.AdvertiseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs.add("cluster.advertise_url", "%q: the URL the other servers reach this one's API at, http:// or https://", c.AdvertiseURL)
+	}
+	if len(c.Etcd.Endpoints) == 0 {
+		errs.add("cluster.etcd.endpoints", "at least one etcd endpoint is required")
+	}
+	for i, e := range c.Etcd.Endpoints {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs.add(fmt.Sprintf("cluster.etcd.endpoints[%d]", i), "%q is not an http:// or https:// URL", e)
+		}
+	}
+	if !strings.HasPrefix(c.Etcd.Prefix, "/") || !strings.HasSuffix(c.Etcd.Prefix, "/") {
+		errs.add("cluster.etcd.prefix", "%q must begin and end with /", c.Etcd.Prefix)
+	}
+	if c.Etcd.DialTimeout <= 0 {
+		errs.add("cluster.etcd.dial_timeout", "must be positive, got %s", c.Etcd.DialTimeout)
+	}
+	if t := c.Etcd.TLS; (t.CertFile == "") != (t.KeyFile == "") {
+		errs.add("cluster.etcd.tls", "cert_file and key_file go together")
+	}
+	if c.LeaseTTL < 2*time.Second || c.LeaseTTL%time.Second != 0 {
+		errs.add("cluster.lease_ttl", "%s: whole seconds, at least 2s", c.LeaseTTL)
+	}
+}
+
+// validName is a server name that is safe in an etcd key and a label.
+func validName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // problems collects the validation errors of a file, each naming its field.
