@@ -209,6 +209,7 @@ var routeTable = []struct {
 	path, body      string
 }{
 	{"GET", "/api/v1/status", RoleViewer, "/api/v1/status", ""},
+	{"GET", "/api/v1/servers", RoleViewer, "/api/v1/servers", ""},
 	{"GET", "/api/v1/history", RoleViewer, "/api/v1/history", ""},
 	{"GET", "/api/v1/history/{id}", RoleViewer, "/api/v1/history/1", ""},
 	{"GET", "/api/v1/actions", RoleViewer, "/api/v1/actions?state=pending", ""},

@@ -44,6 +44,9 @@ type Options struct {
 	Pauser  Pauser         // /pauses
 	Actor   Actor          // run, approve, deny
 	Policy  PolicyReloader // /policy, /policy/reload
+	// Servers lists the servers of a clustered deployment (/servers); nil
+	// for a single server, which then answers itself alone.
+	Servers Servers
 	Auth    *Authenticator
 	Logger  *slog.Logger
 	Now     func() time.Time // default time.Now
@@ -59,7 +62,7 @@ func NewHandler(o Options) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{Options: o}
+	h := &handler{Options: o, soleName: soleServerName()}
 	mux := http.NewServeMux()
 	for _, rt := range h.routes() {
 		mux.Handle(rt.pattern, rt.methods)
@@ -72,6 +75,7 @@ func NewHandler(o Options) http.Handler {
 
 type handler struct {
 	Options
+	soleName string // the server's name when Servers is nil
 }
 
 // endpoint is one method of a route: the least role it needs, the deed in
@@ -122,6 +126,7 @@ func ep(method, pattern string, fn http.HandlerFunc) endpoint {
 func (h *handler) routes() []route {
 	rs := []route{
 		{"/api/v1/status", methods{"GET": ep("GET", "/api/v1/status", h.status)}},
+		{"/api/v1/servers", methods{"GET": ep("GET", "/api/v1/servers", h.servers)}},
 		{"/api/v1/history", methods{"GET": ep("GET", "/api/v1/history", h.history)}},
 		{"/api/v1/history/{id}", methods{"GET": ep("GET", "/api/v1/history/{id}", h.record)}},
 		{"/api/v1/actions/{id}", methods{"GET": ep("GET", "/api/v1/actions/{id}", h.record)}},

@@ -62,6 +62,7 @@ type Permission struct {
 // from here; a route missing from it is not served.
 var permissions = []Permission{
 	{"GET", "/api/v1/status", RoleViewer, "reading the status"},
+	{"GET", "/api/v1/servers", RoleViewer, "reading the servers"},
 	{"GET", "/api/v1/history", RoleViewer, "reading the journal"},
 	{"GET", "/api/v1/history/{id}", RoleViewer, "reading the journal"},
 	{"GET", "/api/v1/actions", RoleViewer, "reading the journal"},
