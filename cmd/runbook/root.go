@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +27,8 @@ type options struct {
 	tokenFile string
 	output    string
 	timeout   time.Duration
+
+	api *api.Client // made once, so the server that answered is remembered for the process
 }
 
 func newRootCmd(stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
@@ -43,9 +48,15 @@ only adds whom you act for ("on behalf of"). They need a comment (-m).
 
 It finds the server and its API token in this order: the --url and
 --token-file flags, the RUNBOOK_URL and RUNBOOK_TOKEN variables, the config
-file ~/.config/runbook/config.yml (url, token or token_file; RUNBOOK_CONFIG
-names another file). A running ` + "`caretaker lab`" + ` writes that file, so
-against a lab runbook needs no flags.`,
+file ~/.config/runbook/config.yml (url or urls, token or token_file;
+RUNBOOK_CONFIG names another file). A running ` + "`caretaker lab`" + ` writes that
+file, so against a lab runbook needs no flags.
+
+Several servers (a clustered deployment) are given as urls: in the file or
+as a comma-separated --url or RUNBOOK_URL. runbook asks the one that
+answered last (at first the first), and tries the next only when it cannot
+connect to one; a request a server may have received is never sent to
+another.`,
 		Example: `  runbook status
   runbook pending
   runbook approve 42 -m "checked, go ahead"
@@ -53,14 +64,15 @@ against a lab runbook needs no flags.`,
   runbook cluster create lab --masters 1 --workers 2 --wait
   runbook host list
   runbook status -o json | jq '.guests[] | select(.state != "running")'
-  RUNBOOK_URL=http://caretaker:9300 RUNBOOK_TOKEN=$(cat token) runbook status`,
+  RUNBOOK_URL=http://caretaker:9300 RUNBOOK_TOKEN=$(cat token) runbook status
+  runbook status --url https://ct1:9300,https://ct2:9300,https://ct3:9300`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&o.url, "url", "", "server URL (default from RUNBOOK_URL, the config file, or "+defaultURL+")")
+	pf.StringVar(&o.url, "url", "", "server URL, or several separated by commas (default from RUNBOOK_URL, the config file, or "+defaultURL+")")
 	pf.StringVar(&o.tokenFile, "token-file", "", "file holding the API bearer token")
 	pf.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "how long to wait for the server")
@@ -76,11 +88,15 @@ func (o *options) client(getenv func(string) string) (*api.Client, error) {
 	if o.output != "table" && o.output != "json" {
 		return nil, fmt.Errorf("--output: want table or json, got %q", o.output)
 	}
+	if o.api != nil {
+		return o.api, nil
+	}
 	c, err := resolve(getenv, o.url, o.tokenFile)
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(c.URL, c.Token, nil), nil
+	o.api = api.NewClientURLs(c.URLs, c.Token, nil)
+	return o.api, nil
 }
 
 // withClient runs fn with a client of the server and a context bounded by
@@ -106,9 +122,15 @@ func printJSON(w io.Writer, v any) error {
 func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Hosts, guests with their state, and firing alerts",
+		Short: "The servers and who leads, hosts, guests with their state, and firing alerts",
+		Long: `status shows the caretaker servers (which one leads, its epoch, whether
+each is healthy), the hosts and their agents, every guest with its state,
+and the firing alerts. A server older than the servers list leaves that
+section out; one that cannot tell its servers (etcd out of reach) still
+shows the rest, and runbook then exits 1 with the reason.`,
 		Example: `  runbook status
-  runbook status -o json`,
+  runbook status -o json
+  runbook status -o json | jq '.servers[] | select(.leader)'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
@@ -116,10 +138,20 @@ func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if o.output == "json" {
-					return printJSON(cmd.OutOrStdout(), s)
+				out := statusOutput{Status: s}
+				out.Servers, err = c.Servers(ctx)
+				var serr error
+				if se, ok := errors.AsType[*api.StatusError](err); ok && se.Code == http.StatusNotFound {
+					err = nil // a server older than /api/v1/servers
+				} else if err != nil {
+					serr = fmt.Errorf("list servers: %w", err)
 				}
-				return printStatus(cmd.OutOrStdout(), s)
+				if o.output == "json" {
+					err = printJSON(cmd.OutOrStdout(), out)
+				} else {
+					err = printStatus(cmd.OutOrStdout(), out)
+				}
+				return cmp.Or(err, serr)
 			})
 		},
 	}
@@ -288,8 +320,26 @@ func yesNo(b bool, yes, no string) string {
 	return no
 }
 
-func printStatus(w io.Writer, s api.Status) error {
+// statusOutput is what `runbook status` shows: the server's status and,
+// from a server that lists them, the servers.
+type statusOutput struct {
+	api.Status
+	Servers []api.ServerStatus `json:"servers,omitzero"` // nil: the server does not list them
+}
+
+func printStatus(w io.Writer, s statusOutput) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if s.Servers != nil {
+		fmt.Fprintln(tw, "NAME\tADDRESS\tLEADER\tEPOCH\tHEALTHY")
+		for _, sv := range s.Servers {
+			printf(tw, "%s\t%s\t%s\t%d\t%s\n", sv.Name, firstNonEmpty(sv.Address, "-"), yesNo(sv.Leader, "yes", "no"),
+				sv.Epoch, yesNo(sv.Healthy, "yes", "NO"))
+		}
+		if len(s.Servers) == 0 {
+			fmt.Fprintln(tw, "(no servers listed)")
+		}
+		fmt.Fprintln(tw)
+	}
 	fmt.Fprintln(tw, "HOST\tAGENT\tAGENT UP\tLIBVIRT\tGUESTS")
 	for _, h := range s.Hosts {
 		printf(tw, "%s\t%s\t%s\t%s\t%d\n", h.Name, h.Agent, yesNo(h.AgentUp, "up", "DOWN"),

@@ -68,7 +68,7 @@ func TestResolve(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.URL != tc.wantURL || c.Token != tc.wantTok {
+			if strings.Join(c.URLs, ",") != tc.wantURL || c.Token != tc.wantTok {
 				t.Errorf("got %+v, want url %s token %s", c, tc.wantURL, tc.wantTok)
 			}
 		})

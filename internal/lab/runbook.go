@@ -7,14 +7,43 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 const runbookMarker = "# written by caretaker lab; removed when the lab stops\n"
 
-// writeRunbookConfig points runbook at the lab. It returns a function that
+// writeRunbookConfig points runbook at the lab's one server; see
+// writeRunbookConfigURLs.
+func writeRunbookConfig(path, url, token string) (func() error, error) {
+	return writeRunbookConfigURLs(path, []string{url}, token)
+}
+
+// runbookConfig is the file the lab writes for runbook: `url:` for one
+// server, `urls:` (tried in order while one cannot be connected to) for
+// several.
+func runbookConfig(urls []string, token string) []byte {
+	var b strings.Builder
+	b.WriteString(runbookMarker)
+	if len(urls) == 1 {
+		fmt.Fprintf(&b, "url: %s\n", urls[0])
+	} else {
+		b.WriteString("urls:\n")
+		for _, u := range urls {
+			fmt.Fprintf(&b, "  - %s\n", u)
+		}
+	}
+	fmt.Fprintf(&b, "token: %s\n", token)
+	return []byte(b.String())
+}
+
+// writeRunbookConfigURLs points runbook at the lab's servers, the API
+// base URLs of every server (at least one). It returns a function that
 // puts back what was there before — but only if the file is still the
 // lab's, so an edit made meanwhile is never lost.
-func writeRunbookConfig(path, url, token string) (func() error, error) {
+func writeRunbookConfigURLs(path string, urls []string, token string) (func() error, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("write runbook config: no server URL")
+	}
 	old, err := os.ReadFile(path)
 	// A file left by a lab that did not stop cleanly is not worth restoring.
 	existed := err == nil && !bytes.HasPrefix(old, []byte(runbookMarker))
@@ -24,7 +53,7 @@ func writeRunbookConfig(path, url, token string) (func() error, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("write runbook config: %w", err)
 	}
-	ours := []byte(fmt.Sprintf("%surl: %s\ntoken: %s\n", runbookMarker, url, token))
+	ours := runbookConfig(urls, token)
 	if err := os.WriteFile(path, ours, 0o600); err != nil {
 		return nil, fmt.Errorf("write runbook config: %w", err)
 	}
