@@ -1,6 +1,7 @@
 package intake
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -10,22 +11,17 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
+	"caretaker/internal/kv"
 	"caretaker/remediation"
 )
 
-// lockTimeout bounds the wait for the file lock, so a second server on the
-// same data directory fails at once instead of hanging.
-const lockTimeout = 2 * time.Second
-
-var (
+// The inbox's buckets, as in the bbolt files written before kv.
+const (
 	// pendingBucket holds the entries the engine has not consumed, by ID.
-	pendingBucket = []byte("intake_pending")
+	pendingBucket = "intake_pending"
 	// seenBucket holds one key per alert instance and status ever
 	// recorded, so re-deliveries are recognised after their entry is acked.
-	seenBucket = []byte("intake_seen")
+	seenBucket = "intake_seen"
 )
 
 // The inbox's bound and pruning. An entry is one alert instance and status
@@ -119,56 +115,51 @@ func (r Receipt) IDs() []uint64 {
 // Inbox is the durable record of the alerts delivered to the server. It is
 // safe for concurrent use.
 type Inbox struct {
-	db    *bolt.DB
-	owned bool // Close closes db
+	store kv.Store
+	owned bool // Close closes store
 	now   func() time.Time
 
-	// mu orders the writes that change entries, so the count is exact.
+	// mu orders this Inbox's writes that change entries, so its count is
+	// exact on one server.
 	mu sync.Mutex
 	// entries counts the keys of seenBucket: every alert instance and
-	// status held, pending ones included (each has its key).
+	// status held, pending ones included (each has its key). When several
+	// servers share the store (etcd), each counts only what it added and
+	// pruned itself, so the count, and the bound checked against it, is
+	// approximate between prunes; every Prune recounts it from the store.
+	// Counting in every Record would walk the whole bucket per delivery.
 	entries int
 	max     int
 }
 
 // Open opens (creating if needed) an inbox in its own bbolt file at path.
 func Open(path string) (*Inbox, error) {
-	return open(path, lockTimeout)
-}
-
-func open(path string, timeout time.Duration) (*Inbox, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open intake inbox %s: %w: the file is locked, is another caretaker server using it?", path, err)
-	}
+	store, err := kv.OpenBolt(path, "intake inbox")
 	if err != nil {
-		return nil, fmt.Errorf("open intake inbox %s: %w", path, err)
+		return nil, err
 	}
-	in, err := New(db)
+	in, err := New(store)
 	if err != nil {
-		db.Close()
+		store.Close()
 		return nil, err
 	}
 	in.owned = true
 	return in, nil
 }
 
-// New keeps an inbox in buckets of db, which the caller opened and closes.
-func New(db *bolt.DB) (*Inbox, error) {
+// New keeps an inbox in buckets of store, which the caller opened and
+// closes.
+func New(store kv.Store) (*Inbox, error) {
 	entries := 0
-	err := db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{pendingBucket, seenBucket} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		entries = tx.Bucket(seenBucket).Stats().KeyN
-		return nil
+	err := store.View(func(tx kv.Tx) error {
+		var err error
+		entries, err = kv.Count(tx.Bucket(seenBucket))
+		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("initialise intake inbox %s: %w", db.Path(), err)
+		return nil, fmt.Errorf("initialise intake inbox: %w", err)
 	}
-	return &Inbox{db: db, now: time.Now, entries: entries, max: DefaultMaxEntries}, nil
+	return &Inbox{store: store, now: time.Now, entries: entries, max: DefaultMaxEntries}, nil
 }
 
 // SetMaxEntries changes the bound (DefaultMaxEntries); n < 1 is no bound.
@@ -191,8 +182,8 @@ func (in *Inbox) Close() error {
 	if !in.owned {
 		return nil
 	}
-	if err := in.db.Close(); err != nil {
-		return fmt.Errorf("close intake inbox %s: %w", in.db.Path(), err)
+	if err := in.store.Close(); err != nil {
+		return fmt.Errorf("close intake inbox: %w", err)
 	}
 	return nil
 }
@@ -202,37 +193,64 @@ func (in *Inbox) Close() error {
 // of the same firing instance. When the new alerts would take the inbox
 // over its bound, nothing of the batch is recorded and the error wraps
 // ErrFull.
+//
+// Servers sharing the store (etcd) may record at once: IDs stay distinct,
+// and a transaction another server overtook runs again on the new state.
 func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
 	var rc Receipt
 	now := in.now().UTC()
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	added := 0
-	err := in.db.Update(func(tx *bolt.Tx) error {
+	err := in.store.Update(func(tx kv.Tx) error {
+		// Reset per attempt: fn runs again when another writer overtook it.
+		rc, added = Receipt{}, 0
 		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
 		for _, a := range alerts {
 			a = normalize(a)
 			key := seenKey(a.Fingerprint, a.StartsAt, a.Status)
-			if v := seen.Get(key); v != nil {
+			v, err := seen.Get(key)
+			if err != nil {
+				return err
+			}
+			if v != nil {
 				rc.Duplicates++
 				// Refreshed so Prune keeps what is still being delivered.
 				if err := seen.Put(key, seenValue(seenID(v), now)); err != nil {
 					return err
 				}
-				if a.Status == remediation.StatusResolved || !resolved(seen, a) {
+				over, err := resolved(seen, a)
+				if err != nil {
+					return err
+				}
+				if a.Status == remediation.StatusResolved || !over {
 					rc.Current = appendOnce(rc.Current, a)
 				}
 				continue
 			}
-			if a.Status == remediation.StatusFiring && resolved(seen, a) {
-				// A late copy from another Alertmanager: the incident is over.
-				rc.Duplicates++
-				continue
+			if a.Status == remediation.StatusFiring {
+				over, err := resolved(seen, a)
+				if err != nil {
+					return err
+				}
+				if over {
+					// A late copy from another Alertmanager: the incident is over.
+					rc.Duplicates++
+					continue
+				}
 			}
 			if a.Status == remediation.StatusResolved {
-				if v := seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusFiring)); v != nil {
-					id := idKey(seenID(v))
-					if pending.Get(id) != nil {
+				fv, err := seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusFiring))
+				if err != nil {
+					return err
+				}
+				if fv != nil {
+					id := idKey(seenID(fv))
+					pv, err := pending.Get(id)
+					if err != nil {
+						return err
+					}
+					if pv != nil {
 						if err := pending.Delete(id); err != nil {
 							return err
 						}
@@ -249,11 +267,11 @@ func (in *Inbox) Record(alerts []remediation.Alert) (Receipt, error) {
 				return err
 			}
 			e := Entry{ID: id, Received: now, Alert: a}
-			v, err := encodeEntry(e)
+			ev, err := encodeEntry(e)
 			if err != nil {
 				return err
 			}
-			if err := pending.Put(idKey(id), v); err != nil {
+			if err := pending.Put(idKey(id), ev); err != nil {
 				return err
 			}
 			if err := seen.Put(key, seenValue(id, now)); err != nil {
@@ -281,14 +299,16 @@ func appendOnce(as []remediation.Alert, a remediation.Alert) []remediation.Alert
 	return append(as, a)
 }
 
-func resolved(seen *bolt.Bucket, a remediation.Alert) bool {
-	return seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusResolved)) != nil
+// resolved reports whether the resolution of a's instance was recorded.
+func resolved(seen kv.Bucket, a remediation.Alert) (bool, error) {
+	v, err := seen.Get(seenKey(a.Fingerprint, a.StartsAt, remediation.StatusResolved))
+	return v != nil, err
 }
 
 // Pending returns the entries not yet acked, oldest first.
 func (in *Inbox) Pending() ([]Entry, error) {
 	var es []Entry
-	err := in.db.View(func(tx *bolt.Tx) error {
+	err := in.store.View(func(tx kv.Tx) error {
 		return tx.Bucket(pendingBucket).ForEach(func(k, v []byte) error {
 			e, err := decodeEntry(k, v)
 			if err != nil {
@@ -310,7 +330,7 @@ func (in *Inbox) Ack(ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	err := in.db.Update(func(tx *bolt.Tx) error {
+	err := in.store.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(pendingBucket)
 		for _, id := range ids {
 			if err := b.Delete(idKey(id)); err != nil {
@@ -355,33 +375,48 @@ func (in *Inbox) Replay(ctx context.Context, handle func(context.Context, []reme
 func (in *Inbox) Prune(before time.Time) (int, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	n := 0
-	err := in.db.Update(func(tx *bolt.Tx) error {
+	n, left := 0, 0
+	err := in.store.Update(func(tx kv.Tx) error {
 		pending, seen := tx.Bucket(pendingBucket), tx.Bucket(seenBucket)
-		var stale [][]byte
-		err := seen.ForEach(func(k, v []byte) error {
-			if seenAt(v).Before(before) && pending.Get(idKey(seenID(v))) == nil {
-				stale = append(stale, append([]byte(nil), k...))
+		// The pending IDs in one walk rather than a Get per seen key: on
+		// etcd every key read is a comparison the commit must carry.
+		waiting := map[uint64]bool{}
+		err := pending.ForEach(func(k, _ []byte) error {
+			if len(k) == 8 {
+				waiting[binary.BigEndian.Uint64(k)] = true
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		// Deleted after the walk: bbolt forbids changing a bucket while
-		// iterating over it.
+		var stale [][]byte
+		total := 0
+		err = seen.ForEach(func(k, v []byte) error {
+			total++
+			if seenAt(v).Before(before) && !waiting[seenID(v)] {
+				stale = append(stale, bytes.Clone(k)) // bbolt's k lives only as long as the transaction
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Deleted after the walk: a bucket must not change during one.
 		for _, k := range stale {
 			if err := seen.Delete(k); err != nil {
 				return err
 			}
 		}
-		n = len(stale)
+		n, left = len(stale), total-len(stale) // per attempt: fn may run again
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("prune the intake inbox: %w", err)
 	}
-	in.entries -= n
+	// Recounted, not decremented: other servers sharing the store change
+	// the bucket too.
+	in.entries = left
 	return n, nil
 }
 

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"caretaker/internal/kv"
 	"caretaker/remediation"
 )
 
@@ -225,15 +225,15 @@ func TestAckUnknown(t *testing.T) {
 
 func TestOpenLocked(t *testing.T) {
 	_, path := openInbox(t)
-	_, err := open(path, 10*time.Millisecond) // Open's 2s, shortened: the refusal is the expected path
+	_, err := Open(path) // waits kv.OpenBolt's 2 s for the lock, then refuses
 	if !errors.Is(err, bolterrors.ErrTimeout) {
 		t.Fatalf("second Open = %v, want a lock timeout", err)
 	}
 }
 
-// The inbox can live in a database the server opened for other buckets.
+// The inbox can live in a store the server opened for other buckets.
 func TestNewInSharedDB(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "server.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "server.db"), "server store")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestNewInSharedDB(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close left the caller's database open.
-	if err := db.View(func(*bolt.Tx) error { return nil }); err != nil {
+	if err := db.View(func(kv.Tx) error { return nil }); err != nil {
 		t.Fatalf("database closed by Inbox.Close: %v", err)
 	}
 	in, err = New(db)

@@ -6,15 +6,14 @@
 package journal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
+	"caretaker/internal/kv"
 	"caretaker/remediation/guards"
 )
 
@@ -132,22 +131,22 @@ type Record struct {
 // ErrNotFound is returned for an ID the journal does not hold.
 var ErrNotFound = errors.New("no such record")
 
-// lockTimeout bounds the wait for the file lock: a second server on the same
-// data directory should fail at once with a clear error, not hang.
-const lockTimeout = 2 * time.Second
-
-var (
-	recordsBucket = []byte("records")
-	stateBucket   = []byte("state")
+// The journal's buckets, as in the bbolt files written before kv.
+const (
+	recordsBucket = "records"
+	stateBucket   = "state"
 )
 
-// Journal is a bbolt file of records keyed by ID. It is safe for concurrent
-// use.
+// Journal is a store of records keyed by ID: a bbolt file (Open) or any
+// kv.Store, such as etcd shared by clustered servers (New). It is safe for
+// concurrent use.
 type Journal struct {
-	db     *bolt.DB
-	path   string
-	opened int64 // bbolt's page writes after Open, so PagesWritten starts at 0
-	// observe, if set, sees every record once it is on disk (the audit
+	store kv.Store
+	close func() error // closes the store when Open opened it; nil for New
+	// opened is the store's page writes at New, so PagesWritten starts at
+	// 0; -1 when the store does not count them.
+	opened int64
+	// observe, if set, sees every record once it is stored (the audit
 	// stream to Loki).
 	observe func(Record)
 }
@@ -168,53 +167,54 @@ func (j *Journal) notify(recs ...Record) {
 
 // Open opens (creating if needed) the journal file at path.
 func Open(path string) (*Journal, error) {
-	return open(path, lockTimeout)
-}
-
-func open(path string, timeout time.Duration) (*Journal, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open journal %s: %w: the file is locked, is another caretaker server using it?", path, err)
-	}
+	store, err := kv.OpenBolt(path, "journal")
 	if err != nil {
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{recordsBucket, stateBucket} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	j, err := New(store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	j.close = func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("close journal %s: %w", path, err)
 		}
 		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initialise journal %s: %w", path, err)
 	}
-	return &Journal{db: db, path: path, opened: pagesWritten(db)}, nil
+	return j, nil
 }
 
-// Close closes the file and releases its lock.
+// New keeps a journal in store, which the caller closes. Its buckets need
+// no initialising: a bucket exists from its first key, and reading a
+// missing one finds nothing.
+func New(store kv.Store) (*Journal, error) {
+	return &Journal{store: store, opened: pagesWritten(store)}, nil
+}
+
+// Close closes the file if Open opened it; a store given to New is the
+// caller's to close.
 func (j *Journal) Close() error {
-	if err := j.db.Close(); err != nil {
-		return fmt.Errorf("close journal %s: %w", j.path, err)
+	if j.close == nil {
+		return nil
 	}
-	return nil
+	return j.close()
 }
 
 // Append stores rec under a new ID and returns it as stored. It returns
-// only after the record is on disk.
+// only after the record is durable.
 func (j *Journal) Append(rec Record) (Record, error) {
+	var stored Record
 	err := j.Batch(func(b *Batch) error {
 		var err error
-		rec, err = b.Append(rec)
+		stored, err = b.Append(rec) // rec itself stays as given, for a re-run
 		return err
 	})
-	return rec, err
+	return stored, err
 }
 
 // Update applies fn to the record with id and stores the result durably.
-// fn cannot change the ID.
+// fn cannot change the ID. On a shared store fn may run more than once.
 func (j *Journal) Update(id uint64, fn func(*Record)) (Record, error) {
 	var rec Record
 	err := j.Batch(func(b *Batch) error {
@@ -225,61 +225,32 @@ func (j *Journal) Update(id uint64, fn func(*Record)) (Record, error) {
 	return rec, err
 }
 
-// Batch is a set of changes written in one transaction. The transaction
-// opens with the first change, so a batch that changes nothing takes no
-// write lock and costs no fsync.
+// Batch is a set of changes written in one transaction.
 type Batch struct {
-	db      *bolt.DB
-	tx      *bolt.Tx // nil until the first change
-	written []Record
-}
-
-// bucket returns the records bucket of the batch's write transaction,
-// opening it on first use.
-func (b *Batch) bucket() (*bolt.Bucket, error) {
-	if b.tx == nil {
-		tx, err := b.db.Begin(true)
-		if err != nil {
-			return nil, err
-		}
-		b.tx = tx
-	}
-	return b.tx.Bucket(recordsBucket), nil
+	records kv.Bucket
+	changed bool     // a change was made: the transaction must commit
+	written []Record // notified once the transaction committed
 }
 
 // Append adds rec under a new ID and returns it as it will be stored.
 func (b *Batch) Append(rec Record) (Record, error) {
-	bk, err := b.bucket()
-	if err != nil {
-		return Record{}, fmt.Errorf("append journal record: %w", err)
-	}
-	id, err := bk.NextSequence()
+	b.changed = true
+	id, err := b.records.NextSequence()
 	if err != nil {
 		return Record{}, fmt.Errorf("append journal record: %w", err)
 	}
 	rec.ID = id
-	if err := put(bk, rec); err != nil {
+	if err := put(b.records, rec); err != nil {
 		return Record{}, fmt.Errorf("append journal record: %w", err)
 	}
 	b.written = append(b.written, rec)
 	return rec, nil
 }
 
-// Get returns the record with id as this batch sees it: through its
-// transaction once it has one (bbolt must not have a read transaction open
-// beside the write one in the same goroutine), else as stored.
+// Get returns the record with id as this batch sees it, its own changes
+// included.
 func (b *Batch) Get(id uint64) (Record, error) {
-	var rec Record
-	var err error
-	if b.tx != nil {
-		rec, err = get(b.tx.Bucket(recordsBucket), id)
-	} else {
-		err = b.db.View(func(tx *bolt.Tx) error {
-			var gerr error
-			rec, gerr = get(tx.Bucket(recordsBucket), id)
-			return gerr
-		})
-	}
+	rec, err := get(b.records, id)
 	if err != nil {
 		return Record{}, fmt.Errorf("get journal record %d: %w", id, err)
 	}
@@ -288,66 +259,85 @@ func (b *Batch) Get(id uint64) (Record, error) {
 
 // Update applies fn to the record with id; fn cannot change the ID.
 func (b *Batch) Update(id uint64, fn func(*Record)) (Record, error) {
-	bk, err := b.bucket()
-	if err != nil {
-		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
-	}
-	rec, err := get(bk, id)
+	rec, err := get(b.records, id)
 	if err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
 	fn(&rec)
 	rec.ID = id
-	if err := put(bk, rec); err != nil {
+	b.changed = true
+	if err := put(b.records, rec); err != nil {
 		return Record{}, fmt.Errorf("update journal record %d: %w", id, err)
 	}
 	b.written = append(b.written, rec)
 	return rec, nil
 }
 
-// Batch runs fn in one transaction: everything fn wrote is on disk when
-// Batch returns nil, and nothing is when it returns an error. One fsync for
-// many records is what lets an alert storm be recorded quickly. The write
-// transaction opens with fn's first change: when fn changes nothing, Batch
-// writes nothing.
+// errUnchanged rolls back the transaction of a batch that changed nothing.
+var errUnchanged = errors.New("the batch changed nothing")
+
+// Batch runs fn in one transaction: everything fn wrote is durable when
+// Batch returns nil, and nothing is when it returns an error. One commit
+// (one fsync) for many records is what lets an alert storm be recorded
+// quickly. A batch that changes nothing is rolled back rather than
+// committed, so it writes nothing and costs no fsync (on bbolt it still
+// holds the write lock while fn runs: kv's transactions take a callback,
+// so the transaction cannot open lazily at fn's first change).
+//
+// On a shared store (etcd) fn runs again when another writer overtook the
+// transaction, so it must not act outside the batch; on a fenced store
+// that lost the leadership the error wraps kv.ErrNotLeader.
 func (j *Journal) Batch(fn func(*Batch) error) error {
-	b := &Batch{db: j.db}
-	done := false
-	defer func() {
-		if b.tx != nil && !done { // fn failed or panicked
-			_ = b.tx.Rollback()
+	var b *Batch
+	var fnErr error
+	err := j.store.Update(func(tx kv.Tx) error {
+		// A new Batch per attempt: what a re-run attempt wrote is all
+		// that commits, so it alone is notified.
+		b = &Batch{records: tx.Bucket(recordsBucket)}
+		fnErr = fn(b)
+		if fnErr != nil {
+			return fnErr
 		}
-	}()
-	if err := fn(b); err != nil {
-		return err
-	}
-	if b.tx == nil {
+		if !b.changed {
+			return errUnchanged
+		}
 		return nil
-	}
-	done = true
-	if err := b.tx.Commit(); err != nil {
-		return err
+	})
+	switch {
+	case errors.Is(err, errUnchanged):
+		return nil
+	case err != nil && fnErr != nil:
+		return err // fn's own error, as fn returned it
+	case err != nil:
+		return fmt.Errorf("write the journal: %w", err)
 	}
 	j.notify(b.written...)
 	return nil
 }
 
 // PagesWritten reports how many pages the journal has written since it was
-// opened. Every commit writes at least its meta page (and fsyncs), so the
-// count stands still exactly while nothing is committed.
+// opened, when its store is a bbolt file: every commit writes at least its
+// meta page (and fsyncs), so the count stands still exactly while nothing
+// is committed. It is -1 for a store that does not count pages (etcd).
 func (j *Journal) PagesWritten() int64 {
-	return pagesWritten(j.db) - j.opened
+	n := pagesWritten(j.store)
+	if n < 0 {
+		return -1
+	}
+	return n - j.opened
 }
 
-func pagesWritten(db *bolt.DB) int64 {
-	s := db.Stats()
-	return s.TxStats.GetWrite()
+func pagesWritten(s kv.Store) int64 {
+	if p, ok := s.(interface{ PagesWritten() int64 }); ok {
+		return p.PagesWritten()
+	}
+	return -1
 }
 
 // Get returns the record with id, or an error wrapping ErrNotFound.
 func (j *Journal) Get(id uint64) (Record, error) {
 	var rec Record
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.store.View(func(tx kv.Tx) error {
 		var err error
 		rec, err = get(tx.Bucket(recordsBucket), id)
 		return err
@@ -361,19 +351,19 @@ func (j *Journal) Get(id uint64) (Record, error) {
 // List returns up to limit records, newest first; limit <= 0 means all.
 func (j *Journal) List(limit int) ([]Record, error) {
 	var recs []Record
-	err := j.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(recordsBucket).Cursor()
-		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+	err := j.store.View(func(tx kv.Tx) error {
+		recs = nil
+		return tx.Bucket(recordsBucket).ForEachReverse(func(k, v []byte) error {
 			if limit > 0 && len(recs) >= limit {
-				break
+				return kv.ErrStop
 			}
 			rec, err := decode(k, v)
 			if err != nil {
 				return err
 			}
 			recs = append(recs, rec)
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list journal: %w", err)
@@ -384,12 +374,10 @@ func (j *Journal) List(limit int) ([]Record, error) {
 // Len returns how many records the journal holds, without decoding them.
 func (j *Journal) Len() (int, error) {
 	n := 0
-	err := j.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(recordsBucket).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			n++
-		}
-		return nil
+	err := j.store.View(func(tx kv.Tx) error {
+		var err error
+		n, err = kv.Count(tx.Bucket(recordsBucket))
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("count journal records: %w", err)
@@ -402,7 +390,8 @@ func (j *Journal) Len() (int, error) {
 // state rather than repeating it blindly.
 func (j *Journal) Unfinished() ([]Record, error) {
 	var open []Record
-	err := j.db.View(func(tx *bolt.Tx) error {
+	err := j.store.View(func(tx kv.Tx) error {
+		open = nil
 		return tx.Bucket(recordsBucket).ForEach(func(k, v []byte) error {
 			rec, err := decode(k, v)
 			if err == nil && rec.State.Open() {
@@ -421,27 +410,29 @@ func (j *Journal) Unfinished() ([]Record, error) {
 // many it deleted. Open records are kept whatever their age.
 func (j *Journal) Prune(cutoff time.Time) (int, error) {
 	n := 0
-	err := j.db.Update(func(tx *bolt.Tx) error {
+	err := j.store.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(recordsBucket)
 		var old [][]byte
-		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		err := b.ForEach(func(k, v []byte) error {
 			rec, err := decode(k, v)
 			if err != nil {
 				return err
 			}
 			if rec.Created.Before(cutoff) && !rec.State.Open() {
-				old = append(old, k)
+				old = append(old, bytes.Clone(k)) // bbolt's k lives only as long as the transaction
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		// Deleted after the walk: bbolt forbids changing a bucket while
-		// iterating over it.
+		// Deleted after the walk: a bucket must not change during one.
 		for _, k := range old {
 			if err := b.Delete(k); err != nil {
 				return err
 			}
 		}
-		n = len(old)
+		n = len(old) // set per attempt: fn may run again
 		return nil
 	})
 	if err != nil {
@@ -457,7 +448,7 @@ func (j *Journal) SaveState(name string, v any) error {
 	if err != nil {
 		return fmt.Errorf("save %s: %w", name, err)
 	}
-	err = j.db.Update(func(tx *bolt.Tx) error {
+	err = j.store.Update(func(tx kv.Tx) error {
 		return tx.Bucket(stateBucket).Put([]byte(name), data)
 	})
 	if err != nil {
@@ -470,10 +461,14 @@ func (j *Journal) SaveState(name string, v any) error {
 // whether there was one.
 func (j *Journal) LoadState(name string, v any) (bool, error) {
 	var data []byte
-	_ = j.db.View(func(tx *bolt.Tx) error {
-		data = append(data, tx.Bucket(stateBucket).Get([]byte(name))...)
-		return nil
+	err := j.store.View(func(tx kv.Tx) error {
+		var err error
+		data, err = tx.Bucket(stateBucket).Get([]byte(name))
+		return err
 	})
+	if err != nil {
+		return false, fmt.Errorf("load %s: %w", name, err)
+	}
 	if data == nil {
 		return false, nil
 	}
@@ -493,7 +488,7 @@ func key(id uint64) []byte {
 	return binary.BigEndian.AppendUint64(nil, id) // big-endian sorts by ID
 }
 
-func put(b *bolt.Bucket, rec Record) error {
+func put(b kv.Bucket, rec Record) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode record %d: %w", rec.ID, err)
@@ -501,8 +496,11 @@ func put(b *bolt.Bucket, rec Record) error {
 	return b.Put(key(rec.ID), v)
 }
 
-func get(b *bolt.Bucket, id uint64) (Record, error) {
-	v := b.Get(key(id))
+func get(b kv.Bucket, id uint64) (Record, error) {
+	v, err := b.Get(key(id))
+	if err != nil {
+		return Record{}, err
+	}
 	if v == nil {
 		return Record{}, ErrNotFound
 	}

@@ -235,11 +235,12 @@ func TestState(t *testing.T) {
 }
 
 // A second server on the same file gets an error naming the cause instead
-// of waiting for the lock forever. flock locks conflict between two opens
-// of one file even within a process, so one process can test it.
+// of waiting for the lock forever (kv.OpenBolt's 2 s). flock locks
+// conflict between two opens of one file even within a process, so one
+// process can test it.
 func TestOpenLocked(t *testing.T) {
 	_, path := openTemp(t)
-	j, err := open(path, 10*time.Millisecond)
+	j, err := Open(path)
 	if err == nil {
 		j.Close()
 		t.Fatal("second Open of a locked journal succeeded")
