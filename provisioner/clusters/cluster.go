@@ -1,8 +1,8 @@
 // Package clusters holds the desired state of guest clusters — their node
-// pools, VNIs and nodes — in bbolt, the HTTP handlers that change it, and
-// the level-triggered reconciler that places nodes, builds each cluster's
-// VXLAN overlay on the hosts holding its nodes, and creates and deletes the
-// nodes' domains.
+// pools, VNIs and nodes — in a kv.Store (bbolt or etcd), the HTTP handlers
+// that change it, and the level-triggered reconciler that places nodes,
+// builds each cluster's VXLAN overlay on the hosts holding its nodes, and
+// creates and deletes the nodes' domains.
 package clusters
 
 import (

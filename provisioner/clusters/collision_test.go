@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"libvirt.org/go/libvirt"
 
 	"caretaker/internal/agent"
 	"caretaker/internal/agent/guests/gueststest"
 	"caretaker/internal/agentapi"
+	"caretaker/internal/kv"
 )
 
 // agentNodes makes nodes through real agents as the server's adapter
@@ -120,7 +120,7 @@ func TestNodeNameCollisionNeverDestroysAnotherClustersNode(t *testing.T) {
 		t.Run(sh.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 			defer cancel()
-			db, err := bolt.Open(filepath.Join(t.TempDir(), "clusters.db"), 0o600, nil)
+			db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "clusters.db"), "test database")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -216,7 +216,7 @@ func legacyPut(t *testing.T, s *Store, c Cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(c.Name), data) }); err != nil {
+	if err := s.db.Update(func(tx kv.Tx) error { return tx.Bucket(bucket).Put([]byte(c.Name), data) }); err != nil {
 		t.Fatal(err)
 	}
 }

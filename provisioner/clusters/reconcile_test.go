@@ -218,9 +218,18 @@ type rig struct {
 	ctx      context.Context
 }
 
+// rigMaker makes a rig: newRig on a bbolt file, or one on etcd
+// (TestStoreOnEtcd).
+type rigMaker func(t *testing.T, hosts int, parallel int) *rig
+
 func newRig(t *testing.T, hosts int, parallel int) *rig {
 	t.Helper()
-	g := &rig{store: newStore(t, VNIRange{}), hosts: newHosts(hosts), nodes: newNodes(), overlays: newOverlays()}
+	return newRigOn(t, newStore(t, VNIRange{}), hosts, parallel)
+}
+
+func newRigOn(t *testing.T, store *Store, hosts int, parallel int) *rig {
+	t.Helper()
+	g := &rig{store: store, hosts: newHosts(hosts), nodes: newNodes(), overlays: newOverlays()}
 	g.r = g.reconciler(t, g.store, parallel)
 	// A deadline, not a wait: a reconciler that serialises what should be
 	// parallel fails here instead of hanging.
@@ -322,7 +331,9 @@ func (g *rig) createLab(t *testing.T) Cluster {
 	return g.get(t, "lab")
 }
 
-func TestReconcileCreate(t *testing.T) {
+func TestReconcileCreate(t *testing.T) { testReconcileCreate(t, newRig) }
+
+func testReconcileCreate(t *testing.T, newRig rigMaker) {
 	g := newRig(t, 8, 8)
 	g.nodes.barrier, g.nodes.release = 6, make(chan struct{})
 	c := g.createLab(t)
@@ -488,7 +499,9 @@ func TestReconcileUnknownVTEP(t *testing.T) {
 	}
 }
 
-func TestReconcileScale(t *testing.T) {
+func TestReconcileScale(t *testing.T) { testReconcileScale(t, newRig) }
+
+func testReconcileScale(t *testing.T, newRig rigMaker) {
 	g := newRig(t, 8, 8)
 	g.createLab(t)
 	g.calls()
@@ -546,7 +559,9 @@ func TestReconcileScale(t *testing.T) {
 	g.checkOverlays(t, c)
 }
 
-func TestReconcileDelete(t *testing.T) {
+func TestReconcileDelete(t *testing.T) { testReconcileDelete(t, newRig) }
+
+func testReconcileDelete(t *testing.T, newRig rigMaker) {
 	g := newRig(t, 8, 8)
 	g.createLab(t)
 	g.calls()
@@ -608,7 +623,9 @@ func TestReconcileDeleteWithHostDown(t *testing.T) {
 	}
 }
 
-func TestRecreateNode(t *testing.T) {
+func TestRecreateNode(t *testing.T) { testRecreateNode(t, newRig) }
+
+func testRecreateNode(t *testing.T, newRig rigMaker) {
 	t.Run("same host", func(t *testing.T) {
 		g := newRig(t, 8, 8)
 		n := *g.createLab(t).node("lab-workers-1")

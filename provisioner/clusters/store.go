@@ -11,10 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
 	"caretaker/provisioner/placement"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Errors the store's callers tell apart (the handler maps them to 400,
@@ -32,7 +31,7 @@ type invalid struct{ err error }
 func (e invalid) Error() string   { return e.err.Error() }
 func (e invalid) Unwrap() []error { return []error{ErrInvalid, e.err} }
 
-var bucket = []byte("clusters")
+const bucket = "clusters"
 
 // VNIRange is the inclusive range VNIs are allocated from.
 type VNIRange struct{ First, Last int }
@@ -65,11 +64,12 @@ type StoreOptions struct {
 	NodeFits func(Pool) error
 }
 
-// Store keeps clusters in a bucket of a bbolt database as JSON, one key per
-// cluster name. It is safe for concurrent use: every change is a
-// read-modify-write in one transaction.
+// Store keeps clusters in a bucket of a kv.Store (a bbolt file or etcd) as
+// JSON, one key per cluster name. It is safe for concurrent use: every
+// change is a read-modify-write in one transaction. It caches nothing of
+// the store, so two Stores on one etcd agree.
 type Store struct {
-	db     *bolt.DB
+	db     kv.Store
 	vnis   VNIRange
 	now    func() time.Time
 	ids    *idSource
@@ -77,8 +77,10 @@ type Store struct {
 	fits   func(Pool) error
 }
 
-// NewStore creates the bucket if needed.
-func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
+// NewStore keeps clusters in store, creating the bucket if needed (in a
+// bbolt file; in etcd a bucket exists with its first key). The store
+// stays the caller's to close.
+func NewStore(store kv.Store, o StoreOptions) (*Store, error) {
 	if o.VNIs == (VNIRange{}) {
 		o.VNIs = DefaultVNIs()
 	}
@@ -91,14 +93,15 @@ func NewStore(db *bolt.DB, o StoreOptions) (*Store, error) {
 	if o.Random == nil {
 		o.Random = rand.Reader
 	}
-	err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucket)
+	err := store.Update(func(tx kv.Tx) error {
+		// A bucket's first use reports a failed creation.
+		_, err := tx.Bucket(bucket).Get([]byte{0})
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create clusters bucket: %w", err)
 	}
-	return &Store{db: db, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}, images: o.BaseImages,
+	return &Store{db: store, vnis: o.VNIs, now: o.Now, ids: &idSource{r: o.Random}, images: o.BaseImages,
 		fits: o.NodeFits}, nil
 }
 
@@ -127,9 +130,11 @@ func (s *Store) CreateBy(spec Spec, by *who.By) (Cluster, error) {
 		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{errors.Join(unfit...)})
 	}
 	var c Cluster
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bucket)
-		if b.Get([]byte(spec.Name)) != nil {
+		if v, err := b.Get([]byte(spec.Name)); err != nil {
+			return err
+		} else if v != nil {
 			return fmt.Errorf("cluster %s: %w", spec.Name, ErrExists)
 		}
 		used := map[int]bool{}
@@ -237,7 +242,7 @@ func nodeStem(name string) (string, bool) {
 }
 
 // put syncs c's nodes with its spec, derives its phase and writes it.
-func (s *Store) put(b *bolt.Bucket, c *Cluster) error {
+func (s *Store) put(b kv.Bucket, c *Cluster) error {
 	if err := c.sync(s.ids); err != nil {
 		return err
 	}
@@ -253,8 +258,12 @@ func (s *Store) put(b *bolt.Bucket, c *Cluster) error {
 // Get returns the named cluster.
 func (s *Store) Get(name string) (Cluster, error) {
 	var c Cluster
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucket).Get([]byte(name))
+	err := s.db.View(func(tx kv.Tx) error {
+		c = Cluster{}
+		v, err := tx.Bucket(bucket).Get([]byte(name))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return ErrNotFound
 		}
@@ -269,7 +278,8 @@ func (s *Store) Get(name string) (Cluster, error) {
 // List returns every cluster, by name.
 func (s *Store) List() ([]Cluster, error) {
 	var cs []Cluster
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
+		cs = nil
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			var c Cluster
 			if err := json.Unmarshal(v, &c); err != nil {
@@ -368,12 +378,18 @@ func stamp(by *who.By, now time.Time) *who.By {
 }
 
 // update applies f to the stored cluster in one transaction; f's error
-// aborts it.
+// aborts it. f may run more than once (kv.Store.Update), each time on the
+// cluster as then stored: it must only change the cluster, or set
+// variables that each run sets anew.
 func (s *Store) update(name string, f func(*Cluster) error) (Cluster, error) {
 	var c Cluster
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
+		c = Cluster{} // not what an overtaken run decoded
 		b := tx.Bucket(bucket)
-		v := b.Get([]byte(name))
+		v, err := b.Get([]byte(name))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return ErrNotFound
 		}
@@ -390,7 +406,7 @@ func (s *Store) update(name string, f func(*Cluster) error) (Cluster, error) {
 
 // remove deletes the record of a deleting cluster, freeing its VNI.
 func (s *Store) remove(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		return tx.Bucket(bucket).Delete([]byte(name))
 	})
 }

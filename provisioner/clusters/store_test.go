@@ -11,14 +11,14 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"caretaker/internal/kv"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func openDB(t testing.TB, path string) *bolt.DB {
+func openDB(t testing.TB, path string) *kv.Bolt {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true})
+	db, err := kv.OpenBolt(path, "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,12 +26,16 @@ func openDB(t testing.TB, path string) *bolt.DB {
 	return db
 }
 
+// storeMaker makes an empty Store: newStore in a bbolt file, or one in
+// etcd (TestStoreOnEtcd).
+type storeMaker func(t testing.TB, vnis VNIRange) *Store
+
 func newStore(t testing.TB, vnis VNIRange) *Store {
 	t.Helper()
 	return storeAt(t, openDB(t, filepath.Join(t.TempDir(), "clusters.db")), vnis)
 }
 
-func storeAt(t testing.TB, db *bolt.DB, vnis VNIRange) *Store {
+func storeAt(t testing.TB, db kv.Store, vnis VNIRange) *Store {
 	t.Helper()
 	s, err := NewStore(db, StoreOptions{VNIs: vnis, Now: func() time.Time { return t0 }, Random: mrand.NewChaCha8([32]byte{1}),
 		BaseImages: testImages})
@@ -52,7 +56,9 @@ func names(ns []NodeState) []string {
 	return out
 }
 
-func TestStoreCreate(t *testing.T) {
+func TestStoreCreate(t *testing.T) { testStoreCreate(t, newStore) }
+
+func testStoreCreate(t *testing.T, newStore storeMaker) {
 	s := newStore(t, VNIRange{})
 	c, err := s.Create(Spec{Name: "lab", Pools: pools(masters(1), workers(2))})
 	if err != nil {
@@ -92,7 +98,9 @@ func TestStoreCreate(t *testing.T) {
 	}
 }
 
-func TestStoreVNIs(t *testing.T) {
+func TestStoreVNIs(t *testing.T) { testStoreVNIs(t, newStore) }
+
+func testStoreVNIs(t *testing.T, newStore storeMaker) {
 	s := newStore(t, VNIRange{First: 100, Last: 102})
 	create := func(name string) (int, error) {
 		c, err := s.Create(Spec{Name: name, Pools: pools(workers(1))})
@@ -124,7 +132,9 @@ func TestStoreVNIs(t *testing.T) {
 	}
 }
 
-func TestStoreScaleAndDelete(t *testing.T) {
+func TestStoreScaleAndDelete(t *testing.T) { testStoreScaleAndDelete(t, newStore) }
+
+func testStoreScaleAndDelete(t *testing.T, newStore storeMaker) {
 	s := newStore(t, VNIRange{})
 	if _, err := s.Create(Spec{Name: "lab", Pools: pools(masters(1), workers(3))}); err != nil {
 		t.Fatal(err)
@@ -225,7 +235,9 @@ func TestStoreDurable(t *testing.T) {
 // two clusters: the second is refused (409, naming the other cluster's
 // pool), whichever comes first; shapes that only look alike are accepted,
 // and then no scale of either makes two nodes share a name.
-func TestStoreNodeNamesUnique(t *testing.T) {
+func TestStoreNodeNamesUnique(t *testing.T) { testStoreNodeNamesUnique(t, newStore) }
+
+func testStoreNodeNamesUnique(t *testing.T, newStore storeMaker) {
 	pool := func(name string, count int) Pool {
 		p := workers(count)
 		p.Name = name
@@ -297,7 +309,9 @@ func TestStoreNodeNamesUnique(t *testing.T) {
 // A cluster's base_image is the default or a declared image, never another
 // volume of the pool (another cluster's node disk) nor a path out of it;
 // a refused spec stores nothing.
-func TestStoreBaseImages(t *testing.T) {
+func TestStoreBaseImages(t *testing.T) { testStoreBaseImages(t, newStore) }
+
+func testStoreBaseImages(t *testing.T, newStore storeMaker) {
 	s := newStore(t, VNIRange{})
 	if _, err := s.Create(Spec{Name: "c1", Pools: pools(workers(1))}); err != nil {
 		t.Fatal(err)

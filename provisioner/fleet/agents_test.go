@@ -14,11 +14,10 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"caretaker/internal/agent"
 	"caretaker/internal/agentapi"
 	"caretaker/internal/config"
+	"caretaker/internal/kv"
 	"caretaker/internal/overlaynet/nstest"
 	"caretaker/provisioner/clusters"
 	"caretaker/provisioner/placement"
@@ -89,7 +88,7 @@ func TestProvisionedOverlayNamesPeers(t *testing.T) {
 		hosts = append(hosts, config.Host{Name: name, Agent: strings.TrimPrefix(srv.URL, "http://")})
 	}
 
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "provisioner.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}

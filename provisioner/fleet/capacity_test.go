@@ -8,9 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"caretaker/internal/config"
+	"caretaker/internal/kv"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/clusters"
 	"caretaker/provisioner/inventory"
@@ -21,7 +20,7 @@ import (
 // at placement; hosts whose capacity is unknown and other roles do not
 // count.
 func TestNodeFitsLargestHost(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "provisioner.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"caretaker/internal/agentapi"
+	"caretaker/internal/kv"
 	"caretaker/provisioner/clusters"
 )
 
@@ -45,7 +44,7 @@ func TestCreateNodeFailureSaysEachThingOnce(t *testing.T) {
 	}))
 	defer agentSrv.Close()
 
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "provisioner.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,10 +21,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/config"
+	"caretaker/internal/kv"
 	"caretaker/internal/monitoring"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/clusters"
@@ -41,7 +41,8 @@ import (
 type Provisioner struct {
 	log      *slog.Logger
 	cfg      config.Provisioner
-	db       *bolt.DB
+	db       kv.Store // the inventory's and the clusters'
+	ownDB    bool     // opened by New (provisioner.db), so closed by Close
 	inv      *inventory.Store
 	machine  *hoststate.Machine
 	clusters *clusters.Store
@@ -68,9 +69,16 @@ type Options struct {
 	// Config is the server's configuration; its provisioner section
 	// says what to run, its paths are relative to its file.
 	Config *config.Server
-	// DataDir holds the provisioner's databases and file_sd file, under
-	// "provisioner".
+	// DataDir holds the provisioner's file_sd file and, without Store,
+	// its databases, under "provisioner".
 	DataDir string
+	// Store, when set, holds the inventory's hosts, the host states and
+	// the clusters (distinct buckets: "inventory_hosts",
+	// "inventory_removed", "hosts", "history", "clusters"), for servers
+	// sharing their state in etcd; it stays the caller's to close. When
+	// nil, New opens provisioner.db and hosts.db under DataDir, and Close
+	// closes them.
+	Store kv.Store
 	// Agents gets a client for each host of the inventory.
 	Agents *agentapi.Hosts
 	// Monitor is the embedded Prometheus, whose figures size the hosts;
@@ -95,9 +103,14 @@ func New(o Options) (*Provisioner, error) {
 	if err := os.MkdirAll(filepath.Dir(p.fileSD), 0o755); err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
-	p.db, err = bolt.Open(filepath.Join(dataDir, "provisioner", "provisioner.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("open the provisioner's database: %w", err)
+	if o.Store != nil {
+		p.db = o.Store
+	} else {
+		db, err := kv.OpenBolt(filepath.Join(dataDir, "provisioner", "provisioner.db"), "the provisioner's database")
+		if err != nil {
+			return nil, err
+		}
+		p.db, p.ownDB = db, true
 	}
 	ok := false
 	defer func() {
@@ -128,8 +141,13 @@ func New(o Options) (*Provisioner, error) {
 	if err != nil {
 		return nil, err
 	}
+	hostsPath := ""
+	if o.Store == nil {
+		hostsPath = filepath.Join(dataDir, "provisioner", "hosts.db")
+	}
 	p.machine, err = hoststate.Open(hoststate.Options{
-		Path: filepath.Join(dataDir, "provisioner", "hosts.db"),
+		Store: o.Store,
+		Path:  hostsPath,
 		Config: hoststate.Config{MaxAttempts: pc.MaxAttempts, Timeouts: hoststate.Timeouts{
 			PoweringOn: pc.Timeouts.PoweringOn, PXEBooting: pc.Timeouts.PXEBooting, Installing: pc.Timeouts.Installing}},
 		BMC:        p.bmc,
@@ -213,12 +231,13 @@ func (p *Provisioner) refreshOverlays(ctx context.Context) {
 	}
 }
 
-// Close closes the provisioner's databases, after Run has returned.
+// Close closes the provisioner's databases, after Run has returned; a
+// Store of Options stays open.
 func (p *Provisioner) Close() {
 	if p.machine != nil {
 		p.machine.Close()
 	}
-	if p.db != nil {
+	if p.db != nil && p.ownDB {
 		p.db.Close()
 	}
 }

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"caretaker/internal/api"
+	"caretaker/internal/kv"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/inventory"
 )
@@ -20,7 +19,7 @@ import (
 // token per role, and one host in the inventory.
 func mounted(t *testing.T) http.Handler {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "provisioner.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +112,7 @@ func TestMountBMCView(t *testing.T) {
 // A host's BMC password is read from provisioner.bmc.secrets_dir, and from
 // nowhere else.
 func TestBMCPasswordFromSecretsDir(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "provisioner.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "provisioner.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}

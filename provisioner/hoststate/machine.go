@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/pxe"
@@ -35,7 +36,12 @@ type GuestMover interface {
 
 // Options configure a Machine.
 type Options struct {
-	// Path is the bbolt file of the host states and their journals.
+	// Store keeps the host states and their journals (buckets "hosts"
+	// and "history"); it stays the caller's to close. When nil, the
+	// Machine opens the bbolt file at Path, and Close closes it.
+	Store kv.Store
+	// Path is the bbolt file of the host states and their journals, when
+	// Store is nil.
 	Path   string
 	Config Config
 	// BMC returns a host's BMC. An error fails the host at once: a retry
@@ -94,15 +100,17 @@ type entry struct {
 // refusalJournalEvery spaces the refusals kept in a host's journal.
 const refusalJournalEvery = time.Minute
 
-// Open loads the hosts from opts.Path, creating the file if needed. A host
+// Open loads the hosts from opts.Store, or from the file opts.Path,
+// creating it if needed. The Machine keeps them in memory from then on:
+// it must be the only writer of the store's hosts. A host
 // found in a phase keeps its Since, so its timeout still runs: a command
 // recorded before a crash and never executed is retried by the timeout.
 func Open(opts Options) (*Machine, error) {
 	if err := opts.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("host state config: %w", err)
 	}
-	if opts.Path == "" {
-		return nil, errors.New("host state machine: no file path")
+	if opts.Store == nil && opts.Path == "" {
+		return nil, errors.New("host state machine: no store and no file path")
 	}
 	if opts.BMC == nil || opts.Guests == nil {
 		return nil, errors.New("host state machine: both a BMC lookup and a guest mover are needed")
@@ -119,7 +127,7 @@ func Open(opts Options) (*Machine, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	st, hosts, err := openStore(opts.Path)
+	st, hosts, err := openStore(opts.Store, opts.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +149,8 @@ func Open(opts Options) (*Machine, error) {
 	return m, nil
 }
 
-// Close closes the file.
+// Close closes the file the Machine opened; a Store of Options stays
+// open.
 func (m *Machine) Close() error { return m.st.close() }
 
 // Register adds a host in state registered, or updates the MAC of a known

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/pxe"
@@ -95,6 +96,7 @@ func (b fakeBMC) PowerCycle(context.Context) error     { return b.f.call("power-
 type rig struct {
 	t     *testing.T
 	path  string
+	store kv.Store // nil: the file at path
 	clock *fakeClock
 	fleet *fleet
 	reg   *prometheus.Registry
@@ -102,9 +104,20 @@ type rig struct {
 	cfg   Config
 }
 
-func newRig(t *testing.T, cfg Config) *rig {
+// rigMaker makes a rig: newRig on a bbolt file, or one on etcd
+// (TestMachineOnEtcd).
+type rigMaker func(t *testing.T, cfg Config) *rig
+
+func newRig(t *testing.T, cfg Config) *rig { return newRigOn(t, cfg, nil) }
+
+// newRigOn makes a rig whose Machine keeps the hosts in store, or in a
+// file when store is nil.
+func newRigOn(t *testing.T, cfg Config, store kv.Store) *rig {
 	t.Helper()
-	r := &rig{t: t, path: filepath.Join(t.TempDir(), "hosts.db"), clock: &fakeClock{t: t0}, fleet: newFleet(), cfg: cfg}
+	r := &rig{t: t, path: filepath.Join(t.TempDir(), "hosts.db"), store: store, clock: &fakeClock{t: t0}, fleet: newFleet(), cfg: cfg}
+	if store != nil {
+		r.path = ""
+	}
 	r.open()
 	t.Cleanup(func() { r.m.Close() })
 	return r
@@ -113,7 +126,7 @@ func newRig(t *testing.T, cfg Config) *rig {
 func (r *rig) open() {
 	r.t.Helper()
 	r.reg = prometheus.NewPedanticRegistry()
-	m, err := Open(Options{Path: r.path, Config: r.cfg, BMC: r.fleet.bmcFor, Guests: r.fleet,
+	m, err := Open(Options{Store: r.store, Path: r.path, Config: r.cfg, BMC: r.fleet.bmcFor, Guests: r.fleet,
 		Registerer: r.reg, Now: r.clock.Now})
 	if err != nil {
 		r.t.Fatal(err)
@@ -192,7 +205,9 @@ func (r *rig) journal(name string) []string {
 	return p
 }
 
-func TestMachineProvisionToReady(t *testing.T) {
+func TestMachineProvisionToReady(t *testing.T) { testMachineProvisionToReady(t, newRig) }
+
+func testMachineProvisionToReady(t *testing.T, newRig rigMaker) {
 	r := newRig(t, Config{})
 	r.must(r.m.Register("h1", "AA-BB-CC-DD-EE-01"))
 	r.must(r.m.Register("h2", "aa:bb:cc:dd:ee:02"))
@@ -263,7 +278,9 @@ caretaker_provisioner_transitions_total{to="registered"} 2
 	}
 }
 
-func TestMachineReprovision(t *testing.T) {
+func TestMachineReprovision(t *testing.T) { testMachineReprovision(t, newRig) }
+
+func testMachineReprovision(t *testing.T, newRig rigMaker) {
 	r := newRig(t, Config{})
 	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
 	r.must(r.m.Booted("h1")) // a running host, adopted
@@ -287,7 +304,9 @@ func TestMachineReprovision(t *testing.T) {
 	}
 }
 
-func TestMachineTimeoutsAndRetries(t *testing.T) {
+func TestMachineTimeoutsAndRetries(t *testing.T) { testMachineTimeoutsAndRetries(t, newRig) }
+
+func testMachineTimeoutsAndRetries(t *testing.T, newRig rigMaker) {
 	r := newRig(t, Config{MaxAttempts: 2, Backoff: time.Minute})
 	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
 	r.must(r.m.Reprovision(context.Background(), "h1"))
@@ -333,7 +352,9 @@ func TestMachineTimeoutsAndRetries(t *testing.T) {
 	}
 }
 
-func TestMachineCommandFailures(t *testing.T) {
+func TestMachineCommandFailures(t *testing.T) { testMachineCommandFailures(t, newRig) }
+
+func testMachineCommandFailures(t *testing.T, newRig rigMaker) {
 	ctx := context.Background()
 	t.Run("unreachable BMC is a failed attempt", func(t *testing.T) {
 		r := newRig(t, Config{MaxAttempts: 2})
@@ -374,7 +395,9 @@ func TestMachineCommandFailures(t *testing.T) {
 	})
 }
 
-func TestMachineRefusals(t *testing.T) {
+func TestMachineRefusals(t *testing.T) { testMachineRefusals(t, newRig) }
+
+func testMachineRefusals(t *testing.T, newRig rigMaker) {
 	ctx := context.Background()
 	r := newRig(t, Config{})
 	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
@@ -433,7 +456,9 @@ func TestMachineRefusals(t *testing.T) {
 
 // TestMachineReopen: a host's phase and its timeout survive a restart, and a
 // command recorded but lost in a crash is retried by that timeout.
-func TestMachineReopen(t *testing.T) {
+func TestMachineReopen(t *testing.T) { testMachineReopen(t, newRig) }
+
+func testMachineReopen(t *testing.T, newRig rigMaker) {
 	r := newRig(t, Config{})
 	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
 	r.must(r.m.Register("h2", "aa:bb:cc:dd:ee:02"))
@@ -487,7 +512,7 @@ func TestOpenRejects(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{Options{BMC: f.bmcFor, Guests: f}, "host state machine: no file path"},
+		{Options{BMC: f.bmcFor, Guests: f}, "host state machine: no store and no file path"},
 		{Options{Path: filepath.Join(dir, "a.db"), Guests: f}, "host state machine: both a BMC lookup and a guest mover are needed"},
 		{Options{Path: filepath.Join(dir, "b.db"), BMC: f.bmcFor, Guests: f, Config: Config{MaxAttempts: -2}}, "host state config: max_attempts: -2 is negative"},
 		{Options{Path: filepath.Join(dir, "missing", "c.db"), BMC: f.bmcFor, Guests: f}, "open host states " + filepath.Join(dir, "missing", "c.db")},
@@ -544,7 +569,9 @@ func BenchmarkReprovisionCycle(b *testing.B) {
 // A reprovision asked for through the API names, in the host's journal,
 // who asked: the token's name and role, the client's author only as on
 // behalf of, and the comment.
-func TestMachineReprovisionBy(t *testing.T) {
+func TestMachineReprovisionBy(t *testing.T) { testMachineReprovisionBy(t, newRig) }
+
+func testMachineReprovisionBy(t *testing.T, newRig rigMaker) {
 	r := newRig(t, Config{})
 	r.must(r.m.Register("h1", "aa:bb:cc:dd:ee:01"))
 	r.must(r.m.Booted("h1"))

@@ -7,9 +7,9 @@
 //
 // Next decides, without side effects, what an event does to a host and which
 // commands (move its guests, set PXE boot once, power-cycle) must follow. The
-// Machine keeps the hosts in a bbolt file, records every transition before it
-// executes the commands, applies the phase timeouts on Tick and exports
-// caretaker_provisioner_hosts{state}.
+// Machine keeps the hosts in a kv.Store (a bbolt file or etcd), records
+// every transition before it executes the commands, applies the phase
+// timeouts on Tick and exports caretaker_provisioner_hosts{state}.
 package hoststate
 
 import (

@@ -3,14 +3,11 @@ package hoststate
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
-
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Transition is one entry of a host's journal.
@@ -40,42 +37,43 @@ type storedHost struct {
 	Nonce string `json:"nonce,omitempty"`
 }
 
-var (
-	hostsBucket   = []byte("hosts")
-	historyBucket = []byte("history") // one nested bucket per host
+const (
+	hostsBucket   = "hosts"
+	historyBucket = "history" // one nested bucket per host
 )
 
 // historyLimit caps each host's journal; a reprovision takes a handful of
 // transitions, so this keeps years of them.
 const historyLimit = 1000
 
-// lockTimeout bounds the wait for the file lock: a second server on the same
-// file should fail at once with a clear error, not hang.
-const lockTimeout = 2 * time.Second
-
 type store struct {
-	db   *bolt.DB
-	path string
+	db    kv.Store
+	where string // the file, or "in etcd", for errors
+	owned bool   // opened here, so closed here
 }
 
-func openStore(path string) (*store, []Host, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, nil, fmt.Errorf("open host states %s: %w: the file is locked, is another caretaker server using it?", path, err)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("open host states %s: %w", path, err)
+// openStore loads the hosts from db; with db nil, it opens the bbolt file
+// at path (and closes it in close).
+func openStore(db kv.Store, path string) (*store, []Host, error) {
+	s := &store{db: db, where: path}
+	if db == nil {
+		b, err := kv.OpenBolt(path, "host states")
+		if err != nil {
+			return nil, nil, err
+		}
+		s.db, s.owned = b, true
+	} else if path == "" {
+		s.where = "in the shared store"
 	}
 	var hosts []Host
-	err = db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(historyBucket); err != nil {
+	err := s.db.Update(func(tx kv.Tx) error {
+		hosts = nil // fn may run again
+		// In a bbolt file both buckets are created here, as they always
+		// were; a bucket's first use reports a failed creation.
+		if _, err := tx.Bucket(historyBucket).Get([]byte{0}); err != nil {
 			return err
 		}
-		b, err := tx.CreateBucketIfNotExists(hostsBucket)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
+		return tx.Bucket(hostsBucket).ForEach(func(k, v []byte) error {
 			var sh storedHost
 			if err := json.Unmarshal(v, &sh); err != nil {
 				return fmt.Errorf("host %q: %w", k, err)
@@ -90,45 +88,50 @@ func openStore(path string) (*store, []Host, error) {
 		})
 	})
 	if err != nil {
-		db.Close()
-		return nil, nil, fmt.Errorf("load host states %s: %w", path, err)
+		if s.owned {
+			s.db.Close()
+		}
+		return nil, nil, fmt.Errorf("load host states %s: %w", s.where, err)
 	}
-	return &store{db: db, path: path}, hosts, nil
+	return s, hosts, nil
 }
 
 func (s *store) close() error {
+	if !s.owned {
+		return nil
+	}
 	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close host states %s: %w", s.path, err)
+		return fmt.Errorf("close host states %s: %w", s.where, err)
 	}
 	return nil
 }
 
 // put stores h and, if t is not nil, appends t to its journal, in one
-// transaction that is on disk when put returns.
+// transaction that is durable when put returns.
 func (s *store) put(h Host, t *Transition) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		v, err := json.Marshal(storedHost{Host: h, Nonce: h.Nonce})
-		if err != nil {
-			return err
+	hv, err := json.Marshal(storedHost{Host: h, Nonce: h.Nonce})
+	if err != nil {
+		return fmt.Errorf("store host %s: %w", h.Name, err)
+	}
+	var tv []byte
+	if t != nil {
+		if tv, err = json.Marshal(t); err != nil {
+			return fmt.Errorf("store host %s: %w", h.Name, err)
 		}
-		if err := tx.Bucket(hostsBucket).Put([]byte(h.Name), v); err != nil {
+	}
+	err = s.db.Update(func(tx kv.Tx) error {
+		if err := tx.Bucket(hostsBucket).Put([]byte(h.Name), hv); err != nil {
 			return err
 		}
 		if t == nil {
 			return nil
 		}
-		hb, err := tx.Bucket(historyBucket).CreateBucketIfNotExists([]byte(h.Name))
-		if err != nil {
-			return err
-		}
+		hb := tx.Bucket(historyBucket, h.Name)
 		seq, err := hb.NextSequence()
 		if err != nil {
 			return err
 		}
-		if v, err = json.Marshal(t); err != nil {
-			return err
-		}
-		if err := hb.Put(seqKey(seq), v); err != nil {
+		if err := hb.Put(seqKey(seq), tv); err != nil {
 			return err
 		}
 		if seq > historyLimit {
@@ -144,12 +147,9 @@ func (s *store) put(h Host, t *Transition) error {
 
 func (s *store) history(name string) ([]Transition, error) {
 	var ts []Transition
-	err := s.db.View(func(tx *bolt.Tx) error {
-		hb := tx.Bucket(historyBucket).Bucket([]byte(name))
-		if hb == nil {
-			return nil
-		}
-		return hb.ForEach(func(k, v []byte) error {
+	err := s.db.View(func(tx kv.Tx) error {
+		ts = nil
+		return tx.Bucket(historyBucket, name).ForEach(func(k, v []byte) error {
 			var t Transition
 			if err := json.Unmarshal(v, &t); err != nil {
 				return fmt.Errorf("transition %d: %w", binary.BigEndian.Uint64(k), err)

@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 const newHostBody = `{"name": "kvm-c1", "macs": ["52:54:00:CC:00:01"], "role": "worker", "labels": {"rack": "c"},
@@ -253,7 +252,7 @@ func FuzzPostHost(f *testing.F) {
 // reopening the store and viewers read it with ?removed=true.
 func TestHandlerRecordsRemoval(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "caretaker.db")
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := kv.OpenBolt(path, "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +297,7 @@ func TestHandlerRecordsRemoval(t *testing.T) {
 	}
 	db.Close()
 
-	db, err = bolt.Open(path, 0o600, nil)
+	db, err = kv.OpenBolt(path, "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +332,9 @@ func TestHandlerRecordsRemoval(t *testing.T) {
 
 // The store keeps the last MaxRemoved records of removed hosts, and a
 // DELETE without a body (Remove) records the removal with no one.
-func TestStoreRemovedBounded(t *testing.T) {
+func TestStoreRemovedBounded(t *testing.T) { testStoreRemovedBounded(t, newStore) }
+
+func testStoreRemovedBounded(t *testing.T, newStore storeMaker) {
 	s := newStore(t, nil)
 	for i := range MaxRemoved + 3 {
 		name := fmt.Sprintf("h%04d", i)

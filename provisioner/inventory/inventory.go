@@ -1,11 +1,11 @@
 // Package inventory holds the fleet's bare-metal hosts: those of the
 // inventory file (YAML, loaded strictly) and those added through the API
-// (kept in a bbolt bucket). Both together are the inventory; a host's name,
-// MACs and serial are unique across it. A bmc.password_file, in the file or
-// through the API, names a file inside the server's BMC secrets directory
-// (provisioner.bmc.secrets_dir; bmc.CheckPasswordFile). Passwords
-// themselves are never read, stored or shown here: only the name of the
-// file holding one.
+// (kept in a kv.Store: a bbolt file, or etcd). Both together are the
+// inventory; a host's name, MACs and serial are unique across it. A
+// bmc.password_file, in the file or through the API, names a file inside
+// the server's BMC secrets directory (provisioner.bmc.secrets_dir;
+// bmc.CheckPasswordFile). Passwords themselves are never read, stored or
+// shown here: only the name of the file holding one.
 package inventory
 
 import (

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -9,10 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/who"
 	"caretaker/internal/yamlfile"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 var (
@@ -25,11 +25,11 @@ var (
 )
 
 // bucket holds the hosts added through the API, JSON by name.
-var bucket = []byte("inventory_hosts")
+const bucket = "inventory_hosts"
 
 // removedBucket holds the record of hosts removed through the API, JSON
 // by the bucket's sequence number (big-endian): in the order of removal.
-var removedBucket = []byte("inventory_removed")
+const removedBucket = "inventory_removed"
 
 // MaxRemoved is how many records of removed hosts the store keeps: the
 // oldest go first.
@@ -54,29 +54,35 @@ const (
 	fromAPI  = "added through the API"
 )
 
-// Store keeps the hosts added through the API in a bucket of a bbolt file
-// that it may share with others. It is safe for concurrent use.
+// Store keeps the hosts added through the API in two buckets of a
+// kv.Store (a bbolt file or etcd) that it may share with others. It is
+// safe for concurrent use. It caches nothing of the store: every read is
+// a transaction, so two Stores on one etcd agree.
 type Store struct {
-	db *bolt.DB
+	db kv.Store
 	// file returns the current inventory file, whose hosts the store's
 	// must not clash with.
 	file func() *Inventory
 }
 
-// NewStore creates the store's bucket in db if needed. file returns the
-// inventory file as currently loaded (nil: none).
-func NewStore(db *bolt.DB, file func() *Inventory) (*Store, error) {
-	err := db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucket); err != nil {
-			return err
+// NewStore keeps the hosts in store, creating its buckets if needed (in a
+// bbolt file; in etcd a bucket exists with its first key). file returns
+// the inventory file as currently loaded (nil: none). The store stays the
+// caller's to close.
+func NewStore(store kv.Store, file func() *Inventory) (*Store, error) {
+	err := store.Update(func(tx kv.Tx) error {
+		// A bucket's first use reports a failed creation.
+		for _, name := range []string{bucket, removedBucket} {
+			if _, err := tx.Bucket(name).Get([]byte{0}); err != nil {
+				return err
+			}
 		}
-		_, err := tx.CreateBucketIfNotExists(removedBucket)
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create inventory bucket: %w", err)
 	}
-	return &Store{db: db, file: file}, nil
+	return &Store{db: store, file: file}, nil
 }
 
 func (s *Store) fileHosts() []Host {
@@ -104,7 +110,7 @@ func (s *Store) Add(h Host) error {
 		return errors.Join(errs...)
 	}
 	file := s.fileHosts()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bucket)
 		stored, err := list(b)
 		if err != nil {
@@ -189,9 +195,12 @@ func (s *Store) Remove(name string) error {
 // same transaction, keeps a Removed record of it with by (may be nil) as
 // who removed it. The store keeps the last MaxRemoved such records.
 func (s *Store) RemoveBy(name string, by *who.By) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bucket)
-		data := b.Get([]byte(name))
+		data, err := b.Get([]byte(name))
+		if err != nil {
+			return fmt.Errorf("remove host %s: %w", name, err)
+		}
 		if data == nil {
 			return fmt.Errorf("remove host %s: %w added through the API", name, ErrNotFound)
 		}
@@ -219,7 +228,7 @@ func (s *Store) RemoveBy(name string, by *who.By) error {
 
 // keepRemoved appends rec to b and drops the oldest records over
 // MaxRemoved.
-func keepRemoved(b *bolt.Bucket, rec Removed) error {
+func keepRemoved(b kv.Bucket, rec Removed) error {
 	seq, err := b.NextSequence()
 	if err != nil {
 		return err
@@ -231,17 +240,28 @@ func keepRemoved(b *bolt.Bucket, rec Removed) error {
 	if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), data); err != nil {
 		return err
 	}
-	// Counted with a cursor: Stats does not see this transaction's writes.
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		n++
+	// Counted by a walk, which sees this transaction's own writes.
+	n, err := kv.Count(b)
+	if err != nil || n <= MaxRemoved {
+		return err
 	}
-	for k, _ := c.First(); k != nil && n > MaxRemoved; k, _ = c.First() {
-		if err := c.Delete(); err != nil {
+	// The oldest keys first; deleted after the walk, which must not
+	// change the bucket.
+	var oldest [][]byte
+	err = b.ForEach(func(k, _ []byte) error {
+		oldest = append(oldest, bytes.Clone(k))
+		if len(oldest) == n-MaxRemoved {
+			return kv.ErrStop
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range oldest {
+		if err := b.Delete(k); err != nil {
 			return err
 		}
-		n--
 	}
 	return nil
 }
@@ -250,7 +270,8 @@ func keepRemoved(b *bolt.Bucket, rec Removed) error {
 // oldest first (at most MaxRemoved).
 func (s *Store) Removed() ([]Removed, error) {
 	var recs []Removed
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
+		recs = nil
 		return tx.Bucket(removedBucket).ForEach(func(k, v []byte) error {
 			var r Removed
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -266,8 +287,11 @@ func (s *Store) Removed() ([]Removed, error) {
 // Get returns the host added through the API under name.
 func (s *Store) Get(name string) (Host, error) {
 	var h Host
-	err := s.db.View(func(tx *bolt.Tx) error {
-		data := tx.Bucket(bucket).Get([]byte(name))
+	err := s.db.View(func(tx kv.Tx) error {
+		data, err := tx.Bucket(bucket).Get([]byte(name))
+		if err != nil {
+			return fmt.Errorf("get host %s: %w", name, err)
+		}
 		if data == nil {
 			return fmt.Errorf("get host %s: %w added through the API", name, ErrNotFound)
 		}
@@ -282,7 +306,7 @@ func (s *Store) Get(name string) (Host, error) {
 // List returns the hosts added through the API, by name.
 func (s *Store) List() ([]Host, error) {
 	var hosts []Host
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		var err error
 		hosts, err = list(tx.Bucket(bucket))
 		return err
@@ -291,7 +315,7 @@ func (s *Store) List() ([]Host, error) {
 }
 
 // list decodes the bucket's hosts, in key (name) order.
-func list(b *bolt.Bucket) ([]Host, error) {
+func list(b kv.Bucket) ([]Host, error) {
 	var hosts []Host
 	err := b.ForEach(func(k, v []byte) error {
 		var h Host

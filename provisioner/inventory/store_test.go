@@ -7,14 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"caretaker/internal/kv"
 	"caretaker/internal/yamlfile"
-
-	bolt "go.etcd.io/bbolt"
 )
 
-func openDB(t testing.TB) *bolt.DB {
+func openDB(t testing.TB) *kv.Bolt {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "caretaker.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "caretaker.db"), "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,6 +32,10 @@ func fileInventory(t testing.TB) *Inventory {
 	return inv
 }
 
+// storeMaker makes an empty Store whose inventory file is file: newStore
+// in a bbolt file, or one in etcd (TestStoreOnEtcd).
+type storeMaker func(t testing.TB, file *Inventory) *Store
+
 func newStore(t testing.TB, file *Inventory) *Store {
 	t.Helper()
 	s, err := NewStore(openDB(t), func() *Inventory { return file })
@@ -42,7 +45,10 @@ func newStore(t testing.TB, file *Inventory) *Store {
 	return s
 }
 
-func TestStoreAdd(t *testing.T) {
+func TestStoreAdd(t *testing.T) { testStoreAdd(t, newStore) }
+
+// testStoreAdd runs on the stores newStore makes (TestStoreOnEtcd).
+func testStoreAdd(t *testing.T, newStore storeMaker) {
 	s := newStore(t, fileInventory(t))
 	first := validHost("kvm-c1", "52:54:00:cc:00:01")
 	first.Serial = "C1"
@@ -121,7 +127,10 @@ func TestStoreAdd(t *testing.T) {
 	}
 }
 
-func TestStoreGetRemove(t *testing.T) {
+func TestStoreGetRemove(t *testing.T) { testStoreGetRemove(t, newStore) }
+
+// testStoreGetRemove runs on the stores newStore makes (TestStoreOnEtcd).
+func testStoreGetRemove(t *testing.T, newStore storeMaker) {
 	s := newStore(t, nil)
 	h := validHost("kvm-c1", "52:54:00:CC:00:01")
 	if err := s.Add(h); err != nil {
@@ -155,7 +164,7 @@ func TestStoreGetRemove(t *testing.T) {
 // The hosts survive the store: a new Store over a reopened file has them.
 func TestStoreDurable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "caretaker.db")
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := kv.OpenBolt(path, "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +176,7 @@ func TestStoreDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	db, err = bolt.Open(path, 0o600, nil)
+	db, err = kv.OpenBolt(path, "test database")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +191,10 @@ func TestStoreDurable(t *testing.T) {
 	}
 }
 
-func TestStoreAll(t *testing.T) {
+func TestStoreAll(t *testing.T) { testStoreAll(t, newStore) }
+
+// testStoreAll runs on the stores newStore makes (TestStoreOnEtcd).
+func testStoreAll(t *testing.T, newStore storeMaker) {
 	file := fileInventory(t)
 	s := newStore(t, file)
 	for _, h := range []Host{validHost("a-first", "52:54:00:cc:00:01"), validHost("zz-last", "52:54:00:cc:00:02")} {
@@ -209,7 +221,10 @@ func TestStoreAll(t *testing.T) {
 
 // A reloaded file that now holds a host added through the API is refused,
 // with the file, line and field of each clash.
-func TestCheckFile(t *testing.T) {
+func TestCheckFile(t *testing.T) { testCheckFile(t, newStore) }
+
+// testCheckFile runs on the stores newStore makes (TestStoreOnEtcd).
+func testCheckFile(t *testing.T, newStore storeMaker) {
 	s := newStore(t, nil)
 	h := validHost("kvm-b1", "52:54:00:aa:bb:02")
 	h.Serial = "CZ2150EFGH"
