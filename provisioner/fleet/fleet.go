@@ -250,21 +250,52 @@ func (p *Provisioner) FileSD() string { return p.fileSD }
 // server an agent client for each, and writes their file_sd file, so a host
 // added through the API is scraped and provisioned.
 func (p *Provisioner) sync() {
-	hosts, err := p.inv.All()
-	if err != nil {
-		p.log.Error("read the inventory", "err", err)
+	hosts, ok := p.publish()
+	if !ok {
 		return
 	}
 	for _, h := range hosts {
-		p.agents.Add(h.Name, h.Agent)
 		if _, known := p.machine.Host(h.Name); !known {
 			if err := p.machine.Register(h.Name, h.MACs[0]); err != nil {
 				p.log.Error("register host", "host", h.Name, "err", err)
 			}
 		}
 	}
+}
+
+// publish gives the server an agent client for each host of the inventory
+// and writes their file_sd file; it writes nothing to the store. It
+// returns the hosts, and false when the inventory could not be read.
+func (p *Provisioner) publish() ([]inventory.Host, bool) {
+	hosts, err := p.inv.All()
+	if err != nil {
+		p.log.Error("read the inventory", "err", err)
+		return nil, false
+	}
+	for _, h := range hosts {
+		p.agents.Add(h.Name, h.Agent)
+	}
 	if err := inventory.WriteFileSD(p.fileSD, hosts); err != nil {
 		p.log.Error("write the agents' file_sd file", "err", err)
+	}
+	return hosts, true
+}
+
+// Follow is a server's part while another leads, until ctx ends: every
+// provisionerTick it reads the shared inventory, gives the server an
+// agent client for each host and rewrites its file_sd file, which its own
+// Prometheus scrapes. It writes nothing to the store: registering hosts,
+// their states and the clusters are the leader's (Run).
+func (p *Provisioner) Follow(ctx context.Context) {
+	t := time.NewTicker(provisionerTick)
+	defer t.Stop()
+	for {
+		p.publish()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 
