@@ -59,8 +59,8 @@ func (s *Bolt) View(fn func(Tx) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
-// Update runs fn in a bbolt write transaction; it commits (one fsync)
-// only when fn wrote something.
+// Update runs fn in a bbolt write transaction, committed (one fsync) when
+// fn returns nil.
 func (s *Bolt) Update(fn func(Tx) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }

@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -41,12 +43,18 @@ type EtcdOptions struct {
 //
 // Keys are hex so that a key's bytes (a big-endian ID holds '/') cannot
 // be taken for a nested bucket, and sort as the bytes do. A transaction
-// reads at one revision and commits with comparisons on what it read
-// (optimistic concurrency): when another writer got there first, fn runs
-// again on the new state.
+// reads at one revision. A fenced store's commit compares the fence only:
+// its writer is alone. An unfenced one's also compares what it read
+// (optimistic concurrency): when another server's writer got there first,
+// fn runs again on the new state.
 type Etcd struct {
 	c *clientv3.Client
 	o EtcdOptions
+	// mu makes this process's updates one at a time, as bbolt's writer
+	// lock does, for the store and every Fenced copy of it: a fenced
+	// store is then the only writer of its keys anywhere (the fence
+	// keeps out other servers), and its transactions are never re-run.
+	mu *sync.Mutex
 }
 
 // NewEtcd keeps a Store in c under o.Prefix. The caller closes c.
@@ -57,7 +65,7 @@ func NewEtcd(c *clientv3.Client, o EtcdOptions) *Etcd {
 	if o.MaxOps <= 0 {
 		o.MaxOps = 100
 	}
-	return &Etcd{c: c, o: o}
+	return &Etcd{c: c, o: o, mu: &sync.Mutex{}}
 }
 
 // Fenced returns the same store with every commit fenced by fence (see
@@ -65,7 +73,7 @@ func NewEtcd(c *clientv3.Client, o EtcdOptions) *Etcd {
 func (s *Etcd) Fenced(fence func() (key string, rev int64, ok bool)) *Etcd {
 	o := s.o
 	o.Fence = fence
-	return &Etcd{c: s.c, o: o}
+	return &Etcd{c: s.c, o: o, mu: s.mu}
 }
 
 // Close does nothing: the client is the caller's.
@@ -82,6 +90,8 @@ const maxAttempts = 10
 // Update runs fn and commits what it wrote, re-running it when another
 // writer changed what it read.
 func (s *Etcd) Update(fn func(Tx) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for attempt := 1; ; attempt++ {
 		if s.o.Fence != nil {
 			if _, _, ok := s.o.Fence(); !ok {
@@ -201,19 +211,14 @@ func (t *etcdTx) commit() error {
 		fenceKey = key
 		fence = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)}
 	}
-	cmps := append([]clientv3.Cmp(nil), fence...)
-	for p := range t.walked {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(p), "<", t.rev+1).WithPrefix())
-	}
-	for k, mod := range t.reads {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
-	}
-	if len(cmps) > t.s.o.MaxOps {
-		if fence == nil {
-			return fmt.Errorf("etcd: a transaction that read %d keys is too large to check (at most %d)", len(cmps), t.s.o.MaxOps)
+	cmps := fence
+	if fence == nil {
+		// Unfenced (the webhook inbox, which every server writes): what
+		// was read must be as read.
+		var err error
+		if cmps, err = t.readChecks(); err != nil {
+			return err
 		}
-		// The fence alone: only the leader writes a fenced store.
-		cmps = fence
 	}
 	keys := make([]string, 0, len(t.writes))
 	for k := range t.writes {
@@ -259,6 +264,43 @@ func (t *etcdTx) txn(cmps []clientv3.Cmp, ops []clientv3.Op, fenceKey string) er
 		}
 	}
 	return errConflict
+}
+
+// readChecks are the comparisons that fail when another writer changed
+// what the transaction read: each key read keeps its revision, nothing in
+// a walked bucket is newer than the read. When that is more than one etcd
+// transaction holds, the keys read are checked by their buckets instead:
+// nothing in them is newer (coarser, and blind to deletions).
+func (t *etcdTx) readChecks() ([]clientv3.Cmp, error) {
+	var cmps []clientv3.Cmp
+	newer := func(prefix string) clientv3.Cmp {
+		return clientv3.Compare(clientv3.ModRevision(prefix), "<", t.rev+1).WithPrefix()
+	}
+	for p := range t.walked {
+		cmps = append(cmps, newer(p))
+	}
+	if len(cmps)+len(t.reads) <= t.s.o.MaxOps {
+		for k, mod := range t.reads {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+		}
+		return cmps, nil
+	}
+	buckets := maps.Clone(t.walked)
+	for k, mod := range t.reads {
+		if strings.HasPrefix(k, t.s.o.Prefix+"seq/") {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+			continue
+		}
+		b := k[:strings.LastIndex(k, "/")+1]
+		if !buckets[b] {
+			buckets[b] = true
+			cmps = append(cmps, newer(b))
+		}
+	}
+	if len(cmps) > t.s.o.MaxOps {
+		return nil, fmt.Errorf("etcd: a transaction that read %d buckets is too large to check (at most %d)", len(cmps), t.s.o.MaxOps)
+	}
+	return cmps, nil
 }
 
 type etcdBucket struct {
