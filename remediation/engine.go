@@ -85,6 +85,11 @@ type Options struct {
 	// breaker's percentage is taken of; 0 means unknown. When it is nil or
 	// returns 0, the largest count seen stands in for it.
 	FleetSize func() int
+	// MayAct, when set, is asked right before each action reaches its
+	// target: a clustered server's engine acts only while its term lasts.
+	// The intent was recorded through a fenced store already; this closes
+	// the gap between that write and the call.
+	MayAct func() bool
 	// StaleAfter: 0 is DefaultStaleAfter.
 	StaleAfter time.Duration
 	// Retention: Tick deletes finished records older than this; 0 keeps
@@ -107,6 +112,7 @@ type Engine struct {
 	actions     map[string]action
 	metrics     *metrics
 	fleet       func() int
+	mayAct      func() bool
 
 	mu        sync.Mutex
 	policy    *policy.Policy
@@ -155,6 +161,7 @@ func New(opts Options) (*Engine, error) {
 		retention:   opts.Retention,
 		actions:     actions(),
 		fleet:       opts.FleetSize,
+		mayAct:      opts.MayAct,
 		breaker:     &guards.Breaker{},
 	}
 	if e.log == nil {

@@ -31,6 +31,10 @@ type job struct {
 // late copy from an Alertmanager.
 var errAlreadyHealthy = errors.New("already healthy")
 
+// errNotLeading ends an action whose server lost the lead between the
+// record of its intent and the call: the next leader reconciles it.
+var errNotLeading = errors.New("not done: this server no longer leads")
+
 // execute runs the action, then verifies it: by a direct check of the
 // target, or by waiting for the alert to resolve, or not at all.
 func (e *Engine) execute(j job) {
@@ -47,6 +51,10 @@ func (e *Engine) execute(j job) {
 			e.finish(j, errAlreadyHealthy, "")
 			return
 		}
+	}
+	if e.mayAct != nil && !e.mayAct() {
+		e.finish(j, errNotLeading, "")
+		return
 	}
 	out, err := j.act.run(ctx, e, j.t, j.rule, j.labels, j.annotations)
 	if err != nil {
