@@ -24,6 +24,7 @@ run_pkgs=(
 	qemu-system-x86 qemu-utils ipxe-qemu  # TCG guests, qemu-img, PXE ROMs
 	iproute2 procps                       # ip, bridge; sysctl
 	genisoimage                           # cloud-init seeds of cluster nodes
+	etcd-server                           # /usr/bin/etcd: the HA lab's and tests' members (issue #13)
 )
 test_pkgs=(
 	prometheus prometheus-alertmanager # promtool, a real Alertmanager
@@ -71,6 +72,22 @@ if ((${#need[@]})) && ((root)); then
 	# systemd, and a package's postinst must not try.
 	# A config file the machine already has (an operator's qemu.conf) is
 	# kept, never replaced and never asked about.
+	# etcd-server's postinst starts a system etcd on 127.0.0.1:2379/2380
+	# (its init script where /sbin/init exists, its systemd unit under
+	# systemd). The lab and the tests run their own members on free ports
+	# and never want it: while apt-get runs, a policy-rc.d (unless the
+	# machine has its own) denies etcd and answers for every other service
+	# what invoke-rc.d assumes without one (block when there is no init).
+	policy=/usr/sbin/policy-rc.d
+	own_policy=0
+	if [[ ! -e $policy ]]; then
+		printf '%s\n' '#!/bin/sh' '# deploy/setup.sh of caretaker, for the duration of its apt-get install' \
+			'case $1 in etcd | etcd.service | etcd2.service) exit 101 ;; esac' \
+			'[ -e /sbin/init ] || exit 101' 'exit 0' >"$policy"
+		chmod 0755 "$policy"
+		own_policy=1
+		trap 'rm -f "$policy"' EXIT # also when apt-get is interrupted
+	fi
 	aptlog=$(mktemp)
 	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need[@]}"; } >"$aptlog" 2>&1; then
@@ -79,7 +96,21 @@ if ((${#need[@]})) && ((root)); then
 		rm -f "$aptlog"
 		exit 1
 	fi
+	if ((own_policy)); then
+		rm -f "$policy"
+		trap - EXIT
+	fi
 	rm -f "$aptlog"
+	# Under systemd the unit is still enabled for the next boot, and a
+	# machine's own permissive policy-rc.d may have let it start: an etcd
+	# installed here is for the tests only, so it is disabled and stopped.
+	if [[ " ${need[*]} " == *" etcd-server "* ]]; then
+		if [[ -d /run/systemd/system ]]; then
+			systemctl disable --now --quiet etcd.service 2>/dev/null || true
+		elif [[ -s /run/etcd.pid ]] && kill -0 "$(cat /run/etcd.pid)" 2>/dev/null; then
+			/etc/init.d/etcd stop >/dev/null 2>&1 || true
+		fi
+	fi
 	mapfile -t need < <(missing "${want[@]}")
 fi
 
@@ -93,7 +124,10 @@ if ((${#need[@]})); then
 	if [[ $mode != run || ${#need_build[@]} -gt 0 ]]; then
 		exit 1
 	fi
-	log "the lab will run on libvirt's test driver (no real guests)"
+	[[ " ${need[*]} " == *" etcd-server "* ]] &&
+		log "without etcd-server, caretaker lab --servers N builds etcd from the Go module proxy"
+	[[ " ${need[*]} " == *" etcd-server "* && ${#need[@]} -eq 1 ]] ||
+		log "the lab will run on libvirt's test driver (no real guests)"
 	exit 0
 fi
 
