@@ -26,12 +26,14 @@ import (
 	"caretaker/internal/agentapi"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
+	"caretaker/internal/kv"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
 	"caretaker/internal/secret"
 	"caretaker/provisioner/fleet"
 	"caretaker/remediation"
 	"caretaker/remediation/audit"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/intake"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -63,6 +65,14 @@ type Server struct {
 	prov    *fleet.Provisioner // nil without provisioner.inventory_file
 	agents  *agentapi.Hosts    // the agents' clients, by host
 	handler http.Handler
+	in      inputs
+	// cluster is nil for a single server; clustered, engine is nil and
+	// each term this server leads has its own (cluster.acting).
+	cluster *cluster
+	// pol is the policy in force, for the engines of terms to come.
+	pol atomic.Pointer[policy.Policy]
+	// routeParts are what every mux shares.
+	routes routeParts
 	// stop ends the background work New started; bg waits for it.
 	stop context.CancelFunc
 	bg   sync.WaitGroup
@@ -76,7 +86,8 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: o, logger: o.Logger, reg: prometheus.NewRegistry()}
+	s := &Server{opts: o, logger: o.Logger, reg: prometheus.NewRegistry(), in: in}
+	s.pol.Store(in.policy)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -84,7 +95,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	}()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if err := s.openJournal(in); err != nil {
+	if err := s.openState(in); err != nil {
 		return nil, err
 	}
 	hosts := agentapi.NewHostsWith(agentapi.HostsOptions{Token: in.agentToken, Tokens: in.hostTokens, TLS: in.agentTLS})
@@ -92,10 +103,19 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	for _, h := range o.Config.Hosts {
 		hosts.Add(h.Name, h.Agent)
 	}
-	if err := s.startProvisioner(in, hosts); err != nil {
-		return nil, err
+	if in.cfg.Provisioner.Enabled() {
+		// Clustered, this one reads the shared state for every server;
+		// the leader's own acts.
+		var store kv.Store
+		if s.cluster != nil {
+			// A follower's provisioner reads; writing is the leader's.
+			store = s.cluster.store.Fenced(func() (string, int64, bool) { return "", 0, false })
+		}
+		if s.prov, err = s.newProvisioner(store, s.reg); err != nil {
+			return nil, err
+		}
 	}
-	intakeMetrics, err := s.startRemediation(ctx, in, hosts)
+	intakeMetrics, err := s.startRemediation(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +124,13 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	var bgCtx context.Context
 	bgCtx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
-	if s.prov != nil {
+	switch {
+	case s.cluster != nil:
+		if s.prov != nil {
+			s.bg.Go(func() { s.prov.Follow(bgCtx) })
+		}
+		s.bg.Go(func() { s.cluster.elector.Run(bgCtx, s.lead) })
+	case s.prov != nil:
 		s.bg.Go(func() { s.prov.Run(bgCtx) })
 	}
 	s.bg.Go(func() {
@@ -114,9 +140,10 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	s.logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", in.dataDir,
 		"journal", in.journalPath(), "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
 
-	if s.handler, err = s.routes(in, intakeMetrics); err != nil {
+	if s.routes, err = s.newRouteParts(in, intakeMetrics); err != nil {
 		return nil, err
 	}
+	s.handler = s.mux(s.engine, s.prov)
 	return s, nil
 }
 
@@ -213,25 +240,29 @@ func (in *inputs) loadAgentAuth() error {
 	return nil
 }
 
-// startProvisioner opens the provisioner when it is configured: it
-// re-creates guests and reinstalls hosts for the engine; without it those
-// actions are not available.
-func (s *Server) startProvisioner(in inputs, hosts *agentapi.Hosts) error {
-	if !in.cfg.Provisioner.Enabled() {
-		return nil
-	}
-	var err error
-	s.prov, err = fleet.New(fleet.Options{Config: in.cfg, DataDir: in.dataDir, Agents: hosts, Monitor: &s.running,
-		Registerer: s.reg, Logger: s.logger.With("component", "provisioner")})
-	return err
+// newProvisioner opens the provisioner on store (its own bbolt files in
+// the data directory when nil): it re-creates guests and reinstalls hosts
+// for the engine; without it those actions are not available.
+func (s *Server) newProvisioner(store kv.Store, reg prometheus.Registerer) (*fleet.Provisioner, error) {
+	return fleet.New(fleet.Options{Config: s.in.cfg, DataDir: s.in.dataDir, Store: store, Agents: s.agents, Monitor: &s.running,
+		Registerer: reg, Logger: s.logger.With("component", "provisioner")})
 }
 
-// openJournal opens the remediation journal, and its Loki audit stream
-// when one is configured.
-func (s *Server) openJournal(in inputs) error {
+// openState opens the journal and the webhook inbox — bbolt files in the
+// data directory, or the cluster's etcd — and the journal's Loki audit
+// stream when one is configured.
+func (s *Server) openState(in inputs) error {
 	cfg := in.cfg
 	var err error
-	if s.journal, err = journal.Open(in.journalPath()); err != nil {
+	if cfg.Cluster.Enabled() {
+		err = s.openCluster(in)
+	} else {
+		s.journal, err = journal.Open(in.journalPath())
+		if err == nil {
+			s.inbox, err = intake.Open(filepath.Join(in.dataDir, "inbox.db"))
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if l := cfg.Remediation.Loki; l.URL != "" {
@@ -254,42 +285,50 @@ func (s *Server) openJournal(in inputs) error {
 	return nil
 }
 
-// startRemediation starts the engine, and hands it what the webhook inbox
-// holds from before a restart. It returns the webhook's metrics, for its
-// handler and pruning.
-func (s *Server) startRemediation(ctx context.Context, in inputs, hosts *agentapi.Hosts) (*intake.Metrics, error) {
-	cfg, logger := in.cfg, s.logger
-	var prov remediation.Provisioner
-	if s.prov != nil {
-		prov = s.prov
+// newEngine makes a remediation engine on j; it loads what the journal
+// holds and reconciles the actions a crash (or a lost leader) left open.
+func (s *Server) newEngine(j *journal.Journal, prov *fleet.Provisioner, reg prometheus.Registerer, mayAct func() bool) (*remediation.Engine, error) {
+	cfg := s.in.cfg
+	var p remediation.Provisioner
+	if prov != nil {
+		p = prov
 	}
-	var err error
 	// The engine starts before the monitor whose data sizes the fleet, and
 	// the monitor's first rule evaluation may reach the engine before
 	// monitoring.Start returns: until the monitor is stored in s.running,
 	// the fleet size is unknown (0).
-	s.engine, err = remediation.New(remediation.Options{
-		Policy:        in.policy,
-		Journal:       s.journal,
-		Hosts:         hosts,
-		Provisioner:   prov,
-		Logger:        logger.With("component", "remediation"),
-		Registerer:    s.reg,
+	return remediation.New(remediation.Options{
+		Policy:        s.pol.Load(),
+		Journal:       j,
+		Hosts:         s.agents,
+		Provisioner:   p,
+		Logger:        s.logger.With("component", "remediation"),
+		Registerer:    reg,
 		Now:           time.Now,
 		ActionTimeout: cfg.Remediation.ActionTimeout,
 		DryRun:        cfg.Remediation.DryRun,
 		Retention:     cfg.Remediation.Retention,
 		StaleAfter:    cfg.Remediation.StaleAfter,
 		FleetSize:     s.fleetSize,
+		MayAct:        mayAct,
 	})
-	if err != nil {
+}
+
+// startRemediation starts a single server's engine, and hands it what the
+// webhook inbox holds from before a restart (a clustered server's engines
+// start with its terms). It returns the webhook's metrics, for its handler
+// and pruning.
+func (s *Server) startRemediation(ctx context.Context, in inputs) (*intake.Metrics, error) {
+	if s.cluster != nil {
+		return intake.NewMetrics(s.reg)
+	}
+	var err error
+	if s.engine, err = s.newEngine(s.journal, s.prov, s.reg, nil); err != nil {
 		return nil, err
 	}
 	// Alertmanager deliveries are on disk before they are answered; what a
 	// crash left unhandled is handed to the engine again now.
-	if s.inbox, err = intake.Open(filepath.Join(in.dataDir, "inbox.db")); err != nil {
-		return nil, err
-	}
+	logger := s.logger
 	if n, err := s.inbox.Replay(ctx, s.engine.Handle); err != nil {
 		return nil, fmt.Errorf("replay the webhook inbox: %w", err)
 	} else if n > 0 {
@@ -365,40 +404,37 @@ func (s *Server) startMonitoring(ctx context.Context, in inputs) error {
 	return nil
 }
 
-// routes is the server's HTTP surface: caretaker's API and Prometheus'
-// query API behind the tokens' roles, the Alertmanager webhook, the
-// provisioner's API and /pxe/, the server's metrics and health.
-func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler, error) {
+// routeParts are what every mux of the server shares: built once, since
+// they register metrics and hold the failed-authentication counts.
+type routeParts struct {
+	auth          *api.Authenticator
+	prom          *promapi.API
+	webhookTokens []string
+	intakeMetrics *intake.Metrics
+}
+
+func (s *Server) newRouteParts(in inputs, intakeMetrics *intake.Metrics) (routeParts, error) {
 	cfg, logger := in.cfg, s.logger
 	creds, err := cfg.APICredentials()
 	if err != nil {
-		return nil, err
+		return routeParts{}, err
 	}
 	tokens, err := apiTokens(creds)
 	if err != nil {
-		return nil, err
+		return routeParts{}, err
 	}
 	auth, err := api.NewAuthenticator(tokens)
 	if err != nil {
-		return nil, err
+		return routeParts{}, err
 	}
 	if err := auth.LimitFailures(logger.With("component", "api"), s.reg); err != nil {
-		return nil, err
+		return routeParts{}, err
 	}
 	var policyFile string
 	if cfg.Remediation.PolicyFile != "" {
 		policyFile = cfg.Path(cfg.Remediation.PolicyFile)
 	}
-	s.policy = newPolicyHolder(policyFile, in.policy, s.engine.SetPolicy, logger.With("component", "policy"), time.Now)
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", api.NewHandler(api.Options{
-		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.Hosts},
-		Pauser:  s.engine,
-		Actor:   s.engine,
-		Policy:  s.policy,
-		Auth:    auth,
-		Logger:  logger.With("component", "api"),
-	}))
+	s.policy = newPolicyHolder(policyFile, in.policy, s.setPolicy, logger.With("component", "policy"), time.Now)
 	// Prometheus' own query API beside caretaker's, for Grafana and runbook.
 	prom, err := promapi.New(promapi.Options{
 		Queryable: s.monitor.Queryable(),
@@ -410,7 +446,13 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 		MaxConcurrency: cfg.Prometheus.Query.MaxConcurrency,
 	})
 	if err != nil {
-		return nil, err
+		return routeParts{}, err
+	}
+	if s.cluster != nil {
+		s.cluster.local = map[string]bool{}
+		for _, p := range prom.Paths() {
+			s.cluster.local[p] = true
+		}
 	}
 	// The webhook authenticates itself: a bearer token of the webhook
 	// role (never an admin's), or a client certificate of a named subject.
@@ -425,30 +467,104 @@ func (s *Server) routes(in inputs, intakeMetrics *intake.Metrics) (http.Handler,
 		logger.Warn("the Alertmanager webhook accepts no one: set remediation.webhook.token_file, an api.tokens entry with role webhook, or remediation.webhook.client_cert_subjects",
 			"path", intake.Path)
 	}
+	return routeParts{auth: auth, prom: prom, webhookTokens: webhookTokens, intakeMetrics: intakeMetrics}, nil
+}
+
+// actingEngine is the engine that acts on this server now: the single
+// server's, the current term's while a clustered one leads, else nil.
+func (s *Server) actingEngine() *remediation.Engine {
+	if s.cluster == nil {
+		return s.engine
+	}
+	if a := s.cluster.acting.Load(); a != nil {
+		return a.engine
+	}
+	return nil
+}
+
+// setPolicy applies a reloaded policy to the engine acting now and keeps
+// it for the engines of later terms.
+func (s *Server) setPolicy(p *policy.Policy) {
+	s.pol.Store(p)
+	if s.engine != nil {
+		s.engine.SetPolicy(p)
+	}
+	if s.cluster != nil {
+		if a := s.cluster.acting.Load(); a != nil {
+			a.engine.SetPolicy(p)
+		}
+	}
+}
+
+// mux is the server's HTTP surface with engine and prov acting behind it
+// (nil on a follower of the cluster, which forwards what needs them):
+// caretaker's API and Prometheus' query API behind the tokens' roles, the
+// Alertmanager webhook, the provisioner's API and /pxe/, the server's
+// metrics and health.
+func (s *Server) mux(engine *remediation.Engine, prov *fleet.Provisioner) http.Handler {
+	cfg, logger, rp := s.in.cfg, s.logger, s.routes
+	var pauser api.Pauser = notActing{}
+	var actor api.Actor = notActing{}
+	// A follower's webhook only stores deliveries (nil leaves them
+	// pending): the leader drains them.
+	var onAlerts func(context.Context, []remediation.Alert)
+	if engine != nil {
+		pauser, actor, onAlerts = engine, engine, engine.Handle
+	}
+	apiOpts := api.Options{
+		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.Hosts},
+		Pauser:  pauser,
+		Actor:   actor,
+		Policy:  s.policy,
+		Auth:    rp.auth,
+		Logger:  logger.With("component", "api"),
+	}
+	if s.cluster != nil {
+		apiOpts.Servers = s.cluster
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", api.NewHandler(apiOpts))
 	mux.Handle(intake.Path, intake.Handler(intake.Options{
 		Inbox:          s.inbox,
-		Token:          in.webhookToken,
-		Tokens:         webhookTokens,
-		ClientSubjects: subjects,
+		Token:          s.in.webhookToken,
+		Tokens:         rp.webhookTokens,
+		ClientSubjects: cfg.Remediation.Webhook.ClientCertSubjects,
 		ClientCerts:    s.opts.WebConfigFile != "",
 		BodyLimit:      cfg.Remediation.Webhook.BodyLimitBytes,
-		OnAlerts:       s.engine.Handle,
+		OnAlerts:       onAlerts,
 		Logger:         logger.With("component", "webhook"),
-		Metrics:        intakeMetrics,
+		Metrics:        rp.intakeMetrics,
 	}))
-	promHandler := auth.Require(api.RoleViewer, "querying Prometheus", s.monitor.Guard(prom.Handler()))
-	for _, p := range prom.Paths() {
+	promHandler := rp.auth.Require(api.RoleViewer, "querying Prometheus", s.monitor.Guard(rp.prom.Handler()))
+	for _, p := range rp.prom.Paths() {
 		mux.Handle(p, promHandler)
 	}
-	if s.prov != nil {
-		s.prov.Mount(mux, auth)
+	if prov != nil {
+		prov.Mount(mux, rp.auth)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "caretaker server: API under /api/v1/ (bearer token), metrics at /metrics")
 	})
-	return mux, nil
+	return mux
+}
+
+// errNotActing answers what only the leader's engine does, on a server
+// that does not lead (a request that reached it between the end of its
+// term and the forwarding that follows).
+var errNotActing = errors.New("this server does not lead the cluster now: try again, the request will be forwarded to the leader")
+
+type notActing struct{}
+
+func (notActing) Pause(guards.Pause) error { return errNotActing }
+func (notActing) Resume(string)            {}
+func (notActing) Pauses() []guards.Pause   { return nil }
+func (notActing) Run(context.Context, remediation.ManualRequest) (journal.Record, error) {
+	return journal.Record{}, errNotActing
+}
+func (notActing) Answer(uint64, bool, guards.Who, string) (journal.Record, error) {
+	return journal.Record{}, errNotActing
 }
 
 // agentScrapeTLS is the agents' job's TLS: agents.tls, or nil.
@@ -510,18 +626,24 @@ func (s *Server) notify(ctx context.Context, alerts []monitoring.Alert) {
 			Fingerprint: a.Fingerprint,
 		})
 	}
-	if len(in) > 0 {
-		s.engine.Handle(ctx, in)
+	// Every server evaluates the rules; only the leader's engine acts.
+	if e := s.actingEngine(); len(in) > 0 && e != nil {
+		e.Handle(ctx, in)
 	}
 }
 
 // Handler is the server's HTTP surface.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *Server) Handler() http.Handler {
+	if s.cluster == nil {
+		return s.handler
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.cluster.serveHTTP(s.handler, w, r) })
+}
 
 // Serve serves HTTP on l until ctx is done.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{
-		Handler: s.handler,
+		Handler: s.Handler(),
 		// A client has 10 s for its headers and a minute for its whole
 		// request, body included; an idle keep-alive connection closes
 		// after two. Writing an answer may take as long as the longest
@@ -574,7 +696,9 @@ func (s *Server) tick(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			s.engine.Tick(now)
+			if s.engine != nil { // a clustered server's terms tick their own
+				s.engine.Tick(now)
+			}
 		}
 	}
 }

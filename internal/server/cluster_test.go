@@ -1,0 +1,190 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"caretaker/internal/api"
+	"caretaker/internal/config"
+	"caretaker/internal/etcdproc/etcdtest"
+	"caretaker/remediation/journal"
+)
+
+// clusterMember is one clustered server under test, serving on loopback.
+type clusterMember struct {
+	name   string
+	url    string
+	srv    *Server
+	stop   context.CancelFunc
+	served chan error
+}
+
+func (m *clusterMember) close(t *testing.T) {
+	t.Helper()
+	if m.stop == nil {
+		return
+	}
+	m.stop()
+	if err := <-m.served; err != nil {
+		t.Errorf("%s: serve: %v", m.name, err)
+	}
+	if err := m.srv.Close(); err != nil {
+		t.Errorf("%s: close: %v", m.name, err)
+	}
+	m.stop = nil
+}
+
+func startMember(t *testing.T, dir, name, etcd string) *clusterMember {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + l.Addr().String()
+	cfgPath := filepath.Join(dir, name+".yml")
+	cfg := fmt.Sprintf("data_dir: %s\napi: {token_file: api.token, tokens: [{name: am, role: webhook, token_file: am.token}]}\n"+
+		"cluster: {name: %s, advertise_url: %q, etcd: {endpoints: [%q]}, lease_ttl: 2s}\n", name, name, url, etcd)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(context.Background(), Options{Config: c, ListenAddress: l.Addr().String(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	m := &clusterMember{name: name, url: url, srv: s, stop: stop, served: make(chan error, 1)}
+	go func() { m.served <- s.Serve(ctx, l) }()
+	t.Cleanup(func() { m.close(t) })
+	return m
+}
+
+// leaderOf polls GET /api/v1/servers on m until a server leads, and
+// returns its name.
+func leaderOf(t *testing.T, c *api.Client, want int, not string) (string, []api.ServerStatus) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ss, err := c.Servers(context.Background())
+		healthy := 0
+		lead := ""
+		for _, s := range ss {
+			if s.Healthy {
+				healthy++
+			}
+			if s.Leader && s.Healthy {
+				lead = s.Name
+			}
+		}
+		if err == nil && lead != "" && lead != not && healthy == want {
+			return lead, ss
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader among %d healthy servers (other than %q): %+v, %v", want, not, ss, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Two servers on a real etcd: one leads; a pause asked of the follower is
+// forwarded to the leader; a webhook delivery to the follower is stored in
+// etcd and acted on by the leader; when the leader stops, the other leads
+// with a higher epoch and finds the pause and the journal as they were.
+func TestClusterFailover(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	admin, am := testToken("admin"), testToken("am")
+	os.WriteFile(filepath.Join(dir, "api.token"), []byte(admin+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "am.token"), []byte(am+"\n"), 0o600)
+	members := map[string]*clusterMember{}
+	for _, name := range []string{"s1", "s2"} {
+		members[name] = startMember(t, dir, name, etcd.Endpoint())
+	}
+	c1 := api.NewClient(members["s1"].url, admin, nil)
+	lead, servers := leaderOf(t, c1, 2, "")
+	first := servers[0].Epoch
+	for _, s := range servers {
+		if s.Leader {
+			first = s.Epoch
+		}
+	}
+	follower := "s1"
+	if lead == "s1" {
+		follower = "s2"
+	}
+	t.Logf("%s leads at epoch %d", lead, first)
+	fc := api.NewClient(members[follower].url, admin, nil)
+
+	// A change asked of the follower is the leader's to make.
+	p, err := fc.Pause(context.Background(), api.PauseRequest{Target: "host-z/6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0009", Comment: "disk swap", Duration: "2h"})
+	if err != nil {
+		t.Fatalf("pause through the follower: %v", err)
+	}
+	if p.Author != "admin" {
+		t.Errorf("pause recorded as %q, want the token's name", p.Author)
+	}
+	// A delivery to the follower: stored, then drained by the leader.
+	body := `{"version":"4","status":"firing","receiver":"caretaker","groupKey":"{}:{}","alerts":[{"status":"firing",
+		"labels":{"alertname":"GuestCrashed","host":"host-x","uuid":"6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0001","domain":"g1"},
+		"annotations":{},"startsAt":"2026-11-25T12:00:00Z","endsAt":"0001-01-01T00:00:00Z"}]}`
+	req, _ := http.NewRequest(http.MethodPost, members[follower].url+"/api/v1/alertmanager", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+am)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("webhook delivery to the follower: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	rec := waitRecord(t, fc, "GuestCrashed")
+	if rec.Host != "host-x" {
+		t.Errorf("record %+v", rec)
+	}
+
+	members[lead].close(t) // resigns: the other leads at once
+	next, servers := leaderOf(t, fc, 1, lead)
+	if next != follower {
+		t.Fatalf("%s leads, want %s", next, follower)
+	}
+	for _, s := range servers {
+		if s.Leader && s.Epoch <= first {
+			t.Errorf("new epoch %d is not above %d", s.Epoch, first)
+		}
+	}
+	ps, err := fc.Pauses(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].Comment != "disk swap" {
+		t.Errorf("pauses after the failover: %+v, %v; want the one made before", ps, err)
+	}
+	h, err := fc.History(context.Background(), api.HistoryFilter{Limit: 100})
+	if err != nil || len(h.Records) != 1 {
+		t.Errorf("history after the failover: %+v, %v; want the one record, not a second decision", h, err)
+	}
+}
+
+func waitRecord(t *testing.T, c *api.Client, alert string) journal.Record {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		h, err := c.History(context.Background(), api.HistoryFilter{Limit: 100})
+		if err == nil {
+			for _, r := range h.Records {
+				if r.Alert == alert {
+					return r
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no record of %s: %+v, %v", alert, h, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
