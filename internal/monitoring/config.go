@@ -10,6 +10,11 @@ import (
 	"github.com/prometheus/prometheus/config"
 )
 
+// ReplicaLabel is the external label that tells the servers of a cluster
+// apart in remote-written samples (as a Prometheus HA pair's replica
+// label): their alerts are sent without it.
+const ReplicaLabel = "replica"
+
 // promConfig builds the one Prometheus configuration the scrape manager and
 // the notifier apply. It goes through
 // config.Load because only a loaded Config hands out scrape configs
@@ -47,14 +52,15 @@ func promConfig(opts *Options, logger *slog.Logger) (*config.Config, error) {
 	if opts.SelfAddress != "" {
 		scrapeConfigs = append(scrapeConfigs, job(ServerJobName))
 	}
-	doc := map[string]any{
-		"global": map[string]any{
-			"scrape_interval":     model.Duration(opts.ScrapeInterval).String(),
-			"scrape_timeout":      model.Duration(opts.ScrapeTimeout).String(),
-			"evaluation_interval": model.Duration(opts.EvaluationInterval).String(),
-		},
-		"scrape_configs": scrapeConfigs,
+	global := map[string]any{
+		"scrape_interval":     model.Duration(opts.ScrapeInterval).String(),
+		"scrape_timeout":      model.Duration(opts.ScrapeTimeout).String(),
+		"evaluation_interval": model.Duration(opts.EvaluationInterval).String(),
 	}
+	if len(opts.ExternalLabels) > 0 {
+		global["external_labels"] = opts.ExternalLabels
+	}
+	doc := map[string]any{"global": global, "scrape_configs": scrapeConfigs}
 
 	// One Alertmanager config per URL, because scheme and path prefix are
 	// per config. Their targets are fed to the notifier by alertmanagerGroups,
@@ -72,7 +78,11 @@ func promConfig(opts *Options, logger *slog.Logger) (*config.Config, error) {
 		})
 	}
 	if len(ams) > 0 {
-		doc["alerting"] = map[string]any{"alertmanagers": ams}
+		alerting := map[string]any{"alertmanagers": ams}
+		if _, ok := opts.ExternalLabels[ReplicaLabel]; ok {
+			alerting["alert_relabel_configs"] = []any{map[string]any{"action": "labeldrop", "regex": ReplicaLabel}}
+		}
+		doc["alerting"] = alerting
 	}
 
 	b, err := json.Marshal(doc)

@@ -138,6 +138,12 @@ type Options struct {
 	// RemoteWrite endpoints receive every sample scraped or recorded by a
 	// rule, through an in-memory queue (see remotewrite.go for its limits).
 	RemoteWrite []RemoteWriteConfig
+	// ExternalLabels are added to the alerts sent to Alertmanagers and
+	// to the remote-written samples, as Prometheus' global
+	// external_labels. ReplicaLabel among them is dropped from alerts, so
+	// Alertmanager takes the same alert from every server of a cluster as
+	// one.
+	ExternalLabels map[string]string
 	// Query limits PromQL queries; zero fields take Prometheus' defaults.
 	Query  QueryLimits
 	Logger *slog.Logger
@@ -342,7 +348,7 @@ func (m *Monitor) newAppendable(opts Options) (storage.AppendableV2, error) {
 	for _, rw := range opts.RemoteWrite {
 		m.writers = append(m.writers, newRemoteWriter(rw, metrics, opts.Logger.With("component", "remote write")))
 	}
-	return &teeAppendable{primary: m.db, writers: m.writers}, nil
+	return &teeAppendable{primary: m.db, writers: m.writers, external: labels.FromMap(opts.ExternalLabels)}, nil
 }
 
 func newEngine(opts Options, promqlParser parser.Parser) *promql.Engine {

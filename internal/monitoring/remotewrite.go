@@ -304,23 +304,40 @@ func encodeWriteRequest(samples []remoteSample) ([]byte, error) {
 type teeAppendable struct {
 	primary storage.AppendableV2
 	writers []*remoteWriter
+	// external are added to what is sent, where a series lacks them.
+	external labels.Labels
 }
 
 func (a *teeAppendable) AppenderV2(ctx context.Context) storage.AppenderV2 {
-	return &teeAppender{AppenderV2: a.primary.AppenderV2(ctx), writers: a.writers}
+	return &teeAppender{AppenderV2: a.primary.AppenderV2(ctx), writers: a.writers, external: a.external}
 }
 
 type teeAppender struct {
 	storage.AppenderV2
-	writers []*remoteWriter
-	samples []remoteSample
+	writers  []*remoteWriter
+	samples  []remoteSample
+	external labels.Labels
+}
+
+// withExternal returns ls with the external labels it lacks.
+func withExternal(ls, external labels.Labels) labels.Labels {
+	if external.IsEmpty() {
+		return ls
+	}
+	b := labels.NewBuilder(ls)
+	external.Range(func(l labels.Label) {
+		if !ls.Has(l.Name) {
+			b.Set(l.Name, l.Value)
+		}
+	})
+	return b.Labels()
 }
 
 func (a *teeAppender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
 	ref, err := a.AppenderV2.Append(ref, ls, st, t, v, h, fh, opts)
 	// A partial error is about exemplars: the sample itself is stored.
 	if err == nil || errors.Is(err, &storage.AppendPartialError{}) {
-		s := remoteSample{labels: ls, t: t, v: v}
+		s := remoteSample{labels: withExternal(ls, a.external), t: t, v: v}
 		// The caller may reuse its histograms after Append.
 		if h != nil {
 			s.h = h.Copy()

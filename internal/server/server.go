@@ -373,8 +373,14 @@ func (s *Server) startMonitoring(ctx context.Context, in inputs) error {
 	for _, h := range cfg.Hosts {
 		targets = append(targets, monitoring.Target{Host: h.Name, Address: h.Agent})
 	}
+	var external map[string]string
+	if cfg.Cluster.Enabled() {
+		// Every server scrapes and evaluates, as a Prometheus HA pair.
+		external = map[string]string{monitoring.ReplicaLabel: cfg.Cluster.Name}
+	}
 	var err error
 	s.monitor, err = monitoring.Start(ctx, monitoring.Options{
+		ExternalLabels: external,
 		DataDir:        in.dataDir,
 		ScrapeInterval: cfg.Prometheus.ScrapeInterval,
 		ScrapeTimeout:  cfg.Prometheus.ScrapeTimeout,
