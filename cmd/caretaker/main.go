@@ -48,7 +48,7 @@ turns what it sees into Prometheus alerts, and heals what breaks.
 	pf := root.PersistentFlags()
 	pf.Var(&flagValue{logs.level, "level"}, "log.level", "log level: debug, info, warn or error")
 	pf.Var(&flagValue{logs.format, "format"}, "log.format", "log format: logfmt or json")
-	root.AddCommand(newAgentCmd(logs), newServerCmd(logs), newLabCmd(logs), newPXECmd(), newCertsCmd())
+	root.AddCommand(newAgentCmd(logs), newServerCmd(logs), newLabCmd(logs), newPXECmd(), newCertsCmd(), newStateCmd())
 	return root
 }
 

@@ -417,3 +417,14 @@ func (b *etcdBucket) walk(fn func(k, v []byte) error, reverse bool) error {
 	}
 	return nil
 }
+
+// Empty reports whether the store holds no key.
+func (s *Etcd) Empty() (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.o.Timeout)
+	defer cancel()
+	resp, err := s.c.Get(ctx, s.o.Prefix+"data/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("etcd: read %sdata/: %w", s.o.Prefix, err)
+	}
+	return resp.Count == 0, nil
+}

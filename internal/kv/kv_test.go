@@ -349,3 +349,55 @@ func TestManyReads(t *testing.T) {
 		return nil
 	})
 }
+
+// A single server's bbolt file moves into etcd whole: keys, nested
+// buckets and sequences, so that new IDs follow the old ones.
+func TestCopyBolt(t *testing.T) {
+	src, err := kv.OpenBolt(filepath.Join(t.TempDir(), "kv.db"), "test store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	err = src.Update(func(tx kv.Tx) error {
+		for range 5 {
+			n, err := tx.Bucket("records").NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket("records").Put(id(n), []byte("r")); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket("history", "host-a").Put([]byte("k"), []byte("v"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := kv.NewEtcd(etcdClient(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/", MaxOps: 4})
+	if empty, err := dst.Empty(); err != nil || !empty {
+		t.Fatalf("Empty = %v, %v before the copy", empty, err)
+	}
+	n, err := kv.CopyBolt(dst, src)
+	if err != nil || n != 6 {
+		t.Fatalf("CopyBolt = %d, %v; want 6 keys", n, err)
+	}
+	if empty, _ := dst.Empty(); empty {
+		t.Error("Empty after the copy")
+	}
+	err = dst.Update(func(tx kv.Tx) error {
+		if got := keys(t, tx.Bucket("records"), false); got != "1 2 3" {
+			t.Errorf("records: %s", got)
+		}
+		if v, _ := tx.Bucket("history", "host-a").Get([]byte("k")); string(v) != "v" {
+			t.Errorf("nested bucket: %q", v)
+		}
+		next, err := tx.Bucket("records").NextSequence()
+		if next != 6 {
+			t.Errorf("next sequence %d, want 6", next)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -6,11 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,30 +68,13 @@ const forwardedHeader = "Caretaker-Forwarded-By"
 // openCluster connects to etcd and opens the shared state in it.
 func (s *Server) openCluster(in inputs) error {
 	cc := in.cfg.Cluster
-	tlsCfg, err := etcdTLS(in.cfg)
+	client, err := newEtcdClient(in.cfg)
 	if err != nil {
 		return err
-	}
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   cc.Etcd.Endpoints,
-		DialTimeout: cc.Etcd.DialTimeout,
-		TLS:         tlsCfg,
-		// etcd's client logs every retry at warn through zap; the
-		// server says what matters (lost lead, etcd unreachable) itself.
-		Logger: zap.NewNop(),
-	})
-	if err != nil {
-		return fmt.Errorf("cluster.etcd: %w", err)
 	}
 	c := &cluster{cfg: cc, client: client, termReg: replacing{s.reg}}
 	s.cluster = c
 	c.store = kv.NewEtcd(client, kv.EtcdOptions{Prefix: cc.Etcd.Prefix, Timeout: cc.LeaseTTL})
-	// The first read says at once whether etcd answers at all.
-	ctx, cancel := context.WithTimeout(context.Background(), cc.Etcd.DialTimeout)
-	defer cancel()
-	if _, err := client.Get(ctx, cc.Etcd.Prefix+"members/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
-		return fmt.Errorf("cluster.etcd.endpoints %v: etcd does not answer: %w", cc.Etcd.Endpoints, err)
-	}
 	c.elector, err = leader.New(leader.Options{Client: client, Prefix: cc.Etcd.Prefix, Name: cc.Name, Address: cc.AdvertiseURL,
 		TTL: cc.LeaseTTL, Logger: s.logger.With("component", "cluster"), Registerer: s.reg})
 	if err != nil {
@@ -103,6 +88,85 @@ func (s *Server) openCluster(in inputs) error {
 	}
 	s.inbox, err = intake.New(c.store)
 	return err
+}
+
+// newEtcdClient connects to cluster.etcd and checks that it answers.
+func newEtcdClient(cfg *config.Server) (*clientv3.Client, error) {
+	cc := cfg.Cluster
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   cc.Etcd.Endpoints,
+		DialTimeout: cc.Etcd.DialTimeout,
+		TLS:         tlsCfg,
+		// etcd's client logs every retry at warn through zap; the
+		// server says what matters (lost lead, etcd unreachable) itself.
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster.etcd: %w", err)
+	}
+	// The first read says at once whether etcd answers at all.
+	ctx, cancel := context.WithTimeout(context.Background(), cc.Etcd.DialTimeout)
+	defer cancel()
+	if _, err := client.Get(ctx, cc.Etcd.Prefix+"members/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("cluster.etcd.endpoints %v: etcd does not answer: %w", cc.Etcd.Endpoints, err)
+	}
+	return client, nil
+}
+
+// stateFiles are a single server's bbolt files, under its data directory.
+var stateFiles = []string{"journal.db", "inbox.db", "provisioner/provisioner.db", "provisioner/hosts.db"}
+
+// ImportState copies a single server's state — journal, webhook inbox,
+// inventory, host states, guest clusters — from the bbolt files of
+// fromDir into the etcd of cfg's cluster section, and says what it copied
+// on out. The prefix must be empty: importing twice, or into a running
+// cluster, would mix two histories. The single server must be stopped
+// (its files are locked while it runs).
+func ImportState(cfg *config.Server, fromDir string, out io.Writer) error {
+	if !cfg.Cluster.Enabled() {
+		return errors.New("the configuration has no cluster section: nowhere to import to")
+	}
+	client, err := newEtcdClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	dst := kv.NewEtcd(client, kv.EtcdOptions{Prefix: cfg.Cluster.Etcd.Prefix})
+	empty, err := dst.Empty()
+	if err != nil {
+		return err
+	}
+	if !empty {
+		return fmt.Errorf("etcd already holds caretaker state under %s: import only into an empty prefix, before the servers start", cfg.Cluster.Etcd.Prefix)
+	}
+	found := 0
+	for _, name := range stateFiles {
+		path := filepath.Join(fromDir, name)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(out, "%s: none\n", path)
+			continue
+		}
+		src, err := kv.OpenBolt(path, "state file")
+		if err != nil {
+			return err
+		}
+		n, err := kv.CopyBolt(dst, src)
+		src.Close()
+		if err != nil {
+			return err
+		}
+		found++
+		fmt.Fprintf(out, "%s: %d keys copied\n", path, n)
+	}
+	if found == 0 {
+		return fmt.Errorf("%s holds none of a server's state files (%s)", fromDir, strings.Join(stateFiles, ", "))
+	}
+	return nil
 }
 
 func etcdTLS(cfg *config.Server) (*tls.Config, error) {

@@ -188,3 +188,50 @@ func waitRecord(t *testing.T, c *api.Client, alert string) journal.Record {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A single server's journal moves into etcd with `caretaker state import`
+// and a clustered server carries on from it; a second import is refused.
+func TestImportState(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	admin := testToken("admin")
+	os.WriteFile(filepath.Join(dir, "api.token"), []byte(admin+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "am.token"), []byte(testToken("am")+"\n"), 0o600)
+	single := filepath.Join(dir, "single")
+	os.MkdirAll(single, 0o750)
+	j, err := journal.Open(filepath.Join(single, "journal.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"GuestCrashed", "HostDown"} {
+		if _, err := j.Append(journal.Record{Alert: a, Action: "restart-vm", State: journal.StateSucceeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+
+	cfgPath := filepath.Join(dir, "s1.yml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("data_dir: s1\napi: {token_file: api.token}\ncluster: {name: s1, advertise_url: http://127.0.0.1:1, etcd: {endpoints: [%q]}}\n", etcd.Endpoint())), 0o600)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := ImportState(cfg, single, &out); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	if !strings.Contains(out.String(), "journal.db: 2 keys copied") {
+		t.Errorf("import said:\n%s", out.String())
+	}
+	if err := ImportState(cfg, single, &out); err == nil || !strings.Contains(err.Error(), "already holds caretaker state") {
+		t.Errorf("second import: %v, want a refusal", err)
+	}
+
+	m := startMember(t, dir, "s2", etcd.Endpoint())
+	c := api.NewClient(m.url, admin, nil)
+	leaderOf(t, c, 1, "")
+	h, err := c.History(context.Background(), api.HistoryFilter{Limit: 10})
+	if err != nil || len(h.Records) != 2 || h.Records[0].Alert != "HostDown" || h.Records[0].ID != 2 {
+		t.Fatalf("history on the cluster: %+v, %v; want the two imported records, newest first", h, err)
+	}
+}
