@@ -289,6 +289,15 @@ func (c *cluster) servesLocally(r *http.Request) bool {
 func (s *Server) lead(ctx context.Context, t *leader.Term) {
 	c := s.cluster
 	log := s.logger.With("component", "cluster", "epoch", t.Epoch)
+	// The agents learn the epoch first: the new engine reconciles the
+	// actions left open as soon as it is made, and its requests must
+	// carry the term's epoch.
+	s.agents.SetEpoch(t.Epoch)
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	for host, err := range s.agents.Announce(actx) {
+		log.Warn("could not tell an agent the new epoch", "host", host, "err", err)
+	}
+	cancel()
 	var a *acting
 	for a == nil {
 		var err error
@@ -301,12 +310,6 @@ func (s *Server) lead(ctx context.Context, t *leader.Term) {
 			}
 		}
 	}
-	s.agents.SetEpoch(t.Epoch)
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	for host, err := range s.agents.Announce(actx) {
-		log.Warn("could not tell an agent the new epoch", "host", host, "err", err)
-	}
-	cancel()
 	c.acting.Store(a)
 	log.Info("acting: the engine and the provisioner run on this server")
 
