@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
@@ -19,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"caretaker/internal/agentapi"
+	"caretaker/internal/leader"
 	"caretaker/remediation"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
@@ -316,6 +318,10 @@ func staticExported(t *testing.T) map[string]string {
 	reg := prometheus.NewRegistry()
 	engine := newEngine(t, reg, nil)
 	defer engine.Close()
+	// A clustered server's election metrics.
+	if _, err := leader.New(leader.Options{TTL: 2 * time.Second, Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	bolt "go.etcd.io/bbolt"
+	"caretaker/internal/kv"
 
 	"caretaker/internal/api"
 	"caretaker/internal/golden"
@@ -30,7 +30,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // GET of one cluster: the test's stand-in for the reconciler's progress.
 type clusterServer struct {
 	*httptest.Server
-	db    *bolt.DB
+	db    *kv.Bolt
 	store *clusters.Store
 	mu    sync.Mutex
 	onGet func(name string)
@@ -40,7 +40,7 @@ var testEpoch = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func newClusterServer(t *testing.T) *clusterServer {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(t.TempDir(), "state.db"), "state")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,10 +95,14 @@ func (s *clusterServer) steps(t *testing.T, steps ...func(*clusters.Cluster)) {
 // deriving the phase the way the store does. f == nil removes the record,
 // as the end of a deletion does.
 func (s *clusterServer) setNodes(t *testing.T, name string, f func(*clusters.Cluster)) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("clusters"))
+	err := s.db.Update(func(tx kv.Tx) error {
+		b := tx.Bucket("clusters")
 		var c clusters.Cluster
-		if err := json.Unmarshal(b.Get([]byte(name)), &c); err != nil {
+		raw, err := b.Get([]byte(name))
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return err
 		}
 		f(&c)
@@ -126,7 +130,7 @@ func (s *clusterServer) setNodes(t *testing.T, name string, f func(*clusters.Clu
 }
 
 func (s *clusterServer) removeRecord(t *testing.T, name string) {
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("clusters")).Delete([]byte(name)) }); err != nil {
+	if err := s.db.Update(func(tx kv.Tx) error { return tx.Bucket("clusters").Delete([]byte(name)) }); err != nil {
 		t.Errorf("remove %s: %v", name, err)
 	}
 }

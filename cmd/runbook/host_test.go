@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"caretaker/internal/kv"
 
 	"caretaker/internal/api"
 	"caretaker/internal/golden"
@@ -110,7 +110,7 @@ func (p *provisionerHosts) routes(mux *http.ServeMux, a *api.Authenticator) {
 func hostServer(t *testing.T, prov *provisionerHosts) (*httptest.Server, *inventory.Store) {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	db, err := kv.OpenBolt(filepath.Join(dir, "state.db"), "state")
 	if err != nil {
 		t.Fatal(err)
 	}
