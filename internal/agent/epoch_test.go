@@ -378,3 +378,20 @@ func TestFenceAnnounce(t *testing.T) {
 	}
 	wantMetric(t, a, "caretaker_agent_epoch 57")
 }
+
+// Whatever a request's Caretaker-Epoch holds, parseEpoch either refuses
+// it or returns the positive number its digits spell.
+func FuzzParseEpoch(f *testing.F) {
+	for _, s := range []string{"57", "0", "-1", "+5", "0x10", "9223372036854775807", "9223372036854775808", "", " 5", "5 "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := parseEpoch(s)
+		if err != nil {
+			return
+		}
+		if e <= 0 || strconv.FormatInt(e, 10) != strings.TrimLeft(s, "0") {
+			t.Errorf("parseEpoch(%q) = %d", s, e)
+		}
+	})
+}
