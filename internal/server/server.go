@@ -748,5 +748,8 @@ func (s *Server) Close() error {
 	if s.journal != nil {
 		errs = append(errs, s.journal.Close())
 	}
+	if s.cluster != nil {
+		errs = append(errs, s.cluster.client.Close())
+	}
 	return errors.Join(errs...)
 }
