@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"sync"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -25,19 +24,7 @@ func stores(t *testing.T) map[string]kv.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return map[string]kv.Store{"bolt": b, "etcd": kv.NewEtcd(etcdClient(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/"})}
-}
-
-// etcdClient starts an etcd for the test and returns a client of it.
-func etcdClient(t *testing.T) *clientv3.Client {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return map[string]kv.Store{"bolt": b, "etcd": kv.NewEtcd(etcdtest.Client(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/"})}
 }
 
 func id(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
@@ -165,7 +152,7 @@ func TestFailedUpdateWritesNothing(t *testing.T) {
 // Two writers (two servers) on one etcd: every increment counts, every
 // sequence number is given once.
 func TestConcurrentWriters(t *testing.T) {
-	c := etcdClient(t)
+	c := etcdtest.Client(t)
 	prefix := "/" + t.Name() + "/"
 	const writers, each = 4, 15
 	var mu sync.Mutex
@@ -214,7 +201,7 @@ func TestConcurrentWriters(t *testing.T) {
 }
 
 func TestFence(t *testing.T) {
-	c := etcdClient(t)
+	c := etcdtest.Client(t)
 	prefix := "/" + t.Name() + "/"
 	ctx := context.Background()
 	put, err := c.Put(ctx, prefix+"leader", "me")
@@ -269,7 +256,7 @@ func TestFence(t *testing.T) {
 
 // A walk that reads more than a page merges the transaction's writes in.
 func TestLongWalk(t *testing.T) {
-	s := kv.NewEtcd(etcdClient(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/"})
+	s := kv.NewEtcd(etcdtest.Client(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/"})
 	const n = 1203
 	for start := 0; start < n; start += 100 {
 		err := s.Update(func(tx kv.Tx) error {
@@ -327,7 +314,7 @@ func TestLongWalk(t *testing.T) {
 // A transaction that read more keys than one etcd transaction can compare
 // still commits, checked by bucket.
 func TestManyReads(t *testing.T) {
-	s := kv.NewEtcd(etcdClient(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/", MaxOps: 10})
+	s := kv.NewEtcd(etcdtest.Client(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/", MaxOps: 10})
 	err := s.Update(func(tx kv.Tx) error {
 		for i := range 25 {
 			if _, err := tx.Bucket("seen").Get(id(uint64(i))); err != nil {
@@ -373,7 +360,7 @@ func TestCopyBolt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := kv.NewEtcd(etcdClient(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/", MaxOps: 4})
+	dst := kv.NewEtcd(etcdtest.Client(t), kv.EtcdOptions{Prefix: "/" + t.Name() + "/", MaxOps: 4})
 	if empty, err := dst.Empty(); err != nil || !empty {
 		t.Fatalf("Empty = %v, %v before the copy", empty, err)
 	}

@@ -43,21 +43,10 @@ func start(t *testing.T, c *clientv3.Client, prefix, name string) *server {
 	return s
 }
 
-func client(t *testing.T) *clientv3.Client {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // One of two servers leads; when it stops, the other leads in a later
 // term, and the first one's fence no longer lets a write through.
 func TestHandover(t *testing.T) {
-	c := client(t)
+	c := etcdtest.Client(t)
 	const prefix = "/handover/"
 	a := start(t, c, prefix, "s1")
 	first := <-a.terms

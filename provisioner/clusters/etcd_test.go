@@ -4,38 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"caretaker/internal/etcdproc/etcdtest"
-	"caretaker/internal/kv"
 )
-
-// etcdStores starts an etcd for t and returns a maker of kv.Stores in it,
-// each under a prefix of its own, and the client.
-func etcdStores(t *testing.T) (func(testing.TB) kv.Store, *clientv3.Client) {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var n atomic.Int64
-	return func(tb testing.TB) kv.Store {
-		return kv.NewEtcd(c, kv.EtcdOptions{Prefix: fmt.Sprintf("/caretaker-test/%s/%d/", tb.Name(), n.Add(1))})
-	}, c
-}
 
 // The store and the reconciler on etcd behave as on a bbolt file — the
 // reconciler's parallel node updates of one cluster, re-run when another
 // overtook them, included; and clusters created at once through several
 // Stores on one etcd (several servers) get distinct VNIs.
 func TestStoreOnEtcd(t *testing.T) {
-	stores, _ := etcdStores(t)
+	stores, _ := etcdtest.Stores(t)
 	newStore := func(t testing.TB, vnis VNIRange) *Store { return storeAt(t, stores(t), vnis) }
 	newRig := func(t *testing.T, hosts, parallel int) *rig {
 		return newRigOn(t, newStore(t, VNIRange{}), hosts, parallel)

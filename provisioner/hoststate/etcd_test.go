@@ -3,39 +3,18 @@ package hoststate
 import (
 	"context"
 	"encoding/hex"
-	"fmt"
 	"slices"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"caretaker/internal/etcdproc/etcdtest"
 	"caretaker/internal/kv"
 )
 
-// etcdStores starts an etcd for t and returns a maker of kv.Stores in it,
-// each under a prefix of its own, and the client.
-func etcdStores(t *testing.T) (func(testing.TB) kv.Store, *clientv3.Client) {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var n atomic.Int64
-	return func(tb testing.TB) kv.Store {
-		return kv.NewEtcd(c, kv.EtcdOptions{Prefix: fmt.Sprintf("/caretaker-test/%s/%d/", tb.Name(), n.Add(1))})
-	}, c
-}
-
 // The Machine on etcd behaves as on a bbolt file, reopening included; and
 // a Machine opened later on the same store (a new leader) takes over the
 // hosts, their journals and their attempts in flight.
 func TestMachineOnEtcd(t *testing.T) {
-	stores, client := etcdStores(t)
+	stores, client := etcdtest.Stores(t)
 	newRig := func(t *testing.T, cfg Config) *rig { return newRigOn(t, cfg, stores(t)) }
 	for _, tt := range []struct {
 		name string

@@ -6,37 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"caretaker/internal/etcdproc/etcdtest"
 	"caretaker/internal/kv"
 )
 
-// etcdStores starts an etcd for t and returns a maker of kv.Stores in it,
-// each under a prefix of its own, and the client.
-func etcdStores(t *testing.T) (func(testing.TB) kv.Store, *clientv3.Client) {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var n atomic.Int64
-	return func(tb testing.TB) kv.Store {
-		return kv.NewEtcd(c, kv.EtcdOptions{Prefix: fmt.Sprintf("/caretaker-test/%s/%d/", tb.Name(), n.Add(1))})
-	}, c
-}
-
 // The store's behaviour on etcd is its behaviour in a bbolt file; and two
 // Stores on one etcd prefix (two servers) see one inventory, where of two
 // hosts added at once with the same MAC exactly one is taken.
 func TestStoreOnEtcd(t *testing.T) {
-	stores, client := etcdStores(t)
+	stores, client := etcdtest.Stores(t)
 	newStore := func(tb testing.TB, file *Inventory) *Store {
 		tb.Helper()
 		s, err := NewStore(stores(tb), func() *Inventory { return file })

@@ -2,29 +2,19 @@ package journal
 
 import (
 	"errors"
-	"fmt"
 	"reflect"
 	"sync"
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"caretaker/internal/etcdproc/etcdtest"
 	"caretaker/internal/kv"
 )
 
-// etcdStore is a kv store on a real etcd, under a prefix of its own so the
-// test shares nothing with another.
+// etcdStore is a kv store on a real etcd of the test's own.
 func etcdStore(t *testing.T) *kv.Etcd {
-	t.Helper()
-	p := etcdtest.Start(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return kv.NewEtcd(c, kv.EtcdOptions{Prefix: fmt.Sprintf("/test/%s/%d/", t.Name(), time.Now().UnixNano())})
+	stores, _ := etcdtest.Stores(t)
+	return stores(t)
 }
 
 // The journal's behaviour on etcd, as clustered servers keep it.

@@ -3,9 +3,15 @@ package etcdtest
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"caretaker/internal/etcdproc"
+	"caretaker/internal/kv"
 	"caretaker/internal/needs"
 )
 
@@ -41,4 +47,28 @@ func Start(tb testing.TB) *etcdproc.Proc {
 		}
 	})
 	return p
+}
+
+// Client starts a member (Start) and returns a client of it, closed at
+// cleanup.
+func Client(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	p := Start(tb)
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Stores starts a member and returns a maker of kv stores in it, each under
+// a prefix of its own so that tests share nothing, and the client.
+func Stores(tb testing.TB) (func(testing.TB) *kv.Etcd, *clientv3.Client) {
+	tb.Helper()
+	c := Client(tb)
+	var n atomic.Int64
+	return func(t testing.TB) *kv.Etcd {
+		return kv.NewEtcd(c, kv.EtcdOptions{Prefix: fmt.Sprintf("/caretaker-test/%s/%d/", t.Name(), n.Add(1))})
+	}, c
 }
