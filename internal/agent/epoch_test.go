@@ -157,18 +157,25 @@ func TestFence(t *testing.T) {
 
 // The server's client, given an epoch, is fenced by an agent that has seen
 // a newer one: errors.Is(err, agentapi.ErrFenced), with the agent's words.
-func TestFenceThroughTheClient(t *testing.T) {
-	t.Parallel()
-	a := newTestAgent(t, Config{Token: token, StateDir: t.TempDir(), DomainFilter: regexp.MustCompile(`^(up|down)$`)})
+// twoLeaders serves an agent and returns it with the clients of two
+// servers: a new leader at epoch 57 and an old one at 41.
+func twoLeaders(t *testing.T) (a *Agent, newLeader, oldLeader *agentapi.Hosts) {
+	t.Helper()
+	a = newTestAgent(t, Config{Token: token, StateDir: t.TempDir(), DomainFilter: regexp.MustCompile(`^(up|down)$`)})
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
-
-	newLeader, oldLeader := agentapi.NewHosts(token), agentapi.NewHosts(token)
+	newLeader, oldLeader = agentapi.NewHosts(token), agentapi.NewHosts(token)
 	for _, h := range []*agentapi.Hosts{newLeader, oldLeader} {
 		h.Add("host-a", strings.TrimPrefix(srv.URL, "http://"))
 	}
 	newLeader.SetEpoch(57)
 	oldLeader.SetEpoch(41)
+	return a, newLeader, oldLeader
+}
+
+func TestFenceThroughTheClient(t *testing.T) {
+	t.Parallel()
+	a, newLeader, oldLeader := twoLeaders(t)
 
 	if err := newLeader.StartGuest(t.Context(), "host-a", upUUID); err != nil {
 		t.Fatalf("start by the new leader: %v", err)
@@ -354,15 +361,7 @@ func TestFencedAnswerShape(t *testing.T) {
 // predecessor, before the new leader has acted there.
 func TestFenceAnnounce(t *testing.T) {
 	t.Parallel()
-	a := newTestAgent(t, Config{Token: token, StateDir: t.TempDir(), DomainFilter: regexp.MustCompile(`^(up|down)$`)})
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(srv.Close)
-	newLeader, oldLeader := agentapi.NewHosts(token), agentapi.NewHosts(token)
-	for _, h := range []*agentapi.Hosts{newLeader, oldLeader} {
-		h.Add("host-a", strings.TrimPrefix(srv.URL, "http://"))
-	}
-	newLeader.SetEpoch(57)
-	oldLeader.SetEpoch(41)
+	a, newLeader, oldLeader := twoLeaders(t)
 	if failed := newLeader.Announce(t.Context()); len(failed) != 0 {
 		t.Fatalf("announce: %v", failed)
 	}
