@@ -46,6 +46,11 @@ type cluster struct {
 	// acting is the current term's, nil while another server leads.
 	acting atomic.Pointer[acting]
 	proxy  *httputil.ReverseProxy
+	// forward is proxy behind this server's own authentication: a
+	// request reaches the leader only with a known token, and failed ones
+	// are counted here, against their client, not against this server at
+	// the leader.
+	forward http.Handler
 	// local are the Prometheus query API's paths, which every server
 	// answers from its own TSDB.
 	local map[string]bool
@@ -252,8 +257,10 @@ func (c *cluster) serveHTTP(base http.Handler, w http.ResponseWriter, r *http.Re
 	case !ok || l.Name == c.cfg.Name || l.Address == "":
 		w.Header().Set("Retry-After", "2")
 		httpjson.Indented.Error(w, http.StatusServiceUnavailable, "no server leads the cluster now (is etcd reachable?); changes wait for a leader: try again in a few seconds")
+	case strings.HasPrefix(r.URL.Path, "/pxe/"):
+		c.proxy.ServeHTTP(w, r) // booting hosts have no token (PXE trust model)
 	default:
-		c.proxy.ServeHTTP(w, r)
+		c.forward.ServeHTTP(w, r)
 	}
 }
 

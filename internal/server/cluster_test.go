@@ -126,6 +126,12 @@ func TestClusterFailover(t *testing.T) {
 	t.Logf("%s leads at epoch %d", lead, first)
 	fc := api.NewClient(members[follower].url, admin, nil)
 
+	// The follower authenticates what it forwards: a wrong token stops
+	// there, counted against its client.
+	bad := api.NewClient(members[follower].url, testToken("wrong"), nil)
+	if _, err := bad.Pause(context.Background(), api.PauseRequest{Target: "*", Comment: "x", Duration: "1h"}); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("pause with a wrong token through the follower: %v, want 401", err)
+	}
 	// A change asked of the follower is the leader's to make.
 	p, err := fc.Pause(context.Background(), api.PauseRequest{Target: "host-z/6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0009", Comment: "disk swap", Duration: "2h"})
 	if err != nil {

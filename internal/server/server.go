@@ -455,6 +455,7 @@ func (s *Server) newRouteParts(in inputs, intakeMetrics *intake.Metrics) (routeP
 		return routeParts{}, err
 	}
 	if s.cluster != nil {
+		s.cluster.forward = auth.Authenticate(s.cluster.proxy)
 		s.cluster.local = map[string]bool{}
 		for _, p := range prom.Paths() {
 			s.cluster.local[p] = true
