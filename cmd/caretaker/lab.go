@@ -32,12 +32,22 @@ with no human action; runbook (configured by the lab) shows what happened.
 With QEMU guests, as root, the hosts can also take guest clusters:
 runbook cluster create places one node per host (nodes of 64 MiB fit), in a
 storage pool of 64 MiB base image the lab makes, each host's overlay in a
-network namespace of its own. Ctrl-C removes the nodes too.`,
+network namespace of its own. Ctrl-C removes the nodes too.
+
+With --servers 2 to 5, the servers are ` + "`caretaker server`" + ` processes that
+share their state in an etcd the lab runs as a process too (Debian's
+etcd-server; without it the lab builds one into the user's cache
+directory, which takes minutes): one leads and acts, the others monitor.
+They serve on --web.listen-address's port and the ones after it, each
+logging to <data.dir>/server-sN.log. Kill the leader (runbook status shows
+it; the lab prints its pid) and another leads within the lease TTL and a
+second or two; the lab starts the killed one again after 2 s.`,
 		Example: `  caretaker lab
   caretaker lab --guests-per-host 5
   caretaker lab --hosts 6 --guests-per-host 0   # room for a 6-node cluster
   caretaker lab --driver test --web.listen-address 127.0.0.1:9400
-  caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal`,
+  caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal
+  caretaker lab --servers 3                         # three servers on etcd: try a failover`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()
@@ -47,6 +57,8 @@ network namespace of its own. Ctrl-C removes the nodes too.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.ListenAddress, "web.listen-address", o.ListenAddress, "address of the lab's server (API and /metrics)")
+	f.IntVar(&o.Servers, "servers", o.Servers, "number of servers: 1 in the lab's process, or 2 to 5 server processes on an etcd, one leading")
+	f.DurationVar(&o.LeaseTTL, "cluster.lease-ttl", o.LeaseTTL, "with --servers 2 or more: the leader's lease (whole seconds, at least 2s)")
 	f.StringVar(&o.DataDir, "data.dir", "", "keep the TSDB, journal and tokens here (default: a temporary directory removed at exit)")
 	f.StringVar(&o.Driver, "driver", o.Driver, "guests: auto (QEMU if libvirtd has it, else test), qemu or test")
 	f.StringVar(&o.LibvirtURI, "libvirt.uri", o.LibvirtURI, "libvirtd for real QEMU guests")

@@ -28,7 +28,18 @@ import (
 
 // Options configure a lab.
 type Options struct {
-	ListenAddress string // the server's address
+	ListenAddress string // the server's address; with several, the first's
+	// Servers is how many servers run: 1 is one server in the lab's own
+	// process, as always; 2 to 5 are `caretaker server` processes sharing
+	// their state in an etcd the lab runs as a process too, on
+	// ListenAddress's port and the ones after it (ha.go).
+	Servers int
+	// LeaseTTL is the servers' cluster.lease_ttl with several: how long a
+	// dead leader keeps the lead (whole seconds, at least 2).
+	LeaseTTL time.Duration
+	// Binary is the caretaker binary the servers run with several; ""
+	// means this process's own executable.
+	Binary        string
 	DataDir       string // "" = a temporary directory, removed at exit
 	Driver        string // "auto", "qemu" or "test"
 	LibvirtURI    string // the libvirtd to use in qemu mode
@@ -51,6 +62,8 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		ListenAddress:      "127.0.0.1:9300",
+		Servers:            1,
+		LeaseTTL:           3 * time.Second,
 		Driver:             "auto",
 		LibvirtURI:         "qemu:///system",
 		Hosts:              2,
@@ -85,6 +98,13 @@ func Run(ctx context.Context, o Options) (err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
+	if _, port, _ := net.SplitHostPort(o.ListenAddress); o.Servers > 1 && port != "0" {
+		// Before anything is made: a port taken is the likeliest
+		// failure. (Free ports, for port 0, are chosen when used.)
+		if r.serverAddrs, err = serverAddrs(o.ListenAddress, o.Servers); err != nil {
+			return err
+		}
+	}
 	if err := r.makeDataDir(); err != nil {
 		return err
 	}
@@ -112,18 +132,26 @@ func Run(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
-	apiURL, served, err := r.startServer(ctx)
+	var urls []string
+	var served chan error
+	if o.Servers > 1 {
+		urls, err = r.startServers(ctx)
+	} else {
+		var apiURL string
+		apiURL, served, err = r.startServer(ctx)
+		urls = []string{apiURL}
+	}
 	if err != nil {
 		return err
 	}
 	if o.RunbookConfig != "" {
-		restore, err := writeRunbookConfig(o.RunbookConfig, apiURL, apiToken)
+		restore, err := writeRunbookConfigURLs(o.RunbookConfig, urls, apiToken)
 		if err != nil {
 			return err
 		}
 		r.undo.add("restore "+o.RunbookConfig, restore)
 	}
-	printSummary(r.o, r.driver, r.why, apiURL, r.dataDir, r.hosts, r.cl != nil, r.noClusters)
+	printSummary(r.o, r.driver, r.why, urls[0], r.dataDir, r.hosts, r.cl != nil, r.noClusters, r.ha)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
@@ -147,6 +175,10 @@ type labRun struct {
 	noClusters string
 	// tls is the lab's CA: agents serve over mTLS.
 	tls *labTLS
+	// ha is the servers and etcd with Options.Servers > 1, else nil;
+	// serverAddrs are their listen addresses.
+	ha          *haLab
+	serverAddrs []string
 }
 
 // makeDataDir makes the data directory, a temporary one unless
@@ -247,7 +279,10 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 		// its hosts need no /dev/kvm (caretaker_host_kvm_required 0),
 		// so HostKVMDeviceMissing does not page for the lab.
 		GuestDomainType: "qemu",
-		Logger:          r.o.Logger.With("host", h.name),
+		// The highest leader epoch it has seen (with several servers),
+		// kept across the lab's runs on a kept --data.dir, as etcd's is.
+		StateDir: filepath.Join(r.dataDir, "agent-"+h.name),
+		Logger:   r.o.Logger.With("host", h.name),
 	}
 	// With clusters each host's agent address is its VTEP: one of
 	// its own (127.0.0.0/8 is all loopback), for distinct peers.
@@ -330,6 +365,10 @@ func (o *Options) validate() error {
 		return fmt.Errorf("driver: want auto, qemu or test, got %q", o.Driver)
 	case o.ScrapeInterval <= 0 || o.EvaluationInterval <= 0:
 		return errors.New("scrape and evaluation intervals must be positive")
+	case o.Servers < 1 || o.Servers > maxServers:
+		return fmt.Errorf("servers: want 1 to %d, got %d", maxServers, o.Servers)
+	case o.Servers > 1 && (o.LeaseTTL < 2*time.Second || o.LeaseTTL%time.Second != 0):
+		return fmt.Errorf("lease TTL: want whole seconds, at least 2s, got %s", o.LeaseTTL)
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
@@ -337,16 +376,34 @@ func (o *Options) validate() error {
 	return nil
 }
 
-func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host, clusters bool, noClusters string) {
+func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host, clusters bool, noClusters string, ha *haLab) {
 	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "\ncaretaker lab is running — %s\n", why)
-	fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
-	fmt.Fprintf(w, "  server metrics\t%s/metrics\n", apiURL)
+	if ha == nil {
+		fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
+		fmt.Fprintf(w, "  server metrics\t%s/metrics\n", apiURL)
+	} else {
+		fmt.Fprintf(w, "  servers\t%d `caretaker server` processes sharing their state in etcd; one leads and acts (lease %s)\n", len(ha.servers), o.LeaseTTL)
+		for _, s := range ha.servers {
+			lead := ""
+			if s.name == ha.leader {
+				lead = "  leads"
+			}
+			fmt.Fprintf(w, "  server %s\t%s  pid %d  log %s%s\n", s.name, s.url(), s.Pid(), s.log, lead)
+		}
+		fmt.Fprintf(w, "  API\t<server>/api/v1/ on any server (bearer token in %s); metrics at <server>/metrics\n", filepath.Join(dataDir, "api.token"))
+		fmt.Fprintf(w, "  etcd\t%s  pid %d  data %s  log %s\n", ha.etcd.Endpoint(), ha.etcd.Pid(), ha.etcdDir, ha.etcdLog)
+	}
 	for _, h := range hosts {
 		fmt.Fprintf(w, "  agent %s\thttps://%s/metrics  (mTLS: %s)\n", h.name, h.addr, filepath.Join(dataDir, "pki"))
 	}
-	fmt.Fprintf(w, "  journal\t%s\n", filepath.Join(dataDir, "journal.db"))
-	fmt.Fprintf(w, "  server config\t%s\n", filepath.Join(dataDir, "server.yml"))
+	if ha == nil {
+		fmt.Fprintf(w, "  journal\t%s\n", filepath.Join(dataDir, "journal.db"))
+		fmt.Fprintf(w, "  server config\t%s\n", filepath.Join(dataDir, "server.yml"))
+	} else {
+		fmt.Fprintf(w, "  journal\tin etcd, under %s\n", etcdPrefix)
+		fmt.Fprintf(w, "  server configs\t%s\n", filepath.Join(dataDir, "server-s*.yml"))
+	}
 	if o.RunbookConfig != "" {
 		fmt.Fprintf(w, "  runbook\tconfigured in %s: try `runbook status`, `runbook history`\n", o.RunbookConfig)
 	}
@@ -363,6 +420,9 @@ func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host,
 	w.Flush()
 	if driver == "qemu" && len(names) > 0 {
 		fmt.Fprintf(o.Out, "\nBreak a guest and watch it heal:\n  kill -9 $(cat /run/libvirt/qemu/%s.pid)\n  virsh destroy %s\n  runbook history\n", names[0], names[0])
+	}
+	if ha != nil {
+		printFailover(o, driver, dataDir, ha, names)
 	}
 	if clusters {
 		// One node of a cluster per host: the example fits the lab's hosts.
@@ -391,8 +451,16 @@ func writeSecret(path, secret string) error {
 // an operator can read and reuse, and loads it the way `caretaker server`
 // would.
 func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS) (string, error) {
+	path := filepath.Join(dataDir, "server.yml")
+	return path, writeServerConfigAt(path, dataDir, dataDir, hosts, o, cl, lt, "")
+}
+
+// writeServerConfigAt writes a server configuration to path (in dataDir,
+// where the tokens are) for a server keeping its own data in
+// serverDataDir; cluster is its cluster section, "" for none.
+func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, cluster string) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", dataDir)
+	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", serverDataDir)
 	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
 	if lt != nil {
 		b.WriteString(lt.serverConfig())
@@ -404,7 +472,7 @@ func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab,
 		// The inventory's hosts are scraped through the provisioner's
 		// file_sd: listing them under hosts: too would scrape them twice.
 		if err := writeInventory(dataDir, hosts); err != nil {
-			return "", err
+			return err
 		}
 		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: lo\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", baseImage)
 		fmt.Fprintf(&b, "  bmc: {secrets_dir: %s}\n", dataDir) // bmc.password
@@ -414,11 +482,11 @@ func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab,
 			fmt.Fprintf(&b, "  - name: %s\n    agent: %s\n", h.name, h.addr)
 		}
 	}
-	path := filepath.Join(dataDir, "server.yml")
+	b.WriteString(cluster)
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		return "", fmt.Errorf("write server config: %w", err)
+		return fmt.Errorf("write server config: %w", err)
 	}
-	return path, nil
+	return nil
 }
 
 // cleanups undoes, in reverse order, what the lab did.
@@ -475,4 +543,24 @@ func writeInventory(dataDir string, hosts []*host) error {
 		return fmt.Errorf("write inventory: %w", err)
 	}
 	return nil
+}
+
+// printFailover tells the operator how to try a failover of the lab's
+// servers.
+func printFailover(o Options, driver, dataDir string, ha *haLab, guests []string) {
+	line := func(cmd, comment string) { fmt.Fprintf(o.Out, "  %-34s # %s\n", cmd, comment) }
+	fmt.Fprintln(o.Out, "\nTry a failover:")
+	line("runbook status", "the servers: who leads (now "+ha.leader+")")
+	for _, s := range ha.servers {
+		if s.name == ha.leader {
+			line(fmt.Sprintf("kill -9 %d", s.Pid()), fmt.Sprintf("the leader, %s (each server's pid: %s)", s.name, filepath.Join(dataDir, "server-sN.pid")))
+		}
+	}
+	if driver == "qemu" && len(guests) > 0 {
+		line(fmt.Sprintf("kill -9 $(cat /run/libvirt/qemu/%s.pid)", guests[0]), "and a guest, at the same moment")
+	}
+	line("runbook status", fmt.Sprintf("another server leads within the lease (%s) and a second or two", o.LeaseTTL))
+	line("runbook history", "exactly one restart per crash, whoever led")
+	fmt.Fprintf(o.Out, "The lab starts a server that exited again after %s. kill -STOP and -CONT the leader (fenced when it wakes)\nor etcd (pid %d: no server acts, CaretakerNoLeader fires).\n",
+		serverRestartDelay, ha.etcd.Pid())
 }
