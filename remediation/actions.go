@@ -103,6 +103,11 @@ type action struct {
 	// check reports whether the target is healthy; verifyCheck actions
 	// and reconciliation after a restart use it.
 	check func(ctx context.Context, e *Engine, t target) (bool, error)
+	// idempotent actions do no harm when run again on a target that is
+	// still unhealthy: one a stopped server (or leader) left running is
+	// checked and, if need be, run again at once rather than only
+	// verified.
+	idempotent bool
 }
 
 func actions() map[string]action {
@@ -110,7 +115,7 @@ func actions() map[string]action {
 		return e.hosts.GuestRunning(ctx, t.Host, t.UUID)
 	}
 	return map[string]action{
-		policy.ActionRestartVM: {kind: kindGuest, verify: verifyCheck, check: guestRuns,
+		policy.ActionRestartVM: {kind: kindGuest, verify: verifyCheck, check: guestRuns, idempotent: true,
 			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				if err := e.hosts.StartGuest(ctx, t.Host, t.UUID); err != nil {
 					return "", fmt.Errorf("start %s: %w", t, err)
@@ -131,7 +136,7 @@ func actions() map[string]action {
 				}
 				return "", e.provisioner.ReprovisionHost(ctx, t.Host)
 			}},
-		policy.ActionRepairOverlay: {kind: kindOverlay, verify: verifyCheck,
+		policy.ActionRepairOverlay: {kind: kindOverlay, verify: verifyCheck, idempotent: true,
 			run: func(ctx context.Context, e *Engine, t target, _ policy.Rule, _, _ map[string]string) (string, error) {
 				changes, err := e.hosts.RepairOverlay(ctx, t.Host, t.Cluster)
 				if err != nil {

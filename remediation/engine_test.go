@@ -411,21 +411,25 @@ func TestRestartDoesNotRepeat(t *testing.T) {
 	}
 }
 
-// An action a crash left running is reconciled with the target's real
-// state, never repeated blindly: a guest that runs was healed, one that
-// does not was not; an action that cannot be checked is reported.
+// An action a crash (or a lost leader) left running is reconciled with the
+// target's real state, never repeated blindly: a guest that runs was
+// healed; one that does not is started at once, a start being harmless
+// to repeat (the record's one attempt); an action that is not harmless to
+// repeat is only verified; one that cannot be checked is reported.
 func TestReconcileAfterRestart(t *testing.T) {
 	tests := []struct {
-		name      string
-		action    string
-		guestUp   bool
-		wantState journal.State
-		wantErr   string
+		name       string
+		action     string
+		guestUp    bool
+		wantStarts int
+		wantState  journal.State
+		wantErr    string
 	}{
-		{"guest runs", policy.ActionRestartVM, true, journal.StateSucceeded, ""},
-		{"guest down", policy.ActionRestartVM, false, journal.StateFailed,
+		{"guest runs", policy.ActionRestartVM, true, 0, journal.StateSucceeded, ""},
+		{"guest down", policy.ActionRestartVM, false, 1, journal.StateSucceeded, ""},
+		{"recreate, guest down", policy.ActionRecreateVM, false, 0, journal.StateFailed,
 			"verify guest test (" + testUUID + ") on hv-a1: not healthy after the action"},
-		{"cannot be checked", policy.ActionReprovisionHost, true, journal.StateInterrupted, ""},
+		{"cannot be checked", policy.ActionReprovisionHost, true, 0, journal.StateInterrupted, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -459,8 +463,8 @@ func TestReconcileAfterRestart(t *testing.T) {
 			f.engine.inflight.Wait() // the verification of what was running
 			f.handle(crashedAlert())
 
-			if n := f.hosts.startCalls() - before; n != 0 {
-				t.Errorf("StartGuest called %d times after the restart, want 0", n)
+			if n := f.hosts.startCalls() - before; n != tt.wantStarts {
+				t.Errorf("StartGuest called %d times after the restart, want %d", n, tt.wantStarts)
 			}
 			recs := f.records(t)
 			if len(recs) != 1 || recs[0].State != tt.wantState || recs[0].Error != tt.wantErr {

@@ -42,10 +42,20 @@ func (e *Engine) execute(j job) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
 	defer cancel()
 	if j.resume {
-		e.finish(j, e.checkUntilHealthy(ctx, j), j.rec.Output)
-		return
-	}
-	if j.act.kind == kindGuest && j.act.check != nil {
+		if !j.act.idempotent {
+			e.finish(j, e.checkUntilHealthy(ctx, j), j.rec.Output)
+			return
+		}
+		// Look, then act: the target healthy means the stopped server's
+		// action took effect; else running it again cannot do harm (a
+		// start of a guest that the old request started meanwhile finds
+		// it running), and waiting out the verification would leave the
+		// target down for nothing.
+		if healthy, err := j.act.check(ctx, e, j.t); err == nil && healthy {
+			e.finish(j, nil, j.rec.Output)
+			return
+		}
+	} else if j.act.kind == kindGuest && j.act.check != nil {
 		// Look before acting: a guest that runs needs nothing.
 		if healthy, err := j.act.check(ctx, e, j.t); err == nil && healthy {
 			e.finish(j, errAlreadyHealthy, "")
@@ -251,13 +261,15 @@ func (e *Engine) tick(w *writer, in *instance, now time.Time) {
 	}
 }
 
-// reconcile settles the records a previous server left open. Actions that
-// were running or verifying are verified again, in the background, against
-// their target's real state where the action can be checked — a guest
-// runs or not, an overlay is whole or not — within the rule's verification
-// timeout, since the agent may still be carrying out the request of the
-// server that died; they are marked interrupted, never repeated, where
-// they cannot be checked. Pending and awaiting records stay open: they
+// reconcile settles the records a previous server (or leader) left open.
+// Actions that were running or verifying are checked again, in the
+// background, against their target's real state where the action can be
+// checked — a guest runs or not, an overlay is whole or not. An idempotent
+// one (a start, an overlay repair) whose target is still unhealthy is run
+// again at once: repeating it cannot do harm, even if the agent is still
+// carrying out the request of the server that died. Another is only
+// verified, within the rule's verification timeout; one that cannot be
+// checked is marked interrupted, never repeated. Pending and awaiting records stay open: they
 // never started. Called by New, before the engine is shared.
 func (e *Engine) reconcile() error {
 	open, err := e.journal.Unfinished()
@@ -290,7 +302,11 @@ func (e *Engine) reconcile() error {
 				}
 				resume = append(resume, job{rec: rec, rule: rule, act: act, t: t, labels: labels,
 					key: keyOf(rec.Fingerprint, rec.AlertStartsAt), resume: true})
-				e.log.Warn("remediation action left running by a restart; verifying it", "record", rec.ID,
+				how := "verifying it"
+				if act.idempotent {
+					how = "checking it, and running it again if its target is still unhealthy"
+				}
+				e.log.Warn("remediation action left running by a restart or a lost leader; "+how, "record", rec.ID,
 					"action", rec.Action, "target", rec.Target)
 			default:
 				reason := "the server stopped before the outcome was known, and the action cannot be checked; not retried automatically"
