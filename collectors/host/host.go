@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,11 +71,12 @@ type Collector struct {
 	proc   procfs.FS
 	block  blockdevice.FS
 
-	// libvirtChecking and guestsCounting are set while a call to
-	// LibvirtCheck or Guests runs, so that a function that ignores its
+	// libvirtCheck and guests are the calls to LibvirtCheck and Guests
+	// under way: scrapes that come while one runs (several servers
+	// scrape every agent) share it, and a function that ignores its
 	// context gets no second goroutine from the next scrape.
-	libvirtChecking atomic.Bool
-	guestsCounting  atomic.Bool
+	libvirtCheck flight[struct{}]
+	guests       flight[commitment]
 
 	// statting holds the paths whose statfs is running, possibly left
 	// over from an earlier scrape that gave up on them.
@@ -207,39 +207,82 @@ type result[T any] struct {
 	err error
 }
 
-// goOnce runs f in its own goroutine unless the previous run has not
-// returned yet (busy is set); it returns nil then.
-func goOnce[T any](busy *atomic.Bool, f func() (T, error)) <-chan result[T] {
-	if !busy.CompareAndSwap(false, true) {
-		return nil
-	}
-	// Buffered: a run that returns after its scrape gave up must not
-	// block forever.
-	out := make(chan result[T], 1)
-	go func() {
-		defer busy.Store(false)
-		v, err := f()
-		out <- result[T]{v, err}
-	}()
-	return out
+// flight runs one call at a time in its own goroutine.
+type flight[T any] struct {
+	mu  sync.Mutex
+	cur *run[T] // the call under way, if any
+	// joined counts the callers of the call under way, for the tests.
+	joined int
 }
 
-// await waits for the result on ch, or for ctx.
-func await[T any](ctx context.Context, ch <-chan result[T]) (T, error) {
+// waiting returns how many callers the call under way has.
+func (fl *flight[T]) waiting() int {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.cur == nil {
+		return 0
+	}
+	return fl.joined
+}
+
+// run is one call; done is closed once res is set.
+type run[T any] struct {
+	done chan struct{}
+	res  result[T]
+}
+
+// start runs f unless a call is under way, and returns the call whose
+// result the caller gets: its own or the one under way.
+func (fl *flight[T]) start(f func() (T, error)) *run[T] {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.cur != nil {
+		fl.joined++
+		return fl.cur
+	}
+	r := &run[T]{done: make(chan struct{})}
+	fl.cur, fl.joined = r, 1
+	go func() {
+		v, err := f()
+		r.res = result[T]{v, err}
+		// Cleared before the waiters wake: a scrape after them starts a
+		// fresh call.
+		fl.mu.Lock()
+		fl.cur = nil
+		fl.mu.Unlock()
+		close(r.done)
+	}()
+	return r
+}
+
+// shared is the context of a call that may serve scrapes other than the
+// one starting it: it keeps that scrape's deadline, not its cancellation.
+func shared(ctx context.Context) (context.Context, context.CancelFunc) {
+	rctx := context.WithoutCancel(ctx)
+	if deadline, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(rctx, deadline)
+	}
+	return rctx, func() {}
+}
+
+// await waits for the call's result, or for ctx.
+func (r *run[T]) await(ctx context.Context) (T, error) {
 	select {
-	case r := <-ch:
-		return r.v, r.err
+	case <-r.done:
+		return r.res.v, r.res.err
 	case <-ctx.Done():
 		var zero T
 		return zero, ctx.Err()
 	}
 }
 
-func (c *Collector) startLibvirtCheck(ctx context.Context) <-chan result[struct{}] {
+func (c *Collector) startLibvirtCheck(ctx context.Context) *run[struct{}] {
 	if c.cfg.LibvirtCheck == nil {
 		return nil
 	}
-	return goOnce(&c.libvirtChecking, func() (struct{}, error) {
+	return c.libvirtCheck.start(func() (struct{}, error) {
+		ctx, cancel := shared(ctx)
+		defer cancel()
 		return struct{}{}, c.cfg.LibvirtCheck(ctx)
 	})
 }
@@ -247,14 +290,11 @@ func (c *Collector) startLibvirtCheck(ctx context.Context) <-chan result[struct{
 // collectLibvirtUp reports whether the check answered. libvirtd being down
 // is a fact about the host, not a failure of the collector; only the scrape
 // ending first is.
-func (c *Collector) collectLibvirtUp(ctx context.Context, ch chan<- prometheus.Metric, pending <-chan result[struct{}]) error {
+func (c *Collector) collectLibvirtUp(ctx context.Context, ch chan<- prometheus.Metric, pending *run[struct{}]) error {
 	if c.cfg.LibvirtCheck == nil {
 		return nil
 	}
-	err := errors.New("the previous check has not returned yet")
-	if pending != nil {
-		_, err = await(ctx, pending)
-	}
+	_, err := pending.await(ctx)
 	if err != nil {
 		c.logger.Debug("libvirtd check failed", "err", err)
 	}
@@ -270,11 +310,13 @@ type commitment struct {
 	memoryBytes uint64
 }
 
-func (c *Collector) startGuests(ctx context.Context) <-chan result[commitment] {
+func (c *Collector) startGuests(ctx context.Context) *run[commitment] {
 	if c.cfg.Guests == nil {
 		return nil
 	}
-	return goOnce(&c.guestsCounting, func() (commitment, error) {
+	return c.guests.start(func() (commitment, error) {
+		ctx, cancel := shared(ctx)
+		defer cancel()
 		vcpus, mem, err := c.cfg.Guests(ctx)
 		return commitment{vcpus, mem}, err
 	})
@@ -282,14 +324,11 @@ func (c *Collector) startGuests(ctx context.Context) <-chan result[commitment] {
 
 // collectGuests reports what the running guests were given and how far
 // that exceeds the host. A ratio whose host side is unknown is left out.
-func (c *Collector) collectGuests(ctx context.Context, ch chan<- prometheus.Metric, pending <-chan result[commitment], s scrape) error {
+func (c *Collector) collectGuests(ctx context.Context, ch chan<- prometheus.Metric, pending *run[commitment], s scrape) error {
 	if c.cfg.Guests == nil {
 		return nil
 	}
-	if pending == nil {
-		return errors.New("count guest vCPUs and memory: the previous call has not returned yet")
-	}
-	g, err := await(ctx, pending)
+	g, err := pending.await(ctx)
 	if err != nil {
 		return fmt.Errorf("count guest vCPUs and memory: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -728,4 +729,54 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Several servers scrape every agent: scrapes that come while a call to
+// libvirt runs share it, each reporting its result, and libvirt is called
+// once, not once per scrape, nor refused.
+func TestConcurrentScrapesShareCalls(t *testing.T) {
+	cfg := fixtureConfig("testdata")
+	release := make(chan struct{})
+	var checks, counts atomic.Int32
+	cfg.LibvirtCheck = func(context.Context) error {
+		checks.Add(1)
+		<-release
+		return nil
+	}
+	cfg.Guests = func(context.Context) (int, uint64, error) {
+		counts.Add(1)
+		<-release
+		return 6, 25165824000, nil
+	}
+	c := newCollector(t, cfg)
+	const scrapes = 3
+	results := make(chan series, scrapes)
+	var started sync.WaitGroup
+	for range scrapes {
+		started.Add(1)
+		go func() {
+			started.Done()
+			got, err := scrapeOnce(t, c)
+			if err != nil {
+				t.Errorf("Update: %v", err)
+			}
+			results <- got
+		}()
+	}
+	started.Wait()
+	// Every scrape has joined the call under way before it returns.
+	for c.libvirtCheck.waiting() < scrapes || c.guests.waiting() < scrapes {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for range scrapes {
+		got := <-results
+		if got["caretaker_host_libvirtd_up"] != 1 || got["caretaker_host_guest_vcpus"] != 6 {
+			t.Errorf("a scrape that shared the call got libvirtd_up %v, guest_vcpus %v; want 1, 6",
+				got["caretaker_host_libvirtd_up"], got["caretaker_host_guest_vcpus"])
+		}
+	}
+	if checks.Load() != 1 || counts.Load() != 1 {
+		t.Errorf("libvirt checked %d times and guests counted %d times for %d concurrent scrapes, want once each", checks.Load(), counts.Load(), scrapes)
+	}
 }
