@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,7 +139,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	})
 	cfg := o.Config
 	s.logger.Info("server started", "hosts", len(cfg.Hosts), "data_dir", in.dataDir,
-		"journal", in.journalPath(), "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
+		"state", stateSource(in), "policy", policySource(cfg), "dry_run", cfg.Remediation.DryRun)
 
 	if s.routes, err = s.newRouteParts(in, intakeMetrics); err != nil {
 		return nil, err
@@ -602,6 +603,14 @@ func selfAddress(o Options) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// stateSource says where the journal and the rest of the state are.
+func stateSource(in inputs) string {
+	if c := in.cfg.Cluster; c.Enabled() {
+		return fmt.Sprintf("etcd %s under %s, as cluster member %s", strings.Join(c.Etcd.Endpoints, ","), c.Etcd.Prefix, c.Name)
+	}
+	return in.journalPath()
 }
 
 func policySource(cfg *config.Server) string {
