@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
 	"caretaker/internal/kv"
+	"github.com/spf13/cobra"
 
 	"caretaker/internal/api"
 	"caretaker/internal/golden"
