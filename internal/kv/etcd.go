@@ -93,11 +93,6 @@ func (s *Etcd) Update(fn func(Tx) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for attempt := 1; ; attempt++ {
-		if s.o.Fence != nil {
-			if _, _, ok := s.o.Fence(); !ok {
-				return ErrNotLeader
-			}
-		}
 		tx := &etcdTx{s: s, writable: true, writes: map[string][]byte{}, reads: map[string]int64{}, walked: map[string]bool{}}
 		if err := fn(tx); err != nil {
 			return err

@@ -52,8 +52,9 @@ type Bucket interface {
 // ErrStop ends a ForEach walk early without an error.
 var ErrStop = errors.New("stop the walk")
 
-// ErrNotLeader is returned by an Update of a fenced store when this server
-// is no longer the leader: nothing was written.
+// ErrNotLeader is returned by an Update of a fenced store that would write
+// when this server is no longer the leader: nothing was written. An Update
+// that writes nothing only reads, as a follower may.
 var ErrNotLeader = errors.New("this server is not the leader")
 
 // Count returns how many keys bucket b holds.

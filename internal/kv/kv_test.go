@@ -230,6 +230,11 @@ func TestFence(t *testing.T) {
 		{"another term's key", func() (string, int64, bool) { return prefix + "leader", rev - 1, true }, kv.ErrNotLeader},
 		{"key gone", func() (string, int64, bool) { return prefix + "gone", rev, true }, kv.ErrNotLeader},
 	}
+	// An update that writes nothing only reads, as a follower may.
+	notLeading := s.Fenced(func() (string, int64, bool) { return prefix + "leader", rev, false })
+	if err := write(notLeading, 0); err != nil {
+		t.Errorf("a read-only update of a store fenced out: %v, want nil", err)
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := c.Delete(ctx, prefix+"data/", clientv3.WithPrefix()); err != nil {

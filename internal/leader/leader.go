@@ -268,6 +268,10 @@ func (e *Elector) renewed(ttl time.Duration) {
 func (e *Elector) begin(t *Term) {
 	e.mu.Lock()
 	e.term = t
+	// Known at once, not at the next read: requests to this server must
+	// not be sent to the leader it replaces.
+	e.leader = Server{Name: e.o.Name, Address: e.o.Address, Leader: true, Epoch: t.Epoch, Healthy: true}
+	e.leaderOK = true
 	e.mu.Unlock()
 	e.metrics.leader.Set(1)
 	e.metrics.terms.Inc()
@@ -277,6 +281,9 @@ func (e *Elector) end(t *Term) {
 	e.mu.Lock()
 	if e.term == t {
 		e.term = nil
+	}
+	if e.leader.Name == e.o.Name {
+		e.leaderOK = false // who leads next is read from etcd
 	}
 	e.mu.Unlock()
 	e.metrics.leader.Set(0)

@@ -254,7 +254,10 @@ func (c *cluster) serveHTTP(base http.Handler, w http.ResponseWriter, r *http.Re
 	case r.Header.Get(forwardedHeader) != "":
 		w.Header().Set("Retry-After", "2")
 		httpjson.Indented.Error(w, http.StatusServiceUnavailable, fmt.Sprintf("server %s was sent a request for the leader, and no longer leads; try again in a few seconds", c.cfg.Name))
-	case !ok || l.Name == c.cfg.Name || l.Address == "":
+	case ok && l.Name == c.cfg.Name:
+		w.Header().Set("Retry-After", "1")
+		httpjson.Indented.Error(w, http.StatusServiceUnavailable, fmt.Sprintf("server %s has just taken the lead and is starting its engine: try again in a second", c.cfg.Name))
+	case !ok || l.Address == "":
 		w.Header().Set("Retry-After", "2")
 		httpjson.Indented.Error(w, http.StatusServiceUnavailable, "no server leads the cluster now (is etcd reachable?); changes wait for a leader: try again in a few seconds")
 	case strings.HasPrefix(r.URL.Path, "/pxe/"):

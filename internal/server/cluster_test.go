@@ -15,6 +15,9 @@ import (
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/etcdproc/etcdtest"
+	"caretaker/provisioner/bmc"
+	"caretaker/provisioner/inventory"
+	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
 
@@ -51,7 +54,8 @@ func startMember(t *testing.T, dir, name, etcd string) *clusterMember {
 	url := "http://" + l.Addr().String()
 	cfgPath := filepath.Join(dir, name+".yml")
 	cfg := fmt.Sprintf("data_dir: %s\napi: {token_file: api.token, tokens: [{name: am, role: webhook, token_file: am.token}]}\n"+
-		"cluster: {name: %s, advertise_url: %q, etcd: {endpoints: [%q]}, lease_ttl: 2s}\n", name, name, url, etcd)
+		"cluster: {name: %s, advertise_url: %q, etcd: {endpoints: [%q]}, lease_ttl: 2s}\n"+
+		"provisioner: {inventory_file: inventory.yml, underlay: eth0, base_image: base.qcow2, bmc: {secrets_dir: bmc}}\n", name, name, url, etcd)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +72,29 @@ func startMember(t *testing.T, dir, name, etcd string) *clusterMember {
 	go func() { m.served <- s.Serve(ctx, l) }()
 	t.Cleanup(func() { m.close(t) })
 	return m
+}
+
+// writeClusterFiles writes what every member's configuration names: the
+// tokens, an inventory of one host, its BMC password.
+func writeClusterFiles(t *testing.T, dir string) (admin, am string) {
+	t.Helper()
+	admin, am = testToken("admin"), testToken("am")
+	files := map[string]string{
+		"api.token":     admin + "\n",
+		"am.token":      am + "\n",
+		"bmc/hv.pass":   "secret\n",
+		"inventory.yml": "hosts:\n  - {name: hv-a1, macs: [\"52:54:00:aa:bb:01\"], role: worker, agent: \"127.0.0.1:1\", bmc: {type: ipmi, address: 127.0.0.1, username: admin, password_file: hv.pass}}\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return admin, am
 }
 
 // leaderOf polls GET /api/v1/servers on m until a server leads, and
@@ -104,9 +131,7 @@ func leaderOf(t *testing.T, c *api.Client, want int, not string) (string, []api.
 func TestClusterFailover(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	dir := t.TempDir()
-	admin, am := testToken("admin"), testToken("am")
-	os.WriteFile(filepath.Join(dir, "api.token"), []byte(admin+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "am.token"), []byte(am+"\n"), 0o600)
+	admin, am := writeClusterFiles(t, dir)
 	members := map[string]*clusterMember{}
 	for _, name := range []string{"s1", "s2"} {
 		members[name] = startMember(t, dir, name, etcd.Endpoint())
@@ -140,6 +165,15 @@ func TestClusterFailover(t *testing.T) {
 	if p.Author != "admin" {
 		t.Errorf("pause recorded as %q, want the token's name", p.Author)
 	}
+	// The provisioner's inventory is shared: a host added through the
+	// follower (forwarded) is read back from it (etcd).
+	if _, err := fc.AddHost(context.Background(), inventory.Host{Name: "hv-b1", MACs: []string{"52:54:00:aa:bb:02"}, Role: "worker", Agent: "127.0.0.1:2",
+		BMC: bmc.Config{Type: "ipmi", Address: "127.0.0.2", Username: "admin", PasswordFile: "hv.pass"}}); err != nil {
+		t.Fatalf("add a host through the follower: %v", err)
+	}
+	if hosts, err := fc.Hosts(context.Background()); err != nil || len(hosts) != 2 {
+		t.Errorf("hosts read on the follower: %+v, %v; want the file's and the added one", hosts, err)
+	}
 	// A delivery to the follower: stored, then drained by the leader.
 	body := `{"version":"4","status":"firing","receiver":"caretaker","groupKey":"{}:{}","alerts":[{"status":"firing",
 		"labels":{"alertname":"GuestCrashed","host":"host-x","uuid":"6f1c1c2e-0c1d-4b7a-9f55-2d1f0c7a0001","domain":"g1"},
@@ -166,7 +200,16 @@ func TestClusterFailover(t *testing.T) {
 			t.Errorf("new epoch %d is not above %d", s.Epoch, first)
 		}
 	}
-	ps, err := fc.Pauses(context.Background())
+	if hosts, err := fc.Hosts(context.Background()); err != nil || len(hosts) != 2 {
+		t.Errorf("hosts after the failover: %+v, %v; want both", hosts, err)
+	}
+	// The pauses are in the leader's memory: the new one answers once its
+	// engine runs (503 until then, a second or so).
+	var ps []guards.Pause
+	deadline := time.Now().Add(15 * time.Second)
+	for ps, err = fc.Pauses(context.Background()); err != nil && strings.Contains(err.Error(), "503") && time.Now().Before(deadline); ps, err = fc.Pauses(context.Background()) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil || len(ps) != 1 || ps[0].Comment != "disk swap" {
 		t.Errorf("pauses after the failover: %+v, %v; want the one made before", ps, err)
 	}
@@ -200,9 +243,7 @@ func waitRecord(t *testing.T, c *api.Client, alert string) journal.Record {
 func TestImportState(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	dir := t.TempDir()
-	admin := testToken("admin")
-	os.WriteFile(filepath.Join(dir, "api.token"), []byte(admin+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "am.token"), []byte(testToken("am")+"\n"), 0o600)
+	admin, _ := writeClusterFiles(t, dir)
 	single := filepath.Join(dir, "single")
 	os.MkdirAll(single, 0o750)
 	j, err := journal.Open(filepath.Join(single, "journal.db"))
