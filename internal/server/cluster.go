@@ -365,7 +365,7 @@ func (s *Server) newActing(ctx context.Context, t *leader.Term) (*acting, error)
 	}
 	a := &acting{epoch: t.Epoch}
 	if s.in.cfg.Provisioner.Enabled() {
-		if a.prov, err = s.newProvisioner(fenced, c.termReg); err != nil {
+		if a.prov, err = s.newProvisioner(fenced, c.termReg, false); err != nil {
 			return nil, err
 		}
 	}

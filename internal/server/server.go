@@ -112,7 +112,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 			// A follower's provisioner reads; writing is the leader's.
 			store = s.cluster.store.Fenced(func() (string, int64, bool) { return "", 0, false })
 		}
-		if s.prov, err = s.newProvisioner(store, s.reg); err != nil {
+		if s.prov, err = s.newProvisioner(store, s.reg, s.cluster != nil); err != nil {
 			return nil, err
 		}
 	}
@@ -242,11 +242,11 @@ func (in *inputs) loadAgentAuth() error {
 }
 
 // newProvisioner opens the provisioner on store (its own bbolt files in
-// the data directory when nil): it re-creates guests and reinstalls hosts
+// the data directory when nil), a follower's only reading: it re-creates guests and reinstalls hosts
 // for the engine; without it those actions are not available.
-func (s *Server) newProvisioner(store kv.Store, reg prometheus.Registerer) (*fleet.Provisioner, error) {
-	return fleet.New(fleet.Options{Config: s.in.cfg, DataDir: s.in.dataDir, Store: store, Agents: s.agents, Monitor: &s.running,
-		Registerer: reg, Logger: s.logger.With("component", "provisioner")})
+func (s *Server) newProvisioner(store kv.Store, reg prometheus.Registerer, follower bool) (*fleet.Provisioner, error) {
+	return fleet.New(fleet.Options{Config: s.in.cfg, DataDir: s.in.dataDir, Store: store, Follower: follower, Agents: s.agents,
+		Monitor: &s.running, Registerer: reg, Logger: s.logger.With("component", "provisioner")})
 }
 
 // openState opens the journal and the webhook inbox — bbolt files in the

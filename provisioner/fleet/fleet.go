@@ -79,6 +79,9 @@ type Options struct {
 	// nil, New opens provisioner.db and hosts.db under DataDir, and Close
 	// closes them.
 	Store kv.Store
+	// Follower is a clustered server's provisioner while another leads:
+	// it reads the shared state (Follow) and registers no host.
+	Follower bool
 	// Agents gets a client for each host of the inventory.
 	Agents *agentapi.Hosts
 	// Monitor is the embedded Prometheus, whose figures size the hosts;
@@ -174,7 +177,11 @@ func New(o Options) (*Provisioner, error) {
 			Logger: logger.With("component", "pxe"),
 		})
 	}
-	p.sync()
+	if o.Follower {
+		p.publish()
+	} else {
+		p.sync()
+	}
 	ok = true
 	return p, nil
 }
