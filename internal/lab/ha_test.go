@@ -56,8 +56,10 @@ type haTestLab struct {
 }
 
 // startHALab runs `caretaker lab --servers servers` with two hosts of one
-// QEMU guest each and waits until a server leads and both guests run.
-func startHALab(t *testing.T, tag string, servers int) *haTestLab {
+// QEMU guest each and waits until a server leads and both guests run. With
+// clusters the servers run the provisioner too, as `caretaker lab` does by
+// default.
+func startHALab(t *testing.T, tag string, servers int, clusters bool) *haTestLab {
 	t.Helper()
 	requireQEMU(t)
 	bin := buildBinaries(t)
@@ -69,7 +71,7 @@ func startHALab(t *testing.T, tag string, servers int) *haTestLab {
 	var out syncBuffer
 	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu", "--servers", strconv.Itoa(servers),
 		"--cluster.lease-ttl", haLease.String(), "--web.listen-address", "127.0.0.1:0", "--runbook.config", l.rbConfig,
-		"--guest-prefix", l.prefix, "--hosts", "2", "--guests-per-host", "1", "--clusters=false", "--data.dir", l.dataDir)
+		"--guest-prefix", l.prefix, "--hosts", "2", "--guests-per-host", "1", "--clusters="+strconv.FormatBool(clusters), "--data.dir", l.dataDir)
 	lab.Stdout, lab.Stderr = &out, &out
 	if err := lab.Start(); err != nil {
 		t.Fatal(err)
@@ -468,7 +470,7 @@ func (l *haTestLab) fencedRequests() float64 {
 func TestLabHAFailover(t *testing.T) {
 	// Each runs a lab of its own: in parallel, make test waits less.
 	t.Parallel()
-	l := startHALab(t, "hakill", 3)
+	l := startHALab(t, "hakill", 3, false)
 	starts := countStarts(t)
 	var failovers, heals []float64
 	var crashes []haCrash
@@ -535,7 +537,7 @@ func logFigures(t *testing.T, failovers, heals []float64, over int) {
 func TestLabHASIGSTOP(t *testing.T) {
 	// Each runs a lab of its own: in parallel, make test waits less.
 	t.Parallel()
-	l := startHALab(t, "hastop", 3)
+	l := startHALab(t, "hastop", 3, false)
 	starts := countStarts(t)
 	var crashes []haCrash
 	var failovers, heals []float64
@@ -645,7 +647,7 @@ func TestLabHASIGSTOP(t *testing.T) {
 func TestLabHAEtcdDown(t *testing.T) {
 	// Each runs a lab of its own: in parallel, make test waits less.
 	t.Parallel()
-	l := startHALab(t, "haetcd", 3)
+	l := startHALab(t, "haetcd", 3, true)
 	starts := countStarts(t)
 	l.awaitLeader(time.Minute)
 	g := l.guests[0]
