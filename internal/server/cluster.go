@@ -40,9 +40,6 @@ type cluster struct {
 	client  *clientv3.Client
 	store   *kv.Etcd // unfenced: reads, and the webhook inbox any server writes
 	elector *leader.Elector
-	// termReg registers the metrics of each term's engine and
-	// provisioner, replacing the previous term's.
-	termReg prometheus.Registerer
 	// acting is the current term's, nil while another server leads.
 	acting atomic.Pointer[acting]
 	proxy  *httputil.ReverseProxy
@@ -63,6 +60,7 @@ type acting struct {
 	engine  *remediation.Engine
 	prov    *fleet.Provisioner // nil without a provisioner
 	handler http.Handler
+	reg     *termRegisterer // their metrics
 }
 
 // forwardedHeader marks a request a follower forwarded: the leader serves
@@ -77,7 +75,7 @@ func (s *Server) openCluster(in inputs) error {
 	if err != nil {
 		return err
 	}
-	c := &cluster{cfg: cc, client: client, termReg: replacing{s.reg}}
+	c := &cluster{cfg: cc, client: client}
 	s.cluster = c
 	c.store = kv.NewEtcd(client, kv.EtcdOptions{Prefix: cc.Etcd.Prefix, Timeout: cc.LeaseTTL})
 	c.elector, err = leader.New(leader.Options{Client: client, Prefix: cc.Etcd.Prefix, Name: cc.Name, Address: cc.AdvertiseURL,
@@ -340,6 +338,10 @@ func (s *Server) lead(ctx context.Context, t *leader.Term) {
 	}
 	c.acting.CompareAndSwap(a, nil)
 	wg.Wait()
+	// A server that no longer leads exports no figures of its last term
+	// (a given-up count would page on from it); done before lead returns,
+	// so before a next term registers its own.
+	a.reg.unregisterAll()
 	// Actions in flight finish on their own; their records can no longer
 	// be written (the store is fenced), and the next leader reconciles
 	// them. Closing waits for them, so it runs apart from the election.
@@ -363,16 +365,18 @@ func (s *Server) newActing(ctx context.Context, t *leader.Term) (*acting, error)
 	if s.audit != nil {
 		j.OnRecord(s.audit.Log)
 	}
-	a := &acting{epoch: t.Epoch}
+	a := &acting{epoch: t.Epoch, reg: &termRegisterer{Registerer: s.reg}}
 	if s.in.cfg.Provisioner.Enabled() {
-		if a.prov, err = s.newProvisioner(fenced, c.termReg, false); err != nil {
+		if a.prov, err = s.newProvisioner(fenced, a.reg, false); err != nil {
+			a.reg.unregisterAll()
 			return nil, err
 		}
 	}
-	if a.engine, err = s.newEngine(j, a.prov, c.termReg, func() bool { return c.elector.Valid(t.Epoch) }); err != nil {
+	if a.engine, err = s.newEngine(j, a.prov, a.reg, func() bool { return c.elector.Valid(t.Epoch) }); err != nil {
 		if a.prov != nil {
 			a.prov.Close()
 		}
+		a.reg.unregisterAll()
 		return nil, err
 	}
 	a.handler = s.mux(a.engine, a.prov)
@@ -411,23 +415,38 @@ func (c *cluster) Servers(ctx context.Context) ([]api.ServerStatus, error) {
 	return out, nil
 }
 
-// replacing is a Registerer on which a collector replaces the one of the
-// same description: each term's engine registers the same metrics anew.
-type replacing struct{ prometheus.Registerer }
+// termRegisterer registers the metrics of one term's engine and
+// provisioner, and unregisters them when the term ends: each term
+// registers the same metrics anew, and only the leader exports them.
+type termRegisterer struct {
+	prometheus.Registerer
+	mu         sync.Mutex
+	registered []prometheus.Collector
+}
 
-func (r replacing) Register(c prometheus.Collector) error {
+func (r *termRegisterer) Register(c prometheus.Collector) error {
 	err := r.Registerer.Register(c)
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		r.Unregister(are.ExistingCollector)
-		return r.Registerer.Register(c)
+	if err == nil {
+		r.mu.Lock()
+		r.registered = append(r.registered, c)
+		r.mu.Unlock()
 	}
 	return err
 }
 
-func (r replacing) MustRegister(cs ...prometheus.Collector) {
+func (r *termRegisterer) MustRegister(cs ...prometheus.Collector) {
 	for _, c := range cs {
 		if err := r.Register(c); err != nil {
 			panic(err)
 		}
 	}
+}
+
+func (r *termRegisterer) unregisterAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.registered {
+		r.Registerer.Unregister(c)
+	}
+	r.registered = nil
 }

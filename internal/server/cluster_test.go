@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -280,5 +281,67 @@ func TestImportState(t *testing.T) {
 	h, err := c.History(context.Background(), api.HistoryFilter{Limit: 10})
 	if err != nil || len(h.Records) != 2 || h.Records[0].Alert != "HostDown" || h.Records[0].ID != 2 {
 		t.Fatalf("history on the cluster: %+v, %v; want the two imported records, newest first", h, err)
+	}
+}
+
+// Only the leader exports the engine's figures: a server whose term ended
+// (etcd paused past the lease) drops its term's metrics, so that a stale
+// count (given up, awaiting approval) does not page on from it.
+func TestClusterMetricsFollowTheLead(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	admin, _ := writeClusterFiles(t, dir)
+	members := map[string]*clusterMember{}
+	for _, name := range []string{"s1", "s2"} {
+		members[name] = startMember(t, dir, name, etcd.Endpoint())
+	}
+	c := api.NewClient(members["s1"].url, admin, nil)
+	check := func(lead string) {
+		t.Helper()
+		for name, m := range members {
+			resp, err := http.Get(m.url + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			has := strings.Contains(string(body), "\ncaretaker_remediation_inflight_actions ")
+			if has != (name == lead) {
+				t.Errorf("%s (leader %s) exports the engine's metrics: %v", name, lead, has)
+			}
+		}
+	}
+	lead, _ := leaderOf(t, c, 2, "")
+	waitActing(t, members[lead])
+	check(lead)
+
+	// Past the lease, both terms are over; after, one server leads anew.
+	if err := etcd.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for members[lead].srv.cluster.acting.Load() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader still acts with etcd paused")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := etcd.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	lead, _ = leaderOf(t, c, 2, "")
+	waitActing(t, members[lead])
+	check(lead)
+}
+
+// waitActing waits until m's engine runs.
+func waitActing(t *testing.T, m *clusterMember) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for m.srv.cluster.acting.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s leads but does not act", m.name)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -112,7 +112,13 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 			// A follower's provisioner reads; writing is the leader's.
 			store = s.cluster.store.Fenced(func() (string, int64, bool) { return "", 0, false })
 		}
-		if s.prov, err = s.newProvisioner(store, s.reg, s.cluster != nil); err != nil {
+		// A follower's provisioner exports no metrics: its host states
+		// are only as fresh as its start; the leader's are the truth.
+		var reg prometheus.Registerer = s.reg
+		if s.cluster != nil {
+			reg = nil
+		}
+		if s.prov, err = s.newProvisioner(store, reg, s.cluster != nil); err != nil {
 			return nil, err
 		}
 	}
