@@ -105,6 +105,7 @@ bench:
 	$(GO) test -count=1 -run 'TestLabHeals' -v ./internal/lab -kills $(HEAL_KILLS) | grep -E 'heal|median|PASS|FAIL|ok'
 	$(GO) test -count=3 -run 'TestLabClusterCreate$$' -v ./internal/lab | grep -E 'cluster create:|PASS|FAIL|ok'
 	$(GO) test -count=1 -run 'TestLabHAFailover$$' -v ./internal/lab -ha-rounds $(HA_ROUNDS) | grep -E 'failover:|PASS|FAIL|ok'
+	$(GO) test -count=1 -run 'TestMeasureScrape500|TestFrozenLibvirtd' -v ./internal/agent -measure | grep -E 'agent scrape:|first scrape with libvirtd stopped:|^(--- )?(PASS|FAIL)|^ok'
 
 clean:
 	rm -rf $(BIN)

@@ -52,8 +52,16 @@ type Config struct {
 	// caretaker_host_libvirtd_up.
 	LibvirtCheck func(ctx context.Context) error
 	// Guests, if set, returns the vCPUs and memory given to the running
-	// guests; without it the commitment metrics are left out.
+	// guests; without it the commitment metrics are left out. The agent
+	// takes them from the kvm collector's call to libvirt of the same
+	// scrape (kvm.Collector.GuestCommitment), not a second one.
 	Guests func(ctx context.Context) (vcpus int, memoryBytes uint64, err error)
+	// LibvirtTimeout bounds how long a scrape waits for LibvirtCheck and
+	// Guests (--libvirt.timeout), whatever they do with their context:
+	// after it libvirtd_up is 0 and the commitment is left out, and the
+	// host's other metrics are sent all the same. <= 0: only the scrape's
+	// deadline.
+	LibvirtTimeout time.Duration
 
 	// statfs replaces statfs(2) in tests (nil: statfs(2)).
 	statfs func(path string) (fsStats, error)
@@ -142,8 +150,14 @@ type scrape struct {
 // Update implements collectors.Collector.
 func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	// libvirt may be slow: ask it first and read the kernel meanwhile.
-	libvirtUp := c.startLibvirtCheck(ctx)
-	guests := c.startGuests(ctx)
+	lctx := ctx
+	if c.cfg.LibvirtTimeout > 0 {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, c.cfg.LibvirtTimeout)
+		defer cancel()
+	}
+	libvirtUp := c.startLibvirtCheck(lctx)
+	guests := c.startGuests(lctx)
 
 	var s scrape
 	parts := []struct {
@@ -169,10 +183,10 @@ func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) err
 			errs = append(errs, err)
 		}
 	}
-	if err := c.collectLibvirtUp(ctx, ch, libvirtUp); err != nil {
+	if err := c.collectLibvirtUp(ctx, lctx, ch, libvirtUp); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.collectGuests(ctx, ch, guests, s); err != nil {
+	if err := c.collectGuests(lctx, ch, guests, s); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -287,14 +301,14 @@ func (c *Collector) startLibvirtCheck(ctx context.Context) *run[struct{}] {
 	})
 }
 
-// collectLibvirtUp reports whether the check answered. libvirtd being down
-// is a fact about the host, not a failure of the collector; only the scrape
-// ending first is.
-func (c *Collector) collectLibvirtUp(ctx context.Context, ch chan<- prometheus.Metric, pending *run[struct{}]) error {
+// collectLibvirtUp reports whether the check answered within lctx. libvirtd
+// being down or not answering in time is a fact about the host, not a
+// failure of the collector; only the scrape (ctx) ending first is.
+func (c *Collector) collectLibvirtUp(ctx, lctx context.Context, ch chan<- prometheus.Metric, pending *run[struct{}]) error {
 	if c.cfg.LibvirtCheck == nil {
 		return nil
 	}
-	_, err := pending.await(ctx)
+	_, err := pending.await(lctx)
 	if err != nil {
 		c.logger.Debug("libvirtd check failed", "err", err)
 	}

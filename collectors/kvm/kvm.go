@@ -69,7 +69,10 @@ type Collector struct {
 	// so there is never more than one; once a scrape has given up on it,
 	// later scrapes fail at once instead of waiting for it too.
 	inflight *call
-	memory   *memory
+	// last is the last call that returned without error, for
+	// GuestCommitment.
+	last   *call
+	memory *memory
 	// calls counts the calls to libvirt, and xmlReads the identities read
 	// (cache misses), for the tests.
 	calls, xmlReads atomic.Uint64
@@ -224,23 +227,7 @@ func New(conn *libvirtconn.Conn, logger *slog.Logger, opts ...Option) *Collector
 // does not answer within the timeout, it sends caretaker_kvm_up 0 and returns
 // the error.
 func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	if c.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
-	cl, err := c.join(ctx)
-	if err == nil {
-		select {
-		case <-cl.done:
-			err = cl.err
-		case <-ctx.Done():
-			c.mu.Lock()
-			cl.abandoned = true
-			c.mu.Unlock()
-			err = fmt.Errorf("collect kvm domains: libvirt %s did not answer in time: %w", c.conn.URI(), ctx.Err())
-		}
-	}
+	cl, err := c.await(ctx, true)
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
 		return err
@@ -259,6 +246,52 @@ func (c *Collector) Update(ctx context.Context, ch chan<- prometheus.Metric) err
 	return nil
 }
 
+// await returns the result of the call to libvirt under way, which it
+// starts if there is none, waiting for it at most the libvirt timeout.
+// update says the caller is Update (see join).
+func (c *Collector) await(ctx context.Context, update bool) (*call, error) {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	cl, err := c.joinFor(ctx, update)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-cl.done:
+		return cl, cl.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		cl.abandoned = true
+		c.mu.Unlock()
+		return nil, fmt.Errorf("collect kvm domains: libvirt %s did not answer in time: %w", c.conn.URI(), ctx.Err())
+	}
+}
+
+// GuestReuse is the age up to which a call's result serves the other
+// collector of the same scrape when no call is under way: the host and kvm
+// collectors of one scrape run together and share the call under way, but
+// the one that comes a moment after it returned would otherwise make a
+// second pass over every domain. GuestCommitment takes any call this
+// recent; Update only one that GuestCommitment started and no Update has
+// reported yet, so that no scrape reports the kvm metrics of another.
+const GuestReuse = time.Second
+
+// GuestCommitment returns the vCPUs and the maximum memory of the running
+// (active) domains the collector reports, for the host collector's
+// caretaker_host_guest_vcpus and caretaker_host_guest_memory_bytes: from
+// the scrape's call to libvirt under way, or one that returned less than
+// GuestReuse ago, or else a call of its own, bounded as Update's is.
+func (c *Collector) GuestCommitment(ctx context.Context) (vcpus int, memoryBytes uint64, err error) {
+	cl, err := c.await(ctx, false)
+	if err != nil {
+		return 0, 0, fmt.Errorf("guest commitment: %w", err)
+	}
+	return cl.vcpus, cl.memoryBytes, nil
+}
+
 // call is one round of calls to libvirt, shared by the scrapes that come
 // while it runs. Its results are set before done is closed, and read-only
 // after.
@@ -270,23 +303,43 @@ type call struct {
 	// zero.
 	eventsOK bool
 	err      error
+	// vcpus and memoryBytes are the online vCPUs and the maximum memory
+	// of the active domains in doms (GuestCommitment).
+	vcpus       int
+	memoryBytes uint64
+	// returned is when the call returned.
+	returned time.Time
+	// claimed is set, under Collector.mu, once an Update reports the
+	// call (see GuestReuse).
+	claimed bool
 	// abandoned is set, under Collector.mu, once a scrape has stopped
 	// waiting for the call: it is presumed hung.
 	abandoned bool
 }
 
-// join returns the call to libvirt under way, or starts one. It fails at
-// once if a scrape has already given up on the call under way.
+// join returns the call to libvirt under way, or starts one, for Update.
+// It fails at once if a scrape has already given up on the call under way.
 func (c *Collector) join(ctx context.Context) (*call, error) {
+	return c.joinFor(ctx, true)
+}
+
+// joinFor is join for Update (update) or GuestCommitment, which may also
+// be given a call that returned less than GuestReuse ago.
+func (c *Collector) joinFor(ctx context.Context, update bool) (*call, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cl := c.inflight; cl != nil {
 		if cl.abandoned {
 			return nil, fmt.Errorf("collect kvm domains from libvirt %s: %w", c.conn.URI(), ErrBusy)
 		}
+		cl.claimed = cl.claimed || update
 		return cl, nil
 	}
-	cl := &call{done: make(chan struct{})}
+	if last := c.last; last != nil && time.Since(last.returned) <= GuestReuse && (!update || !last.claimed) {
+		last.claimed = last.claimed || update
+		return last, nil
+	}
+	cl := &call{done: make(chan struct{}), claimed: update}
 	c.inflight = cl
 	c.calls.Add(1)
 	// The call may serve scrapes other than the one starting it: it keeps
@@ -298,12 +351,17 @@ func (c *Collector) join(ctx context.Context) (*call, error) {
 	go func() {
 		defer cancel()
 		doms, eventsOK, err := c.read(rctx)
+		cl.doms, cl.eventsOK, cl.err = doms, eventsOK, err
+		cl.vcpus, cl.memoryBytes = commitment(doms)
+		cl.returned = time.Now()
 		// Clear inflight before waking the waiters, so that a scrape
 		// after them starts a fresh call.
 		c.mu.Lock()
 		c.inflight = nil
+		if err == nil {
+			c.last = cl
+		}
 		c.mu.Unlock()
-		cl.doms, cl.eventsOK, cl.err = doms, eventsOK, err
 		close(cl.done)
 	}()
 	return cl, nil
@@ -360,7 +418,7 @@ func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err
 		// The error is that of an inactive domain, whose ID is
 		// inactiveID all the same.
 		id, _ := dom.GetID()
-		d := domain{uuid: uuid, name: name, stats: statsOnly(&stats[i])}
+		d := domain{uuid: uuid, name: name, active: id != inactiveID, stats: statsOnly(&stats[i])}
 		ident, ok, t := c.memory.identity(uuid, id)
 		if ok {
 			d.ident = ident
@@ -395,6 +453,27 @@ func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err
 	c.intents(conn, doms)
 	eventsOK = c.memory.crashes(doms)
 	return doms, eventsOK, nil
+}
+
+// commitment sums the vCPUs and the maximum memory of the active domains:
+// the vCPUs libvirt reports a state for (it does for the online vCPUs of an
+// active domain only) and the balloon's maximum.
+func commitment(doms []domain) (vcpus int, memoryBytes uint64) {
+	for i := range doms {
+		d := &doms[i]
+		if !d.active || d.stats == nil {
+			continue
+		}
+		for _, v := range d.stats.Vcpu {
+			if v.StateSet {
+				vcpus++
+			}
+		}
+		if b := d.stats.Balloon; b != nil && b.MaximumSet {
+			memoryBytes += b.Maximum * 1024 // KiB
+		}
+	}
+	return vcpus, memoryBytes
 }
 
 // statsOnly returns a copy of st without its domain, which read frees.
@@ -491,7 +570,10 @@ type domain struct {
 	intended      bool
 	// crashes is nil when libvirt's events are not available.
 	crashes *uint64
-	stats   *libvirt.DomainStats
+	// active says the domain runs (has an ID): running, paused or any
+	// state but shut off.
+	active bool
+	stats  *libvirt.DomainStats
 }
 
 // emit sends the metrics of one domain. Values libvirt did not report are

@@ -55,8 +55,11 @@ type Config struct {
 	LibvirtURI string
 	// ScrapeTimeout bounds each collector on every scrape.
 	ScrapeTimeout time.Duration
-	// LibvirtTimeout bounds the kvm collector's wait on libvirt; a frozen
-	// libvirtd then gives caretaker_kvm_up 0 instead of a hung scrape.
+	// LibvirtTimeout bounds every wait on libvirt: the collectors' (a
+	// frozen libvirtd gives caretaker_kvm_up 0 and libvirtd_up 0 instead
+	// of a hung scrape) and the actions' (503 saying libvirt did not
+	// answer); the work of an action (starting a guest, making a node) is
+	// bounded by the longer of it and workTimeout.
 	LibvirtTimeout time.Duration
 	// Token is the server's bearer token for the actions API. Empty
 	// disables the actions: every request under /api/v1/ gets 401.
@@ -179,7 +182,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg:    cfg,
 		logger: cfg.Logger,
-		conn:   libvirtconn.New(cfg.LibvirtURI, cfg.Logger),
+		conn:   libvirtconn.New(cfg.LibvirtURI, cfg.Logger, libvirtconn.WithTimeout(cfg.LibvirtTimeout)),
 	}
 	if cfg.Token != "" {
 		a.token = cfg.Token
@@ -187,13 +190,21 @@ func New(cfg Config) (*Agent, error) {
 		a.logger.Warn("no API token configured: host actions are disabled")
 	}
 
+	kvmOpts := []kvm.Option{kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)}
+	if cfg.DomainFilter != nil {
+		kvmOpts = append(kvmOpts, kvm.WithDomainMatch(a.owns))
+	}
+	kvmCollector := kvm.New(a.conn, a.logger.With("collector", "kvm"), kvmOpts...)
 	hostCollector, err := host.New(host.Config{
 		ProcFS:         cfg.ProcFS,
 		SysFS:          cfg.SysFS,
 		RootFS:         cfg.RootFS,
 		KVMNotRequired: cfg.GuestDomainType == guests.TypeQEMU,
 		LibvirtCheck:   a.libvirtCheck,
-		Guests:         a.guestCommitment,
+		// One pass over libvirt per scrape: the guests' commitment
+		// comes from the kvm collector's call.
+		Guests:         kvmCollector.GuestCommitment,
+		LibvirtTimeout: cfg.LibvirtTimeout,
 	}, a.logger.With("collector", "host"))
 	if err != nil {
 		a.conn.Close()
@@ -212,12 +223,8 @@ func New(cfg Config) (*Agent, error) {
 	a.collectors = map[string]collectors.Collector{
 		"host":    hostCollector,
 		"overlay": overlayCollector,
+		"kvm":     kvmCollector,
 	}
-	kvmOpts := []kvm.Option{kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)}
-	if cfg.DomainFilter != nil {
-		kvmOpts = append(kvmOpts, kvm.WithDomainMatch(a.owns))
-	}
-	a.collectors["kvm"] = kvm.New(a.conn, a.logger.With("collector", "kvm"), kvmOpts...)
 	reg := prometheus.NewRegistry()
 	authFailures := authlimit.NewCounter("caretaker_agent_auth_failures_total",
 		"Failed authentications of the action API by reason: missing or invalid token, disabled (no token configured), or rate_limited (a client with too many failures, refused with 429).")

@@ -74,81 +74,103 @@ func (a *Agent) handleDomain(w http.ResponseWriter, r *http.Request) {
 		methodNotAllowed(w, r, http.MethodGet)
 		return
 	}
-	dom, ok := a.lookup(w, r.PathValue("uuid"))
-	if !ok {
+	uuid := r.PathValue("uuid")
+	if !validUUID(uuid) {
+		badUUID(w, uuid)
 		return
 	}
-	defer dom.Free()
-	d, err := describe(dom)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
-		return
-	}
-	httpjson.Compact.Write(w, http.StatusOK, d)
+	a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		dom, ok := a.lookup(w, conn, uuid)
+		if !ok {
+			return false
+		}
+		defer dom.Free()
+		d, err := describe(dom)
+		if err != nil {
+			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
+			return false
+		}
+		httpjson.Compact.Write(w, http.StatusOK, d)
+		return false
+	})
 }
 
 // handleStart answers POST /api/v1/domains/{uuid}/start. Starting a running
 // domain is not an error, so the server may retry a start whose answer it
-// did not get.
+// did not get. The look at the domain is bounded by the libvirt timeout,
+// the start by the longer workBound.
 func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		methodNotAllowed(w, r, http.MethodPost)
 		return
 	}
-	dom, ok := a.lookup(w, r.PathValue("uuid"))
-	if !ok {
+	uuid := r.PathValue("uuid")
+	if !validUUID(uuid) {
+		badUUID(w, uuid)
 		return
 	}
-	defer dom.Free()
-	before, err := describe(dom)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
+	var before agentapi.Domain
+	goOn := a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		dom, ok := a.lookup(w, conn, uuid)
+		if !ok {
+			return false
+		}
+		defer dom.Free()
+		var err error
+		if before, err = describe(dom); err != nil {
+			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
+			return false
+		}
+		if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
+			a.logger.Info("domain already running", "action", "start", "uuid", before.UUID, "domain", before.Name)
+			httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: before})
+			return false
+		}
+		return true
+	})
+	if !goOn {
 		return
 	}
 	logger := a.logger.With("action", "start", "uuid", before.UUID, "domain", before.Name)
-
-	if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
-		logger.Info("domain already running")
-		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: before})
-		return
-	}
-
-	logger.Info("starting domain", "state", before.State, "reason_code", before.ReasonCode)
-	createErr := dom.Create()
-	after, err := describe(dom)
-	switch {
-	case createErr != nil && err == nil && after.StateCode == int(libvirt.DOMAIN_RUNNING):
-		// Someone else (a concurrent request, an operator with virsh)
-		// started it between our look and our start.
-		logger.Info("domain already running", "err", createErr)
-		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: after})
-	case createErr != nil:
-		logger.Warn("start domain failed", "err", createErr)
-		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(createErr))
-	case err != nil:
-		logger.Warn("read domain state after start", "err", err)
-		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
-	case after.StateCode != int(libvirt.DOMAIN_RUNNING):
-		logger.Warn("domain not running after start", "state", after.State, "reason_code", after.ReasonCode)
-		httpjson.Compact.Error(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
-	default:
-		logger.Info("domain started", "reason_code", after.ReasonCode)
-		httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultStarted, Domain: after})
-	}
+	a.withLibvirt(w, r.Context(), "start domain "+uuid, a.workBound(), http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		dom, ok := a.lookup(w, conn, uuid)
+		if !ok {
+			return false
+		}
+		defer dom.Free()
+		logger.Info("starting domain", "state", before.State, "reason_code", before.ReasonCode)
+		createErr := dom.Create()
+		after, err := describe(dom)
+		switch {
+		case createErr != nil && err == nil && after.StateCode == int(libvirt.DOMAIN_RUNNING):
+			// Someone else (a concurrent request, an operator with virsh)
+			// started it between our look and our start.
+			logger.Info("domain already running", "err", createErr)
+			httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: after})
+		case createErr != nil:
+			logger.Warn("start domain failed", "err", createErr)
+			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(createErr))
+		case err != nil:
+			logger.Warn("read domain state after start", "err", err)
+			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
+		case after.StateCode != int(libvirt.DOMAIN_RUNNING):
+			logger.Warn("domain not running after start", "state", after.State, "reason_code", after.ReasonCode)
+			httpjson.Compact.Error(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
+		default:
+			logger.Info("domain started", "reason_code", after.ReasonCode)
+			httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultStarted, Domain: after})
+		}
+		return false
+	})
 }
 
-// lookup finds the domain named by a request's uuid, or answers the request
-// (400, 404, 502) and returns false. The caller frees the domain.
-func (a *Agent) lookup(w http.ResponseWriter, uuid string) (*libvirt.Domain, bool) {
-	if !validUUID(uuid) {
-		httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("malformed domain uuid %q, want the form 8-4-4-4-12 hex digits", uuid))
-		return nil, false
-	}
-	conn, err := a.conn.Get()
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
-		return nil, false
-	}
+func badUUID(w http.ResponseWriter, uuid string) {
+	httpjson.Compact.Error(w, http.StatusBadRequest, fmt.Sprintf("malformed domain uuid %q, want the form 8-4-4-4-12 hex digits", uuid))
+}
+
+// lookup finds the domain named by a request's (valid) uuid, or answers the
+// request (404, 502) and returns false. The caller frees the domain.
+func (a *Agent) lookup(w http.ResponseWriter, conn *libvirt.Connect, uuid string) (*libvirt.Domain, bool) {
 	dom, err := conn.LookupDomainByUUIDString(uuid)
 	var lverr libvirt.Error
 	switch {

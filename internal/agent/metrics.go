@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -58,56 +57,13 @@ func (a *Agent) collectorNames() []string {
 	return names
 }
 
-// libvirtCheck pings libvirtd for the host collector's libvirtd_up.
-func (a *Agent) libvirtCheck(context.Context) error {
-	conn, err := a.conn.Get()
-	if err != nil {
-		return err
-	}
-	if _, err := conn.GetLibVersion(); err != nil {
-		return fmt.Errorf("ping libvirtd: %w", err)
-	}
-	return nil
-}
-
-// guestCommitment sums the vCPUs and maximum memory of the running guests
-// this agent is responsible for, in one bulk libvirt call.
-func (a *Agent) guestCommitment(context.Context) (int, uint64, error) {
-	conn, err := a.conn.Get()
-	if err != nil {
-		return 0, 0, err
-	}
-	// NOWAIT: a guest busy with a job (starting, stopping, migrating)
-	// must not hold up the count, or every later scrape finds this call
-	// still running.
-	types := libvirt.DOMAIN_STATS_VCPU | libvirt.DOMAIN_STATS_BALLOON
-	stats, err := conn.GetAllDomainStats(nil, types,
-		libvirt.CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE|libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
-	var lerr libvirt.Error
-	if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_INVALID_ARG { // a driver without NOWAIT
-		stats, err = conn.GetAllDomainStats(nil, types, libvirt.CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("guest commitment: %w", err)
-	}
-	var vcpus int
-	var mem uint64
-	for _, s := range stats {
-		if a.cfg.DomainFilter != nil {
-			if name, err := s.Domain.GetName(); err != nil || !a.owns(name) {
-				s.Domain.Free()
-				continue
-			}
+// libvirtCheck pings libvirtd for the host collector's libvirtd_up,
+// bounded by the libvirt timeout.
+func (a *Agent) libvirtCheck(ctx context.Context) error {
+	return a.conn.Call(ctx, "ping libvirtd", func(conn *libvirt.Connect) error {
+		if _, err := conn.GetLibVersion(); err != nil {
+			return fmt.Errorf("ping libvirtd: %w", err)
 		}
-		for _, v := range s.Vcpu {
-			if v.StateSet { // libvirt reports a state for online vCPUs only
-				vcpus++
-			}
-		}
-		if s.Balloon != nil && s.Balloon.MaximumSet {
-			mem += s.Balloon.Maximum * 1024 // KiB
-		}
-		s.Domain.Free()
-	}
-	return vcpus, mem, nil
+		return nil
+	})
 }

@@ -98,69 +98,78 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 
 	unlock := n.locks.lock(name)
 	defer unlock()
-	conn, err := n.a.conn.Get()
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, libvirtMessage(err))
+	// The look-ups are bounded by the libvirt timeout, the work by the
+	// longer workBound; one call per node at a time (the key).
+	key := "node " + name
+	var existed bool
+	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		if err := n.a.checkBounds(conn, node); err != nil {
+			httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
+			return false
+		}
+		existing, err := domainUUID(conn, name)
+		if err != nil {
+			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+			return false
+		}
+		existed = existing != ""
+		// A new node is this host's: the server placed it here. An existing
+		// domain this agent does not own is another host's on a shared
+		// libvirtd (caretaker lab), and must not be replaced from here.
+		if existed && !n.a.owns(name) {
+			httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("%s node %s: a domain of that name exists and is not this agent's (domain filter %s)", verb, name, n.a.cfg.DomainFilter))
+			return false
+		}
+		if code, msg := checkPool(conn, req.Pool); code != 0 {
+			httpjson.Compact.Error(w, code, msg)
+			return false
+		}
+		return true
+	})
+	if !goOn {
 		return
 	}
-	if err := n.a.checkBounds(conn, node); err != nil {
-		httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	existing, err := domainUUID(conn, name)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
-		return
-	}
-	existed := existing != ""
-	// A new node is this host's: the server placed it here. An existing
-	// domain this agent does not own is another host's on a shared
-	// libvirtd (caretaker lab), and must not be replaced from here.
-	if existed && !n.a.owns(name) {
-		httpjson.Compact.Error(w, http.StatusConflict, fmt.Sprintf("%s node %s: a domain of that name exists and is not this agent's (domain filter %s)", verb, name, n.a.cfg.DomainFilter))
-		return
-	}
-	if code, msg := checkPool(conn, req.Pool); code != 0 {
-		httpjson.Compact.Error(w, code, msg)
-		return
-	}
-	opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
-	var uuid string
-	if replace {
-		uuid, err = guests.Recreate(conn, node, opts...)
-	} else {
-		uuid, err = guests.Create(conn, node, opts...)
-	}
-	if errors.Is(err, guests.ErrNotThisNode) {
-		logger.Warn(verb+" node refused", "err", err)
-		httpjson.Compact.Error(w, http.StatusConflict, err.Error())
-		return
-	}
-	if err != nil {
-		logger.Warn(verb+" node failed", "err", err)
-		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	if n.a.cfg.DomainFilter != nil {
-		n.a.created.add(name)
-	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
-		return
-	}
-	defer dom.Free()
-	d, err := describe(dom)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
-		return
-	}
-	code := http.StatusOK
-	if !existed {
-		code = http.StatusCreated
-	}
-	logger.Info(verb+" node done", "uuid", uuid, "state", d.State, "existed", existed)
-	httpjson.Compact.Write(w, code, agentapi.NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
+	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
+		var uuid string
+		var err error
+		if replace {
+			uuid, err = guests.Recreate(conn, node, opts...)
+		} else {
+			uuid, err = guests.Create(conn, node, opts...)
+		}
+		if errors.Is(err, guests.ErrNotThisNode) {
+			logger.Warn(verb+" node refused", "err", err)
+			httpjson.Compact.Error(w, http.StatusConflict, err.Error())
+			return false
+		}
+		if err != nil {
+			logger.Warn(verb+" node failed", "err", err)
+			httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
+			return false
+		}
+		if n.a.cfg.DomainFilter != nil {
+			n.a.created.add(name)
+		}
+		dom, err := conn.LookupDomainByUUIDString(uuid)
+		if err != nil {
+			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
+			return false
+		}
+		defer dom.Free()
+		d, err := describe(dom)
+		if err != nil {
+			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
+			return false
+		}
+		code := http.StatusOK
+		if !existed {
+			code = http.StatusCreated
+		}
+		logger.Info(verb+" node done", "uuid", uuid, "state", d.State, "existed", existed)
+		httpjson.Compact.Write(w, code, agentapi.NodeResponse{Name: d.Name, UUID: d.UUID, State: d.State})
+		return false
+	})
 }
 
 // delete destroys and undefines the node's domain and deletes its volumes,
@@ -191,37 +200,44 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	logger := n.a.logger.With("action", "delete-node", "node", name, "cluster", cluster, "uuid", uuid)
 	unlock := n.locks.lock(name)
 	defer unlock()
-	conn, err := n.a.conn.Get()
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, libvirtMessage(err))
+	key := "node " + name
+	var pool string
+	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		var err error
+		pool, err = diskPool(conn, name)
+		if err != nil {
+			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("delete node %s: %v", name, err))
+			return false
+		}
+		if pool == "" {
+			pool = n.a.cfg.GuestPool
+		}
+		if code, msg := checkPool(conn, pool); code != 0 {
+			httpjson.Compact.Error(w, code, msg)
+			return false
+		}
+		return true
+	})
+	if !goOn {
 		return
 	}
-	pool, err := diskPool(conn, name)
-	if err != nil {
-		httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("delete node %s: %v", name, err))
-		return
-	}
-	if pool == "" {
-		pool = n.a.cfg.GuestPool
-	}
-	if code, msg := checkPool(conn, pool); code != 0 {
-		httpjson.Compact.Error(w, code, msg)
-		return
-	}
-	err = guests.Delete(conn, guests.Node{Name: name, Cluster: cluster, UUID: uuid, Pool: pool})
-	if errors.Is(err, guests.ErrNotThisNode) {
-		logger.Warn("delete node refused", "err", err)
-		httpjson.Compact.Error(w, http.StatusConflict, err.Error())
-		return
-	}
-	if err != nil {
-		logger.Warn("delete node failed", "err", err)
-		httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	n.a.created.remove(name)
-	logger.Info("deleted node", "pool", pool)
-	w.WriteHeader(http.StatusNoContent)
+	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+		err := guests.Delete(conn, guests.Node{Name: name, Cluster: cluster, UUID: uuid, Pool: pool})
+		if errors.Is(err, guests.ErrNotThisNode) {
+			logger.Warn("delete node refused", "err", err)
+			httpjson.Compact.Error(w, http.StatusConflict, err.Error())
+			return false
+		}
+		if err != nil {
+			logger.Warn("delete node failed", "err", err)
+			httpjson.Compact.Error(w, http.StatusInternalServerError, err.Error())
+			return false
+		}
+		n.a.created.remove(name)
+		logger.Info("deleted node", "pool", pool)
+		w.WriteHeader(http.StatusNoContent)
+		return false
+	})
 }
 
 // checkBounds refuses a node larger than this host allows: more vCPUs

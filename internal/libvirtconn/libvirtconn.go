@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"libvirt.org/go/libvirt"
 )
@@ -77,6 +78,8 @@ var ErrClosed = errors.New("connection closed")
 type Conn struct {
 	uri    string
 	logger *slog.Logger
+	// timeout bounds each Call (WithTimeout).
+	timeout time.Duration
 
 	mu     sync.Mutex
 	conn   *libvirt.Connect // nil until the first Get and after Close
@@ -86,7 +89,35 @@ type Conn struct {
 	// undo holds what the hooks returned for conn, to run before it is
 	// closed.
 	undo []func()
+	// connecting is the opening of a connection under way, if any: it
+	// runs without mu held (a frozen libvirtd accepts the socket and never
+	// answers the handshake), and the Gets that come meanwhile wait for it
+	// rather than open another.
+	connecting *opening
+	// calls are the Calls under way, by what they do.
+	calls map[string]*call
 }
+
+// opening is one attempt to open a connection; conn and err are set before
+// done is closed.
+type opening struct {
+	done chan struct{}
+	conn *libvirt.Connect
+	err  error
+}
+
+// Option configures a Conn.
+type Option func(*Conn)
+
+// WithTimeout bounds how long Call waits for libvirt (--libvirt.timeout).
+// d <= 0 leaves only the caller's context. The default is DefaultTimeout.
+func WithTimeout(d time.Duration) Option {
+	return func(c *Conn) { c.timeout = d }
+}
+
+// DefaultTimeout is how long Call waits for libvirt unless WithTimeout says
+// otherwise.
+const DefaultTimeout = 5 * time.Second
 
 // Hook is run on each new connection (see OnConnect). It returns what to
 // run before that connection is closed, or nil.
@@ -95,12 +126,19 @@ type Hook func(*libvirt.Connect) (undo func())
 // New returns a Conn for uri (for example "qemu:///system"). It does not
 // connect: the first Get does, so that an agent starts even while libvirtd is
 // down.
-func New(uri string, logger *slog.Logger) *Conn {
-	return &Conn{uri: uri, logger: logger.With("libvirt_uri", uri)}
+func New(uri string, logger *slog.Logger, opts ...Option) *Conn {
+	c := &Conn{uri: uri, logger: logger.With("libvirt_uri", uri), timeout: DefaultTimeout, calls: map[string]*call{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // URI returns the libvirt URI the Conn connects to.
 func (c *Conn) URI() string { return c.uri }
+
+// Timeout returns how long Call waits for libvirt (WithTimeout).
+func (c *Conn) Timeout() time.Duration { return c.timeout }
 
 // OnConnect has f run on every connection c opens from now on, before Get
 // hands it out, and at once on the connection c has open, if any. It is how a
@@ -145,23 +183,52 @@ func (c *Conn) undoHooksLocked() {
 // The returned connection is shared: callers must not Close it. A connection
 // that Get has given out may be closed by a later Get once it is found dead;
 // calls on it then fail with a libvirt error, as they would have anyway.
+//
+// Opening a connection to a frozen libvirtd never returns: Get waits for
+// it, but holds no lock meanwhile, and the Gets that come while it runs wait
+// for the same opening rather than start another. Bound the wait with Call.
 func (c *Conn) Get() (*libvirt.Connect, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, fmt.Errorf("get libvirt connection %s: %w", c.uri, ErrClosed)
 	}
 	if c.conn != nil {
 		if c.aliveLocked() {
-			return c.conn, nil
+			conn := c.conn
+			c.mu.Unlock()
+			return conn, nil
 		}
 		c.logger.Warn("libvirt connection lost, reconnecting")
 		c.dropLocked()
 	}
+	op := c.connecting
+	if op == nil {
+		op = &opening{done: make(chan struct{})}
+		c.connecting = op
+		go c.open(op)
+	}
+	c.mu.Unlock()
+	<-op.done
+	return op.conn, op.err
+}
 
+// open opens a connection for op, makes it c's and runs the hooks on it.
+func (c *Conn) open(op *opening) {
+	defer close(op.done)
 	conn, err := libvirt.NewConnect(c.uri)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.connecting = nil
 	if err != nil {
-		return nil, fmt.Errorf("open libvirt connection %s: %w", c.uri, err)
+		op.err = fmt.Errorf("open libvirt connection %s: %w", c.uri, err)
+		return
+	}
+	if c.closed {
+		// Closed while the connection was being opened.
+		_, _ = conn.Close()
+		op.err = fmt.Errorf("get libvirt connection %s: %w", c.uri, ErrClosed)
+		return
 	}
 	dead := make(chan struct{})
 	var once sync.Once
@@ -181,7 +248,118 @@ func (c *Conn) Get() (*libvirt.Connect, error) {
 	for _, f := range c.hooks {
 		c.runHookLocked(f)
 	}
-	return conn, nil
+	op.conn = conn
+}
+
+// ErrTimeout is returned (wrapped) by Call when libvirt did not answer
+// within the timeout, and ErrBusy when an earlier call for the same thing
+// has not returned yet. Both mean libvirtd is not answering: the agent
+// answers 503 to them.
+var (
+	ErrTimeout = errors.New("libvirt did not answer in time")
+	ErrBusy    = errors.New("an earlier call to libvirt for the same has not returned yet")
+)
+
+// unanswered is the error of a Call libvirt did not answer in time: its
+// message says what and for how long, and it wraps ErrTimeout or ErrBusy.
+type unanswered struct {
+	msg  string
+	kind error
+}
+
+func (e *unanswered) Error() string { return e.msg }
+func (e *unanswered) Unwrap() error { return e.kind }
+
+// call is one Call under way; err is set before done is closed.
+type call struct {
+	done chan struct{}
+	err  error
+	// abandoned is set, under Conn.mu, once its caller stopped waiting.
+	abandoned bool
+}
+
+// Call runs f with the live connection (Get) in a goroutine of its own and
+// waits for it until the Conn's timeout (WithTimeout) or ctx ends, whichever
+// comes first. what names the work (for example "start domain <uuid>"): it
+// is in the errors, and keys the calls. A libvirt call cannot be cancelled:
+// one that does not return in time (libvirtd frozen) is left to return on
+// its own, and until it has, a Call for the same what fails at once with
+// ErrBusy rather than start a second one on the connection.
+//
+// Call's error is ErrTimeout or ErrBusy (wrapped, naming the timeout), ctx's
+// error, or f's.
+func (c *Conn) Call(ctx context.Context, what string, f func(*libvirt.Connect) error) error {
+	return c.CallWithin(ctx, what, c.timeout, f)
+}
+
+// CallWithin is Call bounded by d instead of the Conn's timeout, for work
+// that takes libvirt longer than an answer does (starting a guest, copying
+// its disk). d <= 0 leaves only ctx.
+func (c *Conn) CallWithin(ctx context.Context, what string, d time.Duration, f func(*libvirt.Connect) error) error {
+	var timer <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	var cl *call
+	for cl == nil {
+		c.mu.Lock()
+		prev := c.calls[what]
+		switch {
+		case prev == nil:
+			cl = &call{done: make(chan struct{})}
+			c.calls[what] = cl
+		case prev.abandoned:
+			c.mu.Unlock()
+			return &unanswered{fmt.Sprintf("%s: libvirt %s did not answer within %s, and has not answered since", what, c.uri, d), ErrBusy}
+		}
+		c.mu.Unlock()
+		if cl != nil {
+			break
+		}
+		// The same work for another caller: one at a time.
+		select {
+		case <-prev.done:
+		case <-timer:
+			return &unanswered{fmt.Sprintf("%s: libvirt %s did not answer within %s", what, c.uri, d), ErrTimeout}
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+	}
+	go func() {
+		defer close(cl.done)
+		conn, err := c.Get()
+		if err == nil {
+			err = f(conn)
+		}
+		cl.err = err
+		c.mu.Lock()
+		delete(c.calls, what)
+		c.mu.Unlock()
+	}()
+
+	select {
+	case <-cl.done:
+		return cl.err
+	case <-timer:
+		c.abandon(what, cl, d)
+		return &unanswered{fmt.Sprintf("%s: libvirt %s did not answer within %s", what, c.uri, d), ErrTimeout}
+	case <-ctx.Done():
+		c.abandon(what, cl, d)
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+}
+
+// abandon marks cl given up on. It stays in c.calls, so that a Call for
+// the same fails at once, until it returns.
+func (c *Conn) abandon(what string, cl *call, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.calls[what] == cl {
+		cl.abandoned = true
+	}
+	c.logger.Warn("libvirt did not answer in time, leaving the call to return on its own", "call", what, "timeout", d)
 }
 
 // aliveLocked reports whether c.conn may still be used.
