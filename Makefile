@@ -21,6 +21,7 @@ setup:
 build:
 	@bash deploy/setup.sh build
 	$(GO) build -o $(BIN)/caretaker ./cmd/caretaker
+	$(GO) build -o $(BIN)/caretaker-agent ./cmd/caretaker-agent
 	$(GO) build -o $(BIN)/runbook ./cmd/runbook
 
 # Starts the embedded default: a server and two hosts' agents with guests.
@@ -97,6 +98,8 @@ fuzz:
 # the median. A 6-node guest cluster is created in a lab of 6 hosts, three
 # times. In a lab of three servers on etcd, the leader and a guest are
 # SIGKILLed together HA_ROUNDS times: failover and heal times, median and max.
+# The agent's resident memory at 500 domains: caretaker-agent beside
+# `caretaker agent`, both real binaries scraped over HTTP through libvirtd.
 HEAL_KILLS ?= 7
 HA_ROUNDS ?= 10
 bench:
@@ -105,6 +108,7 @@ bench:
 	$(GO) test -count=1 -run 'TestLabHeals' -v ./internal/lab -kills $(HEAL_KILLS) | grep -E 'heal|median|PASS|FAIL|ok'
 	$(GO) test -count=3 -run 'TestLabClusterCreate$$' -v ./internal/lab | grep -E 'cluster create:|PASS|FAIL|ok'
 	$(GO) test -count=1 -run 'TestLabHAFailover$$' -v ./internal/lab -ha-rounds $(HA_ROUNDS) | grep -E 'failover:|PASS|FAIL|ok'
+	$(GO) test -count=1 -run 'TestAgentRSS500$$' -v ./cmd/caretaker-agent -rss | grep -E 'agent rss|PASS|FAIL|ok'
 	$(GO) test -count=1 -run 'TestMeasureScrape500|TestFrozenLibvirtd' -v ./internal/agent -measure | grep -E 'agent scrape:|first scrape with libvirtd stopped:|^(--- )?(PASS|FAIL)|^ok'
 
 clean:

@@ -7,9 +7,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"caretaker/internal/lab"
+	"caretaker/internal/logflags"
 )
 
-func newLabCmd(logs *logFlags) *cobra.Command {
+func newLabCmd(logs *logflags.Flags) *cobra.Command {
 	o := lab.DefaultOptions()
 	home, _ := os.UserHomeDir()
 	o.RunbookConfig = filepath.Join(home, ".config", "runbook", "config.yml")
@@ -51,7 +52,7 @@ second or two; the lab starts the killed one again after 2 s.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()
-			o.Logger = logs.logger(cmd.ErrOrStderr())
+			o.Logger = logs.Logger(cmd.ErrOrStderr())
 			return lab.Run(cmd.Context(), o)
 		},
 	}

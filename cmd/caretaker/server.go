@@ -8,10 +8,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"caretaker/internal/config"
+	"caretaker/internal/logflags"
 	"caretaker/internal/server"
 )
 
-func newServerCmd(logs *logFlags) *cobra.Command {
+func newServerCmd(logs *logflags.Flags) *cobra.Command {
 	var o server.Options
 	var configFile string
 	cmd := &cobra.Command{
@@ -31,7 +32,7 @@ runbook uses.`,
 				return err
 			}
 			o.Config = cfg
-			o.Logger = logs.logger(cmd.ErrOrStderr())
+			o.Logger = logs.Logger(cmd.ErrOrStderr())
 			s, err := server.New(cmd.Context(), o)
 			if err != nil {
 				return err

@@ -1,6 +1,13 @@
-package main
+// Package agentcmd is the agent's command line, shared by `caretaker agent`
+// and the lean `caretaker-agent` binary, which links neither the server nor
+// the embedded Prometheus.
+package agentcmd
 
 import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,14 +18,18 @@ import (
 	"caretaker/internal/libvirtconn"
 )
 
-func newAgentCmd(logs *logFlags) *cobra.Command {
+// New returns the agent's command. invocation is how it is run — "caretaker
+// agent" or "caretaker-agent": its last word is the command's name and the
+// examples use all of it. newLogger makes the logger from the log flags.
+func New(invocation string, newLogger func(io.Writer) *slog.Logger) *cobra.Command {
+	words := strings.Fields(invocation)
 	var (
 		cfg        agent.Config
 		tokenFile  string
 		configFile string
 	)
 	cmd := &cobra.Command{
-		Use:   "agent",
+		Use:   words[len(words)-1],
 		Short: "Serve this host's metrics and host-local actions",
 		Long: `The agent runs on every hypervisor host. It serves /metrics from three
 collectors — host (procfs: CPU, memory, pressure, disks, filesystems,
@@ -28,13 +39,14 @@ FDB and neighbour entries, checked against --config.file) — and host-local
 actions for the server (start a domain, create and delete guest-cluster
 nodes in --guests.pool, make, repair and remove VXLAN overlays), which need
 the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
-		Example: `  caretaker agent
-  caretaker agent --libvirt.uri qemu:///system --action.token-file /etc/caretaker/agent.token
-  caretaker agent --config.file /etc/caretaker/agent.yml --web.config.file /etc/caretaker/web.yml
-  curl -s 'localhost:9301/metrics?collect[]=kvm'`,
+		Example: fmt.Sprintf(`  %[1]s
+  %[1]s --libvirt.uri qemu:///system --action.token-file /etc/caretaker/agent.token
+  %[1]s --config.file /etc/caretaker/agent.yml --web.config.file /etc/caretaker/web.yml
+  curl -s 'localhost:9301/metrics?collect[]=kvm'`, invocation),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logger := logs.logger(cmd.ErrOrStderr())
+			tuneMemory()
+			logger := newLogger(cmd.ErrOrStderr())
 			if tokenFile != "" {
 				t, err := config.ReadSecret(tokenFile)
 				if err != nil {
