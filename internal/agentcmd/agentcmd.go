@@ -78,7 +78,7 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 	f.StringVar(&cfg.ListenAddress, "web.listen-address", ":9301", "address to serve /metrics and actions on")
 	f.StringVar(&cfg.WebConfigFile, "web.config.file", "", "exporter-toolkit web config file (TLS, basic auth)")
 	f.StringVar(&cfg.LibvirtURI, "libvirt.uri", "qemu:///system", "libvirt connection URI")
-	f.DurationVar(&cfg.LibvirtTimeout, "libvirt.timeout", kvm.DefaultLibvirtTimeout, "longest a scrape waits on libvirt (a frozen libvirtd gives caretaker_kvm_up 0)")
+	f.DurationVar(&cfg.LibvirtTimeout, "libvirt.timeout", kvm.DefaultLibvirtTimeout, "longest a scrape, or an action's look-up, waits on libvirt: a frozen libvirtd gives caretaker_kvm_up 0 and actions 503, not a hung agent")
 	f.DurationVar(&cfg.ScrapeTimeout, "scrape.timeout", 10*time.Second, "longest a collector may take in one scrape")
 	f.StringVar(&configFile, "config.file", "", "agent configuration file: the overlays this host should have (see deploy/agent.example.yml)")
 	f.StringVar(&cfg.ProcFS, "path.procfs", "/proc", "procfs mount point")
