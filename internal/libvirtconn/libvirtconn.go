@@ -274,7 +274,8 @@ func (e *unanswered) Unwrap() error { return e.kind }
 type call struct {
 	done chan struct{}
 	err  error
-	// abandoned is set, under Conn.mu, once its caller stopped waiting.
+	// abandoned is set, under Conn.mu, once its caller's time for it ran
+	// out: libvirt did not answer.
 	abandoned bool
 }
 
@@ -284,7 +285,9 @@ type call struct {
 // is in the errors, and keys the calls. A libvirt call cannot be cancelled:
 // one that does not return in time (libvirtd frozen) is left to return on
 // its own, and until it has, a Call for the same what fails at once with
-// ErrBusy rather than start a second one on the connection.
+// ErrBusy rather than start a second one on the connection. A call whose
+// caller left (ctx ended) is not given up on: a Call for the same what
+// waits for it.
 //
 // Call's error is ErrTimeout or ErrBusy (wrapped, naming the timeout), ctx's
 // error, or f's.
@@ -346,7 +349,9 @@ func (c *Conn) CallWithin(ctx context.Context, what string, d time.Duration, f f
 		c.abandon(what, cl, d)
 		return &unanswered{fmt.Sprintf("%s: libvirt %s did not answer within %s", what, c.uri, d), ErrTimeout}
 	case <-ctx.Done():
-		c.abandon(what, cl, d)
+		// The caller left (a client hung up): that says nothing of
+		// libvirt, so the call is not abandoned, and the next caller for
+		// the same waits for it rather than be refused.
 		return fmt.Errorf("%s: %w", what, ctx.Err())
 	}
 }

@@ -346,3 +346,40 @@ func mustListDomains(t *testing.T, conn *libvirt.Connect) {
 		doms[i].Free()
 	}
 }
+
+// A call whose caller left (a client hung up mid-action) is not given up
+// on: the next caller for the same work waits for it and then runs,
+// rather than be refused as if libvirt hung. One whose time ran out is.
+func TestCallAfterCallerLeft(t *testing.T) {
+	c := New("test:///default", testLogger(t))
+	defer c.Close()
+	release := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		first <- c.CallWithin(ctx, "start domain x", time.Minute, func(*libvirt.Connect) error { <-release; return nil })
+	}()
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first call: %v, want its caller's cancellation", err)
+	}
+	second := make(chan error, 1)
+	ran := false
+	go func() {
+		second <- c.CallWithin(context.Background(), "start domain x", time.Minute, func(*libvirt.Connect) error { ran = true; return nil })
+	}()
+	close(release)
+	if err := <-second; err != nil || !ran {
+		t.Fatalf("second call after the first caller left: %v (ran %v), want it to wait and run", err, ran)
+	}
+
+	// Timed out: the same work is refused at once until the first returns.
+	hang := make(chan struct{})
+	defer close(hang)
+	if err := c.CallWithin(context.Background(), "start domain y", 20*time.Millisecond, func(*libvirt.Connect) error { <-hang; return nil }); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("hung call: %v, want ErrTimeout", err)
+	}
+	if err := c.CallWithin(context.Background(), "start domain y", time.Minute, func(*libvirt.Connect) error { return nil }); !errors.Is(err, ErrBusy) {
+		t.Fatalf("call after a hung one: %v, want ErrBusy", err)
+	}
+}
