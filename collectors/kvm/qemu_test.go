@@ -236,6 +236,6 @@ func run(t *testing.T, name string, args ...string) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, tail(out, 4096))
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out[max(0, len(out)-4096):])
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"caretaker/collectors"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/testdaemon"
 )
 
 // TestLibvirtdStopped freezes libvirtd (SIGSTOP) under the collector: each
@@ -25,10 +26,10 @@ import (
 // call outstanding, the later ones fail at once. Once libvirtd runs again,
 // the outstanding call returns and scrapes succeed.
 func TestLibvirtdStopped(t *testing.T) {
-	daemon := privateLibvirtd(t)
+	daemon := testdaemon.PrivateLibvirtd(t)
 	node := writeNode(t, t.TempDir(), genNode(20))
 	logger := testLogger(t)
-	conn := libvirtconn.New("test+unix://"+node+"?socket="+daemon.socket, logger)
+	conn := libvirtconn.New(daemon.URI(node), logger)
 	t.Cleanup(func() { conn.Close() })
 	c := New(conn, logger, WithLibvirtTimeout(200*time.Millisecond))
 
@@ -40,14 +41,14 @@ func TestLibvirtdStopped(t *testing.T) {
 	}
 	goroutines := runtime.NumGoroutine()
 
-	if err := daemon.signal(syscall.SIGSTOP); err != nil {
+	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("stop libvirtd: %v", err)
 	}
 	continued := false
 	resume := func() {
 		if !continued {
 			continued = true
-			if err := daemon.signal(syscall.SIGCONT); err != nil {
+			if err := daemon.Signal(syscall.SIGCONT); err != nil {
 				t.Errorf("continue libvirtd: %v", err)
 			}
 		}
@@ -105,20 +106,20 @@ caretaker_scrape_collector_success{collector="kvm"} 0
 // the domains; once a scrape has given up on the call, the next fail at once.
 // libvirtd is stopped to keep the call under way while the test looks.
 func TestScrapesShareTheCallUnderWay(t *testing.T) {
-	daemon := privateLibvirtd(t)
+	daemon := testdaemon.PrivateLibvirtd(t)
 	node := writeNode(t, t.TempDir(), genNode(3))
 	logger := testLogger(t)
-	conn := libvirtconn.New("test+unix://"+node+"?socket="+daemon.socket, logger)
+	conn := libvirtconn.New(daemon.URI(node), logger)
 	t.Cleanup(func() { conn.Close() })
 	c := New(conn, logger)
 	if up, err := updateUp(t, c); up != 1 || err != nil {
 		t.Fatalf("scrape of the running libvirtd: up %v, %v", up, err)
 	}
 
-	if err := daemon.signal(syscall.SIGSTOP); err != nil {
+	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("stop libvirtd: %v", err)
 	}
-	defer daemon.signal(syscall.SIGCONT)
+	defer daemon.Signal(syscall.SIGCONT)
 	first, err := c.join(t.Context())
 	if err != nil {
 		t.Fatalf("start a call: %v", err)
@@ -134,7 +135,7 @@ func TestScrapesShareTheCallUnderWay(t *testing.T) {
 		t.Fatalf("join a call a scrape gave up on: %v, want ErrBusy", err)
 	}
 
-	if err := daemon.signal(syscall.SIGCONT); err != nil {
+	if err := daemon.Signal(syscall.SIGCONT); err != nil {
 		t.Fatalf("continue libvirtd: %v", err)
 	}
 	awaitCall(t, c)
@@ -203,11 +204,11 @@ func libvirtCalls() int {
 // there was no connection) and register its event callbacks on the new
 // connection, keeping its counts.
 func TestReconnect(t *testing.T) {
-	daemon := privateLibvirtd(t)
+	daemon := testdaemon.PrivateLibvirtd(t)
 	doms := genNode(4)
 	node := writeNode(t, t.TempDir(), doms)
 	logger := testLogger(t)
-	conn := libvirtconn.New("test+unix://"+node+"?socket="+daemon.socket, logger)
+	conn := libvirtconn.New(daemon.URI(node), logger)
 	t.Cleanup(func() { conn.Close() })
 	c := New(conn, logger)
 	stopped := doms[2]
@@ -217,8 +218,8 @@ func TestReconnect(t *testing.T) {
 	w := watchEvents(t, conn, stopped.name)
 	scrape(t, c)
 
-	daemon.stop()
-	daemon.start()
+	daemon.Stop()
+	daemon.Start()
 	// The first scrape after the restart may still try the old
 	// connection, if libvirt's event loop has not yet seen it close; it
 	// fails, and the next one reconnects.
