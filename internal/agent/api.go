@@ -238,27 +238,7 @@ func stateName(s libvirt.DomainState) string {
 	}
 }
 
-// validUUID reports whether s is a UUID in its canonical text form,
-// 8-4-4-4-12 hex digits.
-func validUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func validUUID(s string) bool { return agentapi.ValidUUID(s) }
 
 // libvirtMessage returns libvirt's own message for err, without the
 // binding's "virError(Code=…)" wrapping, for the API's error field.
