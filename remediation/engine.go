@@ -63,6 +63,9 @@ type Alert struct {
 	StartsAt    time.Time
 	EndsAt      time.Time
 	Fingerprint string // stable id of the label set; computed from Labels if empty
+	// FromEvent: raised by the server from an agent's libvirt event, not
+	// by a rule (GuestEvents).
+	FromEvent bool
 }
 
 // Options configure an Engine. Policy, Journal and Hosts are required.
@@ -90,6 +93,10 @@ type Options struct {
 	// The intent was recorded through a fenced store already; this closes
 	// the gap between that write and the call.
 	MayAct func() bool
+	// Events, when set, is the agents' event path: it lets the engine
+	// take a rule's alert and an event's for the same crash as one
+	// instance, and verify a guest by its started event.
+	Events GuestEvents
 	// StaleAfter: 0 is DefaultStaleAfter.
 	StaleAfter time.Duration
 	// Retention: Tick deletes finished records older than this; 0 keeps
@@ -113,6 +120,7 @@ type Engine struct {
 	metrics     *metrics
 	fleet       func() int
 	mayAct      func() bool
+	events      GuestEvents
 
 	mu        sync.Mutex
 	policy    *policy.Policy
@@ -131,9 +139,13 @@ type Engine struct {
 	largest    int
 	breaker    *guards.Breaker
 	pauses     guards.Pauses
-	pruned     time.Time
-	closed     bool
-	inflight   sync.WaitGroup // Add under mu, so Close cannot miss one
+	// aliases and latest tie a rule's alert and an event's for the same
+	// crash to one instance (keyFor).
+	aliases  map[instanceKey]instanceKey
+	latest   map[string]latest
+	pruned   time.Time
+	closed   bool
+	inflight sync.WaitGroup // Add under mu, so Close cannot miss one
 }
 
 // New returns an engine. It learns from the journal which alert instances
@@ -162,7 +174,10 @@ func New(opts Options) (*Engine, error) {
 		actions:     actions(),
 		fleet:       opts.FleetSize,
 		mayAct:      opts.MayAct,
+		events:      opts.Events,
 		breaker:     &guards.Breaker{},
+		aliases:     map[instanceKey]instanceKey{},
+		latest:      map[string]latest{},
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -508,9 +523,18 @@ func (e *Engine) firing(w *writer, a Alert) {
 	if !ok {
 		return
 	}
-	in := e.instanceOf(keyOf(a.Fingerprint, a.StartsAt))
+	k := e.keyFor(a)
+	if _, known := e.instances[k]; !known {
+		e.noteNew(k, a)
+	}
+	in := e.instanceOf(k)
 	if in.manual {
 		return
+	}
+	if k != keyOf(a.Fingerprint, a.StartsAt) {
+		// Another report of the instance's crash: its labels are the
+		// same, the first report's start stays.
+		a.StartsAt, a.FromEvent = in.alert.StartsAt, in.alert.FromEvent
 	}
 	in.alert, in.seen = a, e.now()
 	e.advance(w, in, rule, e.now())
@@ -520,7 +544,7 @@ func (e *Engine) firing(w *writer, a Alert) {
 // action that has not started is cancelled, one verifying by resolution
 // has healed. Called with e.mu held.
 func (e *Engine) resolved(w *writer, a Alert) {
-	in := e.instances[keyOf(a.Fingerprint, a.StartsAt)]
+	in := e.instances[e.keyFor(a)]
 	if in == nil {
 		return
 	}

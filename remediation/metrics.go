@@ -25,6 +25,9 @@ type metrics struct {
 	heal             *prometheus.HistogramVec
 	escalations      *prometheus.CounterVec
 	approvalsExpired prometheus.Counter
+	// sameIncident counts alerts taken as another report of an event's
+	// or a rule's instance (keyFor).
+	sameIncident prometheus.Counter
 	// The guards' state, read from the engine at each scrape.
 	breakerOpen, unhealthy, paused, pauseAge, awaiting, givenUp prometheus.GaugeFunc
 }
@@ -60,6 +63,10 @@ func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, e
 		approvalsExpired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "caretaker_remediation_approvals_expired_total",
 			Help: "Actions whose approval was not given within its TTL.",
+		}),
+		sameIncident: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "caretaker_remediation_same_incident_alerts_total",
+			Help: "Alerts of a rule taken as another report of a crash an agent's event already raised, or the other way round: one instance, one action.",
 		}),
 		awaiting: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "caretaker_remediation_awaiting_approval",
@@ -105,7 +112,7 @@ func newMetrics(reg prometheus.Registerer, state func() guardState) (*metrics, e
 	if reg == nil {
 		return m, nil
 	}
-	cs := []prometheus.Collector{m.actions, m.duration, m.inflight, m.heal, m.escalations, m.approvalsExpired,
+	cs := []prometheus.Collector{m.actions, m.duration, m.inflight, m.heal, m.escalations, m.approvalsExpired, m.sameIncident,
 		m.breakerOpen, m.unhealthy, m.paused, m.pauseAge, m.awaiting, m.givenUp}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {

@@ -107,6 +107,14 @@ func (e *Engine) execute(j job) {
 func (e *Engine) checkUntilHealthy(ctx context.Context, j job) error {
 	ctx, cancel := context.WithTimeout(ctx, j.rule.VerifyWithin())
 	defer cancel()
+	// With the host's event stream, the guest's started event is what
+	// says when to look again; the poll stays, slower, in case it is lost.
+	started, stop := e.startedEvent(j)
+	defer func() { stop() }()
+	every := checkEvery
+	if started != nil {
+		every = 5 * checkEvery
+	}
 	var lastErr error
 	for {
 		ok, err := j.act.check(ctx, e, j.t)
@@ -120,7 +128,10 @@ func (e *Engine) checkUntilHealthy(ctx context.Context, j job) error {
 				return fmt.Errorf("verify %s: %w", j.t, lastErr)
 			}
 			return fmt.Errorf("verify %s: not healthy after the action", j.t)
-		case <-time.After(checkEvery):
+		case <-started:
+			stop()
+			started, stop = e.startedEvent(j) // and for the next one
+		case <-time.After(every):
 		}
 	}
 }
@@ -216,6 +227,7 @@ func (e *Engine) Tick(now time.Time) {
 				// Long settled: only a very late copy of the alert
 				// could still arrive. The journal keeps the record.
 				delete(e.instances, k)
+				e.forget(k)
 				continue
 			}
 			e.tick(w, in, now)
