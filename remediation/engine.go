@@ -698,7 +698,7 @@ func quietWait(d guards.Decision) bool {
 func (e *Engine) newRecord(in *instance, rule policy.Rule, name string, now time.Time) journal.Record {
 	a := in.alert
 	return journal.Record{
-		Created: now, Alert: a.Name, Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt,
+		Created: now, Alert: a.Name, Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt, FromEvent: a.FromEvent,
 		Labels: a.Labels, Rule: rule.Name, Action: name, Step: in.step,
 		Domain: a.Labels["domain"],
 	}

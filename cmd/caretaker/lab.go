@@ -70,5 +70,6 @@ second or two; the lab starts the killed one again after 2 s.`,
 	f.StringVar(&o.RunbookConfig, "runbook.config", o.RunbookConfig, "runbook config file to point at the lab (empty: leave runbook alone)")
 	f.DurationVar(&o.ScrapeInterval, "scrape.interval", o.ScrapeInterval, "how often the server scrapes the agents")
 	f.DurationVar(&o.EvaluationInterval, "evaluation.interval", o.EvaluationInterval, "how often the server evaluates alert rules")
+	f.BoolVar(&o.Events, "events", o.Events, "have the server follow the agents' libvirt event streams and heal at once (--events=false: only the rules, at the intervals)")
 	return cmd
 }

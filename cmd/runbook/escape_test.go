@@ -74,11 +74,11 @@ func TestHistoryAndShowEscapeFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 22 fields, blank, guard header and "(no guard decisions)", blank,
+	// 23 fields, blank, guard header and "(no guard decisions)", blank,
 	// "(no approval needed)", blank, transition header and one transition,
 	// blank, OUTPUT and the output's three lines (its own line break kept,
 	// indented).
-	check("show", out, 22+3+2+3+5)
+	check("show", out, 23+3+2+3+5)
 	if !strings.Contains(out, "\n  line two lab-host-a-1\\x1b[2J\\r\n  99\\t2026") {
 		t.Errorf("show: the output's lines are not escaped and indented:\n%s", out)
 	}

@@ -221,6 +221,19 @@ func newShowCmd(o *options, getenv func(string) string) *cobra.Command {
 	}
 }
 
+// seenBy says what raised a record's alert: an agent's libvirt event or
+// the rules (or an Alertmanager).
+func seenBy(r journal.Record) string {
+	switch {
+	case r.Author != "":
+		return "a human (runbook run)"
+	case r.FromEvent:
+		return "an agent's libvirt event"
+	default:
+		return "the alert rules"
+	}
+}
+
 func printRecord(w io.Writer, r journal.Record) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
@@ -228,6 +241,7 @@ func printRecord(w io.Writer, r journal.Record) error {
 		{"recorded", at(r.Created)},
 		{"alert", firstNonEmpty(r.Alert, "-")},
 		{"alert started", at(r.AlertStartsAt)},
+		{"seen by", seenBy(r)},
 		{"fingerprint", firstNonEmpty(r.Fingerprint, "-")},
 		{"rule", firstNonEmpty(r.Rule, "-")},
 		{"action", r.Action},

@@ -113,6 +113,13 @@ func (a *Hosts) Announce(ctx context.Context) map[string]error {
 // Epoch returns the epoch of SetEpoch, 0 when not clustered.
 func (a *Hosts) Epoch() int64 { return a.epoch.Load() }
 
+// Clients returns the clients of every host's agent, by host.
+func (a *Hosts) Clients() map[string]*Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.clients)
+}
+
 // Client returns the client of host's agent.
 func (a *Hosts) Client(host string) (*Client, error) {
 	a.mu.Lock()

@@ -252,7 +252,15 @@ type Agents struct {
 	// them: the provisioner's inventory, the API, hosts[] (where
 	// hosts[].token_file says the same).
 	Tokens []AgentToken `yaml:"tokens"`
+	// Events, true unless set false, has the acting server hold every
+	// agent's libvirt event stream and act on a stopped guest at once;
+	// false leaves it to the rules (scrape and evaluation intervals).
+	Events *bool `yaml:"events"`
 }
+
+// EventsEnabled says whether the server follows the agents' event streams
+// (agents.events, true unless set false).
+func (a Agents) EventsEnabled() bool { return a.Events == nil || *a.Events }
 
 // AgentToken is one host's own action token, sent to its agent instead of
 // agents.token_file's.

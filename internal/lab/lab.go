@@ -54,8 +54,11 @@ type Options struct {
 	// short, so a crash is seen and healed within seconds.
 	ScrapeInterval     time.Duration
 	EvaluationInterval time.Duration
-	Out                io.Writer // the summary for the operator
-	Logger             *slog.Logger
+	// Events has the server follow the agents' libvirt event streams
+	// (agents.events); false leaves healing to the rules.
+	Events bool
+	Out    io.Writer // the summary for the operator
+	Logger *slog.Logger
 }
 
 // DefaultOptions are `caretaker lab`'s defaults.
@@ -72,6 +75,7 @@ func DefaultOptions() Options {
 		Clusters:           true,
 		ScrapeInterval:     time.Second,
 		EvaluationInterval: time.Second,
+		Events:             true,
 	}
 }
 
@@ -462,6 +466,9 @@ func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o O
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", serverDataDir)
 	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
+	if !o.Events {
+		b.WriteString("  events: false\n")
+	}
 	if lt != nil {
 		b.WriteString(lt.serverConfig())
 	}

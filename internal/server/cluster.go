@@ -326,6 +326,9 @@ func (s *Server) lead(ctx context.Context, t *leader.Term) {
 		wg.Go(func() { a.prov.Run(ctx) })
 	}
 	wg.Go(func() { s.drainInbox(ctx, a.engine) })
+	if s.events != nil {
+		wg.Go(func() { s.events.Run(ctx, a.engine.Handle) })
+	}
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	for done := false; !done; {

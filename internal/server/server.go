@@ -65,6 +65,9 @@ type Server struct {
 	policy  *policyHolder
 	prov    *fleet.Provisioner // nil without provisioner.inventory_file
 	agents  *agentapi.Hosts    // the agents' clients, by host
+	// events follows the agents' event streams while this server acts;
+	// nil with agents.events false.
+	events  *guestEvents
 	handler http.Handler
 	in      inputs
 	// cluster is nil for a single server; clustered, engine is nil and
@@ -104,6 +107,11 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	for _, h := range o.Config.Hosts {
 		hosts.Add(h.Name, h.Agent)
 	}
+	if o.Config.Agents.EventsEnabled() {
+		if s.events, err = newGuestEvents(hosts, &s.running, s.reg, s.logger.With("component", "events")); err != nil {
+			return nil, err
+		}
+	}
 	if in.cfg.Provisioner.Enabled() {
 		// Clustered, this one reads the shared state for every server;
 		// the leader's own acts.
@@ -139,6 +147,9 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		s.bg.Go(func() { s.cluster.elector.Run(bgCtx, s.lead) })
 	case s.prov != nil:
 		s.bg.Go(func() { s.prov.Run(bgCtx) })
+	}
+	if s.cluster == nil && s.events != nil {
+		s.bg.Go(func() { s.events.Run(bgCtx, s.engine.Handle) })
 	}
 	s.bg.Go(func() {
 		s.inbox.RunPruning(bgCtx, intake.PruneOptions{Metrics: intakeMetrics, Logger: s.logger.With("component", "webhook")})
@@ -300,6 +311,10 @@ func (s *Server) newEngine(j *journal.Journal, prov *fleet.Provisioner, reg prom
 	if prov != nil {
 		p = prov
 	}
+	var events remediation.GuestEvents
+	if s.events != nil {
+		events = s.events
+	}
 	// The engine starts before the monitor whose data sizes the fleet, and
 	// the monitor's first rule evaluation may reach the engine before
 	// monitoring.Start returns: until the monitor is stored in s.running,
@@ -318,6 +333,7 @@ func (s *Server) newEngine(j *journal.Journal, prov *fleet.Provisioner, reg prom
 		StaleAfter:    cfg.Remediation.StaleAfter,
 		FleetSize:     s.fleetSize,
 		MayAct:        mayAct,
+		Events:        events,
 	})
 }
 

@@ -81,6 +81,9 @@ type Record struct {
 	Alert         string    `json:"alert"`
 	Fingerprint   string    `json:"fingerprint"`
 	AlertStartsAt time.Time `json:"alert_starts_at"`
+	// FromEvent: the alert was raised from an agent's libvirt event,
+	// not by a rule (the rule's later copy is the same instance).
+	FromEvent bool `json:"from_event,omitempty"`
 
 	// Labels are the alert's labels, which the action's parameters and
 	// a later retry (after an approval, or a restart) are taken from.
