@@ -1,0 +1,221 @@
+package remediation
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"caretaker/remediation/journal"
+	"caretaker/remediation/policy"
+)
+
+// streams is the event path as the engine sees it: whether a host's stream
+// is unbroken since a time, and the started events a test sends.
+type streams struct {
+	mu sync.Mutex
+	// brokenAt: the stream was broken (reconnected without resuming) at
+	// this time; zero means unbroken since ever.
+	brokenAt time.Time
+	started  []chan struct{}
+	// connected false: no stream, no started events to wait for.
+	disconnected bool
+}
+
+func (s *streams) Unbroken(host string, since time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.disconnected && (s.brokenAt.IsZero() || s.brokenAt.Before(since))
+}
+
+func (s *streams) Started(host, uuid string) (<-chan struct{}, func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.disconnected {
+		return nil, nil
+	}
+	ch := make(chan struct{})
+	s.started = append(s.started, ch)
+	return ch, func() {}
+}
+
+// reportStarted closes the channels of everyone waiting for a started event.
+func (s *streams) reportStarted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.started)
+	for _, ch := range s.started {
+		close(ch)
+	}
+	s.started = nil
+	return n
+}
+
+func (s *streams) waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.started)
+}
+
+func withEvents(s *streams) fixtureOption { return func(o *Options) { o.Events = s } }
+
+func eventAlert(at time.Time) Alert {
+	a := crashedAlert()
+	a.StartsAt, a.FromEvent = at, true
+	return a
+}
+
+func ruleAlert(at time.Time) Alert {
+	a := crashedAlert()
+	a.StartsAt = at
+	return a
+}
+
+// The event path raises a crash's alert seconds before the rule does, each
+// with its own start: the engine takes them for one instance only when
+// nothing can have happened between them unseen.
+func TestEventAndRuleAlertsOfOneCrash(t *testing.T) {
+	crashAt := alertStart
+	cases := []struct {
+		name string
+		// first, second are the alerts in the order they arrive; the
+		// guest crashes before first and is healed by it.
+		first, second Alert
+		// broken: the stream reconnected without resuming between them.
+		broken, disconnected bool
+		// crashAgain: the guest crashed again before second.
+		crashAgain  bool
+		wantRecords int
+		wantStarts  int
+		wantSame    float64
+	}{
+		{name: "rule after event, stream unbroken", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(3 * time.Second)),
+			wantRecords: 1, wantStarts: 1, wantSame: 1},
+		{name: "rule after event, stream broken since", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(3 * time.Second)),
+			broken: true, wantRecords: 2, wantStarts: 1},
+		{name: "rule after event, stream down now", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(3 * time.Second)),
+			disconnected: true, wantRecords: 2, wantStarts: 1},
+		{name: "event late after the rule", first: ruleAlert(crashAt.Add(3 * time.Second)), second: eventAlert(crashAt),
+			wantRecords: 1, wantStarts: 1, wantSame: 1},
+		{name: "event of a later crash after the rule", first: ruleAlert(crashAt), second: eventAlert(crashAt.Add(time.Minute)),
+			crashAgain: true, wantRecords: 2, wantStarts: 2},
+		{name: "rule started before the event's crash", first: eventAlert(crashAt.Add(time.Minute)), second: ruleAlert(crashAt),
+			wantRecords: 2, wantStarts: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := &streams{}
+			f := newFixture(t, withEvents(s))
+			crash(t, f.hosts)
+			f.handle(c.first)
+			if !running(t, f.hosts) {
+				t.Fatal("the first alert did not heal the guest")
+			}
+			switch {
+			case c.broken:
+				s.brokenAt = c.first.StartsAt.Add(time.Second)
+			case c.disconnected:
+				s.disconnected = true
+			}
+			if c.crashAgain {
+				crash(t, f.hosts)
+			}
+			f.clock.Advance(time.Minute)
+			f.handle(c.second)
+			f.engine.Tick(f.clock.Now())
+			f.engine.inflight.Wait()
+
+			recs := f.records(t)
+			if len(recs) != c.wantRecords {
+				t.Errorf("%d records, want %d: %+v", len(recs), c.wantRecords, recs)
+			}
+			if n := f.hosts.startCalls(); n != c.wantStarts {
+				t.Errorf("StartGuest called %d times, want %d", n, c.wantStarts)
+			}
+			if got := testutil.ToFloat64(f.engine.metrics.sameIncident); got != c.wantSame {
+				t.Errorf("same-incident alerts = %v, want %v", got, c.wantSame)
+			}
+			for _, r := range recs {
+				if r.State != journal.StateSucceeded && r.State != journal.StateSkipped {
+					t.Errorf("record %d is %s: %s", r.ID, r.State, r.Reason)
+				}
+			}
+		})
+	}
+}
+
+// A rule's alert that resolves ends what waits for the event's instance it
+// was taken for: here an approval that nobody gave.
+func TestRuleResolutionEndsEventInstance(t *testing.T) {
+	p, err := policy.Parse("policy.yml", []byte(`
+rules:
+  - name: restart-crashed-guests
+    match: {alertname: GuestCrashed}
+    action: restart-vm
+    approval: {required: true}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &streams{}
+	f := newFixture(t, withEvents(s), func(o *Options) { o.Policy = p })
+	crash(t, f.hosts)
+	f.handle(eventAlert(alertStart))
+	rule := ruleAlert(alertStart.Add(4 * time.Second))
+	f.handle(rule)
+	recs := f.records(t)
+	if len(recs) != 1 || recs[0].State != journal.StateAwaitingApproval {
+		t.Fatalf("records = %+v, want one awaiting approval", recs)
+	}
+	rule.Status = StatusResolved
+	f.handle(rule)
+	recs = f.records(t)
+	if len(recs) != 1 || recs[0].State != journal.StateCancelled {
+		t.Errorf("records = %+v, want the one record cancelled", recs)
+	}
+	if n := f.hosts.startCalls(); n != 0 {
+		t.Errorf("StartGuest called %d times, want 0", n)
+	}
+}
+
+// With the host's stream connected, verification waits for the guest's
+// started event rather than polling every second: here the agent claims a
+// start it did not make, the guest is started behind its back, and only the
+// event (the poll is 5 s apart, the verification allows 2 s) can tell the
+// engine in time.
+func TestVerificationListensForStartedEvent(t *testing.T) {
+	p, err := policy.Parse("policy.yml", []byte(`
+rules:
+  - name: restart-crashed-guests
+    match: {alertname: GuestCrashed}
+    action: restart-vm
+    verify_timeout: 2s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &streams{}
+	f := newFixture(t, withEvents(s), func(o *Options) { o.Policy = p })
+	crash(t, f.hosts)
+	f.hosts.noop = true
+	f.engine.Handle(context.Background(), []Alert{eventAlert(alertStart)})
+	for s.waiting() == 0 { // the first check failed; it waits for the event
+		time.Sleep(time.Millisecond)
+	}
+	dom, err := f.hosts.conns[testHost].LookupDomainByUUIDString(testUUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dom.Create(); err != nil {
+		t.Fatal(err)
+	}
+	dom.Free()
+	s.reportStarted()
+	f.engine.inflight.Wait()
+	recs := f.records(t)
+	if len(recs) != 1 || recs[0].State != journal.StateSucceeded {
+		t.Errorf("records = %+v, want one succeeded", recs)
+	}
+}
