@@ -321,18 +321,22 @@ func (c *Collector) registerEvents(conn *libvirt.Connect) func() {
 		ids = append(ids, id)
 	}
 	changed := func(d *libvirt.Domain) {
-		if uuid, ok := c.eventDomain(d); ok {
+		if uuid, _, ok := c.eventDomain(d); ok {
 			c.memory.changed(uuid)
 		}
 	}
 	id, err := conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-		if uuid, ok := c.eventDomain(d); ok {
+		if uuid, name, ok := c.eventDomain(d); ok {
 			c.memory.lifecycle(uuid, ev.Event, ev.Detail)
+			if c.listener != nil {
+				c.listener.Lifecycle(uuid, name, ev.Event, ev.Detail)
+			}
 		}
 	})
 	register("lifecycle", id, err)
+	lifecycleOK := err == nil
 	id, err = conn.DomainEventRebootRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain) {
-		if _, ok := c.eventDomain(d); ok {
+		if _, _, ok := c.eventDomain(d); ok {
 			c.memory.rebooted()
 		}
 	})
@@ -357,8 +361,14 @@ func (c *Collector) registerEvents(conn *libvirt.Connect) func() {
 		c.memory.setEventsOK(true)
 		c.logger.Debug("libvirt domain event callbacks registered")
 	}
+	if c.listener != nil && lifecycleOK {
+		c.listener.Registered(true)
+	}
 	return func() {
 		c.memory.setEventsOK(false)
+		if c.listener != nil && lifecycleOK {
+			c.listener.Registered(false)
+		}
 		for _, id := range ids {
 			// On a dead connection libvirt drops the callback
 			// before the round trip that fails.
@@ -369,18 +379,19 @@ func (c *Collector) registerEvents(conn *libvirt.Connect) func() {
 	}
 }
 
-// eventDomain returns the UUID of an event's domain, and false for a domain
-// the collector's filter leaves out.
-func (c *Collector) eventDomain(d *libvirt.Domain) (string, bool) {
+// eventDomain returns the UUID and name of an event's domain, both read
+// from the client-side object, and false for a domain the collector's
+// filter leaves out. The name is "" when it cannot be read and no filter
+// needs it.
+func (c *Collector) eventDomain(d *libvirt.Domain) (uuid, name string, ok bool) {
 	uuid, err := d.GetUUIDString()
 	if err != nil {
 		c.logger.Debug("read uuid of an event's domain", "err", err)
-		return "", false
+		return "", "", false
 	}
-	if c.filter != nil {
-		if name, err := d.GetName(); err != nil || !c.filter(name) {
-			return "", false
-		}
+	name, err = d.GetName()
+	if c.filter != nil && (err != nil || !c.filter(name)) {
+		return "", "", false
 	}
-	return uuid, true
+	return uuid, name, true
 }

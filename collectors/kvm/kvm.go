@@ -57,6 +57,9 @@ type Collector struct {
 	filter func(name string) bool
 	// timeout bounds how long Update waits for libvirt.
 	timeout time.Duration
+	// listener, if set, hears the lifecycle events of the domains filter
+	// keeps (WithLifecycleListener).
+	listener LifecycleListener
 
 	// noWaitRejected is set once the driver has refused the NOWAIT flag,
 	// so that later scrapes do not pay for the refusal again.
@@ -127,6 +130,29 @@ func WithDomainMatch(match func(name string) bool) Option {
 // leaves only the scrape's deadline. The default is DefaultLibvirtTimeout.
 func WithLibvirtTimeout(d time.Duration) Option {
 	return func(c *Collector) { c.timeout = d }
+}
+
+// LifecycleListener hears the lifecycle events the collector's callbacks
+// get. libvirt takes one callback per event kind and connection (a second
+// is refused: "event callback already tracked"), so whoever else in the
+// agent needs the events hears them through the collector.
+type LifecycleListener interface {
+	// Registered says whether the lifecycle callback is registered now:
+	// true once it is on a new connection, false before it is
+	// deregistered (the connection is being closed, dead or not). It
+	// runs with the libvirtconn.Conn's lock held: it must not block or
+	// call the Conn.
+	Registered(ok bool)
+	// Lifecycle is one event of a domain the collector's filter keeps,
+	// with its UUID and name. It runs on libvirt's event-loop thread:
+	// it must not block or call libvirt.
+	Lifecycle(uuid, name string, event libvirt.DomainEventType, detail int)
+}
+
+// WithLifecycleListener has l hear the lifecycle events of the domains
+// the collector reports (see LifecycleListener).
+func WithLifecycleListener(l LifecycleListener) Option {
+	return func(c *Collector) { c.listener = l }
 }
 
 // New returns a kvm collector reading through conn, which it shares with
@@ -491,13 +517,14 @@ func (c *Collector) intents(conn *libvirt.Connect, doms []domain) {
 	needAutostart := false
 	for i := range doms {
 		d := &doms[i]
-		if d.ident == nil || !d.ident.hasMeta || d.ident.meta.Intent == "" {
+		running, stated := statedIntent(d.ident)
+		if !stated {
 			needAutostart = true
 			continue
 		}
 		d.intendedKnown = true
-		d.intended = d.ident.meta.Intent == guestmeta.IntentRunning
-		if !d.intended && d.ident.meta.Intent != guestmeta.IntentStopped {
+		d.intended = running
+		if !running && d.ident.meta.Intent != guestmeta.IntentStopped {
 			c.logger.Debug("unknown intent in caretaker metadata, counting the domain as not meant to run", "uuid", d.uuid, "domain", d.name, "intent", d.ident.meta.Intent)
 		}
 	}

@@ -251,6 +251,24 @@ func (c *Conn) open(op *opening) {
 	op.conn = conn
 }
 
+// Lost returns a channel closed once the connection open now is lost, as
+// libvirt's close callback reports it (libvirtd went away, the keepalive
+// timed out): the moment a user of OnConnect's callbacks stopped hearing
+// from them, which the hooks' undo learns only at the next Get. With no
+// connection open it returns a closed channel. A connection whose close
+// callback could not be registered is never reported lost here; IsAlive
+// still tells Get.
+func (c *Conn) Lost() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil || c.dead == nil {
+		closed := make(chan struct{})
+		close(closed)
+		return closed
+	}
+	return c.dead
+}
+
 // ErrTimeout is returned (wrapped) by Call when libvirt did not answer
 // within the timeout, and ErrBusy when an earlier call for the same thing
 // has not returned yet. Both mean libvirtd is not answering: the agent
