@@ -2,7 +2,8 @@
 // KVM host: /metrics for the server's Prometheus, and under /api/v1/ the
 // host-local actions the server's remediation asks for (today: look at and
 // start a libvirt domain, create and delete guest-cluster nodes, make,
-// repair and remove VXLAN overlays).
+// repair and remove VXLAN overlays) and the stream of libvirt's lifecycle
+// events (package eventstream).
 package agent
 
 import (
@@ -23,6 +24,7 @@ import (
 	"caretaker/collectors/host"
 	"caretaker/collectors/kvm"
 	"caretaker/collectors/overlay"
+	"caretaker/internal/agent/eventstream"
 	"caretaker/internal/agent/guests"
 	"caretaker/internal/authlimit"
 	"caretaker/internal/libvirtconn"
@@ -133,7 +135,11 @@ type Agent struct {
 	// action API per client address.
 	failures *authlimit.Limiter
 	// fence refuses the actions of an older leader (epoch.go).
-	fence   *fence
+	fence *fence
+	// events is the stream of libvirt lifecycle events (GET
+	// /api/v1/events), fed by source once Serve has started it.
+	events  *eventstream.Hub
+	source  *eventstream.Source
 	handler http.Handler
 }
 
@@ -190,7 +196,11 @@ func New(cfg Config) (*Agent, error) {
 		a.logger.Warn("no API token configured: host actions are disabled")
 	}
 
-	kvmOpts := []kvm.Option{kvm.WithLibvirtTimeout(cfg.LibvirtTimeout)}
+	a.events = eventstream.NewHub(eventstream.Options{Logger: a.logger.With("component", "events")})
+	a.source = eventstream.NewSource(a.events, a.conn, a.logger.With("component", "events"))
+	// The kvm collector's lifecycle callback is the stream's source too:
+	// libvirt takes one per connection.
+	kvmOpts := []kvm.Option{kvm.WithLibvirtTimeout(cfg.LibvirtTimeout), kvm.WithLifecycleListener(a.source)}
 	if cfg.DomainFilter != nil {
 		kvmOpts = append(kvmOpts, kvm.WithDomainMatch(a.owns))
 	}
@@ -233,14 +243,14 @@ func New(cfg Config) (*Agent, error) {
 		a.conn.Close()
 		return nil, fmt.Errorf("configure agent: %w", err)
 	}
-	for _, c := range []prometheus.Collector{
+	for _, c := range append([]prometheus.Collector{
 		collectors.NewSet(a.logger, cfg.ScrapeTimeout, a.collectors),
 		authFailures,
 		a.fence.gauge,
 		a.fence.refused,
 		promcollectors.NewGoCollector(),
 		promcollectors.NewProcessCollector(promcollectors.ProcessCollectorOpts{}),
-	} {
+	}, a.events.Collectors()...) {
 		if err := reg.Register(c); err != nil {
 			a.conn.Close()
 			return nil, fmt.Errorf("configure agent: register metrics collector: %w", err)
@@ -283,8 +293,11 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // Serve serves on l until ctx is done, then shuts down gracefully: it stops
-// accepting, lets running requests finish (for up to 30s), and returns nil.
-// TLS and basic auth come from Config.WebConfigFile.
+// accepting, ends the event streams, lets running requests finish (for up
+// to 30s), and returns nil. TLS and basic auth come from
+// Config.WebConfigFile. It also starts the event stream's source, which
+// keeps the libvirt connection open (and opens it now) so that libvirt's
+// events reach GET /api/v1/events without waiting for a scrape.
 func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	addr := l.Addr().String()
 	srv := &http.Server{
@@ -299,6 +312,10 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
+	// The event streams never end on their own: without this, Shutdown
+	// would wait the whole grace period for them.
+	srv.RegisterOnShutdown(a.events.Close)
+	a.source.Start(ctx)
 	noSystemd := false
 	flags := &web.FlagConfig{
 		WebListenAddresses: &[]string{addr},
@@ -330,7 +347,9 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// Close closes the agent's libvirt connection. Call it after Serve returns.
+// Close ends the event streams and closes the agent's libvirt connection.
+// Call it after Serve returns.
 func (a *Agent) Close() error {
+	a.events.Close()
 	return a.conn.Close()
 }

@@ -14,6 +14,13 @@ import (
 
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			methodNotAllowed(w, r, http.MethodGet)
+			return
+		}
+		a.events.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("/api/v1/domains/{uuid}", a.handleDomain)
 	mux.HandleFunc("/api/v1/domains/{uuid}/start", a.handleStart)
 	mux.HandleFunc("/api/v1/overlays/{cluster}/repair", a.overlays.handleRepair)
