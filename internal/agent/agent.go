@@ -315,7 +315,7 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 	// The event streams never end on their own: without this, Shutdown
 	// would wait the whole grace period for them.
 	srv.RegisterOnShutdown(a.events.Close)
-	a.source.Start(ctx)
+	a.Start(ctx)
 	noSystemd := false
 	flags := &web.FlagConfig{
 		WebListenAddresses: &[]string{addr},
@@ -345,6 +345,16 @@ func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("shut down agent on %s: %w", addr, err)
 	}
 	return nil
+}
+
+// Start starts what works beside the HTTP handler: the event stream's
+// source, which keeps the libvirt connection open so that libvirt's events
+// reach GET /api/v1/events without waiting for a scrape. Serve calls it;
+// whoever serves Handler some other way must. The event streams end when
+// ctx is done, so that a graceful shutdown does not wait for them.
+func (a *Agent) Start(ctx context.Context) {
+	a.source.Start(ctx)
+	context.AfterFunc(ctx, a.events.Close)
 }
 
 // Close ends the event streams and closes the agent's libvirt connection.

@@ -317,6 +317,7 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 		defer close(done)
 		var err error
 		if r.cl != nil {
+			a.Start(actx)
 			err = serveTLS(actx, l, r.cl.wrap(a.Handler()), webConfig, r.o.Logger.With("host", h.name))
 		} else {
 			err = a.Serve(actx, l)
