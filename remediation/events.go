@@ -9,10 +9,12 @@ import (
 // engine as an Alert with FromEvent set, with the labels the rule would
 // give it, seconds before the rule fires for the same crash.
 type GuestEvents interface {
-	// Unbroken reports whether the event stream of host is connected now
-	// and has delivered every event of its agent since t: a crash after
-	// t would have come as an event of its own.
-	Unbroken(host string, since time.Time) bool
+	// SameOutage reports whether a rule's alert for the guest that first
+	// fired at alertAt can only have seen the outage an event reported at
+	// eventAt: the host's stream is connected and has delivered every
+	// event of its agent since eventAt, and did not report the guest
+	// running again early enough for the rule's data to be from after it.
+	SameOutage(host, uuid string, eventAt, alertAt time.Time) bool
 	// Started returns a channel closed when host's agent next reports the
 	// guest with uuid started, and what stops the wait; a nil channel
 	// when no stream of host is connected.
@@ -34,9 +36,8 @@ type latest struct {
 // same crash, each with its own start:
 //
 //   - a rule's alert whose label set has an instance raised from an event
-//     that started no later than it, while the host's stream has been
-//     unbroken since that event: a second crash after it would have come as
-//     an event, so the rule saw the same one;
+//     that started no later than it, when the event path says the rule can
+//     only have seen that event's outage (GuestEvents.SameOutage);
 //   - an event's alert whose label set has an instance raised by a rule
 //     that started no earlier than the event: the rule saw this crash
 //     first (the stream was down, or lagged).
@@ -61,7 +62,7 @@ func (e *Engine) keyFor(a Alert) instanceKey {
 	case a.FromEvent && l.rule != nil && l.rule.startsAt >= a.StartsAt.Add(-eventSkew).Unix():
 		to = l.rule
 	case !a.FromEvent && l.event != nil && l.event.startsAt <= a.StartsAt.Add(eventSkew).Unix() &&
-		e.events.Unbroken(a.Labels["host"], time.Unix(l.event.startsAt, 0)):
+		e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], time.Unix(l.event.startsAt, 0), a.StartsAt):
 		to = l.event
 	}
 	if to == nil || e.instances[*to] == nil {

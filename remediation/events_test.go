@@ -22,12 +22,20 @@ type streams struct {
 	started  []chan struct{}
 	// connected false: no stream, no started events to wait for.
 	disconnected bool
+	// ranAgain: the stream reported the guest running at this time.
+	ranAgain time.Time
 }
 
-func (s *streams) Unbroken(host string, since time.Time) bool {
+// streamLag is how old the rule's data may be in these tests.
+const streamLag = 2 * time.Second
+
+func (s *streams) SameOutage(host, uuid string, eventAt, alertAt time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return !s.disconnected && (s.brokenAt.IsZero() || s.brokenAt.Before(since))
+	if !s.ranAgain.IsZero() && s.ranAgain.After(eventAt) && s.ranAgain.Before(alertAt.Add(-streamLag)) {
+		return false // the rule's data is from after the guest ran again
+	}
+	return !s.disconnected && (s.brokenAt.IsZero() || s.brokenAt.Before(eventAt))
 }
 
 func (s *streams) Started(host, uuid string) (<-chan struct{}, func()) {
@@ -85,6 +93,9 @@ func TestEventAndRuleAlertsOfOneCrash(t *testing.T) {
 		first, second Alert
 		// broken: the stream reconnected without resuming between them.
 		broken, disconnected bool
+		// ranAgain: the stream reported the guest running this long
+		// after the first alert's start.
+		ranAgain time.Duration
 		// crashAgain: the guest crashed again before second.
 		crashAgain  bool
 		wantRecords int
@@ -95,6 +106,8 @@ func TestEventAndRuleAlertsOfOneCrash(t *testing.T) {
 			wantRecords: 1, wantStarts: 1, wantSame: 1},
 		{name: "rule after event, stream broken since", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(3 * time.Second)),
 			broken: true, wantRecords: 2, wantStarts: 1},
+		{name: "rule of a later stop whose event raised nothing", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(time.Minute)),
+			ranAgain: time.Second, crashAgain: true, wantRecords: 2, wantStarts: 2},
 		{name: "rule after event, stream down now", first: eventAlert(crashAt), second: ruleAlert(crashAt.Add(3 * time.Second)),
 			disconnected: true, wantRecords: 2, wantStarts: 1},
 		{name: "event late after the rule", first: ruleAlert(crashAt.Add(3 * time.Second)), second: eventAlert(crashAt),
@@ -118,6 +131,9 @@ func TestEventAndRuleAlertsOfOneCrash(t *testing.T) {
 				s.brokenAt = c.first.StartsAt.Add(time.Second)
 			case c.disconnected:
 				s.disconnected = true
+			}
+			if c.ranAgain != 0 {
+				s.ranAgain = c.first.StartsAt.Add(c.ranAgain)
 			}
 			if c.crashAgain {
 				crash(t, f.hosts)
@@ -217,5 +233,24 @@ rules:
 	recs := f.records(t)
 	if len(recs) != 1 || recs[0].State != journal.StateSucceeded {
 		t.Errorf("records = %+v, want one succeeded", recs)
+	}
+}
+
+// The rule's report of a stop lags the event path's: a rule's firing
+// alert taken as an event's instance that the guest's started event
+// already resolved does not count the guest unhealthy (a second stop
+// elsewhere would otherwise find the breaker's threshold passed).
+func TestLaggingRuleAlertIsNotUnhealthy(t *testing.T) {
+	s := &streams{}
+	f := newFixture(t, withEvents(s))
+	crash(t, f.hosts)
+	ev := eventAlert(alertStart)
+	f.handle(ev)
+	ev.Status = StatusResolved
+	f.handle(ev)
+	f.handle(ruleAlert(alertStart.Add(2 * time.Second)))
+	checkGauges(t, f, map[string]float64{"unhealthy": 0})
+	if n := f.hosts.startCalls(); n != 1 {
+		t.Errorf("StartGuest called %d times, want 1", n)
 	}
 }

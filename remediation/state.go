@@ -132,6 +132,13 @@ func (e *Engine) observe(alerts []Alert, fleet int) {
 		if err != nil {
 			continue
 		}
+		if k := e.keyFor(a); a.Status == StatusFiring && k != keyOf(a.Fingerprint, a.StartsAt) {
+			if in := e.instances[k]; in != nil && in.resolved {
+				// The rule's lagging report of a stop the event path
+				// already saw end: the target is healthy.
+				continue
+			}
+		}
 		if e.unhealthy[t.key()] == nil && a.Status == StatusFiring {
 			e.unhealthy[t.key()] = map[string]bool{}
 		}

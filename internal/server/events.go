@@ -44,6 +44,14 @@ const (
 	// maxEventAge: an event dated further back (or ahead) on the agent's
 	// clock than this is dated when it arrived.
 	maxEventAge = time.Minute
+	// seriesWindow is how far back the guest's series are looked for: a
+	// scrape that failed while libvirtd was busy with the very stop marks
+	// them stale, and the labels do not change.
+	seriesWindow = "15m"
+	// keepRunning bounds how long a guest's reports of running are kept
+	// (SameOutage), and how many.
+	keepRunning    = time.Hour
+	maxRunningKept = 8
 )
 
 // guestEvents is the server's end of the agents' event streams. While this
@@ -60,6 +68,9 @@ type guestEvents struct {
 	logger  *slog.Logger
 	now     func() time.Time
 	metrics eventMetrics
+	// lag is how old the data of a rule's alert may be when it first
+	// fires: a scrape interval, and a second for the rest.
+	lag time.Duration
 
 	mu      sync.Mutex
 	streams map[string]*hostStream // by host
@@ -80,9 +91,23 @@ type hostStream struct {
 	// waiters wait for a guest's started event, by UUID.
 	waiters map[string][]chan struct{}
 	// raised are the alerts raised from events of guests that have not
-	// been reported started since, by UUID.
-	raised map[string]remediation.Alert
+	// been reported running since, by UUID.
+	raised map[string]raised
+	// running are when guests were last reported running (the latest
+	// few, oldest first), by UUID.
+	running map[string][]time.Time
 }
+
+// raised is an alert raised from an event, and when.
+type raised struct {
+	alert remediation.Alert
+	at    time.Time
+}
+
+// sameStopWithin: events of one stop come together (a guest panic, then
+// its stop; a destroy's shutdown, then its stop): a second alert of the
+// same name for the guest within it is not raised.
+const sameStopWithin = 10 * time.Second
 
 type eventMetrics struct {
 	up       *prometheus.GaugeVec
@@ -93,7 +118,8 @@ type eventMetrics struct {
 	unknown  prometheus.Counter
 }
 
-func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor], reg prometheus.Registerer, logger *slog.Logger) (*guestEvents, error) {
+// newGuestEvents follows hosts' agents; scrapeInterval is the agents' job's.
+func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor], scrapeInterval time.Duration, reg prometheus.Registerer, logger *slog.Logger) (*guestEvents, error) {
 	m := eventMetrics{
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "caretaker_event_stream_up",
@@ -129,7 +155,7 @@ func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Mo
 		m.alerts.WithLabelValues(a)
 	}
 	return &guestEvents{hosts: hosts, monitor: monitor, logger: logger, now: time.Now, metrics: m,
-		streams: map[string]*hostStream{}}, nil
+		lag: scrapeInterval + time.Second, streams: map[string]*hostStream{}}, nil
 }
 
 // Run holds a stream to every agent the server knows until ctx is done,
@@ -175,7 +201,7 @@ func (g *guestEvents) follow(ctx context.Context, handle func(context.Context, [
 		}
 		sctx, stop := context.WithCancel(ctx)
 		hs := &hostStream{client: c, stop: stop, done: make(chan struct{}),
-			waiters: map[string][]chan struct{}{}, raised: map[string]remediation.Alert{}}
+			waiters: map[string][]chan struct{}{}, raised: map[string]raised{}, running: map[string][]time.Time{}}
 		g.streams[host] = hs
 		g.metrics.up.WithLabelValues(host).Set(0)
 		go g.stream(sctx, host, hs, handle)
@@ -294,18 +320,19 @@ func (g *guestEvents) line(ctx context.Context, host string, hs *hostStream, l a
 	name := stoppedAlert(ev)
 	switch {
 	case ev.StateKnown && ev.State == stateRunning:
+		hs.ranAt(ev.UUID, now)
 		for _, w := range hs.waiters[ev.UUID] {
 			close(w)
 		}
 		delete(hs.waiters, ev.UUID)
-		if a, ok := hs.raised[ev.UUID]; ok {
-			a.Status, a.EndsAt = remediation.StatusResolved, now
-			send = append(send, a)
+		if r, ok := hs.raised[ev.UUID]; ok {
+			r.alert.Status, r.alert.EndsAt = remediation.StatusResolved, now
+			send = append(send, r.alert)
 			delete(hs.raised, ev.UUID)
 		}
 	case name == "":
-	case hs.raised[ev.UUID].Name == name:
-		name = "" // the same outage, told again (a panic, then the stop)
+	case hs.raised[ev.UUID].alert.Name == name && now.Sub(hs.raised[ev.UUID].at) < sameStopWithin:
+		name = "" // the same stop, told again
 	}
 	g.mu.Unlock()
 
@@ -317,7 +344,7 @@ func (g *guestEvents) line(ctx context.Context, host string, hs *hostStream, l a
 			g.logger.Debug("an event of a stopped guest raised no alert", "host", host, "uuid", ev.UUID, "err", err)
 		default:
 			g.mu.Lock()
-			hs.raised[ev.UUID] = a
+			hs.raised[ev.UUID] = raised{alert: a, at: now}
 			g.mu.Unlock()
 			g.metrics.alerts.WithLabelValues(name).Inc()
 			g.logger.Info("a guest meant to run stopped: alert raised from the agent's event", "host", host,
@@ -369,12 +396,14 @@ func (g *guestEvents) alert(ctx context.Context, host, name string, ev agentapi.
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	sel := fmt.Sprintf("{%s=%q,uuid=%q}", monitoring.HostLabel, host, ev.UUID)
-	state, err := m.Query(qctx, "caretaker_kvm_domain_state"+sel, g.now())
+	last := func(metric string) string {
+		return fmt.Sprintf("last_over_time(%s{%s=%q,uuid=%q}[%s])", metric, monitoring.HostLabel, host, ev.UUID, seriesWindow)
+	}
+	state, err := m.Query(qctx, last("caretaker_kvm_domain_state"), g.now())
 	if err != nil {
 		return remediation.Alert{}, err
 	}
-	info, err := m.Query(qctx, "caretaker_kvm_domain_info"+sel, g.now())
+	info, err := m.Query(qctx, last("caretaker_kvm_domain_info"), g.now())
 	if err != nil {
 		return remediation.Alert{}, err
 	}
@@ -382,6 +411,7 @@ func (g *guestEvents) alert(ctx context.Context, host, name string, ev agentapi.
 		return remediation.Alert{}, fmt.Errorf("%w: %d state and %d info series", errNoSeries, len(state), len(info))
 	}
 	labels := state[0].Metric.Map()
+	delete(labels, "__name__")
 	for _, l := range []string{"domain", "cluster", "role"} {
 		if v := info[0].Metric.Get(l); v != "" {
 			labels[l] = v
@@ -395,12 +425,37 @@ func (g *guestEvents) alert(ctx context.Context, host, name string, ev agentapi.
 		StartsAt: at, Fingerprint: a.Fingerprint, FromEvent: true}, nil
 }
 
-// Unbroken is remediation.GuestEvents'.
-func (g *guestEvents) Unbroken(host string, since time.Time) bool {
+// ranAt notes that the guest was reported running at t. Called with g.mu
+// held.
+func (hs *hostStream) ranAt(uuid string, t time.Time) {
+	times := hs.running[uuid]
+	for len(times) > 0 && (len(times) >= maxRunningKept || t.Sub(times[0]) > keepRunning) {
+		times = times[1:]
+	}
+	hs.running[uuid] = append(times, t)
+	for u, ts := range hs.running {
+		if t.Sub(ts[len(ts)-1]) > keepRunning {
+			delete(hs.running, u)
+		}
+	}
+}
+
+// SameOutage is remediation.GuestEvents'. The data of a rule's alert that
+// first fired at alertAt was scraped at most lag before: a guest reported
+// running between the event and then was seen stopped again by the rule.
+func (g *guestEvents) SameOutage(host, uuid string, eventAt, alertAt time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	hs := g.streams[host]
-	return hs != nil && hs.connected && !hs.unbrokenSince.IsZero() && !hs.unbrokenSince.After(since)
+	if hs == nil || !hs.connected || hs.unbrokenSince.IsZero() || hs.unbrokenSince.After(eventAt) {
+		return false
+	}
+	for _, t := range hs.running[uuid] {
+		if t.After(eventAt) && t.Before(alertAt.Add(-g.lag)) {
+			return false
+		}
+	}
+	return true
 }
 
 // Started is remediation.GuestEvents'.

@@ -108,7 +108,8 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		hosts.Add(h.Name, h.Agent)
 	}
 	if o.Config.Agents.EventsEnabled() {
-		if s.events, err = newGuestEvents(hosts, &s.running, s.reg, s.logger.With("component", "events")); err != nil {
+		interval := o.Config.Prometheus.Job("agents").ScrapeInterval
+		if s.events, err = newGuestEvents(hosts, &s.running, interval, s.reg, s.logger.With("component", "events")); err != nil {
 			return nil, err
 		}
 	}
@@ -360,8 +361,8 @@ func (s *Server) startRemediation(ctx context.Context, in inputs) (*intake.Metri
 	return intake.NewMetrics(s.reg)
 }
 
-// fleetSize is the number of guests the embedded Prometheus knows of; 0
-// until it runs.
+// fleetSize is the number of guests the embedded Prometheus has seen in
+// the last 10 minutes; 0 until it runs.
 func (s *Server) fleetSize() int {
 	m := s.running.Load()
 	if m == nil {
@@ -369,7 +370,10 @@ func (s *Server) fleetSize() int {
 	}
 	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	v, err := m.Query(qctx, "count(caretaker_kvm_domain_info)", time.Now())
+	// Over a window: a scrape that failed (libvirtd busy with the very
+	// crash) marks its guests stale, which must not shrink the fleet the
+	// breaker takes its percentage of.
+	v, err := m.Query(qctx, "count(last_over_time(caretaker_kvm_domain_info[10m]))", time.Now())
 	if err != nil || len(v) == 0 {
 		return 0
 	}
