@@ -62,9 +62,11 @@ type Server struct {
 	// running is monitor once it runs, for the engine and the
 	// provisioner, which start before it.
 	running atomic.Pointer[monitoring.Monitor]
-	policy  *policyHolder
-	prov    *fleet.Provisioner // nil without provisioner.inventory_file
-	agents  *agentapi.Hosts    // the agents' clients, by host
+	// fleet is the number of guests last counted (fleetSize).
+	fleet  atomic.Int64
+	policy *policyHolder
+	prov   *fleet.Provisioner // nil without provisioner.inventory_file
+	agents *agentapi.Hosts    // the agents' clients, by host
 	// events follows the agents' event streams while this server acts;
 	// nil with agents.events false.
 	events  *guestEvents
@@ -152,6 +154,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.cluster == nil && s.events != nil {
 		s.bg.Go(func() { s.events.Run(bgCtx, s.engine.Handle) })
 	}
+	s.bg.Go(func() { s.countFleet(bgCtx) })
 	s.bg.Go(func() {
 		s.inbox.RunPruning(bgCtx, intake.PruneOptions{Metrics: intakeMetrics, Logger: s.logger.With("component", "webhook")})
 	})
@@ -316,10 +319,8 @@ func (s *Server) newEngine(j *journal.Journal, prov *fleet.Provisioner, reg prom
 	if s.events != nil {
 		events = s.events
 	}
-	// The engine starts before the monitor whose data sizes the fleet, and
-	// the monitor's first rule evaluation may reach the engine before
-	// monitoring.Start returns: until the monitor is stored in s.running,
-	// the fleet size is unknown (0).
+	// The engine starts before the monitor whose data sizes the fleet:
+	// until the first count (countFleet), the fleet size is unknown (0).
 	return remediation.New(remediation.Options{
 		Policy:        s.pol.Load(),
 		Journal:       j,
@@ -362,13 +363,39 @@ func (s *Server) startRemediation(ctx context.Context, in inputs) (*intake.Metri
 }
 
 // fleetSize is the number of guests the embedded Prometheus has seen in
-// the last 10 minutes; 0 until it runs.
-func (s *Server) fleetSize() int {
+// the last 10 minutes, as last counted (countFleet); 0 until counted.
+func (s *Server) fleetSize() int { return int(s.fleet.Load()) }
+
+// fleetEvery spaces the counts of the fleet: counting every guest's
+// series takes a while at fleet scale, and the engine asks for the size on
+// every batch of alerts, an event's too.
+const fleetEvery = 15 * time.Second
+
+// countFleet counts the fleet every fleetEvery (every second until there
+// is a count) until ctx is done.
+func (s *Server) countFleet(ctx context.Context) {
+	for {
+		s.fleet.Store(int64(s.countGuests(ctx)))
+		wait := fleetEvery
+		if s.fleet.Load() == 0 {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// countGuests counts the guests the embedded Prometheus has seen in the
+// last 10 minutes; 0 when it cannot tell.
+func (s *Server) countGuests(ctx context.Context) int {
 	m := s.running.Load()
 	if m == nil {
 		return 0
 	}
-	qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	// Over a window: a scrape that failed (libvirtd busy with the very
 	// crash) marks its guests stale, which must not shrink the fleet the
