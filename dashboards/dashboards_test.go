@@ -276,6 +276,9 @@ var conditionalNames = map[string]string{
 	// libvirt fills block.N.errors only for drivers that count them (Xen's
 	// oo_req); QEMU guests never report it.
 	"caretaker_kvm_domain_block_errors_total": "collectors/kvm: only where libvirt reports block errors",
+	// One series per host the acting server follows (agents.events); a
+	// server without hosts, as here, has none.
+	"caretaker_event_stream_up": "internal/server/events.go: per host the acting server holds a stream to",
 }
 
 // goldenFiles are the whole-scrape golden files of the agent and its
