@@ -25,8 +25,11 @@ import (
 
 // Defaults of Options' zero fields.
 const (
-	// DefaultRingSize events are kept for readers that resume.
-	DefaultRingSize = 4096
+	// DefaultRingSize events are kept for readers that resume: a
+	// reconnect takes seconds, in which a host's few dozen guests make
+	// far fewer; at about 200 bytes each, the ring stays small on every
+	// host.
+	DefaultRingSize = 1024
 	// DefaultBuffer events may wait for one stream's writer; a stream
 	// further behind is cut off, and its reader resumes from the ring.
 	DefaultBuffer = 256
