@@ -38,12 +38,17 @@ const (
 	benchGuests = 50
 	// benchSamples scrapes 15 s apart give rate() and predict_linear() data.
 	benchSamples = 4
+	// benchCrashedEvery: the first guest of every benchCrashedEvery-th host
+	// is meant to run but crashed (20 guests in the fleet), so that
+	// GuestCrashed fires from the agent's unexpected-state series.
+	benchCrashedEvery = 50
 )
 
 // BenchmarkRuleEvaluation appends the series the collectors really export
 // for 1,000 hosts with 50 guests each — one host's real agent output (host
 // and overlay collectors on the fixture trees) and one real QEMU guest's kvm
-// series, replicated — to a TSDB, then evaluates every rule group the way
+// series, replicated, but for a few guests meant to run that crashed (the
+// collector's series for one, with its unexpected-state series) — to a TSDB, then evaluates every rule group the way
 // the server's rules manager does: the groups side by side, recording rules
 // before the alerts that read them, the independent rules of a group
 // concurrently. It evaluates at least benchEvals times (b.N if more) and
@@ -109,14 +114,14 @@ func BenchmarkRuleEvaluation(b *testing.B) {
 
 	evals := max(b.N, benchEvals)
 	walls := make([]time.Duration, 0, evals)
-	var firing int
+	var firing, crashedFiring int
 	took := map[string]time.Duration{}
 	runtime.GC()
 	cpuBefore := cpuTime(b)
 	b.ResetTimer()
 	for i := 0; i < evals; i++ {
 		walls = append(walls, evalAll())
-		firing = 0
+		firing, crashedFiring = 0, 0
 		for _, g := range groups {
 			for _, r := range g.Rules() {
 				if err := r.LastError(); err != nil {
@@ -125,11 +130,17 @@ func BenchmarkRuleEvaluation(b *testing.B) {
 				took[r.Name()] += r.GetEvaluationDuration()
 				if ar, ok := r.(*promrules.AlertingRule); ok {
 					firing += len(ar.ActiveAlerts())
+					if ar.Name() == "GuestCrashed" {
+						crashedFiring += len(ar.ActiveAlerts())
+					}
 				}
 			}
 		}
 	}
 	b.StopTimer()
+	if want := (benchHosts + benchCrashedEvery - 1) / benchCrashedEvery; crashedFiring != want {
+		b.Errorf("GuestCrashed fired for %d guests, want the fixture's %d crashed guests", crashedFiring, want)
+	}
 	// CPU time too: on a shared machine it varies less than the wall time.
 	cpu := (cpuTime(b) - cpuBefore).Seconds() / float64(evals)
 	each := make([]string, len(walls))
@@ -219,6 +230,10 @@ func buildFleet() (*fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+	crashed, err := seriesOf("../collectors/kvm/testdata/emit/crashed-intended.metrics", func(string) bool { return true })
+	if err != nil {
+		return nil, err
+	}
 
 	// Return an earlier run's memory to the OS so that it does not count.
 	debug.FreeOSMemory()
@@ -284,9 +299,13 @@ func buildFleet() (*fleet, error) {
 		}
 		for g := 0; g < benchGuests; g++ {
 			uuid := fmt.Sprintf("%08x-0000-4000-8000-%012x", h, g)
-			for _, s := range guest {
+			series := guest
+			if g == 0 && h%benchCrashedEvery == 0 {
+				series = crashed
+			}
+			for _, s := range series {
 				extra := map[string]string{"uuid": uuid}
-				if s.labels["__name__"] == "caretaker_kvm_domain_info" {
+				if _, ok := s.labels["domain"]; ok { // domain_info, domain_unhealthy_info
 					extra["domain"] = fmt.Sprintf("c%d-worker-%d", h%20, g)
 				}
 				if err := add(extra, s); err != nil {

@@ -232,6 +232,26 @@ func TestEmit(t *testing.T) {
 			},
 		},
 		{
+			// Meant to run (its metadata says so) but its emulator
+			// died: besides the usual series, its state, reason and
+			// identity under the names the guest alerts read.
+			name: "crashed-intended",
+			d: domain{
+				uuid: uuid, name: "probe", intendedKnown: true, intended: true, crashes: count(1),
+				ident: &identity{
+					meta:    guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "lab", Role: "worker"},
+					hasMeta: true,
+					ifaces:  []iface{{bridge: "br-lab", mac: "52:54:00:00:00:01"}},
+				},
+				stats: &libvirt.DomainStats{
+					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_SHUTOFF, ReasonSet: true, Reason: int(libvirt.DOMAIN_SHUTOFF_CRASHED)},
+					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 560000000},
+					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
+					Vcpu:    offline,
+				},
+			},
+		},
+		{
 			// Not even crashes: libvirt's events are not available.
 			name: "nothing-reported",
 			d:    domain{uuid: uuid, name: "probe", intendedKnown: true, stats: &libvirt.DomainStats{}},
@@ -270,6 +290,45 @@ func TestEmit(t *testing.T) {
 			out := golden.Encode(t, mfs)
 			t.Run("promtool", func(t *testing.T) { golden.CheckMetrics(t, out) })
 			golden.Compare(t, filepath.Join("testdata", "emit", tt.name+".metrics"), out, *update)
+		})
+	}
+}
+
+// TestEmitUnexpected: the unexpected-state series exist for a domain meant
+// to run whose known state is not running, and for no other.
+func TestEmitUnexpected(t *testing.T) {
+	t.Parallel()
+	const uuid = "0a000000-0000-4000-8000-0000000000fe"
+	state := func(s libvirt.DomainState, reason int) *libvirt.DomainStats {
+		return &libvirt.DomainStats{State: &libvirt.DomainStatsState{StateSet: true, State: s, ReasonSet: true, Reason: reason}}
+	}
+	names := []string{
+		"caretaker_kvm_domain_unexpected_state",
+		"caretaker_kvm_domain_unexpected_state_reason",
+		"caretaker_kvm_domain_unhealthy_info",
+	}
+	for _, tt := range []struct {
+		name string
+		d    domain
+		want int // series of each of names
+	}{
+		{"meant to run, running", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_RUNNING, 1)}, 0},
+		{"meant to run, shut off (crashed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 1},
+		{"meant to run, shut off (destroyed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_SHUTOFF, 2)}, 1},
+		{"meant to run, crashed", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_CRASHED, 0)}, 1},
+		{"meant to run, paused", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_PAUSED, 5)}, 1},
+		{"meant to stay stopped, shut off", domain{intendedKnown: true, stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 0},
+		{"intent unknown, shut off", domain{stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 0},
+		{"meant to run, state unknown", domain{intendedKnown: true, intended: true, stats: &libvirt.DomainStats{}}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.d.uuid, tt.d.name = uuid, "lab-worker-1"
+			c := New(nil, testLogger(t))
+			for _, name := range names {
+				if n := testutil.CollectAndCount(emitOnly{c, tt.d}, name); n != tt.want {
+					t.Errorf("%s: %d series, want %d", name, n, tt.want)
+				}
+			}
 		})
 	}
 }
