@@ -82,6 +82,16 @@ func lifecycleKind(t libvirt.DomainEventType) (eventKind, bool) {
 	}
 }
 
+// EventTypeName is the word for libvirt's lifecycle event type, as the
+// event label and the agent's event stream say it; "unknown(N)" for a type
+// newer than this code.
+func EventTypeName(t libvirt.DomainEventType) string {
+	if k, ok := lifecycleKind(t); ok {
+		return k.String()
+	}
+	return fmt.Sprintf("unknown(%d)", int(t))
+}
+
 // memory is what the collector keeps between scrapes: what libvirt's
 // events told it, and the identities it read. Event callbacks run on
 // libvirt's event loop, scrapes on their own goroutine; both go through mu.

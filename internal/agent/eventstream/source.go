@@ -239,31 +239,9 @@ func (s *Source) keep(ctx context.Context) {
 	}
 }
 
-// TypeName is an Event's Type for libvirt's lifecycle event type.
-func TypeName(t libvirt.DomainEventType) string {
-	switch t {
-	case libvirt.DOMAIN_EVENT_DEFINED:
-		return agentapi.EventDefined
-	case libvirt.DOMAIN_EVENT_UNDEFINED:
-		return agentapi.EventUndefined
-	case libvirt.DOMAIN_EVENT_STARTED:
-		return agentapi.EventStarted
-	case libvirt.DOMAIN_EVENT_SUSPENDED:
-		return agentapi.EventSuspended
-	case libvirt.DOMAIN_EVENT_RESUMED:
-		return agentapi.EventResumed
-	case libvirt.DOMAIN_EVENT_STOPPED:
-		return agentapi.EventStopped
-	case libvirt.DOMAIN_EVENT_SHUTDOWN:
-		return agentapi.EventShutdown
-	case libvirt.DOMAIN_EVENT_PMSUSPENDED:
-		return agentapi.EventPMSuspended
-	case libvirt.DOMAIN_EVENT_CRASHED:
-		return agentapi.EventCrashed
-	default:
-		return fmt.Sprintf("unknown(%d)", int(t))
-	}
-}
+// TypeName is an Event's Type for libvirt's lifecycle event type: the
+// kvm collector's word for it (its lifecycle_events_total label).
+func TypeName(t libvirt.DomainEventType) string { return kvm.EventTypeName(t) }
 
 // details are libvirt's detail words of each event type, by their code.
 var details = map[libvirt.DomainEventType][]string{
