@@ -30,6 +30,7 @@ import (
 
 	"caretaker/internal/agentcmd"
 	"caretaker/internal/logflags"
+	"caretaker/internal/version"
 )
 
 func main() {
@@ -48,5 +49,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	logs.Register(root.PersistentFlags())
+	root.AddCommand(version.Command("caretaker-agent", root))
 	return root
 }

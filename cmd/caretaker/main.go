@@ -15,6 +15,7 @@ import (
 
 	"caretaker/internal/agentcmd"
 	"caretaker/internal/logflags"
+	"caretaker/internal/version"
 )
 
 func main() {
@@ -47,5 +48,6 @@ turns what it sees into Prometheus alerts, and heals what breaks.
 	root.SetErr(stderr)
 	logs.Register(root.PersistentFlags())
 	root.AddCommand(agentcmd.New("caretaker agent", logs.Logger), newServerCmd(logs), newLabCmd(logs), newPXECmd(), newCertsCmd(), newStateCmd())
+	root.AddCommand(version.Command("caretaker", root))
 	return root
 }

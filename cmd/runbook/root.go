@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"caretaker/internal/api"
+	"caretaker/internal/version"
 	"caretaker/remediation/guards"
 	"caretaker/remediation/journal"
 )
@@ -81,6 +82,7 @@ another.`,
 		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv),
 		newPendingCmd(o, getenv), newDecideCmd(o, getenv, true), newDecideCmd(o, getenv, false), newRunCmd(o, getenv),
 		newPolicyCmd(o, getenv), newClusterCmd(o, getenv), newHostCmd(o, getenv))
+	root.AddCommand(version.Command("runbook", root))
 	return root
 }
 

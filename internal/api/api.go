@@ -12,10 +12,13 @@ import (
 
 // Status is the fleet as the server sees it now.
 type Status struct {
-	Time   time.Time `json:"time"`
-	Hosts  []Host    `json:"hosts"`
-	Guests []Guest   `json:"guests"`
-	Alerts []Alert   `json:"alerts"`
+	Time time.Time `json:"time"`
+	// Version is the answering server's build (`caretaker version`); empty
+	// from servers older than the field.
+	Version string  `json:"version,omitempty"`
+	Hosts   []Host  `json:"hosts"`
+	Guests  []Guest `json:"guests"`
+	Alerts  []Alert `json:"alerts"`
 }
 
 // Host is one hypervisor host and the health of its agent.

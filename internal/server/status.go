@@ -11,6 +11,7 @@ import (
 	"caretaker/internal/api"
 	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
+	"caretaker/internal/version"
 	"caretaker/remediation/journal"
 )
 
@@ -46,7 +47,7 @@ func (s *status) Record(_ context.Context, id uint64) (journal.Record, error) {
 
 func (s *status) Status(ctx context.Context) (api.Status, error) {
 	now := time.Now()
-	out := api.Status{Time: now, Hosts: []api.Host{}, Guests: []api.Guest{}, Alerts: []api.Alert{}}
+	out := api.Status{Time: now, Version: version.Get().Version, Hosts: []api.Host{}, Guests: []api.Guest{}, Alerts: []api.Alert{}}
 	q := func(expr string) (promql.Vector, error) {
 		v, err := s.monitor.Query(ctx, expr, now)
 		if err != nil {
