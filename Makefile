@@ -6,10 +6,17 @@ GO      ?= go
 BIN     := bin
 PROMTOOL ?= promtool
 GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
+# What `caretaker version` says (internal/version), and the packages'
+# version (internal/debpkg.DebianVersion): git describe, the commit and its
+# time; "dev" outside git.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE    ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y%m%d%H%M%S 2>/dev/null)
+LDFLAGS := -X caretaker/internal/version.Version=$(VERSION) -X caretaker/internal/version.Commit=$(COMMIT) -X caretaker/internal/version.Date=$(DATE)
 # The full output of the last `make test`.
 TESTLOG ?= $(BIN)/test.log
 
-.PHONY: all setup build run test lint rules-test go-test fuzz bench clean
+.PHONY: all setup build package run test lint rules-test go-test fuzz bench clean
 
 all: build
 
@@ -20,9 +27,16 @@ setup:
 
 build:
 	@bash deploy/setup.sh build
-	$(GO) build -o $(BIN)/caretaker ./cmd/caretaker
-	$(GO) build -o $(BIN)/caretaker-agent ./cmd/caretaker-agent
-	$(GO) build -o $(BIN)/runbook ./cmd/runbook
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker ./cmd/caretaker
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker-agent ./cmd/caretaker-agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runbook ./cmd/runbook
+
+# Debian packages of the binaries just built (internal/debpkg, nfpm as a
+# library): caretaker-agent, caretaker-server and caretaker-runbook in
+# $(BIN)/pkg/; prints their paths.
+package: build
+	@rm -f $(BIN)/pkg/*.deb
+	@$(GO) run ./internal/debpkg/mkdeb --bin $(BIN) --out $(BIN)/pkg --version '$(VERSION)' --date '$(DATE)'
 
 # Starts the embedded default: a server and two hosts' agents with guests.
 # Without root (or without libvirtd) the lab runs on libvirt's test driver.
