@@ -320,6 +320,8 @@ func (g *guestEvents) line(ctx context.Context, host string, hs *hostStream, l a
 	name := stoppedAlert(ev)
 	switch {
 	case ev.StateKnown && ev.State == stateRunning:
+		// Running: what waited for it is over, the alert raised for
+		// its stop resolved.
 		hs.ranAt(ev.UUID, now)
 		for _, w := range hs.waiters[ev.UUID] {
 			close(w)
@@ -330,6 +332,14 @@ func (g *guestEvents) line(ctx context.Context, host string, hs *hostStream, l a
 			send = append(send, r.alert)
 			delete(hs.raised, ev.UUID)
 		}
+	case ev.Type == agentapi.EventUndefined:
+		// Gone: nothing left to heal, nothing to remember.
+		if r, ok := hs.raised[ev.UUID]; ok {
+			r.alert.Status, r.alert.EndsAt = remediation.StatusResolved, now
+			send = append(send, r.alert)
+		}
+		delete(hs.raised, ev.UUID)
+		delete(hs.running, ev.UUID)
 	case name == "":
 	case hs.raised[ev.UUID].alert.Name == name && now.Sub(hs.raised[ev.UUID].at) < sameStopWithin:
 		name = "" // the same stop, told again
