@@ -31,6 +31,7 @@ test_pkgs=(
 	openipmi ipmitool                  # ipmi_sim BMC
 	dnsmasq-base busybox               # PXE: DHCP/TFTP server, udhcpc client
 	util-linux                         # setsid
+	systemd adduser                    # systemd-analyze verify/security of the units; the packages' maintainer scripts
 )
 
 log() { echo "setup: $*" >&2; }
