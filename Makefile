@@ -16,7 +16,7 @@ LDFLAGS := -X caretaker/internal/version.Version=$(VERSION) -X caretaker/interna
 # The full output of the last `make test`.
 TESTLOG ?= $(BIN)/test.log
 
-.PHONY: all setup build package run test lint rules-test go-test fuzz bench clean
+.PHONY: all setup build package image run test lint rules-test go-test fuzz bench clean
 
 all: build
 
@@ -37,6 +37,14 @@ build:
 package: build
 	@rm -f $(BIN)/pkg/*.deb
 	@$(GO) run ./internal/debpkg/mkdeb --bin $(BIN) --out $(BIN)/pkg --version '$(VERSION)' --date '$(DATE)'
+
+# The container image (internal/ociimage): a Debian 12 root that mmdebstrap
+# makes once (as root, about 30 s) and $(BIN)/image-root/ keeps, keyed by its
+# package list, and the binaries just built, as $(BIN)/caretaker-image.tar
+# for `podman load -i` or `docker load -i`. Its time is SOURCE_DATE_EPOCH or
+# the commit's: one commit on one cached root gives the same bytes.
+image: build
+	@$(GO) run ./internal/ociimage/mkimage --bin $(BIN) --out $(BIN)/caretaker-image.tar --cache $(BIN)/image-root --version '$(VERSION)' --revision '$(COMMIT)'
 
 # Starts the embedded default: a server and two hosts' agents with guests.
 # Without root (or without libvirtd) the lab runs on libvirt's test driver.

@@ -32,6 +32,7 @@ test_pkgs=(
 	dnsmasq-base busybox               # PXE: DHCP/TFTP server, udhcpc client
 	util-linux                         # setsid
 	systemd adduser                    # systemd-analyze verify/security of the units; the packages' maintainer scripts
+	mmdebstrap podman                  # the container image's Debian root; podman load of the image (internal/ociimage)
 )
 
 log() { echo "setup: $*" >&2; }
