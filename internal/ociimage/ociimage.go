@@ -191,14 +191,16 @@ func baseLayer(file string) (io.ReadCloser, error) {
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		err := filterRoot(tar.NewReader(f), tar.NewWriter(pw))
+		err := filterRoot(tar.NewReader(f), tar.NewWriter(pw), time.Time{})
 		f.Close()
 		pw.CloseWithError(err)
 	}()
 	return pr, nil
 }
 
-func filterRoot(tr *tar.Reader, tw *tar.Writer) error {
+// filterRoot copies a root's tarball as baseLayer says; with a clamp,
+// no time is later than it, and times are whole seconds.
+func filterRoot(tr *tar.Reader, tw *tar.Writer, clamp time.Time) error {
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -223,6 +225,13 @@ func filterRoot(tr *tar.Reader, tw *tar.Writer) error {
 			h.Linkname = strings.TrimPrefix(h.Linkname, "./")
 		}
 		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
+		h.ModTime = h.ModTime.Truncate(time.Second)
+		if !clamp.IsZero() && h.ModTime.After(clamp) {
+			h.ModTime = clamp
+		}
+		for _, k := range []string{"mtime", "atime", "ctime"} {
+			delete(h.PAXRecords, k)
+		}
 		h.Format = tar.FormatPAX
 		if err := tw.WriteHeader(h); err != nil {
 			return fmt.Errorf("write base layer: %s: %w", p, err)

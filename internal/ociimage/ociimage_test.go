@@ -327,3 +327,60 @@ func TestRootKey(t *testing.T) {
 		t.Errorf("CachedPath = %s", p)
 	}
 }
+
+// TestNormalizeRoot: MakeRoot's treatment of mmdebstrap's tarball clamps
+// every time to the epoch and drops sub-second times, so that two roots of
+// one epoch are the same bytes.
+func TestNormalizeRoot(t *testing.T) {
+	dir := t.TempDir()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(1900000000, 123456789), Format: tar.FormatPAX},
+		{Name: "./etc/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(1700000000, 500000000), Format: tar.FormatPAX},
+		{Name: "./etc/group", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Unix(1900000001, 1), AccessTime: time.Unix(1900000002, 0), Format: tar.FormatPAX},
+		{Name: "./dev/null", Typeflag: tar.TypeChar, Mode: 0o666, ModTime: time.Unix(1900000000, 0)},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	raw, out := filepath.Join(dir, "raw.tar"), filepath.Join(dir, "root.tar")
+	if err := os.WriteFile(raw, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	epoch := time.Unix(1800000000, 0)
+	if err := normalizeRoot(raw, out, epoch); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	want := map[string]time.Time{"etc/": time.Unix(1700000000, 0), "etc/group": epoch}
+	got := map[string]time.Time{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[h.Name] = h.ModTime
+		if !h.AccessTime.IsZero() || h.PAXRecords["mtime"] != "" || h.PAXRecords["atime"] != "" {
+			t.Errorf("%s keeps other times: atime %v, PAX %v", h.Name, h.AccessTime, h.PAXRecords)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("normalized root holds %v, want %v", got, want)
+	}
+	for n, w := range want {
+		if !got[n].Equal(w) {
+			t.Errorf("%s: time %v, want %v", n, got[n], w)
+		}
+	}
+}

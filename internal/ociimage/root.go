@@ -1,6 +1,7 @@
 package ociimage
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -98,6 +99,9 @@ func (r Root) Args(out string) []string {
 // Key names the root: a hash of mmdebstrap's arguments.
 func (r Root) Key() string {
 	h := sha256.New()
+	// How MakeRoot treats mmdebstrap's tarball: a change there makes new
+	// roots.
+	h.Write([]byte("normalized-1\x00"))
 	for _, a := range r.Args("OUT") {
 		h.Write([]byte(a))
 		h.Write([]byte{0})
@@ -152,7 +156,20 @@ func MakeRoot(ctx context.Context, logger *slog.Logger, r Root, cacheDir string)
 	if err := cmd.Run(); err != nil {
 		return "", false, fmt.Errorf("make base root: mmdebstrap %s: %w\n%s", strings.Join(r.Args(tmp), " "), err, out.String())
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	// mmdebstrap's tarball keeps the times of making (to the nanosecond)
+	// on what its hooks and maintainer scripts touched: they are clamped
+	// to the epoch, so two roots of one epoch and one mirror are the same
+	// bytes.
+	n, err := strconv.ParseInt(epoch, 10, 64)
+	if err != nil {
+		return "", false, fmt.Errorf("make base root: SOURCE_DATE_EPOCH=%q: %w", epoch, err)
+	}
+	norm := tmp + ".norm"
+	defer os.Remove(norm)
+	if err := normalizeRoot(tmp, norm, time.Unix(n, 0)); err != nil {
+		return "", false, fmt.Errorf("make base root: %w", err)
+	}
+	if err := os.Rename(norm, path); err != nil {
 		return "", false, fmt.Errorf("make base root: %w", err)
 	}
 	logger.Info("base root made", "path", path, "took", time.Since(start).Round(time.Second))
@@ -185,3 +202,22 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 func (b *cappedBuffer) String() string { return string(b.buf) }
 
 var _ io.Writer = (*cappedBuffer)(nil)
+
+// normalizeRoot writes the tarball from as filterRoot does, every time
+// clamped to epoch, to the file to.
+func normalizeRoot(from, to string, epoch time.Time) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(to)
+	if err != nil {
+		return err
+	}
+	if err := filterRoot(tar.NewReader(in), tar.NewWriter(out), epoch); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
