@@ -29,10 +29,12 @@ const testVersion = "debpkg-test"
 
 // TestInstall installs the three packages on this machine with dpkg (no
 // systemd running: the maintainer scripts must do without), checks what
-// they made, upgrades them in place to a newer version (tokens, a changed
-// conffile and the server's data survive), runs the installed agent
-// against a private libvirtd and the installed server, as the caretaker
-// user, against that agent, and purges everything.
+// they made, runs the installed agent against a private libvirtd and the
+// installed server, as the caretaker user, against that agent with its data
+// in /var/lib/caretaker, where it records a pause in its journal; upgrades
+// them in place to a newer version (tokens, a changed conffile and the
+// journal survive) and runs the new server on the old one's data: the
+// pause is still there. Then it purges everything.
 func TestInstall(t *testing.T) {
 	needs.Root(t, "the test installs Debian packages")
 	dpkg := needs.Program(t, "dpkg")
@@ -155,8 +157,18 @@ func TestInstall(t *testing.T) {
 	}
 	fmt.Fprintln(f, "# changed by the operator")
 	f.Close()
-	if err := os.WriteFile("/var/lib/caretaker/journal.db", []byte("the journal"), 0o600); err != nil {
-		t.Fatal(err)
+	// The installed binaries at work: the agent on the test driver of a
+	// private libvirtd, the server as the caretaker user scraping it,
+	// with its journal where the package put it. A pause is recorded in
+	// the journal.
+	pause := api.PauseRequest{Target: "host-a", Author: "debpkg-test", Comment: "kept across the upgrade", Duration: "1h"}
+	runInstalled(t, daemon, tokens["api.token"], uid, gid, func(c *api.Client) error {
+		_, err := c.Pause(context.Background(), pause)
+		return err
+	})
+	journal, err := os.ReadFile("/var/lib/caretaker/journal.db")
+	if err != nil {
+		t.Fatalf("the installed server kept no journal in /var/lib/caretaker: %v", err)
 	}
 	run(dpkg, append([]string{"-i"}, debs[v2]...)...)
 	for _, p := range []string{Agent, Server, Runbook} {
@@ -172,15 +184,25 @@ func TestInstall(t *testing.T) {
 	if b, _ := os.ReadFile("/etc/caretaker/server.yml"); !bytes.Contains(b, []byte("# changed by the operator")) {
 		t.Error("the upgrade lost the change to server.yml")
 	}
-	if b, err := os.ReadFile("/var/lib/caretaker/journal.db"); err != nil || string(b) != "the journal" {
-		t.Errorf("the upgrade lost /var/lib/caretaker/journal.db: %q %v", b, err)
+	if b, err := os.ReadFile("/var/lib/caretaker/journal.db"); err != nil || !bytes.Equal(b, journal) {
+		t.Errorf("the upgrade changed or lost /var/lib/caretaker/journal.db: %v", err)
 	}
 	checkFile("/etc/caretaker", 0o750, 0, gid)
 	checkFile("/etc/caretaker/server.yml", 0o640, 0, gid)
 
-	// The installed binaries at work: the agent on the test driver of a
-	// private libvirtd, the server as the caretaker user scraping it.
-	runInstalled(t, daemon, tokens["api.token"], uid, gid)
+	// The upgraded server reads the journal the old one wrote.
+	runInstalled(t, daemon, tokens["api.token"], uid, gid, func(c *api.Client) error {
+		ps, err := c.Pauses(context.Background())
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if p.Target == pause.Target && p.Comment == pause.Comment {
+				return nil
+			}
+		}
+		return fmt.Errorf("the upgraded server's pauses are %+v: the pause the old one recorded is gone", ps)
+	})
 
 	run(dpkg, "--purge", Runbook, Server, Agent)
 	for _, p := range []string{"/usr/bin/caretaker", "/usr/bin/caretaker-agent", "/usr/bin/runbook",
@@ -233,7 +255,11 @@ const node = `<node>
 </node>
 `
 
-func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, apiToken string, uid, gid int) {
+// runInstalled starts the installed agent and server, with the server's
+// data in /var/lib/caretaker, waits until the server sees the agent and its
+// guest, then calls check with a client of the server's API and stops
+// both.
+func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, apiToken string, uid, gid int, check func(*api.Client) error) {
 	t.Helper()
 	// Not t.TempDir: the caretaker user must reach its files.
 	dir, err := os.MkdirTemp("", "ctk-deb-")
@@ -244,9 +270,7 @@ func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, apiToken string, ui
 	os.Chmod(dir, 0o755)
 	nodeFile := filepath.Join(dir, "node.xml")
 	os.WriteFile(nodeFile, []byte(node), 0o644)
-	data := filepath.Join(dir, "data")
-	os.Mkdir(data, 0o750)
-	os.Chown(data, uid, gid)
+	const data = "/var/lib/caretaker"
 
 	agentAddr := testdaemon.FreePort(t)
 	stopAgent := start(t, filepath.Join(dir, "agent.log"), nil, "/usr/bin/caretaker-agent",
@@ -285,6 +309,9 @@ hosts:
 				t.Fatalf("server version %q, want %q", st.Version, testVersion)
 			}
 			if len(st.Hosts) == 1 && st.Hosts[0].AgentUp && st.Hosts[0].LibvirtUp && st.Hosts[0].Guests == 1 {
+				if err := check(api.NewClient("http://"+serverAddr, apiToken, nil)); err != nil {
+					t.Fatal(err)
+				}
 				return
 			}
 		} else {
