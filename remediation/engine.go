@@ -232,7 +232,7 @@ func (e *Engine) load() error {
 		in := e.instanceOf(keyOf(rec.Fingerprint, rec.AlertStartsAt))
 		if in.alert.Labels == nil {
 			in.alert = Alert{Name: rec.Alert, Labels: rec.Labels, Status: StatusFiring,
-				StartsAt: rec.AlertStartsAt, Fingerprint: rec.Fingerprint}
+				StartsAt: rec.AlertStartsAt, Fingerprint: rec.Fingerprint, FromEvent: rec.FromEvent}
 		}
 		e.apply(in, rec)
 	}
