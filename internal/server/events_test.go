@@ -18,7 +18,6 @@ import (
 
 	"caretaker/internal/agent"
 	"caretaker/internal/api"
-	"caretaker/internal/config"
 	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
@@ -114,18 +113,7 @@ agents: {token_file: agent.token, events: %t}
 hosts: [{name: %s, agent: %q}]
 prometheus: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
 `, events, eventHost, strings.TrimPrefix(as.URL, "http://"))
-	if err := os.WriteFile(filepath.Join(dir, "server.yml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := config.Load(filepath.Join(dir, "server.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(context.Background(), Options{Config: c, Logger: logger.With("part", "server")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := startServer(t, dir, cfg, logger.With("part", "server"))
 	ss := httptest.NewServer(s.Handler())
 	t.Cleanup(ss.Close)
 	l := &eventLab{s: s, api: api.NewClient(ss.URL, testToken("api.token"), nil), dom: dom, uuid: uuid}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"caretaker/internal/api"
-	"caretaker/internal/config"
 	"caretaker/remediation/policy"
 )
 
@@ -80,19 +78,10 @@ func TestAPIRolesAndReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\n"+
+	s := startServer(t, dir, "data_dir: data\n"+
 		"api:\n  token_file: admin.token\n  tokens:\n    - {name: vera, role: viewer, token_file: vera.token}\n"+
 		"    - {name: olga, role: operator, token_file: olga.token}\n"+
-		"remediation: {policy_file: policy.yml}\n"), 0o600)
-	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+		"remediation: {policy_file: policy.yml}\n", nil)
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 

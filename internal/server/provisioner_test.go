@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"caretaker/internal/config"
 	"caretaker/provisioner/hoststate"
 )
 
@@ -66,15 +64,7 @@ provisioner:
   pxe: {config_file: pxe.yml, base_url: "http://10.0.0.1:9300", secret_file: pxe.secret}
   bmc: {secrets_dir: .}
 `)
-	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServer(t, dir, "", nil)
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 

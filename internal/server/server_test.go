@@ -159,3 +159,29 @@ func TestWebhook(t *testing.T) {
 func testToken(name string) string {
 	return name + strings.Repeat("-", max(0, 32-len(name)))
 }
+
+// startServer loads dir's server.yml as `caretaker server` would, writing
+// yml there first unless it is empty, and starts a server on it (logger
+// nil discards its logs), closed when the test ends.
+func startServer(t *testing.T, dir, yml string, logger *slog.Logger) *Server {
+	t.Helper()
+	path := filepath.Join(dir, "server.yml")
+	if yml != "" {
+		if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := New(context.Background(), Options{Config: cfg, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}

@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"caretaker/internal/config"
 	"caretaker/internal/httpjson/httpjsontest"
 )
 
@@ -20,16 +18,7 @@ func TestUnauthenticatedBodyNotAwaited(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "api.token"), []byte(testToken("tok")+"\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "am.token"), []byte(testToken("am")+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\nremediation: {webhook: {token_file: am.token}}\n"), 0o600)
-	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServer(t, dir, "data_dir: data\napi: {token_file: api.token}\nremediation: {webhook: {token_file: am.token}}\n", nil)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,7 +9,6 @@ import (
 	"testing"
 
 	"caretaker/internal/api"
-	"caretaker/internal/config"
 	"caretaker/internal/version"
 )
 
@@ -21,16 +18,7 @@ func TestStatusVersion(t *testing.T) {
 	version.Version = "v9.8.7-1-gabcdef0"
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "api.token"), []byte(testToken("tok")+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "server.yml"), []byte("data_dir: data\napi: {token_file: api.token}\n"), 0o600)
-	cfg, err := config.Load(filepath.Join(dir, "server.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startServer(t, dir, "data_dir: data\napi: {token_file: api.token}\n", nil)
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/status", nil)
