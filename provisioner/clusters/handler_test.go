@@ -140,7 +140,9 @@ func FuzzDecodeSpec(f *testing.F) {
 		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/clusters", bytes.NewReader(data)))
-		switch valid := spec.Validate() == nil; {
+		// The store also refuses a base image it does not declare.
+		_, imageErr := testImages.Resolve(spec.BaseImage)
+		switch valid := spec.Validate() == nil && imageErr == nil; {
 		case valid && rec.Code != 202 && rec.Code != 409:
 			t.Fatalf("valid spec: %d %s", rec.Code, rec.Body)
 		case !valid && rec.Code != 400:
