@@ -61,9 +61,12 @@ func (e *Engine) keyFor(a Alert) instanceKey {
 	switch {
 	case a.FromEvent && l.rule != nil && l.rule.startsAt >= a.StartsAt.Add(-eventSkew).Unix():
 		to = l.rule
-	case !a.FromEvent && l.event != nil && l.event.startsAt <= a.StartsAt.Add(eventSkew).Unix() &&
-		e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], time.Unix(l.event.startsAt, 0), a.StartsAt):
-		to = l.event
+	case !a.FromEvent && l.event != nil && l.event.startsAt <= a.StartsAt.Add(eventSkew).Unix():
+		// The event's own start, not the key's whole second: the
+		// stream may have been known whole from within that second.
+		if ev := e.instances[*l.event]; ev != nil && e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], ev.alert.StartsAt, a.StartsAt) {
+			to = l.event
+		}
 	}
 	if to == nil || e.instances[*to] == nil {
 		return k

@@ -161,8 +161,12 @@ func TestInstall(t *testing.T) {
 	// private libvirtd, the server as the caretaker user scraping it,
 	// with its journal where the package put it. A pause is recorded in
 	// the journal.
+	// One agent address for both runs, as a host keeps its own: the
+	// server's TSDB outlives the upgrade, and a second address would
+	// show the guest twice.
+	agentAddr := testdaemon.FreePort(t)
 	pause := api.PauseRequest{Target: "host-a", Author: "debpkg-test", Comment: "kept across the upgrade", Duration: "1h"}
-	runInstalled(t, daemon, tokens["api.token"], uid, gid, func(c *api.Client) error {
+	runInstalled(t, daemon, agentAddr, tokens["api.token"], uid, gid, func(c *api.Client) error {
 		_, err := c.Pause(context.Background(), pause)
 		return err
 	})
@@ -191,7 +195,7 @@ func TestInstall(t *testing.T) {
 	checkFile("/etc/caretaker/server.yml", 0o640, 0, gid)
 
 	// The upgraded server reads the journal the old one wrote.
-	runInstalled(t, daemon, tokens["api.token"], uid, gid, func(c *api.Client) error {
+	runInstalled(t, daemon, agentAddr, tokens["api.token"], uid, gid, func(c *api.Client) error {
 		ps, err := c.Pauses(context.Background())
 		if err != nil {
 			return err
@@ -255,11 +259,11 @@ const node = `<node>
 </node>
 `
 
-// runInstalled starts the installed agent and server, with the server's
+// runInstalled starts the installed agent on agentAddr and the server, with the server's
 // data in /var/lib/caretaker, waits until the server sees the agent and its
 // guest, then calls check with a client of the server's API and stops
 // both.
-func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, apiToken string, uid, gid int, check func(*api.Client) error) {
+func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, agentAddr, apiToken string, uid, gid int, check func(*api.Client) error) {
 	t.Helper()
 	// Not t.TempDir: the caretaker user must reach its files.
 	dir, err := os.MkdirTemp("", "ctk-deb-")
@@ -272,7 +276,6 @@ func runInstalled(t *testing.T, daemon *testdaemon.Libvirtd, apiToken string, ui
 	os.WriteFile(nodeFile, []byte(node), 0o644)
 	const data = "/var/lib/caretaker"
 
-	agentAddr := testdaemon.FreePort(t)
 	stopAgent := start(t, filepath.Join(dir, "agent.log"), nil, "/usr/bin/caretaker-agent",
 		"--web.listen-address", agentAddr, "--libvirt.uri", daemon.URI(nodeFile),
 		"--action.token-file", "/etc/caretaker/agent.token", "--config.file", "/etc/caretaker/agent.yml",

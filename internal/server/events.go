@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"caretaker/internal/agentapi"
+	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
 	"caretaker/remediation"
 )
@@ -69,7 +70,8 @@ type guestEvents struct {
 	now     func() time.Time
 	metrics eventMetrics
 	// lag is how old the data of a rule's alert may be when it first
-	// fires: a scrape interval, and a second for the rest.
+	// fires: a scrape interval and a scrape's time (a later scrape
+	// would have replaced it), and a second for the rest.
 	lag time.Duration
 
 	mu      sync.Mutex
@@ -118,8 +120,9 @@ type eventMetrics struct {
 	unknown  prometheus.Counter
 }
 
-// newGuestEvents follows hosts' agents; scrapeInterval is the agents' job's.
-func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor], scrapeInterval time.Duration, reg prometheus.Registerer, logger *slog.Logger) (*guestEvents, error) {
+// newGuestEvents follows hosts' agents; scrape is the agents' job's
+// interval and timeout.
+func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Monitor], scrape config.ScrapeJob, reg prometheus.Registerer, logger *slog.Logger) (*guestEvents, error) {
 	m := eventMetrics{
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "caretaker_event_stream_up",
@@ -155,7 +158,7 @@ func newGuestEvents(hosts *agentapi.Hosts, monitor *atomic.Pointer[monitoring.Mo
 		m.alerts.WithLabelValues(a)
 	}
 	return &guestEvents{hosts: hosts, monitor: monitor, logger: logger, now: time.Now, metrics: m,
-		lag: scrapeInterval + time.Second, streams: map[string]*hostStream{}}, nil
+		lag: scrape.ScrapeInterval + scrape.ScrapeTimeout + time.Second, streams: map[string]*hostStream{}}, nil
 }
 
 // Run holds a stream to every agent the server knows until ctx is done,
@@ -309,6 +312,13 @@ func (g *guestEvents) line(ctx context.Context, host string, hs *hostStream, l a
 		hs.unbrokenSince = now
 	}
 	hs.pos.Seq = ev.Seq
+	if hs.unbrokenSince.IsZero() && ev.Type != agentapi.EventGap {
+		// The stream opened before the agent's libvirt callbacks were
+		// registered (hello said so): an event proves they are now, and
+		// every event from then on comes. Without this a crash in the
+		// first heartbeat's time would not count as seen.
+		hs.unbrokenSince = eventTime(ev.Time, now)
+	}
 	if ev.Type == agentapi.EventGap {
 		g.metrics.gaps.Inc()
 		g.logger.Warn("the host's agent lost libvirt's events for a while (the rules are the backstop)", "host", host, "since", ev.Since)

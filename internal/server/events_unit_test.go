@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"caretaker/internal/agentapi"
+	"caretaker/internal/config"
 	"caretaker/internal/monitoring"
 	"caretaker/remediation"
 )
@@ -40,13 +41,14 @@ func TestSameOutageFromStreamLines(t *testing.T) {
 		{"gap event", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), {Event: &agentapi.Event{Seq: 2, Type: agentapi.EventGap}}}, 1, 3, false},
 		{"reconnect that resumed", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), hello("a", true), event(2, agentapi.EventDefined, stateShutOff)}, 1, 5, true},
 		{"reconnect to another boot", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), hello("b", false)}, 1, 5, false},
+		{"first event after a hello without libvirt", []agentapi.StreamLine{{Hello: &agentapi.Hello{Boot: "a", Libvirt: false}}, event(1, agentapi.EventStopped, stateShutOff)}, 2, 4, true},
 		{"libvirt events down", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), {Heartbeat: &agentapi.Heartbeat{Seq: 1}}}, 1, 5, false},
 		{"running again just before the rule's data", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), event(2, agentapi.EventStarted, stateRunning)}, 1, 3, true},
 		{"running again well before the rule's data", []agentapi.StreamLine{hello("a", false), event(1, agentapi.EventStopped, stateShutOff), event(2, agentapi.EventStarted, stateRunning)}, 1, 30, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g, err := newGuestEvents(agentapi.NewHosts(""), &atomic.Pointer[monitoring.Monitor]{}, time.Second, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			g, err := newGuestEvents(agentapi.NewHosts(""), &atomic.Pointer[monitoring.Monitor]{}, config.ScrapeJob{ScrapeInterval: time.Second}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -110,8 +110,7 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		hosts.Add(h.Name, h.Agent)
 	}
 	if o.Config.Agents.EventsEnabled() {
-		interval := o.Config.Prometheus.Job("agents").ScrapeInterval
-		if s.events, err = newGuestEvents(hosts, &s.running, interval, s.reg, s.logger.With("component", "events")); err != nil {
+		if s.events, err = newGuestEvents(hosts, &s.running, o.Config.Prometheus.Job("agents"), s.reg, s.logger.With("component", "events")); err != nil {
 			return nil, err
 		}
 	}
