@@ -81,6 +81,7 @@ func newClusterCreateCmd(o *options, getenv func(string) string) *cobra.Command 
 		masters, workers int
 		common, master   poolFlags
 		baseImage        string
+		plan             bool
 		w                waitFlags
 	)
 	common.memory.n, common.disk.n = 4<<30, 20<<30
@@ -95,10 +96,13 @@ as for QEMU), or plain bytes.
 
 With --wait, runbook follows the nodes until every one runs (exit 0), some
 node fails (exit 1, with each failed node's error) or --timeout passes
-(exit 1; the server carries on). Needs an operator token.`,
+(exit 1; the server carries on). With --plan, runbook only asks where the
+nodes would go on the ready hosts now and creates nothing (exit 1 when they
+do not fit, with placement's reason). Needs an operator token.`,
 		Example: `  runbook cluster create lab --masters 3 --workers 3 --vcpus 2 --memory 4GiB --disk 20GiB
   runbook cluster create lab --masters 1 --master-memory 8GiB --workers 5 --wait --timeout 15m
-  runbook cluster create ci --workers 2 --base-image debian-12.qcow2 -o json`,
+  runbook cluster create ci --workers 2 --base-image debian-12.qcow2 -o json
+  runbook cluster create big --workers 20 --memory 64GiB --plan`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := w.check(cmd, o); err != nil {
@@ -121,6 +125,11 @@ node fails (exit 1, with each failed node's error) or --timeout passes
 			// The server checks the same; checking here names the flags.
 			if err := spec.Validate(); err != nil {
 				return fmt.Errorf("cluster %s: %s", spec.Name, flagNames(cmd, err))
+			}
+			if plan {
+				return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+					return printPlan(cmd, o, c, spec)
+				})
 			}
 			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
 				start := time.Now()
@@ -154,8 +163,37 @@ node fails (exit 1, with each failed node's error) or --timeout passes
 	fl.Var(&master.memory, "master-memory", "memory of each master (default --memory)")
 	fl.Var(&master.disk, "master-disk", "disk of each master (default --disk)")
 	fl.StringVar(&baseImage, "base-image", "", "volume the nodes' disks are cloned from (default: the server's)")
+	fl.BoolVar(&plan, "plan", false, "only show where the nodes would go now; create nothing")
 	w.add(cmd, "every node runs")
 	return cmd
+}
+
+// printPlan shows placement's answer for spec: each node's host, or why
+// the cluster does not fit (an error: exit 1).
+func printPlan(cmd *cobra.Command, o *options, c *api.Client, spec clusters.Spec) error {
+	p, err := c.PlanCluster(cmd.Context(), spec)
+	if err != nil {
+		return err
+	}
+	if o.output == "json" {
+		if err := printJSON(cmd.OutOrStdout(), p); err != nil {
+			return err
+		}
+	} else if p.Fits {
+		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tPOOL\tHOST")
+		for _, n := range p.Nodes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", n.Name, n.Pool, n.Host)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		printf(cmd.OutOrStdout(), "cluster %s fits: %d nodes (nothing created)\n", spec.Name, len(p.Nodes))
+	}
+	if !p.Fits {
+		return fmt.Errorf("cluster %s does not fit now: %s", spec.Name, p.Reason)
+	}
+	return nil
 }
 
 // flagNames rewrites a spec's validation errors in terms of the create

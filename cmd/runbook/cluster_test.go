@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"math/rand/v2"
@@ -21,6 +22,7 @@ import (
 	"caretaker/internal/golden"
 	"caretaker/internal/overlayspec"
 	"caretaker/provisioner/clusters"
+	"caretaker/provisioner/placement"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -53,7 +55,37 @@ func newClusterServer(t *testing.T) *clusterServer {
 		t.Fatal(err)
 	}
 	s := &clusterServer{db: db, store: store}
-	h := clusters.Handler(store, nil, nil)
+	// Planning places on two hosts of 8 CPUs and 32 GiB, as the
+	// reconciler would on a fleet of that size.
+	plan := func(_ context.Context, spec clusters.Spec) (clusters.Plan, error) {
+		if err := store.CheckNew(spec); err != nil {
+			return clusters.Plan{}, err
+		}
+		hosts := []placement.Host{
+			{Name: "host-a", Worker: true, Ready: true, CPUs: 8, MemoryBytes: 32 << 30},
+			{Name: "host-b", Worker: true, Ready: true, CPUs: 8, MemoryBytes: 32 << 30},
+		}
+		var nodes []placement.Node
+		p := clusters.Plan{}
+		for _, pool := range spec.Pools {
+			for i := range pool.Count {
+				name := clusters.NodeName(spec.Name, pool.Name, i)
+				nodes = append(nodes, placement.Node{Cluster: spec.Name, Name: name, VCPUs: pool.VCPUs, MemoryBytes: pool.MemoryBytes})
+				p.Nodes = append(p.Nodes, clusters.PlannedNode{Name: name, Pool: pool.Name})
+			}
+		}
+		where, err := placement.Place(hosts, nodes, placement.DefaultRatios())
+		if err != nil {
+			p.Reason = err.Error()
+			return p, nil
+		}
+		for i := range p.Nodes {
+			p.Nodes[i].Host = where[p.Nodes[i].Name]
+		}
+		p.Fits = true
+		return p, nil
+	}
+	h := clusters.Handler(store, nil, nil, plan)
 	a := testAuth(t)
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/clusters", a.Require(api.RoleViewer, "reading clusters", h))
@@ -67,6 +99,7 @@ func newClusterServer(t *testing.T) *clusterServer {
 		h.ServeHTTP(w, r)
 	})))
 	mux.Handle("POST /api/v1/clusters", a.Require(api.RoleOperator, "creating a cluster", h))
+	mux.Handle("POST /api/v1/clusters/plan", a.Require(api.RoleOperator, "planning a cluster", h))
 	mux.Handle("DELETE /api/v1/clusters/{name}", a.Require(api.RoleOperator, "deleting a cluster", h))
 	mux.Handle("PATCH /api/v1/clusters/{name}/pools/{pool}", a.Require(api.RoleOperator, "scaling a cluster", h))
 	s.Server = httptest.NewServer(mux)
@@ -192,6 +225,30 @@ $`)
 	out, err = runAs(t, s.URL, "view-tok", "cluster", "show", "lab")
 	if err != nil || !regexp.MustCompile(`lab-worker-0\s+worker\s+worker\s+host-b\s+running\s+-`).MatchString(out) {
 		t.Errorf("show:\n%s\n%v", out, err)
+	}
+}
+
+// --plan shows where the nodes would go and creates nothing; a cluster
+// that does not fit exits 1 with placement's reason.
+func TestClusterCreatePlan(t *testing.T) {
+	s := newClusterServer(t)
+	out, err := runAs(t, s.URL, "op-tok", "cluster", "create", "lab", "--masters", "1", "--workers", "1", "--memory", "1GiB", "--plan")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := regexp.MustCompile(`(?s)^NODE +POOL +HOST\nlab-master-0 +master +host-[ab]\nlab-worker-0 +worker +host-[ab]\ncluster lab fits: 2 nodes \(nothing created\)\n$`)
+	if !want.MatchString(out) {
+		t.Errorf("--plan printed:\n%s\nwant lines matching %s", out, want)
+	}
+	out, err = runAs(t, s.URL, "op-tok", "cluster", "create", "big", "--masters", "1", "--workers", "2", "--memory", "1GiB", "--plan")
+	if err == nil || !strings.HasPrefix(err.Error(), "cluster big does not fit now: ") {
+		t.Errorf("three nodes on two hosts: %v\n%s; want does not fit", err, out)
+	}
+	if _, err := runAs(t, s.URL, "view-tok", "cluster", "create", "lab", "--plan"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("--plan as a viewer: %v, want 403", err)
+	}
+	if cs, err := s.store.List(); err != nil || len(cs) != 0 {
+		t.Errorf("after --plan: %d clusters (%v), want none", len(cs), err)
 	}
 }
 

@@ -81,7 +81,7 @@ another.`,
 	root.AddCommand(newStatusCmd(o, getenv), newHistoryCmd(o, getenv), newShowCmd(o, getenv), newAlertsCmd(o, getenv), newExplainCmd(o, getenv),
 		newPauseCmd(o, getenv), newResumeCmd(o, getenv), newPausesCmd(o, getenv),
 		newPendingCmd(o, getenv), newDecideCmd(o, getenv, true), newDecideCmd(o, getenv, false), newRunCmd(o, getenv),
-		newPolicyCmd(o, getenv), newClusterCmd(o, getenv), newHostCmd(o, getenv))
+		newPolicyCmd(o, getenv), newClusterCmd(o, getenv), newHostCmd(o, getenv), newWhoAmICmd(o, getenv))
 	root.AddCommand(version.Command("runbook", root))
 	return root
 }
@@ -119,6 +119,32 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func newWhoAmICmd(o *options, getenv func(string) string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "whoami",
+		Short: "The name and role of your token, as the server knows it",
+		Long: `whoami asks the server which token runbook sends (RUNBOOK_TOKEN or
+--token-file) and prints its name — what the journal records your actions
+under — and its role: viewer, operator or admin.`,
+		Example: `  runbook whoami
+  runbook whoami -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.withClient(cmd, getenv, func(ctx context.Context, c *api.Client) error {
+				me, err := c.WhoAmI(ctx)
+				if err != nil {
+					return err
+				}
+				if o.output == "json" {
+					return printJSON(cmd.OutOrStdout(), me)
+				}
+				printf(cmd.OutOrStdout(), "%s (%s)\n", me.Name, me.Role)
+				return nil
+			})
+		},
+	}
 }
 
 func newStatusCmd(o *options, getenv func(string) string) *cobra.Command {

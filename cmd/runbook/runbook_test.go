@@ -247,3 +247,17 @@ func TestPauseCommands(t *testing.T) {
 		t.Errorf("pauses after both resumes:\n%s", out)
 	}
 }
+
+func TestWhoAmI(t *testing.T) {
+	srv := httptest.NewServer(api.NewHandler(api.Options{Backend: &fixedBackend{}, Auth: testAuth(t), Logger: slog.New(slog.DiscardHandler)}))
+	defer srv.Close()
+	for _, tc := range []struct{ token, args, want string }{
+		{"op-tok", "whoami", "olga (operator)\n"},
+		{"view-tok", "whoami -o json", "{\n  \"name\": \"vera\",\n  \"role\": \"viewer\"\n}\n"},
+	} {
+		out, err := runAs(t, srv.URL, tc.token, strings.Fields(tc.args)...)
+		if err != nil || out != tc.want {
+			t.Errorf("runbook %s as %s = %q, %v; want %q", tc.args, tc.token, out, err, tc.want)
+		}
+	}
+}

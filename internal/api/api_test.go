@@ -209,6 +209,7 @@ var routeTable = []struct {
 	path, body      string
 }{
 	{"GET", "/api/v1/status", RoleViewer, "/api/v1/status", ""},
+	{"GET", "/api/v1/whoami", RoleViewer, "/api/v1/whoami", ""},
 	{"GET", "/api/v1/servers", RoleViewer, "/api/v1/servers", ""},
 	{"GET", "/api/v1/history", RoleViewer, "/api/v1/history", ""},
 	{"GET", "/api/v1/history/{id}", RoleViewer, "/api/v1/history/1", ""},
@@ -226,6 +227,7 @@ var routeTable = []struct {
 	{"GET", "/api/v1/clusters", RoleViewer, "/api/v1/clusters", ""},
 	{"GET", "/api/v1/clusters/{name}", RoleViewer, "/api/v1/clusters/lab", ""},
 	{"POST", "/api/v1/clusters", RoleOperator, "/api/v1/clusters", "{}"},
+	{"POST", "/api/v1/clusters/plan", RoleOperator, "/api/v1/clusters/plan", "{}"},
 	{"PATCH", "/api/v1/clusters/{name}/pools/{pool}", RoleOperator, "/api/v1/clusters/lab/pools/worker", `{"count":2}`},
 	{"DELETE", "/api/v1/clusters/{name}", RoleAdmin, "/api/v1/clusters/lab", ""},
 	{"GET", "/api/v1/hosts", RoleViewer, "/api/v1/hosts", ""},
@@ -806,3 +808,23 @@ func BenchmarkAuthenticate(b *testing.B) {
 }
 
 func urlParseQuery(s string) (map[string][]string, error) { return url.ParseQuery(s) }
+
+// Every token learns its own name and role, and nothing about the others'.
+func TestWhoAmI(t *testing.T) {
+	f := newTestServer(t)
+	for _, tok := range testTokens {
+		me, err := NewClient(f.srv.URL, tok.Secret, nil).WhoAmI(context.Background())
+		if err != nil || me != (WhoAmI{Name: tok.Name, Role: tok.Role.String()}) {
+			t.Errorf("WhoAmI as %s = %+v, %v", tok.Name, me, err)
+		}
+	}
+	if _, err := NewClient(f.srv.URL, "wrong", nil).WhoAmI(context.Background()); err == nil {
+		t.Error("WhoAmI with an unknown token: no error, want 401")
+	}
+	if r, ok := RoleFor("POST", "/api/v1/actions/{id}/approve"); !ok || r != RoleOperator {
+		t.Errorf(`RoleFor(POST approve) = %v, %v; want operator`, r, ok)
+	}
+	if _, ok := RoleFor("POST", "/api/v1/nothing"); ok {
+		t.Error("RoleFor of a route the table lacks: found")
+	}
+}

@@ -126,6 +126,7 @@ func ep(method, pattern string, fn http.HandlerFunc) endpoint {
 func (h *handler) routes() []route {
 	rs := []route{
 		{"/api/v1/status", methods{"GET": ep("GET", "/api/v1/status", h.status)}},
+		{"/api/v1/whoami", methods{"GET": ep("GET", "/api/v1/whoami", whoami)}},
 		{"/api/v1/servers", methods{"GET": ep("GET", "/api/v1/servers", h.servers)}},
 		{"/api/v1/history", methods{"GET": ep("GET", "/api/v1/history", h.history)}},
 		{"/api/v1/history/{id}", methods{"GET": ep("GET", "/api/v1/history/{id}", h.record)}},

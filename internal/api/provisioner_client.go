@@ -150,3 +150,15 @@ func (c *Client) provision(ctx context.Context, verb, name, author, comment stri
 	err := c.do(ctx, http.MethodPost, "/api/v1/provisioner/hosts/"+url.PathEscape(name)+"/"+verb, body, &d)
 	return d.Host, err
 }
+
+// PlanCluster asks where a cluster's nodes would go if it were created now
+// (whether it fits, why not), creating nothing.
+func (c *Client) PlanCluster(ctx context.Context, spec clusters.Spec) (clusters.Plan, error) {
+	var p clusters.Plan
+	body, err := json.Marshal(spec)
+	if err != nil {
+		return p, fmt.Errorf("plan cluster %s: %w", spec.Name, err)
+	}
+	err = c.do(ctx, http.MethodPost, "/api/v1/clusters/plan", body, &p)
+	return p, err
+}

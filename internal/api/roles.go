@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"slices"
 
 	"caretaker/internal/httpjson"
 	"caretaker/remediation/policy"
@@ -62,6 +63,7 @@ type Permission struct {
 // from here; a route missing from it is not served.
 var permissions = []Permission{
 	{"GET", "/api/v1/status", RoleViewer, "reading the status"},
+	{"GET", "/api/v1/whoami", RoleViewer, "reading who you are"},
 	{"GET", "/api/v1/servers", RoleViewer, "reading the servers"},
 	{"GET", "/api/v1/history", RoleViewer, "reading the journal"},
 	{"GET", "/api/v1/history/{id}", RoleViewer, "reading the journal"},
@@ -82,6 +84,7 @@ var permissions = []Permission{
 	{"GET", "/api/v1/clusters", RoleViewer, "reading guest clusters"},
 	{"GET", "/api/v1/clusters/{name}", RoleViewer, "reading guest clusters"},
 	{"POST", "/api/v1/clusters", RoleOperator, "creating a guest cluster"},
+	{"POST", "/api/v1/clusters/plan", RoleOperator, "planning a guest cluster"},
 	{"PATCH", "/api/v1/clusters/{name}/pools/{pool}", RoleOperator, "scaling a guest cluster"},
 	// Deleting destroys every guest of the cluster: more than recreate-vm.
 	{"DELETE", "/api/v1/clusters/{name}", RoleAdmin, "deleting a guest cluster"},
@@ -97,13 +100,27 @@ var permissions = []Permission{
 	{"POST", "/api/v1/provisioner/hosts/{name}/reprovision", ActionRole(policy.ActionReprovisionHost), "reprovisioning a host"},
 }
 
+// RoleFor returns the one role that may call method on pattern (as the
+// table spells it: /api/v1/actions/{id}/approve), false for a route the
+// table lacks: what a client such as the console shows a button by.
+func RoleFor(method, pattern string) (Role, bool) {
+	p, ok := lookup(method, pattern)
+	return p.Role, ok
+}
+
+func lookup(method, pattern string) (Permission, bool) {
+	i := slices.IndexFunc(permissions, func(p Permission) bool { return p.Method == method && p.Pattern == pattern })
+	if i < 0 {
+		return Permission{}, false
+	}
+	return permissions[i], true
+}
+
 // permissionOf returns the table's entry for method and pattern. A route
 // the table lacks is a wiring error: it panics, as http.Handle does.
 func permissionOf(method, pattern string) Permission {
-	for _, p := range permissions {
-		if p.Method == method && p.Pattern == pattern {
-			return p
-		}
+	if p, ok := lookup(method, pattern); ok {
+		return p
 	}
 	panic(fmt.Sprintf("api: route %s %s is not in the route table", method, pattern))
 }

@@ -1,6 +1,7 @@
 package clusters
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -51,16 +52,36 @@ type DeleteRequest struct {
 //	GET    /api/v1/clusters/{name}               → 200 Cluster, progress per node
 //	DELETE /api/v1/clusters/{name}               optional DeleteRequest → 202 Cluster, deleting
 //	PATCH  /api/v1/clusters/{name}/pools/{pool}  {"count": n} → 202 Cluster
+//	POST   /api/v1/clusters/plan                 create's body → 200 Plan: would it fit now, where
 //
 // Changes are asynchronous: notify (may be nil) tells the reconciler.
 // by (may be nil: nothing recorded) tells who makes a request, from its
 // authenticated token: it is recorded as the cluster's created_by or
 // changed_by. Errors are {"error": "..."} with 400, 404, 409 or 413.
-func Handler(store *Store, notify func(), by who.Func) http.Handler {
+//
+// plan (may be nil: 503) answers /plan, changing nothing.
+func Handler(store *Store, notify func(), by who.Func, plan func(context.Context, Spec) (Plan, error)) http.Handler {
 	if notify == nil {
 		notify = func() {}
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/clusters/plan", func(w http.ResponseWriter, r *http.Request) {
+		var req CreateRequest // a create's body, author and comment unused
+		if err := httpjson.Decode(w, r, &req, maxBody); err != nil {
+			httpjson.WriteDecodeError(w, err)
+			return
+		}
+		if plan == nil {
+			httpjson.Error(w, http.StatusServiceUnavailable, "placement is not available on this server")
+			return
+		}
+		p, err := plan(r.Context(), req.Spec)
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		httpjson.Write(w, http.StatusOK, p)
+	})
 	mux.HandleFunc("POST /api/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
 		var req CreateRequest
 		if err := httpjson.Decode(w, r, &req, maxBody); err != nil {

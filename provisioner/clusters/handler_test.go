@@ -32,7 +32,7 @@ func imageBody(image string) string {
 func TestHandler(t *testing.T) {
 	s := newStore(t, VNIRange{})
 	notified := 0
-	h := Handler(s, func() { notified++ }, nil)
+	h := Handler(s, func() { notified++ }, nil, nil)
 	// Steps run in order against one store.
 	steps := []struct {
 		name, method, path, body string
@@ -121,7 +121,7 @@ func FuzzDecodeSpec(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	s := newStore(f, VNIRange{})
-	h := Handler(s, nil, nil)
+	h := Handler(s, nil, nil, nil)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		spec, err := decodeSpec(bytes.NewReader(data))
 		if err != nil {
@@ -175,7 +175,7 @@ func TestHandlerRecordsWho(t *testing.T) {
 	h := Handler(s, nil, func(r *http.Request, author, comment string) who.By {
 		name := r.Header.Get("X-Token")
 		return who.By{Name: name, Role: tokens[name], OnBehalfOf: author, Comment: comment}
-	})
+	}, nil)
 	do := func(token, method, path, body string) string {
 		r := httptest.NewRequest(method, path, strings.NewReader(body))
 		r.Header.Set("X-Token", token)

@@ -114,8 +114,42 @@ func (s *Store) Create(spec Spec) (Cluster, error) {
 // CreateBy is Create recording by (may be nil) as who created the
 // cluster; its time is the store's.
 func (s *Store) CreateBy(spec Spec, by *who.By) (Cluster, error) {
+	if err := s.checkNew(spec); err != nil {
+		return Cluster{}, fmt.Errorf("create cluster: %w", err)
+	}
+	var c Cluster
+	err := s.db.Update(func(tx kv.Tx) error {
+		b := tx.Bucket(bucket)
+		vni, err := s.vniFor(b, spec)
+		if err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		c = Cluster{Spec: spec, VNI: vni, Created: now, CreatedBy: stamp(by, now)}
+		return s.put(b, &c)
+	})
+	if err != nil {
+		return Cluster{}, fmt.Errorf("create cluster %s: %w", spec.Name, err)
+	}
+	return c, nil
+}
+
+// CheckNew says why spec could not be created now, as CreateBy would
+// (ErrInvalid, ErrExists, ErrConflict), without creating it.
+func (s *Store) CheckNew(spec Spec) error {
+	if err := s.checkNew(spec); err != nil {
+		return err
+	}
+	return s.db.View(func(tx kv.Tx) error {
+		_, err := s.vniFor(tx.Bucket(bucket), spec)
+		return err
+	})
+}
+
+// checkNew validates spec and asks NodeFits about each pool's node.
+func (s *Store) checkNew(spec Spec) error {
 	if err := s.check(spec); err != nil {
-		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{err})
+		return invalid{err}
 	}
 	var unfit []error
 	for i, p := range spec.Pools {
@@ -127,51 +161,42 @@ func (s *Store) CreateBy(spec Spec, by *who.By) (Cluster, error) {
 		}
 	}
 	if len(unfit) > 0 {
-		return Cluster{}, fmt.Errorf("create cluster: %w", invalid{errors.Join(unfit...)})
+		return invalid{errors.Join(unfit...)}
 	}
-	var c Cluster
-	err := s.db.Update(func(tx kv.Tx) error {
-		b := tx.Bucket(bucket)
-		if v, err := b.Get([]byte(spec.Name)); err != nil {
-			return err
-		} else if v != nil {
-			return fmt.Errorf("cluster %s: %w", spec.Name, ErrExists)
-		}
-		used := map[int]bool{}
-		var others []Cluster
-		err := b.ForEach(func(_, v []byte) error {
-			var o Cluster
-			if err := json.Unmarshal(v, &o); err != nil {
-				return err
-			}
-			used[o.VNI] = true
-			others = append(others, o)
-			return nil
-		})
-		if err != nil {
+	return nil
+}
+
+// vniFor returns the first VNI no stored cluster uses, or why spec's name
+// or its nodes' names are already taken, or that no VNI is free.
+func (s *Store) vniFor(b kv.Bucket, spec Spec) (int, error) {
+	if v, err := b.Get([]byte(spec.Name)); err != nil {
+		return 0, err
+	} else if v != nil {
+		return 0, fmt.Errorf("cluster %s: %w", spec.Name, ErrExists)
+	}
+	used := map[int]bool{}
+	var others []Cluster
+	err := b.ForEach(func(_, v []byte) error {
+		var o Cluster
+		if err := json.Unmarshal(v, &o); err != nil {
 			return err
 		}
-		if err := nameClash(spec, others); err != nil {
-			return err
-		}
-		vni := 0
-		for v := s.vnis.First; v <= s.vnis.Last; v++ {
-			if !used[v] {
-				vni = v
-				break
-			}
-		}
-		if vni == 0 {
-			return fmt.Errorf("no free VNI in %d-%d: %w", s.vnis.First, s.vnis.Last, ErrConflict)
-		}
-		now := s.now().UTC()
-		c = Cluster{Spec: spec, VNI: vni, Created: now, CreatedBy: stamp(by, now)}
-		return s.put(b, &c)
+		used[o.VNI] = true
+		others = append(others, o)
+		return nil
 	})
 	if err != nil {
-		return Cluster{}, fmt.Errorf("create cluster %s: %w", spec.Name, err)
+		return 0, err
 	}
-	return c, nil
+	if err := nameClash(spec, others); err != nil {
+		return 0, err
+	}
+	for v := s.vnis.First; v <= s.vnis.Last; v++ {
+		if !used[v] {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("no free VNI in %d-%d: %w", s.vnis.First, s.vnis.Last, ErrConflict)
 }
 
 // check validates spec and its base image against the declared ones,

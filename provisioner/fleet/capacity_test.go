@@ -47,7 +47,7 @@ func TestNodeFitsLargestHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := clusters.Handler(store, nil, nil)
+	h := clusters.Handler(store, nil, nil, nil)
 	post := func(body string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/clusters", strings.NewReader(body)))

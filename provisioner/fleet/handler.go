@@ -28,7 +28,7 @@ func (p *Provisioner) Mount(mux *http.ServeMux, auth *api.Authenticator) {
 	// changed_by, an added host's added_by, a removed host's record
 	// (GET /api/v1/hosts?removed=true), a provision's or reprovision's
 	// journal entry.
-	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify, api.WhoBy)))
+	ch := auth.Guard(p.audit(clusters.Handler(p.clusters, p.rec.Notify, api.WhoBy, p.rec.Plan)))
 	mux.Handle("/api/v1/clusters", ch)
 	mux.Handle("/api/v1/clusters/", ch)
 	ih := auth.Guard(p.audit(p.afterChange(inventory.Handler(p.inv, inventory.HandlerOptions{BMCView: bmcView, Who: api.WhoBy}))))
