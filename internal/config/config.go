@@ -34,6 +34,8 @@ type Server struct {
 	// Cluster, when set, makes this server one of several that share
 	// their state in etcd: one leads and acts, all monitor.
 	Cluster Cluster `yaml:"cluster"`
+	// Console is the web console under /console/.
+	Console Console `yaml:"console"`
 
 	// dir is the directory of the file; relative paths resolve against it.
 	dir string
@@ -319,6 +321,17 @@ type ClusterEtcd struct {
 	TLS AgentTLS `yaml:"tls"`
 }
 
+// Console configures the web console every server serves under /console/.
+type Console struct {
+	// Enabled serves the console; it is on by default.
+	Enabled bool `yaml:"enabled"`
+	// GrafanaURL, when set, is the Grafana that holds caretaker's
+	// dashboards: the console's pages link to them.
+	GrafanaURL string `yaml:"grafana_url"`
+	// SessionTTL is how long a sign-in lasts.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+}
+
 // Host is one hypervisor host and the address of its agent.
 type Host struct {
 	Name  string `yaml:"name"`
@@ -342,6 +355,7 @@ func Defaults() Server {
 		Remediation: Remediation{ActionTimeout: 2 * time.Minute, Retention: 90 * 24 * time.Hour, StaleAfter: time.Hour},
 		Provisioner: Provisioner{Overcommit: Overcommit{CPU: 4, Memory: 1}, BMC: ProvisionerBMC{SecretsDir: "/etc/caretaker/bmc"}},
 		Cluster:     Cluster{LeaseTTL: 5 * time.Second, Etcd: ClusterEtcd{Prefix: "/caretaker/", DialTimeout: 5 * time.Second}},
+		Console:     Console{Enabled: true, SessionTTL: 8 * time.Hour},
 	}
 }
 
@@ -382,6 +396,7 @@ func (c *Server) Validate() error {
 	c.validateAgents(&p)
 	c.Provisioner.validate(&p)
 	c.Remediation.validateTimes(&p)
+	c.Console.validate(&p)
 	validateHosts(c.Hosts, &p)
 	return errors.Join(p...)
 }
@@ -582,6 +597,18 @@ func (r Remediation) validateTimes(errs *problems) {
 	}
 	if r.ActionTimeout <= 0 {
 		errs.add("remediation.action_timeout", "must be positive, got %s", r.ActionTimeout)
+	}
+}
+
+// validate checks the console's Grafana link and session length.
+func (c Console) validate(errs *problems) {
+	if c.GrafanaURL != "" {
+		if err := checkURL(c.GrafanaURL); err != nil {
+			errs.add("console.grafana_url", "%v", err)
+		}
+	}
+	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
+		errs.add("console.session_ttl", "must be between 1m and 720h, got %s", c.SessionTTL)
 	}
 }
 

@@ -34,6 +34,9 @@ func TestLoadFull(t *testing.T) {
 	if got, want := c.Path(c.Remediation.PolicyFile), "testdata/good/policy.yml"; got != want {
 		t.Errorf("policy path = %q, want %q", got, want)
 	}
+	if want := (Console{Enabled: true, GrafanaURL: "http://grafana.example:3000", SessionTTL: 12 * time.Hour}); c.Console != want {
+		t.Errorf("console = %+v, want %+v", c.Console, want)
+	}
 }
 
 func TestDefaultsApplied(t *testing.T) {

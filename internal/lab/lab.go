@@ -125,6 +125,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := writeSecret(filepath.Join(r.dataDir, "api.token"), apiToken); err != nil {
 		return err
 	}
+	// A token per lesser role, to try the console and runbook as each.
+	for _, role := range labRoles() {
+		if err := writeSecret(filepath.Join(r.dataDir, role+".token"), newToken()); err != nil {
+			return err
+		}
+	}
 	if err := writeSecret(filepath.Join(r.dataDir, "agent.token"), agentToken); err != nil {
 		return err
 	}
@@ -155,7 +161,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		r.undo.add("restore "+o.RunbookConfig, restore)
 	}
-	printSummary(r.o, r.driver, r.why, urls[0], r.dataDir, r.hosts, r.cl != nil, r.noClusters, r.ha)
+	printSummary(r.o, r.driver, r.why, urls[0], apiToken, r.dataDir, r.hosts, r.cl != nil, r.noClusters, r.ha)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
@@ -381,9 +387,11 @@ func (o *Options) validate() error {
 	return nil
 }
 
-func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host, clusters bool, noClusters string, ha *haLab) {
+func printSummary(o Options, driver, why, apiURL, apiToken, dataDir string, hosts []*host, clusters bool, noClusters string, ha *haLab) {
 	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "\ncaretaker lab is running — %s\n", why)
+	fmt.Fprintf(w, "  console\t%s/console/  sign in with the admin token %s\n", apiURL, apiToken)
+	fmt.Fprintf(w, "  \t(or as operator or viewer: the tokens in %s)\n", filepath.Join(dataDir, "{operator,viewer}.token"))
 	if ha == nil {
 		fmt.Fprintf(w, "  API\t%s/api/v1/  (bearer token in %s)\n", apiURL, filepath.Join(dataDir, "api.token"))
 		fmt.Fprintf(w, "  server metrics\t%s/metrics\n", apiURL)
@@ -439,6 +447,10 @@ func printSummary(o Options, driver, why, apiURL, dataDir string, hosts []*host,
 	fmt.Fprintln(o.Out, "\nCtrl-C stops the lab and removes what it created.")
 }
 
+// labRoles are the roles besides admin that the lab makes a token for,
+// each in <data dir>/<role>.token and named after its role.
+func labRoles() []string { return []string{"operator", "viewer"} }
+
 func newToken() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b) // never fails on Linux (crypto/rand docs)
@@ -466,7 +478,11 @@ func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab,
 func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, cluster string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", serverDataDir)
-	fmt.Fprintf(&b, "api:\n  token_file: api.token\nagents:\n  token_file: agent.token\n")
+	fmt.Fprintf(&b, "api:\n  token_file: api.token\n  tokens:\n")
+	for _, role := range labRoles() {
+		fmt.Fprintf(&b, "    - {name: %s, role: %s, token_file: %s.token}\n", role, role, role)
+	}
+	fmt.Fprintf(&b, "agents:\n  token_file: agent.token\n")
 	if !o.Events {
 		b.WriteString("  events: false\n")
 	}

@@ -106,6 +106,20 @@ func TestLabTestDriver(t *testing.T) {
 	// The agents serve over TLS and take only the server's certificate:
 	// the server's scrapes above went over mTLS, anything else is refused.
 	checkAgentsTLS(t, filepath.Join(o.DataDir, "server.yml"))
+	// A token per role, each known by its role's name; the summary shows
+	// where to sign in to the console and with which token.
+	for _, role := range []string{"operator", "viewer"} {
+		tok, err := config.ReadSecret(filepath.Join(o.DataDir, role+".token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if me, err := api.NewClient(lastURL, tok, nil).WhoAmI(context.Background()); err != nil || me != (api.WhoAmI{Name: role, Role: role}) {
+			t.Errorf("%s.token: whoami = %+v, %v", role, me, err)
+		}
+	}
+	if want := lastURL + "/console/  sign in with the admin token " + lastToken; !strings.Contains(out.String(), want) {
+		t.Errorf("the lab's summary lacks %q:\n%s", want, out.String())
+	}
 	// The lab's guests are TCG by choice: its hosts declare they need no
 	// /dev/kvm, so HostKVMDeviceMissing never fires for them.
 	await(t, done, time.Minute, "both hosts reporting that KVM is not required", func() bool {
