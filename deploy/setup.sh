@@ -33,6 +33,7 @@ test_pkgs=(
 	util-linux                         # setsid
 	systemd adduser                    # systemd-analyze verify/security of the units; the packages' maintainer scripts
 	mmdebstrap podman                  # the container image's Debian root; podman load of the image (internal/ociimage)
+	chromium                           # the console's browser tests (chromedp, headless)
 )
 
 log() { echo "setup: $*" >&2; }

@@ -48,7 +48,8 @@ second or two; the lab starts the killed one again after 2 s.`,
   caretaker lab --hosts 6 --guests-per-host 0   # room for a 6-node cluster
   caretaker lab --driver test --web.listen-address 127.0.0.1:9400
   caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal
-  caretaker lab --servers 3                         # three servers on etcd: try a failover`,
+  caretaker lab --servers 3                         # three servers on etcd: try a failover
+  caretaker lab --policy my-policy.yml              # e.g. rules that wait for an approval`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()
@@ -70,6 +71,7 @@ second or two; the lab starts the killed one again after 2 s.`,
 	f.StringVar(&o.RunbookConfig, "runbook.config", o.RunbookConfig, "runbook config file to point at the lab (empty: leave runbook alone)")
 	f.DurationVar(&o.ScrapeInterval, "scrape.interval", o.ScrapeInterval, "how often the server scrapes the agents")
 	f.DurationVar(&o.EvaluationInterval, "evaluation.interval", o.EvaluationInterval, "how often the server evaluates alert rules")
+	f.StringVar(&o.PolicyFile, "policy", "", "remediation policy file for the server (default: the embedded one, which restarts crashed guests)")
 	f.BoolVar(&o.Events, "events", o.Events, "have the server follow the agents' libvirt event streams and heal at once (--events=false: only the rules, at the intervals)")
 	return cmd
 }

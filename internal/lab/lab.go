@@ -57,8 +57,11 @@ type Options struct {
 	// Events has the server follow the agents' libvirt event streams
 	// (agents.events); false leaves healing to the rules.
 	Events bool
-	Out    io.Writer // the summary for the operator
-	Logger *slog.Logger
+	// PolicyFile is the remediation policy the server loads; "" is the
+	// embedded default.
+	PolicyFile string
+	Out        io.Writer // the summary for the operator
+	Logger     *slog.Logger
 }
 
 // DefaultOptions are `caretaker lab`'s defaults.
@@ -492,6 +495,13 @@ func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o O
 	fmt.Fprintf(&b, "prometheus:\n  scrape_interval: %s\n  scrape_timeout: %s\n  evaluation_interval: %s\n  retention: 24h\n",
 		o.ScrapeInterval, o.ScrapeInterval, o.EvaluationInterval)
 	fmt.Fprintf(&b, "remediation:\n  action_timeout: 1m\n")
+	if o.PolicyFile != "" {
+		abs, err := filepath.Abs(o.PolicyFile)
+		if err != nil {
+			return fmt.Errorf("policy file: %w", err)
+		}
+		fmt.Fprintf(&b, "  policy_file: %q\n", abs)
+	}
 	if cl != nil {
 		// The inventory's hosts are scraped through the provisioner's
 		// file_sd: listing them under hosts: too would scrape them twice.
