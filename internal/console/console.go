@@ -121,7 +121,7 @@ const (
 	// apiTimeout bounds one page's calls to the API.
 	apiTimeout = 15 * time.Second
 	// maxRows caps the rows of a list that could hold the whole fleet.
-	maxRows = 500
+	maxRows = 200
 	// partialHeader asks for a page's <main> only.
 	partialHeader = "X-Console-Partial"
 )

@@ -107,10 +107,10 @@ func (c *Console) digest(r *http.Request, s *session, page string) (sum string, 
 	p := u.Path
 	switch {
 	case p == "/console/" || p == "/console/hosts":
-		parts = append(parts, c.snapshot(ctx, r, s).digest)
+		parts = append(parts, c.snapshot(ctx, r, s).digest())
 	case strings.HasPrefix(p, "/console/hosts/"):
 		name, _ := url.PathUnescape(strings.TrimPrefix(p, "/console/hosts/"))
-		parts = append(parts, c.snapshot(ctx, r, s).digest)
+		parts = append(parts, c.snapshot(ctx, r, s).digest())
 		h, hist, err := cl.HostState(ctx, name)
 		add([]any{h, len(hist)}, err)
 	case p == "/console/remediation":

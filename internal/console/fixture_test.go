@@ -194,6 +194,7 @@ type fixture struct {
 	store    *clusters.Store
 	machine  *hoststate.Machine
 	c        *Console
+	api      http.Handler // the API the console calls, counting calls
 	srv      *httptest.Server
 	ticks    chan time.Time
 	apiCalls int
@@ -249,6 +250,7 @@ func newFixture(t testing.TB, fo fixtureOptions) *fixture {
 		f.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})
+	f.api = apiHandler
 	f.c = New(Options{API: apiHandler, GrafanaURL: "https://grafana.example/", SessionTTL: time.Hour, Secure: fo.secure, Now: f.clock.Now})
 	f.c.statusTTL = 0
 	f.c.ticks = func() (<-chan time.Time, func()) { return f.ticks, func() {} }

@@ -4,10 +4,11 @@ import (
 	"cmp"
 	"net/http"
 	"slices"
+	"strings"
+	"time"
 
 	"caretaker/alerts"
 	"caretaker/internal/api"
-	"caretaker/provisioner/hoststate"
 	"caretaker/remediation/guards"
 )
 
@@ -27,12 +28,45 @@ func newGuestList(caption, empty string, gs []api.Guest) guestList {
 	return l
 }
 
-// hostRow is one host of the fleet table.
+// hostRow is one host of the fleet table, its states worked out before
+// the template runs (a thousand rows).
 type hostRow struct {
 	api.Host
-	Prov      *hoststate.Host // nil: not known to the provisioner
-	VCPU, Mem string          // overcommit ratios, or "unknown"
-	Alerts    int
+	AgentState, LibvirtState stateView
+	Prov                     *stateView // nil: not known to the provisioner
+	Cordoned                 bool
+	VCPU, Mem                string // overcommit ratios, or "unknown"
+	Alerts                   int
+}
+
+// upDown is a health flag as a state.
+func upDown(up bool) stateView {
+	if up {
+		return tone("up")
+	}
+	return tone("down")
+}
+
+// alertRow is one alert as the fleet page lists it.
+type alertRow struct {
+	Name, State, Severity, Host, Where, Summary string
+	Tone                                        stateView
+	Since                                       timeView
+}
+
+func newAlertRow(a api.Alert, now time.Time) alertRow {
+	l := a.Labels
+	var where []string
+	for _, k := range []string{"domain", "cluster"} {
+		if v := l[k]; v != "" {
+			where = append(where, k+" "+v)
+		}
+	}
+	if len(where) == 0 && l["host"] == "" && l["instance"] != "" {
+		where = append(where, l["instance"])
+	}
+	return alertRow{Name: a.Name, State: a.State, Severity: cmp.Or(l["severity"], "—"), Host: l["host"], Where: strings.Join(where, ", "),
+		Summary: cmp.Or(a.Annotations["summary"], "—"), Tone: tone(a.State), Since: when(now, a.ActiveAt)}
 }
 
 type fleetCounts struct {
@@ -54,7 +88,7 @@ type fleetData struct {
 	Pauses     []guards.Pause
 	PauseErr   string
 	ProvNote   string
-	Alerts     []api.Alert
+	Alerts     []alertRow
 	AlertsMore int
 	Runbooks   []runbookView
 	NotMeant   guestList
@@ -92,9 +126,11 @@ func (c *Console) fleetPage(w http.ResponseWriter, r *http.Request, s *session) 
 	}
 	d.Hosts = make([]hostRow, 0, len(st.Hosts))
 	for _, h := range st.Hosts {
-		row := hostRow{Host: h, VCPU: ratio(sn.vcpu, h.Name), Mem: ratio(sn.mem, h.Name), Alerts: perHost[h.Name]}
+		row := hostRow{Host: h, AgentState: upDown(h.AgentUp), LibvirtState: upDown(h.LibvirtUp),
+			VCPU: ratio(sn.vcpu, h.Name), Mem: ratio(sn.mem, h.Name), Alerts: perHost[h.Name]}
 		if p, ok := sn.states[h.Name]; ok {
-			row.Prov = &p
+			t := tone(p.State)
+			row.Prov, row.Cordoned = &t, p.Cordoned
 		}
 		d.Hosts = append(d.Hosts, row)
 		if !h.AgentUp {
@@ -110,8 +146,12 @@ func (c *Console) fleetPage(w http.ResponseWriter, r *http.Request, s *session) 
 			d.Counts.Running++
 		}
 	}
-	d.Alerts, d.AlertsMore = sortedAlerts(st.Alerts)
-	d.Runbooks = runbooksOf(d.Alerts)
+	alerts, more := sortedAlerts(st.Alerts)
+	d.AlertsMore = more
+	for _, a := range alerts {
+		d.Alerts = append(d.Alerts, newAlertRow(a, d.Now))
+	}
+	d.Runbooks = runbooksOf(alerts)
 	d.NotMeant = newGuestList("Guests meant to run that do not run, across the fleet", "Every guest meant to run is running.", sn.notMeant)
 	if name := r.URL.Query().Get("host"); name != "" {
 		d.Host = name

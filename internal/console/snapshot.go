@@ -37,7 +37,8 @@ type snapshot struct {
 	breaker string
 	// vcpu and mem are the hosts' overcommit ratios; nil when unknown.
 	vcpu, mem map[string]float64
-	digest    string
+	// digest sums it for the event stream, once it is asked for.
+	digest func() string
 }
 
 // snapshotCache keeps the last snapshot for statusTTL.
@@ -109,7 +110,7 @@ func (c *Console) readSnapshot(ctx context.Context, r *http.Request, s *session,
 	slices.SortFunc(sn.notMeant, func(a, b api.Guest) int {
 		return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Domain, b.Domain), cmp.Compare(a.UUID, b.UUID))
 	})
-	sn.digest = sn.sum()
+	sn.digest = sync.OnceValue(sn.sum)
 	return sn
 }
 
