@@ -238,8 +238,9 @@ func (c *Console) toSignin(w http.ResponseWriter, r *http.Request) {
 func (c *Console) action(fn func(http.ResponseWriter, *http.Request, *session)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := c.sessions.get(r, c.o.Now())
+		// Refusals show no session's page: it would carry its CSRF token.
 		if crossSite(r) {
-			c.problem(w, r, s, http.StatusForbidden, "Refused", "This form was sent from another site. Nothing was changed.")
+			c.problem(w, r, nil, http.StatusForbidden, "Refused", "This form was sent from another site. Nothing was changed.")
 			return
 		}
 		if s == nil {
@@ -252,7 +253,7 @@ func (c *Console) action(fn func(http.ResponseWriter, *http.Request, *session)) 
 			return
 		}
 		if !same(r.PostForm.Get("csrf"), s.CSRF) {
-			c.problem(w, r, s, http.StatusForbidden, "Refused",
+			c.problem(w, r, nil, http.StatusForbidden, "Refused",
 				"This form did not carry this session's CSRF token, so it may not have come from this console. Nothing was changed. Reload the page and try again.")
 			return
 		}

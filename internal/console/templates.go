@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"caretaker/provisioner/hoststate"
+	"caretaker/remediation/journal"
 )
 
 // pageNames are the pages; each is templates/<name>.html (defining
@@ -113,7 +114,8 @@ var tones = func() map[string]string {
 
 var icons = map[string]string{"ok": "✔", "warn": "◷", "bad": "✖", "muted": "○", "info": "•"}
 
-// tone describes a state; v is any string-like state.
+// tone describes a state; v is any string-like state. A journal record
+// still open (running, verifying) is in progress, not good.
 func tone(v any) stateView {
 	s := fmt.Sprint(v)
 	if s == "" {
@@ -122,6 +124,9 @@ func tone(v any) stateView {
 	cl, ok := tones[s]
 	if !ok {
 		cl = "info"
+	}
+	if st, ok := v.(journal.State); ok && st.Open() {
+		cl = "warn"
 	}
 	return stateView{Text: s, Class: cl, Icon: icons[cl]}
 }

@@ -22,7 +22,12 @@
 
   var dirty = false, busy = false, again = false;
   document.addEventListener("input", function (e) {
-    if (e.target.form && e.target.form.method.toLowerCase() === "post") dirty = true;
+    var form = e.target.form;
+    if (!form || form.method.toLowerCase() !== "post") return;
+    dirty = true;
+    // A placement answer is for the form as it was asked.
+    var plan = document.getElementById("plan-result");
+    if (plan && form.id === "create-cluster") plan.remove();
   });
 
   function say(text) {
