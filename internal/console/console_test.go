@@ -3,6 +3,7 @@ package console
 import (
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,24 @@ func TestSignInAndOut(t *testing.T) {
 			t.Errorf("GET %s: the page holds the token", path)
 		}
 	}
-	old := ck.Value
+	// Signing in again (a sign-in form opened before, in another tab)
+	// replaces the session: the old one ends.
+	delete(b.cookies, sessionCookie)
+	form := b.get("/console/signin")
+	b.cookies[sessionCookie] = ck
+	if p := b.post("/console/signin", url.Values{"csrf": {hidden(form.body, "csrf")}, "token": {secret("vera")}}); p.code != http.StatusSeeOther {
+		t.Fatalf("sign in again: %d", p.code)
+	}
+	if n := f.c.sessions.count(); n != 1 {
+		t.Errorf("%d sessions after signing in again, want 1", n)
+	}
+	vera := b.cookies[sessionCookie]
+	b.cookies[sessionCookie] = ck
+	if p := b.get("/console/"); p.code != http.StatusSeeOther {
+		t.Errorf("the replaced session's cookie still opens a page: %d", p.code)
+	}
+	b.cookies[sessionCookie] = vera
+	old := vera.Value
 	p = b.post("/console/signout", url.Values{"csrf": {b.csrf()}})
 	if p.code != http.StatusSeeOther || p.location() != "/console/signin?signedout=1" || b.cookies[sessionCookie] != nil {
 		t.Fatalf("sign out: %d to %q, cookie %v", p.code, p.location(), b.cookies[sessionCookie])
@@ -678,5 +696,45 @@ func TestJournalFilters(t *testing.T) {
 	}
 	if p = b.get("/console/remediation?result=bogus"); !strings.Contains(p.body, "The journal could not be read: result") && !strings.Contains(p.body, "No record matches") {
 		t.Errorf("a bad result:\n%s", p.body)
+	}
+}
+
+// Every control of every page has a label, and every id is unique.
+func TestLabelsAndIDs(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	if _, err := f.store.CreateBy(smallSpec("web"), nil); err != nil {
+		t.Fatal(err)
+	}
+	b := f.browser()
+	signin := b.get("/console/signin").body
+	b.signIn("ada")
+	control := regexp.MustCompile(`<(input|select|textarea)\b([^>]*)>`)
+	idRE := regexp.MustCompile(`\bid="([^"]*)"`)
+	pages := map[string]string{"/console/signin": signin}
+	for _, path := range []string{"/console/?host=hv-1", "/console/remediation", "/console/actions/3", "/console/clusters",
+		"/console/clusters/web", "/console/hosts", "/console/hosts/hv-1", "/console/runbooks/GuestCrashed"} {
+		p := b.get(path)
+		if p.code != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, p.code)
+		}
+		pages[path] = p.body
+	}
+	for path, body := range pages {
+		for _, m := range control.FindAllStringSubmatch(body, -1) {
+			if strings.Contains(m[2], `type="hidden"`) {
+				continue
+			}
+			id := idRE.FindStringSubmatch(m[2])
+			if id == nil || !strings.Contains(body, `<label for="`+id[1]+`"`) {
+				t.Errorf("%s: a %s without a label: %s", path, m[1], m[0])
+			}
+		}
+		seen := map[string]bool{}
+		for _, m := range idRE.FindAllStringSubmatch(body, -1) {
+			if seen[m[1]] {
+				t.Errorf("%s: id %q used twice", path, m[1])
+			}
+			seen[m[1]] = true
+		}
 	}
 }

@@ -349,6 +349,7 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := c.o.Now()
+	c.sessions.remove(c.sessions.get(r, now)) // a new sign-in ends the browser's old session
 	id, s := c.sessions.create(who.Name, role, token, now, now.Add(c.o.SessionTTL))
 	c.setCookie(w, r, sessionCookie, id, "/console/", s.Expires)
 	c.setCookie(w, r, signinCookie, "", "/console/signin", time.Time{})
