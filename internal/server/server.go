@@ -27,6 +27,7 @@ import (
 	"caretaker/internal/agentapi"
 	"caretaker/internal/api"
 	"caretaker/internal/config"
+	"caretaker/internal/console"
 	"caretaker/internal/kv"
 	"caretaker/internal/monitoring"
 	"caretaker/internal/promapi"
@@ -71,6 +72,9 @@ type Server struct {
 	// nil with agents.events false.
 	events  *guestEvents
 	handler http.Handler
+	// console serves /console/ on every server (nil when
+	// console.enabled is false); its sessions outlive the terms.
+	console http.Handler
 	in      inputs
 	// cluster is nil for a single server; clustered, engine is nil and
 	// each term this server leads has its own (cluster.acting).
@@ -165,6 +169,15 @@ func New(ctx context.Context, o Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.handler = s.mux(s.engine, s.prov)
+	if c := cfg.Console; c.Enabled {
+		s.console = console.New(console.Options{
+			API:        http.HandlerFunc(s.serveAPI),
+			Status:     s.status().Status,
+			GrafanaURL: c.GrafanaURL,
+			SessionTTL: c.SessionTTL,
+			Logger:     s.logger.With("component", "console"),
+		})
+	}
 	return s, nil
 }
 
@@ -530,6 +543,11 @@ func (s *Server) newRouteParts(in inputs, intakeMetrics *intake.Metrics) (routeP
 	return routeParts{auth: auth, prom: prom, webhookTokens: webhookTokens, intakeMetrics: intakeMetrics}, nil
 }
 
+// status is the fleet as /api/v1/status and the console read it.
+func (s *Server) status() *status {
+	return &status{monitor: s.monitor, journal: s.journal, hosts: s.in.cfg.Hosts, more: s.prov.Hosts}
+}
+
 // actingEngine is the engine that acts on this server now: the single
 // server's, the current term's while a clustered one leads, else nil.
 func (s *Server) actingEngine() *remediation.Engine {
@@ -572,7 +590,7 @@ func (s *Server) mux(engine *remediation.Engine, prov *fleet.Provisioner) http.H
 		pauser, actor, onAlerts = engine, engine, engine.Handle
 	}
 	apiOpts := api.Options{
-		Backend: &status{monitor: s.monitor, journal: s.journal, hosts: cfg.Hosts, more: s.prov.Hosts},
+		Backend: s.status(),
 		Pauser:  pauser,
 		Actor:   actor,
 		Policy:  s.policy,
@@ -604,8 +622,14 @@ func (s *Server) mux(engine *remediation.Engine, prov *fleet.Provisioner) http.H
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "caretaker server: API under /api/v1/ (bearer token), metrics at /metrics")
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		// A browser goes to the console; clients that want no HTML read
+		// where things are.
+		if cfg.Console.Enabled && strings.Contains(r.Header.Get("Accept"), "text/html") {
+			http.Redirect(w, r, "/console/", http.StatusSeeOther)
+			return
+		}
+		fmt.Fprintln(w, "caretaker server: console at /console/, API under /api/v1/ (bearer token), metrics at /metrics")
 	})
 	return mux
 }
@@ -700,12 +724,27 @@ func (s *Server) notify(ctx context.Context, alerts []monitoring.Alert) {
 	}
 }
 
-// Handler is the server's HTTP surface.
+// Handler is the server's HTTP surface: the console under /console/,
+// the rest as serveAPI routes it.
 func (s *Server) Handler() http.Handler {
-	if s.cluster == nil {
-		return s.handler
+	if s.console == nil {
+		return http.HandlerFunc(s.serveAPI)
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.cluster.serveHTTP(s.handler, w, r) })
+	mux := http.NewServeMux()
+	mux.Handle("/console/", s.console)
+	mux.HandleFunc("/", s.serveAPI)
+	return mux
+}
+
+// serveAPI serves everything but the console: a single server's routes,
+// or a clustered one's, which sends changes to the leader. The console
+// calls it in process, as its users.
+func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	if s.cluster == nil {
+		s.handler.ServeHTTP(w, r)
+		return
+	}
+	s.cluster.serveHTTP(s.handler, w, r)
 }
 
 // Serve serves HTTP on l until ctx is done.
