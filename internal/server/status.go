@@ -25,20 +25,7 @@ type status struct {
 }
 
 func (s *status) History(_ context.Context, f api.HistoryFilter) ([]journal.Record, error) {
-	all, err := s.journal.List(0)
-	if err != nil {
-		return nil, err
-	}
-	var out []journal.Record
-	for _, r := range all {
-		if len(out) == f.Limit {
-			break
-		}
-		if f.Match(r) {
-			out = append(out, r)
-		}
-	}
-	return out, nil
+	return s.journal.Find(f.Limit, f.Match)
 }
 
 func (s *status) Record(_ context.Context, id uint64) (journal.Record, error) {

@@ -353,6 +353,12 @@ func (j *Journal) Get(id uint64) (Record, error) {
 
 // List returns up to limit records, newest first; limit <= 0 means all.
 func (j *Journal) List(limit int) ([]Record, error) {
+	return j.Find(limit, nil)
+}
+
+// Find returns the newest limit records that match (nil: all; limit 0:
+// no limit), newest first, reading no further back than it must.
+func (j *Journal) Find(limit int, match func(Record) bool) ([]Record, error) {
 	var recs []Record
 	err := j.store.View(func(tx kv.Tx) error {
 		recs = nil
@@ -364,7 +370,9 @@ func (j *Journal) List(limit int) ([]Record, error) {
 			if err != nil {
 				return err
 			}
-			recs = append(recs, rec)
+			if match == nil || match(rec) {
+				recs = append(recs, rec)
+			}
 			return nil
 		})
 	})

@@ -129,6 +129,44 @@ func TestList(t *testing.T) {
 	}
 }
 
+// Find keeps the newest matching records and reads no further back than
+// the limit needs.
+func TestFind(t *testing.T) {
+	j, _ := openTemp(t)
+	for i := range 6 {
+		st := StateSucceeded
+		if i%2 == 0 {
+			st = StateFailed
+		}
+		if _, err := j.Append(sample(st)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failed := func(r Record) bool { return r.State == StateFailed }
+	for _, tt := range []struct {
+		limit int
+		want  []uint64
+		read  int // records the walk decoded
+	}{
+		{limit: 0, want: []uint64{5, 3, 1}, read: 6},
+		{limit: 1, want: []uint64{5}, read: 2},
+		{limit: 2, want: []uint64{5, 3}, read: 4},
+	} {
+		read := 0
+		recs, err := j.Find(tt.limit, func(r Record) bool { read++; return failed(r) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []uint64
+		for _, r := range recs {
+			ids = append(ids, r.ID)
+		}
+		if !reflect.DeepEqual(ids, tt.want) || read != tt.read {
+			t.Errorf("Find(%d, failed) = %v after reading %d records, want %v after %d", tt.limit, ids, read, tt.want, tt.read)
+		}
+	}
+}
+
 func TestListEmpty(t *testing.T) {
 	j, _ := openTemp(t)
 	recs, err := j.List(0)
