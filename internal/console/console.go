@@ -61,8 +61,8 @@
 //     (caretaker_remediation_circuit_breaker_open,
 //     caretaker_host_{vcpu,memory}_overcommit_ratio); where it does not
 //     answer they are shown as unknown.
-//   - Runbook pages are shown as their Markdown text, preformatted: the
-//     module has no Markdown library, and these pages read well as text.
+//   - Runbook pages are rendered from their Markdown (goldmark, raw HTML
+//     left out), once each.
 //   - The journal pages by "show more" (a larger limit, up to the API's
 //     10,000): the API has no cursor to page by.
 //   - A comment typed over several lines is recorded as one line (line
@@ -145,6 +145,7 @@ type Console struct {
 	// and drive the other.
 	statusTTL time.Duration
 	ticks     func() (<-chan time.Time, func())
+	runbooks  runbooks
 }
 
 // New returns the console. It panics when its embedded templates do not

@@ -2,12 +2,12 @@ package console
 
 import (
 	"cmp"
+	"html/template"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
 
-	"caretaker/alerts"
 	"caretaker/internal/api"
 	"caretaker/remediation/guards"
 )
@@ -76,7 +76,7 @@ type fleetCounts struct {
 // runbookView is an alert's runbook page.
 type runbookView struct {
 	Name string
-	Text string
+	HTML template.HTML
 }
 
 type fleetData struct {
@@ -151,7 +151,7 @@ func (c *Console) fleetPage(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, a := range alerts {
 		d.Alerts = append(d.Alerts, newAlertRow(a, d.Now))
 	}
-	d.Runbooks = runbooksOf(alerts)
+	d.Runbooks = c.runbooksOf(alerts)
 	d.NotMeant = newGuestList("Guests meant to run that do not run, across the fleet", "Every guest meant to run is running.", sn.notMeant)
 	if name := r.URL.Query().Get("host"); name != "" {
 		d.Host = name
@@ -205,7 +205,7 @@ func sortedAlerts(as []api.Alert) ([]api.Alert, int) {
 }
 
 // runbooksOf returns the runbook page of each alert name in as, once.
-func runbooksOf(as []api.Alert) []runbookView {
+func (c *Console) runbooksOf(as []api.Alert) []runbookView {
 	var out []runbookView
 	seen := map[string]bool{}
 	for _, a := range as {
@@ -213,8 +213,8 @@ func runbooksOf(as []api.Alert) []runbookView {
 			continue
 		}
 		seen[a.Name] = true
-		if b, err := alerts.Runbook(a.Name); err == nil {
-			out = append(out, runbookView{Name: a.Name, Text: string(b)})
+		if h, ok := c.runbooks.page(a.Name); ok {
+			out = append(out, runbookView{Name: a.Name, HTML: h})
 		}
 	}
 	slices.SortFunc(out, func(a, b runbookView) int { return cmp.Compare(a.Name, b.Name) })
@@ -228,11 +228,11 @@ type runbookData struct {
 
 func (c *Console) runbookPage(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("alert")
-	b, err := alerts.Runbook(name)
-	if err != nil {
+	h, ok := c.runbooks.page(name)
+	if !ok {
 		c.problem(w, r, s, http.StatusNotFound, "No runbook", "There is no runbook page for an alert named "+name+".")
 		return
 	}
-	d := runbookData{base: c.base(r, s, "fleet", "Runbook: "+name), Runbook: runbookView{Name: name, Text: string(b)}}
+	d := runbookData{base: c.base(r, s, "fleet", "Runbook: "+name), Runbook: runbookView{Name: name, HTML: h}}
 	c.render(w, r, http.StatusOK, "runbook", d)
 }
