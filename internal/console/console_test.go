@@ -97,11 +97,11 @@ func TestSignInBadToken(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	b := f.browser()
 	csrf := hidden(b.get("/console/signin").body, "csrf")
-	for _, tok := range []string{"not-a-token", ""} {
+	for _, tok := range []string{"not-a-token", "", secret("am")} {
 		p := b.post("/console/signin", url.Values{"csrf": {csrf}, "token": {tok}})
-		want := http.StatusUnauthorized
-		if tok == "" {
-			want = http.StatusBadRequest
+		want := map[string]int{"": http.StatusBadRequest, secret("am"): http.StatusForbidden}[tok]
+		if want == 0 {
+			want = http.StatusUnauthorized
 		}
 		if p.code != want || !strings.Contains(p.body, `id="signin"`) || !strings.Contains(p.body, `class="error"`) {
 			t.Errorf("sign in with %q: %d, want %d with the form and an error\n%s", tok, p.code, want, p.body)

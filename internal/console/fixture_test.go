@@ -36,6 +36,7 @@ var testTokens = []api.Token{
 	{Name: "ada", Role: api.RoleAdmin, Secret: "admin-secret-0123456789"},
 	{Name: "otto", Role: api.RoleOperator, Secret: "operator-secret-0123456789"},
 	{Name: "vera", Role: api.RoleViewer, Secret: "viewer-secret-0123456789"},
+	{Name: "am", Role: api.RoleWebhook, Secret: "webhook-secret-0123456789"},
 }
 
 func secret(name string) string {

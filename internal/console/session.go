@@ -335,6 +335,9 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		c.o.Logger.Info("console sign-in refused", "client", r.RemoteAddr)
 		c.renderSignin(w, r, http.StatusUnauthorized, "The server does not accept this token.")
 		return
+	case errors.As(err, &se) && se.Code == http.StatusForbidden: // a webhook's token
+		c.renderSignin(w, r, http.StatusForbidden, "This token's role cannot use the console: "+se.Msg)
+		return
 	case errors.As(err, &se) && se.Code == http.StatusTooManyRequests:
 		c.renderSignin(w, r, http.StatusTooManyRequests, "Too many failed attempts from this address: "+se.Msg)
 		return
