@@ -14,7 +14,8 @@ type GuestEvents interface {
 	// eventAt: the host's stream is connected and has delivered every
 	// event of its agent since eventAt, and did not report the guest
 	// running again early enough for the rule's data to be from after it.
-	SameOutage(host, uuid string, eventAt, alertAt time.Time) bool
+	// When it is not, why says which of these failed.
+	SameOutage(host, uuid string, eventAt, alertAt time.Time) (same bool, why string)
 	// Started returns a channel closed when host's agent next reports the
 	// guest with uuid started, and what stops the wait; a nil channel
 	// when no stream of host is connected.
@@ -64,8 +65,14 @@ func (e *Engine) keyFor(a Alert) instanceKey {
 	case !a.FromEvent && l.event != nil && l.event.startsAt <= a.StartsAt.Add(eventSkew).Unix():
 		// The event's own start, not the key's whole second: the
 		// stream may have been known whole from within that second.
-		if ev := e.instances[*l.event]; ev != nil && e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], ev.alert.StartsAt, a.StartsAt) {
-			to = l.event
+		if ev := e.instances[*l.event]; ev != nil {
+			same, why := e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], ev.alert.StartsAt, a.StartsAt)
+			if same {
+				to = l.event
+			} else {
+				e.log.Info("remediation: a rule's alert after an event's for the same guest is a new instance",
+					"alert", a.Name, "fingerprint", a.Fingerprint, "starts_at", a.StartsAt, "event_starts_at", ev.alert.StartsAt, "why", why)
+			}
 		}
 	}
 	if to == nil || e.instances[*to] == nil {

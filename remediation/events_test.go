@@ -29,13 +29,13 @@ type streams struct {
 // streamLag is how old the rule's data may be in these tests.
 const streamLag = 2 * time.Second
 
-func (s *streams) SameOutage(host, uuid string, eventAt, alertAt time.Time) bool {
+func (s *streams) SameOutage(host, uuid string, eventAt, alertAt time.Time) (bool, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ranAgain.IsZero() && s.ranAgain.After(eventAt) && s.ranAgain.Before(alertAt.Add(-streamLag)) {
-		return false // the rule's data is from after the guest ran again
+		return false, "ran again" // the rule's data is from after the guest ran again
 	}
-	return !s.disconnected && (s.brokenAt.IsZero() || s.brokenAt.Before(eventAt))
+	return !s.disconnected && (s.brokenAt.IsZero() || s.brokenAt.Before(eventAt)), "broken"
 }
 
 func (s *streams) Started(host, uuid string) (<-chan struct{}, func()) {

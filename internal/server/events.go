@@ -463,19 +463,24 @@ func (hs *hostStream) ranAt(uuid string, t time.Time) {
 // SameOutage is remediation.GuestEvents'. The data of a rule's alert that
 // first fired at alertAt was scraped at most lag before: a guest reported
 // running between the event and then was seen stopped again by the rule.
-func (g *guestEvents) SameOutage(host, uuid string, eventAt, alertAt time.Time) bool {
+func (g *guestEvents) SameOutage(host, uuid string, eventAt, alertAt time.Time) (bool, string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	hs := g.streams[host]
-	if hs == nil || !hs.connected || hs.unbrokenSince.IsZero() || hs.unbrokenSince.After(eventAt) {
-		return false
+	switch {
+	case hs == nil || !hs.connected:
+		return false, "the host's event stream is not connected"
+	case hs.unbrokenSince.IsZero():
+		return false, "the host's event stream may have missed events (libvirt's callbacks not known registered)"
+	case hs.unbrokenSince.After(eventAt):
+		return false, fmt.Sprintf("the host's event stream is whole only since %s, after the event", hs.unbrokenSince.Format(time.RFC3339Nano))
 	}
 	for _, t := range hs.running[uuid] {
 		if t.After(eventAt) && t.Before(alertAt.Add(-g.lag)) {
-			return false
+			return false, fmt.Sprintf("the guest was reported running at %s, after the event and before the rule's data", t.Format(time.RFC3339Nano))
 		}
 	}
-	return true
+	return true, ""
 }
 
 // Started is remediation.GuestEvents'.

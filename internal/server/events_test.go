@@ -125,7 +125,7 @@ prometheus: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
 		return err == nil && len(v) == 1
 	})
 	if events {
-		await(t, "the agent's event stream open", func() bool { return s.events.SameOutage(eventHost, "", time.Now(), time.Now()) })
+		await(t, "the agent's event stream open", func() bool { same, _ := s.events.SameOutage(eventHost, "", time.Now(), time.Now()); return same })
 	}
 	return l
 }

@@ -64,7 +64,7 @@ func TestSameOutageFromStreamLines(t *testing.T) {
 				}
 			}
 			at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-			if got := g.SameOutage("h", uuid, at(c.eventAt), at(c.alertAt)); got != c.want {
+			if got, _ := g.SameOutage("h", uuid, at(c.eventAt), at(c.alertAt)); got != c.want {
 				t.Errorf("SameOutage = %v, want %v", got, c.want)
 			}
 			if len(sent) != 0 {
