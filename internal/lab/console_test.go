@@ -143,7 +143,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("at a phone's width the fleet page is %v px wide (page, window): it scrolls sideways", w)
 	}
 	b.shot("fleet-phone")
-	b.run("desktop width", chromedp.ResetViewport())
+	b.run("desktop width", chromedp.EmulateViewport(1280, 900))
 
 	// Create Cluster: placement's answer first, then the cluster, followed
 	// live until both nodes run.
