@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -22,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/prometheus/promql/parser"
-	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/agent"
@@ -245,18 +243,12 @@ func requireLab(t *testing.T) {
 	needs.Root(t, "the live dashboard test creates network namespaces, a bridge and a QEMU guest")
 	needs.Libvirtd(t)
 	needs.Programs(t, "ip", "bridge", "qemu-img")
-	// As the agent binary does, before any connection: without libvirt's
-	// event loop the kvm collector exports no lifecycle events or crash
-	// counts. The loop is process-wide and runs until the test binary exits.
-	if err := libvirtconn.StartEventLoop(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := libvirt.NewConnect("qemu:///system")
+	conn, err := libvirtconn.Dial("qemu:///system")
 	if err != nil {
 		needs.Missing(t, "the live dashboard test needs qemu:///system: %v", err)
 	}
-	defer conn.Close()
-	caps, err := conn.GetCapabilities()
+	defer conn.Disconnect()
+	caps, err := conn.ConnectGetCapabilities()
 	if err != nil || !strings.Contains(caps, "<domain type='qemu'") {
 		needs.Missing(t, "the live dashboard test needs QEMU guests of domain type qemu through libvirtd (capabilities: %v)", err)
 	}
@@ -308,39 +300,34 @@ func defineGuest(t *testing.T, name, bridge string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := libvirt.NewConnect("qemu:///system")
+	conn, err := libvirtconn.Dial("qemu:///system")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	dom, err := conn.DomainDefineXML(xml)
 	if err != nil {
 		t.Fatalf("define guest %s: %v", name, err)
 	}
-	defer dom.Free()
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		t.Fatal(err)
-	}
+	uuid := libvirtconn.UUIDString(dom.UUID)
 	t.Cleanup(func() {
-		conn, err := libvirt.NewConnect("qemu:///system")
+		conn, err := libvirtconn.Dial("qemu:///system")
 		if err != nil {
 			t.Errorf("remove guest %s: %v", name, err)
 			return
 		}
-		defer conn.Close()
-		dom, err := conn.LookupDomainByUUIDString(uuid)
+		defer conn.Disconnect()
+		dom, err := libvirtconn.LookupDomain(conn, uuid)
 		if err != nil {
 			t.Errorf("remove guest %s: %v", name, err)
 			return
 		}
-		defer dom.Free()
-		if active, _ := dom.IsActive(); active {
-			if err := dom.Destroy(); err != nil {
+		if active, _ := conn.DomainIsActive(dom); active == 1 {
+			if err := conn.DomainDestroy(dom); err != nil {
 				t.Errorf("destroy guest %s: %v", name, err)
 			}
 		}
-		if err := dom.Undefine(); err != nil {
+		if err := conn.DomainUndefine(dom); err != nil {
 			t.Errorf("undefine guest %s: %v", name, err)
 		}
 	})

@@ -4,27 +4,39 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"libvirt.org/go/libvirt"
 
+	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 	"caretaker/remediation/journal"
 	"caretaker/remediation/policy"
 )
 
-// The test driver's default node: one domain, running. Every connection to
-// test:///default in a process shares this state, and it outlives closing
-// them, so these tests run one after another and each puts the domain in the
-// state it needs first.
+// A test-driver node like libvirt's default one: one domain, running. Each
+// fixture writes its own and connects to it through libvirtd, which keeps
+// one copy of a node file per connection: no other test, of this package
+// or another (test:///default is shared by every client of the daemon),
+// sees its domain.
 const (
-	testURI    = "test:///default"
+	testNode = `<node>
+  <domain type="test">
+    <name>test</name>
+    <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+  </domain>
+</node>
+`
 	testDomain = "test"
 	testUUID   = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 	testHost   = "hv-a1"
@@ -33,7 +45,7 @@ const (
 // libvirtHosts stands in for the agents: it runs guest actions directly on
 // a libvirt connection per host name.
 type libvirtHosts struct {
-	conns map[string]*libvirt.Connect
+	conns map[string]*libvirt.Libvirt
 
 	mu     sync.Mutex
 	starts int
@@ -46,16 +58,16 @@ type libvirtHosts struct {
 	repairs [][]string
 }
 
-func (h *libvirtHosts) domain(host, uuid string) (*libvirt.Domain, error) {
+func (h *libvirtHosts) domain(host, uuid string) (*libvirt.Libvirt, libvirt.Domain, error) {
 	conn, ok := h.conns[host]
 	if !ok {
-		return nil, fmt.Errorf("unknown host %q", host)
+		return nil, libvirt.Domain{}, fmt.Errorf("unknown host %q", host)
 	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
+	dom, err := libvirtconn.LookupDomain(conn, uuid)
 	if err != nil {
-		return nil, fmt.Errorf("look up guest %s: %w", uuid, err)
+		return nil, libvirt.Domain{}, fmt.Errorf("look up guest %s: %w", uuid, err)
 	}
-	return dom, nil
+	return conn, dom, nil
 }
 
 func (h *libvirtHosts) StartGuest(ctx context.Context, host, uuid string) error {
@@ -70,38 +82,36 @@ func (h *libvirtHosts) StartGuest(ctx context.Context, host, uuid string) error 
 			return ctx.Err()
 		}
 	}
-	dom, err := h.domain(host, uuid)
+	conn, dom, err := h.domain(host, uuid)
 	if err != nil {
 		return err
 	}
-	defer dom.Free()
 	if noop {
 		return nil
 	}
-	active, err := dom.IsActive()
+	active, err := conn.DomainIsActive(dom)
 	if err != nil {
 		return fmt.Errorf("guest %s state: %w", uuid, err)
 	}
-	if active {
+	if active == 1 {
 		return nil
 	}
-	if err := dom.Create(); err != nil {
+	if err := conn.DomainCreate(dom); err != nil {
 		return fmt.Errorf("start guest %s: %w", uuid, err)
 	}
 	return nil
 }
 
 func (h *libvirtHosts) GuestRunning(ctx context.Context, host, uuid string) (bool, error) {
-	dom, err := h.domain(host, uuid)
+	conn, dom, err := h.domain(host, uuid)
 	if err != nil {
 		return false, err
 	}
-	defer dom.Free()
-	state, _, err := dom.GetState()
+	state, _, err := conn.DomainGetState(dom, 0)
 	if err != nil {
 		return false, fmt.Errorf("guest %s state: %w", uuid, err)
 	}
-	return state == libvirt.DOMAIN_RUNNING, nil
+	return libvirt.DomainState(state) == libvirt.DomainRunning, nil
 }
 
 // RepairOverlay reports the changes a test queued in repairs, one call
@@ -127,28 +137,34 @@ func (h *libvirtHosts) startCalls() int {
 	return h.starts
 }
 
-// newHosts connects to the test driver as host testHost.
+// newHosts connects to a test-driver node of the test's own (testNode),
+// through libvirtd, as host testHost.
 func newHosts(t *testing.T) *libvirtHosts {
 	t.Helper()
-	conn, err := libvirt.NewConnect(testURI)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", testURI, err)
+	needs.Libvirtd(t)
+	node := filepath.Join(t.TempDir(), "node.xml")
+	if err := os.WriteFile(node, []byte(testNode), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return &libvirtHosts{conns: map[string]*libvirt.Connect{testHost: conn}}
+	conn, err := libvirtconn.Dial("test://" + node)
+	if err != nil {
+		t.Fatalf("connect to the test driver: %v", err)
+	}
+	t.Cleanup(func() { conn.Disconnect() })
+	return &libvirtHosts{conns: map[string]*libvirt.Libvirt{testHost: conn}}
 }
 
 // crash stops the test domain, as a crash would, so the engine has
 // something to heal.
 func crash(t *testing.T, h *libvirtHosts) {
 	t.Helper()
-	dom, err := h.conns[testHost].LookupDomainByName(testDomain)
+	conn := h.conns[testHost]
+	dom, err := conn.DomainLookupByName(testDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	if active, _ := dom.IsActive(); active {
-		if err := dom.Destroy(); err != nil {
+	if active, _ := conn.DomainIsActive(dom); active == 1 {
+		if err := conn.DomainDestroy(dom); err != nil {
 			t.Fatalf("destroy %s: %v", testDomain, err)
 		}
 	}

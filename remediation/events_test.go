@@ -220,14 +220,13 @@ rules:
 	for s.waiting() == 0 { // the first check failed; it waits for the event
 		time.Sleep(time.Millisecond)
 	}
-	dom, err := f.hosts.conns[testHost].LookupDomainByUUIDString(testUUID)
+	conn, dom, err := f.hosts.domain(testHost, testUUID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dom.Create(); err != nil {
+	if err := conn.DomainCreate(dom); err != nil {
 		t.Fatal(err)
 	}
-	dom.Free()
 	s.reportStarted()
 	f.engine.inflight.Wait()
 	recs := f.records(t)

@@ -92,8 +92,9 @@ func (s *syncBuffer) String() string {
 }
 
 // TestServesMetrics runs the command as the binary does, on libvirt's
-// in-process test driver, and scrapes it: all three collectors answer.
+// test driver in libvirtd, and scrapes it: all three collectors answer.
 func TestServesMetrics(t *testing.T) {
+	needs.Libvirtd(t)
 	addr := testdaemon.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs syncBuffer

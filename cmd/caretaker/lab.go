@@ -25,7 +25,8 @@ removes what it created.
 Where libvirtd with QEMU is installed (Debian: libvirt-daemon-system and
 qemu-system-x86) the guests are real QEMU guests (64 MiB, no disk); as root
 the lab starts libvirtd if it is not running. Otherwise every host uses
-libvirt's test driver, in memory, and the lab says so.
+libvirt's test driver, in memory, in a libvirtd the lab starts for it
+(the package libvirt-daemon is needed), and the lab says so.
 
 Kill a guest's qemu process or virsh destroy it, and the lab restarts it
 with no human action; runbook (configured by the lab) shows what happened.

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
 	promcollectors "github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
 	"caretaker/internal/libvirtconn"
@@ -38,19 +38,19 @@ func daemonNode(tb testing.TB, n int) string {
 // ends up using: NOWAIT, unless the driver refuses it (the test driver
 // does).
 type rawStats struct {
-	conn  *libvirt.Connect
+	conn  *libvirt.Libvirt
 	flags libvirt.ConnectGetAllDomainStatsFlags
 }
 
 func newRawStats(tb testing.TB, uri string) *rawStats {
 	tb.Helper()
-	conn, err := libvirt.NewConnect(uri)
+	conn, err := libvirtconn.Dial(uri)
 	if err != nil {
 		tb.Fatalf("connect to %s: %v", uri, err)
 	}
-	tb.Cleanup(func() { conn.Close() })
-	r := &rawStats{conn: conn, flags: libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT}
-	if _, err := r.call(); isLibvirtError(err, libvirt.ERR_INVALID_ARG) {
+	tb.Cleanup(func() { conn.Disconnect() })
+	r := &rawStats{conn: conn, flags: libvirt.ConnectGetAllDomainsStatsNowait}
+	if _, err := r.call(); libvirtconn.IsCode(err, libvirt.ErrInvalidArg) {
 		r.flags = 0
 	}
 	if n, err := r.call(); err != nil || n != benchDomains {
@@ -60,10 +60,7 @@ func newRawStats(tb testing.TB, uri string) *rawStats {
 }
 
 func (r *rawStats) call() (int, error) {
-	stats, err := r.conn.GetAllDomainStats(nil, statsTypes, r.flags)
-	for i := range stats {
-		stats[i].Domain.Free()
-	}
+	stats, err := r.conn.ConnectGetAllDomainStats(nil, uint32(statsTypes), uint32(r.flags))
 	return len(stats), err
 }
 

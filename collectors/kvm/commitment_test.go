@@ -4,28 +4,27 @@ import (
 	"sync"
 	"testing"
 
-	"libvirt.org/go/libvirt"
-
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 func TestCommitment(t *testing.T) {
 	t.Parallel()
-	online := libvirt.DomainStatsVcpu{StateSet: true, State: libvirt.VCPU_RUNNING}
+	online := statsVcpu{StateSet: true, State: vcpuRunning}
 	doms := []domain{
 		// Active: 2 vCPUs with a state (the third libvirt said nothing
 		// of), 1 GiB maximum.
-		{active: true, stats: &libvirt.DomainStats{
-			Vcpu:    []libvirt.DomainStatsVcpu{online, online, {}},
-			Balloon: &libvirt.DomainStatsBalloon{MaximumSet: true, Maximum: 1 << 20},
+		{active: true, stats: &domainStats{
+			Vcpu:    []statsVcpu{online, online, {}},
+			Balloon: &statsBalloon{MaximumSet: true, Maximum: 1 << 20},
 		}},
 		// Shut off: not counted.
-		{active: false, stats: &libvirt.DomainStats{
-			Vcpu:    []libvirt.DomainStatsVcpu{online},
-			Balloon: &libvirt.DomainStatsBalloon{MaximumSet: true, Maximum: 1 << 20},
+		{active: false, stats: &domainStats{
+			Vcpu:    []statsVcpu{online},
+			Balloon: &statsBalloon{MaximumSet: true, Maximum: 1 << 20},
 		}},
 		// Active without balloon stats.
-		{active: true, stats: &libvirt.DomainStats{Vcpu: []libvirt.DomainStatsVcpu{online}}},
+		{active: true, stats: &domainStats{Vcpu: []statsVcpu{online}}},
 		{active: true},
 	}
 	vcpus, mem := commitment(doms)
@@ -39,6 +38,7 @@ func TestCommitment(t *testing.T) {
 // to libvirt, not a second one.
 func TestGuestCommitmentSharesTheScrape(t *testing.T) {
 	t.Parallel()
+	needs.Libvirtd(t)
 	conn := libvirtconn.New("test:///default", testLogger(t))
 	t.Cleanup(func() { conn.Close() })
 	c := New(conn, testLogger(t))

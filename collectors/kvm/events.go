@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"sync"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
+
+	"caretaker/internal/libvirtconn"
 )
 
 // eventKind is a kind of domain event counted host-wide: libvirt's
@@ -59,23 +61,23 @@ func (k eventKind) String() string {
 // newer than this code are not counted.
 func lifecycleKind(t libvirt.DomainEventType) (eventKind, bool) {
 	switch t {
-	case libvirt.DOMAIN_EVENT_DEFINED:
+	case libvirt.DomainEventDefined:
 		return eventDefined, true
-	case libvirt.DOMAIN_EVENT_UNDEFINED:
+	case libvirt.DomainEventUndefined:
 		return eventUndefined, true
-	case libvirt.DOMAIN_EVENT_STARTED:
+	case libvirt.DomainEventStarted:
 		return eventStarted, true
-	case libvirt.DOMAIN_EVENT_SUSPENDED:
+	case libvirt.DomainEventSuspended:
 		return eventSuspended, true
-	case libvirt.DOMAIN_EVENT_RESUMED:
+	case libvirt.DomainEventResumed:
 		return eventResumed, true
-	case libvirt.DOMAIN_EVENT_STOPPED:
+	case libvirt.DomainEventStopped:
 		return eventStopped, true
-	case libvirt.DOMAIN_EVENT_SHUTDOWN:
+	case libvirt.DomainEventShutdown:
 		return eventShutdown, true
-	case libvirt.DOMAIN_EVENT_PMSUSPENDED:
+	case libvirt.DomainEventPmsuspended:
 		return eventPMSuspended, true
-	case libvirt.DOMAIN_EVENT_CRASHED:
+	case libvirt.DomainEventCrashed:
 		return eventCrashed, true
 	default:
 		return 0, false
@@ -93,8 +95,9 @@ func EventTypeName(t libvirt.DomainEventType) string {
 }
 
 // memory is what the collector keeps between scrapes: what libvirt's
-// events told it, and the identities it read. Event callbacks run on
-// libvirt's event loop, scrapes on their own goroutine; both go through mu.
+// events told it, and the identities it read. Events are heard on the
+// goroutines of their subscriptions, scrapes on their own; both go
+// through mu.
 //
 // Lifecycle events are counted in two ways, to keep the series few:
 // caretaker_kvm_lifecycle_events_total{event} counts every kind host-wide,
@@ -110,7 +113,7 @@ type memory struct {
 	// epoch numbers the connections: an identity read on an earlier one
 	// may have missed the events sent while there was none.
 	epoch uint64
-	// eventsOK says the callbacks are registered on the current
+	// eventsOK says the subscriptions are made on the current
 	// connection. Without them a domain's identity could change unseen,
 	// so none is cached.
 	eventsOK bool
@@ -135,7 +138,7 @@ type cachedIdentity struct {
 	identity
 	// id is the domain's ID when ident was read: a restart gives a new
 	// one, and the live definition read for the old one is stale.
-	id    uint
+	id    int32
 	epoch uint64
 }
 
@@ -159,7 +162,7 @@ func (m *memory) domainLocked(uuid string) *domainMemory {
 }
 
 // connected starts a new connection's epoch: the cached identities are
-// dropped, and none is cached until the callbacks are registered. Counts
+// dropped, and none is cached until the subscriptions are made. Counts
 // are kept: events lost while disconnected are lost either way.
 func (m *memory) connected() {
 	m.mu.Lock()
@@ -186,10 +189,10 @@ func (m *memory) lifecycle(uuid string, t libvirt.DomainEventType, detail int) {
 		m.events[k]++
 	}
 	switch {
-	case t == libvirt.DOMAIN_EVENT_CRASHED:
+	case t == libvirt.DomainEventCrashed:
 		d.crashes++
 		d.crashPending = true
-	case t == libvirt.DOMAIN_EVENT_STOPPED && processDied(detail):
+	case t == libvirt.DomainEventStopped && processDied(detail):
 		if !d.crashPending {
 			d.crashes++
 		}
@@ -205,7 +208,7 @@ func (m *memory) lifecycle(uuid string, t libvirt.DomainEventType, detail int) {
 // libvirt destroyed a panicked guest ("crashed").
 func processDied(detail int) bool {
 	switch libvirt.DomainEventStoppedDetailType(detail) {
-	case libvirt.DOMAIN_EVENT_STOPPED_FAILED, libvirt.DOMAIN_EVENT_STOPPED_CRASHED:
+	case libvirt.DomainEventStoppedFailed, libvirt.DomainEventStoppedCrashed:
 		return true
 	default:
 		return false
@@ -245,7 +248,7 @@ func (m *memory) now() uint64 {
 
 // identity returns the cached identity of the domain with the given ID,
 // or false and the ticket to cache a fresh reading with.
-func (m *memory) identity(uuid string, id uint) (*identity, bool, ticket) {
+func (m *memory) identity(uuid string, id int32) (*identity, bool, ticket) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	d := m.domains[uuid]
@@ -260,7 +263,7 @@ func (m *memory) identity(uuid string, id uint) (*identity, bool, ticket) {
 
 // storeIdentity caches ident, read for the domain with the given ID after
 // taking t, unless it may be stale already.
-func (m *memory) storeIdentity(uuid string, id uint, ident identity, t ticket) {
+func (m *memory) storeIdentity(uuid string, id int32, ident identity, t ticket) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.eventsOK || t.epoch != m.epoch {
@@ -287,7 +290,7 @@ func (m *memory) prune(seen map[string]struct{}, since uint64) {
 }
 
 // crashes sets the number of crashes of each domain of doms, unless the
-// callbacks are not registered (the counts would be made up); it reports
+// subscriptions are not made (the counts would be made up); it reports
 // whether they are.
 func (m *memory) crashes(doms []domain) bool {
 	m.mu.Lock()
@@ -312,96 +315,92 @@ func (m *memory) eventCounts() [numEventKinds]uint64 {
 	return m.events
 }
 
-// registerEvents is the libvirtconn OnConnect hook: it registers the
-// collector's event callbacks on a new connection, and returns what
-// deregisters them. Callbacks run on libvirt's event loop thread, where
-// calling back into libvirt could deadlock: they only read the domain's
-// client-side UUID and name.
-func (c *Collector) registerEvents(conn *libvirt.Connect) func() {
+// registerEvents is the libvirtconn OnConnect hook: it subscribes to the
+// domain events the collector hears on a new connection, and returns what
+// ends the subscriptions. Events are heard on the subscriptions' own
+// goroutines, in the order libvirtd sent each kind; the handlers only read
+// the domain's UUID and name, which come with the event.
+func (c *Collector) registerEvents(conn *libvirt.Libvirt) func() {
 	c.memory.connected()
 	var (
-		ids  []int
-		errs []error
+		stops []func()
+		errs  []error
 	)
-	register := func(what string, id int, err error) {
+	subscribe := func(what string, id libvirt.DomainEventID, handle func(ev any)) bool {
+		stop, err := libvirtconn.Subscribe(conn, id, handle)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
-			return
+			return false
 		}
-		ids = append(ids, id)
+		stops = append(stops, stop)
+		return true
 	}
-	changed := func(d *libvirt.Domain) {
+	changed := func(d libvirt.Domain) {
 		if uuid, _, ok := c.eventDomain(d); ok {
 			c.memory.changed(uuid)
 		}
 	}
-	id, err := conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-		if uuid, name, ok := c.eventDomain(d); ok {
-			c.memory.lifecycle(uuid, ev.Event, ev.Detail)
+	lifecycleOK := subscribe("lifecycle", libvirt.DomainEventIDLifecycle, func(ev any) {
+		m, ok := ev.(*libvirt.DomainEventCallbackLifecycleMsg)
+		if !ok {
+			return
+		}
+		if uuid, name, ok := c.eventDomain(m.Msg.Dom); ok {
+			t := libvirt.DomainEventType(m.Msg.Event)
+			c.memory.lifecycle(uuid, t, int(m.Msg.Detail))
 			if c.listener != nil {
-				c.listener.Lifecycle(uuid, name, ev.Event, ev.Detail)
+				c.listener.Lifecycle(uuid, name, t, int(m.Msg.Detail))
 			}
 		}
 	})
-	register("lifecycle", id, err)
-	lifecycleOK := err == nil
-	id, err = conn.DomainEventRebootRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain) {
-		if _, _, ok := c.eventDomain(d); ok {
-			c.memory.rebooted()
+	subscribe("reboot", libvirt.DomainEventIDReboot, func(ev any) {
+		if m, ok := ev.(*libvirt.DomainEventCallbackRebootMsg); ok {
+			if _, _, ok := c.eventDomain(m.Msg.Dom); ok {
+				c.memory.rebooted()
+			}
 		}
 	})
-	register("reboot", id, err)
-	id, err = conn.DomainEventMetadataChangeRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, _ *libvirt.DomainEventMetadataChange) {
-		changed(d)
+	subscribe("metadata change", libvirt.DomainEventIDMetadataChange, func(ev any) {
+		if m, ok := ev.(*libvirt.DomainEventCallbackMetadataChangeMsg); ok {
+			changed(m.Dom)
+		}
 	})
-	register("metadata change", id, err)
-	id, err = conn.DomainEventDeviceAddedRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, _ *libvirt.DomainEventDeviceAdded) {
-		changed(d)
+	subscribe("device added", libvirt.DomainEventIDDeviceAdded, func(ev any) {
+		if m, ok := ev.(*libvirt.DomainEventCallbackDeviceAddedMsg); ok {
+			changed(m.Dom)
+		}
 	})
-	register("device added", id, err)
-	id, err = conn.DomainEventDeviceRemovedRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, _ *libvirt.DomainEventDeviceRemoved) {
-		changed(d)
+	subscribe("device removed", libvirt.DomainEventIDDeviceRemoved, func(ev any) {
+		if m, ok := ev.(*libvirt.DomainEventCallbackDeviceRemovedMsg); ok {
+			changed(m.Msg.Dom)
+		}
 	})
-	register("device removed", id, err)
 
 	if err := errors.Join(errs...); err != nil {
-		// Most likely libvirtconn.StartEventLoop was not called.
-		c.logger.Warn("register libvirt domain event callbacks: lifecycle events are not counted, and every scrape reads every domain's XML", "err", err)
+		c.logger.Warn("subscribe to libvirt domain events: lifecycle events are not counted, and every scrape reads every domain's XML", "err", err)
 	} else {
 		c.memory.setEventsOK(true)
-		c.logger.Debug("libvirt domain event callbacks registered")
+		c.logger.Debug("subscribed to libvirt domain events")
 	}
 	if c.listener != nil && lifecycleOK {
 		c.listener.Registered(true)
 	}
 	return func() {
 		c.memory.setEventsOK(false)
+		for _, stop := range stops {
+			stop()
+		}
 		if c.listener != nil && lifecycleOK {
 			c.listener.Registered(false)
-		}
-		for _, id := range ids {
-			// On a dead connection libvirt drops the callback
-			// before the round trip that fails.
-			if err := conn.DomainEventDeregister(id); err != nil {
-				c.logger.Debug("deregister libvirt domain event callback", "err", err)
-			}
 		}
 	}
 }
 
-// eventDomain returns the UUID and name of an event's domain, both read
-// from the client-side object, and false for a domain the collector's
-// filter leaves out. The name is "" when it cannot be read and no filter
-// needs it.
-func (c *Collector) eventDomain(d *libvirt.Domain) (uuid, name string, ok bool) {
-	uuid, err := d.GetUUIDString()
-	if err != nil {
-		c.logger.Debug("read uuid of an event's domain", "err", err)
+// eventDomain returns the UUID and name of an event's domain, and false
+// for a domain the collector's filter leaves out.
+func (c *Collector) eventDomain(d libvirt.Domain) (uuid, name string, ok bool) {
+	if c.filter != nil && !c.filter(d.Name) {
 		return "", "", false
 	}
-	name, err = d.GetName()
-	if c.filter != nil && (err != nil || !c.filter(name)) {
-		return "", "", false
-	}
-	return uuid, name, true
+	return libvirtconn.UUIDString(d.UUID), d.Name, true
 }

@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
 	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 // step is one event fed to memory.
@@ -33,13 +34,13 @@ func TestMemoryCountsEvents(t *testing.T) {
 	var (
 		// What libvirt's QEMU driver reports when QEMU's process is
 		// killed, and after a panic when on_crash is destroy.
-		killed    = lifecycleStep(libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_FAILED))
-		panicStop = lifecycleStep(libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED))
-		destroyed = lifecycleStep(libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_DESTROYED))
-		shutOff   = lifecycleStep(libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_SHUTDOWN))
-		panicked  = lifecycleStep(libvirt.DOMAIN_EVENT_CRASHED, int(libvirt.DOMAIN_EVENT_CRASHED_PANICKED))
-		booted    = lifecycleStep(libvirt.DOMAIN_EVENT_STARTED, int(libvirt.DOMAIN_EVENT_STARTED_BOOTED))
-		shutdown  = lifecycleStep(libvirt.DOMAIN_EVENT_SHUTDOWN, int(libvirt.DOMAIN_EVENT_SHUTDOWN_FINISHED))
+		killed    = lifecycleStep(libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedFailed))
+		panicStop = lifecycleStep(libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedCrashed))
+		destroyed = lifecycleStep(libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedDestroyed))
+		shutOff   = lifecycleStep(libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedShutdown))
+		panicked  = lifecycleStep(libvirt.DomainEventCrashed, int(libvirt.DomainEventCrashedPanicked))
+		booted    = lifecycleStep(libvirt.DomainEventStarted, int(libvirt.DomainEventStartedBooted))
+		shutdown  = lifecycleStep(libvirt.DomainEventShutdown, int(libvirt.DomainEventShutdownFinished))
 		rebooted  = step{uuid: "a", reboot: true}
 	)
 	otherKilled := killed
@@ -157,7 +158,7 @@ func TestMemoryCachesIdentity(t *testing.T) {
 	}
 	connected := func(m *memory) { m.connected(); m.setEventsOK(true) }
 	stopped := func(m *memory, uuid string) {
-		m.lifecycle(uuid, libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_DESTROYED))
+		m.lifecycle(uuid, libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedDestroyed))
 	}
 	tests := []struct {
 		name string
@@ -231,11 +232,11 @@ func TestMemoryPruneKeepsDomainsNewerThanTheList(t *testing.T) {
 	t.Parallel()
 	m := newMemory()
 	m.setEventsOK(true)
-	m.lifecycle("gone", libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED))
-	m.lifecycle("kept", libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED))
+	m.lifecycle("gone", libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedCrashed))
+	m.lifecycle("kept", libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedCrashed))
 	since := m.now()
 	// Defined and crashed after libvirt listed the domains.
-	m.lifecycle("new", libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED))
+	m.lifecycle("new", libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedCrashed))
 	m.prune(map[string]struct{}{"kept": {}}, since)
 
 	doms := []domain{{uuid: "gone"}, {uuid: "kept"}, {uuid: "new"}}
@@ -251,76 +252,56 @@ func TestMemoryPruneKeepsDomainsNewerThanTheList(t *testing.T) {
 	}
 }
 
-// eventWatcher receives the events the collector receives about some
-// domains: its callbacks are registered after the collector's, and libvirt
-// calls the callbacks of one event in the order they were registered, so
-// once the watcher has an event the collector has counted it. The callbacks
-// are registered for each domain: libvirt refuses a second callback for
-// every domain on one connection, as the binding passes the same C function.
+// eventWatcher waits for the collector to have heard libvirt's events.
+// The collector hears them on its subscriptions' goroutines; a second
+// subscription beside it would hear the same event in no set order with
+// the collector's, so the watcher looks at the collector's memory instead.
 type eventWatcher struct {
-	ch chan string
+	c *Collector
 }
 
-func watchEvents(t *testing.T, conn *libvirtconn.Conn, names ...string) *eventWatcher {
+// watchEvents connects c's Conn now, if it has not yet, so that the
+// collector's subscriptions are made before the test acts.
+func watchEvents(t *testing.T, conn *libvirtconn.Conn, c *Collector) *eventWatcher {
 	t.Helper()
-	w := &eventWatcher{ch: make(chan string, 64)}
-	conn.OnConnect(func(lv *libvirt.Connect) func() {
-		var ids []int
-		for _, name := range names {
-			dom, err := lv.LookupDomainByName(name)
-			if err != nil {
-				t.Errorf("look up %s: %v", name, err)
-				continue
-			}
-			id, err := lv.DomainEventLifecycleRegister(dom, func(_ *libvirt.Connect, _ *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-				kind, _ := lifecycleKind(ev.Event)
-				w.ch <- fmt.Sprintf("%s %s %d", name, kind, ev.Detail)
-			})
-			if err != nil {
-				t.Errorf("register test lifecycle callback: %v", err)
-			} else {
-				ids = append(ids, id)
-			}
-			id, err = lv.DomainEventMetadataChangeRegister(dom, func(*libvirt.Connect, *libvirt.Domain, *libvirt.DomainEventMetadataChange) {
-				w.ch <- name + " metadata"
-			})
-			if err != nil {
-				t.Errorf("register test metadata callback: %v", err)
-			} else {
-				ids = append(ids, id)
-			}
-			dom.Free()
-		}
-		return func() {
-			for _, id := range ids {
-				_ = lv.DomainEventDeregister(id)
-			}
-		}
-	})
-	// Connect now if conn has not yet, so that the callbacks (the
-	// collector's first) are registered before the test acts.
 	if _, err := conn.Get(); err != nil {
 		t.Fatal(err)
 	}
-	return w
+	return &eventWatcher{c: c}
 }
 
-// await waits for an event whose description starts with prefix, skipping
-// others.
-func (w *eventWatcher) await(t *testing.T, prefix string) {
+// await waits until cond holds of the collector's memory.
+func (w *eventWatcher) await(t *testing.T, what string, cond func(m *memory) bool) {
 	t.Helper()
-	timeout := time.After(time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	for {
-		select {
-		case ev := <-w.ch:
-			if strings.HasPrefix(ev, prefix) {
-				return
-			}
-			t.Logf("event %q while waiting for %q", ev, prefix)
-		case <-timeout:
-			t.Fatalf("no event %q within a minute", prefix)
+		w.c.memory.mu.Lock()
+		ok := cond(w.c.memory)
+		w.c.memory.mu.Unlock()
+		if ok {
+			return
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the collector did not hear %s within a minute", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// counted holds once the collector counted n events of kind k.
+func counted(k eventKind, n uint64) func(m *memory) bool {
+	return func(m *memory) bool { return m.events[k] >= n }
+}
+
+// crashed holds once the collector counted n crashes of the domain.
+func crashed(uuid string, n uint64) func(m *memory) bool {
+	return func(m *memory) bool { d := m.domains[uuid]; return d != nil && d.crashes >= n }
+}
+
+// forgotten holds once the collector dropped the domain's cached identity
+// for an event.
+func forgotten(uuid string) func(m *memory) bool {
+	return func(m *memory) bool { d := m.domains[uuid]; return d != nil && d.ident == nil }
 }
 
 // scrape runs c in a Set, as the agent does, and returns every sample as
@@ -383,6 +364,7 @@ func wantSample(t *testing.T, samples map[string]float64, key string, want float
 // of the domains they concern, and of those alone.
 func TestEventsThroughLibvirt(t *testing.T) {
 	t.Parallel()
+	needs.Libvirtd(t)
 	doms := genNode(8)
 	path := writeNode(t, t.TempDir(), doms)
 	logger := testLogger(t)
@@ -405,24 +387,23 @@ func TestEventsThroughLibvirt(t *testing.T) {
 	if restarted.runstate != 1 || moved.runstate != 1 || moved.meta == nil {
 		t.Fatalf("genNode changed: domains 2 and 4 should run, 4 with metadata")
 	}
-	w := watchEvents(t, conn, restarted.name, moved.name)
+	w := watchEvents(t, conn, c)
 	lv, err := conn.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dom, err := lv.LookupDomainByName(restarted.name)
+	dom, err := lv.DomainLookupByName(restarted.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	if err := dom.Destroy(); err != nil {
+	if err := lv.DomainDestroy(dom); err != nil {
 		t.Fatalf("destroy %s: %v", restarted.name, err)
 	}
-	w.await(t, restarted.name+" stopped")
-	if err := dom.Create(); err != nil {
+	w.await(t, restarted.name+" stopped", counted(eventStopped, 1))
+	if err := lv.DomainCreate(dom); err != nil {
 		t.Fatalf("start %s: %v", restarted.name, err)
 	}
-	w.await(t, restarted.name+" started")
+	w.await(t, restarted.name+" started", counted(eventStarted, 1))
 
 	meta := *moved.meta
 	meta.Cluster = "moved"
@@ -430,15 +411,14 @@ func TestEventsThroughLibvirt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mdom, err := lv.LookupDomainByName(moved.name)
+	mdom, err := lv.DomainLookupByName(moved.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mdom.Free()
-	if err := mdom.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, elem, guestmeta.Prefix, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG|libvirt.DOMAIN_AFFECT_LIVE); err != nil {
+	if err := lv.DomainSetMetadata(mdom, int32(libvirt.DomainMetadataElement), libvirt.OptString{elem}, libvirt.OptString{guestmeta.Prefix}, libvirt.OptString{guestmeta.Namespace}, libvirt.DomainAffectConfig|libvirt.DomainAffectLive); err != nil {
 		t.Fatalf("set metadata of %s: %v", moved.name, err)
 	}
-	w.await(t, moved.name+" metadata")
+	w.await(t, moved.name+" metadata", forgotten(moved.uuid))
 
 	before := c.xmlReads.Load()
 	samples := scrape(t, c)
@@ -449,17 +429,17 @@ func TestEventsThroughLibvirt(t *testing.T) {
 	wantSample(t, samples, `caretaker_kvm_lifecycle_events_total{event="started"}`, 1)
 	wantSample(t, samples, `caretaker_kvm_lifecycle_events_total{event="crashed"}`, 0)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_crashes_total{uuid=%q}`, restarted.uuid), 0)
-	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, restarted.uuid), float64(libvirt.DOMAIN_RUNNING))
+	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, restarted.uuid), float64(libvirt.DomainRunning))
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_info{cluster="moved",domain=%q,role=%q,uuid=%q}`, moved.name, moved.role, moved.uuid), 1)
 }
 
-// TestCollectorWithoutEventLoop checks the fallback when the callbacks
-// cannot be registered (the agent did not start libvirt's event loop):
-// nothing is cached, every scrape reads every XML, and the output is the
-// same. TestMain starts the loop for the whole process, so the collector's
-// memory is told directly that the callbacks are missing.
-func TestCollectorWithoutEventLoop(t *testing.T) {
+// TestCollectorWithoutEvents checks the fallback when the subscriptions
+// cannot be made (libvirtd refuses them): nothing is cached, every scrape
+// reads every XML, and the output is the same. The collector's memory is
+// told directly that the subscriptions are missing.
+func TestCollectorWithoutEvents(t *testing.T) {
 	t.Parallel()
+	needs.Libvirtd(t)
 	path := writeNode(t, t.TempDir(), genNode(4))
 	logger := testLogger(t)
 	conn := libvirtconn.New("test://"+path, logger)

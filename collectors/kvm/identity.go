@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/guestmeta"
@@ -39,15 +39,15 @@ type iface struct {
 // the interfaces from the live definition, which alone has their host-side
 // devices and the bridges of interfaces on a libvirt network. An inactive
 // domain has only the one definition, read once.
-func readIdentity(dom *libvirt.Domain, active bool) (identity, error) {
+func readIdentity(conn *libvirt.Libvirt, dom libvirt.Domain, active bool) (identity, error) {
 	// For a transient domain, INACTIVE returns the live definition.
-	persistent, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	persistent, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
 	if err != nil {
 		return identity{}, fmt.Errorf("get persistent domain XML: %w", err)
 	}
 	live := persistent
 	if active {
-		if live, err = dom.GetXMLDesc(0); err != nil {
+		if live, err = conn.DomainGetXMLDesc(dom, 0); err != nil {
 			return identity{}, fmt.Errorf("get live domain XML: %w", err)
 		}
 	}

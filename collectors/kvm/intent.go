@@ -3,7 +3,7 @@ package kvm
 import (
 	"fmt"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/guestmeta"
 )
@@ -25,8 +25,8 @@ func statedIntent(ident *identity) (running, stated bool) {
 // caretaker's metadata of its persistent definition, else its autostart
 // flag (also when the definition cannot be read). It makes one or two
 // round trips to libvirt; bound them (libvirtconn.Conn.Call).
-func DomainIntendedRunning(dom *libvirt.Domain) (bool, error) {
-	ident, identErr := readIdentity(dom, false)
+func DomainIntendedRunning(conn *libvirt.Libvirt, dom libvirt.Domain) (bool, error) {
+	ident, identErr := readIdentity(conn, dom, false)
 	var ip *identity
 	if identErr == nil {
 		ip = &ident
@@ -34,12 +34,12 @@ func DomainIntendedRunning(dom *libvirt.Domain) (bool, error) {
 	if running, stated := statedIntent(ip); stated {
 		return running, nil
 	}
-	autostart, err := dom.GetAutostart()
+	autostart, err := conn.DomainGetAutostart(dom)
 	if err != nil {
 		if identErr != nil {
 			return false, fmt.Errorf("read intent of domain: %w; read its autostart flag: %w", identErr, err)
 		}
 		return false, fmt.Errorf("read autostart flag of domain: %w", err)
 	}
-	return autostart, nil
+	return autostart != 0, nil
 }

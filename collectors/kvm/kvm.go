@@ -20,8 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/internal/guestmeta"
 	"caretaker/internal/libvirtconn"
@@ -34,15 +34,15 @@ const namespace = "caretaker_kvm"
 const DefaultLibvirtTimeout = 5 * time.Second
 
 // statsTypes are the groups asked of virConnectGetAllDomainStats.
-const statsTypes = libvirt.DOMAIN_STATS_STATE |
-	libvirt.DOMAIN_STATS_CPU_TOTAL |
-	libvirt.DOMAIN_STATS_VCPU |
-	libvirt.DOMAIN_STATS_BALLOON |
-	libvirt.DOMAIN_STATS_BLOCK |
-	libvirt.DOMAIN_STATS_INTERFACE
+const statsTypes = libvirt.DomainStatsState |
+	libvirt.DomainStatsCPUTotal |
+	libvirt.DomainStatsVCPU |
+	libvirt.DomainStatsBalloon |
+	libvirt.DomainStatsBlock |
+	libvirt.DomainStatsInterface
 
 // inactiveID is the ID libvirt gives a domain that is not running.
-const inactiveID = ^uint(0)
+const inactiveID = -1
 
 // ErrBusy is returned (wrapped) by Update while a call to libvirt that an
 // earlier scrape gave up waiting for has not returned yet.
@@ -137,20 +137,20 @@ func WithLibvirtTimeout(d time.Duration) Option {
 	return func(c *Collector) { c.timeout = d }
 }
 
-// LifecycleListener hears the lifecycle events the collector's callbacks
-// get. libvirt takes one callback per event kind and connection (a second
-// is refused: "event callback already tracked"), so whoever else in the
-// agent needs the events hears them through the collector.
+// LifecycleListener hears the lifecycle events the collector's
+// subscription gets. The collector subscribes once per connection, and
+// whoever else in the agent needs the events hears them through it: one
+// subscription, so one order of the events for all.
 type LifecycleListener interface {
-	// Registered says whether the lifecycle callback is registered now:
-	// true once it is on a new connection, false before it is
-	// deregistered (the connection is being closed, dead or not). It
-	// runs with the libvirtconn.Conn's lock held: it must not block or
-	// call the Conn.
+	// Registered says whether the lifecycle subscription is made now:
+	// true once it is on a new connection, false once it is ended (the
+	// connection is being closed, dead or not). It runs with the
+	// libvirtconn.Conn's lock held: it must not block or call the Conn.
 	Registered(ok bool)
 	// Lifecycle is one event of a domain the collector's filter keeps,
-	// with its UUID and name. It runs on libvirt's event-loop thread:
-	// it must not block or call libvirt.
+	// with its UUID and name, in the order libvirtd sent them. It runs
+	// on the goroutine that reads the events: it must not block or call
+	// libvirt.
 	Lifecycle(uuid, name string, event libvirt.DomainEventType, detail int)
 }
 
@@ -161,10 +161,10 @@ func WithLifecycleListener(l LifecycleListener) Option {
 }
 
 // New returns a kvm collector reading through conn, which it shares with
-// the agent's actions and does not close. It registers its libvirt event
-// callbacks on every connection conn opens, which needs the event loop
-// (libvirtconn.StartEventLoop); without it the collector still works, but
-// counts no events and reads every domain's XML on every scrape.
+// the agent's actions and does not close. It subscribes to libvirt's
+// domain events on every connection conn opens; where libvirtd refuses
+// them the collector still works, but counts no events and reads every
+// domain's XML on every scrape.
 func New(conn *libvirtconn.Conn, logger *slog.Logger, opts ...Option) *Collector {
 	uuid := []string{"uuid"}
 	device := []string{"uuid", "device"}
@@ -338,7 +338,7 @@ func (c *Collector) GuestCommitment(ctx context.Context) (vcpus int, memoryBytes
 type call struct {
 	done chan struct{}
 	doms []domain
-	// eventsOK says the event callbacks were registered: without them,
+	// eventsOK says the event subscriptions were made: without them,
 	// the event and crash counters are left out rather than reported as
 	// zero.
 	eventsOK bool
@@ -422,48 +422,31 @@ func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err
 	if err != nil {
 		return nil, false, err
 	}
-	defer func() {
-		for i := range stats {
-			if err := stats[i].Domain.Free(); err != nil {
-				c.logger.Debug("free libvirt domain", "err", err)
-			}
-		}
-	}()
 
 	type miss struct {
 		stat, dom int
-		id        uint
+		id        int32
 		ticket    ticket
 	}
 	var misses []miss
 	seen := make(map[string]struct{}, len(stats))
 	doms = make([]domain, 0, len(stats))
 	for i := range stats {
-		// UUID, name and ID are read from the client-side object: no
-		// round trip.
-		dom := stats[i].Domain
-		uuid, err := dom.GetUUIDString()
-		if err != nil {
-			c.logger.Warn("read domain uuid, skipping the domain", "err", err)
-			continue
-		}
+		// UUID, name and ID come with the record.
+		dom := stats[i].Dom
+		uuid := libvirtconn.UUIDString(dom.UUID)
 		seen[uuid] = struct{}{}
-		name, err := dom.GetName()
-		if err != nil {
-			c.logger.Warn("read domain name", "uuid", uuid, "err", err)
-		}
-		if c.filter != nil && (err != nil || !c.filter(name)) {
+		name := dom.Name
+		if c.filter != nil && !c.filter(name) {
 			continue
 		}
-		// The error is that of an inactive domain, whose ID is
-		// inactiveID all the same.
-		id, _ := dom.GetID()
-		d := domain{uuid: uuid, name: name, active: id != inactiveID, stats: statsOnly(&stats[i])}
-		ident, ok, t := c.memory.identity(uuid, id)
+		st := parseStats(stats[i].Params)
+		d := domain{uuid: uuid, name: name, active: dom.ID != inactiveID, stats: &st}
+		ident, ok, t := c.memory.identity(uuid, dom.ID)
 		if ok {
 			d.ident = ident
 		} else {
-			misses = append(misses, miss{stat: i, dom: len(doms), id: id, ticket: t})
+			misses = append(misses, miss{stat: i, dom: len(doms), id: dom.ID, ticket: t})
 		}
 		doms = append(doms, d)
 	}
@@ -475,12 +458,12 @@ func (c *Collector) read(ctx context.Context) (doms []domain, eventsOK bool, err
 		}
 		d := &doms[m.dom]
 		c.xmlReads.Add(1)
-		ident, err := readIdentity(stats[m.stat].Domain, m.id != inactiveID)
+		ident, err := readIdentity(conn, stats[m.stat].Dom, m.id != inactiveID)
 		if err != nil {
 			// The domain is reported without metadata and
 			// interfaces; the next scrape tries again.
 			level := slog.LevelWarn
-			if isLibvirtError(err, libvirt.ERR_NO_DOMAIN) {
+			if libvirtconn.IsCode(err, libvirt.ErrNoDomain) {
 				level = slog.LevelDebug // gone since the stats call
 			}
 			c.logger.Log(ctx, level, "read domain XML", "uuid", d.uuid, "domain", d.name, "err", err)
@@ -516,18 +499,11 @@ func commitment(doms []domain) (vcpus int, memoryBytes uint64) {
 	return vcpus, memoryBytes
 }
 
-// statsOnly returns a copy of st without its domain, which read frees.
-func statsOnly(st *libvirt.DomainStats) *libvirt.DomainStats {
-	cp := *st
-	cp.Domain = nil
-	return &cp
-}
-
 // intents sets whether each domain is meant to run: the intent in its
 // metadata, or its autostart flag. The autostart flags of all domains come
 // in one call, made only if a domain has no intent: libvirt reports no
 // event when the flag changes, so it cannot be cached.
-func (c *Collector) intents(conn *libvirt.Connect, doms []domain) {
+func (c *Collector) intents(conn *libvirt.Libvirt, doms []domain) {
 	needAutostart := false
 	for i := range doms {
 		d := &doms[i]
@@ -560,38 +536,33 @@ func (c *Collector) intents(conn *libvirt.Connect, doms []domain) {
 }
 
 // autostartUUIDs returns the UUIDs of the domains set to autostart.
-func autostartUUIDs(conn *libvirt.Connect) (map[string]struct{}, error) {
-	doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_AUTOSTART)
+func autostartUUIDs(conn *libvirt.Libvirt) (map[string]struct{}, error) {
+	doms, _, err := conn.ConnectListAllDomains(1, libvirt.ConnectListDomainsAutostart)
 	if err != nil {
 		return nil, fmt.Errorf("list autostart domains: %w", err)
 	}
 	uuids := make(map[string]struct{}, len(doms))
 	for i := range doms {
-		if uuid, err := doms[i].GetUUIDString(); err == nil {
-			uuids[uuid] = struct{}{}
-		}
-		_ = doms[i].Free()
+		uuids[libvirtconn.UUIDString(doms[i].UUID)] = struct{}{}
 	}
 	return uuids, nil
 }
 
-// domainStats asks libvirt for the stats of every defined domain in one call.
-// The binding (libvirt.org/go/libvirt v1.11010.0) makes one more round trip
-// per domain while unpacking the result (virDomainGetVcpusFlags, for the
-// dirty-rate stats), which is most of the call's time through libvirtd.
-func (c *Collector) domainStats(conn *libvirt.Connect) ([]libvirt.DomainStats, error) {
+// domainStats asks libvirt for the stats of every defined domain in one
+// call: one round trip, whose records parseStats reads.
+func (c *Collector) domainStats(conn *libvirt.Libvirt) ([]libvirt.DomainStatsRecord, error) {
 	// NOWAIT: a domain busy with a long job (migration, snapshot) reports
 	// what libvirt knows without waiting for the job, instead of stalling
 	// the whole scrape. No filter flags: every domain, active or not.
 	var flags libvirt.ConnectGetAllDomainStatsFlags
 	if !c.noWaitRejected.Load() {
-		flags = libvirt.CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+		flags = libvirt.ConnectGetAllDomainsStatsNowait
 	}
-	stats, err := conn.GetAllDomainStats(nil, statsTypes, flags)
-	if err != nil && flags != 0 && isLibvirtError(err, libvirt.ERR_INVALID_ARG) {
+	stats, err := conn.ConnectGetAllDomainStats(nil, uint32(statsTypes), uint32(flags))
+	if err != nil && flags != 0 && libvirtconn.IsCode(err, libvirt.ErrInvalidArg) {
 		c.noWaitRejected.Store(true)
 		c.logger.Info("libvirt driver does not accept NOWAIT for domain stats, collecting without it", "err", err)
-		stats, err = conn.GetAllDomainStats(nil, statsTypes, 0)
+		stats, err = conn.ConnectGetAllDomainStats(nil, uint32(statsTypes), 0)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get all domain stats from libvirt %s: %w", c.conn.URI(), err)
@@ -614,7 +585,7 @@ type domain struct {
 	// active says the domain runs (has an ID): running, paused or any
 	// state but shut off.
 	active bool
-	stats  *libvirt.DomainStats
+	stats  *domainStats
 }
 
 // emit sends the metrics of one domain. Values libvirt did not report are
@@ -690,8 +661,8 @@ func (c *Collector) emit(ch chan<- prometheus.Metric, d domain) {
 // domain nothing. A fleet has few such guests: the rules that look for them
 // read these series rather than the state, intent and identity of every
 // guest, which cost an evaluation most of its time at 50,000 guests.
-func (c *Collector) emitUnexpected(ch chan<- prometheus.Metric, d domain, st *libvirt.DomainStatsState, cluster, role string) {
-	if !d.intendedKnown || !d.intended || !st.StateSet || st.State == libvirt.DOMAIN_RUNNING {
+func (c *Collector) emitUnexpected(ch chan<- prometheus.Metric, d domain, st *statsState, cluster, role string) {
+	if !d.intendedKnown || !d.intended || !st.StateSet || st.State == libvirt.DomainRunning {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.unexpectedState, prometheus.GaugeValue, float64(st.State), d.uuid)
@@ -704,7 +675,7 @@ func (c *Collector) emitUnexpected(ch chan<- prometheus.Metric, d domain, st *li
 // emitBlock sends the stats of each block device, named by its target
 // (vda). Without the BACKING flag libvirt reports each disk once; a name
 // seen twice is skipped rather than sent as a duplicate series.
-func (c *Collector) emitBlock(ch chan<- prometheus.Metric, uuid string, blocks []libvirt.DomainStatsBlock) {
+func (c *Collector) emitBlock(ch chan<- prometheus.Metric, uuid string, blocks []statsBlock) {
 	seen := make(map[string]bool, len(blocks))
 	for _, b := range blocks {
 		if !b.NameSet || b.Name == "" || seen[b.Name] {
@@ -729,7 +700,7 @@ func (c *Collector) emitBlock(ch chan<- prometheus.Metric, uuid string, blocks [
 
 // emitNet sends the stats of each network interface, named by its
 // host-side device (vnet0), as in domain_interface_info.
-func (c *Collector) emitNet(ch chan<- prometheus.Metric, uuid string, nets []libvirt.DomainStatsNet) {
+func (c *Collector) emitNet(ch chan<- prometheus.Metric, uuid string, nets []statsNet) {
 	seen := make(map[string]bool, len(nets))
 	for _, n := range nets {
 		if !n.NameSet || n.Name == "" || seen[n.Name] {
@@ -756,7 +727,7 @@ func (c *Collector) emitNet(ch chan<- prometheus.Metric, uuid string, nets []lib
 // whether libvirt gave any. One sum per domain rather than one series per
 // vCPU: steal is judged per guest, and per-vCPU series would multiply the
 // collector's output by the guests' vCPU counts.
-func vcpuDelay(vcpus []libvirt.DomainStatsVcpu) (uint64, bool) {
+func vcpuDelay(vcpus []statsVcpu) (uint64, bool) {
 	var sum uint64
 	set := false
 	for _, v := range vcpus {
@@ -768,23 +739,18 @@ func vcpuDelay(vcpus []libvirt.DomainStatsVcpu) (uint64, bool) {
 	return sum, set
 }
 
-// onlineVcpus counts the online vCPUs. The binding sizes the list by
-// vcpu.maximum and marks every vCPU libvirt said nothing about as offline;
-// libvirt reports per-vCPU state only for an active domain, so a shut-off
-// domain counts 0 and is left out rather than reported as having none.
-func onlineVcpus(vcpus []libvirt.DomainStatsVcpu) int {
+// onlineVcpus counts the online vCPUs: those libvirt reports a state
+// other than offline for. libvirt reports per-vCPU state only for an
+// active domain, so a shut-off domain counts 0 and is left out rather than
+// reported as having none.
+func onlineVcpus(vcpus []statsVcpu) int {
 	n := 0
 	for _, v := range vcpus {
-		if v.StateSet && v.State != libvirt.VCPU_OFFLINE {
+		if v.StateSet && v.State != vcpuOffline {
 			n++
 		}
 	}
 	return n
-}
-
-func isLibvirtError(err error, code libvirt.ErrorNumber) bool {
-	var lverr libvirt.Error
-	return errors.As(err, &lverr) && lverr.Code == code
 }
 
 func boolFloat(b bool) float64 {

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
 	"caretaker/internal/golden"
@@ -23,15 +23,13 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-const daemonSocket = "/var/run/libvirt/libvirt-sock"
-
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// TestCollectorGolden scrapes the domains of testdata/node.xml, through the
-// in-process test driver and, when libvirtd runs, through the daemon, and
-// compares the whole output with testdata/node.metrics.
+// TestCollectorGolden scrapes the domains of testdata/node.xml, through
+// libvirtd's test driver by both forms of its URI, and compares the whole
+// output with testdata/node.metrics.
 func TestCollectorGolden(t *testing.T) {
 	t.Parallel()
 	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
@@ -76,23 +74,23 @@ func prepareNode(t *testing.T, conn *libvirtconn.Conn) {
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
-	for name, act := range map[string]func(*libvirt.Domain) error{
-		"spare": func(d *libvirt.Domain) error { return d.SetAutostart(true) },
-		"web-3": (*libvirt.Domain).Destroy,
+	for name, act := range map[string]func(libvirt.Domain) error{
+		"spare": func(d libvirt.Domain) error { return lv.DomainSetAutostart(d, 1) },
+		"web-3": lv.DomainDestroy,
 	} {
-		dom, err := lv.LookupDomainByName(name)
+		dom, err := lv.DomainLookupByName(name)
 		if err != nil {
 			t.Fatalf("look up %s: %v", name, err)
 		}
 		if err := act(dom); err != nil {
 			t.Fatalf("prepare %s: %v", name, err)
 		}
-		dom.Free()
 	}
 }
 
 func TestCollectorDomainFilter(t *testing.T) {
 	t.Parallel()
+	needs.Libvirtd(t)
 	node, err := filepath.Abs(filepath.Join("testdata", "node.xml"))
 	if err != nil {
 		t.Fatal(err)
@@ -171,13 +169,13 @@ caretaker_scrape_collector_success{collector="kvm"} 0
 func TestEmit(t *testing.T) {
 	t.Parallel()
 	const uuid = "0a000000-0000-4000-8000-0000000000ff"
-	running := []libvirt.DomainStatsVcpu{
-		{StateSet: true, State: libvirt.VCPU_RUNNING, TimeSet: true, Time: 200000000, DelaySet: true, Delay: 1500000000},
-		{StateSet: true, State: libvirt.VCPU_OFFLINE, DelaySet: true, Delay: 500000000},
+	running := []statsVcpu{
+		{StateSet: true, State: vcpuRunning, TimeSet: true, Time: 200000000, DelaySet: true, Delay: 1500000000},
+		{StateSet: true, State: vcpuOffline, DelaySet: true, Delay: 500000000},
 	}
-	offline := []libvirt.DomainStatsVcpu{
-		{StateSet: true, State: libvirt.VCPU_OFFLINE},
-		{StateSet: true, State: libvirt.VCPU_OFFLINE},
+	offline := []statsVcpu{
+		{StateSet: true, State: vcpuOffline},
+		{StateSet: true, State: vcpuOffline},
 	}
 	tests := []struct {
 		name string
@@ -194,14 +192,14 @@ func TestEmit(t *testing.T) {
 						{device: "vnet1", mac: "52:54:00:00:00:02"},
 					},
 				},
-				stats: &libvirt.DomainStats{
-					State: &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_RUNNING, ReasonSet: true, Reason: 1},
-					Cpu:   &libvirt.DomainStatsCPU{TimeSet: true, Time: 228759000},
-					Balloon: &libvirt.DomainStatsBalloon{
+				stats: &domainStats{
+					State: &statsState{StateSet: true, State: libvirt.DomainRunning, ReasonSet: true, Reason: 1},
+					Cpu:   &statsCPU{TimeSet: true, Time: 228759000},
+					Balloon: &statsBalloon{
 						CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072, RssSet: true, Rss: 50212,
 					},
 					Vcpu: running,
-					Block: []libvirt.DomainStatsBlock{
+					Block: []statsBlock{
 						{
 							NameSet: true, Name: "vda", RdReqsSet: true, RdReqs: 120, RdBytesSet: true, RdBytes: 4915200,
 							RdTimesSet: true, RdTimes: 25000000, WrReqsSet: true, WrReqs: 7, WrBytesSet: true, WrBytes: 28672,
@@ -210,7 +208,7 @@ func TestEmit(t *testing.T) {
 						// A drive without a medium reports its name only.
 						{NameSet: true, Name: "sda"},
 					},
-					Net: []libvirt.DomainStatsNet{{
+					Net: []statsNet{{
 						NameSet: true, Name: "vnet0", RxBytesSet: true, RxBytes: 1024, RxPktsSet: true, RxPkts: 10,
 						RxErrsSet: true, RxDropSet: true, RxDrop: 2, TxBytesSet: true, TxBytes: 2048, TxPktsSet: true,
 						TxPkts: 20, TxErrsSet: true, TxErrs: 1, TxDropSet: true,
@@ -223,10 +221,10 @@ func TestEmit(t *testing.T) {
 			name: "crashed-unread",
 			d: domain{
 				uuid: uuid, name: "prod-worker-3", crashes: count(2),
-				stats: &libvirt.DomainStats{
-					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_SHUTOFF, ReasonSet: true, Reason: 3},
-					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 560000000},
-					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
+				stats: &domainStats{
+					State:   &statsState{StateSet: true, State: libvirt.DomainShutoff, ReasonSet: true, Reason: 3},
+					Cpu:     &statsCPU{TimeSet: true, Time: 560000000},
+					Balloon: &statsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
 					Vcpu:    offline,
 				},
 			},
@@ -243,10 +241,10 @@ func TestEmit(t *testing.T) {
 					hasMeta: true,
 					ifaces:  []iface{{bridge: "br-lab", mac: "52:54:00:00:00:01"}},
 				},
-				stats: &libvirt.DomainStats{
-					State:   &libvirt.DomainStatsState{StateSet: true, State: libvirt.DOMAIN_SHUTOFF, ReasonSet: true, Reason: int(libvirt.DOMAIN_SHUTOFF_CRASHED)},
-					Cpu:     &libvirt.DomainStatsCPU{TimeSet: true, Time: 560000000},
-					Balloon: &libvirt.DomainStatsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
+				stats: &domainStats{
+					State:   &statsState{StateSet: true, State: libvirt.DomainShutoff, ReasonSet: true, Reason: int(libvirt.DomainShutoffCrashed)},
+					Cpu:     &statsCPU{TimeSet: true, Time: 560000000},
+					Balloon: &statsBalloon{CurrentSet: true, Current: 65536, MaximumSet: true, Maximum: 131072},
 					Vcpu:    offline,
 				},
 			},
@@ -254,7 +252,7 @@ func TestEmit(t *testing.T) {
 		{
 			// Not even crashes: libvirt's events are not available.
 			name: "nothing-reported",
-			d:    domain{uuid: uuid, name: "probe", intendedKnown: true, stats: &libvirt.DomainStats{}},
+			d:    domain{uuid: uuid, name: "probe", intendedKnown: true, stats: &domainStats{}},
 		},
 		{
 			// Two interfaces of a shut-off domain on one bridge (no
@@ -268,8 +266,8 @@ func TestEmit(t *testing.T) {
 					{bridge: "br-prod", mac: "52:54:00:00:00:02"},
 					{bridge: "br-prod", mac: "52:54:00:00:00:02"},
 				}},
-				stats: &libvirt.DomainStats{
-					Block: []libvirt.DomainStatsBlock{
+				stats: &domainStats{
+					Block: []statsBlock{
 						{NameSet: true, Name: "vda", RdBytesSet: true, RdBytes: 1},
 						{NameSet: true, Name: "vda", RdBytesSet: true, RdBytes: 2},
 						{RdBytesSet: true, RdBytes: 3},
@@ -299,8 +297,8 @@ func TestEmit(t *testing.T) {
 func TestEmitUnexpected(t *testing.T) {
 	t.Parallel()
 	const uuid = "0a000000-0000-4000-8000-0000000000fe"
-	state := func(s libvirt.DomainState, reason int) *libvirt.DomainStats {
-		return &libvirt.DomainStats{State: &libvirt.DomainStatsState{StateSet: true, State: s, ReasonSet: true, Reason: reason}}
+	state := func(s libvirt.DomainState, reason int) *domainStats {
+		return &domainStats{State: &statsState{StateSet: true, State: s, ReasonSet: true, Reason: reason}}
 	}
 	names := []string{
 		"caretaker_kvm_domain_unexpected_state",
@@ -312,14 +310,14 @@ func TestEmitUnexpected(t *testing.T) {
 		d    domain
 		want int // series of each of names
 	}{
-		{"meant to run, running", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_RUNNING, 1)}, 0},
-		{"meant to run, shut off (crashed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 1},
-		{"meant to run, shut off (destroyed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_SHUTOFF, 2)}, 1},
-		{"meant to run, crashed", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_CRASHED, 0)}, 1},
-		{"meant to run, paused", domain{intendedKnown: true, intended: true, stats: state(libvirt.DOMAIN_PAUSED, 5)}, 1},
-		{"meant to stay stopped, shut off", domain{intendedKnown: true, stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 0},
-		{"intent unknown, shut off", domain{stats: state(libvirt.DOMAIN_SHUTOFF, 3)}, 0},
-		{"meant to run, state unknown", domain{intendedKnown: true, intended: true, stats: &libvirt.DomainStats{}}, 0},
+		{"meant to run, running", domain{intendedKnown: true, intended: true, stats: state(libvirt.DomainRunning, 1)}, 0},
+		{"meant to run, shut off (crashed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DomainShutoff, 3)}, 1},
+		{"meant to run, shut off (destroyed)", domain{intendedKnown: true, intended: true, stats: state(libvirt.DomainShutoff, 2)}, 1},
+		{"meant to run, crashed", domain{intendedKnown: true, intended: true, stats: state(libvirt.DomainCrashed, 0)}, 1},
+		{"meant to run, paused", domain{intendedKnown: true, intended: true, stats: state(libvirt.DomainPaused, 5)}, 1},
+		{"meant to stay stopped, shut off", domain{intendedKnown: true, stats: state(libvirt.DomainShutoff, 3)}, 0},
+		{"intent unknown, shut off", domain{stats: state(libvirt.DomainShutoff, 3)}, 0},
+		{"meant to run, state unknown", domain{intendedKnown: true, intended: true, stats: &domainStats{}}, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.d.uuid, tt.d.name = uuid, "lab-worker-1"
@@ -344,21 +342,18 @@ type emitOnly struct {
 func (e emitOnly) Describe(chan<- *prometheus.Desc)    {}
 func (e emitOnly) Collect(ch chan<- prometheus.Metric) { e.c.emit(ch, e.d) }
 
-// forEachNodeURI runs fn against the node file through the test driver in
-// this process and through libvirtd (skipped when libvirtd is not running).
+// forEachNodeURI runs fn against the node file through libvirtd's test
+// driver, by both forms of its URI (skipped when libvirtd is not running).
 func forEachNodeURI(t *testing.T, node string, fn func(t *testing.T, conn *libvirtconn.Conn, logger *slog.Logger)) {
 	for _, tt := range []struct {
-		name   string
-		uri    string
-		daemon bool
+		name string
+		uri  string
 	}{
-		{name: "in-process", uri: "test://" + node},
-		{name: "libvirtd", uri: "test+unix://" + node, daemon: true},
+		{name: "test", uri: "test://" + node},
+		{name: "test+unix", uri: "test+unix://" + node},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.daemon {
-				needs.Libvirtd(t)
-			}
+			needs.Libvirtd(t)
 			logger := testLogger(t)
 			conn := libvirtconn.New(tt.uri, logger)
 			t.Cleanup(func() { conn.Close() })

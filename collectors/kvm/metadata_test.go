@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"testing"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 // TestMetadataThroughLibvirt checks that the element Metadata.XML writes is
@@ -14,11 +16,14 @@ import (
 // from the domain's XML (readIdentity), for running and shut-off domains.
 func TestMetadataThroughLibvirt(t *testing.T) {
 	t.Parallel()
-	conn, err := libvirt.NewConnect("test:///default")
+	needs.Libvirtd(t)
+	// A node of the test's own: test:///default is shared by every
+	// client of libvirtd.
+	conn, err := libvirtconn.Dial("test://" + writeNode(t, t.TempDir(), nil))
 	if err != nil {
 		t.Fatalf("open test driver: %v", err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Disconnect() })
 
 	want := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: "lab", Role: "worker"}
 	elem, err := want.XML()
@@ -35,7 +40,6 @@ func TestMetadataThroughLibvirt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("define a domain with the element embedded: %v", err)
 	}
-	t.Cleanup(func() { embedded.Undefine(); embedded.Free() })
 
 	set, err := conn.DomainDefineXML(`<domain type="test">
   <name>metadata-set</name>
@@ -45,25 +49,23 @@ func TestMetadataThroughLibvirt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("define a domain: %v", err)
 	}
-	t.Cleanup(func() { set.Destroy(); set.Undefine(); set.Free() })
-	if err := set.Create(); err != nil {
+	if err := conn.DomainCreate(set); err != nil {
 		t.Fatalf("start domain: %v", err)
 	}
-	err = set.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, elem, guestmeta.Prefix, guestmeta.Namespace,
-		libvirt.DOMAIN_AFFECT_CONFIG|libvirt.DOMAIN_AFFECT_LIVE)
+	err = conn.DomainSetMetadata(set, int32(libvirt.DomainMetadataElement), libvirt.OptString{elem}, libvirt.OptString{guestmeta.Prefix},
+		libvirt.OptString{guestmeta.Namespace}, libvirt.DomainAffectConfig|libvirt.DomainAffectLive)
 	if err != nil {
 		t.Fatalf("SetMetadata(%s): %v", elem, err)
 	}
 
-	for _, dom := range []*libvirt.Domain{embedded, set} {
-		name, _ := dom.GetName()
-		active, err := dom.IsActive()
+	for _, dom := range []libvirt.Domain{embedded, set} {
+		active, err := conn.DomainIsActive(dom)
 		if err != nil {
-			t.Fatalf("%s: IsActive: %v", name, err)
+			t.Fatalf("%s: IsActive: %v", dom.Name, err)
 		}
-		got, err := readIdentity(dom, active)
+		got, err := readIdentity(conn, dom, active == 1)
 		if err != nil || !got.hasMeta || got.meta != want {
-			t.Errorf("%s: readIdentity = %+v, %v; want metadata %+v", name, got, err, want)
+			t.Errorf("%s: readIdentity = %+v, %v; want metadata %+v", dom.Name, got, err, want)
 		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/guestmeta"
@@ -92,20 +92,16 @@ func TestQEMUGuest(t *testing.T) {
 		t.Fatalf("define %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if active, _ := dom.IsActive(); active {
-			if err := dom.Destroy(); err != nil {
+		if active, _ := lv.DomainIsActive(dom); active == 1 {
+			if err := lv.DomainDestroy(dom); err != nil {
 				t.Errorf("destroy %s: %v", name, err)
 			}
 		}
-		if err := dom.Undefine(); err != nil {
+		if err := lv.DomainUndefine(dom); err != nil {
 			t.Errorf("undefine %s: %v", name, err)
 		}
-		dom.Free()
 	})
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		t.Fatal(err)
-	}
+	uuid := libvirtconn.UUIDString(dom.UUID)
 
 	logger := testLogger(t)
 	conn := libvirtconn.New(qemuURI, logger)
@@ -114,17 +110,17 @@ func TestQEMUGuest(t *testing.T) {
 	// A long libvirt timeout: on a loaded CI machine a scrape of a guest
 	// that just started may take seconds, and this test is not about speed.
 	c := New(conn, logger, WithDomainMatch(regexp.MustCompile("^"+regexp.QuoteMeta(name)+"$").MatchString), WithLibvirtTimeout(time.Minute))
-	w := watchEvents(t, conn, name)
+	w := watchEvents(t, conn, c)
 
-	if err := dom.Create(); err != nil {
+	if err := lv.DomainCreate(dom); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	w.await(t, name+" started")
+	w.await(t, name+" started", counted(eventStarted, 1))
 
 	samples := scrape(t, c)
 	wantSample(t, samples, "caretaker_kvm_domains{}", 1)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_info{cluster="ctk",domain=%q,role="probe",uuid=%q}`, name, uuid), 1)
-	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, uuid), float64(libvirt.DOMAIN_RUNNING))
+	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, uuid), float64(libvirt.DomainRunning))
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_vcpus{uuid=%q}`, uuid), 2)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_memory_maximum_bytes{uuid=%q}`, uuid), 64<<20)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_crashes_total{uuid=%q}`, uuid), 0)
@@ -161,14 +157,14 @@ func TestQEMUGuest(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill QEMU (pid %d): %v", pid, err)
 	}
-	w.await(t, fmt.Sprintf("%s stopped %d", name, libvirt.DOMAIN_EVENT_STOPPED_FAILED))
-	if err := dom.Create(); err != nil {
+	w.await(t, fmt.Sprintf("%s stopped %d (failed)", name, libvirt.DomainEventStoppedFailed), crashed(uuid, 1))
+	if err := lv.DomainCreate(dom); err != nil {
 		t.Fatalf("restart %s: %v", name, err)
 	}
-	w.await(t, name+" started")
+	w.await(t, name+" started", counted(eventStarted, 2))
 
 	samples = scrape(t, c)
-	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, uuid), float64(libvirt.DOMAIN_RUNNING))
+	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, uuid), float64(libvirt.DomainRunning))
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_crashes_total{uuid=%q}`, uuid), 1)
 	wantSample(t, samples, `caretaker_kvm_lifecycle_events_total{event="stopped"}`, 1)
 	wantSample(t, samples, `caretaker_kvm_lifecycle_events_total{event="started"}`, 2)
@@ -198,16 +194,16 @@ func interfaceDevice(t *testing.T, samples map[string]float64, uuid, bridge, mac
 
 // qemuConnect connects to the system libvirtd, skipping unless it runs, we
 // are root, and it can run x86_64 guests of domain type qemu.
-func qemuConnect(t *testing.T) *libvirt.Connect {
+func qemuConnect(t *testing.T) *libvirt.Libvirt {
 	t.Helper()
 	needs.Libvirtd(t)
 	needs.Programs(t, "ip", "qemu-img")
-	lv, err := libvirt.NewConnect(qemuURI)
+	lv, err := libvirtconn.Dial(qemuURI)
 	if err != nil {
 		needs.Missing(t, "connect to %s: %v", qemuURI, err)
 	}
-	t.Cleanup(func() { lv.Close() })
-	capsXML, err := lv.GetCapabilities()
+	t.Cleanup(func() { lv.Disconnect() })
+	capsXML, err := lv.ConnectGetCapabilities()
 	if err != nil {
 		t.Fatalf("capabilities of %s: %v", qemuURI, err)
 	}

@@ -201,7 +201,7 @@ func libvirtCalls() int {
 
 // TestReconnect restarts libvirtd under the collector: the collector must
 // reconnect, read every domain's identity again (events were lost while
-// there was no connection) and register its event callbacks on the new
+// there was no connection) and subscribe to its events again on the new
 // connection, keeping its counts.
 func TestReconnect(t *testing.T) {
 	daemon := testdaemon.PrivateLibvirtd(t)
@@ -215,13 +215,13 @@ func TestReconnect(t *testing.T) {
 	if stopped.runstate != 1 {
 		t.Fatalf("genNode changed: domain 2 should run")
 	}
-	w := watchEvents(t, conn, stopped.name)
+	w := watchEvents(t, conn, c)
 	scrape(t, c)
 
 	daemon.Stop()
 	daemon.Start()
 	// The first scrape after the restart may still try the old
-	// connection, if libvirt's event loop has not yet seen it close; it
+	// connection, if its reader has not yet seen the socket close; it
 	// fails, and the next one reconnects.
 	up, err := updateUp(t, c)
 	if up != 1 {
@@ -238,15 +238,14 @@ func TestReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dom, err := lv.LookupDomainByName(stopped.name)
+	dom, err := lv.DomainLookupByName(stopped.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	if err := dom.Destroy(); err != nil {
+	if err := lv.DomainDestroy(dom); err != nil {
 		t.Fatalf("destroy %s: %v", stopped.name, err)
 	}
-	w.await(t, stopped.name+" stopped")
+	w.await(t, stopped.name+" stopped", counted(eventStopped, 1))
 	samples := scrape(t, c)
 	wantSample(t, samples, `caretaker_kvm_lifecycle_events_total{event="stopped"}`, 1)
 	wantSample(t, samples, fmt.Sprintf(`caretaker_kvm_domain_state{uuid=%q}`, stopped.uuid), 5)

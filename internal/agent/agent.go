@@ -167,6 +167,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.GuestDomainType == "" {
 		cfg.GuestDomainType = DefaultGuestDomainType
 	}
+	if _, err := libvirtconn.ParseURI(cfg.LibvirtURI); err != nil {
+		return nil, fmt.Errorf("configure agent: --libvirt.uri: %w", err)
+	}
 	if cfg.GuestDomainType != guests.TypeKVM && cfg.GuestDomainType != guests.TypeQEMU {
 		return nil, fmt.Errorf("configure agent: guest domain type %q: want %q or %q", cfg.GuestDomainType, guests.TypeKVM, guests.TypeQEMU)
 	}

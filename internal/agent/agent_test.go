@@ -25,10 +25,12 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/golden"
+	"caretaker/internal/libvirtconn"
+	"caretaker/internal/needs"
 )
 
 const (
@@ -51,6 +53,7 @@ func newTestAgent(t *testing.T, cfg Config) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
+	needs.Libvirtd(t)
 	cfg.LibvirtURI = "test://" + node
 	cfg.Logger = testLogger(t)
 	// The host collector reads fixtures, not the machine the test runs on.
@@ -78,16 +81,15 @@ func stateOf(t *testing.T, a *Agent, uuid string) libvirt.DomainState {
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
-	dom, err := conn.LookupDomainByUUIDString(uuid)
+	dom, err := libvirtconn.LookupDomain(conn, uuid)
 	if err != nil {
 		t.Fatalf("look up %s: %v", uuid, err)
 	}
-	defer dom.Free()
-	state, _, err := dom.GetState()
+	state, _, err := conn.DomainGetState(dom, 0)
 	if err != nil {
 		t.Fatalf("state of %s: %v", uuid, err)
 	}
-	return state
+	return libvirt.DomainState(state)
 }
 
 func TestUnauthorized(t *testing.T) {
@@ -134,7 +136,7 @@ func TestUnauthorized(t *testing.T) {
 			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || !strings.Contains(body.Error, tt.wantMessage) {
 				t.Errorf("body %s, want a JSON error containing %q", rec.Body, tt.wantMessage)
 			}
-			if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+			if got := stateOf(t, a, downUUID); got != libvirt.DomainShutoff {
 				t.Errorf("domain state %d after a refused request, want it still shut off (5)", got)
 			}
 		})
@@ -158,7 +160,7 @@ func TestStartDomain(t *testing.T) {
 	if got != want {
 		t.Errorf("StartDomain:\n got %+v\nwant %+v", got, want)
 	}
-	if state := stateOf(t, a, downUUID); state != libvirt.DOMAIN_RUNNING {
+	if state := stateOf(t, a, downUUID); state != libvirt.DomainRunning {
 		t.Errorf("libvirt reports state %d after start, want running (1)", state)
 	}
 
@@ -245,7 +247,7 @@ func TestClientErrors(t *testing.T) {
 			}
 		})
 	}
-	if state := stateOf(t, a, frozenUUID); state != libvirt.DOMAIN_PAUSED {
+	if state := stateOf(t, a, frozenUUID); state != libvirt.DomainPaused {
 		t.Errorf("paused domain is in state %d after the refused start, want paused (3)", state)
 	}
 }
@@ -294,7 +296,7 @@ func TestDomainFilter(t *testing.T) {
 	if _, err := c.StartDomain(t.Context(), downUUID); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Errorf("StartDomain of a filtered-out domain: got %v, want 404", err)
 	}
-	if state := stateOf(t, a, downUUID); state != libvirt.DOMAIN_SHUTOFF {
+	if state := stateOf(t, a, downUUID); state != libvirt.DomainShutoff {
 		t.Errorf("filtered-out domain is in state %d, want it still shut off (5)", state)
 	}
 
@@ -325,7 +327,7 @@ func TestMethodNotAllowed(t *testing.T) {
 			t.Errorf("%s %s: status %d, Allow %q; want 405, Allow %q", tt.method, tt.path, rec.Code, rec.Header().Get("Allow"), tt.allow)
 		}
 	}
-	if state := stateOf(t, a, downUUID); state != libvirt.DOMAIN_SHUTOFF {
+	if state := stateOf(t, a, downUUID); state != libvirt.DomainShutoff {
 		t.Errorf("domain state %d, want it still shut off (5)", state)
 	}
 }
@@ -583,14 +585,14 @@ func TestStateName(t *testing.T) {
 		state libvirt.DomainState
 		want  string
 	}{
-		{libvirt.DOMAIN_NOSTATE, "no state"},
-		{libvirt.DOMAIN_RUNNING, "running"},
-		{libvirt.DOMAIN_BLOCKED, "idle"},
-		{libvirt.DOMAIN_PAUSED, "paused"},
-		{libvirt.DOMAIN_SHUTDOWN, "in shutdown"},
-		{libvirt.DOMAIN_SHUTOFF, "shut off"},
-		{libvirt.DOMAIN_CRASHED, "crashed"},
-		{libvirt.DOMAIN_PMSUSPENDED, "pmsuspended"},
+		{libvirt.DomainNostate, "no state"},
+		{libvirt.DomainRunning, "running"},
+		{libvirt.DomainBlocked, "idle"},
+		{libvirt.DomainPaused, "paused"},
+		{libvirt.DomainShutdown, "in shutdown"},
+		{libvirt.DomainShutoff, "shut off"},
+		{libvirt.DomainCrashed, "crashed"},
+		{libvirt.DomainPmsuspended, "pmsuspended"},
 		{libvirt.DomainState(42), "unknown (42)"},
 	}
 	for _, tt := range tests {

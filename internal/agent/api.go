@@ -1,15 +1,15 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/authlimit"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/libvirtconn"
 )
 
 func (a *Agent) apiHandler() http.Handler {
@@ -86,13 +86,12 @@ func (a *Agent) handleDomain(w http.ResponseWriter, r *http.Request) {
 		badUUID(w, uuid)
 		return
 	}
-	a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		dom, ok := a.lookup(w, conn, uuid)
 		if !ok {
 			return false
 		}
-		defer dom.Free()
-		d, err := describe(dom)
+		d, err := describe(conn, dom)
 		if err != nil {
 			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 			return false
@@ -117,18 +116,17 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var before agentapi.Domain
-	goOn := a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	goOn := a.withLibvirt(w, r.Context(), "look at domain "+uuid, 0, http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		dom, ok := a.lookup(w, conn, uuid)
 		if !ok {
 			return false
 		}
-		defer dom.Free()
 		var err error
-		if before, err = describe(dom); err != nil {
+		if before, err = describe(conn, dom); err != nil {
 			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
 			return false
 		}
-		if before.StateCode == int(libvirt.DOMAIN_RUNNING) {
+		if before.StateCode == int(libvirt.DomainRunning) {
 			a.logger.Info("domain already running", "action", "start", "uuid", before.UUID, "domain", before.Name)
 			httpjson.Compact.Write(w, http.StatusOK, agentapi.StartResult{Result: agentapi.ResultAlreadyRunning, Domain: before})
 			return false
@@ -139,17 +137,16 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	logger := a.logger.With("action", "start", "uuid", before.UUID, "domain", before.Name)
-	a.withLibvirt(w, r.Context(), "start domain "+uuid, a.workBound(), http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	a.withLibvirt(w, r.Context(), "start domain "+uuid, a.workBound(), http.StatusBadGateway, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		dom, ok := a.lookup(w, conn, uuid)
 		if !ok {
 			return false
 		}
-		defer dom.Free()
 		logger.Info("starting domain", "state", before.State, "reason_code", before.ReasonCode)
-		createErr := dom.Create()
-		after, err := describe(dom)
+		createErr := conn.DomainCreate(dom)
+		after, err := describe(conn, dom)
 		switch {
-		case createErr != nil && err == nil && after.StateCode == int(libvirt.DOMAIN_RUNNING):
+		case createErr != nil && err == nil && after.StateCode == int(libvirt.DomainRunning):
 			// Someone else (a concurrent request, an operator with virsh)
 			// started it between our look and our start.
 			logger.Info("domain already running", "err", createErr)
@@ -160,7 +157,7 @@ func (a *Agent) handleStart(w http.ResponseWriter, r *http.Request) {
 		case err != nil:
 			logger.Warn("read domain state after start", "err", err)
 			httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
-		case after.StateCode != int(libvirt.DOMAIN_RUNNING):
+		case after.StateCode != int(libvirt.DomainRunning):
 			logger.Warn("domain not running after start", "state", after.State, "reason_code", after.ReasonCode)
 			httpjson.Compact.Error(w, http.StatusBadGateway, fmt.Sprintf("domain %s is %s after start, not running", after.UUID, after.State))
 		default:
@@ -176,69 +173,58 @@ func badUUID(w http.ResponseWriter, uuid string) {
 }
 
 // lookup finds the domain named by a request's (valid) uuid, or answers the
-// request (404, 502) and returns false. The caller frees the domain.
-func (a *Agent) lookup(w http.ResponseWriter, conn *libvirt.Connect, uuid string) (*libvirt.Domain, bool) {
-	dom, err := conn.LookupDomainByUUIDString(uuid)
-	var lverr libvirt.Error
+// request (404, 502) and returns false.
+func (a *Agent) lookup(w http.ResponseWriter, conn *libvirt.Libvirt, uuid string) (libvirt.Domain, bool) {
+	dom, err := libvirtconn.LookupDomain(conn, uuid)
 	switch {
-	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN:
+	case libvirtconn.IsCode(err, libvirt.ErrNoDomain):
 		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
-		return nil, false
+		return dom, false
 	case err != nil:
 		httpjson.Compact.Error(w, http.StatusBadGateway, libvirtMessage(err))
-		return nil, false
+		return dom, false
 	}
-	if a.cfg.DomainFilter != nil {
-		name, err := dom.GetName()
-		if err != nil || !a.owns(name) {
-			dom.Free()
-			httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
-			return nil, false
-		}
+	if a.cfg.DomainFilter != nil && !a.owns(dom.Name) {
+		httpjson.Compact.Error(w, http.StatusNotFound, fmt.Sprintf("no domain with uuid %s", uuid))
+		return dom, false
 	}
 	return dom, true
 }
 
-func describe(dom *libvirt.Domain) (agentapi.Domain, error) {
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return agentapi.Domain{}, fmt.Errorf("read domain uuid: %w", err)
-	}
-	name, err := dom.GetName()
-	if err != nil {
-		return agentapi.Domain{}, fmt.Errorf("read name of domain %s: %w", uuid, err)
-	}
-	state, reason, err := dom.GetState()
+// describe reads the domain's state; its UUID and name come with dom.
+func describe(conn *libvirt.Libvirt, dom libvirt.Domain) (agentapi.Domain, error) {
+	uuid := libvirtconn.UUIDString(dom.UUID)
+	state, reason, err := conn.DomainGetState(dom, 0)
 	if err != nil {
 		return agentapi.Domain{}, fmt.Errorf("read state of domain %s: %w", uuid, err)
 	}
 	return agentapi.Domain{
 		UUID:       uuid,
-		Name:       name,
-		State:      stateName(state),
+		Name:       dom.Name,
+		State:      stateName(libvirt.DomainState(state)),
 		StateCode:  int(state),
-		ReasonCode: reason,
+		ReasonCode: int(reason),
 	}, nil
 }
 
 // stateName returns virsh's word for a domain state, the one operators know.
 func stateName(s libvirt.DomainState) string {
 	switch s {
-	case libvirt.DOMAIN_NOSTATE:
+	case libvirt.DomainNostate:
 		return "no state"
-	case libvirt.DOMAIN_RUNNING:
+	case libvirt.DomainRunning:
 		return "running"
-	case libvirt.DOMAIN_BLOCKED:
+	case libvirt.DomainBlocked:
 		return "idle"
-	case libvirt.DOMAIN_PAUSED:
+	case libvirt.DomainPaused:
 		return "paused"
-	case libvirt.DOMAIN_SHUTDOWN:
+	case libvirt.DomainShutdown:
 		return "in shutdown"
-	case libvirt.DOMAIN_SHUTOFF:
+	case libvirt.DomainShutoff:
 		return "shut off"
-	case libvirt.DOMAIN_CRASHED:
+	case libvirt.DomainCrashed:
 		return "crashed"
-	case libvirt.DOMAIN_PMSUSPENDED:
+	case libvirt.DomainPmsuspended:
 		return "pmsuspended"
 	default:
 		return fmt.Sprintf("unknown (%d)", int(s))
@@ -247,15 +233,9 @@ func stateName(s libvirt.DomainState) string {
 
 func validUUID(s string) bool { return agentapi.ValidUUID(s) }
 
-// libvirtMessage returns libvirt's own message for err, without the
-// binding's "virError(Code=…)" wrapping, for the API's error field.
-func libvirtMessage(err error) string {
-	var lverr libvirt.Error
-	if errors.As(err, &lverr) {
-		return lverr.Message
-	}
-	return err.Error()
-}
+// libvirtMessage returns libvirt's own message for err, without what
+// wraps it, for the API's error field.
+func libvirtMessage(err error) string { return libvirtconn.Message(err) }
 
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 	w.Header().Set("Allow", allow)

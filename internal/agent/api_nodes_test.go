@@ -142,3 +142,15 @@ func TestNewGuestDomainType(t *testing.T) {
 		t.Errorf("New with domain type xen: %v, want %q", err, want)
 	}
 }
+
+// TestNewRemoteURI: the agent talks to its host's libvirtd over the unix
+// socket; a remote URI is refused at start, naming the URI and what works.
+func TestNewRemoteURI(t *testing.T) {
+	t.Parallel()
+	for _, uri := range []string{"qemu+ssh://root@hv-1/system", "qemu+tls://hv-1/system", "qemu+tcp://hv-1/system", "qemu://hv-1/system"} {
+		_, err := New(Config{LibvirtURI: uri})
+		if err == nil || !strings.Contains(err.Error(), "--libvirt.uri") || !strings.Contains(err.Error(), uri) || !strings.Contains(err.Error(), "qemu:///system") {
+			t.Errorf("New with %s: %v, want an error naming the URI and what is supported", uri, err)
+		}
+	}
+}

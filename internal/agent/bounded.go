@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/httpjson"
 	"caretaker/internal/libvirtconn"
@@ -35,13 +35,13 @@ func (a *Agent) workBound() time.Duration {
 // returns what f returned, false when f did not run or return in time:
 // whether the caller goes on (nothing answered yet).
 func (a *Agent) withLibvirt(w http.ResponseWriter, ctx context.Context, what string, d time.Duration, failCode int,
-	f func(w http.ResponseWriter, conn *libvirt.Connect) bool) bool {
+	f func(w http.ResponseWriter, conn *libvirt.Libvirt) bool) bool {
 	if d == 0 {
 		d = a.cfg.LibvirtTimeout
 	}
 	buf := &bufferedResponse{header: http.Header{}}
 	var goOn bool
-	err := a.conn.CallWithin(ctx, what, d, func(conn *libvirt.Connect) error {
+	err := a.conn.CallWithin(ctx, what, d, func(conn *libvirt.Libvirt) error {
 		goOn = f(buf, conn)
 		return nil
 	})

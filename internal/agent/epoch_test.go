@@ -15,7 +15,7 @@ import (
 	"sync"
 	"testing"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agentapi"
 )
@@ -137,9 +137,9 @@ func TestFence(t *testing.T) {
 					t.Errorf("body %s: fenced %v, want %v", rec.Body, body.Fenced, tt.wantCode == 409)
 				}
 			}
-			want := libvirt.DOMAIN_SHUTOFF
+			want := libvirt.DomainShutoff
 			if tt.wantStarted {
-				want = libvirt.DOMAIN_RUNNING
+				want = libvirt.DomainRunning
 			}
 			if got := stateOf(t, a, downUUID); got != want {
 				t.Errorf("domain state %d, want %d", got, want)
@@ -187,7 +187,7 @@ func TestFenceThroughTheClient(t *testing.T) {
 	if want := "agent answered 409 Conflict: epoch 41 is older than 57, the highest this agent has seen: a newer leader has taken over"; !strings.HasSuffix(err.Error(), want) {
 		t.Errorf("error %q, want it to end with %q", err, want)
 	}
-	if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+	if got := stateOf(t, a, downUUID); got != libvirt.DomainShutoff {
 		t.Errorf("domain state %d after the old leader's start, want shut off", got)
 	}
 	// Reads are not fenced.
@@ -233,7 +233,7 @@ func TestFenceSurvivesRestart(t *testing.T) {
 	if code := start(second, "69"); code != 409 {
 		t.Errorf("epoch 69 after a restart at 70: %d, want 409", code)
 	}
-	if got := stateOf(t, second, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+	if got := stateOf(t, second, downUUID); got != libvirt.DomainShutoff {
 		t.Errorf("domain state %d after a fenced start, want shut off", got)
 	}
 	wantMetric(t, second, "caretaker_agent_fenced_requests_total 1")
@@ -315,7 +315,7 @@ func TestFenceUnwritable(t *testing.T) {
 	if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "record epoch 5: ") {
 		t.Errorf("%d %s, want 500 saying the epoch was not recorded", rec.Code, rec.Body)
 	}
-	if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+	if got := stateOf(t, a, downUUID); got != libvirt.DomainShutoff {
 		t.Errorf("domain state %d, want shut off", got)
 	}
 	wantMetric(t, a, "caretaker_agent_epoch 0")
@@ -372,7 +372,7 @@ func TestFenceAnnounce(t *testing.T) {
 	if err := oldLeader.StartGuest(t.Context(), "host-a", downUUID); !errors.Is(err, agentapi.ErrFenced) {
 		t.Fatalf("start by the old leader after the announcement: %v, want ErrFenced", err)
 	}
-	if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+	if got := stateOf(t, a, downUUID); got != libvirt.DomainShutoff {
 		t.Errorf("domain state %d after the old leader's start, want shut off", got)
 	}
 	wantMetric(t, a, "caretaker_agent_epoch 57")

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/testdaemon"
@@ -129,19 +129,26 @@ func TestEventStream(t *testing.T) {
 	if l := r.next(t); l.Hello == nil {
 		t.Fatalf("first line %+v, want hello", l)
 	}
-	// The hooks run before Get returns: the callbacks are registered.
-	domain := func(name string) *libvirt.Domain {
+	// act does f to the named domain on the agent's connection. The
+	// hooks run before Get returns: the subscriptions are made.
+	act := func(name string, f func(lv *libvirt.Libvirt, dom libvirt.Domain) error) {
 		t.Helper()
 		lv, err := a.conn.Get()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dom, err := lv.LookupDomainByName(name)
+		dom, err := lv.DomainLookupByName(name)
 		if err != nil {
 			t.Fatalf("look up %s: %v", name, err)
 		}
-		t.Cleanup(func() { dom.Free() })
-		return dom
+		if err := f(lv, dom); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	destroy := func(lv *libvirt.Libvirt, dom libvirt.Domain) error { return lv.DomainDestroy(dom) }
+	create := func(lv *libvirt.Libvirt, dom libvirt.Domain) error { return lv.DomainCreate(dom) }
+	autostart := func(on int32) func(lv *libvirt.Libvirt, dom libvirt.Domain) error {
+		return func(lv *libvirt.Libvirt, dom libvirt.Domain) error { return lv.DomainSetAutostart(dom, on) }
 	}
 	want := func(e agentapi.Event, name, typ, detail string, state libvirt.DomainState, intended bool) {
 		t.Helper()
@@ -152,41 +159,25 @@ func TestEventStream(t *testing.T) {
 	}
 
 	// Outside the filter: nothing. Its event would come before the next.
-	if err := domain("other-1").Destroy(); err != nil {
-		t.Fatal(err)
-	}
-	run := domain("guest-run")
-	if err := run.Destroy(); err != nil {
-		t.Fatal(err)
-	}
+	act("other-1", destroy)
+	act("guest-run", destroy)
 	destroyed := time.Now()
 	e := r.event(t)
-	t.Logf("event latency: destroy returned → event read in %s (libvirt's callback → read: %s)", time.Since(destroyed), time.Since(e.Time))
-	want(e, "guest-run", agentapi.EventStopped, "destroyed", libvirt.DOMAIN_SHUTOFF, true)
+	t.Logf("event latency: destroy returned → event read in %s (libvirt's event → read: %s)", time.Since(destroyed), time.Since(e.Time))
+	want(e, "guest-run", agentapi.EventStopped, "destroyed", libvirt.DomainShutoff, true)
 	if e.Seq != 1 {
 		t.Errorf("first event has seq %d, want 1", e.Seq)
 	}
-	if err := run.Create(); err != nil {
-		t.Fatal(err)
-	}
-	want(r.event(t), "guest-run", agentapi.EventStarted, "booted", libvirt.DOMAIN_RUNNING, true)
+	act("guest-run", create)
+	want(r.event(t), "guest-run", agentapi.EventStarted, "booted", libvirt.DomainRunning, true)
 
 	// No metadata: the autostart flag says.
-	auto := domain("guest-auto")
-	if err := auto.SetAutostart(true); err != nil {
-		t.Fatal(err)
-	}
-	if err := auto.Destroy(); err != nil {
-		t.Fatal(err)
-	}
-	want(r.event(t), "guest-auto", agentapi.EventStopped, "destroyed", libvirt.DOMAIN_SHUTOFF, true)
-	if err := auto.SetAutostart(false); err != nil {
-		t.Fatal(err)
-	}
-	if err := auto.Create(); err != nil {
-		t.Fatal(err)
-	}
-	want(r.event(t), "guest-auto", agentapi.EventStarted, "booted", libvirt.DOMAIN_RUNNING, false)
+	act("guest-auto", autostart(1))
+	act("guest-auto", destroy)
+	want(r.event(t), "guest-auto", agentapi.EventStopped, "destroyed", libvirt.DomainShutoff, true)
+	act("guest-auto", autostart(0))
+	act("guest-auto", create)
+	want(r.event(t), "guest-auto", agentapi.EventStarted, "booted", libvirt.DomainRunning, false)
 
 	// libvirtd restarts: the agent reconnects on its own and says
 	// events may have been lost meanwhile.
@@ -199,14 +190,11 @@ func TestEventStream(t *testing.T) {
 	}
 	t.Logf("gap of %s; reported %s after libvirtd was stopped", gap.Time.Sub(gap.Since), time.Since(stopped))
 	// The restarted daemon's test driver reads the node afresh.
-	run = domain("guest-run")
-	if err := run.Destroy(); err != nil {
-		t.Fatal(err)
-	}
+	act("guest-run", destroy)
 	destroyed = time.Now()
 	e = r.event(t)
 	t.Logf("event latency after the restart: %s", time.Since(destroyed))
-	want(e, "guest-run", agentapi.EventStopped, "destroyed", libvirt.DOMAIN_SHUTOFF, true)
+	want(e, "guest-run", agentapi.EventStopped, "destroyed", libvirt.DomainShutoff, true)
 	if e.Seq != gap.Seq+1 {
 		t.Errorf("event after the gap has seq %d, want %d", e.Seq, gap.Seq+1)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"caretaker/internal/golden"
+	"caretaker/internal/needs"
 	"flag"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // a golden file, and runs promtool check metrics on the raw output.
 func TestMetricsGolden(t *testing.T) {
 	t.Parallel()
+	needs.Libvirtd(t)
 	node, err := filepath.Abs("testdata/golden-node.xml")
 	if err != nil {
 		t.Fatal(err)

@@ -8,9 +8,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/collectors"
 )
@@ -60,8 +60,8 @@ func (a *Agent) collectorNames() []string {
 // libvirtCheck pings libvirtd for the host collector's libvirtd_up,
 // bounded by the libvirt timeout.
 func (a *Agent) libvirtCheck(ctx context.Context) error {
-	return a.conn.Call(ctx, "ping libvirtd", func(conn *libvirt.Connect) error {
-		if _, err := conn.GetLibVersion(); err != nil {
+	return a.conn.Call(ctx, "ping libvirtd", func(conn *libvirt.Libvirt) error {
+		if _, err := conn.ConnectGetLibVersion(); err != nil {
 			return fmt.Errorf("ping libvirtd: %w", err)
 		}
 		return nil

@@ -8,12 +8,13 @@ import (
 	"strconv"
 	"sync"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/agent/guests"
 	"caretaker/internal/agentapi"
 	"caretaker/internal/httpjson"
+	"caretaker/internal/libvirtconn"
 )
 
 // nodeOf is the node a PUT asks for.
@@ -102,7 +103,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	// longer workBound; one call per node at a time (the key).
 	key := "node " + name
 	var existed bool
-	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		if err := n.a.checkBounds(conn, node); err != nil {
 			httpjson.Compact.Error(w, http.StatusBadRequest, err.Error())
 			return false
@@ -129,7 +130,7 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 	if !goOn {
 		return
 	}
-	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		opts := []guests.Option{guests.DomainType(n.a.cfg.GuestDomainType)}
 		var uuid string
 		var err error
@@ -151,13 +152,12 @@ func (n *nodes) put(w http.ResponseWriter, r *http.Request) {
 		if n.a.cfg.DomainFilter != nil {
 			n.a.created.add(name)
 		}
-		dom, err := conn.LookupDomainByUUIDString(uuid)
+		dom, err := libvirtconn.LookupDomain(conn, uuid)
 		if err != nil {
 			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: look up domain %s: %v", verb, name, uuid, libvirtMessage(err)))
 			return false
 		}
-		defer dom.Free()
-		d, err := describe(dom)
+		d, err := describe(conn, dom)
 		if err != nil {
 			httpjson.Compact.Error(w, http.StatusInternalServerError, fmt.Sprintf("%s node %s: %v", verb, name, err))
 			return false
@@ -202,7 +202,7 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	defer unlock()
 	key := "node " + name
 	var pool string
-	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	goOn := n.a.withLibvirt(w, r.Context(), key, 0, http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		var err error
 		pool, err = diskPool(conn, name)
 		if err != nil {
@@ -221,7 +221,7 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 	if !goOn {
 		return
 	}
-	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Connect) bool {
+	n.a.withLibvirt(w, r.Context(), key, n.a.workBound(), http.StatusInternalServerError, func(w http.ResponseWriter, conn *libvirt.Libvirt) bool {
 		err := guests.Delete(conn, guests.Node{Name: name, Cluster: cluster, UUID: uuid, Pool: pool})
 		if errors.Is(err, guests.ErrNotThisNode) {
 			logger.Warn("delete node refused", "err", err)
@@ -244,19 +244,19 @@ func (n *nodes) delete(w http.ResponseWriter, r *http.Request) {
 // or memory than --guests.max-vcpus and --guests.max-memory-bytes (by
 // default the host's CPUs and memory, as libvirt reports them), a disk
 // larger than --guests.max-disk-bytes. The error names the field.
-func (a *Agent) checkBounds(conn *libvirt.Connect, node guests.Node) error {
+func (a *Agent) checkBounds(conn *libvirt.Libvirt, node guests.Node) error {
 	maxVCPUs, maxMemory := a.cfg.GuestMaxVCPUs, a.cfg.GuestMaxMemoryBytes
 	vcpusFrom, memoryFrom := "--guests.max-vcpus", "--guests.max-memory-bytes"
 	if maxVCPUs == 0 || maxMemory == 0 {
-		info, err := conn.GetNodeInfo()
+		_, memoryKiB, cpus, _, _, _, _, _, err := conn.NodeGetInfo()
 		if err != nil {
 			return fmt.Errorf("node %q: read the host's CPUs and memory: %s", node.Name, libvirtMessage(err))
 		}
 		if maxVCPUs == 0 {
-			maxVCPUs, vcpusFrom = int(info.Cpus), "the host's CPUs; --guests.max-vcpus"
+			maxVCPUs, vcpusFrom = int(cpus), "the host's CPUs; --guests.max-vcpus"
 		}
 		if maxMemory == 0 {
-			maxMemory, memoryFrom = info.Memory*1024, "the host's memory; --guests.max-memory-bytes"
+			maxMemory, memoryFrom = memoryKiB*1024, "the host's memory; --guests.max-memory-bytes"
 		}
 	}
 	switch {
@@ -272,57 +272,47 @@ func (a *Agent) checkBounds(conn *libvirt.Connect, node guests.Node) error {
 
 // checkPool returns 503 and why when the storage pool cannot take nodes'
 // disks: the host is not set up for guests, which no retry will change.
-func checkPool(conn *libvirt.Connect, name string) (int, string) {
-	pool, err := conn.LookupStoragePoolByName(name)
-	var lverr libvirt.Error
+func checkPool(conn *libvirt.Libvirt, name string) (int, string) {
+	pool, err := conn.StoragePoolLookupByName(name)
 	switch {
-	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_STORAGE_POOL:
+	case libvirtconn.IsCode(err, libvirt.ErrNoStoragePool):
 		return http.StatusServiceUnavailable, fmt.Sprintf("storage pool %q does not exist on this host: define it (virsh pool-define-as) or set --guests.pool", name)
 	case err != nil:
 		return http.StatusInternalServerError, fmt.Sprintf("look up storage pool %q: %s", name, libvirtMessage(err))
 	}
-	defer pool.Free()
-	active, err := pool.IsActive()
+	active, err := conn.StoragePoolIsActive(pool)
 	if err != nil {
 		return http.StatusInternalServerError, fmt.Sprintf("storage pool %q: %s", name, libvirtMessage(err))
 	}
-	if !active {
+	if active == 0 {
 		return http.StatusServiceUnavailable, fmt.Sprintf("storage pool %q is not active on this host: start it (virsh pool-start %s)", name, name)
 	}
 	return 0, ""
 }
 
 // domainUUID returns the UUID of the named domain, "" when there is none.
-func domainUUID(conn *libvirt.Connect, name string) (string, error) {
-	dom, err := conn.LookupDomainByName(name)
-	var lverr libvirt.Error
-	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+func domainUUID(conn *libvirt.Libvirt, name string) (string, error) {
+	dom, err := conn.DomainLookupByName(name)
+	if libvirtconn.IsCode(err, libvirt.ErrNoDomain) {
 		return "", nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("look up domain: %s", libvirtMessage(err))
 	}
-	defer dom.Free()
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return "", fmt.Errorf("read domain UUID: %s", libvirtMessage(err))
-	}
-	return uuid, nil
+	return libvirtconn.UUIDString(dom.UUID), nil
 }
 
 // diskPool returns the storage pool of the named domain's first volume
 // disk, "" when there is no such domain or disk.
-func diskPool(conn *libvirt.Connect, name string) (string, error) {
-	dom, err := conn.LookupDomainByName(name)
-	var lverr libvirt.Error
-	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+func diskPool(conn *libvirt.Libvirt, name string) (string, error) {
+	dom, err := conn.DomainLookupByName(name)
+	if libvirtconn.IsCode(err, libvirt.ErrNoDomain) {
 		return "", nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("look up domain: %s", libvirtMessage(err))
 	}
-	defer dom.Free()
-	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	s, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
 	if err != nil {
 		return "", fmt.Errorf("read domain definition: %s", libvirtMessage(err))
 	}

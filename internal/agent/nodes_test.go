@@ -12,10 +12,11 @@ import (
 	"strings"
 	"testing"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agent/guests/gueststest"
 	"caretaker/internal/agentapi"
+	"caretaker/internal/libvirtconn"
 )
 
 const qemuURI = gueststest.URI
@@ -23,8 +24,8 @@ const qemuURI = gueststest.URI
 // nodeHost is a storage pool with a base image and a bridge of one test's
 // own on the real libvirtd, and an agent that puts nodes there.
 type nodeHost struct {
-	conn   *libvirt.Connect
-	pool   *libvirt.StoragePool
+	conn   *libvirt.Libvirt
+	pool   libvirt.StoragePool
 	name   string // the pool's name, also the bridge's
 	client *agentapi.Client
 	srv    *httptest.Server // the agent, for requests the client does not make
@@ -71,32 +72,30 @@ func nodeUUID(name string) string {
 // started again, or -1 when there is no such domain.
 func (h *nodeHost) domainID(t *testing.T, name string) int {
 	t.Helper()
-	dom, err := h.conn.LookupDomainByName(name)
-	var lverr libvirt.Error
-	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN {
+	dom, err := h.conn.DomainLookupByName(name)
+	if libvirtconn.IsCode(err, libvirt.ErrNoDomain) {
 		return -1
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	state, _, err := dom.GetState()
-	if err != nil || state != libvirt.DOMAIN_RUNNING {
+	state, _, err := h.conn.DomainGetState(dom, 0)
+	if err != nil || libvirt.DomainState(state) != libvirt.DomainRunning {
 		t.Fatalf("domain %s: state %d, %v; want running", name, state, err)
 	}
-	id, err := dom.GetID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(id)
+	return int(dom.ID)
 }
 
 func (h *nodeHost) volumes(t *testing.T) []string {
 	t.Helper()
-	if err := h.pool.Refresh(0); err != nil {
+	if err := h.conn.StoragePoolRefresh(h.pool, 0); err != nil {
 		t.Fatal(err)
 	}
-	names, err := h.pool.ListStorageVolumes()
+	n, err := h.conn.StoragePoolNumOfVolumes(h.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := h.conn.StoragePoolListVolumes(h.pool, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,23 +144,20 @@ func TestNodeLifecycle(t *testing.T) {
 
 	// Replace a broken node: stopped, its overlay grown (so that the old
 	// one shows). It comes back running, same UUID, with a fresh overlay.
-	dom, err := h.conn.LookupDomainByName(n.Name)
+	dom, err := h.conn.DomainLookupByName(n.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = dom.Destroy()
-	dom.Free()
+	if err := h.conn.DomainDestroy(dom); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := h.conn.StorageVolLookupByName(h.pool, n.Name+".qcow2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol, err := h.pool.LookupStorageVolByName(n.Name + ".qcow2")
-	if err != nil {
+	if err := h.conn.StorageVolResize(vol, 2*n.DiskBytes, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := vol.Resize(2*n.DiskBytes, 0); err != nil {
-		t.Fatal(err)
-	}
-	vol.Free()
 	replaced, err := h.client.PutNode(t.Context(), n, true)
 	if err != nil || replaced != created {
 		t.Fatalf("PutNode replace: %+v, %v; want %+v", replaced, err, created)
@@ -169,14 +165,13 @@ func TestNodeLifecycle(t *testing.T) {
 	if id3 := h.domainID(t, n.Name); id3 == id {
 		t.Errorf("PutNode replace kept the running domain (id %d)", id)
 	}
-	vol, err = h.pool.LookupStorageVolByName(n.Name + ".qcow2")
+	vol, err = h.conn.StorageVolLookupByName(h.pool, n.Name+".qcow2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := vol.GetInfo()
-	vol.Free()
-	if err != nil || info.Capacity != n.DiskBytes {
-		t.Errorf("overlay after replace: capacity %d, %v; want a fresh %d-byte overlay", info.Capacity, err, n.DiskBytes)
+	_, capacity, _, err := h.conn.StorageVolGetInfo(vol)
+	if err != nil || capacity != n.DiskBytes {
+		t.Errorf("overlay after replace: capacity %d, %v; want a fresh %d-byte overlay", capacity, err, n.DiskBytes)
 	}
 
 	// NodeRunning is the existing Domain call.
@@ -268,7 +263,7 @@ func TestNodeNeverTouchesAnotherNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = dom.Undefine(); dom.Free() })
+	t.Cleanup(func() { _ = h.conn.DomainUndefine(dom) })
 
 	other := victim
 	other.Cluster = "a-b" // its pool c names its first node the same
@@ -305,7 +300,7 @@ func TestNodeNeverTouchesAnotherNode(t *testing.T) {
 			if vols := h.volumes(t); !slices.Contains(vols, victim.Name+".qcow2") {
 				t.Errorf("volumes %v: the victim's disk is gone", vols)
 			}
-			if _, err := h.conn.LookupDomainByUUIDString(nodeUUID(plain)); err != nil {
+			if _, err := libvirtconn.LookupDomain(h.conn, nodeUUID(plain)); err != nil {
 				t.Errorf("the plain guest: %v", err)
 			}
 		})

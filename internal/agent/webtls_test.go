@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agentapi"
 	"caretaker/internal/pki"
@@ -96,7 +96,7 @@ func TestActionsOnlyFromTheServersCertificate(t *testing.T) {
 		if err == nil || errors.As(err, &se) || !strings.Contains(err.Error(), "tls") {
 			t.Errorf("%s: %v, want a TLS handshake error", tt.name, err)
 		}
-		if got := stateOf(t, a, downUUID); got != libvirt.DOMAIN_SHUTOFF {
+		if got := stateOf(t, a, downUUID); got != libvirt.DomainShutoff {
 			t.Fatalf("%s: the domain's state is %d, want it still shut off", tt.name, got)
 		}
 	}

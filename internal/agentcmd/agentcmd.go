@@ -15,7 +15,6 @@ import (
 	"caretaker/collectors/kvm"
 	"caretaker/internal/agent"
 	"caretaker/internal/config"
-	"caretaker/internal/libvirtconn"
 )
 
 // New returns the agent's command. invocation is how it is run — "caretaker
@@ -63,9 +62,6 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 				cfg.OverlayRepairs = f.Overlays
 			}
 			cfg.Logger = logger
-			if err := libvirtconn.StartEventLoop(cmd.Context(), logger); err != nil {
-				return err
-			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -77,7 +73,7 @@ the server's bearer token. /metrics?collect[]=kvm selects collectors.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.ListenAddress, "web.listen-address", ":9301", "address to serve /metrics and actions on")
 	f.StringVar(&cfg.WebConfigFile, "web.config.file", "", "exporter-toolkit web config file (TLS, basic auth)")
-	f.StringVar(&cfg.LibvirtURI, "libvirt.uri", "qemu:///system", "libvirt connection URI")
+	f.StringVar(&cfg.LibvirtURI, "libvirt.uri", "qemu:///system", "libvirt URI of this host's libvirtd, spoken to over its unix socket: driver:///path or driver+unix:///path[?socket=/path]; remote transports are refused")
 	f.DurationVar(&cfg.LibvirtTimeout, "libvirt.timeout", kvm.DefaultLibvirtTimeout, "longest a scrape, or an action's look-up, waits on libvirt: a frozen libvirtd gives caretaker_kvm_up 0 and actions 503, not a hung agent")
 	f.DurationVar(&cfg.ScrapeTimeout, "scrape.timeout", 10*time.Second, "longest a collector may take in one scrape")
 	f.StringVar(&configFile, "config.file", "", "agent configuration file: the overlays this host should have (see deploy/agent.example.yml)")

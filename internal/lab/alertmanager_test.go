@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
-
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
 	"caretaker/internal/testdaemon"
 	"caretaker/remediation/journal"
 )
@@ -94,11 +93,11 @@ receivers:
 	}
 	fp := amFingerprint(t, am, g.uuid)
 
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	exited := srv.current().exited
 	await(t, exited, time.Minute, "a succeeded restart of "+g.name, func() bool {
 		recs, err := srv.records(g.uuid)

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 )
 
@@ -47,12 +48,12 @@ func TestLabClusterCreate(t *testing.T) {
 	prefix, cluster := ownPrefix("bench"), fmt.Sprintf("lc%d", os.Getpid())
 	pool := labPool(prefix)
 
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Closed after the cleanup below, which uses it (cleanups run last first).
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Disconnect() })
 
 	var out syncBuffer
 	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
@@ -169,8 +170,7 @@ func TestLabClusterCreate(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("lab did not stop within 2 minutes of SIGINT")
 	}
-	if p, err := conn.LookupStoragePoolByName(pool); err == nil {
-		p.Free()
+	if _, err := conn.StoragePoolLookupByName(pool); err == nil {
 		t.Errorf("storage pool %s is left after the lab stopped", pool)
 	}
 	for i := range n {
@@ -183,31 +183,29 @@ func TestLabClusterCreate(t *testing.T) {
 
 // clusterNodes returns the domains named <cluster>-… with their state and
 // the cluster their caretaker metadata names, as "running, cluster <name>".
-func clusterNodes(t *testing.T, conn *libvirt.Connect, cluster string) map[string]string {
+func clusterNodes(t *testing.T, conn *libvirt.Libvirt, cluster string) map[string]string {
 	t.Helper()
-	doms, err := conn.ListAllDomains(0)
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]string{}
 	for _, d := range doms {
-		name, err := d.GetName()
-		if err != nil || !strings.HasPrefix(name, cluster+"-") {
-			d.Free()
+		name := d.Name
+		if !strings.HasPrefix(name, cluster+"-") {
 			continue
 		}
 		state := "not running"
-		if s, _, err := d.GetState(); err == nil && s == libvirt.DOMAIN_RUNNING {
+		if s, _, err := conn.DomainGetState(d, 0); err == nil && libvirt.DomainState(s) == libvirt.DomainRunning {
 			state = "running"
 		}
 		meta := "no caretaker metadata"
-		if x, err := d.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG); err == nil {
+		if x, err := conn.DomainGetMetadata(d, int32(libvirt.DomainMetadataElement), libvirt.OptString{guestmeta.Namespace}, libvirt.DomainAffectConfig); err == nil {
 			if md, err := guestmeta.Parse(x); err == nil {
 				meta = "cluster " + md.Cluster
 			}
 		}
 		out[name] = state + ", " + meta
-		d.Free()
 	}
 	return out
 }

@@ -16,8 +16,10 @@ import (
 	"strings"
 	"sync"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"caretaker/internal/libvirtconn"
 )
 
 // The lab's guest clusters. The server places one node of a cluster per
@@ -114,11 +116,11 @@ func setupClusters(ctx context.Context, uri, dataDir, prefix string, hosts []*ho
 	if err := os.MkdirAll(c.dir, 0o711); err != nil {
 		return c, fmt.Errorf("create storage pool directory: %w", err)
 	}
-	conn, err := libvirt.NewConnect(uri)
+	conn, err := libvirtconn.Dial(uri)
 	if err != nil {
 		return c, fmt.Errorf("connect to %s: %w", uri, err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	px, err := (&libvirtxml.StoragePool{Type: "dir", Name: c.pool,
 		Target: &libvirtxml.StoragePoolTarget{Path: c.dir}}).Marshal()
 	if err != nil {
@@ -129,18 +131,15 @@ func setupClusters(ctx context.Context, uri, dataDir, prefix string, hosts []*ho
 	if err != nil {
 		return c, fmt.Errorf("create storage pool %s: %w", c.pool, err)
 	}
-	defer pool.Free()
 	vx, err := (&libvirtxml.StorageVolume{Name: baseImage,
 		Capacity: &libvirtxml.StorageVolumeSize{Value: 64, Unit: "MiB"},
 		Target:   &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}}}).Marshal()
 	if err != nil {
 		return c, err
 	}
-	vol, err := pool.StorageVolCreateXML(vx, 0)
-	if err != nil {
+	if _, err := conn.StorageVolCreateXML(pool, vx, 0); err != nil {
 		return c, fmt.Errorf("create base image %s in pool %s: %w", baseImage, c.pool, err)
 	}
-	vol.Free()
 	return c, nil
 }
 
@@ -148,11 +147,11 @@ func setupClusters(ctx context.Context, uri, dataDir, prefix string, hosts []*ho
 // bridges the lab made, the pool and the network namespaces.
 func (c *clusterLab) teardown(ctx context.Context) error {
 	var errs []error
-	conn, err := libvirt.NewConnect(c.uri)
+	conn, err := libvirtconn.Dial(c.uri)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", c.uri, err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	n, err := removeNodes(conn, c.pool)
 	if err != nil {
 		errs = append(errs, err)
@@ -181,34 +180,33 @@ func (c *clusterLab) teardown(ctx context.Context) error {
 }
 
 // removeNodes destroys and undefines every domain with a disk in pool.
-func removeNodes(conn *libvirt.Connect, pool string) (int, error) {
-	doms, err := conn.ListAllDomains(0)
+func removeNodes(conn *libvirt.Libvirt, pool string) (int, error) {
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return 0, fmt.Errorf("list domains: %w", err)
 	}
 	var errs []error
 	n := 0
 	for _, dom := range doms {
-		if inPool(dom, pool) {
-			name, _ := dom.GetName()
-			if active, _ := dom.IsActive(); active {
-				if err := dom.Destroy(); err != nil {
-					errs = append(errs, fmt.Errorf("destroy %s: %w", name, err))
-				}
-			}
-			if err := dom.Undefine(); err != nil {
-				errs = append(errs, fmt.Errorf("undefine %s: %w", name, err))
-			} else {
-				n++
+		if !inPool(conn, dom, pool) {
+			continue
+		}
+		if dom.ID != -1 {
+			if err := conn.DomainDestroy(dom); err != nil && !libvirtconn.IsCode(err, libvirt.ErrOperationInvalid) {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", dom.Name, err))
 			}
 		}
-		dom.Free()
+		if err := conn.DomainUndefine(dom); err != nil {
+			errs = append(errs, fmt.Errorf("undefine %s: %w", dom.Name, err))
+		} else {
+			n++
+		}
 	}
 	return n, errors.Join(errs...)
 }
 
-func inPool(dom libvirt.Domain, pool string) bool {
-	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+func inPool(conn *libvirt.Libvirt, dom libvirt.Domain, pool string) bool {
+	s, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
 	if err != nil {
 		return false
 	}
@@ -226,35 +224,32 @@ func inPool(dom libvirt.Domain, pool string) bool {
 
 // removePool deletes the pool's volumes and destroys it (undefining it
 // too, should someone have made it persistent).
-func removePool(conn *libvirt.Connect, name string) error {
-	pool, err := conn.LookupStoragePoolByName(name)
-	var lverr libvirt.Error
-	if errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_STORAGE_POOL {
+func removePool(conn *libvirt.Libvirt, name string) error {
+	pool, err := conn.StoragePoolLookupByName(name)
+	if libvirtconn.IsCode(err, libvirt.ErrNoStoragePool) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up storage pool %s: %w", name, err)
 	}
-	defer pool.Free()
 	var errs []error
-	if active, _ := pool.IsActive(); active {
-		_ = pool.Refresh(0) // lists volumes made behind libvirt's back too
-		vols, err := pool.ListAllStorageVolumes(0)
+	if active, _ := conn.StoragePoolIsActive(pool); active == 1 {
+		_ = conn.StoragePoolRefresh(pool, 0) // lists volumes made behind libvirt's back too
+		vols, _, err := conn.StoragePoolListAllVolumes(pool, 1, 0)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list volumes of pool %s: %w", name, err))
 		}
 		for _, v := range vols {
-			if err := v.Delete(0); err != nil {
+			if err := conn.StorageVolDelete(v, 0); err != nil {
 				errs = append(errs, fmt.Errorf("delete volume of pool %s: %w", name, err))
 			}
-			v.Free()
 		}
-		if err := pool.Destroy(); err != nil {
+		if err := conn.StoragePoolDestroy(pool); err != nil {
 			errs = append(errs, fmt.Errorf("destroy storage pool %s: %w", name, err))
 		}
 	}
-	if persistent, _ := pool.IsPersistent(); persistent {
-		if err := pool.Undefine(); err != nil {
+	if persistent, _ := conn.StoragePoolIsPersistent(pool); persistent == 1 {
+		if err := conn.StoragePoolUndefine(pool); err != nil {
 			errs = append(errs, fmt.Errorf("undefine storage pool %s: %w", name, err))
 		}
 	}

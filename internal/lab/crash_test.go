@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
-
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
 	"caretaker/internal/testdaemon"
 	"caretaker/remediation/journal"
 )
@@ -52,11 +51,11 @@ func TestCrashSafety(t *testing.T) {
 	srv := newE2EServer(t, bin, cfg, token)
 	srv.start(t)
 
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 
 	// Where in a remediation each kill lands, with SIGKILL (even) and
 	// virsh destroy (odd) in turn: every point once, and a random moment
@@ -84,13 +83,11 @@ func TestCrashSafety(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			d, err := conn.LookupDomainByUUIDString(g.uuid)
+			d, err := libvirtconn.LookupDomain(conn, g.uuid)
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = d.Destroy()
-			d.Free()
-			if err != nil {
+			if err := conn.DomainDestroy(d); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/api"
 	"caretaker/internal/guestmeta"
@@ -56,28 +56,27 @@ func ownPrefix(tag string) string {
 func sweepStale(t *testing.T, tag string) {
 	t.Helper()
 	re := regexp.MustCompile("^lab-" + regexp.QuoteMeta(tag) + `(\d+)-`)
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	doms, err := conn.ListAllDomains(0)
+	defer conn.Disconnect()
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range doms {
-		name, err := d.GetName()
-		if m := re.FindStringSubmatch(name); err == nil && m != nil && !processExists(m[1]) {
-			if active, _ := d.IsActive(); active {
-				_ = d.Destroy()
+		name := d.Name
+		if m := re.FindStringSubmatch(name); m != nil && !processExists(m[1]) {
+			if d.ID != -1 {
+				_ = conn.DomainDestroy(d)
 			}
-			if err := d.Undefine(); err != nil {
+			if err := conn.DomainUndefine(d); err != nil {
 				t.Logf("remove %s, left by an earlier run: %v", name, err)
 			} else {
 				t.Logf("removed %s, left by an earlier run", name)
 			}
 		}
-		d.Free()
 	}
 }
 
@@ -108,11 +107,11 @@ func e2eGuests(t *testing.T, tag string, n int, intent string, start bool) []gue
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	// Concurrently: libvirtd defines and starts guests in parallel, and
 	// each call takes seconds where /dev/kvm is unusable.
 	gs := make([]guest, n)
@@ -136,7 +135,7 @@ func e2eGuests(t *testing.T, tag string, n int, intent string, start bool) []gue
 }
 
 // define defines a guest without starting it.
-func define(conn *libvirt.Connect, name, meta string) (guest, error) {
+func define(conn *libvirt.Libvirt, name, meta string) (guest, error) {
 	xml, err := domainXML(name, meta)
 	if err != nil {
 		return guest{}, err
@@ -145,12 +144,7 @@ func define(conn *libvirt.Connect, name, meta string) (guest, error) {
 	if err != nil {
 		return guest{}, fmt.Errorf("define guest %s: %w", name, err)
 	}
-	defer dom.Free()
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return guest{}, fmt.Errorf("guest %s: %w", name, err)
-	}
-	return guest{name: name, uuid: uuid}, nil
+	return guest{name: name, uuid: libvirtconn.UUIDString(dom.UUID)}, nil
 }
 
 // binaries are cmd/caretaker and cmd/runbook, built once per run of the
@@ -203,35 +197,27 @@ type startCounter struct {
 
 func countStarts(t *testing.T) *startCounter {
 	t.Helper()
-	// The loop is process-wide and started once; it must outlive this
-	// test for the later ones (-count), hence context.Background.
-	if err := libvirtconn.StartEventLoop(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &startCounter{starts: map[string]int{}}
-	id, err := conn.DomainEventLifecycleRegister(nil, func(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
-		if ev.Event != libvirt.DOMAIN_EVENT_STARTED {
-			return
-		}
-		uuid, err := d.GetUUIDString()
-		if err != nil {
+	stop, err := libvirtconn.Subscribe(conn, libvirt.DomainEventIDLifecycle, func(ev any) {
+		m, ok := ev.(*libvirt.DomainEventCallbackLifecycleMsg)
+		if !ok || libvirt.DomainEventType(m.Msg.Event) != libvirt.DomainEventStarted {
 			return
 		}
 		c.mu.Lock()
-		c.starts[uuid]++
+		c.starts[libvirtconn.UUIDString(m.Msg.Dom.UUID)]++
 		c.mu.Unlock()
 	})
 	if err != nil {
-		conn.Close()
+		conn.Disconnect()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = conn.DomainEventDeregister(id)
-		conn.Close()
+		stop()
+		conn.Disconnect()
 	})
 	return c
 }
@@ -381,12 +367,11 @@ func describeRecords(recs []journal.Record) string {
 }
 
 // domainRunning asks libvirt whether the guest runs.
-func domainRunning(conn *libvirt.Connect, uuid string) bool {
-	d, err := conn.LookupDomainByUUIDString(uuid)
+func domainRunning(conn *libvirt.Libvirt, uuid string) bool {
+	d, err := libvirtconn.LookupDomain(conn, uuid)
 	if err != nil {
 		return false
 	}
-	defer d.Free()
-	state, _, err := d.GetState()
-	return err == nil && state == libvirt.DOMAIN_RUNNING
+	state, _, err := conn.DomainGetState(d, 0)
+	return err == nil && libvirt.DomainState(state) == libvirt.DomainRunning
 }

@@ -14,10 +14,11 @@ import (
 	"sync"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
 )
 
 // guest is one lab guest.
@@ -37,10 +38,10 @@ func chooseDriver(ctx context.Context, o Options) (string, string) {
 		return "test", "guests use libvirt's test driver (--driver test)"
 	}
 	if err := ensureLibvirtd(ctx, o.Logger); err != nil {
-		return "test", fmt.Sprintf("libvirtd with QEMU is not available (%v): guests use libvirt's test driver, in memory; install the Debian packages libvirt-daemon-system and qemu-system-x86 for real QEMU guests", err)
+		return "test", fmt.Sprintf("libvirtd with QEMU is not available (%v): guests use libvirt's test driver, in memory, in a libvirtd of the lab's own; install the Debian packages libvirt-daemon-system and qemu-system-x86 for real QEMU guests", err)
 	}
 	if err := checkQEMU(o.LibvirtURI); err != nil {
-		return "test", fmt.Sprintf("%v: guests use libvirt's test driver, in memory; install qemu-system-x86 for real QEMU guests", err)
+		return "test", fmt.Sprintf("%v: guests use libvirt's test driver, in memory, in a libvirtd of the lab's own; install qemu-system-x86 for real QEMU guests", err)
 	}
 	return "qemu", fmt.Sprintf("real QEMU guests (domain type qemu, 64 MiB, no disk) through %s", o.LibvirtURI)
 }
@@ -112,12 +113,12 @@ func (c *capped) String() string { return string(c.b) }
 // checkQEMU tells whether the libvirtd at uri can run x86_64 guests of
 // domain type qemu (TCG: no /dev/kvm needed).
 func checkQEMU(uri string) error {
-	conn, err := libvirt.NewConnect(uri)
+	conn, err := libvirtconn.Dial(uri)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", uri, err)
 	}
-	defer conn.Close()
-	xml, err := conn.GetCapabilities()
+	defer conn.Disconnect()
+	xml, err := conn.ConnectGetCapabilities()
 	if err != nil {
 		return fmt.Errorf("capabilities of %s: %w", uri, err)
 	}
@@ -156,11 +157,11 @@ type qemuGuests struct {
 }
 
 func (q *qemuGuests) create(hosts []*host, perHost int) error {
-	conn, err := libvirt.NewConnect(q.uri)
+	conn, err := libvirtconn.Dial(q.uri)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", q.uri, err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	if n, err := q.removeWith(conn, hosts); err != nil {
 		return err
 	} else if n > 0 {
@@ -229,7 +230,7 @@ func domainXML(name, metadata string) (string, error) {
 	return d.Marshal()
 }
 
-func defineAndStart(conn *libvirt.Connect, name, meta string) (guest, error) {
+func defineAndStart(conn *libvirt.Libvirt, name, meta string) (guest, error) {
 	xml, err := domainXML(name, meta)
 	if err != nil {
 		return guest{}, fmt.Errorf("guest %s: %w", name, err)
@@ -238,52 +239,47 @@ func defineAndStart(conn *libvirt.Connect, name, meta string) (guest, error) {
 	if err != nil {
 		return guest{}, fmt.Errorf("define guest %s: %w", name, err)
 	}
-	defer dom.Free()
-	if err := dom.Create(); err != nil {
+	if err := conn.DomainCreate(dom); err != nil {
 		return guest{}, fmt.Errorf("start guest %s: %w", name, err)
 	}
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return guest{}, fmt.Errorf("guest %s: %w", name, err)
-	}
-	return guest{name: name, uuid: uuid}, nil
+	return guest{name: name, uuid: libvirtconn.UUIDString(dom.UUID)}, nil
 }
 
 // remove destroys and undefines every guest that belongs to the lab's
 // hosts, including ones left by an earlier lab that did not stop cleanly.
 func (q *qemuGuests) remove(hosts []*host) error {
-	conn, err := libvirt.NewConnect(q.uri)
+	conn, err := libvirtconn.Dial(q.uri)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", q.uri, err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 	_, err = q.removeWith(conn, hosts)
 	return err
 }
 
-func (q *qemuGuests) removeWith(conn *libvirt.Connect, hosts []*host) (int, error) {
-	doms, err := conn.ListAllDomains(0)
+func (q *qemuGuests) removeWith(conn *libvirt.Libvirt, hosts []*host) (int, error) {
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return 0, fmt.Errorf("list domains: %w", err)
 	}
 	var errs []error
 	n := 0
 	for _, dom := range doms {
-		name, err := dom.GetName()
-		if err == nil && ownedBy(name, hosts) {
-			if active, _ := dom.IsActive(); active {
-				if err := dom.Destroy(); err != nil {
-					errs = append(errs, fmt.Errorf("destroy %s: %w", name, err))
-				}
-			}
-			if err := dom.Undefine(); err != nil {
-				errs = append(errs, fmt.Errorf("undefine %s: %w", name, err))
-			} else {
-				n++
-				q.logger.Debug("removed lab guest", "domain", name)
+		name := dom.Name
+		if !ownedBy(name, hosts) {
+			continue
+		}
+		if dom.ID != -1 {
+			if err := conn.DomainDestroy(dom); err != nil && !libvirtconn.IsCode(err, libvirt.ErrOperationInvalid) {
+				errs = append(errs, fmt.Errorf("destroy %s: %w", name, err))
 			}
 		}
-		dom.Free()
+		if err := conn.DomainUndefine(dom); err != nil {
+			errs = append(errs, fmt.Errorf("undefine %s: %w", name, err))
+		} else {
+			n++
+			q.logger.Debug("removed lab guest", "domain", name)
+		}
 	}
 	return n, errors.Join(errs...)
 }
@@ -298,8 +294,9 @@ func ownedBy(name string, hosts []*host) bool {
 }
 
 // writeTestNodes writes one libvirt test-driver node file per host, whose
-// guests start out running; each agent opens its own in-process copy.
-func writeTestNodes(dir, prefix string, hosts []*host, perHost int) error {
+// guests start out running; each agent opens its own copy in lvd, the
+// lab's libvirtd.
+func writeTestNodes(dir, prefix string, hosts []*host, perHost int, lvd *testLibvirtd) error {
 	meta, err := labMetadata()
 	if err != nil {
 		return err
@@ -319,7 +316,7 @@ func writeTestNodes(dir, prefix string, hosts []*host, perHost int) error {
 		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 			return fmt.Errorf("write test node: %w", err)
 		}
-		h.uri = "test://" + path
+		h.uri = lvd.uri(path)
 	}
 	return nil
 }

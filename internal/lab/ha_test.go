@@ -23,10 +23,11 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/api"
 	"caretaker/internal/etcdproc"
+	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 	"caretaker/internal/pki"
 	"caretaker/remediation/journal"
@@ -48,7 +49,7 @@ type haTestLab struct {
 	exited         chan error
 	clients        []*api.Client
 	guests         []api.Guest
-	conn           *libvirt.Connect
+	conn           *libvirt.Libvirt
 	agentTLSClient *http.Client
 	// paused is the server a test has paused, which reads skip; -1 for
 	// none.
@@ -129,11 +130,11 @@ func startHALab(t *testing.T, tag string, servers int, clusters bool) *haTestLab
 		return len(l.guests) == 2
 	})
 	slices.SortFunc(l.guests, func(a, b api.Guest) int { return strings.Compare(a.Domain, b.Domain) })
-	conn, err := libvirt.NewConnect(systemURI)
+	conn, err := libvirtconn.Dial(systemURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Disconnect() })
 	l.conn = conn
 	return l
 }
@@ -255,20 +256,15 @@ func (l *haTestLab) pidFile(name string) int {
 // domainID is the guest's libvirt domain ID, -1 when it does not run: a
 // restarted guest gets a new one.
 func (l *haTestLab) domainID(uuid string) int {
-	d, err := l.conn.LookupDomainByUUIDString(uuid)
+	d, err := libvirtconn.LookupDomain(l.conn, uuid)
 	if err != nil {
 		return -1
 	}
-	defer d.Free()
-	state, _, err := d.GetState()
-	if err != nil || state != libvirt.DOMAIN_RUNNING {
+	state, _, err := l.conn.DomainGetState(d, 0)
+	if err != nil || libvirt.DomainState(state) != libvirt.DomainRunning {
 		return -1
 	}
-	id, err := d.GetID()
-	if err != nil {
-		return -1
-	}
-	return int(id)
+	return int(d.ID)
 }
 
 // crashGuest SIGKILLs the guest's QEMU and returns its domain ID from

@@ -22,7 +22,6 @@ import (
 
 	"caretaker/internal/agent"
 	"caretaker/internal/config"
-	"caretaker/internal/libvirtconn"
 	"caretaker/internal/server"
 )
 
@@ -118,7 +117,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := r.pickDriver(ctx); err != nil {
 		return err
 	}
-	if err := r.makeGuests(); err != nil {
+	if err := r.makeGuests(ctx); err != nil {
 		return err
 	}
 	if err := r.makeClusters(ctx); err != nil {
@@ -215,9 +214,6 @@ func (r *labRun) makeDataDir() error {
 
 // pickDriver chooses QEMU guests or libvirt's test driver.
 func (r *labRun) pickDriver(ctx context.Context) error {
-	if err := libvirtconn.StartEventLoop(ctx, r.o.Logger); err != nil {
-		return err
-	}
 	r.driver, r.why = chooseDriver(ctx, r.o)
 	if r.o.Driver == "qemu" && r.driver != "qemu" {
 		return fmt.Errorf("--driver qemu: %s", r.why)
@@ -227,7 +223,7 @@ func (r *labRun) pickDriver(ctx context.Context) error {
 }
 
 // makeGuests names the hosts and gives each its guests.
-func (r *labRun) makeGuests() error {
+func (r *labRun) makeGuests(ctx context.Context) error {
 	r.hosts = make([]*host, r.o.Hosts)
 	for i := range r.hosts {
 		name := "host-" + string(rune('a'+i))
@@ -237,7 +233,12 @@ func (r *labRun) makeGuests() error {
 		}
 	}
 	if r.driver != "qemu" {
-		return writeTestNodes(r.dataDir, r.o.GuestPrefix, r.hosts, r.o.GuestsPerHost)
+		lvd, err := startTestLibvirtd(ctx, r.o.Logger)
+		if err != nil {
+			return err
+		}
+		r.undo.add("stop the lab's libvirtd", lvd.stop)
+		return writeTestNodes(r.dataDir, r.o.GuestPrefix, r.hosts, r.o.GuestsPerHost, lvd)
 	}
 	g := &qemuGuests{uri: r.o.LibvirtURI, prefix: r.o.GuestPrefix, logger: r.o.Logger, out: r.o.Out}
 	if err := g.create(r.hosts, r.o.GuestsPerHost); err != nil {

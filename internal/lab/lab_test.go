@@ -19,9 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/api"
+	"caretaker/internal/libvirtconn"
 )
 
 var (
@@ -117,22 +118,22 @@ func TestLabHeals(t *testing.T) {
 		return len(guests) == 4
 	})
 
-	conn, err := libvirt.NewConnect("qemu:///system")
+	conn, err := libvirtconn.Dial("qemu:///system")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Disconnect()
 
 	var heals []float64
 	for i := 0; i < *kills; i++ {
 		g := guests[i%len(guests)]
-		dom, err := conn.LookupDomainByUUIDString(g.UUID)
+		dom, err := libvirtconn.LookupDomain(conn, g.UUID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		oldID, err := dom.GetID()
-		if err != nil {
-			t.Fatalf("%s is not running: %v", g.Domain, err)
+		oldID := dom.ID
+		if oldID == -1 {
+			t.Fatalf("%s is not running", g.Domain)
 		}
 		how := "SIGKILL"
 		start := time.Now()
@@ -143,30 +144,24 @@ func TestLabHeals(t *testing.T) {
 			}
 		} else {
 			how = "virsh destroy"
-			if err := dom.Destroy(); err != nil {
+			if err := conn.DomainDestroy(dom); err != nil {
 				t.Fatal(err)
 			}
 		}
 		// A restarted domain gets a new ID, so a heal faster than one poll
-		// is still seen. The ID is cached in a domain object: look it up
-		// anew each time.
+		// is still seen. The ID comes with a look-up: look it up anew each
+		// time.
 		awaitEvery(t, exited, 10*time.Millisecond, 2*time.Minute, g.Domain+" to run again", func() bool {
-			d, err := conn.LookupDomainByUUIDString(g.UUID)
-			if err != nil {
+			d, err := libvirtconn.LookupDomain(conn, g.UUID)
+			if err != nil || d.ID == -1 || d.ID == oldID {
 				return false
 			}
-			defer d.Free()
-			id, err := d.GetID()
-			if err != nil || id == oldID {
-				return false
-			}
-			state, _, err := d.GetState()
-			return err == nil && state == libvirt.DOMAIN_RUNNING
+			state, _, err := conn.DomainGetState(d, 0)
+			return err == nil && libvirt.DomainState(state) == libvirt.DomainRunning
 		})
 		heal := time.Since(start).Seconds()
 		heals = append(heals, heal)
 		t.Logf("heal %d: %s of %s on %s: running again after %.2fs", i+1, how, g.Domain, g.Host, heal)
-		dom.Free()
 
 		await(t, exited, time.Minute, "a succeeded restart-vm for "+g.Domain+" in the journal", func() bool {
 			b, err := runbook("history")
@@ -202,7 +197,7 @@ func TestLabHeals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fdom, err := conn.LookupDomainByUUIDString(floor.uuid)
+	fdom, err := libvirtconn.LookupDomain(conn, floor.uuid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,19 +208,18 @@ func TestLabHeals(t *testing.T) {
 			t.Fatal(err)
 		}
 		awaitEvery(t, exited, 10*time.Millisecond, time.Minute, "libvirt to see the floor guest die", func() bool {
-			state, _, err := fdom.GetState()
-			return err == nil && state != libvirt.DOMAIN_RUNNING
+			state, _, err := conn.DomainGetState(fdom, 0)
+			return err == nil && libvirt.DomainState(state) != libvirt.DomainRunning
 		})
 		started := time.Now()
-		if err := fdom.Create(); err != nil {
+		if err := conn.DomainCreate(fdom); err != nil {
 			t.Fatal(err)
 		}
 		floors = append(floors, time.Since(begin).Seconds())
 		starts = append(starts, time.Since(started).Seconds())
 	}
-	fdom.Destroy()
-	fdom.Undefine()
-	fdom.Free()
+	conn.DomainDestroy(fdom)
+	conn.DomainUndefine(fdom)
 	slices.Sort(floors)
 	slices.Sort(starts)
 	heal, floorMedian, startMedian := heals[len(heals)/2], floors[len(floors)/2], starts[len(starts)/2]
@@ -245,15 +239,14 @@ func TestLabHeals(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("lab did not stop within 2 minutes of SIGINT")
 	}
-	doms, err := conn.ListAllDomains(0)
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range doms {
-		if name, _ := d.GetName(); strings.HasPrefix(name, prefix) {
-			t.Errorf("guest %s is left after the lab stopped", name)
+		if strings.HasPrefix(d.Name, prefix) {
+			t.Errorf("guest %s is left after the lab stopped", d.Name)
 		}
-		d.Free()
 	}
 	if _, err := os.Stat(rbConfig); !os.IsNotExist(err) {
 		t.Errorf("runbook config %s is left after the lab stopped (stat: %v)", rbConfig, err)

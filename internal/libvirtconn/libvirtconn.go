@@ -1,6 +1,11 @@
 // Package libvirtconn keeps one long-lived libvirt connection per URI and
 // replaces it when libvirtd goes away, so that the collectors and the agent's
 // actions survive a restart of the daemon without restarting the agent.
+//
+// It speaks libvirt's RPC protocol to the local libvirtd over its unix
+// socket, in pure Go (github.com/digitalocean/go-libvirt): the process links
+// no C library of libvirt's, and needs no event loop of its own. The daemon
+// opens the driver the URI names (see Dial).
 package libvirtconn
 
 import (
@@ -8,64 +13,146 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 )
 
-// eventLoopOnce is the package's only global. libvirt's default event loop
-// is process-wide by libvirt's design: virEventRegisterDefaultImpl may be
-// called once per process and must precede the first connection, whoever in
-// the process asks for it. A value owned by a caller could not enforce that.
-var eventLoopOnce struct {
-	once sync.Once
-	err  error
+// DefaultSocket is the system libvirtd's read-write socket, which Dial
+// uses unless the URI names another with ?socket=.
+const DefaultSocket = "/var/run/libvirt/libvirt-sock"
+
+// dialTimeout bounds connecting to the socket (not the handshake after it,
+// which a frozen libvirtd never answers: Call bounds that).
+const dialTimeout = 5 * time.Second
+
+// Target is where a libvirt URI leads: the unix socket of the libvirtd to
+// dial, and the URI of the driver the daemon is asked to open on it.
+type Target struct {
+	Socket string
+	Driver string
 }
 
-// StartEventLoop registers libvirt's default event loop and runs it in a
-// goroutine until ctx is done. The loop is what delivers close callbacks and
-// keepalives on remote connections, so that a libvirtd restart is noticed
-// without waiting for the next failing call.
-//
-// Call it once, early in main, before the first connection is opened. Later
-// calls do nothing and return the first call's result: the loop they would
-// start already runs (or ran) under the first call's context.
-func StartEventLoop(ctx context.Context, logger *slog.Logger) error {
-	eventLoopOnce.once.Do(func() {
-		if err := libvirt.EventRegisterDefaultImpl(); err != nil {
-			eventLoopOnce.err = fmt.Errorf("register libvirt default event loop: %w", err)
-			return
-		}
-		go runEventLoop(ctx, logger)
-		go wakeEventLoopWhenDone(ctx, logger)
-	})
-	return eventLoopOnce.err
-}
-
-func runEventLoop(ctx context.Context, logger *slog.Logger) {
-	logger.Debug("libvirt event loop started")
-	defer logger.Debug("libvirt event loop stopped")
-	for ctx.Err() == nil {
-		// One iteration blocks until a handle or timer fires; errors are
-		// transient (as in virsh's own loop), so log and go on.
-		if err := libvirt.EventRunDefaultImpl(); err != nil {
-			logger.Error("run libvirt event loop iteration", "err", err)
-		}
+// ParseURI returns where uri leads. Supported are local URIs, served by
+// the libvirtd on this host: driver:///path (qemu:///system,
+// test:///default, test:///abs/path/node.xml) and driver+unix:///path,
+// with ?socket=/path for a libvirtd on another socket than DefaultSocket.
+// The daemon opens the driver itself, so test:///… is libvirt's test driver
+// inside the daemon (as test+unix:///… is), never in this process.
+// Remote transports (tcp, tls, ssh, libssh, ext) and URIs naming a host are
+// refused with an error that says so.
+func ParseURI(uri string) (Target, error) {
+	if uri == "" {
+		return Target{}, fmt.Errorf("libvirt URI is empty; want a local one, such as qemu:///system")
 	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return Target{}, fmt.Errorf("libvirt URI %q: %w", uri, err)
+	}
+	driver, transport, _ := strings.Cut(u.Scheme, "+")
+	if driver == "" || u.Opaque != "" {
+		return Target{}, fmt.Errorf("libvirt URI %q: want driver:///path, such as qemu:///system", uri)
+	}
+	if transport != "" && transport != "unix" || u.Host != "" || u.User != nil {
+		return Target{}, fmt.Errorf("libvirt URI %q: only the local libvirtd is supported, over its unix socket "+
+			"(qemu:///system, test:///path/node.xml, qemu+unix:///system?socket=/path); "+
+			"remote transports (tcp, tls, ssh, libssh, ext) and host names are not: run the agent on the host it watches", uri)
+	}
+	t := Target{Socket: DefaultSocket}
+	q := u.Query()
+	if s := q.Get("socket"); s != "" {
+		t.Socket = s
+	}
+	// As libvirt's remote driver does: the transport's own parameters
+	// stay here, the others go to the daemon with the driver's URI.
+	q.Del("socket")
+	q.Del("mode")
+	if name := q.Get("name"); name != "" {
+		t.Driver = name
+		return t, nil
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	t.Driver = driver + "://" + path
+	if len(q) > 0 {
+		t.Driver += "?" + q.Encode()
+	}
+	return t, nil
 }
 
-// wakeEventLoopWhenDone adds a timer that fires at once when ctx is done:
-// without it the loop would sit in poll() until some unrelated event, and
-// never see that it should stop.
-func wakeEventLoopWhenDone(ctx context.Context, logger *slog.Logger) {
-	<-ctx.Done()
-	_, err := libvirt.EventAddTimeout(0, func(timer int) {
-		// A zero-interval timer fires on every iteration until removed.
-		_ = libvirt.EventRemoveTimeout(timer)
-	})
+// Dial opens a connection to the libvirtd and driver uri names (ParseURI).
+// Nothing bounds the handshake: a frozen libvirtd accepts the socket and
+// never answers it. Disconnect the connection when done.
+func Dial(uri string) (*libvirt.Libvirt, error) {
+	return dial(uri, &socket{})
+}
+
+// dial is Dial through s, which the caller may close to cut a handshake
+// left hanging, or the connection later without a round trip (Conn).
+func dial(uri string, s *socket) (*libvirt.Libvirt, error) {
+	t, err := ParseURI(uri)
 	if err != nil {
-		logger.Error("wake libvirt event loop to stop it", "err", err)
+		return nil, err
+	}
+	s.setPath(t.Socket)
+	l := libvirt.NewWithDialer(s)
+	if err := l.ConnectToURI(libvirt.ConnectURI(t.Driver)); err != nil {
+		s.close()
+		return nil, fmt.Errorf("open libvirt connection %s (socket %s, driver %s): %w", uri, t.Socket, t.Driver, err)
+	}
+	return l, nil
+}
+
+// socket is go-libvirt's dialer of a unix socket that keeps the
+// connection it made, so that it can be closed from outside: go-libvirt
+// calls take no context, and closing the socket is what makes a call left
+// waiting on a frozen libvirtd return.
+type socket struct {
+	path string
+
+	mu     sync.Mutex
+	conn   net.Conn
+	closed bool
+}
+
+func (s *socket) setPath(path string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.path = path
+}
+
+// Dial implements go-libvirt's socket.Dialer.
+func (s *socket) Dial() (net.Conn, error) {
+	s.mu.Lock()
+	path := s.path
+	s.mu.Unlock()
+	conn, err := net.DialTimeout("unix", path, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		conn.Close()
+		return nil, net.ErrClosed
+	}
+	s.conn = conn
+	return conn, nil
+}
+
+// close closes the socket, now and if it is dialled later.
+func (s *socket) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.conn != nil {
+		_ = s.conn.Close()
 	}
 }
 
@@ -73,17 +160,20 @@ func wakeEventLoopWhenDone(ctx context.Context, logger *slog.Logger) {
 var ErrClosed = errors.New("connection closed")
 
 // Conn is a libvirt connection to one URI that is opened on first use and
-// re-opened when it has died (libvirtd restarted, socket closed, keepalive
-// timed out). It is safe for concurrent use.
+// re-opened when it has died (libvirtd restarted, socket closed, libvirtd
+// frozen past the keepalive). It is safe for concurrent use.
 type Conn struct {
 	uri    string
 	logger *slog.Logger
 	// timeout bounds each Call (WithTimeout).
 	timeout time.Duration
+	// keepalive is how long libvirtd may leave a ping unanswered, once a
+	// call was given up on, before the connection is closed (WithKeepalive).
+	keepalive time.Duration
 
 	mu     sync.Mutex
-	conn   *libvirt.Connect // nil until the first Get and after Close
-	dead   chan struct{}    // closed by conn's close callback
+	conn   *libvirt.Libvirt // nil until the first Get and after Close
+	sock   *socket          // conn's socket
 	closed bool
 	hooks  []Hook
 	// undo holds what the hooks returned for conn, to run before it is
@@ -94,15 +184,18 @@ type Conn struct {
 	// answers the handshake), and the Gets that come meanwhile wait for it
 	// rather than open another.
 	connecting *opening
+	// probing is set while a ping of conn is under way (probe).
+	probing bool
 	// calls are the Calls under way, by what they do.
 	calls map[string]*call
 }
 
-// opening is one attempt to open a connection; conn and err are set before
-// done is closed.
+// opening is one attempt to open a connection, through sock; conn and err
+// are set before done is closed.
 type opening struct {
 	done chan struct{}
-	conn *libvirt.Connect
+	sock *socket
+	conn *libvirt.Libvirt
 	err  error
 }
 
@@ -115,19 +208,36 @@ func WithTimeout(d time.Duration) Option {
 	return func(c *Conn) { c.timeout = d }
 }
 
+// WithKeepalive sets how long libvirtd may leave a ping unanswered after a
+// call was given up on before the connection is closed; the default is
+// DefaultKeepalive.
+func WithKeepalive(d time.Duration) Option {
+	return func(c *Conn) { c.keepalive = d }
+}
+
 // DefaultTimeout is how long Call waits for libvirt unless WithTimeout says
 // otherwise.
 const DefaultTimeout = 5 * time.Second
 
+// DefaultKeepalive is how long a connection whose call was given up on
+// stays open while libvirtd answers no ping: about what libvirt's own
+// client keepalive allows (five pings five seconds apart).
+const DefaultKeepalive = 30 * time.Second
+
+// closeWait bounds the polite close of a connection (Close): past it the
+// socket is closed without libvirtd's answer.
+const closeWait = time.Second
+
 // Hook is run on each new connection (see OnConnect). It returns what to
 // run before that connection is closed, or nil.
-type Hook func(*libvirt.Connect) (undo func())
+type Hook func(*libvirt.Libvirt) (undo func())
 
-// New returns a Conn for uri (for example "qemu:///system"). It does not
-// connect: the first Get does, so that an agent starts even while libvirtd is
-// down.
+// New returns a Conn for uri (see ParseURI; for example "qemu:///system").
+// It does not connect: the first Get does, so that an agent starts even
+// while libvirtd is down. A URI ParseURI refuses makes every Get fail with
+// its error.
 func New(uri string, logger *slog.Logger, opts ...Option) *Conn {
-	c := &Conn{uri: uri, logger: logger.With("libvirt_uri", uri), timeout: DefaultTimeout, calls: map[string]*call{}}
+	c := &Conn{uri: uri, logger: logger.With("libvirt_uri", uri), timeout: DefaultTimeout, keepalive: DefaultKeepalive, calls: map[string]*call{}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -142,14 +252,13 @@ func (c *Conn) Timeout() time.Duration { return c.timeout }
 
 // OnConnect has f run on every connection c opens from now on, before Get
 // hands it out, and at once on the connection c has open, if any. It is how a
-// user registers libvirt event callbacks, which live and die with one
+// user subscribes to libvirt's events, which live and die with one
 // connection: f runs again after every reconnect, and events that happened
 // while there was no connection are lost, so f should also forget what the
 // events would have kept up to date.
 //
 // What f returns runs before the connection is closed, dead or not. It must
-// deregister the callbacks f registered: each holds a reference to the
-// connection, which libvirt would otherwise keep open.
+// end the subscriptions f made (Subscribe's stop).
 //
 // f and what it returns run with c's lock held, on the goroutine that called
 // Get, OnConnect or Close: they may make calls on the connection they are
@@ -180,14 +289,14 @@ func (c *Conn) undoHooksLocked() {
 // Get returns the live connection, opening it if there is none or if the
 // previous one died.
 //
-// The returned connection is shared: callers must not Close it. A connection
-// that Get has given out may be closed by a later Get once it is found dead;
-// calls on it then fail with a libvirt error, as they would have anyway.
+// The returned connection is shared: callers must not Disconnect it. A
+// connection that Get has given out may be closed by a later Get once it is
+// found dead; calls on it then fail, as they would have anyway.
 //
 // Opening a connection to a frozen libvirtd never returns: Get waits for
 // it, but holds no lock meanwhile, and the Gets that come while it runs wait
 // for the same opening rather than start another. Bound the wait with Call.
-func (c *Conn) Get() (*libvirt.Connect, error) {
+func (c *Conn) Get() (*libvirt.Libvirt, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -204,7 +313,7 @@ func (c *Conn) Get() (*libvirt.Connect, error) {
 	}
 	op := c.connecting
 	if op == nil {
-		op = &opening{done: make(chan struct{})}
+		op = &opening{done: make(chan struct{}), sock: &socket{}}
 		c.connecting = op
 		go c.open(op)
 	}
@@ -216,34 +325,22 @@ func (c *Conn) Get() (*libvirt.Connect, error) {
 // open opens a connection for op, makes it c's and runs the hooks on it.
 func (c *Conn) open(op *opening) {
 	defer close(op.done)
-	conn, err := libvirt.NewConnect(c.uri)
+	conn, err := dial(c.uri, op.sock)
+	sock := op.sock
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.connecting = nil
 	if err != nil {
-		op.err = fmt.Errorf("open libvirt connection %s: %w", c.uri, err)
+		op.err = err
 		return
 	}
 	if c.closed {
 		// Closed while the connection was being opened.
-		_, _ = conn.Close()
+		sock.close()
 		op.err = fmt.Errorf("get libvirt connection %s: %w", c.uri, ErrClosed)
 		return
 	}
-	dead := make(chan struct{})
-	var once sync.Once
-	err = conn.RegisterCloseCallback(func(_ *libvirt.Connect, reason libvirt.ConnectCloseReason) {
-		// Runs on the event loop's thread, where calling back into this
-		// connection could deadlock libvirt: only mark it dead here and
-		// let the next Get replace it.
-		once.Do(func() { close(dead) })
-		c.logger.Warn("libvirt connection closed", "reason", closeReason(reason))
-	})
-	if err != nil {
-		// Not fatal: IsAlive still tells a dead connection apart.
-		c.logger.Debug("register libvirt close callback", "err", err)
-	}
-	c.conn, c.dead = conn, dead
+	c.conn, c.sock = conn, sock
 	c.logger.Info("libvirt connection opened")
 	for _, f := range c.hooks {
 		c.runHookLocked(f)
@@ -251,22 +348,21 @@ func (c *Conn) open(op *opening) {
 	op.conn = conn
 }
 
-// Lost returns a channel closed once the connection open now is lost, as
-// libvirt's close callback reports it (libvirtd went away, the keepalive
-// timed out): the moment a user of OnConnect's callbacks stopped hearing
-// from them, which the hooks' undo learns only at the next Get. With no
-// connection open it returns a closed channel. A connection whose close
-// callback could not be registered is never reported lost here; IsAlive
-// still tells Get.
+// Lost returns a channel closed once the connection open now is lost:
+// libvirtd closed it (it went away), or it was closed because libvirtd
+// left a ping unanswered for the keepalive. It is the moment a user of
+// OnConnect's subscriptions stopped hearing from them, which the hooks'
+// undo learns only at the next Get. With no connection open it returns a
+// closed channel.
 func (c *Conn) Lost() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn == nil || c.dead == nil {
+	if c.conn == nil {
 		closed := make(chan struct{})
 		close(closed)
 		return closed
 	}
-	return c.dead
+	return c.conn.Disconnected()
 }
 
 // ErrTimeout is returned (wrapped) by Call when libvirt did not answer
@@ -300,23 +396,25 @@ type call struct {
 // Call runs f with the live connection (Get) in a goroutine of its own and
 // waits for it until the Conn's timeout (WithTimeout) or ctx ends, whichever
 // comes first. what names the work (for example "start domain <uuid>"): it
-// is in the errors, and keys the calls. A libvirt call cannot be cancelled:
-// one that does not return in time (libvirtd frozen) is left to return on
-// its own, and until it has, a Call for the same what fails at once with
-// ErrBusy rather than start a second one on the connection. A call whose
-// caller left (ctx ended) is not given up on: a Call for the same what
-// waits for it.
+// is in the errors, and keys the calls. A libvirt call takes no context: one
+// that does not return in time (libvirtd frozen) is left to return on its
+// own, and until it has, a Call for the same what fails at once with
+// ErrBusy rather than start a second one on the connection. Once a call was
+// given up on, libvirtd is pinged: a ping left unanswered for the keepalive
+// (WithKeepalive) closes the connection, which makes every call left on it
+// return. A call whose caller left (ctx ended) is not given up on: a Call
+// for the same what waits for it.
 //
 // Call's error is ErrTimeout or ErrBusy (wrapped, naming the timeout), ctx's
 // error, or f's.
-func (c *Conn) Call(ctx context.Context, what string, f func(*libvirt.Connect) error) error {
+func (c *Conn) Call(ctx context.Context, what string, f func(*libvirt.Libvirt) error) error {
 	return c.CallWithin(ctx, what, c.timeout, f)
 }
 
 // CallWithin is Call bounded by d instead of the Conn's timeout, for work
 // that takes libvirt longer than an answer does (starting a guest, copying
 // its disk). d <= 0 leaves only ctx.
-func (c *Conn) CallWithin(ctx context.Context, what string, d time.Duration, f func(*libvirt.Connect) error) error {
+func (c *Conn) CallWithin(ctx context.Context, what string, d time.Duration, f func(*libvirt.Libvirt) error) error {
 	var timer <-chan time.Time
 	if d > 0 {
 		t := time.NewTimer(d)
@@ -375,7 +473,8 @@ func (c *Conn) CallWithin(ctx context.Context, what string, d time.Duration, f f
 }
 
 // abandon marks cl given up on. It stays in c.calls, so that a Call for
-// the same fails at once, until it returns.
+// the same fails at once, until it returns. libvirtd is pinged on the
+// open connection, if any (probe).
 func (c *Conn) abandon(what string, cl *call, d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -383,38 +482,59 @@ func (c *Conn) abandon(what string, cl *call, d time.Duration) {
 		cl.abandoned = true
 	}
 	c.logger.Warn("libvirt did not answer in time, leaving the call to return on its own", "call", what, "timeout", d)
-}
-
-// aliveLocked reports whether c.conn may still be used.
-func (c *Conn) aliveLocked() bool {
-	select {
-	case <-c.dead:
-		return false
-	default:
+	if c.conn != nil && !c.probing && c.keepalive > 0 {
+		c.probing = true
+		go c.probe(c.conn, c.sock)
 	}
-	// For remote drivers IsAlive is a local check of the client's socket
-	// state, not a round trip, so it is cheap enough for every Get. It
-	// errors when the connection was closed behind our back.
-	alive, err := c.conn.IsAlive()
-	return err == nil && alive
 }
 
-// dropLocked releases c.conn. Errors are only logged: the connection is
-// being thrown away, usually because it is already broken.
+// probe pings libvirtd on conn, as libvirt's client keepalive would: an
+// answer says the call given up on is only slow, and conn is kept (with
+// its event subscriptions); no answer within the keepalive says libvirtd
+// is frozen, and conn is closed, so that the calls left on it return and
+// the next Get opens a new one. A ping is a call libvirtd answers without
+// a domain's job lock, from any of its workers.
+func (c *Conn) probe(conn *libvirt.Libvirt, sock *socket) {
+	defer func() {
+		c.mu.Lock()
+		c.probing = false
+		c.mu.Unlock()
+	}()
+	answered := make(chan error, 1)
+	go func() {
+		_, err := conn.ConnectGetLibVersion()
+		answered <- err
+	}()
+	t := time.NewTimer(c.keepalive)
+	defer t.Stop()
+	select {
+	case err := <-answered:
+		if err != nil {
+			c.logger.Debug("ping libvirtd after a call it did not answer in time", "err", err)
+		}
+	case <-conn.Disconnected():
+	case <-t.C:
+		c.logger.Warn("libvirtd did not answer a ping: closing the connection, so that the calls left on it return", "keepalive", c.keepalive)
+		sock.close()
+	}
+}
+
+// aliveLocked reports whether c.conn may still be used: its socket is
+// open. It costs no round trip.
+func (c *Conn) aliveLocked() bool {
+	return c.conn.IsConnected()
+}
+
+// dropLocked releases c.conn, which is dead: no round trip is attempted.
 func (c *Conn) dropLocked() {
 	c.undoHooksLocked()
-	if err := c.conn.UnregisterCloseCallback(); err != nil {
-		c.logger.Debug("unregister libvirt close callback", "err", err)
-	}
-	if refs, err := c.conn.Close(); err != nil {
-		c.logger.Debug("close dead libvirt connection", "err", err)
-	} else if refs > 0 {
-		c.logger.Debug("dead libvirt connection still referenced after close", "references", refs)
-	}
-	c.conn, c.dead = nil, nil
+	c.sock.close()
+	c.conn, c.sock = nil, nil
 }
 
-// Close closes the connection, if open. Get fails after Close.
+// Close closes the connection, if open, and an opening under way. Get
+// fails after Close. An open connection is closed politely (libvirt's
+// close call), unless libvirtd does not answer within a second.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -422,35 +542,31 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed = true
+	if op := c.connecting; op != nil {
+		// Its handshake may wait on a frozen libvirtd: cut it.
+		op.sock.close()
+	}
 	if c.conn == nil {
 		return nil
 	}
 	c.undoHooksLocked()
-	_ = c.conn.UnregisterCloseCallback()
-	refs, err := c.conn.Close()
-	c.conn, c.dead = nil, nil
-	if refs > 0 {
-		// Something (an event callback whose hook did not undo it)
-		// keeps libvirt from closing the connection.
-		c.logger.Warn("libvirt connection still referenced after close", "references", refs)
+	conn, sock := c.conn, c.sock
+	c.conn, c.sock = nil, nil
+	if !conn.IsConnected() {
+		sock.close()
+		return nil
 	}
+	done := make(chan error, 1)
+	go func() { done <- conn.Disconnect() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(closeWait):
+		err = fmt.Errorf("libvirtd did not answer within %s", closeWait)
+	}
+	sock.close()
 	if err != nil {
 		return fmt.Errorf("close libvirt connection %s: %w", c.uri, err)
 	}
 	return nil
-}
-
-func closeReason(r libvirt.ConnectCloseReason) string {
-	switch r {
-	case libvirt.CONNECT_CLOSE_REASON_ERROR:
-		return "error"
-	case libvirt.CONNECT_CLOSE_REASON_EOF:
-		return "eof"
-	case libvirt.CONNECT_CLOSE_REASON_KEEPALIVE:
-		return "keepalive"
-	case libvirt.CONNECT_CLOSE_REASON_CLIENT:
-		return "client"
-	default:
-		return fmt.Sprintf("unknown (%d)", int(r))
-	}
 }

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/agent"
@@ -36,7 +36,8 @@ const (
 type eventLab struct {
 	s    *Server
 	api  *api.Client
-	dom  *libvirt.Domain
+	conn *libvirt.Libvirt
+	dom  libvirt.Domain
 	uuid string
 	seen int // records seen before the current step
 }
@@ -48,14 +49,11 @@ func newEventLab(t *testing.T, events bool) *eventLab {
 	needs.Libvirtd(t)
 	needs.Program(t, "qemu-system-x86_64")
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := libvirtconn.StartEventLoop(context.Background(), logger); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := libvirt.NewConnect(qemuURI)
+	conn, err := libvirtconn.Dial(qemuURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Disconnect() })
 	name := fmt.Sprintf("ctk-ev-%d-%d", os.Getpid(), eventGuests.Add(1))
 	meta, err := guestmeta.Metadata{Intent: "running", Cluster: "ev", Role: "worker"}.XML()
 	if err != nil {
@@ -77,17 +75,13 @@ func newEventLab(t *testing.T, events bool) *eventLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		dom.Destroy()
-		dom.Undefine()
-		dom.Free()
+		conn.DomainDestroy(dom)
+		conn.DomainUndefine(dom)
 	})
-	if err := dom.Create(); err != nil {
+	if err := conn.DomainCreate(dom); err != nil {
 		t.Fatal(err)
 	}
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		t.Fatal(err)
-	}
+	uuid := libvirtconn.UUIDString(dom.UUID)
 
 	dir := t.TempDir()
 	for _, f := range []string{"api.token", "agent.token"} {
@@ -116,7 +110,7 @@ prometheus: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}
 	s := startServer(t, dir, cfg, logger.With("part", "server"))
 	ss := httptest.NewServer(s.Handler())
 	t.Cleanup(ss.Close)
-	l := &eventLab{s: s, api: api.NewClient(ss.URL, testToken("api.token"), nil), dom: dom, uuid: uuid}
+	l := &eventLab{s: s, api: api.NewClient(ss.URL, testToken("api.token"), nil), conn: conn, dom: dom, uuid: uuid}
 
 	// The guest's series are in the TSDB (the event path takes its
 	// labels from them), and with events, the stream is up.
@@ -146,7 +140,7 @@ func (l *eventLab) destroy(t *testing.T) {
 	t.Helper()
 	recs, _ := l.s.journal.List(0)
 	l.seen = len(recs)
-	if err := l.dom.Destroy(); err != nil {
+	if err := l.conn.DomainDestroy(l.dom); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -172,11 +166,11 @@ func (l *eventLab) record(t *testing.T, state journal.State) journal.Record {
 
 func (l *eventLab) running(t *testing.T) bool {
 	t.Helper()
-	state, _, err := l.dom.GetState()
+	state, _, err := l.conn.DomainGetState(l.dom, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return state == libvirt.DOMAIN_RUNNING
+	return libvirt.DomainState(state) == libvirt.DomainRunning
 }
 
 // The event path, then the rules as its backstop, on a real agent and the

@@ -13,12 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/internal/agent"
 	"caretaker/internal/agent/guests/gueststest"
 	"caretaker/internal/agentapi"
 	"caretaker/internal/kv"
+	"caretaker/internal/libvirtconn"
 )
 
 // agentNodes makes nodes through real agents as the server's adapter
@@ -155,12 +156,11 @@ func TestNodeNameCollisionNeverDestroysAnotherClustersNode(t *testing.T) {
 			if vn.State != NodeRunning || vn.Name != base+"-b-c-0" {
 				t.Fatalf("victim node %+v, want %s-b-c-0 running", vn, base)
 			}
-			dom, err := g.Conn.LookupDomainByName(vn.Name)
+			dom, err := g.Conn.DomainLookupByName(vn.Name)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer dom.Free()
-			id, _ := dom.GetID()
+			id := dom.ID
 			// The intruder cannot be made through the store any more.
 			ip := small
 			ip.Name = sh.intPool
@@ -186,21 +186,20 @@ func TestNodeNameCollisionNeverDestroysAnotherClustersNode(t *testing.T) {
 					if err == nil || !strings.Contains(err.Error(), "409 Conflict") || !strings.Contains(err.Error(), "left alone") {
 						t.Errorf("%s of the intruder: %v, want the agent's 409", op.name, err)
 					}
-					uuid, err := dom.GetUUIDString()
-					if err != nil || uuid != vn.UUID {
+					// Looked up again: the ID comes with the look-up.
+					now, err := g.Conn.DomainLookupByName(vn.Name)
+					if uuid := libvirtconn.UUIDString(now.UUID); err != nil || uuid != vn.UUID {
 						t.Errorf("victim's UUID %s, %v; want %s", uuid, err, vn.UUID)
 					}
-					state, _, err := dom.GetState()
-					if err != nil || state != libvirt.DOMAIN_RUNNING {
+					state, _, err := g.Conn.DomainGetState(now, 0)
+					if err != nil || libvirt.DomainState(state) != libvirt.DomainRunning {
 						t.Errorf("victim's state %d, %v; want running", state, err)
 					}
-					if got, _ := dom.GetID(); got != id {
-						t.Errorf("victim restarted: id %d, then %d", id, got)
+					if now.ID != id {
+						t.Errorf("victim restarted: id %d, then %d", id, now.ID)
 					}
-					if vol, err := g.Pool.LookupStorageVolByName(vn.Name + ".qcow2"); err != nil {
+					if _, err := g.Conn.StorageVolLookupByName(g.Pool, vn.Name+".qcow2"); err != nil {
 						t.Errorf("victim's disk: %v", err)
-					} else {
-						vol.Free()
 					}
 				})
 			}

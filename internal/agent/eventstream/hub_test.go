@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"libvirt.org/go/libvirt"
 
 	"caretaker/internal/agentapi"
 )
@@ -348,14 +348,14 @@ func TestNames(t *testing.T) {
 		detail int
 		want   string
 	}{
-		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_DESTROYED), "stopped destroyed"},
-		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_FAILED), "stopped failed"},
-		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_STOPPED_CRASHED), "stopped crashed"},
-		{libvirt.DOMAIN_EVENT_STARTED, int(libvirt.DOMAIN_EVENT_STARTED_BOOTED), "started booted"},
-		{libvirt.DOMAIN_EVENT_SUSPENDED, int(libvirt.DOMAIN_EVENT_SUSPENDED_IOERROR), "suspended ioerror"},
-		{libvirt.DOMAIN_EVENT_DEFINED, int(libvirt.DOMAIN_EVENT_DEFINED_FROM_SNAPSHOT), "defined from-snapshot"},
-		{libvirt.DOMAIN_EVENT_CRASHED, int(libvirt.DOMAIN_EVENT_CRASHED_PANICKED), "crashed panicked"},
-		{libvirt.DOMAIN_EVENT_SHUTDOWN, 99, "shutdown unknown(99)"},
+		{libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedDestroyed), "stopped destroyed"},
+		{libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedFailed), "stopped failed"},
+		{libvirt.DomainEventStopped, int(libvirt.DomainEventStoppedCrashed), "stopped crashed"},
+		{libvirt.DomainEventStarted, int(libvirt.DomainEventStartedBooted), "started booted"},
+		{libvirt.DomainEventSuspended, int(libvirt.DomainEventSuspendedIoerror), "suspended ioerror"},
+		{libvirt.DomainEventDefined, int(libvirt.DomainEventDefinedFromSnapshot), "defined from-snapshot"},
+		{libvirt.DomainEventCrashed, int(libvirt.DomainEventCrashedPanicked), "crashed panicked"},
+		{libvirt.DomainEventShutdown, 99, "shutdown unknown(99)"},
 		{libvirt.DomainEventType(42), 0, "unknown(42) unknown(0)"},
 	} {
 		if got := TypeName(tc.t) + " " + DetailName(tc.t, tc.detail); got != tc.want {

@@ -2,13 +2,12 @@ package eventstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 
 	"caretaker/collectors/kvm"
 	"caretaker/internal/agentapi"
@@ -22,8 +21,8 @@ import (
 const queueSize = 4096
 
 // How long the Source waits before it tries libvirt again after a failed
-// connection (doubling from retryMin), and how often it looks at a
-// connection whose loss libvirt might not report (no close callback).
+// connection (doubling from retryMin), and how often it looks at the
+// connection even though its loss has not been reported.
 const (
 	retryMin = 250 * time.Millisecond
 	retryMax = 5 * time.Second
@@ -31,8 +30,8 @@ const (
 )
 
 // Source hears libvirt's lifecycle events of the agent's domains, as a
-// kvm.LifecycleListener of the kvm collector (libvirt takes one lifecycle
-// callback per connection), reads each domain's state right after its
+// kvm.LifecycleListener of the kvm collector (one subscription, so one
+// order of the events), reads each domain's state right after its
 // event and publishes both to a Hub. It keeps the agent's libvirt
 // connection open, so that events flow without a scrape or an action, and
 // publishes a gap when libvirt's events were lost with the connection.
@@ -43,9 +42,9 @@ type Source struct {
 	queue  chan queued
 
 	mu sync.Mutex
-	// up says the lifecycle callback is registered on a live
+	// up says the lifecycle subscription is made on a live
 	// connection; lostAt is when it stopped being, zero when it never
-	// was or has been registered again since (with its gap queued).
+	// was or has been made again since (with its gap queued).
 	up     bool
 	lostAt time.Time
 	// overflowAt is when the queue first overflowed, zero if not since
@@ -90,7 +89,7 @@ func (s *Source) Registered(ok bool) {
 	}
 }
 
-// lost records that the callbacks stopped at t.
+// lost records that the events stopped at t.
 func (s *Source) lost(t time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -101,8 +100,8 @@ func (s *Source) lost(t time.Time) {
 	}
 }
 
-// Lifecycle implements kvm.LifecycleListener. It runs on libvirt's
-// event-loop thread: it only queues.
+// Lifecycle implements kvm.LifecycleListener. It runs on the goroutine
+// that reads the events: it only queues.
 func (s *Source) Lifecycle(uuid, name string, event libvirt.DomainEventType, detail int) {
 	now := time.Now()
 	s.mu.Lock()
@@ -181,29 +180,27 @@ func (s *Source) publish(ctx context.Context, q queued) {
 		intended      *bool
 	}
 	res := &result{}
-	err := s.conn.Call(ctx, "read domain "+q.uuid+" after its event", func(lv *libvirt.Connect) error {
-		dom, err := lv.LookupDomainByUUIDString(q.uuid)
+	err := s.conn.Call(ctx, "read domain "+q.uuid+" after its event", func(lv *libvirt.Libvirt) error {
+		dom, err := libvirtconn.LookupDomain(lv, q.uuid)
 		if err != nil {
 			return err
 		}
-		defer dom.Free()
-		state, reason, err := dom.GetState()
+		state, reason, err := lv.DomainGetState(dom, 0)
 		if err != nil {
 			return err
 		}
-		res.state, res.reason = int(state), reason
-		if intended, err := kvm.DomainIntendedRunning(dom); err != nil {
+		res.state, res.reason = int(state), int(reason)
+		if intended, err := kvm.DomainIntendedRunning(lv, dom); err != nil {
 			s.logger.Debug("read whether an event's domain is meant to run", "uuid", q.uuid, "err", err)
 		} else {
 			res.intended = &intended
 		}
 		return nil
 	})
-	var lverr libvirt.Error
 	switch {
 	case err == nil:
 		e.StateKnown, e.State, e.Reason, e.IntendedRunning = true, res.state, res.reason, res.intended
-	case errors.As(err, &lverr) && lverr.Code == libvirt.ERR_NO_DOMAIN:
+	case libvirtconn.IsCode(err, libvirt.ErrNoDomain):
 		// Gone by now (undefined, or a transient domain stopped).
 	default:
 		s.logger.Warn("read the state of an event's domain", "uuid", q.uuid, "domain", q.name, "event", e.Type, "err", err)
@@ -212,12 +209,12 @@ func (s *Source) publish(ctx context.Context, q queued) {
 }
 
 // keep opens the libvirt connection, and again whenever it is lost, so
-// that the callbacks are registered without waiting for a scrape; a lost
+// that the subscriptions are made without waiting for a scrape; a lost
 // connection is recorded when libvirt reports it, for the gap's Since.
 func (s *Source) keep(ctx context.Context) {
 	wait := retryMin
 	for ctx.Err() == nil {
-		err := s.conn.Call(ctx, "connect to libvirt for its events", func(*libvirt.Connect) error { return nil })
+		err := s.conn.Call(ctx, "connect to libvirt for its events", func(*libvirt.Libvirt) error { return nil })
 		if err != nil {
 			s.logger.Debug("connect to libvirt for its events, trying again", "in", wait, "err", err)
 			select {
@@ -243,67 +240,71 @@ func (s *Source) keep(ctx context.Context) {
 // kvm collector's word for it (its lifecycle_events_total label).
 func TypeName(t libvirt.DomainEventType) string { return kvm.EventTypeName(t) }
 
+// suspendedGuestShutdown is VIR_DOMAIN_EVENT_SUSPENDED_GUEST_SHUTDOWN
+// (libvirt 10.x), newer than go-libvirt's constants.
+const suspendedGuestShutdown = 9
+
 // details are libvirt's detail words of each event type, by their code.
 var details = map[libvirt.DomainEventType][]string{
-	libvirt.DOMAIN_EVENT_DEFINED: {
-		libvirt.DOMAIN_EVENT_DEFINED_ADDED:         "added",
-		libvirt.DOMAIN_EVENT_DEFINED_UPDATED:       "updated",
-		libvirt.DOMAIN_EVENT_DEFINED_RENAMED:       "renamed",
-		libvirt.DOMAIN_EVENT_DEFINED_FROM_SNAPSHOT: "from-snapshot",
+	libvirt.DomainEventDefined: {
+		libvirt.DomainEventDefinedAdded:        "added",
+		libvirt.DomainEventDefinedUpdated:      "updated",
+		libvirt.DomainEventDefinedRenamed:      "renamed",
+		libvirt.DomainEventDefinedFromSnapshot: "from-snapshot",
 	},
-	libvirt.DOMAIN_EVENT_UNDEFINED: {
-		libvirt.DOMAIN_EVENT_UNDEFINED_REMOVED: "removed",
-		libvirt.DOMAIN_EVENT_UNDEFINED_RENAMED: "renamed",
+	libvirt.DomainEventUndefined: {
+		libvirt.DomainEventUndefinedRemoved: "removed",
+		libvirt.DomainEventUndefinedRenamed: "renamed",
 	},
-	libvirt.DOMAIN_EVENT_STARTED: {
-		libvirt.DOMAIN_EVENT_STARTED_BOOTED:        "booted",
-		libvirt.DOMAIN_EVENT_STARTED_MIGRATED:      "migrated",
-		libvirt.DOMAIN_EVENT_STARTED_RESTORED:      "restored",
-		libvirt.DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "from-snapshot",
-		libvirt.DOMAIN_EVENT_STARTED_WAKEUP:        "wakeup",
-		libvirt.DOMAIN_EVENT_STARTED_RECREATED:     "recreated",
+	libvirt.DomainEventStarted: {
+		libvirt.DomainEventStartedBooted:       "booted",
+		libvirt.DomainEventStartedMigrated:     "migrated",
+		libvirt.DomainEventStartedRestored:     "restored",
+		libvirt.DomainEventStartedFromSnapshot: "from-snapshot",
+		libvirt.DomainEventStartedWakeup:       "wakeup",
+		libvirt.DomainEventStartedRecreated:    "recreated",
 	},
-	libvirt.DOMAIN_EVENT_SUSPENDED: {
-		libvirt.DOMAIN_EVENT_SUSPENDED_PAUSED:          "paused",
-		libvirt.DOMAIN_EVENT_SUSPENDED_MIGRATED:        "migrated",
-		libvirt.DOMAIN_EVENT_SUSPENDED_IOERROR:         "ioerror",
-		libvirt.DOMAIN_EVENT_SUSPENDED_WATCHDOG:        "watchdog",
-		libvirt.DOMAIN_EVENT_SUSPENDED_RESTORED:        "restored",
-		libvirt.DOMAIN_EVENT_SUSPENDED_FROM_SNAPSHOT:   "from-snapshot",
-		libvirt.DOMAIN_EVENT_SUSPENDED_API_ERROR:       "api-error",
-		libvirt.DOMAIN_EVENT_SUSPENDED_POSTCOPY:        "postcopy",
-		libvirt.DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED: "postcopy-failed",
-		libvirt.DOMAIN_EVENT_SUSPENDED_GUEST_SHUTDOWN:  "guest-shutdown",
+	libvirt.DomainEventSuspended: {
+		libvirt.DomainEventSuspendedPaused:         "paused",
+		libvirt.DomainEventSuspendedMigrated:       "migrated",
+		libvirt.DomainEventSuspendedIoerror:        "ioerror",
+		libvirt.DomainEventSuspendedWatchdog:       "watchdog",
+		libvirt.DomainEventSuspendedRestored:       "restored",
+		libvirt.DomainEventSuspendedFromSnapshot:   "from-snapshot",
+		libvirt.DomainEventSuspendedAPIError:       "api-error",
+		libvirt.DomainEventSuspendedPostcopy:       "postcopy",
+		libvirt.DomainEventSuspendedPostcopyFailed: "postcopy-failed",
+		suspendedGuestShutdown:                     "guest-shutdown",
 	},
-	libvirt.DOMAIN_EVENT_RESUMED: {
-		libvirt.DOMAIN_EVENT_RESUMED_UNPAUSED:        "unpaused",
-		libvirt.DOMAIN_EVENT_RESUMED_MIGRATED:        "migrated",
-		libvirt.DOMAIN_EVENT_RESUMED_FROM_SNAPSHOT:   "from-snapshot",
-		libvirt.DOMAIN_EVENT_RESUMED_POSTCOPY:        "postcopy",
-		libvirt.DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED: "postcopy-failed",
+	libvirt.DomainEventResumed: {
+		libvirt.DomainEventResumedUnpaused:       "unpaused",
+		libvirt.DomainEventResumedMigrated:       "migrated",
+		libvirt.DomainEventResumedFromSnapshot:   "from-snapshot",
+		libvirt.DomainEventResumedPostcopy:       "postcopy",
+		libvirt.DomainEventResumedPostcopyFailed: "postcopy-failed",
 	},
-	libvirt.DOMAIN_EVENT_STOPPED: {
-		libvirt.DOMAIN_EVENT_STOPPED_SHUTDOWN:      "shutdown",
-		libvirt.DOMAIN_EVENT_STOPPED_DESTROYED:     "destroyed",
-		libvirt.DOMAIN_EVENT_STOPPED_CRASHED:       "crashed",
-		libvirt.DOMAIN_EVENT_STOPPED_MIGRATED:      "migrated",
-		libvirt.DOMAIN_EVENT_STOPPED_SAVED:         "saved",
-		libvirt.DOMAIN_EVENT_STOPPED_FAILED:        "failed",
-		libvirt.DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "from-snapshot",
-		libvirt.DOMAIN_EVENT_STOPPED_RECREATED:     "recreated",
+	libvirt.DomainEventStopped: {
+		libvirt.DomainEventStoppedShutdown:     "shutdown",
+		libvirt.DomainEventStoppedDestroyed:    "destroyed",
+		libvirt.DomainEventStoppedCrashed:      "crashed",
+		libvirt.DomainEventStoppedMigrated:     "migrated",
+		libvirt.DomainEventStoppedSaved:        "saved",
+		libvirt.DomainEventStoppedFailed:       "failed",
+		libvirt.DomainEventStoppedFromSnapshot: "from-snapshot",
+		libvirt.DomainEventStoppedRecreated:    "recreated",
 	},
-	libvirt.DOMAIN_EVENT_SHUTDOWN: {
-		libvirt.DOMAIN_EVENT_SHUTDOWN_FINISHED: "finished",
-		libvirt.DOMAIN_EVENT_SHUTDOWN_GUEST:    "guest",
-		libvirt.DOMAIN_EVENT_SHUTDOWN_HOST:     "host",
+	libvirt.DomainEventShutdown: {
+		libvirt.DomainEventShutdownFinished: "finished",
+		libvirt.DomainEventShutdownGuest:    "guest",
+		libvirt.DomainEventShutdownHost:     "host",
 	},
-	libvirt.DOMAIN_EVENT_PMSUSPENDED: {
-		libvirt.DOMAIN_EVENT_PMSUSPENDED_MEMORY: "memory",
-		libvirt.DOMAIN_EVENT_PMSUSPENDED_DISK:   "disk",
+	libvirt.DomainEventPmsuspended: {
+		libvirt.DomainEventPmsuspendedMemory: "memory",
+		libvirt.DomainEventPmsuspendedDisk:   "disk",
 	},
-	libvirt.DOMAIN_EVENT_CRASHED: {
-		libvirt.DOMAIN_EVENT_CRASHED_PANICKED:    "panicked",
-		libvirt.DOMAIN_EVENT_CRASHED_CRASHLOADED: "crashloaded",
+	libvirt.DomainEventCrashed: {
+		libvirt.DomainEventCrashedPanicked:    "panicked",
+		libvirt.DomainEventCrashedCrashloaded: "crashloaded",
 	},
 }
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/agent/guests/gueststest"
@@ -21,8 +21,8 @@ import (
 
 // lab is a storage pool with a base image and a bridge of one test's own.
 type lab struct {
-	conn   *libvirt.Connect
-	pool   *libvirt.StoragePool
+	conn   *libvirt.Libvirt
+	pool   libvirt.StoragePool
 	name   string // pool name, also the bridge's
 	base   string // the base image's path
 	bridge string
@@ -61,12 +61,11 @@ func (l *lab) create(t *testing.T, n Node) string {
 
 func (l *lab) volume(t *testing.T, name string) libvirtxml.StorageVolume {
 	t.Helper()
-	vol, err := l.pool.LookupStorageVolByName(name)
+	vol, err := l.conn.StorageVolLookupByName(l.pool, name)
 	if err != nil {
 		t.Fatalf("volume %s: %v", name, err)
 	}
-	defer vol.Free()
-	s, err := vol.GetXMLDesc(0)
+	s, err := l.conn.StorageVolGetXMLDesc(vol, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,10 +78,14 @@ func (l *lab) volume(t *testing.T, name string) libvirtxml.StorageVolume {
 
 func (l *lab) volumeNames(t *testing.T) []string {
 	t.Helper()
-	if err := l.pool.Refresh(0); err != nil {
+	if err := l.conn.StoragePoolRefresh(l.pool, 0); err != nil {
 		t.Fatal(err)
 	}
-	names, err := l.pool.ListStorageVolumes()
+	n, err := l.conn.StoragePoolNumOfVolumes(l.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := l.conn.StoragePoolListVolumes(l.pool, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,25 +99,24 @@ func TestCreateRecreateDelete(t *testing.T) {
 	n := l.node(l.name + "-w0")
 	uuid := l.create(t, n)
 
-	dom, err := l.conn.LookupDomainByName(n.Name)
+	dom, err := l.conn.DomainLookupByName(n.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	assertRunning(t, dom)
-	id, _ := dom.GetID()
+	assertRunning(t, l.conn, dom)
+	id := dom.ID
 
 	// Idempotent: same UUID, not restarted, no volume replaced.
 	again, err := Create(l.conn, n, DomainType(TypeQEMU))
 	if err != nil || again != uuid {
 		t.Fatalf("second Create: %q, %v; want %q", again, err, uuid)
 	}
-	if id2, _ := dom.GetID(); id2 != id {
-		t.Errorf("second Create restarted the domain: id %d, then %d", id, id2)
+	if dom2, err := l.conn.DomainLookupByName(n.Name); err != nil || dom2.ID != id {
+		t.Errorf("second Create restarted the domain: id %d, then %d (%v)", id, dom2.ID, err)
 	}
 	// ... and the definition libvirt keeps reads as equal to the node's,
 	// so Create does not redefine it each time.
-	have, err := definedShape(dom)
+	have, err := definedShape(l.conn, dom)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,14 +131,14 @@ func TestCreateRecreateDelete(t *testing.T) {
 	}
 
 	// The live definition: metadata, NIC, disks.
-	meta, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, 0)
+	meta, err := l.conn.DomainGetMetadata(dom, int32(libvirt.DomainMetadataElement), libvirt.OptString{guestmeta.Namespace}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m, err := guestmeta.Parse(meta); err != nil || m != (guestmeta.Metadata{Intent: "running", Cluster: "cttest", Role: "worker"}) {
 		t.Errorf("metadata %+v, %v", m, err)
 	}
-	s, err := dom.GetXMLDesc(0)
+	s, err := l.conn.DomainGetXMLDesc(dom, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,28 +168,26 @@ func TestCreateRecreateDelete(t *testing.T) {
 
 	// Break the node: stop it and change its overlay. Recreate must bring
 	// it back running, same UUID, with a fresh overlay and the new seed.
-	if err := dom.Destroy(); err != nil {
+	if err := l.conn.DomainDestroy(dom); err != nil {
 		t.Fatal(err)
 	}
-	ovVol, err := l.pool.LookupStorageVolByName(n.Name + ".qcow2")
+	ovVol, err := l.conn.StorageVolLookupByName(l.pool, n.Name+".qcow2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ovVol.Resize(2*n.DiskBytes, 0); err != nil {
+	if err := l.conn.StorageVolResize(ovVol, 2*n.DiskBytes, 0); err != nil {
 		t.Fatal(err)
 	}
-	ovVol.Free()
 	n.UserData = "#cloud-config\nhostname: changed\n"
 	got, err := Recreate(l.conn, n, DomainType(TypeQEMU))
 	if err != nil || got != uuid {
 		t.Fatalf("Recreate: %q, %v; want UUID %q", got, err, uuid)
 	}
-	dom2, err := l.conn.LookupDomainByName(n.Name)
+	dom2, err := l.conn.DomainLookupByName(n.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom2.Free()
-	assertRunning(t, dom2)
+	assertRunning(t, l.conn, dom2)
 	if ov := l.volume(t, n.Name+".qcow2"); ov.Capacity.Value != n.DiskBytes || ov.BackingStore == nil || ov.BackingStore.Path != l.base {
 		t.Errorf("overlay after Recreate: capacity %d, backing %+v; want a fresh %d-byte overlay on %s", ov.Capacity.Value, ov.BackingStore, n.DiskBytes, l.base)
 	}
@@ -196,7 +196,7 @@ func TestCreateRecreateDelete(t *testing.T) {
 	if err := Delete(l.conn, n); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.conn.LookupDomainByName(n.Name); !isCode(err, libvirt.ERR_NO_DOMAIN) {
+	if _, err := l.conn.DomainLookupByName(n.Name); !isCode(err, libvirt.ErrNoDomain) {
 		t.Errorf("domain after Delete: %v, want no domain", err)
 	}
 	if names := l.volumeNames(t); fmt.Sprint(names) != "[base.qcow2]" {
@@ -219,12 +219,11 @@ func TestCreateUpdatesDefinition(t *testing.T) {
 	if err != nil || got != uuid {
 		t.Fatalf("Create: %q, %v; want %q", got, err, uuid)
 	}
-	dom, err := l.conn.LookupDomainByName(n.Name)
+	dom, err := l.conn.DomainLookupByName(n.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	s, err := l.conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,12 +248,11 @@ func TestIgnition(t *testing.T) {
 	n := l.node(l.name + "-m0")
 	n.Role, n.UserData, n.Ignition = RoleMaster, "", `{"ignition":{"version":"3.4.0"}}`
 	l.create(t, n)
-	dom, err := l.conn.LookupDomainByName(n.Name)
+	dom, err := l.conn.DomainLookupByName(n.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dom.Free()
-	assertRunning(t, dom)
+	assertRunning(t, l.conn, dom)
 	path := l.volume(t, n.Name+".ign").Target.Path
 	if b, err := os.ReadFile(path); err != nil || string(b) != n.Ignition {
 		t.Errorf("ignition volume: %q, %v", b, err)
@@ -275,10 +273,10 @@ func TestEnsureVolumesNoBase(t *testing.T) {
 	}
 }
 
-func assertRunning(t *testing.T, dom *libvirt.Domain) {
+func assertRunning(t *testing.T, conn *libvirt.Libvirt, dom libvirt.Domain) {
 	t.Helper()
-	state, reason, err := dom.GetState()
-	if err != nil || state != libvirt.DOMAIN_RUNNING {
+	state, reason, err := conn.DomainGetState(dom, 0)
+	if err != nil || libvirt.DomainState(state) != libvirt.DomainRunning {
 		t.Fatalf("domain state %d (reason %d), %v; want running", state, reason, err)
 	}
 }

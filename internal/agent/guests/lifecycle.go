@@ -6,17 +6,18 @@ import (
 	"slices"
 	"strings"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/guestmeta"
+	"caretaker/internal/libvirtconn"
 )
 
 // Create makes the node's volumes where missing, defines its domain (or
 // redefines it when the definition differs from n), and starts it unless it
 // runs. It returns the domain's UUID. Calling it again changes nothing; a
 // redefinition of a running domain takes effect at its next start.
-func Create(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
+func Create(conn *libvirt.Libvirt, n Node, opts ...Option) (string, error) {
 	if err := n.Validate(); err != nil {
 		return "", err
 	}
@@ -29,7 +30,7 @@ func Create(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 
 // create is Create of a valid node; its errors say what failed, and the
 // caller which node it was making.
-func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
+func create(conn *libvirt.Libvirt, n Node, opts []Option) (string, error) {
 	// Another node's domain of that name keeps its volumes too.
 	if err := ownedOrAbsent(conn, n); err != nil {
 		return "", err
@@ -44,13 +45,12 @@ func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
 		}
 		opts = append(slices.Clip(opts), IgnitionFile(path))
 	}
-	dom, err := lookupDomain(conn, n.Name)
+	dom, found, err := lookupDomain(conn, n.Name)
 	if err != nil {
 		return "", err
 	}
-	if dom != nil {
-		if err := checkOwner(dom, n); err != nil {
-			dom.Free()
+	if found {
+		if err := checkOwner(conn, dom, n); err != nil {
 			return "", err
 		}
 		dom, err = updateDomain(conn, dom, n, opts)
@@ -60,21 +60,16 @@ func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer dom.Free()
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return "", fmt.Errorf("read UUID: %w", err)
-	}
-	active, err := dom.IsActive()
+	active, err := conn.DomainIsActive(dom)
 	if err != nil {
 		return "", err
 	}
-	if !active {
-		if err := dom.Create(); err != nil && !isCode(err, libvirt.ERR_OPERATION_INVALID) {
+	if active == 0 {
+		if err := conn.DomainCreate(dom); err != nil && !isCode(err, libvirt.ErrOperationInvalid) {
 			return "", fmt.Errorf("start domain: %w", err)
 		}
 	}
-	return uuid, nil
+	return libvirtconn.UUIDString(dom.UUID), nil
 }
 
 // Recreate is recreate-vm: it destroys and undefines the node's domain,
@@ -82,7 +77,7 @@ func create(conn *libvirt.Connect, n Node, opts []Option) (string, error) {
 // and creates it again from n with the same UUID (n.UUID, or else the old
 // domain's). A domain of that name that is not n's (checkOwner) is left
 // alone: the error matches ErrNotThisNode.
-func Recreate(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
+func Recreate(conn *libvirt.Libvirt, n Node, opts ...Option) (string, error) {
 	if err := n.Validate(); err != nil {
 		return "", err
 	}
@@ -106,7 +101,7 @@ func Recreate(conn *libvirt.Connect, n Node, opts ...Option) (string, error) {
 // already gone is not an error. A domain of that name that is not n's
 // (checkOwner) is left alone, volumes and all: the error matches
 // ErrNotThisNode.
-func Delete(conn *libvirt.Connect, n Node) error {
+func Delete(conn *libvirt.Libvirt, n Node) error {
 	if !nameRe.MatchString(n.Name) || !nameRe.MatchString(n.Cluster) || n.Pool == "" || n.UUID != "" && !uuidRe.MatchString(n.UUID) {
 		return fmt.Errorf("delete node %q of cluster %q in pool %q: want a valid name, cluster and UUID, and a pool", n.Name, n.Cluster, n.Pool)
 	}
@@ -119,27 +114,24 @@ func Delete(conn *libvirt.Connect, n Node) error {
 // remove stops and undefines the domain and deletes the node's volumes,
 // returning the domain's UUID ("" when there was none). It touches nothing
 // when the domain of that name is not n's.
-func remove(conn *libvirt.Connect, n Node) (string, error) {
-	dom, err := lookupDomain(conn, n.Name)
+func remove(conn *libvirt.Libvirt, n Node) (string, error) {
+	dom, found, err := lookupDomain(conn, n.Name)
 	if err != nil {
 		return "", err
 	}
 	var uuid string
-	if dom != nil {
-		defer dom.Free()
-		if err := checkOwner(dom, n); err != nil {
+	if found {
+		if err := checkOwner(conn, dom, n); err != nil {
 			return "", err
 		}
-		if uuid, err = dom.GetUUIDString(); err != nil {
-			return "", fmt.Errorf("read UUID: %w", err)
-		}
+		uuid = libvirtconn.UUIDString(dom.UUID)
 		// Not running (any more) is what destroy wants.
-		if err := dom.Destroy(); err != nil && !isCode(err, libvirt.ERR_OPERATION_INVALID) {
+		if err := conn.DomainDestroy(dom); err != nil && !isCode(err, libvirt.ErrOperationInvalid) {
 			return "", fmt.Errorf("destroy domain: %w", err)
 		}
-		flags := libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
-			libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.DOMAIN_UNDEFINE_NVRAM
-		if err := dom.UndefineFlags(flags); err != nil && !isCode(err, libvirt.ERR_NO_DOMAIN) {
+		flags := libvirt.DomainUndefineManagedSave | libvirt.DomainUndefineSnapshotsMetadata |
+			libvirt.DomainUndefineCheckpointsMetadata | libvirt.DomainUndefineNvram
+		if err := conn.DomainUndefineFlags(dom, flags); err != nil && !isCode(err, libvirt.ErrNoDomain) {
 			return "", fmt.Errorf("undefine domain: %w", err)
 		}
 	}
@@ -147,8 +139,7 @@ func remove(conn *libvirt.Connect, n Node) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer pool.Free()
-	if err := deleteVolumes(pool, overlayVolume(n.Name), seedVolume(n.Name), ignitionVolume(n.Name)); err != nil {
+	if err := deleteVolumes(conn, pool, overlayVolume(n.Name), seedVolume(n.Name), ignitionVolume(n.Name)); err != nil {
 		return "", err
 	}
 	return uuid, nil
@@ -171,13 +162,10 @@ func (e notThisNode) Is(target error) bool {
 // checkOwner says why dom, the domain named n.Name, is not n's: it lacks
 // caretaker's metadata, its metadata names another cluster, or (when
 // n.UUID is set) it has another UUID. nil when it is n's.
-func checkOwner(dom *libvirt.Domain, n Node) error {
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		return fmt.Errorf("read UUID: %w", err)
-	}
-	el, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG)
-	if isCode(err, libvirt.ERR_NO_DOMAIN_METADATA) {
+func checkOwner(conn *libvirt.Libvirt, dom libvirt.Domain, n Node) error {
+	uuid := libvirtconn.UUIDString(dom.UUID)
+	el, err := conn.DomainGetMetadata(dom, int32(libvirt.DomainMetadataElement), libvirt.OptString{guestmeta.Namespace}, libvirt.DomainAffectConfig)
+	if isCode(err, libvirt.ErrNoDomainMetadata) {
 		return notThisNode{fmt.Sprintf("domain %s (UUID %s) has no caretaker metadata: it is not a node of a guest cluster, and is left alone", n.Name, uuid)}
 	}
 	if err != nil {
@@ -198,53 +186,50 @@ func checkOwner(dom *libvirt.Domain, n Node) error {
 
 // ownedOrAbsent is checkOwner of the domain named n.Name, nil when there
 // is none.
-func ownedOrAbsent(conn *libvirt.Connect, n Node) error {
-	dom, err := lookupDomain(conn, n.Name)
-	if err != nil || dom == nil {
+func ownedOrAbsent(conn *libvirt.Libvirt, n Node) error {
+	dom, found, err := lookupDomain(conn, n.Name)
+	if err != nil || !found {
 		return err
 	}
-	defer dom.Free()
-	return checkOwner(dom, n)
+	return checkOwner(conn, dom, n)
 }
 
-// lookupDomain returns the named domain, or nil when there is none.
-func lookupDomain(conn *libvirt.Connect, name string) (*libvirt.Domain, error) {
-	dom, err := conn.LookupDomainByName(name)
-	if isCode(err, libvirt.ERR_NO_DOMAIN) {
-		return nil, nil
+// lookupDomain returns the named domain, and false when there is none.
+func lookupDomain(conn *libvirt.Libvirt, name string) (libvirt.Domain, bool, error) {
+	dom, err := conn.DomainLookupByName(name)
+	if isCode(err, libvirt.ErrNoDomain) {
+		return dom, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look up domain: %w", err)
+		return dom, false, fmt.Errorf("look up domain: %w", err)
 	}
-	return dom, nil
+	return dom, true, nil
 }
 
-func volumePath(conn *libvirt.Connect, poolName, name string) (string, error) {
+func volumePath(conn *libvirt.Libvirt, poolName, name string) (string, error) {
 	pool, err := activePool(conn, poolName)
 	if err != nil {
 		return "", err
 	}
-	defer pool.Free()
-	vol, err := pool.LookupStorageVolByName(name)
+	vol, err := conn.StorageVolLookupByName(pool, name)
 	if err != nil {
 		return "", fmt.Errorf("look up volume %q: %w", name, err)
 	}
-	defer vol.Free()
-	path, err := vol.GetPath()
+	path, err := conn.StorageVolGetPath(vol)
 	if err != nil {
 		return "", fmt.Errorf("path of volume %q: %w", name, err)
 	}
 	return path, nil
 }
 
-func defineDomain(conn *libvirt.Connect, n Node, opts []Option) (*libvirt.Domain, error) {
+func defineDomain(conn *libvirt.Libvirt, n Node, opts []Option) (libvirt.Domain, error) {
 	s, err := DomainXML(n, opts...)
 	if err != nil {
-		return nil, err
+		return libvirt.Domain{}, err
 	}
 	dom, err := conn.DomainDefineXML(s)
 	if err != nil {
-		return nil, fmt.Errorf("define domain: %w", err)
+		return libvirt.Domain{}, fmt.Errorf("define domain: %w", err)
 	}
 	return dom, nil
 }
@@ -252,38 +237,30 @@ func defineDomain(conn *libvirt.Connect, n Node, opts []Option) (*libvirt.Domain
 // updateDomain redefines dom from n when its persistent definition differs
 // in what n decides. It keeps dom's UUID, and refuses a different n.UUID:
 // that is another machine under the same name.
-func updateDomain(conn *libvirt.Connect, dom *libvirt.Domain, n Node, opts []Option) (*libvirt.Domain, error) {
-	uuid, err := dom.GetUUIDString()
-	if err != nil {
-		dom.Free()
-		return nil, fmt.Errorf("read UUID: %w", err)
-	}
+func updateDomain(conn *libvirt.Libvirt, dom libvirt.Domain, n Node, opts []Option) (libvirt.Domain, error) {
+	uuid := libvirtconn.UUIDString(dom.UUID)
 	if n.UUID != "" && !strings.EqualFold(n.UUID, uuid) {
-		dom.Free()
-		return nil, fmt.Errorf("domain exists with UUID %s, not the node's %s", uuid, n.UUID)
+		return libvirt.Domain{}, fmt.Errorf("domain exists with UUID %s, not the node's %s", uuid, n.UUID)
 	}
 	n.UUID = uuid
 	want, err := domain(n, opts)
 	if err != nil {
-		dom.Free()
-		return nil, err
+		return libvirt.Domain{}, err
 	}
-	have, err := definedShape(dom)
+	have, err := definedShape(conn, dom)
 	if err != nil {
-		dom.Free()
-		return nil, err
+		return libvirt.Domain{}, err
 	}
 	wantMeta := guestmeta.Metadata{Intent: guestmeta.IntentRunning, Cluster: n.Cluster, Role: n.Role}
 	if have == shape(want, wantMeta) {
 		return dom, nil
 	}
-	dom.Free()
 	return defineDomain(conn, n, opts)
 }
 
 // definedShape reads the persistent definition of dom as shape does.
-func definedShape(dom *libvirt.Domain) (string, error) {
-	s, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+func definedShape(conn *libvirt.Libvirt, dom libvirt.Domain) (string, error) {
+	s, err := conn.DomainGetXMLDesc(dom, libvirt.DomainXMLInactive)
 	if err != nil {
 		return "", fmt.Errorf("read domain definition: %w", err)
 	}
@@ -292,9 +269,9 @@ func definedShape(dom *libvirt.Domain) (string, error) {
 		return "", fmt.Errorf("read domain definition: %w", err)
 	}
 	var meta guestmeta.Metadata
-	el, err := dom.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, guestmeta.Namespace, libvirt.DOMAIN_AFFECT_CONFIG)
+	el, err := conn.DomainGetMetadata(dom, int32(libvirt.DomainMetadataElement), libvirt.OptString{guestmeta.Namespace}, libvirt.DomainAffectConfig)
 	switch {
-	case isCode(err, libvirt.ERR_NO_DOMAIN_METADATA):
+	case isCode(err, libvirt.ErrNoDomainMetadata):
 	case err != nil:
 		return "", fmt.Errorf("read domain metadata: %w", err)
 	default:

@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"caretaker/internal/libvirtconn"
 )
 
 // isoTimeout bounds genisoimage, which writes a few KiB.
@@ -24,7 +26,7 @@ const outputCap = 4 << 10
 // missing: the overlay <name>.qcow2 backed by the base image, and the seed,
 // <name>-cidata.iso for cloud-init or <name>.ign for Ignition. Existing
 // volumes are kept as they are.
-func EnsureVolumes(conn *libvirt.Connect, n Node) error {
+func EnsureVolumes(conn *libvirt.Libvirt, n Node) error {
 	if err := n.Validate(); err != nil {
 		return err
 	}
@@ -32,8 +34,7 @@ func EnsureVolumes(conn *libvirt.Connect, n Node) error {
 	if err != nil {
 		return fmt.Errorf("ensure volumes of node %q: %w", n.Name, err)
 	}
-	defer pool.Free()
-	if err := ensureOverlay(pool, n); err != nil {
+	if err := ensureOverlay(conn, pool, n); err != nil {
 		return fmt.Errorf("ensure volumes of node %q: %w", n.Name, err)
 	}
 	if n.Ignition != "" {
@@ -47,53 +48,47 @@ func EnsureVolumes(conn *libvirt.Connect, n Node) error {
 	return nil
 }
 
-func activePool(conn *libvirt.Connect, name string) (*libvirt.StoragePool, error) {
-	pool, err := conn.LookupStoragePoolByName(name)
+func activePool(conn *libvirt.Libvirt, name string) (libvirt.StoragePool, error) {
+	pool, err := conn.StoragePoolLookupByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("look up storage pool %q: %w", name, err)
+		return pool, fmt.Errorf("look up storage pool %q: %w", name, err)
 	}
-	active, err := pool.IsActive()
+	active, err := conn.StoragePoolIsActive(pool)
 	if err != nil {
-		pool.Free()
-		return nil, fmt.Errorf("storage pool %q: %w", name, err)
+		return pool, fmt.Errorf("storage pool %q: %w", name, err)
 	}
-	if !active {
-		pool.Free()
-		return nil, fmt.Errorf("storage pool %q is not active", name)
+	if active == 0 {
+		return pool, fmt.Errorf("storage pool %q is not active", name)
 	}
 	return pool, nil
 }
 
-// lookupVolume returns the named volume, or nil when the pool has none.
-func lookupVolume(pool *libvirt.StoragePool, name string) (*libvirt.StorageVol, error) {
-	vol, err := pool.LookupStorageVolByName(name)
-	if isCode(err, libvirt.ERR_NO_STORAGE_VOL) {
-		return nil, nil
+// lookupVolume returns the named volume, and false when the pool has none.
+func lookupVolume(conn *libvirt.Libvirt, pool libvirt.StoragePool, name string) (libvirt.StorageVol, bool, error) {
+	vol, err := conn.StorageVolLookupByName(pool, name)
+	if isCode(err, libvirt.ErrNoStorageVol) {
+		return vol, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look up volume %q: %w", name, err)
+		return vol, false, fmt.Errorf("look up volume %q: %w", name, err)
 	}
-	return vol, nil
+	return vol, true, nil
 }
 
-func ensureOverlay(pool *libvirt.StoragePool, n Node) error {
+func ensureOverlay(conn *libvirt.Libvirt, pool libvirt.StoragePool, n Node) error {
 	name := overlayVolume(n.Name)
-	vol, err := lookupVolume(pool, name)
-	if err != nil || vol != nil {
-		if vol != nil {
-			vol.Free()
-		}
+	_, found, err := lookupVolume(conn, pool, name)
+	if err != nil || found {
 		return err
 	}
-	base, err := lookupVolume(pool, n.BaseImage)
+	base, found, err := lookupVolume(conn, pool, n.BaseImage)
 	if err != nil {
 		return err
 	}
-	if base == nil {
+	if !found {
 		return fmt.Errorf("base image: no volume %q in pool %q", n.BaseImage, n.Pool)
 	}
-	defer base.Free()
-	baseXML, err := base.GetXMLDesc(0)
+	baseXML, err := conn.StorageVolGetXMLDesc(base, 0)
 	if err != nil {
 		return fmt.Errorf("read base image volume %q: %w", n.BaseImage, err)
 	}
@@ -116,11 +111,9 @@ func ensureOverlay(pool *libvirt.StoragePool, n Node) error {
 	if err != nil {
 		return fmt.Errorf("encode volume %q: %w", name, err)
 	}
-	created, err := pool.StorageVolCreateXML(s, 0)
-	if err != nil {
+	if _, err := conn.StorageVolCreateXML(pool, s, 0); err != nil {
 		return fmt.Errorf("create overlay volume %q on %q: %w", name, n.BaseImage, err)
 	}
-	created.Free()
 	return nil
 }
 
@@ -128,12 +121,9 @@ func ensureOverlay(pool *libvirt.StoragePool, n Node) error {
 // unless the volume exists. The volume is created only readable by its
 // owner: a seed may carry secrets (join tokens), and libvirt gives the
 // running QEMU access to its disks and fw_cfg files itself.
-func ensureUploaded(conn *libvirt.Connect, pool *libvirt.StoragePool, name string, content func() ([]byte, error)) error {
-	vol, err := lookupVolume(pool, name)
-	if err != nil || vol != nil {
-		if vol != nil {
-			vol.Free()
-		}
+func ensureUploaded(conn *libvirt.Libvirt, pool libvirt.StoragePool, name string, content func() ([]byte, error)) error {
+	_, found, err := lookupVolume(conn, pool, name)
+	if err != nil || found {
 		return err
 	}
 	data, err := content()
@@ -151,41 +141,20 @@ func ensureUploaded(conn *libvirt.Connect, pool *libvirt.StoragePool, name strin
 	if err != nil {
 		return fmt.Errorf("encode volume %q: %w", name, err)
 	}
-	vol, err = pool.StorageVolCreateXML(s, 0)
+	vol, err := conn.StorageVolCreateXML(pool, s, 0)
 	if err != nil {
 		return fmt.Errorf("create volume %q: %w", name, err)
 	}
-	defer vol.Free()
-	if err := upload(conn, vol, data); err != nil {
+	// A libvirt stream, which works on a remote connection as well as a
+	// local one.
+	if err := conn.StorageVolUpload(vol, bytes.NewReader(data), 0, uint64(len(data)), 0); err != nil {
 		// A half-written seed must not pass for an existing one next time.
-		if derr := vol.Delete(0); derr != nil {
+		if derr := conn.StorageVolDelete(vol, 0); derr != nil {
 			err = errors.Join(err, fmt.Errorf("delete it again: %w", derr))
 		}
 		return fmt.Errorf("upload volume %q: %w", name, err)
 	}
 	return nil
-}
-
-// upload writes data over the volume through a libvirt stream, which works
-// on a remote connection as well as a local one.
-func upload(conn *libvirt.Connect, vol *libvirt.StorageVol, data []byte) error {
-	st, err := conn.NewStream(0)
-	if err != nil {
-		return err
-	}
-	defer st.Free()
-	if err := vol.Upload(st, 0, uint64(len(data)), 0); err != nil {
-		return err
-	}
-	for off := 0; off < len(data); {
-		n, err := st.Send(data[off:])
-		if err != nil {
-			_ = st.Abort()
-			return err
-		}
-		off += n
-	}
-	return st.Finish()
 }
 
 // seedISO builds a NoCloud seed: an ISO 9660 image labelled "cidata" with
@@ -236,19 +205,17 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 }
 
 // deleteVolumes deletes the node's volumes that exist in pool.
-func deleteVolumes(pool *libvirt.StoragePool, names ...string) error {
+func deleteVolumes(conn *libvirt.Libvirt, pool libvirt.StoragePool, names ...string) error {
 	for _, name := range names {
-		vol, err := lookupVolume(pool, name)
+		vol, found, err := lookupVolume(conn, pool, name)
 		if err != nil {
 			return err
 		}
-		if vol == nil {
+		if !found {
 			continue
 		}
-		err = vol.Delete(0)
-		vol.Free()
-		var lerr libvirt.Error
-		if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_STORAGE_VOL {
+		err = conn.StorageVolDelete(vol, 0)
+		if isCode(err, libvirt.ErrNoStorageVol) {
 			continue // deleted meanwhile: what Delete wants
 		}
 		if err != nil {
@@ -258,7 +225,4 @@ func deleteVolumes(pool *libvirt.StoragePool, names ...string) error {
 	return nil
 }
 
-func isCode(err error, code libvirt.ErrorNumber) bool {
-	var lerr libvirt.Error
-	return errors.As(err, &lerr) && lerr.Code == code
-}
+func isCode(err error, code libvirt.ErrorNumber) bool { return libvirtconn.IsCode(err, code) }

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
 )
 
@@ -29,8 +30,8 @@ const BaseImage = "base.qcow2"
 // Host is a storage pool with a base image and a bridge. The pool and the
 // bridge share one name.
 type Host struct {
-	Conn *libvirt.Connect
-	Pool *libvirt.StoragePool
+	Conn *libvirt.Libvirt
+	Pool libvirt.StoragePool
 	Name string
 	Dir  string // the pool's directory
 }
@@ -43,11 +44,11 @@ func New(t *testing.T, prefix string, tools ...string) *Host {
 	t.Helper()
 	needs.Libvirtd(t)
 	needs.Programs(t, append([]string{"ip", "qemu-img", "genisoimage"}, tools...)...)
-	conn, err := libvirt.NewConnect(URI)
+	conn, err := libvirtconn.Dial(URI)
 	if err != nil {
 		needs.Missing(t, "connect to %s: %v", URI, err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Disconnect() })
 
 	h := &Host{Conn: conn, Name: hostName(prefix, os.Getpid(), t.Name())}
 	// Not t.TempDir: QEMU runs as its own user and must reach the pool.
@@ -66,17 +67,16 @@ func New(t *testing.T, prefix string, tools ...string) *Host {
 		t.Fatalf("define pool %s: %v", h.Name, err)
 	}
 	t.Cleanup(func() {
-		_ = h.Pool.Destroy()
-		if err := h.Pool.Undefine(); err != nil {
+		_ = conn.StoragePoolDestroy(h.Pool)
+		if err := conn.StoragePoolUndefine(h.Pool); err != nil {
 			t.Errorf("undefine pool %s: %v", h.Name, err)
 		}
-		h.Pool.Free()
 	})
-	if err := h.Pool.Create(0); err != nil {
+	if err := conn.StoragePoolCreate(h.Pool, 0); err != nil {
 		t.Fatalf("start pool %s: %v", h.Name, err)
 	}
 	Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(h.Dir, BaseImage), "64M")
-	if err := h.Pool.Refresh(0); err != nil {
+	if err := conn.StoragePoolRefresh(h.Pool, 0); err != nil {
 		t.Fatal(err)
 	}
 	Run(t, "ip", "link", "add", h.Name, "type", "bridge")
