@@ -25,11 +25,14 @@ all: build
 setup:
 	@bash deploy/setup.sh test
 
+# CGO_ENABLED=0: caretaker is pure Go (libvirt is spoken to over its socket),
+# so the binaries are static, and the same whether or not the machine has a
+# C compiler.
 build:
 	@bash deploy/setup.sh build
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker ./cmd/caretaker
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker-agent ./cmd/caretaker-agent
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runbook ./cmd/runbook
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker ./cmd/caretaker
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/caretaker-agent ./cmd/caretaker-agent
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runbook ./cmd/runbook
 
 # Debian packages of the binaries just built (internal/debpkg, nfpm as a
 # library): caretaker-agent, caretaker-server and caretaker-runbook in

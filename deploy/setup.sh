@@ -4,21 +4,21 @@
 # are missing (as root) and starts the daemons the lab and the tests use. It
 # is idempotent and takes a fraction of a second when all is there.
 #
-#   deploy/setup.sh build   compiler, pkg-config, libvirt's headers (cgo)
+#   deploy/setup.sh build   nothing but Go: caretaker is pure Go (no cgo)
 #   deploy/setup.sh run     build + libvirtd, QEMU and the tools of the lab
 #   deploy/setup.sh test    run + the real programs the tests run against
 #
 # Not root, it installs nothing: it names what is missing and the one command
 # that installs it, and exits 1 when the build or the tests cannot go on (for
-# `run`, a missing libvirtd or QEMU only means the lab uses libvirt's test
-# driver). CARETAKER_NO_INSTALL=1 makes root behave the same way.
+# `run`, a missing QEMU or a libvirtd not running only means the lab uses
+# libvirt's test driver, in a libvirtd of its own; the libvirtd program it
+# needs all the same). CARETAKER_NO_INSTALL=1 makes root behave the same way.
 set -euo pipefail
 
 # The packages, in one place. A package's first word is the reason it is here.
-build_pkgs=(
-	gcc libc6-dev pkg-config # cgo
-	libvirt-dev              # libvirt.org/go/libvirt
-)
+# The build needs Go alone: libvirt is spoken to over its socket in pure Go
+# (github.com/digitalocean/go-libvirt), with no C library or headers.
+build_pkgs=()
 run_pkgs=(
 	libvirt-daemon-system libvirt-clients # libvirtd, virtlogd, virsh, virt-admin
 	qemu-system-x86 qemu-utils ipxe-qemu  # TCG guests, qemu-img, PXE ROMs
@@ -64,7 +64,8 @@ if ! command -v dpkg-query >/dev/null; then
 	exit 0
 fi
 
-mapfile -t need < <(missing "${want[@]}")
+need=()
+((${#want[@]} == 0)) || mapfile -t need < <(missing "${want[@]}")
 root=0
 [[ $(id -u) -eq 0 && ${CARETAKER_NO_INSTALL:-} != 1 ]] && root=1
 
@@ -123,21 +124,26 @@ if ((${#need[@]})); then
 	log "missing Debian packages: ${need[*]}"
 	log "install them with: ${sudo}apt-get update && ${sudo}apt-get install -y --no-install-recommends ${need[*]}"
 	log "(or run this as root: ${sudo}bash deploy/setup.sh $mode)"
-	mapfile -t need_build < <(missing "${build_pkgs[@]}")
+	need_build=()
+	((${#build_pkgs[@]} == 0)) || mapfile -t need_build < <(missing "${build_pkgs[@]}")
 	if [[ $mode != run || ${#need_build[@]} -gt 0 ]]; then
+		exit 1
+	fi
+	if ! command -v libvirtd >/dev/null && [[ ! -x /usr/sbin/libvirtd ]]; then
+		log "the lab needs the libvirtd program even for libvirt's test driver, which runs inside it: install libvirt-daemon (or all of the above)"
 		exit 1
 	fi
 	[[ " ${need[*]} " == *" etcd-server "* ]] &&
 		log "without etcd-server, caretaker lab --servers N builds etcd from the Go module proxy"
 	[[ " ${need[*]} " == *" etcd-server "* && ${#need[@]} -eq 1 ]] ||
-		log "the lab will run on libvirt's test driver (no real guests)"
+		log "the lab will run on libvirt's test driver, in a libvirtd of its own (no real guests)"
 	exit 0
 fi
 
 [[ $mode == build ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	[[ -S /var/run/libvirt/libvirt-sock ]] ||
-		log "not root: libvirtd is not started; the lab runs on libvirt's test driver"
+		log "not root: libvirtd is not started; the lab runs on libvirt's test driver, in a libvirtd of its own"
 	exit 0
 fi
 

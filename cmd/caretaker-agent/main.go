@@ -4,20 +4,6 @@
 // that it stays small in memory on every host.
 package main
 
-// #include <malloc.h>
-// #include <stdlib.h>
-//
-// // Before the Go runtime starts a thread: glibc gives each thread that
-// // first calls malloc an arena of its own (up to 8 per core), and
-// // libvirt's C allocations run on whichever threads cgo calls run on —
-// // seven arenas of a few hundred KiB each here. Two are plenty for the
-// // agent; MALLOC_ARENA_MAX in the environment wins.
-// __attribute__((constructor)) static void caretaker_agent_arenas(void) {
-// 	if (getenv("MALLOC_ARENA_MAX") == NULL)
-// 		mallopt(M_ARENA_MAX, 2);
-// }
-import "C"
-
 import (
 	"context"
 	"fmt"

@@ -43,16 +43,11 @@ type Build struct {
 	MTime time.Time
 }
 
-// Depends of the two cgo binaries, which link libvirt (readelf -d:
-// libvirt.so.0, libvirt-qemu.so.0, libvirt-lxc.so.0, libvirt-admin.so.0,
-// all of Debian's libvirt0, and libc.so.6, symbols up to GLIBC_2.34);
-// libvirt0 brings its own libraries. adduser: the maintainer scripts make
-// the caretaker user.
-var (
-	cgoDepends = []string{"adduser", "libc6 (>= 2.34)", "libvirt0 (>= 9.0.0)"}
-	// runbook is pure Go but for the resolver's cgo, so libc only.
-	runbookDepends = []string{"libc6 (>= 2.34)"}
-)
+// daemonDepends are the Depends of the agent and the server: adduser, for
+// the maintainer scripts that make the caretaker user. No library: the
+// binaries are pure Go (libvirt is spoken to over its socket), static as
+// make build builds them (CGO_ENABLED=0). runbook depends on nothing.
+var daemonDepends = []string{"adduser"}
 
 // Write builds the three packages and returns their paths.
 func (b Build) Write() ([]string, error) {
@@ -150,7 +145,7 @@ func (b Build) agent(agentYML string) *nfpm.Info {
  caretaker server (host, kvm and overlay collectors) and the actions the
  server's remediation takes (start guests, guest-cluster nodes, VXLAN
  overlays), behind a hardened systemd unit.`)
-	info.Depends = cgoDepends
+	info.Depends = daemonDepends
 	info.Recommends = []string{"libvirt-daemon-system"}
 	doc := "/usr/share/doc/" + Agent
 	info.Contents = files.Contents{
@@ -173,7 +168,7 @@ func (b Build) server() *nfpm.Info {
  through a remediation engine with a durable journal, and answers the
  runbook CLI and Grafana. Runs as the caretaker user under a hardened
  systemd unit.`)
-	info.Depends = cgoDepends
+	info.Depends = daemonDepends
 	info.Suggests = []string{Runbook}
 	doc := "/usr/share/doc/" + Server
 	info.Contents = files.Contents{
@@ -195,7 +190,6 @@ func (b Build) runbook() *nfpm.Info {
 	info := b.common(Runbook, `runbook: the on-call CLI of caretaker
  runbook asks a caretaker server what the fleet looks like and what its
  remediation engine did, and acts through it.`)
-	info.Depends = runbookDepends
 	info.Contents = files.Contents{
 		file(filepath.Join(b.Bin, "runbook"), "/usr/bin/runbook", 0o755),
 		file(filepath.Join(b.Root, "README.md"), "/usr/share/doc/"+Runbook+"/README.md", 0o644),

@@ -35,15 +35,14 @@ type Root struct {
 	Mirror string
 }
 
-// DefaultRoot is the root of caretaker's image: Debian 12 with libvirt0
-// (libvirt.so.0, libvirt-qemu.so.0, libvirt-lxc.so.0 and libvirt-admin.so.0,
-// which both daemons link, with every library they name) and ca-certificates.
-// runbook links only libc.
+// DefaultRoot is the root of caretaker's image: Debian 12 with
+// ca-certificates. The binaries are static (pure Go, built with
+// CGO_ENABLED=0): they link no library of the root's.
 func DefaultRoot() Root {
 	return Root{
 		Suite:    "bookworm",
 		Variant:  "essential",
-		Packages: []string{"ca-certificates", "libvirt0"},
+		Packages: []string{"ca-certificates"},
 	}
 }
 
