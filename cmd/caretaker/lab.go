@@ -50,11 +50,15 @@ second or two; the lab starts the killed one again after 2 s.`,
   caretaker lab --driver test --web.listen-address 127.0.0.1:9400
   caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal
   caretaker lab --servers 3                         # three servers on etcd: try a failover
-  caretaker lab --policy my-policy.yml              # e.g. rules that wait for an approval`,
+  caretaker lab --policy my-policy.yml              # e.g. rules that wait for an approval
+  caretaker lab --chaos all                         # game day: every fault, then a scoreboard`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()
 			o.Logger = logs.Logger(cmd.ErrOrStderr())
+			if o.Chaos != "" {
+				return lab.GameDay(cmd.Context(), o, cmd.ErrOrStderr())
+			}
 			return lab.Run(cmd.Context(), o)
 		},
 	}
@@ -74,5 +78,8 @@ second or two; the lab starts the killed one again after 2 s.`,
 	f.DurationVar(&o.EvaluationInterval, "evaluation.interval", o.EvaluationInterval, "how often the server evaluates alert rules")
 	f.StringVar(&o.PolicyFile, "policy", "", "remediation policy file for the server (default: the embedded one, which restarts crashed guests)")
 	f.BoolVar(&o.Events, "events", o.Events, "have the server follow the agents' libvirt event streams and heal at once (--events=false: only the rules, at the intervals)")
+	f.StringVar(&o.Chaos, "chaos", "", "game day: inject these faults (NAME[,NAME…], all, or list to show them), print a scoreboard and stop")
+	f.DurationVar(&o.ChaosHold, "chaos.hold", lab.DefaultChaosHold, "game day: how long libvirtd-stop keeps libvirtd stopped")
+	f.StringVarP(&o.ChaosOutput, "output", "o", "table", "game day: scoreboard as table or json")
 	return cmd
 }

@@ -61,6 +61,13 @@ type Options struct {
 	PolicyFile string
 	Out        io.Writer // the summary for the operator
 	Logger     *slog.Logger
+
+	// Chaos, ChaosHold and ChaosOutput are the game day's (chaos.go):
+	// GameDay sets gameDay, which runs once the lab is up.
+	Chaos       string
+	ChaosHold   time.Duration
+	ChaosOutput string
+	gameDay     func(ctx context.Context, r *labRun, apiURL, token string) error
 }
 
 // DefaultOptions are `caretaker lab`'s defaults.
@@ -164,6 +171,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		r.undo.add("restore "+o.RunbookConfig, restore)
 	}
 	printSummary(r.o, r.driver, r.why, urls[0], apiToken, r.dataDir, r.hosts, r.cl != nil, r.noClusters, r.ha)
+	if o.gameDay != nil {
+		return o.gameDay(ctx, r, urls[0], apiToken)
+	}
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(o.Out, "\nstopping the lab and removing what it created…")
