@@ -34,6 +34,9 @@ type instance struct {
 	// resolved: the alert stopped firing. Nothing more is started for
 	// the instance; an action in flight finishes.
 	resolved bool
+	// resolvedByRule: a rule's alert resolved it, not the event path's
+	// word that the guest runs (see keyFor).
+	resolvedByRule bool
 
 	// From the journal (apply):
 

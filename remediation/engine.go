@@ -545,7 +545,7 @@ func (e *Engine) firing(w *writer, a Alert) {
 // has healed. Called with e.mu held.
 func (e *Engine) resolved(w *writer, a Alert) {
 	in := e.instances[e.keyFor(a)]
-	if in == nil {
+	if in == nil || e.doubted(in, a) {
 		return
 	}
 	now := e.now()
@@ -561,6 +561,7 @@ func (e *Engine) resolved(w *writer, a Alert) {
 	// lagging Alertmanager of an HA pair) changes nothing; an action in
 	// flight finishes, but is not retried (decide).
 	in.resolved = true
+	in.resolvedByRule = !a.FromEvent
 }
 
 // advance takes an alert instance as far as the guards allow now: it

@@ -65,7 +65,11 @@ func (e *Engine) keyFor(a Alert) instanceKey {
 	case !a.FromEvent && l.event != nil && l.event.startsAt <= a.StartsAt.Add(eventSkew).Unix():
 		// The event's own start, not the key's whole second: the
 		// stream may have been known whole from within that second.
-		if ev := e.instances[*l.event]; ev != nil {
+		// An instance a rule's alert resolved is no outage the stream
+		// saw end: the rule firing again is a new instance (else it would
+		// count as a lagging copy of an outage that ended, and nothing
+		// would start the guest).
+		if ev := e.instances[*l.event]; ev != nil && !ev.resolvedByRule {
 			same, why := e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], ev.alert.StartsAt, a.StartsAt)
 			if same {
 				to = l.event
@@ -84,6 +88,24 @@ func (e *Engine) keyFor(a Alert) instanceKey {
 		"alert", a.Name, "fingerprint", a.Fingerprint, "from_event", a.FromEvent,
 		"starts_at", a.StartsAt, "instance_starts_at", time.Unix(to.startsAt, 0))
 	return *to
+}
+
+// doubted reports whether a rule's alert a that resolved says nothing of
+// in, an instance the event path opened: the host's stream has delivered
+// every event since and has not reported the guest running, so the rule
+// stopped firing for want of data (a failed scrape, a stale series), not
+// because the guest runs — the stream would have said so, and resolved it.
+// Called with e.mu held.
+func (e *Engine) doubted(in *instance, a Alert) bool {
+	if e.events == nil || a.FromEvent || !in.alert.FromEvent || in.resolved {
+		return false
+	}
+	same, _ := e.events.SameOutage(a.Labels["host"], a.Labels["uuid"], in.alert.StartsAt, e.now())
+	if same {
+		e.log.Info("remediation: a rule's alert resolved while the event stream still sees the guest stopped: the instance stays open",
+			"alert", a.Name, "fingerprint", a.Fingerprint, "instance_starts_at", in.alert.StartsAt)
+	}
+	return same
 }
 
 // noteNew remembers k, a new instance of a's label set, as the newest of

@@ -163,8 +163,13 @@ func TestEventAndRuleAlertsOfOneCrash(t *testing.T) {
 }
 
 // A rule's alert that resolves ends what waits for the event's instance it
-// was taken for: here an approval that nobody gave.
-func TestRuleResolutionEndsEventInstance(t *testing.T) {
+// was taken for (here an approval that nobody gave) only when the stream
+// cannot vouch for the outage: while it has delivered every event since
+// the crash and not reported the guest running, the rule stopped firing
+// for want of data (a failed scrape), the instance stays open and its
+// target unhealthy, and the rule firing again joins it. A game day's storm
+// found the old way: held restarts cancelled by a flap, guests left down.
+func TestRuleResolutionOfEventInstance(t *testing.T) {
 	p, err := policy.Parse("policy.yml", []byte(`
 rules:
   - name: restart-crashed-guests
@@ -175,24 +180,58 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &streams{}
-	f := newFixture(t, withEvents(s), func(o *Options) { o.Policy = p })
-	crash(t, f.hosts)
-	f.handle(eventAlert(alertStart))
-	rule := ruleAlert(alertStart.Add(4 * time.Second))
-	f.handle(rule)
-	recs := f.records(t)
-	if len(recs) != 1 || recs[0].State != journal.StateAwaitingApproval {
-		t.Fatalf("records = %+v, want one awaiting approval", recs)
-	}
-	rule.Status = StatusResolved
-	f.handle(rule)
-	recs = f.records(t)
-	if len(recs) != 1 || recs[0].State != journal.StateCancelled {
-		t.Errorf("records = %+v, want the one record cancelled", recs)
-	}
-	if n := f.hosts.startCalls(); n != 0 {
-		t.Errorf("StartGuest called %d times, want 0", n)
+	for _, c := range []struct {
+		name   string
+		broken bool // the stream reconnected without resuming after the crash
+		// away: the stream was down when the rule resolved, back (resumed,
+		// unbroken) when it fired again.
+		away bool
+		// wantAfter: the record's state after the rule resolved;
+		// wantRecords: after the rule fired again.
+		wantAfter   journal.State
+		wantRecords int
+	}{
+		{name: "stream unbroken: the resolution is doubted", wantAfter: journal.StateAwaitingApproval, wantRecords: 1},
+		{name: "stream broken: the resolution ends the instance", broken: true, wantAfter: journal.StateCancelled, wantRecords: 2},
+		// The instance a rule resolved is not the outage of the rule's
+		// next alert, even when the stream vouches for it again.
+		{name: "stream away at the resolution", away: true, wantAfter: journal.StateCancelled, wantRecords: 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := &streams{}
+			f := newFixture(t, withEvents(s), func(o *Options) { o.Policy = p })
+			crash(t, f.hosts)
+			f.handle(eventAlert(alertStart))
+			rule := ruleAlert(alertStart.Add(4 * time.Second))
+			f.handle(rule)
+			if recs := f.records(t); len(recs) != 1 || recs[0].State != journal.StateAwaitingApproval {
+				t.Fatalf("records = %+v, want one awaiting approval", recs)
+			}
+			if c.broken {
+				s.brokenAt = alertStart.Add(10 * time.Second)
+			}
+			s.disconnected = c.away
+			rule.Status = StatusResolved
+			f.handle(rule)
+			s.disconnected = false
+			recs := f.records(t)
+			if len(recs) != 1 || recs[0].State != c.wantAfter {
+				t.Errorf("after the rule resolved: records = %+v, want one %s", recs, c.wantAfter)
+			}
+			if unhealthy := f.engine.guardState().unhealthy; (unhealthy == 1) != (c.wantAfter == journal.StateAwaitingApproval) {
+				t.Errorf("after the rule resolved: %d unhealthy targets", unhealthy)
+			}
+			f.clock.Advance(time.Minute)
+			again := ruleAlert(alertStart.Add(time.Minute))
+			f.handle(again)
+			recs = f.records(t)
+			if len(recs) != c.wantRecords || recs[0].State != journal.StateAwaitingApproval {
+				t.Errorf("after the rule fired again: records = %+v, want %d, the newest awaiting approval", recs, c.wantRecords)
+			}
+			if n := f.hosts.startCalls(); n != 0 {
+				t.Errorf("StartGuest called %d times, want 0", n)
+			}
+		})
 	}
 }
 

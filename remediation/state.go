@@ -132,11 +132,15 @@ func (e *Engine) observe(alerts []Alert, fleet int) {
 		if err != nil {
 			continue
 		}
-		if k := e.keyFor(a); a.Status == StatusFiring && k != keyOf(a.Fingerprint, a.StartsAt) {
-			if in := e.instances[k]; in != nil && in.resolved {
+		k := e.keyFor(a)
+		if in := e.instances[k]; in != nil {
+			switch {
+			case a.Status == StatusFiring && k != keyOf(a.Fingerprint, a.StartsAt) && in.resolved:
 				// The rule's lagging report of a stop the event path
 				// already saw end: the target is healthy.
 				continue
+			case a.Status == StatusResolved && e.doubted(in, a):
+				continue // still down, as far as the stream knows
 			}
 		}
 		if e.unhealthy[t.key()] == nil && a.Status == StatusFiring {
