@@ -1,14 +1,11 @@
 package lab
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -35,44 +32,25 @@ const gameDayWithin = 3 * time.Minute
 func TestGameDayReduced(t *testing.T) {
 	requireQEMU(t)
 	bin := buildBinaries(t)
-	sweepStaleVirsh(t, "gd")
+	sweepStale(t, "gd")
 	prefix := ownPrefix("gd")
 	dir := t.TempDir()
-	var stdout bytes.Buffer
-	var stderr syncBuffer
+	var stdout syncBuffer
 	start := time.Now()
-	cmd := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu", "--clusters=false",
+	lab := startLab(t, bin, &stdout, []string{prefix}, "--driver", "qemu", "--clusters=false",
 		"--guests-per-host", "2", "--guest-prefix", prefix, "--runbook.config", "",
 		"--web.listen-address", "127.0.0.1:0", "--data.dir", filepath.Join(dir, "data"),
 		"--chaos", *gameDayFaults, "--chaos.hold", gameDayHold.String(), "-o", "json")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		virshRemovePrefix(t, prefix)
-		if t.Failed() {
-			t.Logf("lab output:\n%s", stderr.String())
-		}
-	})
 	var err error
 	select {
-	case err = <-exited:
+	case err = <-lab.exited:
+		lab.exited <- err
 	case <-time.After(gameDayWithin):
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(time.Minute):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
 		t.Fatalf("the game day did not end within %s", gameDayWithin)
 	}
 	took := time.Since(start)
 	var board Scoreboard
-	if jerr := json.Unmarshal(stdout.Bytes(), &board); jerr != nil {
+	if jerr := json.Unmarshal([]byte(stdout.String()), &board); jerr != nil {
 		t.Fatalf("scoreboard: %v (exit: %v)\nstdout:\n%s", jerr, err, stdout.String())
 	}
 	if err != nil {
@@ -131,40 +109,4 @@ func hasSucceeded(as []TakenAction, action string) bool {
 		}
 	}
 	return false
-}
-
-// virshRemovePrefix destroys and undefines every domain whose name
-// starts with prefix.
-func virshRemovePrefix(t *testing.T, prefix string) {
-	t.Helper()
-	out, err := exec.Command("virsh", "-c", systemURI, "list", "--all", "--name").Output()
-	if err != nil {
-		t.Errorf("virsh list: %v", err)
-		return
-	}
-	for _, name := range strings.Fields(string(out)) {
-		if strings.HasPrefix(name, prefix) {
-			_ = exec.Command("virsh", "-c", systemURI, "destroy", name).Run()
-			if out, err := exec.Command("virsh", "-c", systemURI, "undefine", name).CombinedOutput(); err != nil {
-				t.Errorf("undefine %s: %v: %s", name, err, out)
-			}
-		}
-	}
-}
-
-// sweepStaleVirsh removes the guests an earlier run of a test tagged tag
-// left when it was killed: those of ownPrefix(tag) whose process is gone.
-func sweepStaleVirsh(t *testing.T, tag string) {
-	t.Helper()
-	re := regexp.MustCompile("^(lab-" + regexp.QuoteMeta(tag) + `(\d+)-)`)
-	out, err := exec.Command("virsh", "-c", systemURI, "list", "--all", "--name").Output()
-	if err != nil {
-		t.Fatalf("virsh list: %v", err)
-	}
-	for _, name := range strings.Fields(string(out)) {
-		if m := re.FindStringSubmatch(name); m != nil && !processExists(m[2]) {
-			virshRemovePrefix(t, name)
-			t.Logf("removed %s, left by an earlier run", name)
-		}
-	}
 }

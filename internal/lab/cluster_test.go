@@ -55,38 +55,18 @@ func TestLabClusterCreate(t *testing.T) {
 	// Closed after the cleanup below, which uses it (cleanups run last first).
 	t.Cleanup(func() { conn.Disconnect() })
 
-	var out syncBuffer
-	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
-		"--web.listen-address", "127.0.0.1:0", "--runbook.config", rbConfig,
-		"--guest-prefix", prefix, "--hosts", strconv.Itoa(n), "--guests-per-host", "0",
-		"--data.dir", filepath.Join(dir, "data"))
-	lab.Stdout, lab.Stderr = &out, &out
-	if err := lab.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- lab.Wait() }()
+	// Whatever happened, leave no node behind: registered first, this
+	// runs after the lab's cleanup has stopped it.
 	t.Cleanup(func() {
-		select {
-		case err := <-exited:
-			exited <- err
-		default:
-			_ = lab.Process.Signal(os.Interrupt)
-			select {
-			case <-exited:
-			case <-time.After(time.Minute):
-				_ = lab.Process.Kill()
-				<-exited
-			}
-		}
-		// Whatever happened, leave no node behind.
 		if _, err := removeNodes(conn, pool); err != nil {
 			t.Errorf("remove leftover nodes: %v", err)
 		}
-		if t.Failed() {
-			t.Logf("lab output:\n%s", out.String())
-		}
 	})
+	lab := startLab(t, bin, nil, nil, "--driver", "qemu",
+		"--web.listen-address", "127.0.0.1:0", "--runbook.config", rbConfig,
+		"--guest-prefix", prefix, "--hosts", strconv.Itoa(n), "--guests-per-host", "0",
+		"--data.dir", filepath.Join(dir, "data"))
+	exited := lab.exited
 
 	runbook := func(args ...string) (string, error) {
 		cmd := exec.Command(filepath.Join(bin, "runbook"), args...)
@@ -158,17 +138,8 @@ func TestLabClusterCreate(t *testing.T) {
 	}
 
 	// Ctrl-C removes what the lab made for clusters.
-	if err := lab.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("lab exited with %v", err)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("lab did not stop within 2 minutes of SIGINT")
+	if err := lab.stop(); err != nil {
+		t.Fatalf("lab exited with %v after SIGINT", err)
 	}
 	if _, err := conn.StoragePoolLookupByName(pool); err == nil {
 		t.Errorf("storage pool %s is left after the lab stopped", pool)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -67,24 +65,16 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := filepath.Join(dir, "data")
-	var out syncBuffer
-	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
+	lab := startLab(t, bin, nil, []string{prefix, cluster + "-"}, "--driver", "qemu",
 		"--web.listen-address", "127.0.0.1:0", "--runbook.config", "", "--guest-prefix", prefix,
 		"--hosts", "2", "--guests-per-host", "1", "--policy", policy, "--data.dir", data)
-	lab.Stdout, lab.Stderr = &out, &out
-	if err := lab.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- lab.Wait() }()
-	t.Cleanup(func() { stopLab(t, lab, exited, prefix, &out) })
-	t.Cleanup(func() { removeDomains(t, cluster+"-") }) // after the lab stopped, should it have left a node
+	exited := lab.exited
 
 	// The summary names the console and the admin token.
 	summary := regexp.MustCompile(`console +(http://\S+)/console/ +sign in with the admin token ([0-9a-f]+)`)
 	var base, adminToken string
 	await(t, exited, time.Minute, "the lab's summary", func() bool {
-		m := summary.FindStringSubmatch(out.String())
+		m := summary.FindStringSubmatch(lab.out.String())
 		if m != nil {
 			base, adminToken = m[1], m[2]
 		}
@@ -321,53 +311,10 @@ func rowWith(domain string, state journal.State) string {
 	return fmt.Sprintf(`[...document.querySelectorAll('#journal tr[data-state=%q]')].some(r => r.textContent.includes(%q))`, state, domain)
 }
 
-// removeDomains destroys and undefines every domain whose name starts
-// with prefix.
-func removeDomains(t *testing.T, prefix string) {
-	out, err := exec.Command("virsh", "-c", "qemu:///system", "list", "--all", "--name").Output()
-	if err != nil {
-		t.Errorf("virsh list: %v", err)
-		return
-	}
-	for _, name := range strings.Fields(string(out)) {
-		if strings.HasPrefix(name, prefix) {
-			_ = exec.Command("virsh", "-c", "qemu:///system", "destroy", name).Run()
-			if out, err := exec.Command("virsh", "-c", "qemu:///system", "undefine", name).CombinedOutput(); err != nil {
-				t.Errorf("undefine %s: %v: %s", name, err, out)
-			}
-		}
-	}
-}
-
 // kill SIGKILLs the guest's qemu, as a crash would.
 func kill(t *testing.T, domain string) {
 	t.Helper()
 	if err := syscall.Kill(qemuPID(t, domain), syscall.SIGKILL); err != nil {
 		t.Fatalf("kill %s's qemu: %v", domain, err)
-	}
-}
-
-// stopLab interrupts the lab as an operator would, kills it if it does not
-// stop within a minute, and removes any guest of prefix left behind.
-func stopLab(t *testing.T, lab *exec.Cmd, exited chan error, prefix string, out *syncBuffer) {
-	select {
-	case err := <-exited:
-		exited <- err
-	default:
-		_ = lab.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(time.Minute):
-			_ = lab.Process.Kill()
-			<-exited
-		}
-	}
-	hosts := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix))}}
-	q := &qemuGuests{uri: "qemu:///system", logger: slog.New(slog.DiscardHandler)}
-	if err := q.remove(hosts); err != nil {
-		t.Errorf("remove leftover guests: %v", err)
-	}
-	if t.Failed() {
-		t.Logf("lab output:\n%s", out.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -374,4 +375,65 @@ func domainRunning(conn *libvirt.Libvirt, uuid string) bool {
 	}
 	state, _, err := conn.DomainGetState(d, 0)
 	return err == nil && libvirt.DomainState(state) == libvirt.DomainRunning
+}
+
+// labProcess is a `caretaker lab` a test runs as a process of its own.
+type labProcess struct {
+	cmd    *exec.Cmd
+	exited chan error // the lab's exit, put back by whoever takes it
+	out    syncBuffer // its stderr, and its stdout unless the test took it
+}
+
+// startLab runs bin's `caretaker lab` with args, its stdout to stdout (nil:
+// with its stderr into out). At cleanup it interrupts the lab as an
+// operator would, kills it if it does not stop within a minute, removes
+// every guest whose name starts with one of leftovers (whatever happened,
+// none stays), and logs the lab's output when the test failed.
+func startLab(t *testing.T, bin string, stdout io.Writer, leftovers []string, args ...string) *labProcess {
+	t.Helper()
+	l := &labProcess{cmd: exec.Command(filepath.Join(bin, "caretaker"), append([]string{"lab"}, args...)...), exited: make(chan error, 1)}
+	l.cmd.Stdout, l.cmd.Stderr = stdout, &l.out
+	if stdout == nil {
+		l.cmd.Stdout = &l.out
+	}
+	if err := l.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { l.exited <- l.cmd.Wait() }()
+	t.Cleanup(func() {
+		l.stop()
+		for _, prefix := range leftovers {
+			hosts := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix))}}
+			q := &qemuGuests{uri: systemURI, logger: slog.New(slog.DiscardHandler)}
+			if err := q.remove(hosts); err != nil {
+				t.Errorf("remove leftover guests %s*: %v", prefix, err)
+			}
+		}
+		if t.Failed() {
+			t.Logf("lab output:\n%s", l.out.String())
+		}
+	})
+	return l
+}
+
+// stop interrupts the lab unless it has exited, and kills it when it does
+// not stop within a minute; it returns the lab's exit.
+func (l *labProcess) stop() error {
+	select {
+	case err := <-l.exited:
+		l.exited <- err
+		return err
+	default:
+	}
+	_ = l.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-l.exited:
+		l.exited <- err
+		return err
+	case <-time.After(time.Minute):
+		_ = l.cmd.Process.Kill()
+		err := <-l.exited
+		l.exited <- err
+		return err
+	}
 }

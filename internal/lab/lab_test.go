@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,42 +44,11 @@ func TestLabHeals(t *testing.T) {
 	sweepStale(t, "e2e")
 	prefix := ownPrefix("e2e")
 
-	var out syncBuffer
-	lab := exec.Command(filepath.Join(bin, "caretaker"), "lab", "--driver", "qemu",
+	lab := startLab(t, bin, nil, []string{prefix}, "--driver", "qemu",
 		"--web.listen-address", "127.0.0.1:0", "--runbook.config", rbConfig,
 		"--guest-prefix", prefix, "--guests-per-host", "2", "--data.dir", filepath.Join(dir, "data"),
 		"--scrape.interval", interval.String(), "--evaluation.interval", interval.String())
-	lab.Stdout, lab.Stderr = &out, &out
-	if err := lab.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- lab.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case err := <-exited:
-			exited <- err
-		default:
-			// Ask the lab to clean up as an operator would; kill it only if
-			// it does not stop.
-			_ = lab.Process.Signal(os.Interrupt)
-			select {
-			case <-exited:
-			case <-time.After(time.Minute):
-				_ = lab.Process.Kill()
-				<-exited
-			}
-		}
-		// Whatever happened, leave no guests behind.
-		hosts := []*host{{filter: regexp.MustCompile("^" + regexp.QuoteMeta(prefix))}}
-		q := &qemuGuests{uri: "qemu:///system", logger: slog.New(slog.DiscardHandler)}
-		if err := q.remove(hosts); err != nil {
-			t.Errorf("remove leftover guests: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("lab output:\n%s", out.String())
-		}
-	})
+	exited := lab.exited
 
 	runbook := func(args ...string) ([]byte, error) {
 		cmd := exec.Command(filepath.Join(bin, "runbook"), append(args, "-o", "json")...)
@@ -227,17 +194,8 @@ func TestLabHeals(t *testing.T) {
 		interval, heal, len(floors), floorMedian, heal/floorMedian, startMedian, heal/startMedian)
 
 	// Ctrl-C removes what the lab created.
-	if err := lab.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err // for the cleanup
-		if err != nil {
-			t.Fatalf("lab exited with %v", err)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("lab did not stop within 2 minutes of SIGINT")
+	if err := lab.stop(); err != nil {
+		t.Fatalf("lab exited with %v after SIGINT", err)
 	}
 	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
