@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -58,6 +59,11 @@ second or two; the lab starts the killed one again after 2 s.`,
 			o.Logger = logs.Logger(cmd.ErrOrStderr())
 			if o.Chaos != "" {
 				return lab.GameDay(cmd.Context(), o, cmd.ErrOrStderr())
+			}
+			for _, f := range []string{"output", "chaos.hold"} {
+				if cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s is the game day's: use it with --chaos", f)
+				}
 			}
 			return lab.Run(cmd.Context(), o)
 		},
