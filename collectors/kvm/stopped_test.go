@@ -41,18 +41,7 @@ func TestLibvirtdStopped(t *testing.T) {
 	}
 	goroutines := runtime.NumGoroutine()
 
-	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop libvirtd: %v", err)
-	}
-	continued := false
-	resume := func() {
-		if !continued {
-			continued = true
-			if err := daemon.Signal(syscall.SIGCONT); err != nil {
-				t.Errorf("continue libvirtd: %v", err)
-			}
-		}
-	}
+	resume := daemon.Freeze()
 	defer resume()
 
 	for i := range 5 {
@@ -116,10 +105,7 @@ func TestScrapesShareTheCallUnderWay(t *testing.T) {
 		t.Fatalf("scrape of the running libvirtd: up %v, %v", up, err)
 	}
 
-	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop libvirtd: %v", err)
-	}
-	defer daemon.Signal(syscall.SIGCONT)
+	defer daemon.Freeze()()
 	first, err := c.join(t.Context())
 	if err != nil {
 		t.Fatalf("start a call: %v", err)

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -158,18 +157,7 @@ func TestFrozenLibvirtd(t *testing.T) {
 	}
 	wantSamples(t, "scrape of the running libvirtd", scrapeMetrics(t, base), running)
 
-	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop libvirtd: %v", err)
-	}
-	continued := false
-	resume := func() {
-		if !continued {
-			continued = true
-			if err := daemon.Signal(syscall.SIGCONT); err != nil {
-				t.Errorf("continue libvirtd: %v", err)
-			}
-		}
-	}
+	resume := daemon.Freeze()
 	defer resume()
 
 	start := time.Now()

@@ -538,18 +538,7 @@ func TestFrozenLibvirtd(t *testing.T) {
 	}
 	close(slow)
 
-	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop libvirtd: %v", err)
-	}
-	continued := false
-	resume := func() {
-		if !continued {
-			continued = true
-			if err := daemon.Signal(syscall.SIGCONT); err != nil {
-				t.Errorf("continue libvirtd: %v", err)
-			}
-		}
-	}
+	resume := daemon.Freeze()
 	defer resume()
 
 	start := time.Now()
@@ -595,10 +584,7 @@ func TestFrozenLibvirtd(t *testing.T) {
 	}
 
 	// An opening that hangs is cut by Close.
-	if err := daemon.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("stop libvirtd: %v", err)
-	}
-	continued = false
+	resume = daemon.Freeze()
 	hung := New(uri, testLogger(t))
 	got := make(chan error, 1)
 	go func() { _, err := hung.Get(); got <- err }()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -135,6 +136,26 @@ func (d *Libvirtd) Stop() {
 		<-d.exited
 	}
 	d.cmd = nil
+}
+
+// Freeze stops the daemon (SIGSTOP) and returns what continues it
+// (SIGCONT), once however often it is called; the test's cleanup calls it
+// too, so the daemon is never left stopped.
+func (d *Libvirtd) Freeze() (resume func()) {
+	d.t.Helper()
+	if err := d.Signal(syscall.SIGSTOP); err != nil {
+		d.t.Fatalf("stop libvirtd: %v", err)
+	}
+	var once sync.Once
+	resume = func() {
+		once.Do(func() {
+			if err := d.Signal(syscall.SIGCONT); err != nil {
+				d.t.Errorf("continue libvirtd: %v", err)
+			}
+		})
+	}
+	d.t.Cleanup(resume)
+	return resume
 }
 
 // Signal sends sig to the daemon.
