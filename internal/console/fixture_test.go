@@ -3,9 +3,9 @@ package console
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,11 +18,10 @@ import (
 	"time"
 
 	"caretaker/internal/api"
-	"caretaker/internal/httpjson"
 	"caretaker/internal/kv"
-	"caretaker/internal/who"
 	"caretaker/provisioner/bmc"
 	"caretaker/provisioner/clusters"
+	"caretaker/provisioner/fleet"
 	"caretaker/provisioner/hoststate"
 	"caretaker/provisioner/inventory"
 	"caretaker/remediation"
@@ -351,56 +350,9 @@ func (f *fixture) mountProvisioner(t testing.TB, mux *http.ServeMux, auth *api.A
 			}
 		}
 	}
-	sh := auth.Guard(stateHandler(m))
+	sh := auth.Guard(fleet.StateHandler(m, slog.New(slog.DiscardHandler)))
 	mux.Handle("/api/v1/provisioner/hosts", sh)
 	mux.Handle("/api/v1/provisioner/hosts/", sh)
-}
-
-// stateHandler answers /api/v1/provisioner/hosts as the server's
-// provisioner does (provisioner/fleet), on a real Machine.
-func stateHandler(m *hoststate.Machine) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/provisioner/hosts", func(w http.ResponseWriter, _ *http.Request) {
-		httpjson.Write(w, http.StatusOK, api.HostStates{Hosts: m.Hosts()})
-	})
-	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
-		h, ok := m.Host(r.PathValue("name"))
-		if !ok {
-			httpjson.Error(w, http.StatusNotFound, "host "+r.PathValue("name")+" is not known to the provisioner")
-			return
-		}
-		hist, _ := m.History(h.Name)
-		httpjson.Write(w, http.StatusOK, api.HostStateDetail{Host: h, History: hist})
-	})
-	act := func(do func(context.Context, string, *who.By) error) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			var req api.ProvisionRequest
-			if err := httpjson.Decode(w, r, &req, 64<<10); err != nil {
-				httpjson.WriteDecodeError(w, err)
-				return
-			}
-			if strings.TrimSpace(req.Comment) == "" {
-				httpjson.Error(w, http.StatusBadRequest, "comment: required, so the next on-call knows why")
-				return
-			}
-			by := api.WhoBy(r, req.Author, req.Comment)
-			err := do(context.WithoutCancel(r.Context()), r.PathValue("name"), &by)
-			switch {
-			case errors.Is(err, hoststate.ErrUnknownHost):
-				httpjson.Error(w, http.StatusNotFound, err.Error())
-			case errors.Is(err, hoststate.ErrWrongState):
-				httpjson.Error(w, http.StatusConflict, err.Error())
-			case err != nil:
-				httpjson.Error(w, http.StatusInternalServerError, err.Error())
-			default:
-				h, _ := m.Host(r.PathValue("name"))
-				httpjson.Write(w, http.StatusAccepted, map[string]any{"host": h})
-			}
-		}
-	}
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act(m.ProvisionBy))
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act(m.ReprovisionBy))
-	return mux
 }
 
 // sampleStatus is a small fleet at now: two hosts, a crashed guest meant

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 
@@ -94,12 +95,17 @@ func (p *Provisioner) afterChange(next http.Handler) http.Handler {
 	})
 }
 
-// stateHandler serves /api/v1/provisioner/hosts: the hosts' provisioning
-// states and transitions, and provision and reprovision requests.
-func (p *Provisioner) stateHandler() http.Handler {
+// stateHandler serves /api/v1/provisioner/hosts on the provisioner's
+// state machine.
+func (p *Provisioner) stateHandler() http.Handler { return StateHandler(p.machine, p.log) }
+
+// StateHandler serves /api/v1/provisioner/hosts: the hosts' provisioning
+// states and transitions on m, and provision and reprovision requests,
+// logged to log. Authentication is the caller's wrapper's.
+func StateHandler(m *hoststate.Machine, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/provisioner/hosts", func(w http.ResponseWriter, _ *http.Request) {
-		hosts := p.machine.Hosts()
+		hosts := m.Hosts()
 		if hosts == nil {
 			hosts = []hoststate.Host{}
 		}
@@ -107,12 +113,12 @@ func (p *Provisioner) stateHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /api/v1/provisioner/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		h, ok := p.machine.Host(name)
+		h, ok := m.Host(name)
 		if !ok {
 			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("host %s is not known to the provisioner", name))
 			return
 		}
-		hist, err := p.machine.History(name)
+		hist, err := m.History(name)
 		if err != nil {
 			httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			return
@@ -135,7 +141,7 @@ func (p *Provisioner) stateHandler() http.Handler {
 			}
 			host := r.PathValue("name")
 			by := api.Who(r, req.Author)
-			p.log.Info(name+" requested", "host", host, "token", by.Name, "role", by.Role,
+			log.Info(name+" requested", "host", host, "token", by.Name, "role", by.Role,
 				"on_behalf_of", by.OnBehalfOf, "comment", req.Comment)
 			rec := api.WhoBy(r, req.Author, req.Comment)
 			err := do(context.WithoutCancel(r.Context()), host, &rec)
@@ -147,12 +153,12 @@ func (p *Provisioner) stateHandler() http.Handler {
 			case err != nil:
 				httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			default:
-				h, _ := p.machine.Host(host)
+				h, _ := m.Host(host)
 				httpjson.Write(w, http.StatusAccepted, map[string]any{"host": h})
 			}
 		}
 	}
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", p.machine.ProvisionBy))
-	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", p.machine.ReprovisionBy))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/provision", act("provision", m.ProvisionBy))
+	mux.HandleFunc("POST /api/v1/provisioner/hosts/{name}/reprovision", act("reprovision", m.ReprovisionBy))
 	return mux
 }
