@@ -141,9 +141,98 @@ if ((${#need[@]})); then
 fi
 
 [[ $mode == build ]] && exit 0
+
+# The lab's guests boot a real Linux kernel with a busybox initramfs
+# (internal/guestos builds it). Debian's kernel and busybox-static are
+# downloaded, never installed: the pieces the guests need are copied out of
+# the packages into guest_os_dir, which internal/guestos.Check reads the same
+# way as guest_os_complete. The modules are those of the virtio NIC and of
+# QEMU's ISA pvpanic device, with what they depend on (modinfo -F depends),
+# in the order the guest's /init loads them.
+guest_os_dir=/var/cache/caretaker/guest-os
+guest_os_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+	failover net_failover virtio_net pvpanic pvpanic-mmio)
+guest_os_fix="bash deploy/setup.sh run (as root, with Debian's apt sources reachable)"
+
+guest_os_complete() {
+	local m
+	[[ -s $guest_os_dir/VERSION && -s $guest_os_dir/vmlinuz && -x $guest_os_dir/busybox ]] || return 1
+	for m in "${guest_os_modules[@]}"; do
+		[[ -s $guest_os_dir/modules/$m.ko ]] || return 1
+	done
+}
+
+# guest_os_download downloads the kernel package linux-image-amd64 depends
+# on and busybox-static into the current directory and prints the kernel
+# package's name.
+guest_os_download() {
+	local kpkg
+	kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	[[ -n $kpkg ]] || return 1
+	apt-get download -qq "$kpkg" busybox-static >/dev/null 2>&1 || return 1
+	echo "$kpkg"
+}
+
+# fetch_guest_os fills guest_os_dir: in a temporary directory next to it,
+# renamed into place when complete. It runs in a subshell of its own (the
+# trap); each step says what failed.
+fetch_guest_os() (
+	local tmp stage kpkg kver m f
+	mkdir -p "$(dirname "$guest_os_dir")" || return 1
+	tmp=$(mktemp -d) || return 1
+	stage=$(mktemp -d "$guest_os_dir.new.XXXXXX") || return 1
+	trap 'rm -rf "$tmp" "$stage"' EXIT
+	# apt-get downloads as its sandbox user _apt, who must write here.
+	chmod 0755 "$tmp"
+	mkdir "$tmp/deb" "$tmp/root"
+	! id -u _apt >/dev/null 2>&1 || chown _apt "$tmp/deb"
+	cd "$tmp/deb" || return 1
+	if ! kpkg=$(guest_os_download); then
+		# The lists may be missing (a fresh container): update once.
+		apt-get update -qq >/dev/null 2>&1 || {
+			log "guest OS: apt-get update failed"
+			return 1
+		}
+		kpkg=$(guest_os_download) || {
+			log "guest OS: apt-get download of linux-image-amd64's kernel package and busybox-static failed"
+			return 1
+		}
+	fi
+	for f in *.deb; do
+		dpkg-deb -x "$f" "$tmp/root" || {
+			log "guest OS: dpkg-deb -x $f failed"
+			return 1
+		}
+	done
+	kver=${kpkg#linux-image-}
+	install -m 0644 "$tmp/root/boot/vmlinuz-$kver" "$stage/vmlinuz" &&
+		install -m 0755 "$tmp/root/bin/busybox" "$stage/busybox" &&
+		install -d -m 0755 "$stage/modules" || {
+		log "guest OS: $kpkg has no /boot/vmlinuz-$kver, or busybox-static no /bin/busybox"
+		return 1
+	}
+	for m in "${guest_os_modules[@]}"; do
+		f=$(find "$tmp/root/lib/modules/$kver/kernel" -name "$m.ko" -print -quit)
+		[[ -n $f ]] || {
+			log "guest OS: $kpkg has no module $m.ko (compressed modules are not supported)"
+			return 1
+		}
+		install -m 0644 "$f" "$stage/modules/$m.ko" || return 1
+	done
+	echo "$kpkg $(dpkg-deb -f "$tmp/deb/${kpkg}"_*.deb Version)" >"$stage/VERSION" || return 1
+	chmod 0644 "$stage/VERSION" && chmod 0755 "$stage" || return 1
+	rm -rf "$guest_os_dir" && mv -T "$stage" "$guest_os_dir" || {
+		log "guest OS: renaming $stage to $guest_os_dir failed"
+		return 1
+	}
+	log "guest OS: $(cat "$guest_os_dir/VERSION") and busybox in $guest_os_dir"
+)
+
 if [[ $(id -u) -ne 0 ]]; then
 	[[ -S /var/run/libvirt/libvirt-sock ]] ||
 		log "not root: libvirtd is not started; the lab runs on libvirt's test driver, in a libvirtd of its own"
+	guest_os_complete ||
+		log "not root: the lab's guests boot no OS until the kernel and busybox are in $guest_os_dir: $guest_os_fix"
 	exit 0
 fi
 
@@ -178,4 +267,14 @@ if ! running /run/libvirtd.pid; then
 		log "libvirtd did not open /var/run/libvirt/libvirt-sock within 10 s"
 		exit 1
 	}
+fi
+
+if ! guest_os_complete; then
+	if ((!root)); then
+		log "CARETAKER_NO_INSTALL=1: the lab's guests boot no OS until the kernel and busybox are in $guest_os_dir: $guest_os_fix"
+	elif ! fetch_guest_os; then
+		log "fetching the guests' kernel and busybox into $guest_os_dir failed (above); fix apt (apt-get update, /etc/apt/sources.list) and run: $guest_os_fix"
+		[[ $mode == test ]] && exit 1
+		log "the lab's guests will boot no OS"
+	fi
 fi

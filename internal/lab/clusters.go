@@ -12,33 +12,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 
 	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/libvirtconn"
+	"caretaker/internal/overlayspec"
 )
 
 // The lab's guest clusters. The server places one node of a cluster per
 // host and asks each host's agent for the node and for the cluster's
-// overlay, vx-<cluster> and br-<cluster>. All lab hosts share one machine,
-// so:
-//   - every host's agent makes its overlay in a network namespace of its
-//     own (Config.NetNS), with lo as underlay and its agent address
-//     127.0.0.N as VTEP: each host's device has the peers the server gave
-//     it, and no two agents rewrite one shared device back and forth (in
-//     the root namespace they would: one vx-<cluster>, six different
-//     local addresses and peer lists);
-//   - the nodes' NICs are plugged by libvirt in the root namespace, where
-//     the lab makes br-<cluster> before passing a node's PUT to the agent.
-//     That bridge joins the lab's nodes directly; the overlays carry
-//     nothing here, there is no second machine to reach.
-//   - the nodes' disks are overlays of a 64 MiB empty base image in a
-//     storage pool of the lab's (see poolDir): the nodes boot to SeaBIOS
-//     and run, which is what the lab needs of them.
+// overlay, vx-<cluster> and br-<cluster>, which the agent makes in its
+// host's network namespace (Config.NetNS) on the underlay (network.go).
+// libvirt plugs a node's NIC in the root namespace, into the bridge the lab
+// gives that host for that cluster (labNet.guestBridge), whose name the lab
+// puts in the node's PUT before passing it to the agent. The nodes' disks
+// are overlays of a 64 MiB empty base image in a storage pool of the lab's
+// (see poolDir): the nodes boot to SeaBIOS and run, which is what the lab
+// needs of them; the lab's own guests boot Linux (guestos).
 
 // baseImage is the volume the lab's nodes are overlays of.
 const baseImage = "base.qcow2"
@@ -48,11 +40,8 @@ type clusterLab struct {
 	uri    string
 	pool   string // the libvirt storage pool's name
 	dir    string // its directory
-	netns  map[string]string
+	net    *labNet
 	logger *slog.Logger
-
-	mu      sync.Mutex
-	bridges map[string]bool // root-namespace bridges the lab made
 }
 
 // labPool is the lab's storage pool name: one per guest prefix, so that a
@@ -83,35 +72,18 @@ func poolDir(dataDir, pool string) string {
 
 // checkClusters says why the lab cannot make clusters here, nil if it can.
 func checkClusters() error {
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, bridges)")
-	}
-	for _, tool := range []string{"ip", "genisoimage"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("needs %s (Debian: iproute2, genisoimage)", tool)
-		}
+	if _, err := exec.LookPath("genisoimage"); err != nil {
+		return errors.New("they need genisoimage (Debian: genisoimage)")
 	}
 	return nil
 }
 
-// setupClusters makes the storage pool with its base image and a network
-// namespace per host, removing first what an earlier lab left.
-func setupClusters(ctx context.Context, uri, dataDir, prefix string, hosts []*host, logger *slog.Logger) (*clusterLab, error) {
-	c := &clusterLab{uri: uri, pool: labPool(prefix), dir: poolDir(dataDir, labPool(prefix)),
-		netns: map[string]string{}, logger: logger, bridges: map[string]bool{}}
-	for _, h := range hosts {
-		c.netns[h.name] = netnsName(prefix, h.name)
-	}
+// setupClusters makes the storage pool with its base image, removing first
+// what an earlier lab left; the network is n's.
+func setupClusters(ctx context.Context, uri, dataDir, prefix string, n *labNet, logger *slog.Logger) (*clusterLab, error) {
+	c := &clusterLab{uri: uri, pool: labPool(prefix), dir: poolDir(dataDir, labPool(prefix)), net: n, logger: logger}
 	if err := c.teardown(ctx); err != nil {
 		return nil, fmt.Errorf("remove what an earlier lab left: %w", err)
-	}
-	for _, ns := range c.netns {
-		if err := runCommand(ctx, "ip", "netns", "add", ns); err != nil {
-			return c, err
-		}
-		if err := runCommand(ctx, "ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
-			return c, err
-		}
 	}
 	if err := os.MkdirAll(c.dir, 0o711); err != nil {
 		return c, fmt.Errorf("create storage pool directory: %w", err)
@@ -143,8 +115,8 @@ func setupClusters(ctx context.Context, uri, dataDir, prefix string, hosts []*ho
 	return c, nil
 }
 
-// teardown removes the nodes whose disks are in the lab's pool, the
-// bridges the lab made, the pool and the network namespaces.
+// teardown removes the nodes whose disks are in the lab's pool and the
+// pool.
 func (c *clusterLab) teardown(ctx context.Context) error {
 	var errs []error
 	conn, err := libvirtconn.Dial(c.uri)
@@ -159,22 +131,9 @@ func (c *clusterLab) teardown(ctx context.Context) error {
 	if n > 0 {
 		c.logger.Info("removed cluster nodes", "nodes", n)
 	}
-	c.mu.Lock()
-	for br := range c.bridges {
-		if err := runCommand(ctx, "ip", "link", "del", br); err != nil {
-			errs = append(errs, err)
-		}
-		delete(c.bridges, br)
-	}
-	c.mu.Unlock()
 	errs = append(errs, removePool(conn, c.pool))
 	if err := os.RemoveAll(c.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove storage pool directory: %w", err))
-	}
-	for _, ns := range c.netns {
-		if _, err := os.Stat(filepath.Join("/var/run/netns", ns)); err == nil {
-			errs = append(errs, runCommand(ctx, "ip", "netns", "del", ns))
-		}
 	}
 	return errors.Join(errs...)
 }
@@ -256,13 +215,10 @@ func removePool(conn *libvirt.Libvirt, name string) error {
 	return errors.Join(errs...)
 }
 
-// bridgeRe is what the lab accepts as a bridge name to make: the agent
-// validates the request again.
-var bridgeRe = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
-
-// wrap returns the agent's handler with the lab's step before a node's
-// PUT: the node's bridge made in the root namespace.
-func (c *clusterLab) wrap(agent http.Handler) http.Handler {
+// wrap returns host's agent handler with the lab's step before a node's
+// PUT: the node's NIC goes on the bridge the lab gives host for the node's
+// cluster (labNet.guestBridge), which the lab makes if need be.
+func (c *clusterLab) wrap(host string, agent http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", agent)
 	mux.HandleFunc("PUT /api/v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -272,16 +228,10 @@ func (c *clusterLab) wrap(agent http.Handler) http.Handler {
 			http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		var req struct {
-			Bridge string `json:"bridge"`
-		}
-		// A body the agent will refuse is left for the agent to answer.
-		if json.Unmarshal(body, &req) == nil {
-			if bridgeRe.MatchString(req.Bridge) {
-				if err := c.ensureBridge(r.Context(), req.Bridge); err != nil {
-					c.logger.Warn("lab: make node bridge", "bridge", req.Bridge, "err", err)
-				}
-			}
+		body, err = c.rebridge(r.Context(), host, body)
+		if err != nil {
+			http.Error(w, "lab: "+err.Error(), http.StatusServiceUnavailable)
+			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
@@ -290,16 +240,20 @@ func (c *clusterLab) wrap(agent http.Handler) http.Handler {
 	return mux
 }
 
-// ensureBridge makes the bridge in the root namespace unless it is there.
-func (c *clusterLab) ensureBridge(ctx context.Context, name string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
-		return nil
+// rebridge puts the lab's guest bridge for the node's host and cluster in
+// a node PUT's body. A body the agent will refuse is left for the agent to
+// answer, as it is.
+func (c *clusterLab) rebridge(ctx context.Context, host string, body []byte) ([]byte, error) {
+	var req map[string]json.RawMessage
+	var node struct{ Cluster, Bridge string }
+	if json.Unmarshal(body, &req) != nil || json.Unmarshal(body, &node) != nil ||
+		overlayspec.ValidIfName(node.Bridge) != nil || node.Cluster == "" {
+		return body, nil
 	}
-	if err := runCommand(ctx, "ip", "link", "add", name, "type", "bridge"); err != nil {
-		return err
+	br, err := c.net.guestBridge(ctx, host, node.Cluster, node.Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("make the bridge of %s's nodes of cluster %s: %w", host, node.Cluster, err)
 	}
-	c.bridges[name] = true
-	return runCommand(ctx, "ip", "link", "set", name, "up")
+	req["bridge"], _ = json.Marshal(br)
+	return json.Marshal(req)
 }

@@ -43,8 +43,8 @@ func TestClusterServerConfig(t *testing.T) {
 				return
 			}
 			p := cfg.Provisioner
-			if p.Underlay != "lo" || p.BaseImage != baseImage {
-				t.Errorf("underlay %q base image %q, want lo and %s", p.Underlay, p.BaseImage, baseImage)
+			if p.Underlay != underlayName || p.BaseImage != baseImage {
+				t.Errorf("underlay %q base image %q, want %s and %s", p.Underlay, p.BaseImage, underlayName, baseImage)
 			}
 			inv, err := inventory.Load(cfg.Path(p.InventoryFile))
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,9 @@ import (
 type guest struct {
 	name string
 	uuid string
+	// With the lab's network: its cluster and address (see placed).
+	cluster string
+	addr    netip.Prefix
 }
 
 const libvirtSocket = "/var/run/libvirt/libvirt-sock"
@@ -139,9 +143,10 @@ func checkQEMU(uri string) error {
 	return fmt.Errorf("%s cannot run x86_64 guests of domain type qemu", uri)
 }
 
-// labMetadata marks a guest as meant to run, in the lab's guest cluster.
-func labMetadata() (string, error) {
-	return guestmeta.Metadata{Intent: "running", Cluster: "lab", Role: "worker"}.XML()
+// labMetadata marks a guest as meant to run, in one of the lab's guest
+// clusters.
+func labMetadata(cluster string) (string, error) {
+	return guestmeta.Metadata{Intent: "running", Cluster: cluster, Role: "worker"}.XML()
 }
 
 func guestName(prefix, host string, i int) string {
@@ -154,6 +159,19 @@ type qemuGuests struct {
 	prefix string
 	logger *slog.Logger
 	out    io.Writer
+	// place, when set, says a guest's cluster and plugs its NIC in (the
+	// lab's network): the i-th guest (from 1) of host h.
+	place func(h *host, i int) (placed, error)
+}
+
+// placed is where a lab guest is: its cluster, and with the lab's network
+// its NIC and (with the guest OS) what it boots.
+type placed struct {
+	cluster string
+	addr    netip.Prefix                     // its address, which it takes when it boots
+	bridge  string                           // the root namespace's bridge its NIC is on
+	mac     string                           // its NIC's
+	boot    func(d *libvirtxml.Domain) error // nil: it boots nothing
 }
 
 func (q *qemuGuests) create(hosts []*host, perHost int) error {
@@ -166,10 +184,6 @@ func (q *qemuGuests) create(hosts []*host, perHost int) error {
 		return err
 	} else if n > 0 {
 		fmt.Fprintf(q.out, "removed %d guests left by an earlier lab\n", n)
-	}
-	meta, err := labMetadata()
-	if err != nil {
-		return err
 	}
 	// All at once: libvirtd defines and starts guests in parallel, and
 	// each takes seconds where /dev/kvm is unusable (libvirt probes QEMU
@@ -188,7 +202,7 @@ func (q *qemuGuests) create(hosts []*host, perHost int) error {
 			wg.Go(func() {
 				name := guestName(q.prefix, h.name, i+1)
 				start := time.Now()
-				g, err := defineAndStart(conn, name, meta)
+				g, err := q.defineAndStart(conn, h, i+1, name)
 				results[hi][i] = made{g, err}
 				mu.Lock()
 				defer mu.Unlock()
@@ -214,8 +228,50 @@ func (q *qemuGuests) create(hosts []*host, perHost int) error {
 	return errors.Join(errs...)
 }
 
+// defineAndStart makes the i-th guest of h.
+func (q *qemuGuests) defineAndStart(conn *libvirt.Libvirt, h *host, i int, name string) (guest, error) {
+	p := placed{cluster: "lab"}
+	if q.place != nil {
+		var err error
+		if p, err = q.place(h, i); err != nil {
+			return guest{}, fmt.Errorf("guest %s: %w", name, err)
+		}
+	}
+	meta, err := labMetadata(p.cluster)
+	if err != nil {
+		return guest{}, err
+	}
+	d := bareDomain(name, meta)
+	if p.bridge != "" {
+		d.Devices = &libvirtxml.DomainDeviceList{Interfaces: []libvirtxml.DomainInterface{{
+			MAC:    &libvirtxml.DomainInterfaceMAC{Address: p.mac},
+			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: p.bridge}},
+			Model:  &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+		}}}
+	}
+	if p.boot != nil {
+		if err := p.boot(&d); err != nil {
+			return guest{}, fmt.Errorf("guest %s: %w", name, err)
+		}
+	}
+	xml, err := d.Marshal()
+	if err != nil {
+		return guest{}, fmt.Errorf("guest %s: %w", name, err)
+	}
+	g, err := startXML(conn, name, xml)
+	g.cluster, g.addr = p.cluster, p.addr
+	return g, err
+}
+
 func domainXML(name, metadata string) (string, error) {
-	d := libvirtxml.Domain{
+	d := bareDomain(name, metadata)
+	return d.Marshal()
+}
+
+// bareDomain is a guest of 64 MiB with no disk and no NIC, which idles in
+// its firmware.
+func bareDomain(name, metadata string) libvirtxml.Domain {
+	return libvirtxml.Domain{
 		Type:   "qemu",
 		Name:   name,
 		Memory: &libvirtxml.DomainMemory{Value: 64, Unit: "MiB"},
@@ -227,7 +283,6 @@ func domainXML(name, metadata string) (string, error) {
 		OnCrash:    "destroy",
 		OnPoweroff: "destroy",
 	}
-	return d.Marshal()
 }
 
 func defineAndStart(conn *libvirt.Libvirt, name, meta string) (guest, error) {
@@ -235,6 +290,10 @@ func defineAndStart(conn *libvirt.Libvirt, name, meta string) (guest, error) {
 	if err != nil {
 		return guest{}, fmt.Errorf("guest %s: %w", name, err)
 	}
+	return startXML(conn, name, xml)
+}
+
+func startXML(conn *libvirt.Libvirt, name, xml string) (guest, error) {
 	dom, err := conn.DomainDefineXML(xml)
 	if err != nil {
 		return guest{}, fmt.Errorf("define guest %s: %w", name, err)
@@ -297,7 +356,7 @@ func ownedBy(name string, hosts []*host) bool {
 // guests start out running; each agent opens its own copy in lvd, the
 // lab's libvirtd.
 func writeTestNodes(dir, prefix string, hosts []*host, perHost int, lvd *testLibvirtd) error {
-	meta, err := labMetadata()
+	meta, err := labMetadata("lab")
 	if err != nil {
 		return err
 	}

@@ -13,16 +13,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"caretaker/internal/agent"
 	"caretaker/internal/config"
 	"caretaker/internal/server"
+
+	"libvirt.org/go/libvirtxml"
 )
 
 // Options configure a lab.
@@ -95,7 +98,8 @@ type host struct {
 	filter *regexp.Regexp
 	guests []guest
 	addr   string // the agent's listen address
-	netns  string // where its overlays are, with clusters
+	netns  string // its network namespace's path, with the lab's network
+	agent  *hostAgent
 }
 
 // Run starts the lab and blocks until ctx is done, then removes everything
@@ -122,6 +126,10 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	if err := r.pickDriver(ctx); err != nil {
+		return err
+	}
+	r.makeHosts()
+	if err := r.makeNetwork(ctx); err != nil {
 		return err
 	}
 	if err := r.makeGuests(ctx); err != nil {
@@ -151,6 +159,15 @@ func Run(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
+	r.undo.add("stop the agents", func() error {
+		var errs []error
+		for _, h := range r.hosts {
+			if h.agent != nil {
+				errs = append(errs, h.agent.stop())
+			}
+		}
+		return errors.Join(errs...)
+	})
 	var urls []string
 	var served chan error
 	if o.Servers > 1 {
@@ -192,6 +209,14 @@ type labRun struct {
 	// driver is "qemu" or "test"; why says why it was chosen.
 	driver, why string
 	hosts       []*host
+	// net is the hosts' network namespaces, nil without QEMU guests and
+	// root; noNet then says why.
+	net   *labNet
+	noNet string
+	// boot, when set, makes a lab guest boot the guest OS (guestos) with
+	// its name and address; noBoot says why not when nil.
+	boot   func(d *libvirtxml.Domain, name string, addr netip.Prefix) error
+	noBoot string
 	// cl is nil without guest clusters; noClusters then says why.
 	cl         *clusterLab
 	noClusters string
@@ -232,8 +257,8 @@ func (r *labRun) pickDriver(ctx context.Context) error {
 	return nil
 }
 
-// makeGuests names the hosts and gives each its guests.
-func (r *labRun) makeGuests(ctx context.Context) error {
+// makeHosts names the hosts.
+func (r *labRun) makeHosts() {
 	r.hosts = make([]*host, r.o.Hosts)
 	for i := range r.hosts {
 		name := "host-" + string(rune('a'+i))
@@ -242,6 +267,70 @@ func (r *labRun) makeGuests(ctx context.Context) error {
 			filter: regexp.MustCompile("^" + regexp.QuoteMeta(r.o.GuestPrefix+name+"-") + `\d+$`),
 		}
 	}
+}
+
+// makeNetwork makes a network namespace per host on a shared underlay
+// (network.go), with QEMU guests as root; otherwise noNet says why not.
+func (r *labRun) makeNetwork(ctx context.Context) error {
+	switch {
+	case r.driver != "qemu":
+		r.noNet = "they need real QEMU guests"
+		return nil
+	case os.Geteuid() != 0:
+		r.noNet = "they need root (network namespaces, bridges)"
+		return nil
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		r.noNet = "they need the ip program (Debian: iproute2)"
+		return nil
+	}
+	n, err := setupNetwork(ctx, r.o.GuestPrefix, r.hosts, r.o.Logger)
+	if n != nil {
+		r.undo.add("remove the hosts' network namespaces and the lab's bridges", func() error {
+			return n.teardown(context.WithoutCancel(ctx))
+		})
+	}
+	if err != nil {
+		return err
+	}
+	r.net = n
+	// The lab's own clusters: their overlays on every host, and the
+	// bridges their guests plug into (numbered first, in order: 1, 2).
+	for _, h := range r.hosts {
+		hn := n.host(h.name)
+		h.netns = hn.path
+		for _, lo := range labOverlays {
+			if _, err := n.guestBridge(ctx, h.name, lo.cluster, "br-"+lo.cluster); err != nil {
+				return err
+			}
+			if err := n.ensureOverlay(ctx, hn, n.labOverlay(lo.cluster, lo.vni, hn)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// placeGuest puts the i-th guest (from 1) of h in one of the lab's
+// clusters, in turn, on that host's bridge of it, with an address.
+func (r *labRun) placeGuest(ctx context.Context, h *host, i int) (placed, error) {
+	lo := labOverlays[(i-1)%len(labOverlays)]
+	br, err := r.net.guestBridge(ctx, h.name, lo.cluster, "br-"+lo.cluster)
+	if err != nil {
+		return placed{}, err
+	}
+	hn := r.net.host(h.name)
+	c := r.net.clusterNumber(lo.cluster)
+	p := placed{cluster: lo.cluster, bridge: br, addr: guestAddr(c, hn.idx, i),
+		mac: fmt.Sprintf("52:54:00:77:%02x:%02x", c, hn.idx*20+i)}
+	if r.boot != nil {
+		p.boot = func(d *libvirtxml.Domain) error { return r.boot(d, guestName(r.o.GuestPrefix, h.name, i), p.addr) }
+	}
+	return p, nil
+}
+
+// makeGuests gives each host its guests.
+func (r *labRun) makeGuests(ctx context.Context) error {
 	if r.driver != "qemu" {
 		lvd, err := startTestLibvirtd(ctx, r.o.Logger)
 		if err != nil {
@@ -251,6 +340,9 @@ func (r *labRun) makeGuests(ctx context.Context) error {
 		return writeTestNodes(r.dataDir, r.o.GuestPrefix, r.hosts, r.o.GuestsPerHost, lvd)
 	}
 	g := &qemuGuests{uri: r.o.LibvirtURI, prefix: r.o.GuestPrefix, logger: r.o.Logger, out: r.o.Out}
+	if r.net != nil {
+		g.place = func(h *host, i int) (placed, error) { return r.placeGuest(ctx, h, i) }
+	}
 	if err := g.create(r.hosts, r.o.GuestsPerHost); err != nil {
 		g.remove(r.hosts)
 		return err
@@ -267,17 +359,17 @@ func (r *labRun) makeClusters(ctx context.Context) error {
 	if !r.o.Clusters {
 		return nil
 	}
-	if r.driver != "qemu" {
-		r.noClusters = "off: they need real QEMU guests"
+	if r.net == nil {
+		r.noClusters = "off: " + r.noNet
 		return nil
 	}
 	if err := checkClusters(); err != nil {
 		r.noClusters = "off: " + err.Error()
 		return nil
 	}
-	c, err := setupClusters(ctx, r.o.LibvirtURI, r.dataDir, r.o.GuestPrefix, r.hosts, r.o.Logger)
+	c, err := setupClusters(ctx, r.o.LibvirtURI, r.dataDir, r.o.GuestPrefix, r.net, r.o.Logger)
 	if c != nil {
-		r.undo.add("remove cluster nodes, bridges, storage pool and network namespaces", func() error {
+		r.undo.add("remove cluster nodes and the storage pool", func() error {
 			return c.teardown(context.WithoutCancel(ctx))
 		})
 	}
@@ -285,68 +377,6 @@ func (r *labRun) makeClusters(ctx context.Context) error {
 		return err
 	}
 	r.cl = c
-	for _, h := range r.hosts {
-		h.netns = filepath.Join("/var/run/netns", c.netns[h.name])
-	}
-	return nil
-}
-
-// startAgent starts the agent of h, the i-th host, on an address of its
-// own, and sets h.addr.
-func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) error {
-	cfg := agent.Config{
-		LibvirtURI:    h.uri,
-		DomainFilter:  h.filter,
-		Token:         token,
-		ScrapeTimeout: 5 * time.Second,
-		// The lab's guests are TCG (or the test driver's) by choice:
-		// its hosts need no /dev/kvm (caretaker_host_kvm_required 0),
-		// so HostKVMDeviceMissing does not page for the lab.
-		GuestDomainType: "qemu",
-		// The highest leader epoch it has seen (with several servers),
-		// kept across the lab's runs on a kept --data.dir, as etcd's is.
-		StateDir: filepath.Join(r.dataDir, "agent-"+h.name),
-		Logger:   r.o.Logger.With("host", h.name),
-	}
-	// With clusters each host's agent address is its VTEP: one of
-	// its own (127.0.0.0/8 is all loopback), for distinct peers.
-	ip := "127.0.0.1"
-	if r.cl != nil {
-		cfg.GuestPool, cfg.NetNS = r.cl.pool, h.netns
-		ip = fmt.Sprintf("127.0.0.%d", i+1)
-	}
-	listen := net.JoinHostPort(ip, "0")
-	webConfig, err := r.tls.agentWebConfig(h.name, ip)
-	if err != nil {
-		return err
-	}
-	cfg.WebConfigFile = webConfig
-	a, err := agent.New(cfg)
-	if err != nil {
-		return fmt.Errorf("agent of %s: %w", h.name, err)
-	}
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		a.Close()
-		return fmt.Errorf("agent of %s: listen: %w", h.name, err)
-	}
-	h.addr = l.Addr().String()
-	actx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var err error
-		if r.cl != nil {
-			a.Start(actx)
-			err = serveTLS(actx, l, r.cl.wrap(a.Handler()), webConfig, r.o.Logger.With("host", h.name))
-		} else {
-			err = a.Serve(actx, l)
-		}
-		if err != nil {
-			r.o.Logger.Error("agent stopped", "host", h.name, "err", err)
-		}
-	}()
-	r.undo.add("stop agent of "+h.name, func() error { stop(); <-done; return a.Close() })
 	return nil
 }
 
@@ -519,7 +549,7 @@ func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o O
 		if err := writeInventory(dataDir, hosts); err != nil {
 			return err
 		}
-		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: lo\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", baseImage)
+		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: %s\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", underlayName, baseImage)
 		fmt.Fprintf(&b, "  bmc: {secrets_dir: %s}\n", dataDir) // bmc.password
 	} else {
 		fmt.Fprintf(&b, "hosts:\n")

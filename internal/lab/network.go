@@ -1,0 +1,440 @@
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"caretaker/internal/overlaynet"
+	"caretaker/internal/overlayspec"
+)
+
+// The lab's network, with QEMU guests as root. Every host is a network
+// namespace, as a real host is a machine of its own:
+//
+//	root namespace                          host-a's namespace
+//	┌────────────────────────────┐           ┌───────────────────────────────────────────┐
+//	│ ck<id>ul  underlay bridge  │── veth ──▶│ underlay 10.199.X.1/24: the agent listens │
+//	│           10.199.X.254/24  │           │          here; VXLAN sends on it           │
+//	│                            │           │                                            │
+//	│ ck<id>a<n>  guest bridge   │── veth ──▶│ br-<cluster> ── vx-<cluster> (VNI, peers)  │
+//	│   ▲ the guests' taps       │           │ 10.77.C.20H/24 the lab's probe address     │
+//	└────────────────────────────┘           └───────────────────────────────────────────┘
+//
+// libvirt plugs a guest's tap into a bridge of the root namespace: each
+// host has its own bridge there per guest cluster, joined to that host's
+// br-<cluster> by a veth pair, so that a guest's frames reach a guest of
+// another host only through the VXLAN devices, over the underlay. The
+// server in the root namespace reaches the agents through the underlay
+// bridge's address.
+
+// Guest addresses: every cluster's guests are in guestNet (a /16, so a
+// guest takes an address of another cluster for on-link and asks for it
+// by ARP on its own overlay, where nobody answers); cluster c has
+// 10.77.c+1.0/24, in which the lab's probe address on host h is .200+h.
+var guestNet = netip.MustParsePrefix("10.77.0.0/16")
+
+// underlayName is the underlay's name in every host's namespace, the
+// provisioner's provisioner.underlay.
+const underlayName = "underlay"
+
+// labNet is the lab's network: the namespaces, bridges and veth pairs.
+type labNet struct {
+	id       string // from the guest prefix: the root links' names
+	underlay netip.Prefix
+	gateway  netip.Addr // the root namespace's address on the underlay
+	hosts    []*hostNet
+	logger   *slog.Logger
+
+	mu       sync.Mutex
+	clusters []string          // index+1 is a cluster's number in names
+	bridges  map[string]string // host/cluster → guest bridge in the root namespace
+}
+
+// hostNet is one host's part of the network.
+type hostNet struct {
+	name string // the host's
+	ns   string // its namespace's name
+	path string // /var/run/netns/<ns>
+	addr netip.Addr
+	idx  int
+}
+
+// netID is the lab's 6 hex digits in its root links' names, from the guest
+// prefix: labs of different prefixes never touch each other's links.
+func netID(prefix string) string {
+	sum := sha256.Sum256([]byte(prefix))
+	return fmt.Sprintf("%x", sum[:3])
+}
+
+func rootLinkPrefix(id string) string { return "ck" + id }
+
+// setupNetwork makes the hosts' namespaces and the underlay, after removing
+// what an earlier lab of the same prefix left.
+func setupNetwork(ctx context.Context, prefix string, hosts []*host, logger *slog.Logger) (*labNet, error) {
+	n := &labNet{id: netID(prefix), logger: logger, bridges: map[string]string{}}
+	for i, h := range hosts {
+		ns := netnsName(prefix, h.name)
+		n.hosts = append(n.hosts, &hostNet{name: h.name, ns: ns, path: filepath.Join("/var/run/netns", ns), idx: i})
+	}
+	if err := n.teardown(ctx); err != nil {
+		return nil, fmt.Errorf("remove what an earlier lab left: %w", err)
+	}
+	subnet, err := freeUnderlay(n.id)
+	if err != nil {
+		return n, err
+	}
+	n.underlay = subnet
+	base := subnet.Addr().As4()
+	n.gateway = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 254})
+	ul := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.underlayBridge()}}
+	if err := netlink.LinkAdd(ul); err != nil {
+		return n, fmt.Errorf("create underlay bridge %s: %w", ul.Name, err)
+	}
+	if err := addAddr(nil, ul.Name, netip.PrefixFrom(n.gateway, 24)); err != nil {
+		return n, err
+	}
+	if err := netlink.LinkSetUp(ul); err != nil {
+		return n, fmt.Errorf("bring up %s: %w", ul.Name, err)
+	}
+	for _, hn := range n.hosts {
+		hn.addr = netip.AddrFrom4([4]byte{base[0], base[1], base[2], byte(hn.idx + 1)})
+		if err := runCommand(ctx, "ip", "netns", "add", hn.ns); err != nil {
+			return n, err
+		}
+		h, err := overlaynet.Open(ctx, hn.path)
+		if err != nil {
+			return n, err
+		}
+		err = n.plugHost(h, hn, ul)
+		h.Close()
+		if err != nil {
+			return n, fmt.Errorf("underlay of %s: %w", hn.name, err)
+		}
+	}
+	return n, nil
+}
+
+func (n *labNet) underlayBridge() string { return rootLinkPrefix(n.id) + "ul" }
+
+// plugHost joins a host's namespace to the underlay bridge.
+func (n *labNet) plugHost(h *netlink.Handle, hn *hostNet, ul netlink.Link) error {
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		return fmt.Errorf("bring up lo: %w", err)
+	}
+	outer := fmt.Sprintf("%s%cu", rootLinkPrefix(n.id), 'a'+hn.idx)
+	if err := vethInto(outer, underlayName, ul, hn.path); err != nil {
+		return err
+	}
+	if err := addAddr(h, underlayName, netip.PrefixFrom(hn.addr, 24)); err != nil {
+		return err
+	}
+	inner, err := h.LinkByName(underlayName)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", underlayName, err)
+	}
+	return h.LinkSetUp(inner)
+}
+
+// vethInto makes a veth pair: outer in the root namespace, a port of
+// master and up; inner moved into the namespace at nsPath (down, for the
+// caller to set up).
+func vethInto(outer, inner string, master netlink.Link, nsPath string) error {
+	tmp := outer + "p" // the inner end's name until it is in the namespace
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: outer}, PeerName: tmp}); err != nil {
+		return fmt.Errorf("create veth %s: %w", outer, err)
+	}
+	o, err := netlink.LinkByName(outer)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", outer, err)
+	}
+	if err := netlink.LinkSetMaster(o, master); err != nil {
+		return fmt.Errorf("add %s to %s: %w", outer, master.Attrs().Name, err)
+	}
+	if err := netlink.LinkSetUp(o); err != nil {
+		return fmt.Errorf("bring up %s: %w", outer, err)
+	}
+	p, err := netlink.LinkByName(tmp)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", tmp, err)
+	}
+	fd, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", nsPath, err)
+	}
+	defer fd.Close()
+	if err := netlink.LinkSetNsFd(p, int(fd)); err != nil {
+		return fmt.Errorf("move %s into %s: %w", tmp, nsPath, err)
+	}
+	h, err := netlink.NewHandleAt(fd)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	in, err := h.LinkByName(tmp)
+	if err == nil {
+		err = h.LinkSetName(in, inner)
+	}
+	if err != nil {
+		return fmt.Errorf("name %s %s in %s: %w", tmp, inner, nsPath, err)
+	}
+	return nil
+}
+
+// addAddr adds an address to a link (h nil: the root namespace's).
+func addAddr(h *netlink.Handle, link string, p netip.Prefix) error {
+	if h == nil {
+		h = &netlink.Handle{}
+	}
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", link, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+	if err := h.AddrAdd(l, a); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("add %s to %s: %w", p, link, err)
+	}
+	return nil
+}
+
+// freeUnderlay picks 10.199.X.0/24 for the underlay, X from the lab's id
+// and moved on past subnets another lab (or anything) has in the root
+// namespace.
+func freeUnderlay(id string) (netip.Prefix, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("list addresses: %w", err)
+	}
+	var start byte
+	fmt.Sscanf(id[:2], "%02x", &start)
+	for i := range 256 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 199, start + byte(i), 0}), 24)
+		taken := false
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && p.Contains(ip) {
+				taken = true
+				break
+			}
+		}
+		if !taken {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, errors.New("no free 10.199.X.0/24 for the lab's underlay")
+}
+
+// host returns a host's part of the network.
+func (n *labNet) host(name string) *hostNet {
+	for _, hn := range n.hosts {
+		if hn.name == name {
+			return hn
+		}
+	}
+	return nil
+}
+
+// clusterNumber is a cluster's number in the lab's link names and guest
+// addresses, given on first use; the lab's own clusters come first.
+func (n *labNet) clusterNumber(cluster string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.number(cluster)
+}
+
+// number is clusterNumber with n.mu held.
+func (n *labNet) number(cluster string) int {
+	for i, c := range n.clusters {
+		if c == cluster {
+			return i + 1
+		}
+	}
+	n.clusters = append(n.clusters, cluster)
+	return len(n.clusters)
+}
+
+// guestBridge returns the root namespace's bridge that host's guests of
+// cluster plug into, made with its veth to br-<cluster> in the host's
+// namespace (made too if the agent has not yet) when missing.
+func (n *labNet) guestBridge(ctx context.Context, host, cluster, nsBridge string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	hn := n.host(host)
+	if hn == nil {
+		return "", fmt.Errorf("no lab host %s", host)
+	}
+	key := host + "/" + cluster
+	if br, ok := n.bridges[key]; ok {
+		return br, nil
+	}
+	c := n.number(cluster)
+	name := fmt.Sprintf("%s%c%d", rootLinkPrefix(n.id), 'a'+hn.idx, c)
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("create guest bridge %s: %w", name, err)
+	}
+	br, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetUp(br)
+	}
+	if err != nil {
+		return "", fmt.Errorf("bring up %s: %w", name, err)
+	}
+	h, err := overlaynet.Open(ctx, hn.path)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	inner := fmt.Sprintf("guests%d", c)
+	if _, err := h.LinkByName(inner); err != nil {
+		if err := vethInto(name+"v", inner, br, hn.path); err != nil {
+			return "", err
+		}
+	}
+	nb, err := h.LinkByName(nsBridge)
+	if err != nil {
+		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: nsBridge}}); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("create %s in %s: %w", nsBridge, hn.ns, err)
+		}
+		if nb, err = h.LinkByName(nsBridge); err != nil {
+			return "", fmt.Errorf("look up %s in %s: %w", nsBridge, hn.ns, err)
+		}
+	}
+	in, err := h.LinkByName(inner)
+	if err != nil {
+		return "", fmt.Errorf("look up %s in %s: %w", inner, hn.ns, err)
+	}
+	if err := h.LinkSetMaster(in, nb); err != nil {
+		return "", fmt.Errorf("add %s to %s in %s: %w", inner, nsBridge, hn.ns, err)
+	}
+	for _, l := range []netlink.Link{in, nb} {
+		if err := h.LinkSetUp(l); err != nil {
+			return "", fmt.Errorf("bring up %s in %s: %w", l.Attrs().Name, hn.ns, err)
+		}
+	}
+	if err := addAddr(h, nsBridge, n.probeAddr(hn.idx, c)); err != nil {
+		return "", err
+	}
+	n.bridges[key] = name
+	return name, nil
+}
+
+// guestAddr is the address of a lab guest: the i-th (from 1) of host h in
+// cluster number c.
+func guestAddr(c, h, i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(c), byte(h*20 + i)}), guestNet.Bits())
+}
+
+// probeAddr is the lab's address on host h's br-<cluster> of cluster c,
+// from which it pings and asks that host's guests.
+func (n *labNet) probeAddr(h, c int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(c), byte(200 + h)}), 24)
+}
+
+// labOverlay is the overlay of one of the lab's own guest clusters on host
+// hn: the agent is given it (Config.Overlays and OverlayRepairs), and the
+// lab makes it once at the start.
+func (n *labNet) labOverlay(cluster string, vni int, hn *hostNet) overlayspec.Overlay {
+	o := overlayspec.Overlay{Cluster: cluster, Device: "vx-" + cluster, Bridge: "br-" + cluster, VNI: vni, Underlay: underlayName}
+	for _, p := range n.hosts {
+		if p != hn {
+			o.Peers = append(o.Peers, overlayspec.Peer{Host: p.name, Address: p.addr.String()})
+		}
+	}
+	return o
+}
+
+// ensureOverlay makes an overlay in a host's namespace.
+func (n *labNet) ensureOverlay(ctx context.Context, hn *hostNet, o overlayspec.Overlay) error {
+	h, err := overlaynet.Open(ctx, hn.path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if _, err := overlaynet.Ensure(h, o); err != nil {
+		return fmt.Errorf("overlay %s on %s: %w", o.Cluster, hn.name, err)
+	}
+	return nil
+}
+
+// listen listens on addr inside a host's namespace: the socket stays
+// there, whichever thread later serves it.
+func (n *labNet) listen(hn *hostNet, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNetns(hn.path, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
+}
+
+// inNetns runs fn on a thread inside the network namespace at path. A
+// thread that cannot move back is left locked, so the runtime ends it.
+func inNetns(path string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("current network namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// teardown removes the namespaces and the root namespace's links of the
+// lab (of this one, or one that left them).
+func (n *labNet) teardown(ctx context.Context) error {
+	var errs []error
+	for _, hn := range n.hosts {
+		if _, err := os.Stat(hn.path); err == nil {
+			errs = append(errs, runCommand(ctx, "ip", "netns", "del", hn.ns))
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list links: %w", err))...)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, rootLinkPrefix(n.id)) {
+			// A veth whose peer went with its namespace is gone too.
+			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
+				errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+			}
+		}
+	}
+	n.mu.Lock()
+	n.bridges = map[string]string{}
+	n.mu.Unlock()
+	return errors.Join(errs...)
+}
