@@ -24,9 +24,9 @@ import (
 
 // Options configure Start.
 type Options struct {
-	// Dir holds every file of the BMCs: the password file, and per host
-	// ipmi_sim's configuration, the chassis script and its state, the
-	// event FIFO and ipmi_sim's log. It must not exist or be empty: it is
+	// Dir holds every file of the BMCs: the password file (secrets/), and
+	// per host (host-NAME/) ipmi_sim's configuration, the chassis script
+	// and its state, the event FIFO and ipmi_sim's log. It must not exist or be empty: it is
 	// Start's alone, and Close removes it. Its path goes into a command
 	// line ipmi_sim hands to /bin/sh, so it is an absolute path of letters,
 	// digits and . _ - + / only.
@@ -287,7 +287,7 @@ func (b *BMCs) start(ctx context.Context) error {
 // sim (also on error, when there is something to clean up) has its reader
 // running.
 func (b *BMCs) prepare(host string) (*sim, error) {
-	dir := filepath.Join(b.opts.Dir, host)
+	dir := b.hostDir(host)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bmc %s: %w", host, err)
 	}
@@ -317,6 +317,10 @@ func (b *BMCs) prepare(host string) (*sim, error) {
 	go b.read(s)
 	return s, nil
 }
+
+// hostDir holds host's files; the prefix keeps a host called "secrets"
+// apart from SecretsDir.
+func (b *BMCs) hostDir(host string) string { return filepath.Join(b.opts.Dir, "host-"+host) }
 
 // run starts ipmi_sim for s and waits until it answers, on a fresh port
 // each time ipmi_sim exits at once.

@@ -305,8 +305,9 @@ func TestStartRefuses(t *testing.T) {
 // among them, are skipped; the next valid line still arrives.
 func TestEventFIFOGarbage(t *testing.T) {
 	t.Parallel()
-	b, rec := startBMCs(t, "h1")
-	f, err := os.OpenFile(filepath.Join(b.opts.Dir, "h1", "events"), os.O_WRONLY|os.O_APPEND, 0)
+	// A host may be called "secrets", like the password file's directory.
+	b, rec := startBMCs(t, "secrets")
+	f, err := os.OpenFile(filepath.Join(b.hostDir("secrets"), "events"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,5 +316,5 @@ func TestEventFIFOGarbage(t *testing.T) {
 	if _, err := f.WriteString(garbage); err != nil {
 		t.Fatal(err)
 	}
-	rec.await(t, "h1", power{false, BootPXE}, power{true, BootPXE})
+	rec.await(t, "secrets", power{false, BootPXE}, power{true, BootPXE})
 }
