@@ -26,10 +26,10 @@ import (
 type Options struct {
 	// Dir holds every file of the BMCs: the password file (secrets/), and
 	// per host (host-NAME/) ipmi_sim's configuration, the chassis script
-	// and its state, the event FIFO and ipmi_sim's log. It must not exist or be empty: it is
-	// Start's alone, and Close removes it. Its path goes into a command
-	// line ipmi_sim hands to /bin/sh, so it is an absolute path of letters,
-	// digits and . _ - + / only.
+	// and its state, the event FIFO and ipmi_sim's log. It must not exist
+	// or be empty: it is Start's alone, and Close removes it. Its path
+	// goes into a command line ipmi_sim hands to /bin/sh, so it is an
+	// absolute path of letters, digits and . _ - + / only.
 	Dir string
 	// Hosts are the hosts' names (DNS labels), one BMC each.
 	Hosts []string
@@ -43,7 +43,14 @@ type Options struct {
 	// the boot device that boot uses (BootPXE, BootNone, …): on a power
 	// off the device set then, on a power on the device the host boots
 	// from. A boot device override holds for one boot: after a power on
-	// the device is BootNone again. Calls for one host come one at a
+	// the device is BootNone again. A power cycle of a running host
+	// (ipmitool chassis power cycle, the provisioner's PowerCycle) is
+	// OnPower(off, dev) at once and OnPower(on, dev) about a second later,
+	// when ipmi_sim's timer powers it on; a cycle of a host that is off
+	// is OnPower(on, dev) alone, and a reset of a running host is off and
+	// on at once. Setting the same power again calls nothing. The lab
+	// boots its Firmware on OnPower(on, BootPXE), best in a goroutine of
+	// its own. Calls for one host come one at a
 	// time, in order, from one goroutine per host; a call that blocks
 	// holds up that host's later events, and Close waits for calls in
 	// progress.
