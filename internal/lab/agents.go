@@ -57,10 +57,10 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 		listen: func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }}
 	ip := "127.0.0.1"
 	if r.net != nil {
-		// The agent listens on the host's underlay address, in its
-		// namespace, which is also its VTEP.
+		// The agent listens on the host's management address, in its
+		// namespace.
 		hn := r.net.host(h.name)
-		ip = hn.addr.String()
+		ip = hn.mgmt.String()
 		cfg.NetNS = h.netns
 		for _, lo := range labOverlays {
 			o := r.net.labOverlay(lo.cluster, lo.vni, hn)

@@ -99,6 +99,7 @@ type host struct {
 	guests []guest
 	addr   string // the agent's listen address
 	netns  string // its network namespace's path, with the lab's network
+	vtep   string // its underlay address, with the lab's network
 	agent  *hostAgent
 }
 
@@ -298,7 +299,7 @@ func (r *labRun) makeNetwork(ctx context.Context) error {
 	// bridges their guests plug into (numbered first, in order: 1, 2).
 	for _, h := range r.hosts {
 		hn := n.host(h.name)
-		h.netns = hn.path
+		h.netns, h.vtep = hn.path, hn.addr.String()
 		for _, lo := range labOverlays {
 			if _, err := n.guestBridge(ctx, h.name, lo.cluster, "br-"+lo.cluster); err != nil {
 				return err
@@ -613,6 +614,9 @@ func writeInventory(dataDir string, hosts []*host) error {
 		fmt.Fprintf(&b, "  - name: %s\n    macs: [\"52:54:00:ca:fe:%02x\"]\n", h.name, i+1)
 		fmt.Fprintf(&b, "    bmc: {type: ipmi, address: 127.0.0.1, username: lab, password_file: bmc.password}\n")
 		fmt.Fprintf(&b, "    role: worker\n    agent: %s\n    cpus: %d\n    memory_bytes: %d\n", h.addr, labHostCPUs, labHostMemory)
+		if h.vtep != "" {
+			fmt.Fprintf(&b, "    underlay_address: %s\n", h.vtep)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dataDir, "inventory.yml"), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("write inventory: %w", err)

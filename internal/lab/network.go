@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,9 +28,10 @@ import (
 //
 //	root namespace                          host-a's namespace
 //	┌────────────────────────────┐           ┌───────────────────────────────────────────┐
-//	│ ck<id>ul  underlay bridge  │── veth ──▶│ underlay 10.199.X.1/24: the agent listens │
-//	│           10.199.X.254/24  │           │          here; VXLAN sends on it           │
-//	│                            │           │                                            │
+//	│ ck<id>mg  management       │── veth ──▶│ mgmt     10.198.X.1/24: the agent listens │
+//	│           10.198.X.254/24  │           │                                            │
+//	│ ck<id>ul  underlay bridge  │── veth ──▶│ underlay 10.199.X.1/24: VXLAN sends on it │
+//	│                            │           │          (the host's VTEP)                 │
 //	│ ck<id>a<n>  guest bridge   │── veth ──▶│ br-<cluster> ── vx-<cluster> (VNI, peers)  │
 //	│   ▲ the guests' taps       │           │ 10.77.C.20H/24 the lab's probe address     │
 //	└────────────────────────────┘           └───────────────────────────────────────────┘
@@ -39,7 +41,8 @@ import (
 // br-<cluster> by a veth pair, so that a guest's frames reach a guest of
 // another host only through the VXLAN devices, over the underlay. The
 // server in the root namespace reaches the agents through the underlay
-// bridge's address.
+// bridge's address. Management and underlay are apart, as on many real
+// fleets: an underlay link down cuts the overlays, not the agent.
 
 // Guest addresses: every cluster's guests are in guestNet (a /16, so a
 // guest takes an address of another cluster for on-link and asks for it
@@ -48,14 +51,17 @@ import (
 var guestNet = netip.MustParsePrefix("10.77.0.0/16")
 
 // underlayName is the underlay's name in every host's namespace, the
-// provisioner's provisioner.underlay.
-const underlayName = "underlay"
+// provisioner's provisioner.underlay; mgmtName the management network's.
+const (
+	underlayName = "underlay"
+	mgmtName     = "mgmt"
+)
 
 // labNet is the lab's network: the namespaces, bridges and veth pairs.
 type labNet struct {
 	id       string // from the guest prefix: the root links' names
 	underlay netip.Prefix
-	gateway  netip.Addr // the root namespace's address on the underlay
+	mgmt     netip.Prefix
 	hosts    []*hostNet
 	logger   *slog.Logger
 
@@ -66,10 +72,11 @@ type labNet struct {
 
 // hostNet is one host's part of the network.
 type hostNet struct {
-	name string // the host's
-	ns   string // its namespace's name
-	path string // /var/run/netns/<ns>
-	addr netip.Addr
+	name string     // the host's
+	ns   string     // its namespace's name
+	path string     // /var/run/netns/<ns>
+	addr netip.Addr // on the underlay: the VTEP
+	mgmt netip.Addr // on the management network: the agent's
 	idx  int
 }
 
@@ -93,25 +100,28 @@ func setupNetwork(ctx context.Context, prefix string, hosts []*host, logger *slo
 	if err := n.teardown(ctx); err != nil {
 		return nil, fmt.Errorf("remove what an earlier lab left: %w", err)
 	}
-	subnet, err := freeUnderlay(n.id)
+	x, err := freeSubnet()
 	if err != nil {
 		return n, err
 	}
-	n.underlay = subnet
-	base := subnet.Addr().As4()
-	n.gateway = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 254})
-	ul := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.underlayBridge()}}
-	if err := netlink.LinkAdd(ul); err != nil {
-		return n, fmt.Errorf("create underlay bridge %s: %w", ul.Name, err)
+	n.mgmt = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 198, x, 0}), 24)
+	n.underlay = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 199, x, 0}), 24)
+	nth := func(p netip.Prefix, i int) netip.Addr {
+		b := p.Addr().As4()
+		return netip.AddrFrom4([4]byte{b[0], b[1], b[2], byte(i)})
 	}
-	if err := addAddr(nil, ul.Name, netip.PrefixFrom(n.gateway, 24)); err != nil {
+	// The root namespace has .254 of the management network, to reach
+	// the agents; none of the underlay, which is the hosts' alone.
+	mg, err := rootBridge(rootLinkPrefix(n.id)+"mg", netip.PrefixFrom(nth(n.mgmt, 254), 24))
+	if err != nil {
 		return n, err
 	}
-	if err := netlink.LinkSetUp(ul); err != nil {
-		return n, fmt.Errorf("bring up %s: %w", ul.Name, err)
+	ul, err := rootBridge(rootLinkPrefix(n.id)+"ul", netip.Prefix{})
+	if err != nil {
+		return n, err
 	}
 	for _, hn := range n.hosts {
-		hn.addr = netip.AddrFrom4([4]byte{base[0], base[1], base[2], byte(hn.idx + 1)})
+		hn.addr, hn.mgmt = nth(n.underlay, hn.idx+1), nth(n.mgmt, hn.idx+1)
 		if err := runCommand(ctx, "ip", "netns", "add", hn.ns); err != nil {
 			return n, err
 		}
@@ -119,19 +129,55 @@ func setupNetwork(ctx context.Context, prefix string, hosts []*host, logger *slo
 		if err != nil {
 			return n, err
 		}
-		err = n.plugHost(h, hn, ul)
+		err = plugHost(h, hn, []hostLink{
+			{n.mgmtLink(hn), mgmtName, mg, netip.PrefixFrom(hn.mgmt, 24)},
+			{n.underlayLink(hn), underlayName, ul, netip.PrefixFrom(hn.addr, 24)},
+		})
 		h.Close()
 		if err != nil {
-			return n, fmt.Errorf("underlay of %s: %w", hn.name, err)
+			return n, fmt.Errorf("network of %s: %w", hn.name, err)
 		}
 	}
 	return n, nil
 }
 
-func (n *labNet) underlayBridge() string { return rootLinkPrefix(n.id) + "ul" }
+// underlayLink and mgmtLink are a host's links to the underlay and the
+// management network, in the root namespace: the "switch ports".
+func (n *labNet) underlayLink(hn *hostNet) string {
+	return fmt.Sprintf("%s%cu", rootLinkPrefix(n.id), 'a'+hn.idx)
+}
 
-// plugHost joins a host's namespace to the underlay bridge.
-func (n *labNet) plugHost(h *netlink.Handle, hn *hostNet, ul netlink.Link) error {
+func (n *labNet) mgmtLink(hn *hostNet) string {
+	return fmt.Sprintf("%s%cm", rootLinkPrefix(n.id), 'a'+hn.idx)
+}
+
+// rootBridge makes a bridge in the root namespace, up, with addr if valid.
+func rootBridge(name string, addr netip.Prefix) (netlink.Link, error) {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	if addr.IsValid() {
+		if err := addAddr(nil, name, addr); err != nil {
+			return nil, err
+		}
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("bring up %s: %w", name, err)
+	}
+	return br, nil
+}
+
+// hostLink is one of a host's links: outer in the root namespace on
+// bridge, inner in the host's with addr.
+type hostLink struct {
+	outer, inner string
+	bridge       netlink.Link
+	addr         netip.Prefix
+}
+
+// plugHost brings up a host's lo and its links.
+func plugHost(h *netlink.Handle, hn *hostNet, links []hostLink) error {
 	lo, err := h.LinkByName("lo")
 	if err == nil {
 		err = h.LinkSetUp(lo)
@@ -139,18 +185,22 @@ func (n *labNet) plugHost(h *netlink.Handle, hn *hostNet, ul netlink.Link) error
 	if err != nil {
 		return fmt.Errorf("bring up lo: %w", err)
 	}
-	outer := fmt.Sprintf("%s%cu", rootLinkPrefix(n.id), 'a'+hn.idx)
-	if err := vethInto(outer, underlayName, ul, hn.path); err != nil {
-		return err
+	for _, l := range links {
+		if err := vethInto(l.outer, l.inner, l.bridge, hn.path); err != nil {
+			return err
+		}
+		if err := addAddr(h, l.inner, l.addr); err != nil {
+			return err
+		}
+		in, err := h.LinkByName(l.inner)
+		if err == nil {
+			err = h.LinkSetUp(in)
+		}
+		if err != nil {
+			return fmt.Errorf("bring up %s: %w", l.inner, err)
+		}
 	}
-	if err := addAddr(h, underlayName, netip.PrefixFrom(hn.addr, 24)); err != nil {
-		return err
-	}
-	inner, err := h.LinkByName(underlayName)
-	if err != nil {
-		return fmt.Errorf("look up %s: %w", underlayName, err)
-	}
-	return h.LinkSetUp(inner)
+	return nil
 }
 
 // vethInto makes a veth pair: outer in the root namespace, a port of
@@ -214,30 +264,24 @@ func addAddr(h *netlink.Handle, link string, p netip.Prefix) error {
 	return nil
 }
 
-// freeUnderlay picks 10.199.X.0/24 for the underlay, X from the lab's id
-// and moved on past subnets another lab (or anything) has in the root
-// namespace.
-func freeUnderlay(id string) (netip.Prefix, error) {
+// freeSubnet picks X for the lab's 10.198.X.0/24 (management) and
+// 10.199.X.0/24 (underlay): the first X whose management subnet nothing in
+// the root namespace has (another lab, say).
+func freeSubnet() (byte, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("list addresses: %w", err)
+		return 0, fmt.Errorf("list addresses: %w", err)
 	}
-	var start byte
-	fmt.Sscanf(id[:2], "%02x", &start)
-	for i := range 256 {
-		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 199, start + byte(i), 0}), 24)
-		taken := false
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && p.Contains(ip) {
-				taken = true
-				break
-			}
-		}
-		if !taken {
-			return p, nil
+	for x := 1; x < 255; x++ {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 198, byte(x), 0}), 24)
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			return ok && p.Contains(ip)
+		}) {
+			return byte(x), nil
 		}
 	}
-	return netip.Prefix{}, errors.New("no free 10.199.X.0/24 for the lab's underlay")
+	return 0, errors.New("no free 10.198.X.0/24 for the lab's management network")
 }
 
 // host returns a host's part of the network.

@@ -368,11 +368,15 @@ func (p *Provisioner) Hosts() []config.Host {
 	return out
 }
 
-// vtep is a host's underlay address: the address of its agent.
+// vtep is a host's underlay address: the inventory's underlay_address,
+// else the address of its agent.
 func (p *Provisioner) vtep(host string) net.IP {
 	h, err := p.inventoryHost(host)
 	if err != nil {
 		return nil
+	}
+	if h.UnderlayAddress != "" {
+		return net.ParseIP(h.UnderlayAddress)
 	}
 	addr, _, err := net.SplitHostPort(h.Agent)
 	if err != nil {

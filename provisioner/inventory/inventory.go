@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -54,6 +55,10 @@ type Host struct {
 	// Agent is host:port of the host's caretaker agent (default
 	// <name>:9301).
 	Agent string `yaml:"agent"`
+	// UnderlayAddress is the host's VTEP: the address its guest clusters'
+	// VXLAN devices send from, on the provisioner's underlay. Empty takes
+	// the agent's address, which must then be an IP address.
+	UnderlayAddress string `yaml:"underlay_address"`
 	// CPUs and MemoryBytes are the host's capacity for placement; 0 means
 	// learn it from the agent.
 	CPUs        int    `yaml:"cpus"`
@@ -223,6 +228,11 @@ func normalize(h *Host) []error {
 	if h.Agent != "" {
 		if err := checkHostPort(h.Agent); err != nil {
 			add("agent", "%v", err)
+		}
+	}
+	if h.UnderlayAddress != "" {
+		if a, err := netip.ParseAddr(h.UnderlayAddress); err != nil || a.Zone() != "" || !a.IsGlobalUnicast() && !a.IsPrivate() {
+			add("underlay_address", "%q is not a unicast IP address such as 10.0.0.5", h.UnderlayAddress)
 		}
 	}
 	if h.CPUs < 0 {

@@ -46,7 +46,7 @@ func TestLoadNormalises(t *testing.T) {
 			BMC: bmc.Config{Type: "redfish", Address: "https://10.0.1.11", Username: "root",
 				PasswordFile: "kvm-b1", Insecure: true},
 			Role: "worker", Labels: map[string]string{"rack": "b", "zone": "eu-2"},
-			Agent: "10.0.1.21:9301",
+			Agent: "10.0.1.21:9301", UnderlayAddress: "10.0.2.21",
 		},
 		{
 			Name: "mon-1", Serial: "CZ2150EFGH", MACs: []string{"52:54:00:aa:bb:21"},

@@ -22,6 +22,7 @@ type hostJSON struct {
 	Role        string            `json:"role"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Agent       string            `json:"agent,omitempty"`
+	Underlay    string            `json:"underlay_address,omitempty"`
 	CPUs        int               `json:"cpus,omitempty"`
 	MemoryBytes uint64            `json:"memory_bytes,omitempty"`
 	AddedBy     *who.By           `json:"added_by,omitempty"`
@@ -44,7 +45,7 @@ type bmcJSON struct {
 func (h Host) MarshalJSON() ([]byte, error) {
 	j := hostJSON{
 		Name: h.Name, Serial: h.Serial, MACs: h.MACs, Role: h.Role, Labels: h.Labels,
-		Agent: h.Agent, CPUs: h.CPUs, MemoryBytes: h.MemoryBytes, AddedBy: h.AddedBy,
+		Agent: h.Agent, Underlay: h.UnderlayAddress, CPUs: h.CPUs, MemoryBytes: h.MemoryBytes, AddedBy: h.AddedBy,
 		BMC: bmcJSON{
 			Type: h.BMC.Type, Address: h.BMC.Address, Username: h.BMC.Username,
 			PasswordFile: h.BMC.PasswordFile, Insecure: h.BMC.Insecure,
@@ -85,7 +86,7 @@ func (h *Host) UnmarshalJSON(data []byte) error {
 	}
 	*h = Host{
 		Name: j.Name, Serial: j.Serial, MACs: j.MACs, Role: j.Role, Labels: j.Labels,
-		Agent: j.Agent, CPUs: j.CPUs, MemoryBytes: j.MemoryBytes, AddedBy: j.AddedBy,
+		Agent: j.Agent, UnderlayAddress: j.Underlay, CPUs: j.CPUs, MemoryBytes: j.MemoryBytes, AddedBy: j.AddedBy,
 		BMC: bmc.Config{
 			Type: j.BMC.Type, Address: j.BMC.Address, Username: j.BMC.Username,
 			PasswordFile: j.BMC.PasswordFile, Insecure: j.BMC.Insecure,

@@ -234,7 +234,7 @@ func testCheckFile(t *testing.T, newStore storeMaker) {
 	err := s.CheckFile(fileInventory(t))
 	want := "testdata/good/full.yml:5: hosts[0].macs[1]: 52:54:00:aa:bb:02 is a MAC of host kvm-b1 (added through the API)\n" +
 		"testdata/good/full.yml:19: hosts[1].name: host kvm-b1 already exists (added through the API)\n" +
-		`testdata/good/full.yml:31: hosts[2].serial: "CZ2150EFGH" is the serial of host kvm-b1 (added through the API)`
+		`testdata/good/full.yml:32: hosts[2].serial: "CZ2150EFGH" is the serial of host kvm-b1 (added through the API)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("CheckFile = %v, want\n%s", err, want)
 	}
