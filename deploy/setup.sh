@@ -164,12 +164,12 @@ guest_os_complete() {
 
 # guest_os_download downloads the kernel package linux-image-amd64 depends
 # on and busybox-static into the current directory and prints the kernel
-# package's name.
+# package's name; apt's complaints go to the file $1.
 guest_os_download() {
 	local kpkg
-	kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	kpkg=$(apt-cache depends linux-image-amd64 2>"$1" | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
 	[[ -n $kpkg ]] || return 1
-	apt-get download -qq "$kpkg" busybox-static >/dev/null 2>&1 || return 1
+	apt-get download -qq "$kpkg" busybox-static >"$1" 2>&1 || return 1
 	echo "$kpkg"
 }
 
@@ -187,14 +187,16 @@ fetch_guest_os() (
 	mkdir "$tmp/deb" "$tmp/root"
 	! id -u _apt >/dev/null 2>&1 || chown _apt "$tmp/deb"
 	cd "$tmp/deb" || return 1
-	if ! kpkg=$(guest_os_download); then
+	if ! kpkg=$(guest_os_download "$tmp/apt.log"); then
 		# The lists may be missing (a fresh container): update once.
-		apt-get update -qq >/dev/null 2>&1 || {
-			log "guest OS: apt-get update failed"
+		apt-get update -qq >"$tmp/apt.log" 2>&1 || {
+			tail -n 10 "$tmp/apt.log" >&2
+			log "guest OS: apt-get update failed (above: the end of its output)"
 			return 1
 		}
-		kpkg=$(guest_os_download) || {
-			log "guest OS: apt-get download of linux-image-amd64's kernel package and busybox-static failed"
+		kpkg=$(guest_os_download "$tmp/apt.log") || {
+			tail -n 10 "$tmp/apt.log" >&2
+			log "guest OS: apt-get download of linux-image-amd64's kernel package and busybox-static failed (above: the end of apt's output)"
 			return 1
 		}
 	fi
