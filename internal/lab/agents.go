@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,8 +20,10 @@ type hostAgent struct {
 	cfg     agent.Config
 	addr    string // where it listens, the same after a restart
 	handler func(http.Handler) http.Handler
-	listen  func(addr string) (net.Listener, error)
-	logger  interface {
+	// filter, when set, gives the DomainFilter of each start.
+	filter func() *regexp.Regexp
+	listen func(addr string) (net.Listener, error)
+	logger interface {
 		Error(string, ...any)
 	}
 
@@ -79,6 +83,17 @@ func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) e
 	}
 	cfg.WebConfigFile = webConfig
 	ha.cfg, ha.addr = cfg, net.JoinHostPort(ip, "0")
+	if r.cl != nil {
+		// A restarted agent owns the nodes PUT to it before, as one
+		// on a host of its own would find them in its libvirtd.
+		ha.filter = func() *regexp.Regexp {
+			alts := []string{h.filter.String()}
+			for _, n := range r.cl.hostNodes(h.name) {
+				alts = append(alts, "^"+regexp.QuoteMeta(n)+"$")
+			}
+			return regexp.MustCompile(strings.Join(alts, "|"))
+		}
+	}
 	if err := ha.start(ctx); err != nil {
 		return fmt.Errorf("agent of %s: %w", h.name, err)
 	}
@@ -94,7 +109,11 @@ func (ha *hostAgent) start(ctx context.Context) error {
 	if ha.stopFn != nil {
 		return nil
 	}
-	a, err := agent.New(ha.cfg)
+	cfg := ha.cfg
+	if ha.filter != nil {
+		cfg.DomainFilter = ha.filter()
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,12 +23,14 @@ import (
 	"time"
 
 	"caretaker/internal/api"
+	"caretaker/internal/guestos"
 )
 
 // Fault is one fault the game day can inject, and what it expects.
 type Fault struct {
 	Name string `json:"name"`
-	// Kind is what is broken: guest, guests, host daemon or overlay.
+	// Kind is what is broken: guest, guests, overlay, host daemon, host
+	// or server.
 	Kind string `json:"kind"`
 	// Alert is the alert expected to fire (or go pending, where its
 	// `for` outlasts the fault).
@@ -40,19 +43,44 @@ type Fault struct {
 	// Heals is whether caretaker heals it with no human: a fault that
 	// heals and does not within its deadline fails the game day.
 	Heals bool `json:"heals"`
+	// Needs is what of the lab the fault needs (see labHas).
+	Needs []string `json:"needs,omitempty"`
 }
+
+// What a fault may need of the lab.
+const (
+	needNetwork = "network"  // the hosts' namespaces and overlays
+	needOS      = "guest OS" // guests that boot Linux and answer
+	needBMC     = "BMCs"     // hosts with BMCs and the provisioner
+)
 
 // Faults are the faults this lab can inject, in the order `--chaos all`
 // runs them (the storm last: it opens the circuit breaker).
 var Faults = []Fault{
 	{Name: "qemu-kill", Kind: "guest", Alert: "GuestCrashed", Action: "restart-vm",
-		Heal: "the guest runs again (a new qemu process)", Heals: true},
+		Heal: "the guest runs again (a new qemu process) and reaches its peers", Heals: true},
 	{Name: "virsh-destroy", Kind: "guest", Alert: "GuestShutOffUnexpectedly", Action: "restart-vm",
-		Heal: "the guest runs again (a new qemu process)", Heals: true},
+		Heal: "the guest runs again (a new qemu process) and reaches its peers", Heals: true},
+	{Name: "guest-panic", Kind: "guest", Alert: "GuestCrashed", Action: "restart-vm",
+		Heal: "the guest's kernel runs again and reaches its peers", Heals: true, Needs: []string{needOS}},
 	{Name: "guest-paused", Kind: "guest", Alert: "GuestPausedUnexpectedly", Action: "page",
 		Heal: "the guest runs again (the runner resumes it, as the on-call would)"},
+	{Name: "vxlan-delete", Kind: "overlay", Alert: "OverlayVXLANMissing", Action: "repair-overlay",
+		Heal: "the VXLAN device is back and the guests reach their peers on the other hosts", Heals: true, Needs: []string{needNetwork}},
+	{Name: "fdb-remove", Kind: "overlay", Alert: "OverlayPeerFDBMissing", Action: "repair-overlay",
+		Heal: "the peer's flooding entry is back and the guests reach their peers", Heals: true, Needs: []string{needNetwork}},
+	{Name: "vxlan-mtu", Kind: "overlay", Alert: "OverlayMTUMismatch", Action: "repair-overlay",
+		Heal: "the VXLAN device's MTU fits the underlay again", Heals: true, Needs: []string{needNetwork}},
+	{Name: "underlay-down", Kind: "overlay", Alert: "OverlayPeerUnreachable", Action: "page",
+		Heal: "the runner brings the host's underlay link up; the guests reach their peers", Needs: []string{needNetwork, needOS}},
 	{Name: "libvirtd-stop", Kind: "host daemon", Alert: "HostAgentDown or HostLibvirtdDown", Action: "page",
 		Heal: "every host's libvirt answers again after SIGCONT"},
+	{Name: "libvirtd-kill", Kind: "host daemon", Alert: "HostLibvirtdDown", Action: "none: its service manager restarts it",
+		Heal: "libvirtd restarted (as systemd would) answers every host's agent; the guests ran on"},
+	{Name: "agent-kill", Kind: "host daemon", Alert: "HostAgentDown, then GuestCrashed", Action: "restart-vm",
+		Heal: "the agent restarted (as systemd would) and the guest that crashed meanwhile runs again", Heals: true},
+	{Name: "power-loss", Kind: "host", Alert: "HostAgentDown", Action: "reprovision-host",
+		Heal: "the host, fenced and reinstalled over PXE, is ready; its node was recreated on another host; its guests run", Heals: true, Needs: []string{needBMC}},
 	{Name: "storm", Kind: "guests", Alert: "GuestCrashed, RemediationCircuitBreakerOpen", Action: "held by the breaker, page",
 		Heal: "every guest runs again and the breaker closes"},
 }
@@ -75,9 +103,9 @@ const (
 // PrintFaults writes the fault table of `--chaos list`.
 func PrintFaults(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FAULT\tKIND\tEXPECTED ALERT\tEXPECTED ACTION\tHEALED WHEN")
+	fmt.Fprintln(tw, "FAULT\tKIND\tEXPECTED ALERT\tEXPECTED ACTION\tNEEDS\tHEALED WHEN")
 	for _, f := range Faults {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Name, f.Kind, f.Alert, f.Action, f.Heal)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, f.Kind, f.Alert, f.Action, orDash(strings.Join(f.Needs, ", ")), f.Heal)
 	}
 	return tw.Flush()
 }
@@ -116,8 +144,14 @@ rules:
     match: {alertname: GuestShutOffUnexpectedly}
     action: restart-vm
   - name: repair-overlays
-    match_re: {alertname: "OverlayVXLAN(Down|Missing)|OverlayPeerFDBMissing"}
+    match_re: {alertname: "OverlayVXLAN(Down|Missing)|OverlayPeerFDBMissing|OverlayMTUMismatch"}
     action: repair-overlay
+  # An agent that does not answer for 2 minutes: its host is fenced
+  # (power-cycled through its BMC), its nodes recreated elsewhere, and it
+  # is reinstalled over PXE.
+  - name: reprovision-unreachable-hosts
+    match: {alertname: HostAgentDown}
+    action: reprovision-host
 guards:
   max_unhealthy: "1"        # the storm breaks three or more guests at once
   breaker_close_after: 10s  # so the breaker closes soon after the storm
@@ -207,6 +241,8 @@ type gameDay struct {
 	hosts  []string
 	next   int // the guest the next guest fault breaks
 	log    func(format string, args ...any)
+	// clients ask the guests, from each host's namespace (client).
+	clients map[string]*http.Client
 }
 
 func newGameDay(r *labRun, apiURL, token string) *gameDay {
@@ -237,9 +273,36 @@ func (g *gameDay) run(ctx context.Context, faults []Fault) *Scoreboard {
 		board.Error = "the lab did not get ready: " + err.Error()
 		return board
 	}
+	if g.r.boot != nil {
+		g.log("waiting for the guests' Linux to answer ping")
+		if err := poll(ctx, readyWithin, g.guestsAnswer); err != nil {
+			board.Error = "the guests did not boot: " + err.Error()
+			return board
+		}
+		g.log("checking the overlays: every guest reaches its cluster's guests on the other hosts, and no other cluster's")
+		var err error
+		board.Overlays, err = g.checkOverlays(ctx)
+		if err != nil {
+			board.Overlays.Error = err.Error()
+		}
+	}
 	for _, f := range faults {
 		if ctx.Err() != nil {
 			break
+		}
+		var missing []string
+		for _, n := range f.Needs {
+			if why := g.labHas(n); why != "" {
+				missing = append(missing, why)
+			}
+		}
+		if len(missing) > 0 {
+			s := newScore(f)
+			s.Skipped = strings.Join(missing, "; ")
+			s.judge()
+			g.log("%s: %s", f.Name, s.summary())
+			board.Faults = append(board.Faults, s)
+			continue
 		}
 		g.log("injecting %s", f.Name)
 		s := g.inject(ctx, f)
@@ -262,6 +325,18 @@ func (g *gameDay) inject(ctx context.Context, f Fault) *Score {
 		err = g.guestPaused(ctx, s)
 	case "libvirtd-stop":
 		err = g.libvirtdStop(ctx, s)
+	case "guest-panic":
+		err = g.guestPanic(ctx, s)
+	case "vxlan-delete", "fdb-remove", "vxlan-mtu":
+		err = g.overlayFault(ctx, s)
+	case "underlay-down":
+		err = g.underlayDown(ctx, s)
+	case "libvirtd-kill":
+		err = g.libvirtdKill(ctx, s)
+	case "agent-kill":
+		err = g.agentKill(ctx, s)
+	case "power-loss":
+		err = g.powerLoss(ctx, s)
 	case "storm":
 		err = g.storm(ctx, s)
 	default:
@@ -272,6 +347,21 @@ func (g *gameDay) inject(ctx context.Context, f Fault) *Score {
 	}
 	s.judge()
 	return s
+}
+
+// guestsAnswer tells whether every lab guest answers ping from its host.
+func (g *gameDay) guestsAnswer(ctx context.Context) (bool, error) {
+	for _, h := range g.r.hosts {
+		for _, gu := range h.guests {
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := guestos.Ping(pctx, h.netns, gu.addr.Addr())
+			cancel()
+			if err != nil {
+				return false, fmt.Errorf("%s (%s): %w", gu.name, gu.addr.Addr(), err)
+			}
+		}
+	}
+	return true, nil
 }
 
 // pickGuest returns the next guest to break, round robin, so that one

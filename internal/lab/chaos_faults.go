@@ -15,7 +15,8 @@ import (
 
 // watchedAlerts are the alerts whose activity keeps the lab from calm.
 var watchedAlerts = []string{"GuestCrashed", "GuestShutOffUnexpectedly", "GuestPausedUnexpectedly",
-	"HostLibvirtdDown", "HostAgentDown", "RemediationCircuitBreakerOpen"}
+	"HostLibvirtdDown", "HostAgentDown", "RemediationCircuitBreakerOpen",
+	"OverlayVXLANDown", "OverlayVXLANMissing", "OverlayPeerFDBMissing", "OverlayMTUMismatch", "OverlayPeerUnreachable"}
 
 // breakerAlert is the alert of an open circuit breaker.
 const breakerAlert = "RemediationCircuitBreakerOpen"
@@ -115,6 +116,7 @@ type watch struct {
 	t0       time.Time
 	domains  []string // the guests broken
 	hosts    bool     // the fault is the hosts': their alerts count
+	hostOnly []string // these hosts' alerts count (hostAlerts)
 	expect   []string // alerts whose activity is the detection
 	detected time.Time
 	seen     map[string]string // alert → furthest state
@@ -135,7 +137,7 @@ func (w *watch) about(l map[string]string) bool {
 		return slices.Contains(w.domains, d)
 	}
 	if h, ok := l["host"]; ok {
-		return w.hosts && slices.Contains(w.g.hosts, h)
+		return w.hosts && slices.Contains(w.g.hosts, h) || slices.Contains(w.hostOnly, h)
 	}
 	return false
 }
@@ -144,7 +146,7 @@ func (w *watch) recordAbout(r journal.Record) bool {
 	if r.Domain != "" {
 		return slices.Contains(w.domains, r.Domain)
 	}
-	return w.hosts && slices.Contains(w.g.hosts, r.Host)
+	return w.hosts && slices.Contains(w.g.hosts, r.Host) || slices.Contains(w.hostOnly, r.Host)
 }
 
 func (w *watch) detect(at time.Time) {
@@ -293,6 +295,7 @@ func (g *gameDay) guestDown(ctx context.Context, s *Score) error {
 	if err == nil {
 		w.healed("caretaker")
 	}
+	w.restored(ctx, []string{dom}, healWithin)
 	w.finish(ctx)
 	return nil
 }

@@ -15,8 +15,11 @@ type Scoreboard struct {
 	Started         time.Time `json:"started"`
 	DurationSeconds float64   `json:"duration_seconds"`
 	// Hold is how long libvirtd-stop kept libvirtd stopped.
-	Hold   string   `json:"hold"`
-	Faults []*Score `json:"faults"`
+	Hold string `json:"hold"`
+	// Overlays is the first check of the lab's overlays, nil without
+	// guests that boot.
+	Overlays *OverlayCheck `json:"overlays,omitempty"`
+	Faults   []*Score      `json:"faults"`
 	// Error is why the game day could not run at all (the lab never
 	// got ready).
 	Error string `json:"error,omitempty"`
@@ -49,9 +52,12 @@ type Score struct {
 	// the runner standing in for the paged human.
 	HealedAfter *float64 `json:"healed_after_seconds"`
 	HealedBy    string   `json:"healed_by,omitempty"`
-	// Traffic is when guest-to-guest traffic flowed again: "—", the
-	// lab's guests boot no OS yet.
-	Traffic string `json:"traffic_restored_after"`
+	// TrafficAfter is from the injection to the broken guests (or the
+	// broken overlay's) reaching their peers on the other hosts again;
+	// nil: not within the deadline, or the lab's guests boot no OS.
+	TrafficAfter *float64 `json:"traffic_restored_after_seconds"`
+	// Skipped says what of the lab the fault needed and did not have.
+	Skipped string `json:"skipped,omitempty"`
 	// Doubled counts actions executed more than once for one target and
 	// fault: must be 0.
 	Doubled int `json:"doubled_actions"`
@@ -67,6 +73,16 @@ type Score struct {
 	OK      bool     `json:"ok"`
 	// Problems say why the line is not OK.
 	Problems []string `json:"problems,omitempty"`
+}
+
+// OverlayCheck is what the game day found of the lab's overlays before
+// the first fault: the guest pairs (from→to) of one cluster on different
+// hosts that reach each other, and the pairs of different clusters that
+// do not, as they must not.
+type OverlayCheck struct {
+	Reach    []string `json:"reach"`
+	Isolated []string `json:"isolated"`
+	Error    string   `json:"error,omitempty"`
 }
 
 // TakenAction is one journal record of a fault.
@@ -89,13 +105,18 @@ type Page struct {
 
 func newScore(f Fault) *Score {
 	return &Score{Fault: f, Name: f.Name, Kind: f.Kind, ExpectedAlert: f.Alert, ExpectedAction: f.Action, ExpectedHeal: f.Heals,
-		Traffic: "—", Targets: []string{}, Alerts: []string{}, Actions: []TakenAction{}, Pages: []Page{}}
+		Targets: []string{}, Alerts: []string{}, Actions: []TakenAction{}, Pages: []Page{}}
 }
 
 // judge sets OK and Problems: detected, healed within its deadline (by
 // caretaker where it should heal), no action doubled.
 func (s *Score) judge() {
 	s.Problems = nil
+	if s.Skipped != "" {
+		s.Problems = append(s.Problems, "skipped: it needs "+s.Skipped)
+		s.OK = false
+		return
+	}
 	if s.Error != "" {
 		s.Problems = append(s.Problems, s.Error)
 	}
@@ -127,6 +148,9 @@ func (b *Scoreboard) failed() []string {
 	if b.Error != "" {
 		out = append(out, b.Error)
 	}
+	if b.Overlays != nil && b.Overlays.Error != "" {
+		out = append(out, "overlays: "+b.Overlays.Error)
+	}
 	for _, s := range b.Faults {
 		if !s.OK {
 			out = append(out, s.Name+": "+strings.Join(s.Problems, ", "))
@@ -136,7 +160,7 @@ func (b *Scoreboard) failed() []string {
 }
 
 func (b *Scoreboard) judge() {
-	b.OK = b.Error == "" && len(b.Faults) > 0
+	b.OK = b.Error == "" && len(b.Faults) > 0 && (b.Overlays == nil || b.Overlays.Error == "")
 	for _, s := range b.Faults {
 		s.judge()
 		b.OK = b.OK && s.OK
@@ -165,8 +189,12 @@ func (b *Scoreboard) writeTable(w io.Writer) error {
 		if s.HealedAfter != nil && s.HealedBy != "caretaker" {
 			healed += " (" + s.HealedBy + ")"
 		}
+		traffic := "—"
+		if s.TrafficAfter != nil {
+			traffic = secs(s.TrafficAfter)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, targets(s.Targets), secs(s.DetectedAfter),
-			orDash(strings.Join(s.Alerts, ", ")), actionsText(s.Actions), healed, s.Traffic, s.Doubled, pagesText(s.Pages), result)
+			orDash(strings.Join(s.Alerts, ", ")), actionsText(s.Actions), healed, traffic, s.Doubled, pagesText(s.Pages), result)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -188,6 +216,13 @@ func (b *Scoreboard) writeTable(w io.Writer) error {
 		}
 		if !s.OK {
 			fmt.Fprintf(w, "%s: FAILED: %s\n", s.Name, strings.Join(s.Problems, "; "))
+		}
+	}
+	if o := b.Overlays; o != nil {
+		fmt.Fprintf(w, "overlays: %d guest pairs of one cluster on different hosts reach each other; %d pairs of different clusters do not\n",
+			len(o.Reach), len(o.Isolated))
+		if o.Error != "" {
+			fmt.Fprintf(w, "overlays: FAILED: %s\n", o.Error)
 		}
 	}
 	if b.Error != "" {

@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -42,6 +44,55 @@ type clusterLab struct {
 	dir    string // its directory
 	net    *labNet
 	logger *slog.Logger
+
+	mu sync.Mutex
+	// nodes are the nodes PUT to each host's agent, by host: an agent
+	// the lab starts again (agent-kill, power) is given them as its own.
+	nodes map[string]map[string]bool
+}
+
+// noteNode records that node was PUT to host: it is host's, and no longer
+// another's.
+func (c *clusterLab) noteNode(host, node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nodes == nil {
+		c.nodes = map[string]map[string]bool{}
+	}
+	for h, ns := range c.nodes {
+		if h != host {
+			delete(ns, node)
+		}
+	}
+	if c.nodes[host] == nil {
+		c.nodes[host] = map[string]bool{}
+	}
+	c.nodes[host][node] = true
+}
+
+func (c *clusterLab) hasNode(host, node string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[host][node]
+}
+
+// hostNodes are the nodes PUT to host.
+func (c *clusterLab) hostNodes(host string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for n := range c.nodes[host] {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// forget drops host's nodes: it was reinstalled.
+func (c *clusterLab) forget(host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.nodes, host)
 }
 
 // labPool is the lab's storage pool name: one per guest prefix, so that a
@@ -228,7 +279,7 @@ func (c *clusterLab) wrap(host string, agent http.Handler) http.Handler {
 			http.Error(w, "read request body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		body, err = c.rebridge(r.Context(), host, body)
+		body, err = c.rebridge(r.Context(), host, r.PathValue("name"), body)
 		if err != nil {
 			http.Error(w, "lab: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -237,13 +288,21 @@ func (c *clusterLab) wrap(host string, agent http.Handler) http.Handler {
 		r.ContentLength = int64(len(body))
 		agent.ServeHTTP(w, r)
 	})
+	// The agent deletes a cluster's bridge only when nothing but the
+	// VXLAN device is a port: the lab's veth goes first.
+	mux.HandleFunc("DELETE /api/v1/overlays/{cluster}", func(w http.ResponseWriter, r *http.Request) {
+		if err := c.net.dropGuestBridge(r.Context(), host, r.PathValue("cluster")); err != nil {
+			c.logger.Warn("lab: remove guest bridge", "host", host, "cluster", r.PathValue("cluster"), "err", err)
+		}
+		agent.ServeHTTP(w, r)
+	})
 	return mux
 }
 
 // rebridge puts the lab's guest bridge for the node's host and cluster in
 // a node PUT's body. A body the agent will refuse is left for the agent to
 // answer, as it is.
-func (c *clusterLab) rebridge(ctx context.Context, host string, body []byte) ([]byte, error) {
+func (c *clusterLab) rebridge(ctx context.Context, host, name string, body []byte) ([]byte, error) {
 	var req map[string]json.RawMessage
 	var node struct{ Cluster, Bridge string }
 	if json.Unmarshal(body, &req) != nil || json.Unmarshal(body, &node) != nil ||
@@ -255,5 +314,6 @@ func (c *clusterLab) rebridge(ctx context.Context, host string, body []byte) ([]
 		return nil, fmt.Errorf("make the bridge of %s's nodes of cluster %s: %w", host, node.Cluster, err)
 	}
 	req["bridge"], _ = json.Marshal(br)
+	c.noteNode(host, name)
 	return json.Marshal(req)
 }

@@ -28,7 +28,7 @@ func TestClusterServerConfig(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := DefaultOptions()
-			path, err := writeServerConfig(dir, hosts, o, tt.cl, nil)
+			path, err := writeServerConfig(dir, hosts, o, tt.cl, nil, nil, "")
 			if err != nil {
 				t.Fatal(err)
 			}

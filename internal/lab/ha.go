@@ -131,7 +131,7 @@ func (r *labRun) startServers(ctx context.Context) ([]string, error) {
 		}
 		cluster := fmt.Sprintf("cluster:\n  name: %s\n  advertise_url: %s\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n  lease_ttl: %s\n",
 			name, s.url(), ha.etcd.Endpoint(), etcdPrefix, r.o.LeaseTTL)
-		if err := writeServerConfigAt(s.cfg, r.dataDir, s.dataDir, r.hosts, r.o, r.cl, r.tls, cluster); err != nil {
+		if err := writeServerConfigAt(s.cfg, r.dataDir, s.dataDir, r.hosts, r.o, r.cl, r.tls, r.power, "", cluster); err != nil {
 			return nil, err
 		}
 		ha.servers = append(ha.servers, s)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"caretaker/internal/config"
+	"caretaker/internal/labbmc"
 	"caretaker/internal/server"
 
 	"libvirt.org/go/libvirtxml"
@@ -110,7 +111,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := o.validate(); err != nil {
 		return err
 	}
-	r := &labRun{o: o}
+	r := &labRun{o: o, ctx: ctx}
 	defer func() {
 		if cerr := r.undo.run(o.Logger); cerr != nil {
 			err = errors.Join(err, cerr)
@@ -133,10 +134,16 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := r.makeNetwork(ctx); err != nil {
 		return err
 	}
+	if err := r.makeBoot(); err != nil {
+		return err
+	}
 	if err := r.makeGuests(ctx); err != nil {
 		return err
 	}
 	if err := r.makeClusters(ctx); err != nil {
+		return err
+	}
+	if err := r.startPower(ctx); err != nil {
 		return err
 	}
 	apiToken, agentToken := newToken(), newToken()
@@ -205,6 +212,7 @@ func Run(ctx context.Context, o Options) (err error) {
 // labRun is one run of the lab: what it made so far, and how to undo it.
 type labRun struct {
 	o       Options
+	ctx     context.Context // the lab's: what it starts again lives in it
 	undo    cleanups
 	dataDir string
 	// driver is "qemu" or "test"; why says why it was chosen.
@@ -218,6 +226,9 @@ type labRun struct {
 	// its name and address; noBoot says why not when nil.
 	boot   func(d *libvirtxml.Domain, name string, addr netip.Prefix) error
 	noBoot string
+	// power is the hosts' BMCs, nil without; noPower then says why.
+	power   *labPower
+	noPower string
 	// cl is nil without guest clusters; noClusters then says why.
 	cl         *clusterLab
 	noClusters string
@@ -385,17 +396,23 @@ func (r *labRun) makeClusters(ctx context.Context) error {
 // server` would and serves it. It returns the API's URL and the channel
 // that gets Serve's result.
 func (r *labRun) startServer(ctx context.Context) (string, chan error, error) {
-	cfgPath, err := writeServerConfig(r.dataDir, r.hosts, r.o, r.cl, r.tls)
+	l, err := net.Listen("tcp", r.o.ListenAddress)
 	if err != nil {
+		return "", nil, fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", r.o.ListenAddress, err)
+	}
+	url := "http://" + l.Addr().String()
+	if r.power != nil {
+		r.power.setServer(url)
+	}
+	cfgPath, err := writeServerConfig(r.dataDir, r.hosts, r.o, r.cl, r.tls, r.power, url)
+	if err != nil {
+		l.Close()
 		return "", nil, err
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
+		l.Close()
 		return "", nil, err
-	}
-	l, err := net.Listen("tcp", r.o.ListenAddress)
-	if err != nil {
-		return "", nil, fmt.Errorf("server: listen on %s (is another caretaker running? --web.listen-address picks another address): %w", r.o.ListenAddress, err)
 	}
 	srv, err := server.New(ctx, server.Options{Config: cfg, ListenAddress: l.Addr().String(), Logger: r.o.Logger.With("component", "server")})
 	if err != nil {
@@ -406,7 +423,7 @@ func (r *labRun) startServer(ctx context.Context) (string, chan error, error) {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(sctx, l) }()
 	r.undo.add("stop server", func() error { stopServer(); return errors.Join(<-served, srv.Close()) })
-	return "http://" + l.Addr().String(), served, nil
+	return url, served, nil
 }
 
 func (o *Options) validate() error {
@@ -512,15 +529,27 @@ func writeSecret(path, secret string) error {
 // writeServerConfig writes the lab's server.yml, a real configuration file
 // an operator can read and reuse, and loads it the way `caretaker server`
 // would.
-func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS) (string, error) {
+// With the hosts' BMCs, the server at url serves their PXE boots.
+func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, pw *labPower, url string) (string, error) {
 	path := filepath.Join(dataDir, "server.yml")
-	return path, writeServerConfigAt(path, dataDir, dataDir, hosts, o, cl, lt, "")
+	var pxe string
+	if pw != nil {
+		if err := writeSecret(filepath.Join(dataDir, "pxe.secret"), newToken()); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dataDir, "pxe.yml"), []byte(labbmc.LabProfile()), 0o600); err != nil {
+			return "", fmt.Errorf("write PXE config: %w", err)
+		}
+		pxe = fmt.Sprintf("  pxe: {config_file: pxe.yml, base_url: %q, secret_file: pxe.secret}\n", url)
+	}
+	return path, writeServerConfigAt(path, dataDir, dataDir, hosts, o, cl, lt, pw, pxe, "")
 }
 
 // writeServerConfigAt writes a server configuration to path (in dataDir,
 // where the tokens are) for a server keeping its own data in
 // serverDataDir; cluster is its cluster section, "" for none.
-func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, cluster string) error {
+// pxe is its provisioner's pxe: line, "" for none.
+func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, pw *labPower, pxe, cluster string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by caretaker lab\ndata_dir: %s\n", serverDataDir)
 	fmt.Fprintf(&b, "api:\n  token_file: api.token\n  tokens:\n")
@@ -547,11 +576,16 @@ func writeServerConfigAt(path, dataDir, serverDataDir string, hosts []*host, o O
 	if cl != nil {
 		// The inventory's hosts are scraped through the provisioner's
 		// file_sd: listing them under hosts: too would scrape them twice.
-		if err := writeInventory(dataDir, hosts); err != nil {
+		if err := writeInventory(dataDir, hosts, pw); err != nil {
 			return err
 		}
 		fmt.Fprintf(&b, "provisioner:\n  inventory_file: inventory.yml\n  underlay: %s\n  base_image: %s\n  overcommit: {cpu: 1, memory: 1}\n", underlayName, baseImage)
-		fmt.Fprintf(&b, "  bmc: {secrets_dir: %s}\n", dataDir) // bmc.password
+		secrets := dataDir // bmc.password
+		if pw != nil {
+			secrets = pw.bmcs.SecretsDir()
+		}
+		fmt.Fprintf(&b, "  bmc: {secrets_dir: %s}\n", secrets)
+		b.WriteString(pxe)
 	} else {
 		fmt.Fprintf(&b, "hosts:\n")
 		for _, h := range hosts {
@@ -600,19 +634,25 @@ const (
 	labHostMemory = 2 << 30
 )
 
-// writeInventory writes the provisioner's inventory of the lab's hosts.
-// Their BMC is never called: a host whose agent answers is adopted as
-// ready, and nobody provisions lab hosts; the block is there because the
-// inventory requires one.
-func writeInventory(dataDir string, hosts []*host) error {
-	if err := writeSecret(filepath.Join(dataDir, "bmc.password"), "unused"); err != nil {
-		return err
+// writeInventory writes the provisioner's inventory of the lab's hosts,
+// with their BMCs (pw) when they have them. Without, the BMC block goes
+// nowhere: it is there because the inventory requires one, and a host
+// whose agent answers is adopted as ready.
+func writeInventory(dataDir string, hosts []*host, pw *labPower) error {
+	if pw == nil {
+		if err := writeSecret(filepath.Join(dataDir, "bmc.password"), "unused"); err != nil {
+			return err
+		}
 	}
 	var b strings.Builder
 	b.WriteString("# written by caretaker lab: its simulated hosts\nhosts:\n")
 	for i, h := range hosts {
-		fmt.Fprintf(&b, "  - name: %s\n    macs: [\"52:54:00:ca:fe:%02x\"]\n", h.name, i+1)
-		fmt.Fprintf(&b, "    bmc: {type: ipmi, address: 127.0.0.1, username: lab, password_file: bmc.password}\n")
+		fmt.Fprintf(&b, "  - name: %s\n    macs: [%q]\n", h.name, hostMAC(i))
+		addr, pwFile := "127.0.0.1", "bmc.password"
+		if pw != nil {
+			addr, pwFile = pw.bmcs.Addr(h.name), filepath.Base(pw.bmcs.PasswordFile())
+		}
+		fmt.Fprintf(&b, "    bmc: {type: ipmi, address: %q, username: %s, password_file: %s}\n", addr, bmcUser, pwFile)
 		fmt.Fprintf(&b, "    role: worker\n    agent: %s\n    cpus: %d\n    memory_bytes: %d\n", h.addr, labHostCPUs, labHostMemory)
 		if h.vtep != "" {
 			fmt.Fprintf(&b, "    underlay_address: %s\n", h.vtep)

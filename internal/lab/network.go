@@ -269,6 +269,9 @@ func addAddr(h *netlink.Handle, link string, p netip.Prefix) error {
 // the root namespace has (another lab, say).
 func freeSubnet() (byte, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	for i := 0; errors.Is(err, netlink.ErrDumpInterrupted) && i < 5; i++ {
+		addrs, err = netlink.AddrList(nil, netlink.FAMILY_V4) // addresses changed during the dump
+	}
 	if err != nil {
 		return 0, fmt.Errorf("list addresses: %w", err)
 	}
@@ -378,6 +381,29 @@ func (n *labNet) guestBridge(ctx context.Context, host, cluster, nsBridge string
 	return name, nil
 }
 
+// dropGuestBridge removes what guestBridge made for host's guests of
+// cluster: the veth pair and the root namespace's bridge.
+func (n *labNet) dropGuestBridge(ctx context.Context, host, cluster string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	br, ok := n.bridges[host+"/"+cluster]
+	if !ok {
+		return nil
+	}
+	delete(n.bridges, host+"/"+cluster)
+	var errs []error
+	for _, name := range []string{br + "v", br} { // the veth takes its peer along
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkDel(l)
+		}
+		if err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, syscall.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // guestAddr is the address of a lab guest: the i-th (from 1) of host h in
 // cluster number c.
 func guestAddr(c, h, i int) netip.Prefix {
@@ -466,6 +492,9 @@ func (n *labNet) teardown(ctx context.Context) error {
 		}
 	}
 	links, err := netlink.LinkList()
+	for i := 0; errors.Is(err, netlink.ErrDumpInterrupted) && i < 5; i++ {
+		links, err = netlink.LinkList() // links changed during the dump
+	}
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list links: %w", err))...)
 	}
