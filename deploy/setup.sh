@@ -25,11 +25,12 @@ run_pkgs=(
 	iproute2 procps                       # ip, bridge; sysctl
 	genisoimage                           # cloud-init seeds of cluster nodes
 	etcd-server                           # /usr/bin/etcd: the HA lab's and tests' members (issue #13)
+	openipmi ipmitool                     # ipmi_sim: the lab hosts' BMCs; ipmitool to try them
+	busybox                               # ping and wget from inside a lab host's namespace
 )
 test_pkgs=(
 	prometheus prometheus-alertmanager # promtool, a real Alertmanager
-	openipmi ipmitool                  # ipmi_sim BMC
-	dnsmasq-base busybox               # PXE: DHCP/TFTP server, udhcpc client
+	dnsmasq-base                       # PXE: DHCP/TFTP server (busybox's udhcpc is the client)
 	util-linux                         # setsid
 	systemd adduser                    # systemd-analyze verify/security of the units; the packages' maintainer scripts
 	mmdebstrap podman                  # the container image's Debian root; podman load of the image (internal/ociimage)

@@ -52,6 +52,7 @@ const (
 	needNetwork = "network"  // the hosts' namespaces and overlays
 	needOS      = "guest OS" // guests that boot Linux and answer
 	needBMC     = "BMCs"     // hosts with BMCs and the provisioner
+	needServers = "servers"  // several servers (--servers 2 or more)
 )
 
 // Faults are the faults this lab can inject, in the order `--chaos all`
@@ -81,6 +82,8 @@ var Faults = []Fault{
 		Heal: "the agent restarted (as systemd would) and the guest that crashed meanwhile runs again", Heals: true},
 	{Name: "power-loss", Kind: "host", Alert: "HostAgentDown", Action: "reprovision-host",
 		Heal: "the host, fenced and reinstalled over PXE, is ready; its node was recreated on another host; its guests run", Heals: true, Needs: []string{needBMC}},
+	{Name: "leader-kill", Kind: "server", Alert: "GuestCrashed (a guest killed at the same moment)", Action: "restart-vm, by the next leader",
+		Heal: "another server leads within the lease and restarts the guest, once", Heals: true, Needs: []string{needServers}},
 	{Name: "storm", Kind: "guests", Alert: "GuestCrashed, RemediationCircuitBreakerOpen", Action: "held by the breaker, page",
 		Heal: "every guest runs again and the breaker closes"},
 }
@@ -186,9 +189,6 @@ func GameDay(ctx context.Context, o Options, summary io.Writer) error {
 	if o.ChaosHold <= 0 {
 		o.ChaosHold = DefaultChaosHold
 	}
-	if o.Servers != 1 {
-		return errors.New("--chaos runs with one server (--servers 1)")
-	}
 	if o.PolicyFile == "" {
 		f, err := os.CreateTemp("", "caretaker-chaos-policy-*.yml")
 		if err != nil {
@@ -204,11 +204,11 @@ func GameDay(ctx context.Context, o Options, summary io.Writer) error {
 		}
 		o.PolicyFile = f.Name()
 	}
-	o.gameDay = func(ctx context.Context, r *labRun, apiURL, token string) error {
+	o.gameDay = func(ctx context.Context, r *labRun, urls []string, token string) error {
 		if r.driver != "qemu" {
 			return fmt.Errorf("--chaos needs real QEMU guests (%s)", r.why)
 		}
-		g := newGameDay(r, apiURL, token)
+		g := newGameDay(r, urls, token)
 		board := g.run(ctx, faults)
 		var werr error
 		if o.ChaosOutput == "json" {
@@ -245,10 +245,16 @@ type gameDay struct {
 	clients map[string]*http.Client
 }
 
-func newGameDay(r *labRun, apiURL, token string) *gameDay {
-	g := &gameDay{r: r, c: api.NewClient(apiURL, token, nil), virsh: "virsh", uri: r.o.LibvirtURI}
+func newGameDay(r *labRun, urls []string, token string) *gameDay {
+	// With several servers, the client goes on to the next when one
+	// does not answer (leader-kill).
+	g := &gameDay{r: r, c: api.NewClientURLs(urls, token, &http.Client{Timeout: 5 * time.Second}), virsh: "virsh", uri: r.o.LibvirtURI}
+	g.clients = map[string]*http.Client{}
 	for _, h := range r.hosts {
 		g.hosts = append(g.hosts, h.name)
+		if h.netns != "" {
+			g.clients[h.name] = guestos.Client(h.netns)
+		}
 		for _, gu := range h.guests {
 			g.guests = append(g.guests, gu.name)
 		}
@@ -337,6 +343,8 @@ func (g *gameDay) inject(ctx context.Context, f Fault) *Score {
 		err = g.agentKill(ctx, s)
 	case "power-loss":
 		err = g.powerLoss(ctx, s)
+	case "leader-kill":
+		err = g.leaderKill(ctx, s)
 	case "storm":
 		err = g.storm(ctx, s)
 	default:

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -51,6 +52,10 @@ func (g *gameDay) labHas(need string) string {
 		if g.r.boot == nil {
 			return g.r.noBoot
 		}
+	case needServers:
+		if g.r.ha == nil {
+			return "several servers (--servers 2 or more)"
+		}
 	case needBMC:
 		switch {
 		case g.r.power == nil && g.r.noPower != "":
@@ -77,18 +82,8 @@ func (g *gameDay) labGuest(name string) (*host, guest, bool) {
 }
 
 // client is the HTTP client that asks guests from inside host h's
-// namespace, made once per host.
-func (g *gameDay) client(h *host) *http.Client {
-	if g.clients == nil {
-		g.clients = map[string]*http.Client{}
-	}
-	c, ok := g.clients[h.name]
-	if !ok {
-		c = guestos.Client(h.netns)
-		g.clients[h.name] = c
-	}
-	return c
-}
+// namespace (newGameDay makes them).
+func (g *gameDay) client(h *host) *http.Client { return g.clients[h.name] }
 
 // peer is a guest of the same cluster as name on another host: the one
 // whose traffic must cross the overlay.
@@ -145,36 +140,53 @@ func (g *gameDay) trafficFlows(ctx context.Context, doms []string) (bool, error)
 
 // checkOverlays is the game day's first check of the lab's overlays:
 // every guest reaches its cluster's guests on the other hosts, and no
-// guest of another cluster, on its host or another.
+// guest of another cluster, on its host or another. The pairs are asked
+// a few at a time: an unreachable one takes seconds.
 func (g *gameDay) checkOverlays(ctx context.Context) (*OverlayCheck, error) {
-	c := &OverlayCheck{}
-	var errs []error
+	type pair struct {
+		from, to guest
+		same     bool
+		ok       bool
+		err      error
+	}
+	var pairs []*pair
 	for _, h := range g.r.hosts {
 		for _, from := range h.guests {
 			for _, o := range g.r.hosts {
 				for _, to := range o.guests {
 					same := to.cluster == from.cluster
-					if to.name == from.name || same && o == h {
-						continue
-					}
-					ok, err := g.reaches(ctx, from.name, to.name)
-					if err != nil {
-						errs = append(errs, err)
-						continue
-					}
-					pair := from.name + "→" + to.name
-					switch {
-					case same && ok:
-						c.Reach = append(c.Reach, pair)
-					case same:
-						errs = append(errs, fmt.Errorf("%s (cluster %s) does not reach %s over the overlay", from.name, from.cluster, to.name))
-					case ok:
-						errs = append(errs, fmt.Errorf("%s (cluster %s) reaches %s of cluster %s", from.name, from.cluster, to.name, to.cluster))
-					default:
-						c.Isolated = append(c.Isolated, pair)
+					if to.name != from.name && !(same && o == h) {
+						pairs = append(pairs, &pair{from: from, to: to, same: same})
 					}
 				}
 			}
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 6)
+	for _, p := range pairs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			p.ok, p.err = g.reaches(ctx, p.from.name, p.to.name)
+		})
+	}
+	wg.Wait()
+	c := &OverlayCheck{Reach: []string{}, Isolated: []string{}}
+	var errs []error
+	for _, p := range pairs {
+		name := p.from.name + "→" + p.to.name
+		switch {
+		case p.err != nil:
+			errs = append(errs, p.err)
+		case p.same && p.ok:
+			c.Reach = append(c.Reach, name)
+		case p.same:
+			errs = append(errs, fmt.Errorf("%s (cluster %s) does not reach %s over the overlay", p.from.name, p.from.cluster, p.to.name))
+		case p.ok:
+			errs = append(errs, fmt.Errorf("%s (cluster %s) reaches %s of cluster %s", p.from.name, p.from.cluster, p.to.name, p.to.cluster))
+		default:
+			c.Isolated = append(c.Isolated, name)
 		}
 	}
 	return c, errors.Join(errs...)
@@ -562,4 +574,58 @@ func guestNames(h *host) []string {
 		out = append(out, gu.name)
 	}
 	return out
+}
+
+// leaderKill kills the leading server (SIGKILL) and, at the same moment, a
+// guest's qemu: another server must lead within the lease and restart the
+// guest, exactly once. The lab starts the killed server again after
+// serverRestartDelay, as its service manager would.
+func (g *gameDay) leaderKill(ctx context.Context, s *Score) error {
+	ss, err := g.c.Servers(ctx)
+	if err != nil {
+		return fmt.Errorf("servers: %w", err)
+	}
+	i := slices.IndexFunc(ss, func(x api.ServerStatus) bool { return x.Leader })
+	if i < 0 {
+		return errors.New("no server leads")
+	}
+	old := ss[i].Name
+	j := slices.IndexFunc(g.r.ha.servers, func(p *serverProc) bool { return p.name == old })
+	if j < 0 {
+		return fmt.Errorf("the leader %s is none of the lab's servers", old)
+	}
+	pid := g.r.ha.servers[j].Pid()
+	dom := g.pickGuest()
+	qpid := qemuPid(dom)
+	if pid == 0 || qpid == 0 {
+		return fmt.Errorf("no pid for the leader %s (%d) or for %s (%d)", old, pid, dom, qpid)
+	}
+	w := g.watch(s, []string{dom}, false, "GuestCrashed", "GuestShutOffUnexpectedly")
+	s.Targets = append(s.Targets, "server "+old)
+	if err := errors.Join(syscall.Kill(pid, syscall.SIGKILL), syscall.Kill(qpid, syscall.SIGKILL)); err != nil {
+		return fmt.Errorf("leader-kill: %w", err)
+	}
+	g.log("leader-kill: killed the leader %s (pid %d) and %s's qemu", old, pid, dom)
+	var next string
+	err = w.until(ctx, healWithin, func(sn snapshot) bool {
+		ss, err := g.c.Servers(ctx)
+		if err != nil {
+			return false
+		}
+		next = ""
+		for _, x := range ss {
+			if x.Leader && x.Name != old {
+				next = x.Name
+			}
+		}
+		p := qemuPid(dom)
+		return next != "" && p != 0 && p != qpid && sn.guestState(dom) == "running"
+	})
+	if err == nil {
+		w.healed("caretaker")
+		s.Notes = append(s.Notes, fmt.Sprintf("%s leads now; the lab started %s again after %s", next, old, serverRestartDelay))
+	}
+	w.restored(ctx, []string{dom}, healWithin)
+	w.finish(ctx)
+	return nil
 }

@@ -22,7 +22,7 @@ func TestChaosFaultTable(t *testing.T) {
 	}
 	golden.Compare(t, filepath.Join("testdata", "chaos-faults.txt"), b.Bytes(), *updateGolden)
 	for _, f := range Faults {
-		if f.Heals != (f.Action == "restart-vm" || f.Action == "repair-overlay") {
+		if f.Heals != (f.Action == "restart-vm" || f.Action == "repair-overlay" || f.Action == "reprovision-host" || strings.HasPrefix(f.Action, "restart-vm")) {
 			t.Errorf("%s: heals %v, but its action is %q", f.Name, f.Heals, f.Action)
 		}
 	}
@@ -41,7 +41,8 @@ func TestParseChaos(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{spec: "all", want: []string{"qemu-kill", "virsh-destroy", "guest-paused", "libvirtd-stop", "storm"}},
+		{spec: "all", want: []string{"qemu-kill", "virsh-destroy", "guest-panic", "guest-paused", "vxlan-delete", "fdb-remove",
+			"vxlan-mtu", "underlay-down", "libvirtd-stop", "libvirtd-kill", "agent-kill", "power-loss", "leader-kill", "storm"}},
 		{spec: "qemu-kill", want: []string{"qemu-kill"}},
 		{spec: "guest-paused, qemu-kill", want: []string{"guest-paused", "qemu-kill"}},
 		{spec: "qemu-kill,nope", err: `no fault "nope"`},

@@ -47,7 +47,7 @@ func chooseDriver(ctx context.Context, o Options) (string, string) {
 	if err := checkQEMU(o.LibvirtURI); err != nil {
 		return "test", fmt.Sprintf("%v: guests use libvirt's test driver, in memory, in a libvirtd of the lab's own; install qemu-system-x86 for real QEMU guests", err)
 	}
-	return "qemu", fmt.Sprintf("real QEMU guests (domain type qemu, 64 MiB, no disk) through %s", o.LibvirtURI)
+	return "qemu", fmt.Sprintf("real QEMU guests (domain type qemu: TCG) through %s", o.LibvirtURI)
 }
 
 // ensureLibvirtd starts virtlogd and libvirtd the way DESIGN.md describes

@@ -115,6 +115,16 @@ func (r *labRun) startServers(ctx context.Context) ([]string, error) {
 			return nil, err
 		}
 	}
+	// The hosts PXE-boot from the first server; a follower passes /pxe/
+	// on to the leader.
+	pxeURL := "http://" + r.serverAddrs[0]
+	if r.power != nil {
+		r.power.setServer(pxeURL)
+	}
+	pxe, err := writePXE(r.dataDir, r.power, pxeURL)
+	if err != nil {
+		return nil, err
+	}
 	for i, addr := range r.serverAddrs {
 		name := fmt.Sprintf("s%d", i+1)
 		s := &serverProc{
@@ -131,7 +141,7 @@ func (r *labRun) startServers(ctx context.Context) ([]string, error) {
 		}
 		cluster := fmt.Sprintf("cluster:\n  name: %s\n  advertise_url: %s\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n  lease_ttl: %s\n",
 			name, s.url(), ha.etcd.Endpoint(), etcdPrefix, r.o.LeaseTTL)
-		if err := writeServerConfigAt(s.cfg, r.dataDir, s.dataDir, r.hosts, r.o, r.cl, r.tls, r.power, "", cluster); err != nil {
+		if err := writeServerConfigAt(s.cfg, r.dataDir, s.dataDir, r.hosts, r.o, r.cl, r.tls, r.power, pxe, cluster); err != nil {
 			return nil, err
 		}
 		ha.servers = append(ha.servers, s)
@@ -142,7 +152,6 @@ func (r *labRun) startServers(ctx context.Context) ([]string, error) {
 	for i, s := range ha.servers {
 		urls[i] = s.url()
 	}
-	var err error
 	if ha.leader, err = r.awaitLeader(ctx); err != nil {
 		return nil, err
 	}

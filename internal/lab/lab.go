@@ -71,7 +71,7 @@ type Options struct {
 	Chaos       string
 	ChaosHold   time.Duration
 	ChaosOutput string
-	gameDay     func(ctx context.Context, r *labRun, apiURL, token string) error
+	gameDay     func(ctx context.Context, r *labRun, urls []string, token string) error
 }
 
 // DefaultOptions are `caretaker lab`'s defaults.
@@ -196,8 +196,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		r.undo.add("restore "+o.RunbookConfig, restore)
 	}
 	printSummary(r.o, r.driver, r.why, urls[0], apiToken, r.dataDir, r.hosts, r.cl != nil, r.noClusters, r.ha)
+	r.printMachines()
 	if o.gameDay != nil {
-		return o.gameDay(ctx, r, urls[0], apiToken)
+		return o.gameDay(ctx, r, urls, apiToken)
 	}
 	select {
 	case <-ctx.Done():
@@ -509,6 +510,43 @@ func printSummary(o Options, driver, why, apiURL, apiToken, dataDir string, host
 	fmt.Fprintln(o.Out, "\nCtrl-C stops the lab and removes what it created.")
 }
 
+// printMachines tells what the lab's hosts are made of: their network, the
+// guests' OS and addresses, the BMCs — or why they have none.
+func (r *labRun) printMachines() {
+	if r.driver != "qemu" {
+		return
+	}
+	w := tabwriter.NewWriter(r.o.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "\nThe hosts:")
+	if r.net == nil {
+		fmt.Fprintf(w, "  network	none: %s\n", r.noNet)
+	} else {
+		fmt.Fprintf(w, "  network	each host is a network namespace (ip netns list): agents on %s, VXLAN underlay %s (device %q)\n",
+			r.net.mgmt, r.net.underlay, underlayName)
+		fmt.Fprintf(w, "  	the lab's clusters lab and lab-b have an overlay on every host (vx-lab, br-lab, …); guests are in %s\n", guestNet)
+	}
+	if r.boot == nil {
+		fmt.Fprintf(w, "  guest OS	%s\n", r.noBoot)
+	} else {
+		fmt.Fprintf(w, "  guest OS	Debian's kernel and a busybox initramfs (guestos), booted directly; each guest answers ping and HTTP:\n")
+		for _, h := range r.hosts {
+			for _, g := range h.guests {
+				fmt.Fprintf(w, "  	%s\t%s\tcluster %s\tip netns exec %s wget -qO- http://%s/cgi-bin/info\n",
+					g.name, g.addr, g.cluster, filepath.Base(h.netns), g.addr.Addr())
+			}
+		}
+	}
+	if r.power != nil {
+		for _, h := range r.hosts {
+			fmt.Fprintf(w, "  BMC %s\tipmitool -I lanplus -H 127.0.0.1 -p %s -U %s -f %s chassis power status\n",
+				h.name, strings.TrimPrefix(r.power.bmcs.Addr(h.name), "127.0.0.1:"), bmcUser, r.power.bmcs.PasswordFile())
+		}
+	} else if r.noPower != "" {
+		fmt.Fprintf(w, "  BMCs	%s\n", r.noPower)
+	}
+	w.Flush()
+}
+
 // labRoles are the roles besides admin that the lab makes a token for,
 // each in <data dir>/<role>.token and named after its role.
 func labRoles() []string { return []string{"operator", "viewer"} }
@@ -532,17 +570,30 @@ func writeSecret(path, secret string) error {
 // With the hosts' BMCs, the server at url serves their PXE boots.
 func writeServerConfig(dataDir string, hosts []*host, o Options, cl *clusterLab, lt *labTLS, pw *labPower, url string) (string, error) {
 	path := filepath.Join(dataDir, "server.yml")
-	var pxe string
-	if pw != nil {
-		if err := writeSecret(filepath.Join(dataDir, "pxe.secret"), newToken()); err != nil {
-			return "", err
-		}
-		if err := os.WriteFile(filepath.Join(dataDir, "pxe.yml"), []byte(labbmc.LabProfile()), 0o600); err != nil {
-			return "", fmt.Errorf("write PXE config: %w", err)
-		}
-		pxe = fmt.Sprintf("  pxe: {config_file: pxe.yml, base_url: %q, secret_file: pxe.secret}\n", url)
+	pxe, err := writePXE(dataDir, pw, url)
+	if err != nil {
+		return "", err
 	}
 	return path, writeServerConfigAt(path, dataDir, dataDir, hosts, o, cl, lt, pw, pxe, "")
+}
+
+// writePXE writes the PXE config and secret of a lab with BMCs (pw) into
+// dataDir and returns the provisioner's pxe: line for hosts that boot from
+// the server at url; "" without BMCs.
+func writePXE(dataDir string, pw *labPower, url string) (string, error) {
+	if pw == nil {
+		return "", nil
+	}
+	secret := filepath.Join(dataDir, "pxe.secret")
+	if _, err := os.Stat(secret); err != nil {
+		if err := writeSecret(secret, newToken()); err != nil {
+			return "", err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "pxe.yml"), []byte(labbmc.LabProfile()), 0o600); err != nil {
+		return "", fmt.Errorf("write PXE config: %w", err)
+	}
+	return fmt.Sprintf("  pxe: {config_file: pxe.yml, base_url: %q, secret_file: pxe.secret}\n", url), nil
 }
 
 // writeServerConfigAt writes a server configuration to path (in dataDir,
