@@ -24,18 +24,26 @@ few small guests named lab-<host>-<n>, and keeps running until Ctrl-C, which
 removes what it created.
 
 Where libvirtd with QEMU is installed (Debian: libvirt-daemon-system and
-qemu-system-x86) the guests are real QEMU guests (64 MiB, no disk); as root
-the lab starts libvirtd if it is not running. Otherwise every host uses
-libvirt's test driver, in memory, in a libvirtd the lab starts for it
-(the package libvirt-daemon is needed), and the lab says so.
+qemu-system-x86) the guests are real QEMU guests; as root the lab starts
+libvirtd if it is not running. Otherwise every host uses libvirt's test
+driver, in memory, in a libvirtd the lab starts for it (the package
+libvirt-daemon is needed), and the lab says so.
+
+As root with QEMU, every host is a network namespace on a shared underlay
+(agents on 10.198.X.0/24, VXLAN on 10.199.X.0/24); the guests (96 MiB)
+boot Debian's kernel with a busybox initramfs (deploy/setup.sh run
+fetches them), take an address in 10.77.0.0/16 and answer ping and HTTP;
+the lab's clusters lab and lab-b have a VXLAN overlay across the hosts;
+and each host has an IPMI BMC (ipmi_sim) through which the server can
+power-cycle and reinstall it over PXE.
 
 Kill a guest's qemu process or virsh destroy it, and the lab restarts it
 with no human action; runbook (configured by the lab) shows what happened.
 
 With QEMU guests, as root, the hosts can also take guest clusters:
 runbook cluster create places one node per host (nodes of 64 MiB fit), in a
-storage pool of 64 MiB base image the lab makes, each host's overlay in a
-network namespace of its own. Ctrl-C removes the nodes too.
+storage pool of 64 MiB base image the lab makes (the nodes boot no OS),
+each host's overlay in its namespace. Ctrl-C removes the nodes too.
 
 With --servers 2 to 5, the servers are ` + "`caretaker server`" + ` processes that
 share their state in an etcd the lab runs as a process too (Debian's
@@ -52,7 +60,9 @@ second or two; the lab starts the killed one again after 2 s.`,
   caretaker lab --data.dir /var/lib/caretaker-lab   # keep the TSDB and journal
   caretaker lab --servers 3                         # three servers on etcd: try a failover
   caretaker lab --policy my-policy.yml              # e.g. rules that wait for an approval
-  caretaker lab --chaos all                         # game day: every fault, then a scoreboard`,
+  caretaker lab --chaos list                        # the faults the game day can inject
+  caretaker lab --chaos all --servers 2             # game day: every fault, then a scoreboard (make chaos)
+  caretaker lab --chaos qemu-kill,vxlan-delete -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()

@@ -71,7 +71,7 @@ var Faults = []Fault{
 	{Name: "fdb-remove", Kind: "overlay", Alert: "OverlayPeerFDBMissing", Action: "repair-overlay",
 		Heal: "the peer's flooding entry is back and the guests reach their peers", Heals: true, Needs: []string{needNetwork}},
 	{Name: "vxlan-mtu", Kind: "overlay", Alert: "OverlayMTUMismatch", Action: "repair-overlay",
-		Heal: "the VXLAN device's MTU fits the underlay again", Heals: true, Needs: []string{needNetwork}},
+		Heal: "the VXLAN device's MTU fits its underlay (lowered by 100) again", Heals: true, Needs: []string{needNetwork}},
 	{Name: "underlay-down", Kind: "overlay", Alert: "OverlayPeerUnreachable", Action: "page",
 		Heal: "the runner brings the host's underlay link up; the guests reach their peers", Needs: []string{needNetwork, needOS}},
 	{Name: "libvirtd-stop", Kind: "host daemon", Alert: "HostAgentDown or HostLibvirtdDown", Action: "page",

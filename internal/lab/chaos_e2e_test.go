@@ -9,11 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"caretaker/internal/guestos"
+	"caretaker/internal/needs"
 )
 
 var (
-	gameDayFaults = flag.String("gameday.faults", "qemu-kill,virsh-destroy,guest-paused,libvirtd-stop",
-		"TestGameDayReduced: the faults of the reduced game day (libvirtd-stop freezes this machine's libvirtd for -gameday.hold)")
+	gameDayFaults = flag.String("gameday.faults", "qemu-kill,vxlan-delete,agent-kill",
+		"TestGameDayReduced: the faults of the reduced game day, one of each kind (libvirtd-stop would freeze this machine's libvirtd for -gameday.hold)")
 	gameDayHold = flag.Duration("gameday.hold", 5*time.Second, "TestGameDayReduced: --chaos.hold")
 )
 
@@ -21,16 +24,20 @@ var (
 const gameDayWithin = 3 * time.Minute
 
 // TestGameDayReduced runs `caretaker lab --chaos … -o json`, the real
-// binary with real QEMU guests, and checks its scoreboard: every fault
-// detected, the guest faults caretaker heals healed by it, the others
-// healed once the runner stood in for the human (with the runbook page
-// named), no action doubled, exit status 0 — all within 3 minutes.
-//
-// libvirtd-stop freezes the machine's one libvirtd for 5 s: make test runs
-// one package at a time (-p 1) and no other test of this package runs
-// beside this one, so only work outside the test run can notice.
+// binary with real QEMU guests that boot Linux, and checks its
+// scoreboard: the overlays carry the guests' traffic between hosts and
+// keep clusters apart; every fault detected, the faults caretaker heals
+// healed by it, the others healed once the runner stood in for the human
+// (with the runbook page named), the guests' traffic restored, no action
+// doubled, exit status 0 — all within 3 minutes. One fault of each kind:
+// a guest's (qemu-kill), an overlay's (vxlan-delete) and a host's daemon
+// (agent-kill, with a guest crashing while the agent is down).
 func TestGameDayReduced(t *testing.T) {
 	requireQEMU(t)
+	needs.Root(t, "the lab's network: namespaces, bridges, VXLAN")
+	if err := guestos.Check(guestos.DefaultDir); err != nil {
+		needs.Missing(t, "needs the guest OS: %v", err)
+	}
 	bin := buildBinaries(t)
 	sweepStale(t, "gd")
 	prefix := ownPrefix("gd")
@@ -83,7 +90,10 @@ func TestGameDayReduced(t *testing.T) {
 		case !s.OK:
 			t.Errorf("%s: not ok: %q", line, s.Problems)
 		}
-		if s.ExpectedHeal && !hasSucceeded(s.Actions, s.ExpectedAction) {
+		if s.TrafficAfter == nil {
+			t.Errorf("%s: the guests' traffic was not restored: %q", line, s.Notes)
+		}
+		if s.ExpectedHeal && !hasSucceeded(s.Actions, strings.Fields(s.ExpectedAction)[0]) {
 			t.Errorf("%s: no succeeded %s in %+v", line, s.ExpectedAction, s.Actions)
 		}
 		// GuestCrashed pages only when the rule fires before the agent's
@@ -95,6 +105,9 @@ func TestGameDayReduced(t *testing.T) {
 		}
 		t.Logf("%s: detected after %s, healed after %s by %s, alerts %v, actions %s, pages %s",
 			line, secs(s.DetectedAfter), secs(s.HealedAfter), s.HealedBy, s.Alerts, actionsText(s.Actions), pagesText(s.Pages))
+	}
+	if o := board.Overlays; o == nil || o.Error != "" || len(o.Reach) == 0 || len(o.Isolated) == 0 {
+		t.Errorf("overlays: %+v: want pairs that reach and pairs kept apart, no error", o)
 	}
 	if !board.OK {
 		t.Errorf("the board is not ok")

@@ -265,10 +265,27 @@ func (g *gameDay) overlayFault(ctx context.Context, s *Score) error {
 		err = nl.NeighDel(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: syscall.AF_BRIDGE,
 			Flags: netlink.NTF_SELF, IP: peer.AsSlice(), HardwareAddr: make([]byte, 6), State: netlink.NUD_PERMANENT})
 	case "vxlan-mtu":
-		err, within = nl.LinkSetMTU(vx, 1500), mtuHealWithin // the underlay's own: 50 bytes too many
+		// The kernel refuses a VXLAN MTU above its underlay's minus the
+		// overhead, but not an underlay whose MTU drops below it (a NIC
+		// or switch reconfigured): the same mismatch.
+		within = mtuHealWithin
+		var ul netlink.Link
+		if ul, err = nl.LinkByName(o.Underlay); err == nil {
+			mtu := ul.Attrs().MTU
+			err = nl.LinkSetMTU(ul, mtu-100)
+			defer func() {
+				// The runner puts the underlay back, and the VXLAN
+				// device's MTU with it.
+				_ = nl.LinkSetMTU(ul, mtu)
+				_ = g.r.net.ensureOverlay(context.WithoutCancel(ctx), hn, o)
+			}()
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%s on %s: %w", s.Fault.Name, h.name, err)
+	}
+	if s.Fault.Name == "vxlan-mtu" {
+		s.Notes = append(s.Notes, fmt.Sprintf("%s's underlay MTU was lowered by 100: %s's no longer fits; the runner put both back afterwards", h.name, o.Device))
 	}
 	g.log("%s: %s of %s on %s; %s fires after its `for`, then repair-overlay", s.Fault.Name, o.Device, o.Cluster, h.name, s.Fault.Alert)
 	err = w.until(ctx, within, func(snapshot) bool {

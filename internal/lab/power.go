@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"caretaker/internal/labbmc"
 	"caretaker/internal/libvirtconn"
 )
@@ -38,7 +41,10 @@ type labPower struct {
 	serverURL string
 	// boots counts each host's PXE boots, for the game day.
 	boots map[string]int
-	ctx   context.Context
+	// off are the cluster nodes of each powered-off host: on a machine of
+	// its own, another host's libvirtd would not see them.
+	off map[string][]string // host → domain XMLs
+	ctx context.Context
 }
 
 // startPower starts a BMC per host, with guest clusters and ipmi_sim;
@@ -51,7 +57,7 @@ func (r *labRun) startPower(ctx context.Context) error {
 		r.noPower = "no BMCs: they need ipmi_sim (Debian: openipmi)"
 		return nil
 	}
-	p := &labPower{r: r, boots: map[string]int{}, ctx: ctx}
+	p := &labPower{r: r, boots: map[string]int{}, off: map[string][]string{}, ctx: ctx}
 	var names []string
 	for _, h := range r.hosts {
 		names = append(names, h.name)
@@ -92,11 +98,19 @@ func (p *labPower) onPower(name string, on bool, boot string) {
 		if err := h.agent.stop(); err != nil {
 			log.Warn("lab: stop agent", "err", err)
 		}
-		if err := p.r.stopGuests(h); err != nil {
+		nodes, err := p.r.stopGuests(h)
+		if err != nil {
 			log.Warn("lab: stop guests", "err", err)
 		}
+		p.mu.Lock()
+		p.off[name] = append(p.off[name], nodes...)
+		p.mu.Unlock()
 		return
 	}
+	p.mu.Lock()
+	nodes := p.off[name]
+	delete(p.off, name)
+	p.mu.Unlock()
 	if boot == labbmc.BootPXE {
 		p.mu.Lock()
 		url := p.serverURL
@@ -118,6 +132,7 @@ func (p *labPower) onPower(name string, on bool, boot string) {
 		}
 	} else {
 		log.Info("lab: host powered on, booting its installed system")
+		p.r.redefine(h, nodes)
 	}
 	if err := h.agent.start(p.ctx); err != nil {
 		log.Warn("lab: start agent", "err", err)
@@ -149,24 +164,70 @@ func (r *labRun) hostIndex(name string) int {
 	return -1
 }
 
-// stopGuests destroys the running guests of h: the lab's and the cluster
-// nodes its agent made, as a power loss stops them.
-func (r *labRun) stopGuests(h *host) error {
+// stopGuests destroys the running guests of h, the lab's and the cluster
+// nodes its agent made, as a power loss stops them. The nodes are
+// undefined too, and their definitions returned: on a machine of its own
+// they would stay on the host's disk, unseen by the other hosts, which
+// the recreate-vm of a reprovisioning may place them on.
+func (r *labRun) stopGuests(h *host) ([]string, error) {
 	conn, err := libvirtconn.Dial(h.uri)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Disconnect()
-	doms, _, err := conn.ConnectListAllDomains(1, 1) // active
+	doms, _, err := conn.ConnectListAllDomains(1, 0)
 	if err != nil {
-		return fmt.Errorf("list domains: %w", err)
+		return nil, fmt.Errorf("list domains: %w", err)
 	}
+	var nodes []string
 	for _, d := range doms {
-		if h.filter.MatchString(d.Name) || r.cl != nil && r.cl.hasNode(h.name, d.Name) {
+		node := r.cl != nil && r.cl.hasNode(h.name, d.Name)
+		if !node && !h.filter.MatchString(d.Name) {
+			continue
+		}
+		if active, _ := conn.DomainIsActive(d); active == 1 {
 			if err := conn.DomainDestroy(d); err != nil {
 				r.o.Logger.Warn("lab: destroy guest of powered-off host", "domain", d.Name, "err", err)
 			}
 		}
+		if !node {
+			continue
+		}
+		xml, err := conn.DomainGetXMLDesc(d, libvirt.DomainXMLInactive|libvirt.DomainXMLSecure)
+		if err == nil {
+			err = conn.DomainUndefine(d)
+		}
+		if err != nil {
+			r.o.Logger.Warn("lab: set aside node of powered-off host", "domain", d.Name, "err", err)
+			continue
+		}
+		nodes = append(nodes, xml)
 	}
-	return nil
+	return nodes, nil
+}
+
+// redefine defines again the nodes h had when it lost power, unless
+// another host has a domain of that name by now.
+func (r *labRun) redefine(h *host, nodes []string) {
+	if len(nodes) == 0 {
+		return
+	}
+	conn, err := libvirtconn.Dial(h.uri)
+	if err != nil {
+		r.o.Logger.Warn("lab: define nodes again", "host", h.name, "err", err)
+		return
+	}
+	defer conn.Disconnect()
+	for _, x := range nodes {
+		var d libvirtxml.Domain
+		if err := d.Unmarshal(x); err != nil {
+			continue
+		}
+		if _, err := conn.DomainLookupByName(d.Name); err == nil {
+			continue // moved: the other host's now
+		}
+		if _, err := conn.DomainDefineXML(x); err != nil {
+			r.o.Logger.Warn("lab: define node again", "host", h.name, "err", err)
+		}
+	}
 }
