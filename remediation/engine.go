@@ -136,7 +136,10 @@ type Engine struct {
 	// fingerprint: the dependency guard's input.
 	unhealthy  map[string]map[string]bool
 	hostAlerts map[string]map[string]string
-	largest    int
+	// hostEnded is when each host's last host alert resolved: for
+	// hostAftermath its guests' failures are the host's one (failures).
+	hostEnded map[string]time.Time
+	largest   int
 	breaker    *guards.Breaker
 	pauses     guards.Pauses
 	// aliases and latest tie a rule's alert and an event's for the same
@@ -224,6 +227,7 @@ func (e *Engine) load() error {
 	e.starts = map[string][]time.Time{}
 	e.unhealthy = map[string]map[string]bool{}
 	e.hostAlerts = map[string]map[string]string{}
+	e.hostEnded = map[string]time.Time{}
 	for i := len(recs) - 1; i >= 0; i-- { // oldest first: the newest state wins
 		rec := recs[i]
 		if rec.Fingerprint == "" {

@@ -393,3 +393,34 @@ caretaker_remediation_unhealthy_targets 0
 		t.Error(err)
 	}
 }
+
+// The guests of a host that was down fail together when it is back (a
+// power loss, a reprovisioning): for hostAftermath they count for the
+// breaker as their host's one failure, so it lets their restarts through;
+// the same guests failing on a host that had no host alert are many
+// failures and open it.
+func TestCircuitBreakerHostAftermath(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		hostAlert bool
+		after     time.Duration // from the host alert's end to the guests' failures
+		wantOpen  bool
+	}{
+		{name: "the host was just down", hostAlert: true, after: time.Minute, wantOpen: false},
+		{name: "the host was down long ago", hostAlert: true, after: hostAftermath + time.Minute, wantOpen: true},
+		{name: "no host alert", hostAlert: false, after: time.Minute, wantOpen: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, withPolicy(t, guardsPolicy+`  max_unhealthy: "1"`+"\n"), func(o *Options) { o.FleetSize = func() int { return 10 } })
+			if tt.hostAlert {
+				f.handle(hostDown())
+				f.clock.Advance(time.Minute)
+				f.handle(resolved(hostDown()))
+			}
+			f.clock.Advance(tt.after)
+			batch := []Alert{guestAlert(1), guestAlert(2), guestAlert(3)}
+			f.handle(batch...)
+			checkGauges(t, f, map[string]float64{"breaker_open": map[bool]float64{true: 1, false: 0}[tt.wantOpen], "unhealthy": 3})
+		})
+	}
+}

@@ -2,6 +2,7 @@ package remediation
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"caretaker/remediation/guards"
@@ -122,7 +123,11 @@ func (e *Engine) observe(alerts []Alert, fleet int) {
 	}
 	for _, a := range alerts {
 		if host := a.Labels["host"]; hostAlerts[a.Name] && host != "" {
+			was := len(e.hostAlerts[host]) > 0
 			track(e.hostAlerts, host, a.Fingerprint, a.Name, a.Status == StatusFiring)
+			if was && len(e.hostAlerts[host]) == 0 {
+				e.hostEnded[host] = e.now()
+			}
 		}
 		rule, ok := e.policy.Match(a.Labels)
 		if !ok {
@@ -160,7 +165,7 @@ func (e *Engine) observe(alerts []Alert, fleet int) {
 	if fleet <= 0 {
 		fleet = e.largest
 	}
-	counted := n
+	counted := e.failures()
 	if e.breaker.Threshold.Percent && n < 2 {
 		// One failing target is no sign of a shared cause, yet in a small
 		// fleet it is over any percentage below 100%: a percentage
@@ -172,6 +177,34 @@ func (e *Engine) observe(alerts []Alert, fleet int) {
 	if s.Open != was {
 		e.log.Warn("remediation circuit breaker "+map[bool]string{true: "opened", false: "closed"}[s.Open], "why", s.Why)
 	}
+}
+
+// hostAftermath is how long after its host alerts (HostAgentDown, …)
+// resolved a host's failing guests count for the circuit breaker as one
+// failure, the host's: they went down with it (a power loss, a reboot, a
+// reprovisioning), and starting them again once it is back is no storm.
+const hostAftermath = 10 * time.Minute
+
+// failures is the circuit breaker's count: the unhealthy targets, where
+// the guests of a host that has a host alert, or had one within
+// hostAftermath, count once for their host. Called with e.mu held.
+func (e *Engine) failures() int {
+	now := e.now()
+	for host, ended := range e.hostEnded {
+		if now.Sub(ended) >= hostAftermath {
+			delete(e.hostEnded, host)
+		}
+	}
+	seen := make(map[string]bool, len(e.unhealthy))
+	for k := range e.unhealthy {
+		host, rest, guest := strings.Cut(k, "/")
+		guest = guest && !strings.HasPrefix(rest, "overlay/") && host != "alert"
+		if ended, ok := e.hostEnded[host]; guest && (len(e.hostAlerts[host]) > 0 || ok && now.Sub(ended) < hostAftermath) {
+			k = "host " + host
+		}
+		seen[k] = true
+	}
+	return len(seen)
 }
 
 // track adds or removes fingerprint under key in m.
