@@ -140,8 +140,8 @@ type Engine struct {
 	// hostAftermath its guests' failures are the host's one (failures).
 	hostEnded map[string]time.Time
 	largest   int
-	breaker    *guards.Breaker
-	pauses     guards.Pauses
+	breaker   *guards.Breaker
+	pauses    guards.Pauses
 	// aliases and latest tie a rule's alert and an event's for the same
 	// crash to one instance (keyFor).
 	aliases  map[instanceKey]instanceKey
