@@ -1,20 +1,18 @@
 package guestos
 
 import (
+	"caretaker/internal/nsrun"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 )
@@ -37,50 +35,6 @@ const (
 	httpPort = 80
 )
 
-// inNS runs f on an OS thread in the network namespace at nsPath and
-// returns its result. Sockets f opens stay in that namespace. The thread
-// is locked to a goroutine of its own and put back into its namespace
-// after f; if that fails, it stays locked and the runtime ends it with the
-// goroutine rather than reusing it elsewhere.
-func inNS[T any](nsPath string, f func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		var zero T
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{zero, fmt.Errorf("current network namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{zero, fmt.Errorf("open network namespace %s: %w", nsPath, err)}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{zero, fmt.Errorf("enter network namespace %s: %w", nsPath, err)}
-			return
-		}
-		v, ferr := f()
-		if err := netns.Set(orig); err != nil {
-			// Left locked: the thread dies with this goroutine.
-			ch <- result{v, errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", nsPath, err))}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{v, ferr}
-	}()
-	r := <-ch
-	return r.v, r.err
-}
-
 // Ping sends ICMP echo requests to dst from inside the network namespace
 // at nsPath, one every 250 ms, until one is answered (nil) or ctx ends (an
 // error); a ctx without a deadline is given PingTimeout. So a ctx of a
@@ -95,7 +49,7 @@ func Ping(ctx context.Context, nsPath string, dst netip.Addr) error {
 		ctx, cancel = context.WithTimeout(ctx, PingTimeout)
 		defer cancel()
 	}
-	conn, err := inNS(nsPath, func() (*icmp.PacketConn, error) {
+	conn, err := nsrun.Do(nsPath, func() (*icmp.PacketConn, error) {
 		return icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 	})
 	if err != nil {
@@ -181,7 +135,7 @@ func Client(nsPath string) *http.Client {
 		Timeout: requestTimeout,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return inNS(nsPath, func() (net.Conn, error) {
+				return nsrun.Do(nsPath, func() (net.Conn, error) {
 					return dialer.DialContext(ctx, network, addr)
 				})
 			},

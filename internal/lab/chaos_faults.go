@@ -288,7 +288,14 @@ func (g *gameDay) guestDown(ctx context.Context, s *Score) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", s.Fault.Name, dom, err)
 	}
-	err = w.until(ctx, healWithin, func(sn snapshot) bool {
+	w.guestBack(ctx, dom, old)
+	return nil
+}
+
+// guestBack waits for caretaker to start dom again (a qemu other than
+// old, reported running), then for its traffic, and scores the fault.
+func (w *watch) guestBack(ctx context.Context, dom string, old int) {
+	err := w.until(ctx, healWithin, func(sn snapshot) bool {
 		pid := qemuPid(dom)
 		return pid != 0 && pid != old && sn.guestState(dom) == "running"
 	})
@@ -297,7 +304,6 @@ func (g *gameDay) guestDown(ctx context.Context, s *Score) error {
 	}
 	w.restored(ctx, []string{dom}, healWithin)
 	w.finish(ctx)
-	return nil
 }
 
 // guestPaused suspends a guest. No action of the lab's policy resumes a

@@ -224,15 +224,7 @@ func (g *gameDay) guestPanic(ctx context.Context, s *Score) error {
 	if err != nil {
 		return fmt.Errorf("panic %s: %w", dom, err)
 	}
-	err = w.until(ctx, healWithin, func(sn snapshot) bool {
-		pid := qemuPid(dom)
-		return pid != 0 && pid != old && sn.guestState(dom) == "running"
-	})
-	if err == nil {
-		w.healed("caretaker")
-	}
-	w.restored(ctx, []string{dom}, healWithin)
-	w.finish(ctx)
+	w.guestBack(ctx, dom, old)
 	return nil
 }
 
@@ -498,15 +490,7 @@ func (g *gameDay) agentKill(ctx context.Context, s *Score) error {
 	}
 	restarted = true
 	s.Notes = append(s.Notes, fmt.Sprintf("%s crashed while %s's agent was down; the runner started the agent after %s, as systemd would", dom, h.name, serviceRestart))
-	err := w.until(ctx, healWithin, func(sn snapshot) bool {
-		pid := qemuPid(dom)
-		return pid != 0 && pid != old && sn.guestState(dom) == "running"
-	})
-	if err == nil {
-		w.healed("caretaker")
-	}
-	w.restored(ctx, []string{dom}, healWithin)
-	w.finish(ctx)
+	w.guestBack(ctx, dom, old)
 	return nil
 }
 

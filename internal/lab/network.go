@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"caretaker/internal/nsrun"
 	"caretaker/internal/overlaynet"
 	"caretaker/internal/overlayspec"
 )
@@ -445,41 +445,7 @@ func (n *labNet) ensureOverlay(ctx context.Context, hn *hostNet, o overlayspec.O
 // listen listens on addr inside a host's namespace: the socket stays
 // there, whichever thread later serves it.
 func (n *labNet) listen(hn *hostNet, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := inNetns(hn.path, func() error {
-		var err error
-		l, err = net.Listen("tcp", addr)
-		return err
-	})
-	return l, err
-}
-
-// inNetns runs fn on a thread inside the network namespace at path. A
-// thread that cannot move back is left locked, so the runtime ends it.
-func inNetns(path string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current network namespace: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter network namespace %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nsrun.Do(hn.path, func() (net.Listener, error) { return net.Listen("tcp", addr) })
 }
 
 // teardown removes the namespaces and the root namespace's links of the
