@@ -424,3 +424,26 @@ func TestCircuitBreakerHostAftermath(t *testing.T) {
 		})
 	}
 }
+
+// A host's broken overlays share its underlay: for the breaker they are
+// one failure, and one more on another host makes two.
+func TestCircuitBreakerOverlaysOfOneHost(t *testing.T) {
+	pol := `
+rules:
+  - name: repair-overlays
+    match: {alertname: OverlayMTUMismatch}
+    action: repair-overlay
+guards:
+  max_unhealthy: "1"
+`
+	mtu := func(host, cluster string) Alert {
+		return Alert{Name: "OverlayMTUMismatch", Status: StatusFiring, StartsAt: alertStart,
+			Labels: map[string]string{"alertname": "OverlayMTUMismatch", "host": host, "cluster": cluster}}
+	}
+	f := newFixture(t, withPolicy(t, pol), func(o *Options) { o.FleetSize = func() int { return 10 } })
+	f.hosts.repairs = [][]string{{"set mtu"}, nil, {"set mtu"}, nil}
+	f.handle(mtu(testHost, "c1"), mtu(testHost, "c2"))
+	checkGauges(t, f, map[string]float64{"breaker_open": 0, "unhealthy": 2})
+	f.handle(mtu("hv-other", "c1"))
+	checkGauges(t, f, map[string]float64{"breaker_open": 1, "unhealthy": 3})
+}

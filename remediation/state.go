@@ -187,7 +187,8 @@ const hostAftermath = 10 * time.Minute
 
 // failures is the circuit breaker's count: the unhealthy targets, where
 // the guests of a host that has a host alert, or had one within
-// hostAftermath, count once for their host. Called with e.mu held.
+// hostAftermath, count once for their host, and so do a host's broken
+// overlays, which share its underlay. Called with e.mu held.
 func (e *Engine) failures() int {
 	now := e.now()
 	for host, ended := range e.hostEnded {
@@ -197,9 +198,14 @@ func (e *Engine) failures() int {
 	}
 	seen := make(map[string]bool, len(e.unhealthy))
 	for k := range e.unhealthy {
-		host, rest, guest := strings.Cut(k, "/")
-		guest = guest && !strings.HasPrefix(rest, "overlay/") && host != "alert"
-		if ended, ok := e.hostEnded[host]; guest && (len(e.hostAlerts[host]) > 0 || ok && now.Sub(ended) < hostAftermath) {
+		host, rest, ok := strings.Cut(k, "/")
+		overlay := ok && strings.HasPrefix(rest, "overlay/")
+		guest := ok && !overlay && host != "alert"
+		ended, had := e.hostEnded[host]
+		switch {
+		case overlay:
+			k = "overlays " + host
+		case guest && (len(e.hostAlerts[host]) > 0 || had && now.Sub(ended) < hostAftermath):
 			k = "host " + host
 		}
 		seen[k] = true
