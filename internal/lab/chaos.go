@@ -146,8 +146,10 @@ rules:
   - name: restart-guests-shut-off-unexpectedly
     match: {alertname: GuestShutOffUnexpectedly}
     action: restart-vm
+  # Configuration drift a repair undoes; not OverlayVXLANDown, which is
+  # mostly the underlay's link (underlay-down pages for it).
   - name: repair-overlays
-    match_re: {alertname: "OverlayVXLAN(Down|Missing)|OverlayPeerFDBMissing|OverlayMTUMismatch"}
+    match_re: {alertname: "OverlayVXLANMissing|OverlayPeerFDBMissing|OverlayMTUMismatch"}
     action: repair-overlay
   # An agent that does not answer for 2 minutes: its host is fenced
   # (power-cycled through its BMC), its nodes recreated elsewhere, and it

@@ -247,27 +247,37 @@ func (w *watch) finish(ctx context.Context) {
 	for _, name := range w.order {
 		w.s.Alerts = append(w.s.Alerts, name+" "+w.seen[name])
 	}
-	executed := map[string]int{}
-	recs := slices.Clone(w.last.records)
-	slices.Reverse(recs) // oldest first
-	for _, r := range recs {
-		if !w.recordAbout(r) || r.Created.Before(w.t0.Add(-time.Second)) {
-			continue
+	var recs []journal.Record
+	for _, r := range w.last.records {
+		if w.recordAbout(r) && !r.Created.Before(w.t0.Add(-time.Second)) {
+			recs = append(recs, r)
 		}
-		w.s.Actions = append(w.s.Actions, TakenAction{ID: r.ID, Action: r.Action, Domain: r.Domain, Host: r.Host,
+	}
+	w.s.Actions, w.s.Doubled, w.s.Held = tally(recs)
+}
+
+// tally sums up a fault's journal records (newest first, as the API
+// lists them): the actions oldest first; how many executions repeated
+// one that had succeeded on the same target (doubled: must be 0); and
+// how many the circuit breaker held.
+func tally(recs []journal.Record) (actions []TakenAction, doubled, held int) {
+	actions = []TakenAction{}
+	executed := map[string]int{}
+	for i := len(recs) - 1; i >= 0; i-- {
+		r := recs[i]
+		actions = append(actions, TakenAction{ID: r.ID, Action: r.Action, Domain: r.Domain, Host: r.Host,
 			State: string(r.State), Reason: r.Reason, FromEvent: r.FromEvent})
 		if r.State == journal.StateSucceeded && r.Action != "notify-only" && r.Action != "run-command" {
-			executed[r.Host+"/"+r.Domain+"/"+r.Action]++
+			executed[r.Target+" "+r.Action]++
 		}
 		if r.State == journal.StateSkipped && strings.Contains(r.Reason, "circuit breaker") {
-			w.s.Held++
+			held++
 		}
 	}
 	for _, n := range executed {
-		if n > 1 {
-			w.s.Doubled += n - 1
-		}
+		doubled += max(n-1, 0)
 	}
+	return actions, doubled, held
 }
 
 // guestDown kills a guest's qemu (qemu-kill) or destroys it

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"caretaker/internal/golden"
+	"caretaker/remediation/journal"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite the game day's golden files in testdata")
@@ -150,5 +151,44 @@ func TestScoreboardJSON(t *testing.T) {
 	// A fault never detected or healed is null, not 0.
 	if !bytes.Contains(out.Bytes(), []byte(`"detected_after_seconds": null`)) {
 		t.Error("an undetected fault's detected_after_seconds is not null")
+	}
+}
+
+// A fault's records: two repairs of two overlays of one host are not
+// doubled; a second succeeded restart of one guest is, and a restart the
+// breaker held is counted as held.
+func TestTally(t *testing.T) {
+	rec := func(id uint64, action, target string, state journal.State, reason string) journal.Record {
+		return journal.Record{ID: id, Action: action, Target: target, Host: "host-a", State: state, Reason: reason}
+	}
+	for _, tc := range []struct {
+		name          string
+		recs          []journal.Record // newest first
+		doubled, held int
+	}{
+		{name: "two overlays of one host", recs: []journal.Record{
+			rec(2, "repair-overlay", "host-a/overlay/lab-b", journal.StateSucceeded, ""),
+			rec(1, "repair-overlay", "host-a/overlay/lab", journal.StateSucceeded, ""),
+		}},
+		{name: "one guest restarted twice", doubled: 1, recs: []journal.Record{
+			rec(2, "restart-vm", "host-a/u1", journal.StateSucceeded, ""),
+			rec(1, "restart-vm", "host-a/u1", journal.StateSucceeded, ""),
+		}},
+		{name: "a failed try, then the restart", recs: []journal.Record{
+			rec(2, "restart-vm", "host-a/u1", journal.StateSucceeded, ""),
+			rec(1, "restart-vm", "host-a/u1", journal.StateFailed, ""),
+		}},
+		{name: "held by the breaker", held: 1, recs: []journal.Record{
+			rec(2, "restart-vm", "host-a/u2", journal.StateSkipped, "skipped: circuit breaker open, 2 of 6 targets unhealthy (threshold 1)"),
+			rec(1, "restart-vm", "host-a/u1", journal.StateSucceeded, ""),
+		}},
+	} {
+		actions, doubled, held := tally(tc.recs)
+		if doubled != tc.doubled || held != tc.held {
+			t.Errorf("%s: doubled %d held %d, want %d and %d", tc.name, doubled, held, tc.doubled, tc.held)
+		}
+		if len(actions) != len(tc.recs) || actions[0].ID != 1 {
+			t.Errorf("%s: actions %+v, want all, oldest first", tc.name, actions)
+		}
 	}
 }
