@@ -59,7 +59,7 @@ run:
 
 # Game day (README: Game day): the lab with two servers, every fault in
 # turn, then a storm, and a scoreboard; exit status 1 when a fault is not
-# healed or an action doubled. As root with QEMU; about 25 minutes. ARGS
+# healed or an action doubled. As root with QEMU; about 15 minutes. ARGS
 # adds lab flags, e.g. ARGS='-o json'.
 chaos:
 	@bash deploy/setup.sh run
