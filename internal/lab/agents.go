@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -23,9 +24,7 @@ type hostAgent struct {
 	// filter, when set, gives the DomainFilter of each start.
 	filter func() *regexp.Regexp
 	listen func(addr string) (net.Listener, error)
-	logger interface {
-		Error(string, ...any)
-	}
+	logger *slog.Logger
 
 	mu     sync.Mutex
 	stopFn func()
@@ -40,9 +39,9 @@ var labOverlays = []struct {
 	vni     int
 }{{"lab", 100}, {"lab-b", 101}}
 
-// startAgent starts the agent of h, the i-th host, on an address of its
-// own, and sets h.addr and h.agent.
-func (r *labRun) startAgent(ctx context.Context, i int, h *host, token string) error {
+// startAgent starts the agent of h on an address of its own, and sets
+// h.addr and h.agent.
+func (r *labRun) startAgent(ctx context.Context, h *host, token string) error {
 	cfg := agent.Config{
 		LibvirtURI:    h.uri,
 		DomainFilter:  h.filter,
@@ -148,11 +147,4 @@ func (ha *hostAgent) stop() error {
 	err := ha.a.Close()
 	ha.stopFn, ha.a = nil, nil
 	return err
-}
-
-// running tells whether the agent runs.
-func (ha *hostAgent) running() bool {
-	ha.mu.Lock()
-	defer ha.mu.Unlock()
-	return ha.stopFn != nil
 }

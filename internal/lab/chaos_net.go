@@ -234,7 +234,7 @@ func (g *gameDay) guestPanic(ctx context.Context, s *Score) error {
 func (g *gameDay) overlayFault(ctx context.Context, s *Score) error {
 	h := g.r.hosts[0]
 	hn := g.r.net.host(h.name)
-	var o = g.r.net.labOverlay(labOverlays[0].cluster, labOverlays[0].vni, hn)
+	o := g.r.net.labOverlay(labOverlays[0].cluster, labOverlays[0].vni, hn)
 	doms := g.clusterGuests(o.Cluster, h)
 	w := g.watch(s, doms, false, s.Fault.Alert)
 	w.hostAlerts(h.name, s.Fault.Alert)
@@ -267,9 +267,11 @@ func (g *gameDay) overlayFault(ctx context.Context, s *Score) error {
 			err = nl.LinkSetMTU(ul, mtu-100)
 			defer func() {
 				// The runner puts the underlay back, and the VXLAN
-				// device's MTU with it.
+				// devices' MTUs with it (both of the host's broke).
 				_ = nl.LinkSetMTU(ul, mtu)
-				_ = g.r.net.ensureOverlay(context.WithoutCancel(ctx), hn, o)
+				for _, lo := range labOverlays {
+					_ = g.r.net.ensureOverlay(context.WithoutCancel(ctx), hn, g.r.net.labOverlay(lo.cluster, lo.vni, hn))
+				}
 			}()
 		}
 	}

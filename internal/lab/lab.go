@@ -162,8 +162,8 @@ func Run(ctx context.Context, o Options) (err error) {
 	if r.tls, err = makeTLS(r.dataDir); err != nil {
 		return err
 	}
-	for i, h := range r.hosts {
-		if err := r.startAgent(ctx, i, h, agentToken); err != nil {
+	for _, h := range r.hosts {
+		if err := r.startAgent(ctx, h, agentToken); err != nil {
 			return err
 		}
 	}
