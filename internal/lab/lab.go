@@ -519,19 +519,19 @@ func (r *labRun) printMachines() {
 	w := tabwriter.NewWriter(r.o.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "\nThe hosts:")
 	if r.net == nil {
-		fmt.Fprintf(w, "  network	none: %s\n", r.noNet)
+		fmt.Fprintf(w, "  network\tnone: %s\n", r.noNet)
 	} else {
-		fmt.Fprintf(w, "  network	each host is a network namespace (ip netns list): agents on %s, VXLAN underlay %s (device %q)\n",
+		fmt.Fprintf(w, "  network\teach host is a network namespace (ip netns list): agents on %s, VXLAN underlay %s (device %q)\n",
 			r.net.mgmt, r.net.underlay, underlayName)
-		fmt.Fprintf(w, "  	the lab's clusters lab and lab-b have an overlay on every host (vx-lab, br-lab, …); guests are in %s\n", guestNet)
+		fmt.Fprintf(w, "  \tthe lab's clusters lab and lab-b have an overlay on every host (vx-lab, br-lab, …); guests are in %s\n", guestNet)
 	}
 	if r.boot == nil {
-		fmt.Fprintf(w, "  guest OS	%s\n", r.noBoot)
+		fmt.Fprintf(w, "  guest OS\t%s\n", r.noBoot)
 	} else {
-		fmt.Fprintf(w, "  guest OS	Debian's kernel and a busybox initramfs (guestos), booted directly; each guest answers ping and HTTP:\n")
+		fmt.Fprintf(w, "  guest OS\tDebian's kernel and a busybox initramfs (guestos), booted directly; each guest answers ping and HTTP:\n")
 		for _, h := range r.hosts {
 			for _, g := range h.guests {
-				fmt.Fprintf(w, "  	%s\t%s\tcluster %s\tip netns exec %s wget -qO- http://%s/cgi-bin/info\n",
+				fmt.Fprintf(w, "  \t%s\t%s\tcluster %s\tip netns exec %s busybox wget -qO- http://%s/cgi-bin/info\n",
 					g.name, g.addr, g.cluster, filepath.Base(h.netns), g.addr.Addr())
 			}
 		}
@@ -542,7 +542,7 @@ func (r *labRun) printMachines() {
 				h.name, strings.TrimPrefix(r.power.bmcs.Addr(h.name), "127.0.0.1:"), bmcUser, r.power.bmcs.PasswordFile())
 		}
 	} else if r.noPower != "" {
-		fmt.Fprintf(w, "  BMCs	%s\n", r.noPower)
+		fmt.Fprintf(w, "  BMCs\t%s\n", r.noPower)
 	}
 	w.Flush()
 }
