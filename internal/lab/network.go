@@ -40,14 +40,15 @@ import (
 // host has its own bridge there per guest cluster, joined to that host's
 // br-<cluster> by a veth pair, so that a guest's frames reach a guest of
 // another host only through the VXLAN devices, over the underlay. The
-// server in the root namespace reaches the agents through the underlay
+// server in the root namespace reaches the agents through the management
 // bridge's address. Management and underlay are apart, as on many real
 // fleets: an underlay link down cuts the overlays, not the agent.
 
 // Guest addresses: every cluster's guests are in guestNet (a /16, so a
 // guest takes an address of another cluster for on-link and asks for it
-// by ARP on its own overlay, where nobody answers); cluster c has
-// 10.77.c+1.0/24, in which the lab's probe address on host h is .200+h.
+// by ARP on its own overlay, where nobody answers); cluster number c has
+// 10.77.c.0/24, in which the lab's probe address on host h (from 0) is
+// .200+h, on that host's br-<cluster>: the game day asks the guests from it.
 var guestNet = netip.MustParsePrefix("10.77.0.0/16")
 
 // underlayName is the underlay's name in every host's namespace, the
