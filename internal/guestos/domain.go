@@ -81,3 +81,27 @@ func Interface(bridge, mac string) libvirtxml.DomainInterface {
 	}
 	return nic
 }
+
+// Domain is a whole guest of name that boots img as g: TCG (domain type
+// qemu, so no /dev/kvm is needed), MemoryMiB, one vCPU, the OS, ACPI,
+// Devices(consoleLog) with nic, and shut off when it crashes or powers
+// off. The caller adds its metadata.
+func Domain(name string, img Image, g Guest, nic libvirtxml.DomainInterface, consoleLog string) (libvirtxml.Domain, error) {
+	osx, err := DomainOS(img, g)
+	if err != nil {
+		return libvirtxml.Domain{}, err
+	}
+	devices := Devices(consoleLog)
+	devices.Interfaces = []libvirtxml.DomainInterface{nic}
+	return libvirtxml.Domain{
+		Type:       "qemu",
+		Name:       name,
+		Memory:     &libvirtxml.DomainMemory{Value: MemoryMiB, Unit: "MiB"},
+		VCPU:       &libvirtxml.DomainVCPU{Value: 1},
+		OS:         osx,
+		Features:   Features(),
+		Devices:    &devices,
+		OnCrash:    "destroy",
+		OnPoweroff: "destroy",
+	}, nil
+}

@@ -23,18 +23,12 @@ func TestDomainXML(t *testing.T) {
 		t.Error("DomainOS accepted an image without files")
 	}
 	for _, log := range []string{"", "/var/log/caretaker/lab-host-a-1.console"} {
-		devices := Devices(log)
-		devices.Interfaces = []libvirtxml.DomainInterface{Interface("ctk-br0", "52:54:00:12:34:56")}
-		d := libvirtxml.Domain{
-			Type:       "qemu",
-			Name:       "lab-host-a-1",
-			Memory:     &libvirtxml.DomainMemory{Value: MemoryMiB, Unit: "MiB"},
-			VCPU:       &libvirtxml.DomainVCPU{Value: 1},
-			OS:         osx,
-			Features:   Features(),
-			Devices:    &devices,
-			OnCrash:    "destroy",
-			OnPoweroff: "destroy",
+		d, err := Domain("lab-host-a-1", img, g, Interface("ctk-br0", "52:54:00:12:34:56"), log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.OS.Cmdline != osx.Cmdline {
+			t.Errorf("Domain's command line %q, DomainOS's %q", d.OS.Cmdline, osx.Cmdline)
 		}
 		xml, err := d.Marshal()
 		if err != nil {

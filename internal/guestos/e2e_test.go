@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	"caretaker/internal/libvirtconn"
 	"caretaker/internal/needs"
@@ -186,22 +185,9 @@ func TestGuestsBootAndAnswer(t *testing.T) {
 
 func domainXML(t *testing.T, name string, img Image, g Guest, bridge, consoleLog string) string {
 	t.Helper()
-	osx, err := DomainOS(img, g)
+	d, err := Domain(name, img, g, Interface(bridge, ""), consoleLog)
 	if err != nil {
 		t.Fatal(err)
-	}
-	devices := Devices(consoleLog)
-	devices.Interfaces = []libvirtxml.DomainInterface{Interface(bridge, "")}
-	d := libvirtxml.Domain{
-		Type:       "qemu",
-		Name:       name,
-		Memory:     &libvirtxml.DomainMemory{Value: MemoryMiB, Unit: "MiB"},
-		VCPU:       &libvirtxml.DomainVCPU{Value: 1},
-		OS:         osx,
-		Features:   Features(),
-		Devices:    &devices,
-		OnCrash:    "destroy",
-		OnPoweroff: "destroy",
 	}
 	xml, err := d.Marshal()
 	if err != nil {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -32,18 +33,16 @@ func (r *labRun) makeBoot() error {
 	}
 	r.undo.add("remove "+dir, func() error { return os.RemoveAll(dir) })
 	r.boot = func(d *libvirtxml.Domain, name string, addr netip.Prefix) error {
-		osx, err := guestos.DomainOS(img, guestos.Guest{Hostname: name, Addr: addr})
+		if d.Devices == nil || len(d.Devices.Interfaces) != 1 {
+			return errors.New("a guest that boots needs its one NIC")
+		}
+		b, err := guestos.Domain(name, img, guestos.Guest{Hostname: name, Addr: addr}, d.Devices.Interfaces[0],
+			filepath.Join(dir, name+".console.log"))
 		if err != nil {
 			return err
 		}
-		d.OS = osx
-		d.Memory = &libvirtxml.DomainMemory{Value: guestos.MemoryMiB, Unit: "MiB"}
-		d.Features = guestos.Features()
-		devs := guestos.Devices(filepath.Join(dir, name+".console.log"))
-		if d.Devices != nil {
-			devs.Interfaces = d.Devices.Interfaces
-		}
-		d.Devices = &devs
+		b.Metadata = d.Metadata
+		*d = b
 		return nil
 	}
 	return nil
