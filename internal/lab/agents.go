@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -24,7 +23,6 @@ type hostAgent struct {
 	// filter, when set, gives the DomainFilter of each start.
 	filter func() *regexp.Regexp
 	listen func(addr string) (net.Listener, error)
-	logger *slog.Logger
 
 	mu     sync.Mutex
 	stopFn func()
@@ -56,7 +54,7 @@ func (r *labRun) startAgent(ctx context.Context, h *host, token string) error {
 		StateDir: filepath.Join(r.dataDir, "agent-"+h.name),
 		Logger:   r.o.Logger.With("host", h.name),
 	}
-	ha := &hostAgent{handler: func(h http.Handler) http.Handler { return h }, logger: r.o.Logger.With("host", h.name),
+	ha := &hostAgent{handler: func(h http.Handler) http.Handler { return h },
 		listen: func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }}
 	ip := "127.0.0.1"
 	if r.net != nil {
@@ -128,7 +126,7 @@ func (ha *hostAgent) start(ctx context.Context) error {
 		defer close(done)
 		a.Start(actx)
 		if err := serveTLS(actx, l, ha.handler(a.Handler()), ha.cfg.WebConfigFile, ha.cfg.Logger); err != nil {
-			ha.logger.Error("agent stopped", "err", err)
+			ha.cfg.Logger.Error("agent stopped", "err", err)
 		}
 	}()
 	ha.a, ha.stopFn, ha.done = a, stop, done

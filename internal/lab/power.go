@@ -44,7 +44,6 @@ type labPower struct {
 	// off are the cluster nodes of each powered-off host: on a machine of
 	// its own, another host's libvirtd would not see them.
 	off map[string][]string // host → domain XMLs
-	ctx context.Context
 }
 
 // startPower starts a BMC per host, with guest clusters and ipmi_sim;
@@ -57,7 +56,7 @@ func (r *labRun) startPower(ctx context.Context) error {
 		r.noPower = "no BMCs: they need ipmi_sim (Debian: openipmi)"
 		return nil
 	}
-	p := &labPower{r: r, boots: map[string]int{}, off: map[string][]string{}, ctx: ctx}
+	p := &labPower{r: r, boots: map[string]int{}, off: map[string][]string{}}
 	var names []string
 	for _, h := range r.hosts {
 		names = append(names, h.name)
@@ -119,7 +118,7 @@ func (p *labPower) onPower(name string, on bool, boot string) {
 		log.Info("lab: host powered on, booting over PXE", "server", url)
 		fw := labbmc.Firmware{BaseURL: url, MAC: hostMAC(p.r.hostIndex(name)), Timeout: time.Minute,
 			Client: &http.Client{Timeout: 30 * time.Second}}
-		rep, err := fw.Boot(p.ctx)
+		rep, err := fw.Boot(p.r.ctx)
 		if err != nil {
 			// As a real host whose PXE boot failed: it stays off the
 			// network; the provisioner's timeouts take it from there.
@@ -134,7 +133,7 @@ func (p *labPower) onPower(name string, on bool, boot string) {
 		log.Info("lab: host powered on, booting its installed system")
 		p.r.redefine(h, nodes)
 	}
-	if err := h.agent.start(p.ctx); err != nil {
+	if err := h.agent.start(p.r.ctx); err != nil {
 		log.Warn("lab: start agent", "err", err)
 	}
 }
